@@ -1,0 +1,126 @@
+// Engine: the serving loop for one device. Requests come in through Submit() from any
+// thread; one engine thread owns the backend, the block pool and the scheduler and runs
+// continuous batching: each Step() mixes prefill chunks of some requests with decode
+// tokens of others, so a long prefill never stalls other sessions' decoding.
+//
+// KV reuse across turns: a request carries the whole context (the conversation so far).
+// Full blocks are content-addressed (cache/prefix_hash.h); with prefix caching on, a new
+// request reuses the longest cached prefix and prefills only the rest. When a request
+// finishes, its full blocks stay cached (evictable, LRU) until memory is needed.
+//
+// Thread-safety: Submit, Cancel, GetStats and Stop are thread-safe. Event callbacks run
+// on the engine thread and must not block.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/status.h"
+#include "engine/backend.h"
+#include "engine/tokenizer.h"
+
+namespace kvkeep {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0: greedy
+  int32_t top_k = 0;         // 0: off
+  float top_p = 1.0f;        // 1: off
+  uint64_t seed = 0;
+};
+
+struct StopConditions {
+  int32_t max_tokens = 256;
+  bool use_model_eos = true;            // stop on the model's EOS ids
+  std::vector<int32_t> stop_token_ids;  // extra stop ids
+  std::vector<std::string> stop_strings;
+};
+
+struct Usage {
+  int64_t prompt_tokens = 0;      // context tokens of the request
+  int64_t cached_tokens = 0;      // of those, served from cached KV
+  int64_t recomputed_tokens = 0;  // of those, prefilled in this request
+  int64_t generated_tokens = 0;   // sampled or forced tokens decoded
+  double ttft_ms = 0;             // submit -> first generated token
+  double decode_ms = 0;           // first -> last generated token
+};
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
+std::string_view FinishReasonName(FinishReason reason);
+
+struct GenerateEvent {
+  enum class Kind { kToken, kFinished };
+  Kind kind = Kind::kToken;
+  int32_t token = -1;  // kToken
+  std::string text;    // kToken: complete UTF-8 text this token adds (may be empty)
+  FinishReason finish_reason = FinishReason::kNone;  // kFinished
+  Usage usage;                                       // kFinished
+  Status error;                                      // kFinished with kError or kCancelled
+};
+
+using RequestId = uint64_t;
+
+struct GenerateRequest {
+  RequestId id = 0;             // unique among in-flight requests
+  uint64_t cache_salt = 0;      // tenant salt in prefix hashes: tenants never share KV
+  std::vector<int32_t> prompt;  // the whole context
+  std::vector<int32_t> forced;  // teacher forcing: decoded as if generated, then stop
+  SamplingParams sampling;
+  StopConditions stop;
+  // Called on the engine thread; exactly one kFinished event ends every request.
+  std::function<void(const GenerateEvent&)> on_event;
+};
+
+struct EngineOptions {
+  BackendOptions backend;
+  int32_t max_batch_tokens = 512;      // token budget of one step (prefill + decode)
+  int32_t prefill_chunk_tokens = 256;  // largest prefill chunk per sequence per step
+  int32_t max_running = 64;            // sequences decoding at once
+  bool prefix_caching = true;          // false: no KV reuse across requests ("none" policy)
+  std::string model_id;                // part of every prefix hash
+};
+
+struct EngineStats {
+  int64_t steps = 0;
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t blocks_total = 0;
+  int64_t blocks_used = 0;
+  int64_t blocks_cached = 0;  // free but holding reusable prefix KV
+  int64_t blocks_shared = 0;
+  int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;
+  int64_t recomputed_tokens = 0;
+  int64_t generated_tokens = 0;
+  int64_t evicted_blocks = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  static Result<std::unique_ptr<Engine>> Create(const EngineOptions& options,
+                                                std::unique_ptr<Backend> backend,
+                                                const Tokenizer* tokenizer, Clock* clock);
+
+  // Starts the engine thread. Without Start(), call RunUntilIdle() to drive it inline.
+  virtual Status Start() = 0;
+  // Finishes nothing new: cancels queued and running requests (each gets kFinished with
+  // kCancelled), then joins the engine thread.
+  virtual void Stop() = 0;
+
+  // Queues a request. InvalidArgument for an empty prompt, ids outside the vocabulary or
+  // a context longer than the pool can ever hold; the callback is not called then.
+  virtual Status Submit(GenerateRequest request) = 0;
+  // Cancels a queued or running request; its callback gets kFinished/kCancelled.
+  virtual void Cancel(RequestId id) = 0;
+  virtual EngineStats GetStats() const = 0;
+
+  // Runs steps on the calling thread until no work is left (tests, the CLI).
+  virtual Status RunUntilIdle() = 0;
+  virtual const ModelConfig& config() const = 0;
+};
+
+}  // namespace kvkeep
