@@ -27,6 +27,10 @@ int main(int argc, char** argv) {
   kvkeep::tools::AddMakeModelCommand(app);
   kvkeep::tools::AddModelInfoCommand(app);
   kvkeep::tools::AddGenerateCommand(app);
+  kvkeep::tools::AddStatusCommand(app);
+  kvkeep::tools::AddSessionsCommand(app);
+  kvkeep::tools::AddChatCommand(app);
+  kvkeep::tools::AddReplayCommand(app);
 
   CLI11_PARSE(app, argc, argv);
   return kvkeep::tools::ExitCode();

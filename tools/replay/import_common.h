@@ -1,0 +1,53 @@
+// Internal helpers shared by the importers. Not part of the replay API.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "base/status.h"
+#include "tools/replay/importers.h"
+
+namespace kvkeep::replay::internal {
+
+using nlohmann::json;
+
+// Reads and parses a whole JSON file; errors name the file.
+Result<json> ReadJsonFile(const std::string& path);
+std::string BaseName(const std::string& path);
+
+// A string field, or "" when absent/null. Content given as a list of {type, text} parts
+// (OpenAI style) is joined.
+std::string TextOf(const json& j, const char* field);
+std::optional<double> NumberOf(const json& j, const char* field);  // numbers or numeric strings
+
+// Builds a session's events, filling missing durations from the timing model.
+class SessionBuilder {
+ public:
+  SessionBuilder(Session* session, const ImportOptions& options)
+      : s_(session), options_(options), key_(HashString(session->id)) {}
+
+  void System(std::string text);
+  void User(std::string text);
+  // duration < 0: unknown, drawn from the model latency distribution (synthetic).
+  Event& Model(std::string text, double duration_s);
+  void ToolBegin(std::string tool, std::string command, std::string call_id);
+  // duration < 0: unknown, drawn from the tool distribution for `command` (synthetic).
+  void ToolEnd(std::string tool, std::string call_id, std::string result, double duration_s,
+               std::string_view command, std::optional<int> exit_code = std::nullopt);
+  void Think(double duration_s);
+
+ private:
+  uint64_t NextKey() { return MixKey(key_, s_->events.size()); }
+  Session* s_;
+  const ImportOptions& options_;
+  uint64_t key_;
+};
+
+// "<returncode>N</returncode>" in a mini-swe-agent observation.
+std::optional<int> ParseReturnCode(std::string_view text);
+// Seconds since the epoch of an ISO-8601 timestamp like 2025-04-30T16:32:54.707474.
+std::optional<double> ParseIsoSeconds(std::string_view ts);
+
+}  // namespace kvkeep::replay::internal
