@@ -25,7 +25,7 @@ struct ModelConfig {
   int32_t head_dim = 0;  // config "head_dim", else hidden_size / num_q_heads
   int32_t max_position_embeddings = 0;
   float rms_norm_eps = 1e-6f;
-  RopeParams rope;  // theta and llama3 scaling
+  cpu::RopeParams rope;  // theta and llama3 scaling
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // Qwen2: q/k/v projections carry a bias
   bool qk_norm = false;         // Qwen3: RMSNorm on q and k per head before RoPE

@@ -12,6 +12,7 @@
 // model.layers.{i}.mlp.{gate,up,down}_proj.weight.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,9 @@ class ModelWeights {
   // REQUIRES: the name is one Load validated (or lm_head.weight, which resolves to the
   // embedding when tied). Returns nullptr otherwise.
   const TensorView* Get(const std::string& name) const;
+  // Elements summed over every tensor in the loaded files, including tensors the model does
+  // not use; a cross-check against config().NumParameters().
+  int64_t NumFileParameters() const;
   // Converts a tensor to fp32 into out (NumElements floats).
   static void ToFloat(const TensorView& t, float* out);
   static std::vector<float> ToFloat(const TensorView& t);

@@ -62,4 +62,38 @@ Status WriteSafetensors(Env* env, const std::string& path,
                         const std::vector<TensorToWrite>& tensors,
                         const std::map<std::string, std::string>& metadata = {});
 
+// Streams a safetensors file to disk tensor by tensor, for files too big to hold in memory
+// (the 16 GB synthetic model). The header is fixed by Create; Append then takes the
+// tensors' bytes in the order of `specs`, in as many pieces as the caller likes. Finish
+// checks that every declared byte arrived, fsyncs and renames a temporary file
+// (path.tmp.XXXXXX) over path; a writer destroyed before Finish removes it.
+// Not thread-safe. Writes through POSIX directly: Env has no streaming writer yet.
+class SafetensorsWriter {
+ public:
+  struct TensorSpec {
+    std::string name;
+    DType dtype = DType::kF32;
+    std::vector<int64_t> shape;
+  };
+  static Result<std::unique_ptr<SafetensorsWriter>> Create(
+      const std::string& path, std::vector<TensorSpec> specs,
+      const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  Status Append(const void* data, size_t num_bytes);
+  Status Finish();
+  uint64_t total_data_bytes() const { return total_data_bytes_; }
+
+ private:
+  SafetensorsWriter() = default;
+  Status WriteAll(const void* data, size_t n);
+  std::string path_;
+  std::string tmp_path_;
+  int fd_ = -1;
+  uint64_t total_data_bytes_ = 0;
+  uint64_t written_data_bytes_ = 0;
+};
+
 }  // namespace kvkeep

@@ -1,0 +1,50 @@
+// The replay report: per-policy summary figures, report.json, turns.csv, occupancy.csv, a
+// summary table for stdout, and PNG plots drawn by gnuplot (from Debian's gnuplot-nox).
+#pragma once
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "tools/replay/replayer.h"
+
+namespace kvkeep::replay {
+
+struct PolicySummary {
+  int sessions = 0;
+  int failed_sessions = 0;
+  int turns = 0;
+  double mean_ttft_ms = 0;
+  double p50_ttft_ms = 0;
+  double p99_ttft_ms = 0;
+  double mean_jct_s = 0;
+  double hit_ratio = 0;  // cached / prompt tokens
+  int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;
+  int64_t recomputed_tokens = 0;
+  int64_t generated_tokens = 0;
+  double wall_s = 0;
+};
+
+PolicySummary Summarize(const ReplayResult& result);
+
+// Quantile q in [0,1] of values (nearest rank); 0 for an empty list.
+double Quantile(std::vector<double> values, double q);
+
+struct ReportInput {
+  std::vector<std::string> policies;            // in run order
+  std::map<std::string, ReplayResult> results;  // by policy
+  nlohmann::json params;                        // the run's parameters, copied into report.json
+};
+
+// Writes report.json, turns.csv, sessions.csv and occupancy.csv into out_dir.
+Status WriteReport(const std::string& out_dir, const ReportInput& input);
+// The summary table printed on stdout.
+std::string SummaryTable(const ReportInput& input);
+// ttft_cdf.png, kv_occupancy.png and hit_ratio_by_turn.png in out_dir; returns their paths.
+// Unavailable when gnuplot is not installed (scripts/setup installs it).
+Result<std::vector<std::string>> WritePlots(const std::string& out_dir, const ReportInput& input);
+
+}  // namespace kvkeep::replay
