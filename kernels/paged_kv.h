@@ -35,6 +35,7 @@ struct PagedKv {
   T* k = nullptr;  // K of block 0 of this layer: pool + layer * layer_stride
   T* v = nullptr;  // V of block 0 of this layer: k + kv_stride
   int64_t block_stride = 0;
+  int32_t num_blocks = 0;  // blocks in the pool; kernels reject ids >= it (0: unchecked)
   int32_t num_kv_heads = 0;
   int32_t block_size = 16;
   int32_t head_dim = 0;
@@ -46,6 +47,7 @@ PagedKv<T> LayerView(T* pool, const KvPoolShape& shape, int layer) {
   kv.k = pool + layer * shape.layer_stride();
   kv.v = kv.k + shape.kv_stride();
   kv.block_stride = shape.block_stride();
+  kv.num_blocks = shape.num_blocks;
   kv.num_kv_heads = shape.num_kv_heads;
   kv.block_size = shape.block_size;
   kv.head_dim = shape.head_dim;
