@@ -17,6 +17,15 @@
 
 namespace kvkeep {
 
+// Options of Tokenizer::EncodeWithOptions.
+struct EncodeOptions {
+  // Match special added tokens written literally in the text (e.g. "<|im_start|>").
+  bool parse_special = true;
+  // Apply the tokenizer.json post-processor, as HF's encode(text, add_special_tokens=True):
+  // [CLS] ... [SEP] for BERT, <|begin_of_text|> for Llama-3. Encode() never does.
+  bool add_special_tokens = false;
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -31,6 +40,11 @@ class Tokenizer {
   virtual std::optional<int32_t> TokenToId(std::string_view token) const = 0;
   virtual int32_t vocab_size() const = 0;
   virtual bool IsSpecial(int32_t id) const = 0;
+  // Encode with every option spelled out. The default ignores add_special_tokens.
+  virtual Result<std::vector<int32_t>> EncodeWithOptions(std::string_view text,
+                                                         const EncodeOptions& options) const {
+    return Encode(text, options.parse_special);
+  }
 };
 
 // Loads dir/tokenizer.json (or a path to the file itself).
