@@ -27,8 +27,7 @@ StatusCode CodeOfWireError(std::string_view code) {
   }
   if (code == "already_exists") return StatusCode::kAlreadyExists;
   if (code == "busy" || code == "unavailable") return StatusCode::kUnavailable;
-  if (code == "too_many_sessions" || code == "too_many_requests" ||
-      code == "resource_exhausted") {
+  if (code == "too_many_sessions" || code == "too_many_requests" || code == "resource_exhausted") {
     return StatusCode::kResourceExhausted;
   }
   if (code == "permission_denied") return StatusCode::kPermissionDenied;
@@ -136,8 +135,8 @@ Result<json> DaemonClient::ReadMessage() {
                                        std::to_string(options_.max_line_bytes) + " bytes");
     }
     pollfd pfd{fd_, POLLIN, 0};
-    int ready = ::poll(&pfd, 1, options_.timeout_ms > 0 ? static_cast<int>(options_.timeout_ms)
-                                                        : -1);
+    int ready =
+        ::poll(&pfd, 1, options_.timeout_ms > 0 ? static_cast<int>(options_.timeout_ms) : -1);
     if (ready < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus("poll");
