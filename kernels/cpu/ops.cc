@@ -1,7 +1,9 @@
 #include "kernels/cpu/ops.h"
 
 #include <cblas.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numbers>
@@ -111,9 +113,18 @@ void SiluMul(const float* gate, const float* up, int64_t rows, int64_t dim, floa
   }
 }
 
+// One thread pool for everything: OpenBLAS runs single-threaded and the columns of the
+// product are split across OpenMP threads here. Two pools (OpenMP's spinning workers and
+// OpenBLAS's pthreads) starve each other: measured 5-17x slower decode and chunked
+// prefill on 16 cores (docs/engine.md).
 void Matmul(const float* x, const float* w, const float* bias, int64_t m, int64_t n, int64_t k,
             float* y) {
   if (m <= 0 || n <= 0) return;
+  static const bool kSingleThreadedBlas = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)kSingleThreadedBlas;
   float beta = 0.0f;
   if (bias != nullptr) {  // as torch.addmm: y starts as the bias and the product is added
     for (int64_t r = 0; r < m; ++r) std::memcpy(y + r * n, bias, n * sizeof(float));
@@ -123,9 +134,23 @@ void Matmul(const float* x, const float* w, const float* bias, int64_t m, int64_
     if (bias == nullptr) std::memset(y, 0, m * n * sizeof(float));
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
-              static_cast<blasint>(n), static_cast<blasint>(k), 1.0f, x, static_cast<blasint>(k), w,
-              static_cast<blasint>(k), beta, y, static_cast<blasint>(n));
+  // Column chunks of at least 64 (a multiple of 16 keeps the SIMD tails out of the middle);
+  // small products stay on one thread.
+  constexpr int64_t kMinColumns = 64;
+  const int64_t max_chunks = std::max<int64_t>(1, n / kMinColumns);
+  const bool parallel = m * n * k >= (int64_t{1} << 18);
+  const int64_t chunks = parallel ? std::min<int64_t>(omp_get_max_threads(), max_chunks) : 1;
+  const int64_t per_chunk = (n / chunks + 15) / 16 * 16;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t n0 = c * per_chunk;
+    const int64_t n1 = c == chunks - 1 ? n : std::min(n, n0 + per_chunk);
+    if (n1 <= n0) continue;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
+                static_cast<blasint>(n1 - n0), static_cast<blasint>(k), 1.0f, x,
+                static_cast<blasint>(k), w + n0 * k, static_cast<blasint>(k), beta, y + n0,
+                static_cast<blasint>(n));
+  }
 }
 
 void EmbeddingLookup(const float* table, const int32_t* ids, int64_t num_tokens, int64_t dim,

@@ -1,0 +1,258 @@
+// GPU attention benchmarks on the Llama-3-8B attention shape (32 q heads, 8 KV heads,
+// head_dim 128, bf16, 16-token blocks, scrambled block tables), plus the device copy
+// bandwidth measured in the same process. Prints one line per case and writes JSON to
+// $OUT/kvkeep_attention.json (or ./kvkeep_attention.json). Timing: CUDA events, median
+// of repeated launches after warm-up; KV inputs are larger than L2.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/cuda/cuda_device.h"
+#include "kernels/cuda/attention.h"
+
+namespace kvkeep {
+namespace {
+
+using cuda::bf16_t;
+
+#define CHECK_OK(expr)                                                       \
+  do {                                                                       \
+    Status _s = (expr);                                                      \
+    if (!_s.ok()) {                                                          \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, _s.ToString().c_str()); \
+      std::exit(1);                                                          \
+    }                                                                        \
+  } while (0)
+#define CHECK_CUDA(expr)                                                      \
+  do {                                                                        \
+    cudaError_t _e = (expr);                                                  \
+    if (_e != cudaSuccess) {                                                  \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(_e)); \
+      std::exit(1);                                                           \
+    }                                                                         \
+  } while (0)
+
+__global__ void FillRandom(bf16_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    p[i] = __float2bfloat16((static_cast<float>(x & 0xffff) / 65536.0f - 0.5f) * 2.0f);
+  }
+}
+
+template <typename F>
+float MedianMs(cudaStream_t s, int iters, F&& f) {
+  for (int i = 0; i < 3; ++i) f();
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  std::vector<float> ts;
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < iters; ++i) {
+    CHECK_CUDA(cudaEventRecord(a, s));
+    f();
+    CHECK_CUDA(cudaEventRecord(b, s));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    ts.push_back(ms);
+  }
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+constexpr int kHq = 32, kHkv = 8, kD = 128, kBs = 16;
+
+struct Bench {
+  CudaDevice* dev;
+  std::string json;
+  void Add(const std::string& name, const std::string& fields) {
+    json += (json.empty() ? "" : ",\n") + std::string("  \"") + name + "\": {" + fields + "}";
+  }
+};
+
+void* Alloc(CudaDevice* dev, size_t bytes) {
+  auto p = dev->Allocate(bytes);
+  CHECK_OK(p.status());
+  return *p;
+}
+
+void CopyBandwidth(Bench& b) {
+  const size_t bytes = size_t{2} << 30;
+  void* x = Alloc(b.dev, bytes);
+  void* y = Alloc(b.dev, bytes);
+  cudaStream_t s = b.dev->compute_stream();
+  const float ms = MedianMs(
+      s, 20, [&] { CHECK_CUDA(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s)); });
+  const double gbps = 2.0 * bytes / ms / 1e6;
+  std::printf("copy            %8.3f ms  %8.1f GB/s (read+write)\n", ms, gbps);
+  b.Add("copy", "\"ms\": " + std::to_string(ms) + ", \"GBps\": " + std::to_string(gbps));
+  b.dev->Free(x);
+  b.dev->Free(y);
+}
+
+struct PagedSetup {
+  KvPoolShape shape;
+  bf16_t* pool = nullptr;
+  int32_t *q_start = nullptr, *kv_len = nullptr, *tables = nullptr;
+  int max_blocks = 0;
+};
+
+PagedSetup MakePaged(CudaDevice* dev, int batch, int len, int q_per_seq, std::mt19937& rng) {
+  PagedSetup p;
+  p.max_blocks = (len + kBs - 1) / kBs;
+  p.shape.num_blocks = batch * p.max_blocks;
+  p.shape.num_layers = 1;
+  p.shape.num_kv_heads = kHkv;
+  p.shape.block_size = kBs;
+  p.shape.head_dim = kD;
+  const size_t elems = p.shape.total_elements();
+  p.pool = static_cast<bf16_t*>(Alloc(dev, elems * sizeof(bf16_t)));
+  FillRandom<<<1024, 256, 0, dev->compute_stream()>>>(p.pool, elems, 12345u);
+  std::vector<int32_t> ids(p.shape.num_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  std::vector<int32_t> qs(batch + 1), kl(batch, len);
+  for (int i = 0; i <= batch; ++i) qs[i] = i * q_per_seq;
+  auto up = [&](const std::vector<int32_t>& v) {
+    auto* d = static_cast<int32_t*>(Alloc(dev, v.size() * sizeof(int32_t)));
+    CHECK_OK(dev->CopyHostToDevice(d, v.data(), v.size() * sizeof(int32_t)));
+    return d;
+  };
+  p.q_start = up(qs);
+  p.kv_len = up(kl);
+  p.tables = up(ids);
+  return p;
+}
+
+void FreePaged(CudaDevice* dev, PagedSetup& p) {
+  for (void* x : {static_cast<void*>(p.pool), static_cast<void*>(p.q_start),
+                  static_cast<void*>(p.kv_len), static_cast<void*>(p.tables)}) {
+    dev->Free(x);
+  }
+}
+
+void Decode(Bench& b, int batch, int len, std::mt19937& rng) {
+  CudaDevice* dev = b.dev;
+  PagedSetup p = MakePaged(dev, batch, len, 1, rng);
+  auto* q = static_cast<bf16_t*>(Alloc(dev, size_t(batch) * kHq * kD * 2));
+  auto* out = static_cast<bf16_t*>(Alloc(dev, size_t(batch) * kHq * kD * 2));
+  FillRandom<<<64, 256, 0, dev->compute_stream()>>>(q, size_t(batch) * kHq * kD, 7u);
+  AttentionParams ap;
+  ap.num_q_heads = kHq;
+  ap.scale = 0.08838834764f;
+  AttentionBatch ab;
+  ab.num_seqs = batch;
+  ab.q_start = p.q_start;
+  ab.kv_len = p.kv_len;
+  ab.block_tables = p.tables;
+  ab.max_blocks_per_seq = p.max_blocks;
+  cuda::AttentionIo io;
+  io.q = q;
+  io.q_token_stride = kHq * kD;
+  io.out = out;
+  const PagedKv<bf16_t> kv = LayerView(p.pool, p.shape, 0);
+  const double kv_bytes = 2.0 * batch * len * kHkv * kD * 2;
+  const cuda::DecodePlan auto_plan = cuda::PlanDecode(batch, kHkv, len, dev->num_sms());
+  struct Variant {
+    int splits;
+    const char* suffix;
+  };
+  std::vector<Variant> variants = {{auto_plan.num_splits, ""}};
+  if (auto_plan.num_splits > 1) variants.push_back({1, "_nosplit"});
+  if (auto_plan.num_splits == 1) variants.push_back({4, "_split4"});
+  for (const Variant& v : variants) {
+    cuda::DecodePlan plan;
+    plan.num_splits = v.splits;
+    const size_t ws_bytes = cuda::DecodeWorkspaceBytes(batch, kHq, kD, plan);
+    float* ws = ws_bytes ? static_cast<float*>(Alloc(dev, ws_bytes)) : nullptr;
+    cudaStream_t s = dev->compute_stream();
+    const float ms =
+        MedianMs(s, 30, [&] { CHECK_OK(cuda::PagedDecodeAttention(ap, ab, kv, io, plan, ws, s)); });
+    const double gbps = kv_bytes / ms / 1e6;
+    const std::string name =
+        "decode_B" + std::to_string(batch) + "_L" + std::to_string(len) + v.suffix;
+    std::printf("%-30s splits %3d %8.4f ms %8.1f GB/s\n", name.c_str(), v.splits, ms, gbps);
+    b.Add(name, "\"ms\": " + std::to_string(ms) + ", \"GBps\": " + std::to_string(gbps) +
+                    ", \"splits\": " + std::to_string(v.splits));
+    if (ws) dev->Free(ws);
+  }
+  dev->Free(q);
+  dev->Free(out);
+  FreePaged(dev, p);
+}
+
+void Prefill(Bench& b, int len, std::mt19937& rng) {
+  CudaDevice* dev = b.dev;
+  PagedSetup p = MakePaged(dev, 1, len, len, rng);
+  const size_t qn = size_t(len) * kHq * kD;
+  auto* q = static_cast<bf16_t*>(Alloc(dev, qn * 2));
+  auto* out = static_cast<bf16_t*>(Alloc(dev, qn * 2));
+  FillRandom<<<1024, 256, 0, dev->compute_stream()>>>(q, qn, 99u);
+  AttentionParams ap;
+  ap.num_q_heads = kHq;
+  ap.scale = 0.08838834764f;
+  AttentionBatch ab;
+  ab.num_seqs = 1;
+  ab.q_start = p.q_start;
+  ab.kv_len = p.kv_len;
+  ab.block_tables = p.tables;
+  ab.max_blocks_per_seq = p.max_blocks;
+  cuda::AttentionIo io;
+  io.q = q;
+  io.q_token_stride = kHq * kD;
+  io.out = out;
+  const PagedKv<bf16_t> kv = LayerView(p.pool, p.shape, 0);
+  cudaStream_t s = dev->compute_stream();
+  for (int rows : {32, 16}) {
+    const float ms = MedianMs(
+        s, 10, [&] { CHECK_OK(cuda::TEST_PagedPrefillAttention(ap, ab, kv, io, len, rows, s)); });
+    const double flops = 4.0 * kHq * double(len) * len * kD / 2;  // causal
+    const double tflops = flops / ms / 1e9;
+    const std::string name = "prefill_B1_L" + std::to_string(len) + (rows == 32 ? "" : "_rows16");
+    std::printf("%-26s            %8.3f ms %8.1f TFLOP/s\n", name.c_str(), ms, tflops);
+    b.Add(name, "\"ms\": " + std::to_string(ms) + ", \"TFLOPs\": " + std::to_string(tflops));
+  }
+  dev->Free(q);
+  dev->Free(out);
+  FreePaged(dev, p);
+}
+
+int Main() {
+  auto d = CudaDevice::Create(0);
+  CHECK_OK(d.status());
+  Bench b;
+  b.dev = d->get();
+  std::printf("device %s, %d SMs\n", b.dev->device_name().c_str(), b.dev->num_sms());
+  std::mt19937 rng(1);
+  CopyBandwidth(b);
+  Decode(b, 64, 4096, rng);
+  Decode(b, 1, 32768, rng);
+  Decode(b, 128, 2048, rng);
+  Decode(b, 16, 8192, rng);
+  Prefill(b, 8192, rng);
+  CHECK_CUDA(cudaGetLastError());
+  const char* out_dir = std::getenv("OUT");
+  const std::string path =
+      std::string(out_dir && *out_dir ? out_dir : ".") + "/kvkeep_attention.json";
+  if (FILE* f = std::fopen(path.c_str(), "w")) {
+    std::fprintf(f, "{\n  \"device\": \"%s\",\n%s\n}\n", b.dev->device_name().c_str(),
+                 b.json.c_str());
+    std::fclose(f);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvkeep
+
+int main() { return kvkeep::Main(); }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# bench/gpu/run.sh: one command on a GPU machine — build the CUDA backend, run `ctest -L gpu`,
+# run the GPU benchmarks and their anchors (PyTorch SDPA on dense KV, copy bandwidth; HF
+# transformers with KVKEEP_BENCH_HF=1), and print a short table last (also $OUT/table.txt).
+#
+#   bash bench/gpu/run.sh
+#
+# Build: configures <repo>/build-gpu with -DKVKEEP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a.
+# On a machine without kvkeep's Debian -dev dependencies (spdlog, GTest, FAISS, ...), set
+# KVKEEP_GPU_PREBUILT=<dir> to a build directory made elsewhere by bench/gpu/prebuild.sh
+# (test and bench executables, CTest files and the shared libraries they need).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+export OUT=${OUT:-$ROOT/build-gpu/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+if [ -n "${KVKEEP_GPU_PREBUILT:-}" ]; then
+  PRE=$(cd "$ROOT/$KVKEEP_GPU_PREBUILT" 2>/dev/null || cd "$KVKEEP_GPU_PREBUILT" && pwd)
+  # CTest files name the directory the build was made in; make that path resolve here.
+  ORIG=$(cat "$PRE/ORIGINAL_BUILD_DIR")
+  if [ ! -e "$ORIG" ]; then mkdir -p "$(dirname "$ORIG")" && ln -s "$PRE" "$ORIG"; fi
+  BUILD=$ORIG
+  export LD_LIBRARY_PATH="$PRE/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
+else
+  BUILD=$ROOT/build-gpu
+  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DKVKEEP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
+    -DCMAKE_BUILD_TYPE=Release || { echo "configure failed (missing -dev packages? see KVKEEP_GPU_PREBUILT)"; exit 1; }
+  TARGETS=$(cd "$ROOT/tests/cuda" && ls *_test.cc | sed 's/\.cc$//')
+  BENCHES=$(cd "$ROOT/bench/gpu" && ls *_bench.cu *_bench.cc 2>/dev/null | sed 's/\.cu$//; s/\.cc$//')
+  cmake --build "$BUILD" --target $TARGETS $BENCHES -j"$(nproc)" || exit 1
+fi
+
+echo "=== ctest -L gpu"
+(cd "$BUILD" && ctest -L gpu --output-on-failure --timeout 900) 2>&1 | tee "$OUT/ctest.log"
+CTEST_RC=${PIPESTATUS[0]}
+
+echo "=== attention benchmarks and their anchors"
+timeout 300 "$BUILD/bench/gpu_attention_bench" 2>&1 | tee "$OUT/gpu_attention_bench.log"
+timeout 300 python3 "$ROOT/bench/gpu/anchors.py" > "$OUT/anchors.log" 2>&1 || tail -5 "$OUT/anchors.log"
+python3 "$ROOT/bench/gpu/table.py" > /dev/null
+if [ "${KVKEEP_BENCH_MODEL:-1}" = 1 ]; then
+  echo "=== 8B-shape model (synthetic weights) and HF transformers"
+  timeout "${KVKEEP_MODEL_TIMEOUT:-420}" "$BUILD/bench/gpu_model_bench" 2>&1 | tee "$OUT/gpu_model_bench.log"
+  [ "${KVKEEP_BENCH_HF:-1}" = 1 ] && timeout 300 python3 "$ROOT/bench/gpu/anchors.py" --hf > "$OUT/anchors_hf.log" 2>&1 || tail -5 "$OUT/anchors_hf.log"
+fi
+echo "=== summary (ctest rc $CTEST_RC)"
+grep -E "tests passed|tests failed|Failed|\*\*\*" "$OUT/ctest.log" | head -20 || true
+python3 "$ROOT/bench/gpu/table.py"

@@ -1,0 +1,49 @@
+"""Prints the bench/gpu summary table from kvkeep_attention.json and anchors.json."""
+import json
+import os
+import sys
+
+out = os.environ.get("OUT") or "."
+
+
+def load(name):
+    try:
+        with open(os.path.join(out, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+k, a = load("kvkeep_attention.json"), load("anchors.json")
+m, h = load("kvkeep_model.json"), load("anchors_hf.json")
+rows = []
+copy = a.get("copy_GBps_rw")
+rows.append(("device copy (GB/s r+w)", k.get("copy", {}).get("GBps"), "torch copy", copy, None))
+targets = {"decode_B64_L4096": 2750, "decode_B1_L32768": 2500, "decode_B128_L2048": 2750,
+           "decode_B16_L8192": None}
+for case, target in targets.items():
+    mine = k.get(case, {}).get("GBps")
+    rows.append((case + " (GB/s)", mine, "SDPA dense", a.get(case + "_sdpa_GBps"), target))
+    for suffix, label in (("_nosplit", " no split-K"), ("_split4", " 4 splits")):
+        ns = k.get(case + suffix, {}).get("GBps")
+        if ns is not None:
+            rows.append((case + label, ns, "", None, None))
+mine = k.get("prefill_B1_L8192", {}).get("TFLOPs")
+rows.append(("prefill causal 8k (TFLOP/s)", mine, "SDPA dense", a.get("prefill_B1_L8192_sdpa_TFLOPs"), 420))
+r16 = k.get("prefill_B1_L8192_rows16", {}).get("TFLOPs")
+if r16 is not None:
+    rows.append(("prefill causal 8k, 64-row tiles", r16, "", None, None))
+rows.append(("8B-shape decode B=1 @2k (tok/s)", m.get("decode_B1_P2048_tok_per_s"), "HF transformers",
+             h.get("hf_generate_B1_P2048_G64_tok_per_s"), 150))
+rows.append(("8B-shape prefill 8k (tok/s)", m.get("prefill_B1_P8192_tok_per_s"), "HF transformers",
+             h.get("hf_prefill_B1_P8192_tok_per_s"), 35000))
+lines = [f"device: {k.get('device', a.get('gpu', '?'))}",
+         f"{'case':34} {'kvkeep':>9} {'anchor':>12} {'value':>9} {'ratio':>6} {'target':>7}"]
+for name, mine, aname, aval, target in rows:
+    ratio = f"{mine / aval:.2f}" if mine and aval else "-"
+    fmt = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+    lines.append(f"{name:34} {fmt(mine):>9} {aname:>12} {fmt(aval):>9} {ratio:>6} {fmt(target):>7}")
+text = "\n".join(lines)
+print(text)
+with open(os.path.join(out, "table.txt"), "w") as f:
+    f.write(text + "\n")

@@ -1,0 +1,187 @@
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "engine/engine_impl.h"
+
+namespace kvkeep {
+
+std::string_view FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone:
+      return "none";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
+  }
+  return "unknown";
+}
+
+namespace {
+
+BlockPoolOptions PoolOptions(const Backend& backend, bool prefix_caching) {
+  BlockPoolOptions o;
+  o.num_blocks = backend.kv_shape().num_blocks;
+  o.block_size = backend.kv_shape().block_size;
+  o.enable_prefix_caching = prefix_caching;
+  return o;
+}
+
+SchedulerOptions SchedOptions(const EngineOptions& e) {
+  SchedulerOptions o;
+  o.max_batch_tokens = e.max_batch_tokens;
+  o.prefill_chunk_tokens = e.prefill_chunk_tokens;
+  o.max_running = e.max_running;
+  return o;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
+                                               std::unique_ptr<Backend> backend,
+                                               const Tokenizer* tokenizer, Clock* clock) {
+  if (backend == nullptr) return Status::InvalidArgument("engine: no backend");
+  if (clock == nullptr) return Status::InvalidArgument("engine: no clock");
+  if (options.max_batch_tokens <= 0 || options.prefill_chunk_tokens <= 0 ||
+      options.max_running <= 0) {
+    return Status::InvalidArgument(
+        "engine: max_batch_tokens, prefill_chunk_tokens and max_running must be positive");
+  }
+  if (backend->kv_shape().num_blocks <= 0) return Status::InvalidArgument("engine: empty pool");
+  return std::unique_ptr<Engine>(new EngineImpl(options, std::move(backend), tokenizer, clock));
+}
+
+EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> backend,
+                       const Tokenizer* tokenizer, Clock* clock)
+    : options_(options),
+      tokenizer_(tokenizer),
+      clock_(clock),
+      backend_(std::move(backend)),
+      pool_(PoolOptions(*backend_, options.prefix_caching)),
+      scheduler_(SchedOptions(options), &pool_),
+      runner_(backend_.get()) {
+  const KvPoolShape& shape = backend_->kv_shape();
+  const int32_t max_pos = backend_->config().max_position_embeddings;
+  max_context_tokens_ = int64_t{shape.num_blocks} * shape.block_size;
+  if (max_pos > 0) max_context_tokens_ = std::min<int64_t>(max_context_tokens_, max_pos);
+  base_scope_.model_id_hash = HashModelId(options.model_id);
+  stats_.blocks_total = shape.num_blocks;
+}
+
+EngineImpl::~EngineImpl() { Stop(); }
+
+// ---- thread-safe entry points ---------------------------------------------------------
+
+Status EngineImpl::Validate(const GenerateRequest& r) const {
+  const int32_t vocab = backend_->config().vocab_size;
+  if (r.prompt.empty()) return Status::InvalidArgument("empty prompt");
+  auto out_of_vocab = [&](const std::vector<int32_t>& ids) {
+    return std::any_of(ids.begin(), ids.end(), [&](int32_t t) { return t < 0 || t >= vocab; });
+  };
+  if (out_of_vocab(r.prompt) || out_of_vocab(r.forced)) {
+    return Status::InvalidArgument("token id outside the vocabulary of " + std::to_string(vocab));
+  }
+  if (static_cast<int64_t>(r.prompt.size()) > max_context_tokens_) {
+    return Status::InvalidArgument("context of " + std::to_string(r.prompt.size()) +
+                                   " tokens exceeds the limit of " +
+                                   std::to_string(max_context_tokens_));
+  }
+  if (r.forced.empty() && r.stop.max_tokens < 1) {
+    return Status::InvalidArgument("max_tokens must be at least 1");
+  }
+  if (r.sampling.temperature < 0 || r.sampling.top_k < 0 || !(r.sampling.top_p > 0) ||
+      r.sampling.top_p > 1) {
+    return Status::InvalidArgument("sampling: need temperature >= 0, top_k >= 0, 0 < top_p <= 1");
+  }
+  if (tokenizer_ == nullptr && !r.stop.stop_strings.empty()) {
+    return Status::InvalidArgument("stop strings need a tokenizer");
+  }
+  if (!r.on_event) return Status::InvalidArgument("request has no event callback");
+  return Status::OK();
+}
+
+Status EngineImpl::Submit(GenerateRequest request) {
+  RETURN_IF_ERROR(Validate(request));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopped_) return Status::Unavailable("engine stopped");
+  if (!in_flight_.insert(request.id).second) {
+    return Status::InvalidArgument("request id " + std::to_string(request.id) + " is in flight");
+  }
+  inbox_.push_back(Pending{std::move(request), clock_->NowMicros()});
+  cv_.notify_one();
+  return Status::OK();
+}
+
+void EngineImpl::Cancel(RequestId id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancels_.push_back(id);
+  cv_.notify_one();
+}
+
+EngineStats EngineImpl::GetStats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+Status EngineImpl::Start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopped_) return Status::Unavailable("engine stopped");
+  if (thread_.joinable()) return Status::InvalidArgument("engine already started");
+  thread_ = std::thread([this] { ThreadMain(); });
+  return Status::OK();
+}
+
+void EngineImpl::Stop() {
+  std::lock_guard<std::mutex> stop_lock(stop_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+  // The engine thread is gone (or never ran): finish everything here.
+  DrainInbox();
+  std::vector<Sequence*> all;
+  for (auto& [id, seq] : seqs_) all.push_back(seq.get());
+  for (Sequence* seq : all)
+    Finish(seq, FinishReason::kCancelled, Status::Cancelled("engine stopped"));
+  EmitEvents();
+  PublishStats();
+}
+
+bool EngineImpl::HasWorkLocked() const { return !inbox_.empty() || !cancels_.empty() || has_work_; }
+
+void EngineImpl::ThreadMain() {
+  spdlog::debug("engine: thread started");
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopped_ || HasWorkLocked(); });
+      if (stopped_) break;
+    }
+    if (Status st = Step(); !st.ok()) spdlog::error("engine step: {}", st.ToString());
+  }
+  spdlog::debug("engine: thread stopped");
+}
+
+Status EngineImpl::RunUntilIdle() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (thread_.joinable()) return Status::InvalidArgument("engine thread running; use events");
+  }
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!HasWorkLocked()) return Status::OK();
+    }
+    RETURN_IF_ERROR(Step());
+  }
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,99 @@
+// EngineImpl: the Engine of engine/engine.h. One engine thread (Start) or the caller
+// (RunUntilIdle) runs Step() repeatedly; Step() is the table of contents:
+//   drain inbox -> schedule -> reserve blocks (CoW copies) -> build batch + run model ->
+//   sample -> postprocess (stop checks, accounting) -> emit events -> policy tick.
+// Everything below the mutex line is owned by the thread running steps.
+//
+// Thread-safety: Submit, Cancel, GetStats, Stop are thread-safe. Without Start(), the
+// caller drives the engine with RunUntilIdle() and must not call it from two threads.
+// Stop() joins the engine thread, so it must not be called from an event callback; the
+// kCancelled events it produces run on the thread calling Stop().
+#pragma once
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "cache/block_pool.h"
+#include "engine/engine.h"
+#include "engine/model_runner.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+
+namespace kvkeep {
+
+class EngineImpl final : public Engine {
+ public:
+  EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> backend,
+             const Tokenizer* tokenizer, Clock* clock);
+  ~EngineImpl() override;
+
+  Status Start() override;
+  void Stop() override;
+  Status Submit(GenerateRequest request) override;
+  void Cancel(RequestId id) override;
+  EngineStats GetStats() const override;
+  Status RunUntilIdle() override;
+  const ModelConfig& config() const override { return backend_->config(); }
+
+  // One engine step. Returns Internal if work remains but nothing could be scheduled.
+  Status Step();
+
+  // The longest context a request may reach: min(max_position_embeddings, pool tokens).
+  int64_t max_context_tokens() const { return max_context_tokens_; }
+
+ private:
+  struct Pending {
+    GenerateRequest request;
+    int64_t submit_us = 0;
+  };
+  struct Outgoing {
+    Sequence* seq;
+    GenerateEvent event;
+  };
+
+  Status Validate(const GenerateRequest& request) const;
+  bool HasWorkLocked() const;
+  void DrainInbox();
+  void SampleAndPostprocess(const ScheduledBatch& batch);
+  void EmitToken(Sequence* seq, int32_t token, std::string text);
+  void Finish(Sequence* seq, FinishReason reason, Status error = Status::OK());
+  void EmitEvents();
+  void PolicyTick() {}  // placeholder: TTL pinning and demotion hook in here
+  void PublishStats();
+  void ThreadMain();
+
+  const EngineOptions options_;
+  const Tokenizer* tokenizer_;
+  Clock* clock_;
+  std::unique_ptr<Backend> backend_;
+  int64_t max_context_tokens_ = 0;
+  HashScope base_scope_;
+
+  std::mutex stop_mu_;  // serialises Stop() callers (join once)
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Pending> inbox_;               // guarded by mu_
+  std::vector<RequestId> cancels_;           // guarded by mu_
+  std::unordered_set<RequestId> in_flight_;  // guarded by mu_
+  EngineStats stats_;                        // guarded by mu_
+  bool stopped_ = false;                     // guarded by mu_
+  bool has_work_ = false;                    // guarded by mu_ (mirror of the scheduler)
+  std::thread thread_;
+
+  // --- owned by the thread running steps ---
+  BlockPool pool_;
+  Scheduler scheduler_;
+  ModelRunner runner_;
+  std::unordered_map<RequestId, std::unique_ptr<Sequence>> seqs_;
+  std::vector<Outgoing> outbox_;
+  std::vector<std::unique_ptr<Sequence>> done_;  // finished this step, freed after emit
+  EngineStats totals_;                           // accumulated usage of finished requests
+  int64_t steps_ = 0;
+};
+
+}  // namespace kvkeep

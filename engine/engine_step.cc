@@ -1,0 +1,154 @@
+// EngineImpl::Step and what it calls: everything here runs on the thread driving steps.
+#include <spdlog/spdlog.h>
+
+#include "engine/engine_impl.h"
+
+namespace kvkeep {
+
+Status EngineImpl::Step() {
+  DrainInbox();                                  // 1. inbox: new requests, cancels
+  ScheduledBatch batch = scheduler_.Schedule();  // 2-3. schedule, reserve blocks
+  for (Sequence* seq : batch.failed) {
+    Finish(seq, FinishReason::kError,
+           Status::ResourceExhausted("context of " + std::to_string(seq->num_tokens()) +
+                                     " tokens can never fit the KV pool"));
+  }
+  Status status;
+  if (!batch.empty()) {
+    status = runner_.Run(batch);             // 4-5. plan + run the model (CoW first)
+    pool_.ReleaseCopySources(batch.copies);  // CoW sources were held until copied
+    if (status.ok()) {
+      scheduler_.OnStepDone(batch);  // KV now stored: advance, commit blocks
+      SampleAndPostprocess(batch);   // 6-7. sample, stop checks, accounting
+    } else {
+      for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, status);
+    }
+  } else if (scheduler_.has_work() && batch.failed.empty()) {
+    status = Status::Internal("scheduler made no progress");
+  }
+  EmitEvents();  // 8. callbacks
+  PolicyTick();  // 9. budgeted policy tick
+  ++steps_;
+  PublishStats();
+  return status;
+}
+
+void EngineImpl::DrainInbox() {
+  std::vector<Pending> inbox;
+  std::vector<RequestId> cancels;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    inbox.swap(inbox_);
+    cancels.swap(cancels_);
+  }
+  const std::vector<int32_t>& eos = backend_->config().eos_token_ids;
+  for (Pending& p : inbox) {
+    HashScope scope = base_scope_;
+    scope.tenant_salt = p.request.cache_salt;
+    const RequestId id = p.request.id;
+    auto seq = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
+                                          tokenizer_);
+    seq->submit_us = p.submit_us;
+    scheduler_.Add(seq.get());
+    seqs_[id] = std::move(seq);
+  }
+  for (RequestId id : cancels) {
+    auto it = seqs_.find(id);
+    if (it == seqs_.end()) continue;  // unknown or already finished
+    Finish(it->second.get(), FinishReason::kCancelled, Status::Cancelled("cancelled"));
+  }
+}
+
+void EngineImpl::SampleAndPostprocess(const ScheduledBatch& batch) {
+  const int32_t vocab = backend_->config().vocab_size;
+  const float* logits = runner_.logits().data();
+  for (const ScheduledSeq& s : batch.seqs) {
+    if (!s.sample) continue;
+    Sequence* seq = s.seq;
+    const float* row = logits;
+    logits += vocab;
+    const int64_t index = seq->num_generated();  // index of the token chosen now
+    int32_t token;
+    StopChecker::Outcome outcome;
+    if (seq->has_forced()) {
+      token = seq->request.forced[index];
+      outcome = seq->stop.OnForced(token, index + 1 == std::ssize(seq->request.forced));
+    } else {
+      token = seq->sampler.Sample(row, vocab);
+      outcome = seq->stop.OnSampled(token, index + 1);
+    }
+    seq->tokens.push_back(token);
+    if (outcome.finish == FinishReason::kNone && seq->num_tokens() >= max_context_tokens_) {
+      outcome.text += seq->stop.Flush();
+      outcome.finish = FinishReason::kLength;
+    }
+    EmitToken(seq, token, std::move(outcome.text));
+    if (outcome.finish != FinishReason::kNone) Finish(seq, outcome.finish);
+  }
+}
+
+void EngineImpl::EmitToken(Sequence* seq, int32_t token, std::string text) {
+  const int64_t now = clock_->NowMicros();
+  if (!seq->first_token_us) {
+    seq->first_token_us = now;
+    seq->usage.ttft_ms = (now - seq->submit_us) / 1000.0;
+  }
+  seq->usage.decode_ms = (now - *seq->first_token_us) / 1000.0;
+  ++seq->usage.generated_tokens;
+  GenerateEvent ev;
+  ev.kind = GenerateEvent::Kind::kToken;
+  ev.token = token;
+  ev.text = std::move(text);
+  outbox_.push_back({seq, std::move(ev)});
+}
+
+void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
+  scheduler_.Remove(seq);
+  seq->usage.prompt_tokens = seq->usage.cached_tokens + seq->usage.recomputed_tokens;
+  totals_.prompt_tokens += seq->usage.prompt_tokens;
+  totals_.cached_tokens += seq->usage.cached_tokens;
+  totals_.recomputed_tokens += seq->usage.recomputed_tokens;
+  totals_.generated_tokens += seq->usage.generated_tokens;
+  GenerateEvent ev;
+  ev.kind = GenerateEvent::Kind::kFinished;
+  ev.finish_reason = reason;
+  ev.usage = seq->usage;
+  ev.error = std::move(error);
+  spdlog::debug(
+      "engine: request {} finished ({}), prompt {} = cached {} + recomputed {}, "
+      "generated {}",
+      seq->id(), FinishReasonName(reason), ev.usage.prompt_tokens, ev.usage.cached_tokens,
+      ev.usage.recomputed_tokens, ev.usage.generated_tokens);
+  outbox_.push_back({seq, std::move(ev)});
+  auto it = seqs_.find(seq->id());
+  done_.push_back(std::move(it->second));
+  seqs_.erase(it);
+}
+
+void EngineImpl::EmitEvents() {
+  for (Outgoing& out : outbox_) out.seq->request.on_event(out.event);
+  outbox_.clear();
+  if (!done_.empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& seq : done_) in_flight_.erase(seq->id());
+  }
+  done_.clear();
+}
+
+void EngineImpl::PublishStats() {
+  const BlockPoolStats ps = pool_.stats();
+  std::lock_guard<std::mutex> lock(mu_);
+  EngineStats& s = stats_;
+  s = totals_;
+  s.steps = steps_;
+  s.running = scheduler_.num_running();
+  s.waiting = scheduler_.num_waiting();
+  s.blocks_total = ps.num_total;
+  s.blocks_used = ps.num_in_use;
+  s.blocks_cached = ps.num_cached;
+  s.blocks_shared = ps.num_shared;
+  s.evicted_blocks = ps.num_evictions;
+  has_work_ = scheduler_.has_work();
+}
+
+}  // namespace kvkeep

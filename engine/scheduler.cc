@@ -1,0 +1,160 @@
+#include "engine/scheduler.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace kvkeep {
+
+Scheduler::Scheduler(const SchedulerOptions& options, BlockPool* pool)
+    : options_(options), pool_(pool) {}
+
+void Scheduler::Add(Sequence* seq) {
+  seq->status = SequenceStatus::kWaiting;
+  waiting_.push_back(seq);
+}
+
+bool Scheduler::IsScheduled(const Sequence* seq, const ScheduledBatch& batch) const {
+  return std::any_of(batch.seqs.begin(), batch.seqs.end(),
+                     [&](const ScheduledSeq& s) { return s.seq == seq; });
+}
+
+void Scheduler::Schedule(Sequence* seq, int32_t n, ScheduledBatch* batch) {
+  ScheduledSeq s;
+  s.seq = seq;
+  s.num_new_tokens = n;
+  s.sample = seq->num_computed() + n == seq->num_tokens();
+  batch->seqs.push_back(s);
+  batch->num_tokens += n;
+}
+
+void Scheduler::Preempt(Sequence* seq) {
+  spdlog::debug("scheduler: preempting request {} at {} tokens", seq->id(), seq->num_tokens());
+  pool_->Free(&seq->table);
+  running_.erase(std::find(running_.begin(), running_.end(), seq));
+  seq->status = SequenceStatus::kWaiting;
+  ++seq->num_preemptions;
+  ++num_preemptions_;
+  waiting_.push_front(seq);
+}
+
+bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batch) {
+  while (!pool_->PrepareAppend(&seq->table, n, &batch->copies).ok()) {
+    // The newest running sequence that is neither seq nor already scheduled this step.
+    Sequence* victim = nullptr;
+    for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+      if (*it != seq && !IsScheduled(*it, *batch)) {
+        victim = *it;
+        break;
+      }
+    }
+    if (victim != nullptr) {
+      Preempt(victim);
+      ++batch->num_preempted;
+      continue;
+    }
+    if (!batch->seqs.empty()) {  // others hold the blocks this step: wait for them
+      Preempt(seq);
+      ++batch->num_preempted;
+      return false;
+    }
+    // Alone with the whole pool and still short: this context can never fit.
+    Remove(seq);
+    batch->failed.push_back(seq);
+    return false;
+  }
+  return true;
+}
+
+bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
+  if (seq->table.empty() && pool_->prefix_caching_enabled()) {
+    std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
+    seq->table = pool_->MatchPrefix(context, seq->table.scope());
+  }
+  const int64_t cached = seq->num_computed();
+  const int32_t n = static_cast<int32_t>(
+      std::min<int64_t>({seq->num_pending(), options_.prefill_chunk_tokens, budget}));
+  if (!pool_->PrepareAppend(&seq->table, n, &batch->copies).ok()) {
+    pool_->Free(&seq->table);  // hand the matched prefix back; nothing else changed
+    if (running_.empty() && batch->seqs.empty() &&
+        BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) >
+            pool_->num_blocks()) {
+      waiting_.pop_front();
+      seq->status = SequenceStatus::kFinished;
+      batch->failed.push_back(seq);
+    }
+    return false;
+  }
+  waiting_.pop_front();
+  running_.push_back(seq);
+  seq->status = SequenceStatus::kRunning;
+  seq->prefill_end = seq->num_tokens();
+  seq->usage.cached_tokens += cached;
+  Schedule(seq, n, batch);
+  return true;
+}
+
+ScheduledBatch Scheduler::Schedule() {
+  ScheduledBatch batch;
+  int32_t budget = options_.max_batch_tokens;
+  // 1. decodes, then 2. prefill chunks of running sequences. Iterate over a snapshot:
+  // preemption edits running_.
+  for (bool decode_pass : {true, false}) {
+    const std::vector<Sequence*> snapshot = running_;
+    for (Sequence* seq : snapshot) {
+      if (budget <= 0) break;
+      if (seq->status != SequenceStatus::kRunning || IsScheduled(seq, batch)) continue;
+      if (seq->is_prefilling() == decode_pass) continue;
+      const int32_t n = static_cast<int32_t>(std::min<int64_t>(
+          {seq->num_pending(), decode_pass ? 1 : options_.prefill_chunk_tokens, budget}));
+      if (n <= 0) continue;
+      if (!ReserveForRunning(seq, n, &batch)) continue;
+      Schedule(seq, n, &batch);
+      budget -= n;
+    }
+  }
+  // 3. admission.
+  while (budget > 0 && batch.num_preempted == 0 && !waiting_.empty() &&
+         num_running() < options_.max_running) {
+    Sequence* seq = waiting_.front();
+    const size_t failed_before = batch.failed.size();
+    if (!TryAdmit(seq, budget, &batch)) {
+      if (batch.failed.size() > failed_before) continue;  // dropped; try the next one
+      break;
+    }
+    budget -= batch.seqs.back().num_new_tokens;
+  }
+  if (!batch.empty()) {
+    spdlog::debug(
+        "scheduler: step of {} tokens over {} seqs ({} running, {} waiting, {} "
+        "preempted, {} copies)",
+        batch.num_tokens, batch.seqs.size(), running_.size(), waiting_.size(), batch.num_preempted,
+        batch.copies.size());
+  }
+  return batch;
+}
+
+void Scheduler::OnStepDone(const ScheduledBatch& batch) {
+  for (const ScheduledSeq& s : batch.seqs) {
+    Sequence* seq = s.seq;
+    const int64_t start = seq->num_computed();
+    const int64_t prefill_tokens =
+        std::clamp<int64_t>(seq->prefill_end - start, 0, s.num_new_tokens);
+    seq->usage.recomputed_tokens += prefill_tokens;
+    seq->table.AdvanceTokens(s.num_new_tokens);
+    pool_->CommitFullBlocks(&seq->table, seq->tokens);
+  }
+}
+
+void Scheduler::Remove(Sequence* seq) {
+  if (auto it = std::find(running_.begin(), running_.end(), seq); it != running_.end()) {
+    running_.erase(it);
+  }
+  if (auto it = std::find(waiting_.begin(), waiting_.end(), seq); it != waiting_.end()) {
+    waiting_.erase(it);
+  }
+  pool_->Free(&seq->table);
+  seq->status = SequenceStatus::kFinished;
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,102 @@
+// Scheduler: continuous batching with block-wise (chunked) prefill. Pure bookkeeping over
+// a cache/BlockPool: it decides which sequences run how many tokens in the next step and
+// reserves their blocks; it never touches KV bytes or the model.
+//
+// Policy of one Schedule() call, under a budget of max_batch_tokens tokens:
+//   1. decode: every running sequence past its prefill gets its one pending token, in
+//      admission order (oldest first);
+//   2. prefill chunks of running sequences still prefilling, at most
+//      prefill_chunk_tokens each, oldest first;
+//   3. admission: waiting sequences, in queue order, while the budget lasts and fewer
+//      than max_running run. An admitted sequence first takes the longest cached prefix
+//      of its context (BlockPool::MatchPrefix over all tokens but the last, so at least
+//      one token is computed and yields logits); its first chunk follows.
+// So a long prefill is split across steps and never stalls decoding.
+//
+// Blocks: each scheduled run reserves its blocks with BlockPool::PrepareAppend (check,
+// then act: a failed reservation changes nothing). Copy-on-write pairs from it are
+// returned in ScheduledBatch::copies for Backend::CopyBlocks before the forward step.
+// When the pool runs dry for a running sequence, the newest running sequence not yet
+// scheduled this step is preempted: its blocks are released (full, committed blocks stay
+// cached and can be matched again on resume) and it goes back to the front of the waiting
+// queue, to be recomputed from its whole context (prompt + generated tokens) when
+// re-admitted. With no one left to preempt, the sequence preempts itself if others hold
+// blocks this step, else its context can never fit and it is returned in `failed`.
+// A waiting sequence that cannot get blocks is simply not admitted this step (its matched
+// prefix is handed back). No admission happens in a step that preempted.
+//
+// After the forward step, OnStepDone advances each table and commits newly full blocks to
+// the prefix cache (their chained hashes are computed by the pool under the table's
+// scope: model id hash + the request's cache salt).
+//
+// Thread-safety: none; engine thread only.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <vector>
+
+#include "cache/block_pool.h"
+#include "engine/sequence.h"
+
+namespace kvkeep {
+
+struct SchedulerOptions {
+  int32_t max_batch_tokens = 512;      // tokens per step (prefill + decode); > 0
+  int32_t prefill_chunk_tokens = 256;  // largest prefill run per sequence per step; > 0
+  int32_t max_running = 64;            // sequences admitted at once; > 0
+};
+
+struct ScheduledSeq {
+  Sequence* seq = nullptr;
+  int32_t num_new_tokens = 0;  // tokens computed this step, from seq->num_computed()
+  bool sample = false;         // the run ends at the last token: its logits are sampled
+};
+
+struct ScheduledBatch {
+  std::vector<ScheduledSeq> seqs;
+  std::vector<BlockCopy> copies;  // Backend::CopyBlocks before the forward step
+  std::vector<Sequence*> failed;  // context can never fit the pool; already removed
+  int32_t num_tokens = 0;
+  int32_t num_preempted = 0;
+  bool empty() const { return seqs.empty(); }
+};
+
+class Scheduler {
+ public:
+  // REQUIRES: pool outlives the scheduler.
+  Scheduler(const SchedulerOptions& options, BlockPool* pool);
+
+  // Appends a new sequence to the waiting queue. REQUIRES: status kWaiting, empty table.
+  void Add(Sequence* seq);
+  ScheduledBatch Schedule();
+  // After the forward step of `batch`: records the computed tokens and commits full blocks.
+  // Sampled tokens are appended by the caller afterwards.
+  void OnStepDone(const ScheduledBatch& batch);
+  // Takes a sequence out of whichever queue holds it and frees its blocks.
+  void Remove(Sequence* seq);
+
+  bool has_work() const { return !waiting_.empty() || !running_.empty(); }
+  int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+  int64_t num_preemptions() const { return num_preemptions_; }
+  // All sequences holding blocks (for accounting).
+  const std::vector<Sequence*>& running() const { return running_; }
+
+ private:
+  // Reserves room for n more tokens of seq, preempting others if needed. Returns false if
+  // seq itself was preempted or failed (then it is no longer running).
+  bool ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batch);
+  bool TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch);
+  void Preempt(Sequence* seq);
+  void Schedule(Sequence* seq, int32_t n, ScheduledBatch* batch);
+  bool IsScheduled(const Sequence* seq, const ScheduledBatch& batch) const;
+
+  SchedulerOptions options_;
+  BlockPool* pool_;
+  std::deque<Sequence*> waiting_;
+  std::vector<Sequence*> running_;  // admission order, oldest first
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace kvkeep

@@ -1,0 +1,61 @@
+// Sequence: one request's state inside the engine — its tokens, its KV blocks, its
+// sampler and stop checker, and its accounting. Plain bookkeeping owned by the engine
+// thread (EngineImpl owns the object; the Scheduler holds pointers in its queues).
+//
+// Token bookkeeping:
+//   tokens            prompt followed by every generated (sampled or forced) token
+//   table.num_tokens  tokens whose KV is in the pool ("computed"); the rest are pending
+//   prefill_end       tokens.size() when the sequence was last admitted: tokens before it
+//                     are computed as prefill (counted as cached or recomputed), tokens
+//                     after it are decode steps
+// A step computes a run of pending tokens; logits are sampled only when the run reaches
+// the last token (a finished prefill, or a decode step).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "cache/block_table.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "engine/stop_checker.h"
+
+namespace kvkeep {
+
+enum class SequenceStatus { kWaiting, kRunning, kFinished };
+
+struct Sequence {
+  Sequence(GenerateRequest req, int32_t block_size, HashScope scope,
+           const std::vector<int32_t>& model_eos_ids, const Tokenizer* tokenizer)
+      : request(std::move(req)),
+        tokens(request.prompt),
+        num_prompt_tokens(static_cast<int64_t>(request.prompt.size())),
+        table(block_size, scope),
+        sampler(request.sampling),
+        stop(request.stop, model_eos_ids, tokenizer) {}
+
+  RequestId id() const { return request.id; }
+  int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
+  int64_t num_computed() const { return table.num_tokens(); }
+  int64_t num_pending() const { return num_tokens() - num_computed(); }
+  int64_t num_generated() const { return num_tokens() - num_prompt_tokens; }
+  bool is_prefilling() const { return num_computed() < prefill_end; }
+  bool has_forced() const { return !request.forced.empty(); }
+
+  GenerateRequest request;
+  std::vector<int32_t> tokens;
+  int64_t num_prompt_tokens = 0;
+  BlockTable table;
+  SequenceStatus status = SequenceStatus::kWaiting;
+  int64_t prefill_end = 0;
+  int32_t num_preemptions = 0;
+
+  Sampler sampler;
+  StopChecker stop;
+  Usage usage;
+  int64_t submit_us = 0;
+  std::optional<int64_t> first_token_us;
+};
+
+}  // namespace kvkeep

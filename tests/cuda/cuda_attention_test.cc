@@ -1,0 +1,233 @@
+// GPU paged attention (decode and prefill) against the CPU reference (kernels/cpu), on fresh
+// seeded random inputs with scrambled block tables and poisoned outputs.
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cuda/attention.h"
+#include "tests/cuda/cuda_test_util.h"
+#include "tests/testlib/test_util.h"
+
+namespace kvkeep::testing {
+namespace {
+
+struct Case {
+  int head_dim = 128;
+  int num_kv_heads = 2;
+  int group = 4;
+  int num_seqs = 3;
+  int max_len = 300;
+  bool decode = true;
+  int max_new = 1;
+  bool whole_prompt = false;  // prefill: the chunk is the whole context (no cached prefix)
+};
+
+struct Scenario {
+  KvPoolShape shape;
+  std::vector<bf16> pool;
+  std::vector<int32_t> q_start, kv_len, tables;
+  int max_blocks = 0;
+  int num_tokens = 0;
+  int max_q = 0, max_kv = 0;
+  std::vector<bf16> q;  // [tokens][hq][d]
+};
+
+Scenario MakeScenario(std::mt19937_64& rng, const Case& c) {
+  Scenario s;
+  s.shape.num_layers = 2;
+  s.shape.num_kv_heads = c.num_kv_heads;
+  s.shape.block_size = 16;
+  s.shape.head_dim = c.head_dim;
+  std::uniform_int_distribution<int> len_dist(1, c.max_len);
+  s.q_start.push_back(0);
+  int total_blocks = 0;
+  for (int i = 0; i < c.num_seqs; ++i) {
+    const int len = len_dist(rng);
+    int n_new = 1;
+    if (!c.decode) {
+      n_new = c.whole_prompt ? len
+                             : std::uniform_int_distribution<int>(1, std::min(len, c.max_new))(rng);
+    }
+    s.kv_len.push_back(len);
+    s.q_start.push_back(s.q_start.back() + n_new);
+    s.max_q = std::max(s.max_q, n_new);
+    s.max_kv = std::max(s.max_kv, len);
+    const int blocks = (len + 15) / 16;
+    s.max_blocks = std::max(s.max_blocks, blocks);
+    total_blocks += blocks;
+  }
+  s.num_tokens = s.q_start.back();
+  s.shape.num_blocks = total_blocks + 7;
+  std::vector<int32_t> ids(s.shape.num_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);  // scrambled block tables
+  s.tables.assign(size_t(c.num_seqs) * s.max_blocks, -1);
+  int next = 0;
+  for (int i = 0; i < c.num_seqs; ++i) {
+    for (int j = 0; j < (s.kv_len[i] + 15) / 16; ++j) s.tables[i * s.max_blocks + j] = ids[next++];
+  }
+  s.pool = RandomBf16(rng, s.shape.total_elements());
+  s.q = RandomBf16(rng, size_t(s.num_tokens) * c.num_kv_heads * c.group * c.head_dim);
+  return s;
+}
+
+// Runs the CPU reference and one GPU kernel on layer 1 of the scenario; returns rel. L2.
+// forced_splits > 0 overrides the decode plan; rows_per_warp (16/32) forces the prefill tile.
+double RunCase(GpuArena& gpu, const Case& c, std::mt19937_64& rng, int forced_splits,
+               int rows_per_warp = 0) {
+  Scenario s = MakeScenario(rng, c);
+  const int hq = c.num_kv_heads * c.group;
+  AttentionParams params;
+  params.num_q_heads = hq;
+  params.scale = 1.0f / std::sqrt(float(c.head_dim));
+  AttentionBatch hb;
+  hb.num_seqs = c.num_seqs;
+  hb.q_start = s.q_start.data();
+  hb.kv_len = s.kv_len.data();
+  hb.block_tables = s.tables.data();
+  hb.max_blocks_per_seq = s.max_blocks;
+  const std::vector<float> qf = ToFloat(s.q);
+  std::vector<float> ref(qf.size());
+  const int layer = 1;
+  EXPECT_TRUE(cpu::PagedAttention(params, hb, LayerView(s.pool.data(), s.shape, layer), qf.data(),
+                                  ref.data())
+                  .ok());
+
+  AttentionBatch db = hb;
+  db.q_start = gpu.Upload(s.q_start);
+  db.kv_len = gpu.Upload(s.kv_len);
+  db.block_tables = gpu.Upload(s.tables);
+  auto* pool = reinterpret_cast<cuda::bf16_t*>(gpu.Upload(s.pool));
+  cuda::AttentionIo io;
+  io.q = reinterpret_cast<const cuda::bf16_t*>(gpu.Upload(s.q));
+  io.q_token_stride = int64_t{hq} * c.head_dim;
+  io.out = gpu.Alloc<cuda::bf16_t>(qf.size());
+  gpu.Poison(io.out, qf.size());
+  const PagedKv<cuda::bf16_t> kv = LayerView(pool, s.shape, layer);
+  Status st;
+  if (c.decode) {
+    cuda::DecodePlan plan = cuda::PlanDecode(c.num_seqs, c.num_kv_heads, s.max_kv, 132);
+    if (forced_splits > 0) plan.num_splits = forced_splits;
+    const size_t ws = cuda::DecodeWorkspaceBytes(c.num_seqs, hq, c.head_dim, plan);
+    float* workspace = ws ? gpu.Alloc<float>(ws / sizeof(float)) : nullptr;
+    if (workspace) gpu.Poison(workspace, ws / sizeof(float));
+    st = cuda::PagedDecodeAttention(params, db, kv, io, plan, workspace, gpu.stream());
+  } else {
+    st = rows_per_warp == 0 ? cuda::PagedPrefillAttention(params, db, kv, io, s.max_q, gpu.stream())
+                            : cuda::TEST_PagedPrefillAttention(params, db, kv, io, s.max_q,
+                                                               rows_per_warp, gpu.stream());
+  }
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_TRUE(gpu.device()->Synchronize().ok());
+  std::vector<bf16> out_bits(qf.size());
+  EXPECT_TRUE(gpu.device()->CopyDeviceToHost(out_bits.data(), io.out, out_bits.size() * 2).ok());
+  return RelL2(ToFloat(out_bits), ref);
+}
+
+constexpr double kTol = 8e-3;  // bf16 output rounding is ~2e-3 relative
+
+TEST(CudaAttention, DecodeMatchesCpu) {
+  GpuArena gpu;
+  KVKEEP_REQUIRE_GPU(gpu);
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  for (int d : {32, 64, 128}) {
+    for (int g : {1, 3, 4, 8}) {
+      for (int splits : {0, 1, 5}) {
+        Case c;
+        c.head_dim = d;
+        c.group = g;
+        c.num_kv_heads = std::uniform_int_distribution<int>(1, 3)(rng);
+        c.num_seqs = std::uniform_int_distribution<int>(1, 17)(rng);
+        c.max_len = std::uniform_int_distribution<int>(1, 1500)(rng);
+        const double err = RunCase(gpu, c, rng, splits);
+        EXPECT_LT(err, kTol) << "seed " << seed << " d " << d << " group " << g << " splits "
+                             << splits << " seqs " << c.num_seqs << " max_len " << c.max_len;
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, DecodeLongContextSplitK) {
+  GpuArena gpu;
+  KVKEEP_REQUIRE_GPU(gpu);
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  Case c;
+  c.head_dim = 128;
+  c.group = 4;
+  c.num_kv_heads = 2;
+  c.num_seqs = 2;
+  c.max_len = 20000;
+  EXPECT_GT(cuda::PlanDecode(1, 8, 32768, 132).num_splits, 8);
+  EXPECT_LT(RunCase(gpu, c, rng, 0), kTol) << "seed " << seed;
+}
+
+TEST(CudaAttention, PrefillMatchesCpu) {
+  GpuArena gpu;
+  KVKEEP_REQUIRE_GPU(gpu);
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  for (int d : {32, 64, 128}) {
+    for (int g : {1, 3, 4, 8}) {
+      for (int rows : {0, 16, 32}) {
+        Case c;
+        c.head_dim = d;
+        c.group = g;
+        c.decode = false;
+        c.num_kv_heads = std::uniform_int_distribution<int>(1, 2)(rng);
+        c.num_seqs = std::uniform_int_distribution<int>(1, 6)(rng);
+        c.max_len = std::uniform_int_distribution<int>(1, 700)(rng);
+        c.max_new = std::uniform_int_distribution<int>(1, 300)(rng);
+        const double err = RunCase(gpu, c, rng, 0, rows);
+        EXPECT_LT(err, kTol) << "seed " << seed << " d " << d << " group " << g << " rows/warp "
+                             << rows << " seqs " << c.num_seqs << " max_len " << c.max_len
+                             << " max_new " << c.max_new;
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, PrefillWholePromptNoPrefix) {
+  GpuArena gpu;
+  KVKEEP_REQUIRE_GPU(gpu);
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  Case c;
+  c.head_dim = 128;
+  c.group = 4;
+  c.num_kv_heads = 2;
+  c.num_seqs = 1;
+  c.decode = false;
+  c.max_len = 1000;
+  c.whole_prompt = true;
+  EXPECT_LT(RunCase(gpu, c, rng, 0), kTol) << "seed " << seed;
+}
+
+TEST(CudaAttention, UnsupportedShapesAreNotSupported) {
+  GpuArena gpu;
+  KVKEEP_REQUIRE_GPU(gpu);
+  AttentionParams params;
+  params.num_q_heads = 10;
+  PagedKv<cuda::bf16_t> kv;
+  kv.num_kv_heads = 2;
+  kv.head_dim = 96;
+  AttentionBatch b;
+  b.num_seqs = 1;
+  cuda::AttentionIo io;
+  EXPECT_EQ(cuda::PagedPrefillAttention(params, b, kv, io, 1, gpu.stream()).code(),
+            StatusCode::kNotSupported);
+  kv.head_dim = 128;  // group 5
+  EXPECT_EQ(cuda::PagedDecodeAttention(params, b, kv, io, cuda::DecodePlan{}, nullptr, gpu.stream())
+                .code(),
+            StatusCode::kNotSupported);
+}
+
+}  // namespace
+}  // namespace kvkeep::testing

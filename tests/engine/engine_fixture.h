@@ -1,0 +1,134 @@
+// Shared helpers for the engine tests: a fresh synthetic model in a temp dir (seeded by
+// TestSeed(), logged), a batch builder for driving a Backend by hand, and tolerances.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/file.h"
+#include "engine/backend.h"
+#include "engine/model_config.h"
+#include "engine/model_weights.h"
+#include "engine/synthetic_model.h"
+#include "engine/tokenizer.h"
+#include "tests/testlib/test_util.h"
+
+namespace kvkeep::enginetest {
+
+struct TestModel {
+  testing::TempDir dir;
+  uint64_t seed = 0;
+  ModelConfig config;
+  std::unique_ptr<ModelWeights> weights;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+// Writes preset into a new temp dir with the test seed and loads it. Fails the test on error.
+inline std::unique_ptr<TestModel> MakeTestModel(const std::string& preset = "tiny") {
+  auto m = std::make_unique<TestModel>();
+  m->seed = testing::TestSeed();
+  SCOPED_TRACE("model seed " + std::to_string(m->seed));
+  Status st = MakeSyntheticModel(preset, m->seed, m->dir.path());
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  if (!st.ok()) return nullptr;
+  auto config = LoadModelConfig(DefaultEnv(), m->dir.path());
+  EXPECT_TRUE(config.ok()) << config.status().ToString();
+  if (!config.ok()) return nullptr;
+  m->config = *config;
+  auto weights = ModelWeights::Load(DefaultEnv(), m->dir.path(), m->config);
+  EXPECT_TRUE(weights.ok()) << weights.status().ToString();
+  if (!weights.ok()) return nullptr;
+  m->weights = std::move(weights).value();
+  auto tok = LoadTokenizer(DefaultEnv(), m->dir.path());
+  EXPECT_TRUE(tok.ok()) << tok.status().ToString();
+  if (!tok.ok()) return nullptr;
+  m->tokenizer = std::move(tok).value();
+  return m;
+}
+
+inline std::unique_ptr<Backend> MakeBackend(const ModelWeights& weights, int32_t num_blocks,
+                                            int32_t block_size = 16,
+                                            KvDType dtype = KvDType::kF32) {
+  BackendOptions o;
+  o.num_kv_blocks = num_blocks;
+  o.block_size = block_size;
+  o.kv_dtype = dtype;
+  auto b = CreateCpuBackend(weights, o);
+  EXPECT_TRUE(b.ok()) << b.status().ToString();
+  return b.ok() ? std::move(b).value() : nullptr;
+}
+
+// Random ids among the tokenizer's byte tokens.
+inline std::vector<int32_t> RandomTokens(std::mt19937_64& rng, int n, int32_t vocab = 256) {
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
+  return t;
+}
+
+// One sequence's part of a hand-built step: tokens [start, end) of `tokens`, whose KV
+// lives in `blocks` (logical block i -> physical blocks[i]).
+struct SeqRun {
+  const std::vector<int32_t>* tokens;
+  const std::vector<int32_t>* blocks;
+  int32_t start;
+  int32_t end;
+};
+
+// A ForwardBatch for the runs, logits requested for every token (all_rows) or only for
+// each run's last token.
+inline ForwardBatch MakeBatch(const std::vector<SeqRun>& runs, int32_t block_size, bool all_rows) {
+  ForwardBatch b;
+  b.q_start.push_back(0);
+  for (const SeqRun& r : runs) {
+    b.max_blocks_per_seq = std::max<int32_t>(b.max_blocks_per_seq, r.blocks->size());
+  }
+  for (const SeqRun& r : runs) {
+    for (int32_t p = r.start; p < r.end; ++p) {
+      if (all_rows) b.logit_rows.push_back(static_cast<int32_t>(b.token_ids.size()));
+      b.token_ids.push_back((*r.tokens)[p]);
+      b.positions.push_back(p);
+      b.slot_mapping.push_back((*r.blocks)[p / block_size] * block_size + p % block_size);
+    }
+    if (!all_rows) b.logit_rows.push_back(static_cast<int32_t>(b.token_ids.size()) - 1);
+    b.q_start.push_back(static_cast<int32_t>(b.token_ids.size()));
+    b.kv_len.push_back(r.end);
+    std::vector<int32_t> row(*r.blocks);
+    row.resize(b.max_blocks_per_seq, 0);
+    b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
+  }
+  return b;
+}
+
+// Runs a batch and returns its logits, failing the test on error.
+inline std::vector<float> RunBatch(Backend* backend, const ForwardBatch& batch) {
+  std::vector<float> logits;
+  Status st = backend->Forward(batch, &logits);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  return logits;
+}
+
+// max |a - b| / max(1, max |b|): relative to the reference's scale.
+inline double RelDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  double diff = 0, scale = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(double{a[i]} - b[i]));
+    scale = std::max(scale, std::abs(double{b[i]}));
+  }
+  return diff / scale;
+}
+
+// Sequential block ids [first, first + n).
+inline std::vector<int32_t> Iota(int32_t n, int32_t first = 0) {
+  std::vector<int32_t> v(n);
+  for (int32_t i = 0; i < n; ++i) v[i] = first + i;
+  return v;
+}
+
+}  // namespace kvkeep::enginetest

@@ -1,0 +1,219 @@
+// Scheduler bookkeeping over a real (small) BlockPool, without a model: token budgets,
+// chunking, decode-first ordering, prefix reuse, preemption with recompute, contexts that
+// can never fit, and failed reservations that change nothing.
+#include "engine/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <random>
+
+#include "tests/testlib/test_util.h"
+
+namespace kvkeep {
+namespace {
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void Init(int32_t num_blocks, int32_t block_size, SchedulerOptions options,
+            bool prefix_caching = true) {
+    BlockPoolOptions po;
+    po.num_blocks = num_blocks;
+    po.block_size = block_size;
+    po.enable_prefix_caching = prefix_caching;
+    pool_ = std::make_unique<BlockPool>(po);
+    sched_ = std::make_unique<Scheduler>(options, pool_.get());
+  }
+
+  Sequence* AddSeq(std::vector<int32_t> prompt) {
+    GenerateRequest r;
+    r.id = seqs_.size() + 1;
+    r.prompt = std::move(prompt);
+    seqs_.push_back(std::make_unique<Sequence>(std::move(r), pool_->block_size(), HashScope{7, 0},
+                                               std::vector<int32_t>{}, nullptr));
+    sched_->Add(seqs_.back().get());
+    return seqs_.back().get();
+  }
+
+  // One step as the engine does it, minus the model: schedule, advance, append a token to
+  // every sequence that samples.
+  ScheduledBatch Step() {
+    ScheduledBatch b = sched_->Schedule();
+    sched_->OnStepDone(b);
+    for (const ScheduledSeq& s : b.seqs) {
+      if (s.sample) s.seq->tokens.push_back(static_cast<int32_t>(rng_() % 256));
+    }
+    EXPECT_TRUE(pool_->TEST_CheckInvariants().ok()) << pool_->TEST_CheckInvariants().ToString();
+    return b;
+  }
+
+  std::vector<int32_t> Tokens(int n) {
+    std::vector<int32_t> t(n);
+    for (int32_t& x : t) x = static_cast<int32_t>(rng_() % 256);
+    return t;
+  }
+
+  std::mt19937_64 rng_{testing::TestSeed()};
+  std::unique_ptr<BlockPool> pool_;
+  std::unique_ptr<Scheduler> sched_;
+  std::vector<std::unique_ptr<Sequence>> seqs_;
+};
+
+TEST_F(SchedulerTest, LongPrefillIsChunkedAndNeverStallsDecode) {
+  Init(128, 4, {.max_batch_tokens = 16, .prefill_chunk_tokens = 8, .max_running = 8});
+  Sequence* shortp = AddSeq(Tokens(5));
+  Sequence* longp = AddSeq(Tokens(120));
+  int steps = 0;
+  while (longp->is_prefilling() || longp->num_computed() == 0) {
+    ScheduledBatch b = Step();
+    ++steps;
+    ASSERT_LE(b.num_tokens, 16);
+    bool seen_prefill = false;
+    for (const ScheduledSeq& s : b.seqs) {
+      EXPECT_LE(s.num_new_tokens, 8);
+      // After the step: the run started at num_computed - n.
+      const bool is_decode = s.seq->num_computed() - s.num_new_tokens >= s.seq->prefill_end;
+      if (!is_decode) seen_prefill = true;
+      EXPECT_FALSE(is_decode && seen_prefill) << "decodes come before prefill chunks";
+    }
+    // Once the short prompt is prefilled, it decodes in every step.
+    if (steps > 1) {
+      EXPECT_TRUE(std::any_of(b.seqs.begin(), b.seqs.end(),
+                              [&](const ScheduledSeq& s) { return s.seq == shortp; }))
+          << "step " << steps;
+    }
+    ASSERT_LT(steps, 100);
+  }
+  // 120 tokens in chunks of at most 8 (7 per step once the decode takes one): many steps.
+  EXPECT_GE(steps, 120 / 8);
+  EXPECT_EQ(longp->usage.recomputed_tokens, 120);
+  EXPECT_EQ(longp->usage.cached_tokens, 0);
+  EXPECT_EQ(shortp->num_generated(), steps) << "the short sequence sampled in every step";
+}
+
+TEST_F(SchedulerTest, RespectsMaxRunning) {
+  Init(128, 4, {.max_batch_tokens = 64, .prefill_chunk_tokens = 64, .max_running = 2});
+  for (int i = 0; i < 5; ++i) AddSeq(Tokens(6));
+  ScheduledBatch b = Step();
+  EXPECT_EQ(b.seqs.size(), 2u);
+  EXPECT_EQ(sched_->num_running(), 2);
+  EXPECT_EQ(sched_->num_waiting(), 3);
+}
+
+TEST_F(SchedulerTest, ReusesCommittedPrefixAfterFinish) {
+  const int kBs = 4;
+  Init(64, kBs, {.max_batch_tokens = 256, .prefill_chunk_tokens = 256, .max_running = 8});
+  std::vector<int32_t> p = Tokens(23);
+  Sequence* first = AddSeq(p);
+  Step();
+  ASSERT_EQ(first->num_computed(), 23);
+  sched_->Remove(first);  // finished: blocks go to the cached LRU
+  EXPECT_GT(pool_->stats().num_cached, 0);
+  std::vector<int32_t> pq = p;
+  for (int32_t t : Tokens(9)) pq.push_back(t);
+  Sequence* second = AddSeq(pq);
+  ScheduledBatch b = Step();
+  ASSERT_EQ(b.seqs.size(), 1u);
+  EXPECT_EQ(second->usage.cached_tokens, 23 / kBs * kBs);
+  EXPECT_EQ(b.seqs[0].num_new_tokens, 32 - 23 / kBs * kBs);
+  EXPECT_EQ(second->usage.cached_tokens + second->usage.recomputed_tokens, 32);
+}
+
+TEST_F(SchedulerTest, WholePromptCachedStillComputesTheLastToken) {
+  Init(64, 4, {.max_batch_tokens = 256, .prefill_chunk_tokens = 256, .max_running = 8});
+  std::vector<int32_t> p = Tokens(16);
+  Sequence* a = AddSeq(p);
+  Step();
+  sched_->Remove(a);
+  Sequence* b = AddSeq(p);
+  ScheduledBatch batch = Step();
+  ASSERT_EQ(batch.seqs.size(), 1u);
+  EXPECT_EQ(b->usage.cached_tokens, 12);  // the last block holds the token that needs logits
+  EXPECT_TRUE(batch.seqs[0].sample);
+}
+
+TEST_F(SchedulerTest, NoPrefixCachingMeansNoReuse) {
+  Init(64, 4, {.max_batch_tokens = 256, .prefill_chunk_tokens = 256, .max_running = 8},
+       /*prefix_caching=*/false);
+  std::vector<int32_t> p = Tokens(30);
+  Sequence* a = AddSeq(p);
+  Step();
+  sched_->Remove(a);
+  Sequence* b = AddSeq(p);
+  Step();
+  EXPECT_EQ(b->usage.cached_tokens, 0);
+  EXPECT_EQ(b->usage.recomputed_tokens, 30);
+}
+
+TEST_F(SchedulerTest, PreemptsNewestWhenPoolRunsDryAndRecomputesOnResume) {
+  // 10 blocks of 4 = 40 slots; two sequences of 12 tokens decoding until they collide.
+  Init(10, 4, {.max_batch_tokens = 64, .prefill_chunk_tokens = 64, .max_running = 8});
+  Sequence* old_seq = AddSeq(Tokens(12));
+  Sequence* new_seq = AddSeq(Tokens(12));
+  int preempted_steps = 0;
+  for (int i = 0; i < 40 && old_seq->num_tokens() < 30; ++i) {
+    ScheduledBatch b = Step();
+    if (b.num_preempted > 0) ++preempted_steps;
+    ASSERT_TRUE(b.failed.empty());
+  }
+  EXPECT_GT(preempted_steps, 0);
+  EXPECT_GE(old_seq->num_tokens(), 30) << "the oldest sequence keeps running";
+  EXPECT_EQ(old_seq->num_preemptions, 0);
+  EXPECT_GT(new_seq->num_preemptions, 0);
+  EXPECT_EQ(new_seq->status, SequenceStatus::kWaiting);
+  EXPECT_TRUE(new_seq->table.empty());
+  const int64_t context = new_seq->num_tokens();
+  sched_->Remove(old_seq);
+  // Alone now, it resumes, recomputing (or re-matching) its whole context.
+  Step();
+  EXPECT_EQ(new_seq->status, SequenceStatus::kRunning);
+  EXPECT_EQ(new_seq->num_computed(), context);
+  EXPECT_EQ(new_seq->usage.recomputed_tokens + new_seq->usage.cached_tokens, 12 + context);
+}
+
+TEST_F(SchedulerTest, ContextThatCanNeverFitFails) {
+  Init(4, 4, {.max_batch_tokens = 64, .prefill_chunk_tokens = 64, .max_running = 8});
+  Sequence* s = AddSeq(Tokens(14));
+  bool failed = false;
+  for (int i = 0; i < 10 && !failed; ++i) {
+    ScheduledBatch b = Step();
+    failed = !b.failed.empty();
+    if (failed) {
+      EXPECT_EQ(b.failed[0], s);
+    }
+  }
+  EXPECT_TRUE(failed);
+  EXPECT_EQ(s->status, SequenceStatus::kFinished);
+  EXPECT_EQ(s->num_tokens(), 17) << "fails when the 17th token needs a 5th block";
+  EXPECT_EQ(pool_->stats().num_in_use, 0);
+  EXPECT_FALSE(sched_->has_work());
+}
+
+TEST_F(SchedulerTest, AdmissionThatCannotGetBlocksChangesNothing) {
+  Init(8, 4, {.max_batch_tokens = 64, .prefill_chunk_tokens = 64, .max_running = 8});
+  std::vector<int32_t> shared = Tokens(8);
+  Sequence* a = AddSeq(shared);
+  Step();
+  sched_->Remove(a);                   // 2 cached blocks hold `shared`
+  Sequence* hog = AddSeq(Tokens(20));  // 5 blocks from the free list, 1 free left
+  Step();
+  ASSERT_EQ(hog->status, SequenceStatus::kRunning);
+  std::vector<int32_t> c_tokens = shared;
+  for (int32_t t : Tokens(12)) c_tokens.push_back(t);
+  // This step hog's decode takes the last free block; c matches the 2 cached blocks but
+  // cannot get 3 more, so it must hand them back.
+  Sequence* c = AddSeq(c_tokens);
+  ScheduledBatch b = Step();
+  ASSERT_EQ(b.seqs.size(), 1u);
+  EXPECT_EQ(b.seqs[0].seq, hog);
+  EXPECT_EQ(c->status, SequenceStatus::kWaiting);
+  EXPECT_TRUE(c->table.empty());
+  EXPECT_EQ(c->usage.cached_tokens, 0);
+  const BlockPoolStats st = pool_->stats();
+  EXPECT_EQ(st.num_in_use, hog->table.num_blocks());
+  EXPECT_EQ(st.num_cached, 2);
+  EXPECT_EQ(pool_->CountCachedPrefix(shared, HashScope{7, 0}), 2);
+}
+
+}  // namespace
+}  // namespace kvkeep
