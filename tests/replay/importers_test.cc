@@ -18,7 +18,8 @@ std::vector<std::string> FilesIn(const std::string& dir, const std::string& suff
   std::vector<std::string> out;
   for (const auto& e : fs::directory_iterator(dir)) {
     std::string p = e.path().string();
-    if (p.size() >= suffix.size() && p.compare(p.size() - suffix.size(), suffix.size(), suffix) == 0)
+    if (p.size() >= suffix.size() &&
+        p.compare(p.size() - suffix.size(), suffix.size(), suffix) == 0)
       out.push_back(p);
   }
   std::sort(out.begin(), out.end());
@@ -96,9 +97,9 @@ TEST(Importers, EveryFileOfEveryFormatInSharedData) {
 
 TEST(Importers, MiniSweV11KeepsRecordedTimingsAndToolCalls) {
   std::vector<Session> out;
-  ASSERT_TRUE(ImportMiniSweAgent(testing::FixturesDir() + "/replay/mini-swe-agent-v2.traj.json",
-                                 {}, &out)
-                  .ok());
+  ASSERT_TRUE(
+      ImportMiniSweAgent(testing::FixturesDir() + "/replay/mini-swe-agent-v2.traj.json", {}, &out)
+          .ok());
   ASSERT_EQ(out.size(), 1u);
   const Session& s = out[0];
   ExpectValid(s);
@@ -124,9 +125,9 @@ TEST(Importers, MiniSweV11KeepsRecordedTimingsAndToolCalls) {
 
 TEST(Importers, MiniSweV1ObservationsBecomeToolResults) {
   std::vector<Session> out;
-  ASSERT_TRUE(ImportMiniSweAgent(testing::FixturesDir() + "/replay/mini-swe-agent-v1.traj.json",
-                                 {}, &out)
-                  .ok());
+  ASSERT_TRUE(
+      ImportMiniSweAgent(testing::FixturesDir() + "/replay/mini-swe-agent-v1.traj.json", {}, &out)
+          .ok());
   ASSERT_EQ(out.size(), 1u);
   ExpectValid(out[0]);
   int observed = 0;
@@ -144,9 +145,9 @@ TEST(Importers, MiniSweV1ObservationsBecomeToolResults) {
   EXPECT_EQ(observed, 2);
   // Re-importing gives identical (deterministic) synthetic timings.
   std::vector<Session> again;
-  ASSERT_TRUE(ImportMiniSweAgent(testing::FixturesDir() + "/replay/mini-swe-agent-v1.traj.json",
-                                 {}, &again)
-                  .ok());
+  ASSERT_TRUE(
+      ImportMiniSweAgent(testing::FixturesDir() + "/replay/mini-swe-agent-v1.traj.json", {}, &again)
+          .ok());
   EXPECT_TRUE(again[0] == out[0]);
 }
 
@@ -271,8 +272,8 @@ TEST_F(MalformedInput, CanonicalTraceErrorsNameLineAndField) {
   EXPECT_NE(r.status().message().find("events[0]"), std::string::npos);
   EXPECT_NE(r.status().message().find("'text'"), std::string::npos);
   EXPECT_FALSE(SessionFromJson("[1,2]").ok());
-  EXPECT_FALSE(SessionFromJson(R"({"format":"kvkeep-trace","version":2,"session":"x","events":[]})")
-                   .ok());
+  EXPECT_FALSE(
+      SessionFromJson(R"({"format":"kvkeep-trace","version":2,"session":"x","events":[]})").ok());
 }
 
 TEST(Importers, UnknownFormatIsRefused) {

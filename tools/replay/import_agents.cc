@@ -214,9 +214,8 @@ Status ImportSweAgent(const std::string& path, const ImportOptions& options,
   if (!doc.is_object() || !doc.contains("history") || !doc["history"].is_array()) {
     return BadRecord(path, "top level", "missing 'history' array");
   }
-  const json steps = doc.contains("trajectory") && doc["trajectory"].is_array()
-                         ? doc["trajectory"]
-                         : json::array();
+  const json steps = doc.contains("trajectory") && doc["trajectory"].is_array() ? doc["trajectory"]
+                                                                                : json::array();
   Session s;
   s.source = "swe-agent";
   s.source_file = BaseName(path);
@@ -401,8 +400,7 @@ Status ImportOpenHandsRow(const std::string& path, const std::string& where, con
     } else if (!observation.empty()) {
       auto it = actions.find(TextOf(ev, "cause"));
       if (it == actions.end()) continue;  // an observation of nothing we replay
-      double duration =
-          (ts && it->second.ts) ? std::max(0.0, *ts - *it->second.ts) : -1;
+      double duration = (ts && it->second.ts) ? std::max(0.0, *ts - *it->second.ts) : -1;
       std::optional<int> rc;
       if (ev.contains("extras") && ev["extras"].is_object() && ev["extras"].contains("metadata")) {
         if (auto code = NumberOf(ev["extras"]["metadata"], "exit_code")) {

@@ -107,8 +107,8 @@ Status ImportMooncake(const std::string& path, const ImportOptions& options,
     s.source = "mooncake";
     s.source_file = BaseName(path) + ":" + std::to_string(lineno);
     s.arrival_s = *ts / 1000.0;
-    s.events.push_back(TokensEvent(
-        EventType::kUser, SyntheticTokens{input, kMooncakeBlockTokens, std::move(ids), block_seed}));
+    s.events.push_back(TokensEvent(EventType::kUser, SyntheticTokens{input, kMooncakeBlockTokens,
+                                                                     std::move(ids), block_seed}));
     s.events.push_back(ModelEvent(output, ContentSeed(options, s.id), 0, Timing::kNone));
     out->push_back(std::move(s));
   }
@@ -189,13 +189,14 @@ Status ImportBurstGpt(const std::string& path, const ImportOptions& options,
     for (size_t k = 0; k < turns.size(); ++k) {
       const Turn& t = turns[k];
       if (k > 0 && t.request < context) start_segment(t.ts);
-      if (!s.events.empty()) s.events.push_back([&] {
-        Event think;
-        think.type = EventType::kThink;
-        think.duration_s = std::max(0.0, t.ts - prev_end);
-        think.timing = Timing::kRecorded;
-        return think;
-      }());
+      if (!s.events.empty())
+        s.events.push_back([&] {
+          Event think;
+          think.type = EventType::kThink;
+          think.duration_s = std::max(0.0, t.ts - prev_end);
+          think.timing = Timing::kRecorded;
+          return think;
+        }());
       uint64_t seed = ContentSeed(options, s.id + "/" + std::to_string(k));
       s.events.push_back(
           TokensEvent(EventType::kUser, SyntheticTokens{t.request - context, 0, {}, seed}));
@@ -216,14 +217,12 @@ const std::vector<std::string>& ImportFormats() {
 }
 
 Status ImportFiles(const std::string& format, const std::vector<std::string>& paths,
-                   const ImportOptions& options, std::vector<Session>* out,
-                   ImportReport* report) {
+                   const ImportOptions& options, std::vector<Session>* out, ImportReport* report) {
   const auto& formats = ImportFormats();
   if (std::find(formats.begin(), formats.end(), format) == formats.end()) {
     std::string names;
     for (const auto& f : formats) names += (names.empty() ? "" : ", ") + f;
-    return Status::InvalidArgument("unknown trace format '" + format + "' (known: " + names +
-                                   ")");
+    return Status::InvalidArgument("unknown trace format '" + format + "' (known: " + names + ")");
   }
   for (const std::string& path : paths) {
     size_t before = out->size();
@@ -238,9 +237,8 @@ Status ImportFiles(const std::string& format, const std::vector<std::string>& pa
     if (!st.ok()) {
       out->resize(before);
       report->skipped++;
-      report->errors.push_back(st.message().find(path) == std::string::npos
-                                   ? path + ": " + st.message()
-                                   : st.message());
+      report->errors.push_back(
+          st.message().find(path) == std::string::npos ? path + ": " + st.message() : st.message());
     }
   }
   report->sessions = static_cast<int>(out->size());

@@ -41,8 +41,7 @@ const std::vector<std::string>& ImportFormats();
 // Imports every file; appends sessions to *out. NotFound/InvalidArgument only for an
 // unknown format; bad files are reported in *report and skipped.
 Status ImportFiles(const std::string& format, const std::vector<std::string>& paths,
-                   const ImportOptions& options, std::vector<Session>* out,
-                   ImportReport* report);
+                   const ImportOptions& options, std::vector<Session>* out, ImportReport* report);
 
 // Per-format entry points (one file each). On a bad file they return an error naming the
 // record; record-level importers (mooncake, burstgpt) skip bad records into *report.

@@ -12,10 +12,10 @@ constexpr const char* kSystemPrompt =
     "tasks.";
 
 constexpr const char* kWords[] = {
-    "the",    "function", "returns", "value",  "module",   "test",   "error",  "class",
-    "import", "self",     "config",  "path",   "request",  "model",  "field",  "query",
-    "assert", "def",      "return",  "None",   "list",     "dict",   "string", "file",
-    "line",   "matrix",   "check",   "fix",    "issue",    "output", "input",  "parser",
+    "the",    "function", "returns", "value",   "module",    "test",     "error",  "class",
+    "import", "self",     "config",  "path",    "request",   "model",    "field",  "query",
+    "assert", "def",      "return",  "None",    "list",      "dict",     "string", "file",
+    "line",   "matrix",   "check",   "fix",     "issue",     "output",   "input",  "parser",
     "cache",  "index",    "django",  "astropy", "separable", "compound", "format", "raise"};
 
 class Draws {
@@ -47,14 +47,17 @@ std::string Command(Draws& d, const SynthOptions& o) {
   std::string path = "src/module_" + std::to_string(file) + ".py";
   if (u < o.p_read) {
     switch (d.Next() % 3) {
-      case 0: return "cat " + path;
-      case 1: return "grep -rn \"def \" src | head -40";
-      default: return "find . -name \"*.py\" | grep module_" + std::to_string(file);
+      case 0:
+        return "cat " + path;
+      case 1:
+        return "grep -rn \"def \" src | head -40";
+      default:
+        return "find . -name \"*.py\" | grep module_" + std::to_string(file);
     }
   }
   if (u < o.p_read + o.p_run) {
-    return d.Next() % 2 ? "python reproduce.py" : "python -m pytest tests/test_" +
-                                                      std::to_string(file) + ".py -q";
+    return d.Next() % 2 ? "python reproduce.py"
+                        : "python -m pytest tests/test_" + std::to_string(file) + ".py -q";
   }
   return "sed -i 's/return None/return value/' " + path;
 }
@@ -84,8 +87,8 @@ Session SynthesizeOne(const SynthOptions& o, int agent, double arrival_s) {
     model.duration_s = o.timing.ModelSeconds(d.Next());
     model.timing = Timing::kSynthetic;
     push(std::move(model));
-    push(Event{.type = EventType::kToolBegin, .tool = "bash", .command = command,
-               .call_id = call_id});
+    push(Event{
+        .type = EventType::kToolBegin, .tool = "bash", .command = command, .call_id = call_id});
     int obs = std::min(o.max_observation_chars,
                        std::max(1, static_cast<int>(d.LogNormalDraw(o.observation_chars))));
     Event end{.type = EventType::kToolEnd,

@@ -50,9 +50,12 @@ CommandClass ClassifyCommand(std::string_view command) {
 
 double TimingModel::ToolSeconds(std::string_view command, uint64_t key) const {
   switch (ClassifyCommand(command)) {
-    case CommandClass::kRun: return DrawLogNormal(tool_run, key);
-    case CommandClass::kEdit: return DrawLogNormal(tool_edit, key);
-    case CommandClass::kRead: break;
+    case CommandClass::kRun:
+      return DrawLogNormal(tool_run, key);
+    case CommandClass::kEdit:
+      return DrawLogNormal(tool_edit, key);
+    case CommandClass::kRead:
+      break;
   }
   return DrawLogNormal(tool_read, key);
 }

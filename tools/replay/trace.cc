@@ -138,8 +138,8 @@ Result<Event> EventFromJson(const json& j, const std::string& where) {
     }
   }
   RETURN_IF_ERROR(r.Int("completion_tokens", &e.completion_tokens));
-  RETURN_IF_ERROR(r.String("tool", &e.tool, e.type == EventType::kToolBegin ||
-                                                e.type == EventType::kToolEnd));
+  RETURN_IF_ERROR(
+      r.String("tool", &e.tool, e.type == EventType::kToolBegin || e.type == EventType::kToolEnd));
   RETURN_IF_ERROR(r.String("command", &e.command, false));
   RETURN_IF_ERROR(r.String("call_id", &e.call_id, false));
   std::optional<int64_t> exit_code;

@@ -40,23 +40,23 @@ struct ToolCall {
 // the listed blocks (or all of them when block_ids is empty) derive from (seed, position).
 struct SyntheticTokens {
   int64_t count = 0;
-  int32_t block_tokens = 0;          // tokens per block id (512 for Mooncake)
-  std::vector<int64_t> block_ids;    // may be empty
+  int32_t block_tokens = 0;        // tokens per block id (512 for Mooncake)
+  std::vector<int64_t> block_ids;  // may be empty
   uint64_t seed = 0;
   bool operator==(const SyntheticTokens&) const = default;
 };
 
 struct Event {
   EventType type = EventType::kUser;
-  std::string text;                        // system/user/model text, tool_end result
-  std::optional<SyntheticTokens> tokens;   // instead of text (user and model events)
-  std::vector<ToolCall> tool_calls;        // model
+  std::string text;                          // system/user/model text, tool_end result
+  std::optional<SyntheticTokens> tokens;     // instead of text (user and model events)
+  std::vector<ToolCall> tool_calls;          // model
   std::optional<int64_t> completion_tokens;  // model: recorded completion length
-  std::string tool;                        // tool_begin/tool_end
-  std::string command;                     // tool_begin
-  std::string call_id;                     // tool_begin/tool_end
-  std::optional<int> exit_code;            // tool_end
-  double duration_s = 0;                   // model latency, tool duration or think gap
+  std::string tool;                          // tool_begin/tool_end
+  std::string command;                       // tool_begin
+  std::string call_id;                       // tool_begin/tool_end
+  std::optional<int> exit_code;              // tool_end
+  double duration_s = 0;                     // model latency, tool duration or think gap
   Timing timing = Timing::kNone;
   bool operator==(const Event&) const = default;
 };

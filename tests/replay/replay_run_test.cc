@@ -1,0 +1,189 @@
+// End to end: `kvkeep replay run --spawn` starts a real kvkeepd per policy on the tiny
+// synthetic model, replays a trace, and writes the report. Checks the report's token
+// accounting, that `lru` reuses KV across turns while `none` does not, and the plots.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tests/testlib/test_util.h"
+
+namespace kvkeep::replay {
+namespace {
+
+using nlohmann::json;
+
+constexpr int kBlockSize = 16;  // kvkeepd's default
+
+int Shell(const std::string& cmd) {
+  int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct Turn {
+  std::string session;
+  int turn;
+  int64_t prompt, cached, recomputed, generated;
+};
+
+// turns.csv rows by policy (the session column never holds commas: ids are sanitised).
+std::map<std::string, std::vector<Turn>> ReadTurns(const std::string& path) {
+  std::map<std::string, std::vector<Turn>> out;
+  std::istringstream in(Slurp(path));
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line.rfind("policy,session,turn,start_s,prompt_tokens,cached_tokens", 0), 0u);
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ls(line);
+    for (std::string cell; std::getline(ls, cell, ',');) f.push_back(cell);
+    if (f.size() < 11) continue;
+    out[f[0]].push_back({f[1], std::stoi(f[2]), std::stoll(f[4]), std::stoll(f[5]),
+                         std::stoll(f[9]), std::stoll(f[10])});
+  }
+  return out;
+}
+
+// A PNG file: the signature, then an IHDR chunk with non-zero width and height.
+void ExpectPng(const std::string& path) {
+  std::string png = Slurp(path);
+  ASSERT_GT(png.size(), 33u) << path;
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8)) << path;
+  EXPECT_EQ(png.substr(12, 4), "IHDR") << path;
+  auto be32 = [&](size_t at) {
+    return (uint32_t{uint8_t(png[at])} << 24) | (uint32_t{uint8_t(png[at + 1])} << 16) |
+           (uint32_t{uint8_t(png[at + 2])} << 8) | uint32_t{uint8_t(png[at + 3])};
+  };
+  EXPECT_GT(be32(16), 0u);
+  EXPECT_GT(be32(20), 0u);
+}
+
+class ReplayRun : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kvkeep_ = testing::BinaryDir() + "/kvkeep";
+    if (access((testing::BinaryDir() + "/kvkeepd").c_str(), X_OK) != 0) {
+      GTEST_SKIP() << "kvkeepd is not built";
+    }
+    ASSERT_EQ(Shell(kvkeep_ + " make-model --preset tiny --seed " +
+                    std::to_string(testing::TestSeed() % 100000) + " --out " + dir_.File("model") +
+                    " > /dev/null"),
+              0);
+  }
+
+  // Replays `trace` under lru and none with a pool large enough that nothing is evicted,
+  // and checks everything the report promises.
+  void ReplayAndCheck(const std::string& trace, int max_turns) {
+    std::string out = dir_.File("out");
+    std::string cmd = kvkeep_ + " replay run " + trace + " --out " + out + " --spawn --model " +
+                      dir_.File("model") + " --policy lru,none --agents 4 --max-turns " +
+                      std::to_string(max_turns) +
+                      " --max-prompt-tokens 2500 --time-scale 0 -- --num-kv-blocks 4096";
+    ASSERT_EQ(Shell(cmd + " > " + dir_.File("stdout.txt") + " 2> " + dir_.File("stderr.txt")), 0)
+        << Slurp(dir_.File("stderr.txt")) << Slurp(out + "/lru/kvkeepd.log");
+    std::string summary = Slurp(dir_.File("stdout.txt"));
+    EXPECT_NE(summary.find("lru"), std::string::npos) << summary;
+    EXPECT_NE(summary.find("none"), std::string::npos) << summary;
+
+    json report = json::parse(Slurp(out + "/report.json"));
+    ASSERT_TRUE(report["policies"].contains("lru"));
+    ASSERT_TRUE(report["policies"].contains("none"));
+    for (const char* p : {"lru", "none"}) {
+      const json& s = report["policies"][p];
+      for (const char* key : {"mean_ttft_ms", "p50_ttft_ms", "p99_ttft_ms", "mean_jct_s",
+                              "hit_ratio", "prompt_tokens", "cached_tokens", "recomputed_tokens"}) {
+        EXPECT_TRUE(s.contains(key)) << p << " lacks " << key;
+      }
+      EXPECT_EQ(s["failed_sessions"].get<int>(), 0) << Slurp(out + "/sessions.csv");
+      EXPECT_EQ(s["prompt_tokens"].get<int64_t>(),
+                s["cached_tokens"].get<int64_t>() + s["recomputed_tokens"].get<int64_t>());
+    }
+    // Both policies saw the same conversation.
+    EXPECT_EQ(report["policies"]["lru"]["prompt_tokens"],
+              report["policies"]["none"]["prompt_tokens"]);
+    EXPECT_EQ(report["policies"]["none"]["cached_tokens"].get<int64_t>(), 0);
+    int64_t lru_recomputed = report["policies"]["lru"]["recomputed_tokens"];
+    int64_t none_recomputed = report["policies"]["none"]["recomputed_tokens"];
+    EXPECT_LT(lru_recomputed * 3, none_recomputed)
+        << "lru must recompute far fewer tokens than none";
+
+    auto turns = ReadTurns(out + "/turns.csv");
+    ASSERT_FALSE(turns["lru"].empty());
+    int full_reuse = 0, later_turns = 0;
+    std::map<std::string, Turn> previous;
+    for (const Turn& t : turns["lru"]) {
+      EXPECT_EQ(t.prompt, t.cached + t.recomputed) << t.session << " turn " << t.turn;
+      auto it = previous.find(t.session);
+      if (it != previous.end()) {
+        ASSERT_EQ(it->second.turn + 1, t.turn);
+        // Nothing was evicted, so every full block of the previous turn's context (its
+        // prompt and all but the last generated token, whose KV is never computed) is
+        // reused. Reuse is block-granular.
+        const Turn& p = it->second;
+        int64_t reusable = (p.prompt + p.generated - 1) / kBlockSize * kBlockSize;
+        EXPECT_GE(t.cached, reusable) << t.session << " turn " << t.turn;
+        ++later_turns;
+        full_reuse += t.cached >= p.prompt;
+      }
+      previous[t.session] = t;
+    }
+    ASSERT_GT(later_turns, 0);
+    // Turn k+1 reuses at least turn k's whole prompt whenever turn k generated a block's
+    // worth of tokens, which recorded agent turns nearly always do.
+    EXPECT_GE(full_reuse * 10, later_turns * 9) << full_reuse << " of " << later_turns;
+    for (const Turn& t : turns["none"]) EXPECT_EQ(t.cached, 0);
+
+    for (const char* png : {"ttft_cdf.png", "kv_occupancy.png", "hit_ratio_by_turn.png"}) {
+      ExpectPng(out + "/" + png);
+    }
+  }
+
+  testing::TempDir dir_;
+  std::string kvkeep_;
+};
+
+TEST_F(ReplayRun, FourRealDeepseekTracesUnderLruAndNone) {
+  KVKEEP_REQUIRE_SHARED_DATA();
+  const std::string d = testing::SharedDataDir() + "/traces/mini-swe-agent-v2-deepseek/";
+  ASSERT_EQ(Shell(kvkeep_ + " replay import --quiet --from mini-swe-agent " + d +
+                  "django__django-11099.traj.json " + d + "astropy__astropy-12907.traj.json " + d +
+                  "django__django-13658.traj.json " + d + "django__django-10914.traj.json > " +
+                  dir_.File("trace.jsonl")),
+            0);
+  ReplayAndCheck(dir_.File("trace.jsonl"), 6);
+}
+
+TEST_F(ReplayRun, SynthesisedWorkloadUnderLruAndNone) {
+  ASSERT_EQ(Shell(kvkeep_ + " replay synth --agents 4 --seed " +
+                  std::to_string(testing::TestSeed() % 1000) + " > " + dir_.File("trace.jsonl")),
+            0);
+  ReplayAndCheck(dir_.File("trace.jsonl"), 6);
+}
+
+TEST_F(ReplayRun, RefusesBadArguments) {
+  ASSERT_EQ(Shell(kvkeep_ + " replay synth --agents 1 > " + dir_.File("t.jsonl")), 0);
+  // Several policies need fresh daemons.
+  EXPECT_EQ(Shell(kvkeep_ + " replay run " + dir_.File("t.jsonl") + " --out " + dir_.File("o") +
+                  " --socket /nonexistent.sock --policy lru,none 2>/dev/null"),
+            1);
+  // A malformed trace names its line.
+  std::ofstream(dir_.File("bad.jsonl")) << "{\"format\":\"kvkeep-trace\"}\n";
+  EXPECT_EQ(Shell(kvkeep_ + " replay run " + dir_.File("bad.jsonl") + " --out " + dir_.File("o") +
+                  " --spawn 2> " + dir_.File("err.txt")),
+            1);
+  EXPECT_NE(Slurp(dir_.File("err.txt")).find("bad.jsonl:1"), std::string::npos)
+      << Slurp(dir_.File("err.txt"));
+}
+
+}  // namespace
+}  // namespace kvkeep::replay
