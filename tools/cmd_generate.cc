@@ -8,6 +8,7 @@
 #include "base/clock.h"
 #include "base/file.h"
 #include "engine/backend.h"
+#include "engine/chat_template.h"
 #include "engine/engine.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
@@ -35,6 +36,7 @@ struct GenerateArgs {
   int32_t threads = 0;
   int32_t kv_blocks = 0;
   bool no_special_tokens = false;
+  bool chat = false;
 };
 
 Result<std::unique_ptr<Backend>> CreateBackend(const std::string& device,
@@ -56,10 +58,21 @@ Status RunGenerate(const GenerateArgs& args) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(env, args.model_dir));
   ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(env, args.model_dir, config));
   ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizer(env, args.model_dir));
-  // As HF's encode(): the tokenizer's post-processor adds BOS where the model expects it.
-  EncodeOptions encode;
-  encode.add_special_tokens = !args.no_special_tokens;
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, tokenizer->EncodeWithOptions(args.prompt, encode));
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> stop_ids;
+  if (args.chat) {
+    // --prompt is a JSON list of messages; plain text is one user message.
+    ASSIGN_OR_RETURN(auto chat_template, LoadChatTemplate(env, args.model_dir));
+    auto messages = nlohmann::json::parse(args.prompt, nullptr, /*allow_exceptions=*/false);
+    if (!messages.is_array()) messages = {{{"role", "user"}, {"content", args.prompt}}};
+    ASSIGN_OR_RETURN(prompt, RenderChatToTokens(*chat_template, *tokenizer, messages));
+    if (auto eot = tokenizer->TokenToId(chat_template->end_of_turn())) stop_ids.push_back(*eot);
+  } else {
+    // As HF's encode(): the tokenizer's post-processor adds BOS where the model expects it.
+    EncodeOptions encode;
+    encode.add_special_tokens = !args.no_special_tokens;
+    ASSIGN_OR_RETURN(prompt, tokenizer->EncodeWithOptions(args.prompt, encode));
+  }
 
   EngineOptions options;
   options.model_id = args.model_dir;
@@ -89,6 +102,7 @@ Status RunGenerate(const GenerateArgs& args) {
   request.prompt = std::move(prompt);
   request.sampling = {args.temperature, args.top_k, args.top_p, args.seed};
   request.stop.max_tokens = args.max_tokens;
+  request.stop.stop_token_ids = std::move(stop_ids);
   GenerateEvent finished;
   request.on_event = [&finished](const GenerateEvent& ev) {
     if (ev.kind == GenerateEvent::Kind::kToken) {
@@ -144,7 +158,9 @@ void AddGenerateCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--no-special-tokens", args->no_special_tokens,
                 "Do not let the tokenizer's post-processor add BOS");
-  // --chat (the model's chat template) is added by the tokenizer work.
+  cmd->add_flag("--chat", args->chat,
+                "Render --prompt, a JSON list of {role, content} messages (or plain text as one "
+                "user message), with the model's chat template");
   cmd->callback([args] {
     Status st = RunGenerate(*args);
     if (!st.ok()) {
