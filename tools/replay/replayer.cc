@@ -139,11 +139,16 @@ class Run {
     auto budget = [&]() -> int64_t {
       return o_.max_prompt_tokens > 0 ? o_.max_prompt_tokens - context : INT64_MAX;
     };
+    // Each message is clipped to an eighth of the budget, so a session cut short still
+    // has several turns rather than one huge first message.
+    auto clip = [&]() -> int64_t {
+      return o_.max_prompt_tokens > 0 ? std::min(budget(), o_.max_prompt_tokens / 8) : INT64_MAX;
+    };
 
     json open = {{"session", id}};
     size_t first = 0;
     if (!s.events.empty() && s.events[0].type == EventType::kSystem) {
-      open["system"] = ClipUtf8(s.events[0].text, budget());
+      open["system"] = ClipUtf8(s.events[0].text, clip());
       first = 1;
     }
     ASSIGN_OR_RETURN(json opened, c.Call("session.open", open));
@@ -161,10 +166,10 @@ class Run {
           json msg = {{"role", e.type == EventType::kUser ? "user" : "system"}};
           if (e.tokens) {
             std::vector<int32_t> ids = SyntheticTokenIds(*e.tokens, num_ordinary_);
-            if (static_cast<int64_t>(ids.size()) > budget()) ids.resize(budget());
+            if (static_cast<int64_t>(ids.size()) > clip()) ids.resize(clip());
             msg["tokens"] = ids;
           } else {
-            msg["content"] = ClipUtf8(e.text, budget());
+            msg["content"] = ClipUtf8(e.text, clip());
           }
           Result<json> r = c.Call("session.append", {{"session", id}, {"messages", {msg}}});
           if (r.ok()) context = IntField(*r, "num_tokens");
@@ -177,7 +182,7 @@ class Run {
             break;
           }
           json req = {{"session", id}};
-          int64_t cap = std::min<int64_t>(max_tokens_, budget());
+          int64_t cap = std::min<int64_t>(max_tokens_, clip());
           if (e.tokens) {
             std::vector<int32_t> ids = SyntheticTokenIds(*e.tokens, num_ordinary_);
             if (static_cast<int64_t>(ids.size()) > cap) ids.resize(cap);
@@ -237,7 +242,7 @@ class Run {
           SleepSeconds(wait);
           waited_tool = e.tool;
           waited_s += wait;
-          json req = {{"session", id}, {"tool", e.tool}, {"content", ClipUtf8(e.text, budget())}};
+          json req = {{"session", id}, {"tool", e.tool}, {"content", ClipUtf8(e.text, clip())}};
           if (!e.call_id.empty()) req["tool_call_id"] = e.call_id;
           Result<json> r = c.Call("session.tool_end", req);
           if (r.ok()) context = IntField(*r, "num_tokens");

@@ -1,0 +1,52 @@
+// Client: what the service knows about one connection — who is on the other end, how to
+// send it a line, and which of its requests are in flight (for `cancel`, the in-flight
+// limit, and cancelling everything when it goes away). The server's Connection
+// implements Send.
+//
+// Thread-safety: every method is thread-safe (Send is called from the engine-completion
+// path and I/O threads alike).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "daemon/peer_cred.h"
+#include "engine/engine.h"
+
+namespace kvkeep {
+
+class Client {
+ public:
+  Client(PeerCred peer, bool is_admin) : peer_(peer), is_admin_(is_admin) {}
+  virtual ~Client() = default;
+
+  // Queues one line (without its newline) for the peer. No-op once the connection closed.
+  virtual void Send(std::string line) = 0;
+
+  const PeerCred& peer() const { return peer_; }
+  bool is_admin() const { return is_admin_; }
+
+  // Registers an in-flight request under its wire id (key: the id's JSON text).
+  // ResourceExhausted at `limit`; AlreadyExists for a duplicate id; Unavailable once
+  // the client closed.
+  Status AddInflight(const std::string& key, RequestId rid, int32_t limit);
+  std::optional<RequestId> FindInflight(const std::string& key) const;
+  void RemoveInflight(const std::string& key);
+  // Marks the client closed and returns every in-flight request (to cancel them).
+  std::vector<RequestId> CloseAndTakeInflight();
+  int32_t num_inflight() const;
+
+ private:
+  const PeerCred peer_;
+  const bool is_admin_;
+  mutable std::mutex mu_;
+  bool closed_ = false;                        // guarded by mu_
+  std::map<std::string, RequestId> inflight_;  // guarded by mu_
+};
+
+}  // namespace kvkeep

@@ -1,0 +1,305 @@
+#include "daemon/config.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "daemon/cache_policy.h"
+
+namespace kvkeep {
+namespace {
+
+using nlohmann::json;
+
+// Reads one typed field of a JSON object into *out, range-checked.
+class FieldReader {
+ public:
+  FieldReader(const json& obj, std::string prefix) : obj_(obj), prefix_(std::move(prefix)) {}
+
+  template <typename T>
+  void Int(const char* key, T* out, int64_t min, int64_t max) {
+    auto it = obj_.find(key);
+    if (it == obj_.end() || !status_.ok()) return;
+    seen_++;
+    if (!it->is_number_integer()) return Fail(key, "must be an integer");
+    int64_t v = it->get<int64_t>();
+    if (v < min || v > max) {
+      return Fail(key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
+    }
+    *out = static_cast<T>(v);
+  }
+  void String(const char* key, std::string* out) {
+    auto it = obj_.find(key);
+    if (it == obj_.end() || !status_.ok()) return;
+    seen_++;
+    if (!it->is_string()) return Fail(key, "must be a string");
+    *out = it->get<std::string>();
+  }
+  // An octal file mode: a string like "0660" or an integer (taken as written in decimal
+  // digits of octal, i.e. 660 means 0660).
+  void Mode(const char* key, int32_t* out) {
+    auto it = obj_.find(key);
+    if (it == obj_.end() || !status_.ok()) return;
+    seen_++;
+    std::string text = it->is_string()           ? it->get<std::string>()
+                       : it->is_number_integer() ? std::to_string(it->get<int64_t>())
+                                                 : std::string();
+    size_t used = 0;
+    long mode = -1;
+    try {
+      mode = std::stol(text, &used, 8);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (text.empty() || used != text.size() || mode < 0 || mode > 0777) {
+      return Fail(key, "must be an octal mode like \"0660\"");
+    }
+    *out = static_cast<int32_t>(mode);
+  }
+  const json* Object(const char* key) {
+    auto it = obj_.find(key);
+    if (it == obj_.end() || !status_.ok()) return nullptr;
+    seen_++;
+    if (!it->is_object()) {
+      Fail(key, "must be an object");
+      return nullptr;
+    }
+    return &*it;
+  }
+  // Every key must have been consumed: typos are errors, not silently ignored.
+  Status Finish() {
+    if (!status_.ok()) return status_;
+    if (seen_ != obj_.size()) {
+      for (auto& [k, v] : obj_.items()) {
+        if (known_.count(k) == 0)
+          return Status::InvalidArgument("unknown key '" + prefix_ + k + "'");
+      }
+    }
+    return Status::OK();
+  }
+  void Known(std::initializer_list<const char*> keys) { known_.insert(keys.begin(), keys.end()); }
+
+ private:
+  void Fail(const char* key, const std::string& what) {
+    status_ = Status::InvalidArgument("'" + prefix_ + key + "' " + what);
+  }
+  const json& obj_;
+  std::string prefix_;
+  size_t seen_ = 0;
+  std::set<std::string> known_;
+  Status status_;
+};
+
+constexpr int64_t kMaxI32 = INT32_MAX;
+constexpr int64_t kMaxI64 = INT64_MAX;
+
+Status ApplyLimits(const json& obj, DaemonLimits* l) {
+  FieldReader r(obj, "limits.");
+  r.Known({"max_line_bytes", "max_json_depth", "max_sessions_per_uid",
+           "max_inflight_per_connection", "max_output_buffer_bytes", "max_tokens"});
+  r.Int("max_line_bytes", &l->max_line_bytes, 64, int64_t{1} << 32);
+  r.Int("max_json_depth", &l->max_json_depth, 2, 10000);
+  r.Int("max_sessions_per_uid", &l->max_sessions_per_uid, 1, kMaxI32);
+  r.Int("max_inflight_per_connection", &l->max_inflight_per_connection, 1, kMaxI32);
+  r.Int("max_output_buffer_bytes", &l->max_output_buffer_bytes, 4096, kMaxI64);
+  r.Int("max_tokens", &l->max_tokens, 1, kMaxI32);
+  return r.Finish();
+}
+
+Status ApplyEngine(const json& obj, DaemonEngineOptions* e) {
+  FieldReader r(obj, "engine.");
+  r.Known({"kv_memory_bytes", "num_kv_blocks", "block_size", "max_batch_tokens",
+           "prefill_chunk_tokens", "max_running", "num_threads"});
+  r.Int("kv_memory_bytes", &e->kv_memory_bytes, 0, kMaxI64);
+  r.Int("num_kv_blocks", &e->num_kv_blocks, 0, kMaxI32);
+  r.Int("block_size", &e->block_size, 1, 1024);
+  r.Int("max_batch_tokens", &e->max_batch_tokens, 1, kMaxI32);
+  r.Int("prefill_chunk_tokens", &e->prefill_chunk_tokens, 1, kMaxI32);
+  r.Int("max_running", &e->max_running, 1, kMaxI32);
+  r.Int("num_threads", &e->num_threads, 0, 4096);
+  return r.Finish();
+}
+
+}  // namespace
+
+DaemonOptions DefaultDaemonOptions(Env* env) {
+  DaemonOptions o;
+  auto env_or = [env](const char* name, const std::string& fallback) {
+    std::string v = env->GetEnvVar(name);
+    return v.empty() ? fallback : v;
+  };
+  bool systemd =
+      !env->GetEnvVar("INVOCATION_ID").empty() || !env->GetEnvVar("NOTIFY_SOCKET").empty();
+  if (systemd) {
+    // StateDirectory=/RuntimeDirectory= may list several paths separated by ':'.
+    std::string state = env_or("STATE_DIRECTORY", "/var/lib/kvkeep");
+    std::string runtime = env_or("RUNTIME_DIRECTORY", "/run/kvkeep");
+    o.state_dir = state.substr(0, state.find(':'));
+    o.socket_path = JoinPath(runtime.substr(0, runtime.find(':')), "kvkeep.sock");
+  } else {
+    std::string home = env_or("HOME", "/tmp");
+    o.state_dir = JoinPath(env_or("XDG_STATE_HOME", JoinPath(home, ".local/state")), "kvkeep");
+    std::string runtime = env->GetEnvVar("XDG_RUNTIME_DIR");
+    o.socket_path = runtime.empty() ? "/tmp/kvkeep-" + std::to_string(getuid()) + ".sock"
+                                    : JoinPath(runtime, "kvkeep.sock");
+  }
+  return o;
+}
+
+Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
+  json doc = json::parse(json_text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+  if (doc.is_discarded()) return Status::InvalidArgument("configuration is not valid JSON");
+  if (!doc.is_object()) return Status::InvalidArgument("configuration must be a JSON object");
+  FieldReader r(doc, "");
+  r.Known({"model", "socket", "state_dir", "socket_mode", "socket_group", "admin_group",
+           "log_level", "policy", "io_threads", "watchdog_interval_ms", "limits", "engine"});
+  r.String("model", &o->model_dir);
+  r.String("socket", &o->socket_path);
+  r.String("state_dir", &o->state_dir);
+  r.Mode("socket_mode", &o->socket_mode);
+  r.String("socket_group", &o->socket_group);
+  r.String("admin_group", &o->admin_group);
+  r.String("log_level", &o->log_level);
+  r.String("policy", &o->policy);
+  r.Int("io_threads", &o->io_threads, 1, 256);
+  r.Int("watchdog_interval_ms", &o->watchdog_interval_ms, 0, kMaxI64);
+  if (const json* limits = r.Object("limits")) RETURN_IF_ERROR(ApplyLimits(*limits, &o->limits));
+  if (const json* engine = r.Object("engine")) RETURN_IF_ERROR(ApplyEngine(*engine, &o->engine));
+  return r.Finish();
+}
+
+Status ValidateDaemonOptions(const DaemonOptions& o) {
+  if (o.socket_path.empty()) return Status::InvalidArgument("socket path is empty");
+  // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+  if (o.socket_path.size() > 107) {
+    return Status::InvalidArgument("socket path longer than 107 bytes: " + o.socket_path);
+  }
+  if (o.state_dir.empty()) return Status::InvalidArgument("state_dir is empty");
+  auto policy = FindCachePolicy(o.policy);
+  if (!policy.ok()) return Status::InvalidArgument(policy.status().message());
+  static const std::set<std::string> kLevels = {"trace", "debug",    "info", "warn",
+                                                "error", "critical", "off"};
+  if (kLevels.count(o.log_level) == 0) {
+    return Status::InvalidArgument("unknown log_level '" + o.log_level +
+                                   "' (trace, debug, info, warn, error, critical, off)");
+  }
+  if (o.engine.num_kv_blocks == 0 && o.engine.kv_memory_bytes == 0) {
+    return Status::InvalidArgument("engine: set num_kv_blocks or kv_memory_bytes");
+  }
+  if (o.engine.prefill_chunk_tokens > o.engine.max_batch_tokens) {
+    return Status::InvalidArgument("engine.prefill_chunk_tokens exceeds engine.max_batch_tokens");
+  }
+  return Status::OK();
+}
+
+Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env) {
+  CommandLine cl;
+  cl.options = DefaultDaemonOptions(env);
+  DaemonOptions& o = cl.options;
+
+  CLI::App app{"kvkeepd: serves an LLM over a Unix socket and keeps KV caches warm"};
+  std::string config_path;
+  std::string mode_text;
+  app.set_version_flag("--version", "kvkeepd 0.1.0");
+  app.add_option("--config", config_path, "JSON configuration file (flags override it)");
+  app.add_flag("--check-config", cl.check_config, "validate the configuration and exit");
+  // Flags write into a scratch copy; only those given are applied after the config file.
+  DaemonOptions f;
+  std::vector<std::pair<CLI::Option*, std::function<void()>>> overrides;
+  auto str = [&](const char* flag, std::string* scratch, std::string* dst, const char* help) {
+    overrides.push_back(
+        {app.add_option(flag, *scratch, help), [scratch, dst] { *dst = *scratch; }});
+  };
+  auto num = [&](const char* flag, auto* scratch, auto* dst, const char* help) {
+    overrides.push_back(
+        {app.add_option(flag, *scratch, help), [scratch, dst] { *dst = *scratch; }});
+  };
+  str("--model", &f.model_dir, &o.model_dir, "model directory (default: synthetic tiny model)");
+  str("--socket", &f.socket_path, &o.socket_path, "Unix socket path");
+  str("--state-dir", &f.state_dir, &o.state_dir, "state directory (database, models)");
+  overrides.push_back(
+      {app.add_option("--socket-mode", mode_text, "socket mode, octal (0660)"), [] {}});
+  str("--socket-group", &f.socket_group, &o.socket_group, "group owning the socket");
+  str("--admin-group", &f.admin_group, &o.admin_group, "group allowed to list all sessions");
+  str("--log-level", &f.log_level, &o.log_level, "trace|debug|info|warn|error|critical|off");
+  str("--policy", &f.policy, &o.policy, "cache policy: lru|none");
+  num("--io-threads", &f.io_threads, &o.io_threads, "Asio I/O threads");
+  num("--max-line-bytes", &f.limits.max_line_bytes, &o.limits.max_line_bytes,
+      "longest request line, bytes");
+  num("--max-json-depth", &f.limits.max_json_depth, &o.limits.max_json_depth,
+      "deepest JSON nesting");
+  num("--max-sessions-per-uid", &f.limits.max_sessions_per_uid, &o.limits.max_sessions_per_uid,
+      "open sessions per uid");
+  num("--max-inflight", &f.limits.max_inflight_per_connection,
+      &o.limits.max_inflight_per_connection, "in-flight generates per connection");
+  num("--max-output-buffer-bytes", &f.limits.max_output_buffer_bytes,
+      &o.limits.max_output_buffer_bytes, "unsent bytes per connection before it is dropped");
+  num("--max-tokens", &f.limits.max_tokens, &o.limits.max_tokens, "max_tokens per generate");
+  num("--kv-memory-bytes", &f.engine.kv_memory_bytes, &o.engine.kv_memory_bytes,
+      "KV pool size, bytes");
+  num("--num-kv-blocks", &f.engine.num_kv_blocks, &o.engine.num_kv_blocks,
+      "KV pool size, blocks (overrides --kv-memory-bytes)");
+  num("--threads", &f.engine.num_threads, &o.engine.num_threads, "CPU backend threads");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    cl.exit_now = true;
+    cl.exit_code = app.exit(e);
+    return cl;
+  } catch (const CLI::ParseError& e) {
+    return Status::InvalidArgument(e.what());
+  }
+  if (!config_path.empty()) {
+    auto text = env->ReadFile(config_path);
+    if (!text.ok()) return Status::InvalidArgument("--config: " + text.status().message());
+    Status st = ApplyConfigJson(*text, &o);
+    if (!st.ok()) return Status::InvalidArgument(config_path + ": " + st.message());
+  }
+  for (auto& [opt, apply] : overrides) {
+    if (opt->count() > 0) apply();
+  }
+  if (!mode_text.empty()) {
+    Status st = ApplyConfigJson(json{{"socket_mode", mode_text}}.dump(), &o);
+    if (!st.ok()) return Status::InvalidArgument("--socket-mode: " + st.message());
+  }
+  return cl;
+}
+
+std::string DaemonOptionsToJson(const DaemonOptions& o) {
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", o.socket_mode);
+  json doc = {
+      {"model", o.model_dir},
+      {"socket", o.socket_path},
+      {"state_dir", o.state_dir},
+      {"socket_mode", mode},
+      {"socket_group", o.socket_group},
+      {"admin_group", o.admin_group},
+      {"log_level", o.log_level},
+      {"policy", o.policy},
+      {"io_threads", o.io_threads},
+      {"watchdog_interval_ms", o.watchdog_interval_ms},
+      {"limits",
+       {{"max_line_bytes", o.limits.max_line_bytes},
+        {"max_json_depth", o.limits.max_json_depth},
+        {"max_sessions_per_uid", o.limits.max_sessions_per_uid},
+        {"max_inflight_per_connection", o.limits.max_inflight_per_connection},
+        {"max_output_buffer_bytes", o.limits.max_output_buffer_bytes},
+        {"max_tokens", o.limits.max_tokens}}},
+      {"engine",
+       {{"kv_memory_bytes", o.engine.kv_memory_bytes},
+        {"num_kv_blocks", o.engine.num_kv_blocks},
+        {"block_size", o.engine.block_size},
+        {"max_batch_tokens", o.engine.max_batch_tokens},
+        {"prefill_chunk_tokens", o.engine.prefill_chunk_tokens},
+        {"max_running", o.engine.max_running},
+        {"num_threads", o.engine.num_threads}}},
+  };
+  return doc.dump(2);
+}
+
+}  // namespace kvkeep

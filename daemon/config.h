@@ -1,0 +1,89 @@
+// DaemonOptions: everything kvkeepd can be configured with, its defaults, the JSON
+// configuration file and the command-line flags that override it. docs/configuration.md
+// documents every key; keep the two in step.
+//
+// Precedence: built-in defaults < --config FILE (JSON) < command-line flags. Defaults of
+// the state directory and socket path come from the environment (XDG / systemd), read
+// through Env::GetEnvVar here and nowhere else in the daemon.
+//
+// Thread-safety: plain values.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "base/file.h"
+#include "base/status.h"
+
+namespace kvkeep {
+
+struct DaemonLimits {
+  int64_t max_line_bytes = 8 << 20;                     // longest request line
+  int32_t max_json_depth = 64;                          // nesting of objects/arrays
+  int32_t max_sessions_per_uid = 256;                   // open sessions of one uid
+  int32_t max_inflight_per_connection = 64;             // generates in flight per conn
+  int64_t max_output_buffer_bytes = int64_t{64} << 20;  // unsent bytes per connection
+  int32_t max_tokens = 4096;                            // per session.generate
+};
+
+struct DaemonEngineOptions {
+  int64_t kv_memory_bytes = int64_t{256} << 20;  // KV pool size (ignored if num_kv_blocks)
+  int32_t num_kv_blocks = 0;                     // 0: derive from kv_memory_bytes
+  int32_t block_size = 16;                       // tokens per KV block
+  int32_t max_batch_tokens = 512;                // token budget of one engine step
+  int32_t prefill_chunk_tokens = 256;            // largest prefill chunk per sequence
+  int32_t max_running = 64;                      // sequences decoding at once
+  int32_t num_threads = 0;                       // CPU backend threads; 0: all cores
+};
+
+struct DaemonOptions {
+  std::string model_dir;    // empty: the synthetic tiny model in state_dir/models/tiny
+  std::string socket_path;  // Unix socket to listen on
+  std::string state_dir;    // SQLite database, models/, disk tier
+  int32_t socket_mode = 0660;
+  std::string socket_group;  // chgrp the socket to this group; empty: leave it
+  std::string admin_group;   // members may list all sessions; empty: root only
+  std::string log_level = "info";
+  std::string policy = "lru";        // a name from the cache-policy registry
+  int32_t io_threads = 2;            // Asio threads parsing requests and writing replies
+  int64_t watchdog_interval_ms = 0;  // 0: half of systemd's WATCHDOG_USEC, or off
+  DaemonLimits limits;
+  DaemonEngineOptions engine;
+
+  std::string DatabasePath() const { return JoinPath(state_dir, "kvkeep.db"); }
+  std::string DefaultModelDir() const { return JoinPath(state_dir, "models/tiny"); }
+};
+
+// Defaults with state_dir and socket_path resolved from the environment:
+//   under systemd ($INVOCATION_ID or $NOTIFY_SOCKET set): $STATE_DIRECTORY or
+//   /var/lib/kvkeep, and $RUNTIME_DIRECTORY/kvkeep.sock or /run/kvkeep/kvkeep.sock;
+//   otherwise $XDG_STATE_HOME/kvkeep ($HOME/.local/state/kvkeep) and
+//   $XDG_RUNTIME_DIR/kvkeep.sock (/tmp/kvkeep-$UID.sock).
+DaemonOptions DefaultDaemonOptions(Env* env);
+
+// Applies a JSON configuration document on top of *options. Unknown keys, wrong types and
+// out-of-range values are InvalidArgument naming the key.
+Status ApplyConfigJson(std::string_view json_text, DaemonOptions* options);
+
+// Checks cross-field constraints (paths set, policy known, limits positive, log level).
+Status ValidateDaemonOptions(const DaemonOptions& options);
+
+// What the command line asked for.
+struct CommandLine {
+  DaemonOptions options;
+  bool check_config = false;  // --check-config: validate, print, exit
+  bool exit_now = false;      // --help / --version was printed
+  int exit_code = 0;
+};
+
+// Parses kvkeepd's argv: defaults, then --config FILE, then the flags given. Errors
+// (bad flag, unreadable or invalid config) are InvalidArgument with a clear message.
+// Validation is not run here; call ValidateDaemonOptions.
+Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env);
+
+// The options as a JSON document in the configuration file's format (for --check-config
+// and logs).
+std::string DaemonOptionsToJson(const DaemonOptions& options);
+
+}  // namespace kvkeep

@@ -1,0 +1,145 @@
+#include "daemon/connection.h"
+
+#include <spdlog/spdlog.h>
+
+namespace kvkeep {
+
+Connection::Connection(Socket socket, PeerCred peer, bool is_admin, const DaemonLimits& limits,
+                       Service* service, DaemonMetrics* metrics)
+    : Client(peer, is_admin),
+      socket_(std::move(socket)),
+      strand_(asio::make_strand(socket_.get_executor())),
+      limits_(limits),
+      service_(service),
+      metrics_(metrics),
+      framer_(static_cast<size_t>(limits.max_line_bytes)) {
+  metrics_->connections.fetch_add(1);
+  metrics_->connections_total.fetch_add(1);
+}
+
+Connection::~Connection() { metrics_->connections.fetch_sub(1); }
+
+void Connection::Start() {
+  asio::dispatch(strand_, [self = shared_from_this()] { self->ReadMore(); });
+}
+
+void Connection::ReadMore() {
+  if (socket_closed_) return;
+  socket_.async_read_some(
+      asio::buffer(read_buf_),
+      asio::bind_executor(strand_, [self = shared_from_this()](std::error_code ec, size_t n) {
+        if (ec) {
+          if (ec != asio::error::eof && ec != asio::error::operation_aborted) {
+            spdlog::debug("connection (pid {}): read: {}", self->peer().pid, ec.message());
+          }
+          self->OnEof();
+          return;
+        }
+        self->framer_.Feed(
+            std::string_view(self->read_buf_.data(), n),
+            [&](std::string_view line) { self->OnLine(line); },
+            [&] {
+              self->metrics_->requests.fetch_add(1, std::memory_order_relaxed);
+              self->metrics_->errors.fetch_add(1, std::memory_order_relaxed);
+              self->Send(protocol::ErrorLine(nullptr, protocol::ErrorCode::kLineTooLong,
+                                             "line longer than max_line_bytes " +
+                                                 std::to_string(self->limits_.max_line_bytes)));
+            });
+        self->ReadMore();
+      }));
+}
+
+void Connection::OnLine(std::string_view line) {
+  if (line.find_first_not_of(" \t") == std::string_view::npos) return;  // blank line
+  metrics_->requests.fetch_add(1, std::memory_order_relaxed);
+  protocol::Error error;
+  nlohmann::json id;
+  auto request = protocol::ParseRequest(line, limits_.max_json_depth, &error, &id);
+  if (!request.ok()) {
+    metrics_->errors.fetch_add(1, std::memory_order_relaxed);
+    Send(protocol::ErrorLine(id, error));
+    return;
+  }
+  std::shared_ptr<Client> self = shared_from_this();
+  service_->Handle(self, *request);
+}
+
+void Connection::Send(std::string line) {
+  std::lock_guard<std::mutex> lock(out_mu_);
+  if (output_closed_) return;
+  out_pending_ += line;
+  out_pending_ += '\n';
+  if (static_cast<int64_t>(out_pending_.size() + out_writing_.size()) >
+      limits_.max_output_buffer_bytes) {
+    // A reader that does not keep up: drop what it has not read and disconnect it.
+    output_closed_ = true;
+    out_pending_.clear();
+    metrics_->slow_readers_dropped.fetch_add(1);
+    spdlog::warn("connection (pid {}, uid {}): output buffer over {} bytes; closing", peer().pid,
+                 peer().uid, limits_.max_output_buffer_bytes);
+    asio::post(strand_, [self = shared_from_this()] { self->Close(); });
+    return;
+  }
+  if (!flush_posted_ && !writing_) {
+    flush_posted_ = true;
+    asio::post(strand_, [self = shared_from_this()] { self->Flush(); });
+  }
+}
+
+void Connection::Flush() {
+  std::lock_guard<std::mutex> lock(out_mu_);
+  flush_posted_ = false;
+  if (socket_closed_ || writing_) return;
+  if (out_pending_.empty()) {
+    if (close_after_flush_) asio::post(strand_, [self = shared_from_this()] { self->Close(); });
+    return;
+  }
+  out_writing_.swap(out_pending_);
+  writing_ = true;
+  asio::async_write(
+      socket_, asio::buffer(out_writing_),
+      asio::bind_executor(strand_, [self = shared_from_this()](std::error_code ec, size_t) {
+        {
+          std::lock_guard<std::mutex> lock(self->out_mu_);
+          self->writing_ = false;
+          self->out_writing_.clear();
+        }
+        if (ec) {
+          self->Close();
+          return;
+        }
+        self->Flush();
+      }));
+}
+
+void Connection::OnEof() {
+  // The peer will send nothing more: its generations are orphaned, cancel them. Replies
+  // already queued still go out (a client may have only shut down its write side).
+  service_->OnClientClosed(*this);
+  std::lock_guard<std::mutex> lock(out_mu_);
+  close_after_flush_ = true;
+  if (!writing_ && !flush_posted_) {
+    flush_posted_ = true;
+    asio::post(strand_, [self = shared_from_this()] { self->Flush(); });
+  }
+}
+
+void Connection::Close() {
+  if (socket_closed_) return;
+  service_->OnClientClosed(*this);
+  {
+    std::lock_guard<std::mutex> lock(out_mu_);
+    output_closed_ = true;
+    socket_closed_ = true;
+    out_pending_.clear();
+  }
+  std::error_code ignored;
+  socket_.shutdown(Socket::shutdown_both, ignored);
+  socket_.close(ignored);
+}
+
+void Connection::CloseAsync() {
+  asio::post(strand_, [self = shared_from_this()] { self->Close(); });
+}
+
+}  // namespace kvkeep

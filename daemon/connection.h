@@ -1,0 +1,67 @@
+// Connection: one client on the Unix socket (Redis networking.c's client, in Asio).
+//
+// Reading: bytes go through a LineFramer (max line length, resync after an over-long
+// line); each complete line is parsed and handed to the Service on this connection's
+// strand, in order. A bad line gets an error reply and never drops the connection.
+// Writing: Send() (any thread) appends to an output buffer; a flush is posted to the
+// strand, so the lines queued meanwhile go out in one write (deferred, coalesced).
+// Slow readers: if the unsent output exceeds max_output_buffer_bytes, the connection is
+// closed and its in-flight generations cancelled (Redis's hard client-output-buffer limit).
+// EOF (the peer closed, or shut down its write side): in-flight generations are cancelled,
+// replies already queued are flushed, then the socket closes.
+//
+// Thread-safety: Send is thread-safe; everything else runs on the strand.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <asio.hpp>
+
+#include "daemon/client.h"
+#include "daemon/line_framer.h"
+#include "daemon/metrics.h"
+#include "daemon/service.h"
+
+namespace kvkeep {
+
+class Connection final : public Client, public std::enable_shared_from_this<Connection> {
+ public:
+  using Socket = asio::local::stream_protocol::socket;
+  Connection(Socket socket, PeerCred peer, bool is_admin, const DaemonLimits& limits,
+             Service* service, DaemonMetrics* metrics);
+  ~Connection() override;
+
+  void Start();
+  void Send(std::string line) override;
+  // Closes from any thread (shutdown).
+  void CloseAsync();
+
+ private:
+  void ReadMore();
+  void OnLine(std::string_view line);
+  void Flush();
+  void OnEof();
+  void Close();
+
+  Socket socket_;
+  asio::strand<asio::any_io_executor> strand_;
+  const DaemonLimits limits_;
+  Service* const service_;
+  DaemonMetrics* const metrics_;
+  LineFramer framer_;
+  std::array<char, 64 * 1024> read_buf_;  // strand only
+  bool socket_closed_ = false;            // strand only
+
+  std::mutex out_mu_;
+  std::string out_pending_;         // guarded by out_mu_: queued, not yet handed to a write
+  std::string out_writing_;         // guarded by out_mu_: the write in progress
+  bool flush_posted_ = false;       // guarded by out_mu_
+  bool writing_ = false;            // guarded by out_mu_
+  bool output_closed_ = false;      // guarded by out_mu_: Send drops lines
+  bool close_after_flush_ = false;  // guarded by out_mu_
+};
+
+}  // namespace kvkeep

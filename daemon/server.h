@@ -1,0 +1,63 @@
+// Server: the Unix-socket listener. Binds the socket (or adopts a socket-activated one),
+// sets its mode and group, accepts clients, reads each peer's credentials (SO_PEERCRED)
+// and starts a Connection for it.
+//
+// Thread-safety: Listen/Adopt before the io_context runs; StopAccepting and CloseAll may
+// be called from any thread.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <asio.hpp>
+
+#include "daemon/config.h"
+#include "daemon/connection.h"
+#include "daemon/metrics.h"
+#include "daemon/service.h"
+
+namespace kvkeep {
+
+struct ServerOptions {
+  std::string socket_path;
+  int32_t socket_mode = 0660;
+  std::optional<gid_t> socket_gid;  // chown the socket to this group
+  std::optional<gid_t> admin_gid;
+  DaemonLimits limits;
+};
+
+class Server {
+ public:
+  Server(asio::io_context& io, ServerOptions options, Service* service, DaemonMetrics* metrics);
+
+  // Binds socket_path (replacing a stale socket file; Unavailable if another daemon
+  // answers on it), listens, and applies mode and group.
+  Status Listen();
+  // Uses an already listening socket (systemd socket activation); mode/group are the
+  // socket unit's business.
+  Status Adopt(int fd);
+  void StartAccepting();
+  // Stops accepting and removes the socket file if this server created it.
+  void StopAccepting();
+  // Closes every connection (cancelling their generations).
+  void CloseAll();
+
+ private:
+  void AcceptNext();
+
+  asio::io_context& io_;
+  const ServerOptions options_;
+  Service* const service_;
+  DaemonMetrics* const metrics_;
+  asio::local::stream_protocol::acceptor acceptor_;
+  asio::steady_timer retry_timer_;
+  bool bound_ = false;
+  std::mutex mu_;
+  bool stopped_ = false;                                // guarded by mu_
+  std::vector<std::weak_ptr<Connection>> connections_;  // guarded by mu_
+};
+
+}  // namespace kvkeep

@@ -1,0 +1,117 @@
+// Service: the protocol verbs (docs/protocol.md) over the session table, the store and
+// the engine. Transport-free: the server hands it parsed requests and a Client to reply
+// to; it never touches sockets.
+//
+// Threads: Handle() runs on an I/O thread and answers control verbs synchronously (store
+// writes commit before the reply is queued). session.generate is asynchronous: the
+// engine calls back on its thread; token events are forwarded from there (Client::Send
+// only queues), and the final event is posted through `post` to an I/O thread, which
+// appends the assistant message to the session and the store before the terminal line
+// is sent. So the engine thread never waits on SQLite.
+//
+// Thread-safety: all public methods are thread-safe. Locking: see daemon/session.h.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "base/clock.h"
+#include "daemon/client.h"
+#include "daemon/config.h"
+#include "daemon/metrics.h"
+#include "daemon/protocol.h"
+#include "daemon/session.h"
+#include "daemon/store.h"
+#include "daemon/turn_renderer.h"
+#include "engine/engine.h"
+
+namespace kvkeep {
+
+struct ServiceOptions {
+  DaemonLimits limits;
+  std::string model_id;            // the model's name (directory basename)
+  int64_t max_context_tokens = 0;  // min(model positions, KV pool tokens)
+  int32_t block_size = 16;
+  std::string policy;
+};
+
+struct ServiceDeps {
+  Engine* engine = nullptr;
+  const TurnRenderer* renderer = nullptr;
+  Store* store = nullptr;
+  Clock* clock = nullptr;
+  DaemonMetrics* metrics = nullptr;
+  // Runs a task on an I/O thread (asio::post onto the io_context).
+  std::function<void(std::function<void()>)> post;
+};
+
+class Service {
+ public:
+  Service(ServiceOptions options, ServiceDeps deps);
+
+  // Loads the stored sessions (daemon start).
+  Status LoadSessions();
+
+  // Serves one request; replies (now, or later for session.generate) through client.
+  void Handle(const std::shared_ptr<Client>& client, const protocol::Request& request);
+  // The client went away: cancels its in-flight generations in the engine.
+  void OnClientClosed(Client& client);
+  // New generations are refused with `unavailable` from now on.
+  void BeginShutdown() { shutting_down_.store(true); }
+  // Generations in flight (for the shutdown drain and the watchdog).
+  int64_t num_generating() const { return num_generating_.load(); }
+
+ private:
+  struct Ctx {
+    const std::shared_ptr<Client>& client;
+    const protocol::Request& request;
+    protocol::Params params;
+    uint32_t uid() const { return client->peer().uid; }
+  };
+  struct Generation;
+  using Reply = std::optional<nlohmann::json>;  // nullopt: *error set
+
+  Reply Hello(const Ctx& ctx, protocol::Error* error);
+  Reply Open(const Ctx& ctx, protocol::Error* error);
+  Reply Append(const Ctx& ctx, protocol::Error* error);
+  Reply ToolBegin(const Ctx& ctx, protocol::Error* error);
+  Reply ToolEnd(const Ctx& ctx, protocol::Error* error);
+  Reply Fork(const Ctx& ctx, protocol::Error* error);
+  Reply Close(const Ctx& ctx, protocol::Error* error);
+  Reply Info(const Ctx& ctx, protocol::Error* error);
+  Reply List(const Ctx& ctx, protocol::Error* error);
+  Reply Stats(const Ctx& ctx, protocol::Error* error);
+  Reply Cancel(const Ctx& ctx, protocol::Error* error);
+  // Returns false (with *error) when the request was refused before reaching the engine.
+  bool Generate(const Ctx& ctx, protocol::Error* error);
+  void FinishGeneration(const std::shared_ptr<Generation>& gen, const GenerateEvent& event);
+
+  // The caller's open session, locked; nullptr with *error when absent/closed/busy.
+  std::shared_ptr<Session> FindSession(const Ctx& ctx, protocol::Error* error) const;
+  // Parses one message object of session.append / tool_end and renders its tokens.
+  // `history` is the conversation before it (the chat template renders in context).
+  std::optional<Message> ParseMessage(const nlohmann::json& m,
+                                      const std::vector<ChatMessageIn>& history,
+                                      protocol::Error* error) const;
+  std::string NewSessionId();
+  uint64_t CacheSalt(uint32_t uid) const;
+  nlohmann::json SessionSummaryLocked(const Session& s) const;
+  std::string PrometheusText(const EngineStats& es) const;
+
+  const ServiceOptions options_;
+  const ServiceDeps deps_;
+  SessionTable sessions_;
+  std::atomic<bool> shutting_down_{false};
+  std::atomic<int64_t> num_generating_{0};
+  std::atomic<uint64_t> next_request_id_{1};
+  std::atomic<uint64_t> id_counter_{0};
+  const int64_t start_mono_us_;
+};
+
+}  // namespace kvkeep

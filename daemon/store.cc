@@ -1,0 +1,428 @@
+#include "daemon/store.h"
+
+#include <sqlite3.h>
+
+#include <cstring>
+#include <map>
+
+namespace kvkeep {
+namespace {
+
+// Ordered schema migrations; migration i brings the schema from version i to i + 1.
+// Never edit a shipped migration: append a new one.
+const char* const kMigrations[] = {
+    // 1: sessions, messages, tool events.
+    R"sql(
+    CREATE TABLE sessions (
+      owner_uid INTEGER NOT NULL, id TEXT NOT NULL, created_us INTEGER NOT NULL,
+      updated_us INTEGER NOT NULL, model TEXT NOT NULL, closed INTEGER NOT NULL DEFAULT 0,
+      PRIMARY KEY (owner_uid, id));
+    CREATE TABLE messages (
+      owner_uid INTEGER NOT NULL, session_id TEXT NOT NULL, seq INTEGER NOT NULL,
+      role TEXT NOT NULL, content TEXT NOT NULL, name TEXT, tool_call_id TEXT,
+      num_tokens INTEGER NOT NULL, tokens BLOB NOT NULL,
+      PRIMARY KEY (owner_uid, session_id, seq));
+    CREATE TABLE tool_events (
+      id INTEGER PRIMARY KEY AUTOINCREMENT, owner_uid INTEGER NOT NULL,
+      session_id TEXT NOT NULL, tool TEXT NOT NULL, args TEXT NOT NULL,
+      begin_us INTEGER NOT NULL, end_us INTEGER, duration_us INTEGER);
+    CREATE INDEX tool_events_session ON tool_events (owner_uid, session_id);
+    )sql",
+    // 2: per-tool latency samples (the TTL policy learns from them).
+    R"sql(
+    CREATE TABLE tool_latency (
+      tool TEXT NOT NULL, duration_us INTEGER NOT NULL, at_us INTEGER NOT NULL);
+    CREATE INDEX tool_latency_tool ON tool_latency (tool, at_us);
+    INSERT INTO tool_latency (tool, duration_us, at_us)
+      SELECT tool, duration_us, end_us FROM tool_events WHERE duration_us IS NOT NULL;
+    )sql",
+};
+constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
+
+Status SqlError(sqlite3* db, std::string_view what) {
+  return Status::IOError(std::string(what) + ": " + sqlite3_errmsg(db));
+}
+
+// A prepared statement; finalized on destruction. Bind indexes are 1-based.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) {
+      status_ = SqlError(db, "prepare");
+    }
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  Stmt& Int(int i, int64_t v) {
+    Check(sqlite3_bind_int64(stmt_, i, v));
+    return *this;
+  }
+  Stmt& Text(int i, const std::string& v) {
+    Check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+  Stmt& TextOrNull(int i, const std::string& v) {
+    if (v.empty()) {
+      Check(sqlite3_bind_null(stmt_, i));
+      return *this;
+    }
+    return Text(i, v);
+  }
+  Stmt& Blob(int i, const void* data, size_t size) {
+    Check(sqlite3_bind_blob(stmt_, i, size ? data : "", static_cast<int>(size), SQLITE_TRANSIENT));
+    return *this;
+  }
+  // Runs to completion (statements without rows).
+  Status Run() {
+    if (!status_.ok()) return status_;
+    int rc = sqlite3_step(stmt_);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) return SqlError(db_, "step");
+    return Status::OK();
+  }
+  // Advances to the next row; false at the end or on error (then status() says which).
+  bool Next() {
+    if (!status_.ok()) return false;
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc != SQLITE_DONE) status_ = SqlError(db_, "step");
+    return false;
+  }
+  const Status& status() const { return status_; }
+  int64_t ColInt(int c) { return sqlite3_column_int64(stmt_, c); }
+  bool ColIsNull(int c) { return sqlite3_column_type(stmt_, c) == SQLITE_NULL; }
+  std::string ColText(int c) {
+    const unsigned char* t = sqlite3_column_text(stmt_, c);
+    return t ? std::string(reinterpret_cast<const char*>(t), sqlite3_column_bytes(stmt_, c))
+             : std::string();
+  }
+  std::vector<int32_t> ColTokens(int c) {
+    const void* p = sqlite3_column_blob(stmt_, c);
+    int n = sqlite3_column_bytes(stmt_, c);
+    std::vector<int32_t> out(n / 4);
+    if (p && n) std::memcpy(out.data(), p, out.size() * 4);  // little-endian hosts only
+    return out;
+  }
+
+ private:
+  void Check(int rc) {
+    if (rc != SQLITE_OK && status_.ok()) status_ = SqlError(db_, "bind");
+  }
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  Status status_;
+};
+
+// BEGIN IMMEDIATE ... COMMIT; rolls back unless Commit() succeeded.
+class Transaction {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) {
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      status_ = SqlError(db, "begin");
+    }
+  }
+  ~Transaction() {
+    if (!committed_ && status_.ok()) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  const Status& status() const { return status_; }
+  Status Commit() {
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      return SqlError(db_, "commit");
+    }
+    committed_ = true;
+    return Status::OK();
+  }
+
+ private:
+  sqlite3* db_;
+  bool committed_ = false;
+  Status status_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(
+      path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    Status st = Status::IOError("open " + path + ": " + (db ? sqlite3_errmsg(db) : "no memory"));
+    sqlite3_close(db);
+    return st;
+  }
+  std::unique_ptr<Store> store(new Store(db));
+  sqlite3_busy_timeout(db, 5000);
+  // WAL: readers never block the writer; synchronous=FULL fsyncs the WAL on every commit,
+  // so a committed transaction survives power loss, not only a process crash.
+  RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
+  RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
+  RETURN_IF_ERROR(store->Exec("PRAGMA foreign_keys=ON"));
+  RETURN_IF_ERROR(store->Migrate());
+  return store;
+}
+
+Store::~Store() { sqlite3_close(db_); }
+
+int Store::LatestSchemaVersion() { return kNumMigrations; }
+
+Status Store::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    Status st = Status::IOError(std::string("sqlite: ") + (err ? err : "unknown error"));
+    sqlite3_free(err);
+    return st;
+  }
+  return Status::OK();
+}
+
+Status Store::Migrate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  RETURN_IF_ERROR(Exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"));
+  int version = 0;
+  {
+    Stmt q(db_, "SELECT version FROM schema_version");
+    if (q.Next()) version = static_cast<int>(q.ColInt(0));
+    RETURN_IF_ERROR(q.status());
+  }
+  if (version > kNumMigrations) {
+    return Status::NotSupported("database schema version " + std::to_string(version) +
+                                " is newer than this kvkeepd (" + std::to_string(kNumMigrations) +
+                                ")");
+  }
+  for (int v = version; v < kNumMigrations; ++v) {
+    Transaction txn(db_);
+    RETURN_IF_ERROR(txn.status());
+    RETURN_IF_ERROR(Exec(kMigrations[v]).WithContext("migration " + std::to_string(v + 1)));
+    RETURN_IF_ERROR(Exec("DELETE FROM schema_version"));
+    RETURN_IF_ERROR(
+        Stmt(db_, "INSERT INTO schema_version (version) VALUES (?)").Int(1, v + 1).Run());
+    RETURN_IF_ERROR(txn.Commit());
+  }
+  return Status::OK();
+}
+
+Result<int> Store::SchemaVersion() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT version FROM schema_version");
+  int version = 0;
+  if (q.Next()) version = static_cast<int>(q.ColInt(0));
+  RETURN_IF_ERROR(q.status());
+  return version;
+}
+
+Result<std::string> Store::JournalMode() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "PRAGMA journal_mode");
+  std::string mode;
+  if (q.Next()) mode = q.ColText(0);
+  RETURN_IF_ERROR(q.status());
+  return mode;
+}
+
+Status Store::InsertMessagesLocked(uint32_t uid, const std::string& id,
+                                   const std::vector<StoredMessage>& messages) {
+  for (const StoredMessage& m : messages) {
+    Stmt ins(db_,
+             "INSERT INTO messages (owner_uid, session_id, seq, role, content, name, "
+             "tool_call_id, num_tokens, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    ins.Int(1, uid).Text(2, id).Int(3, m.seq).Text(4, m.role).Text(5, m.content);
+    ins.TextOrNull(6, m.name).TextOrNull(7, m.tool_call_id);
+    ins.Int(8, static_cast<int64_t>(m.tokens.size()));
+    ins.Blob(9, m.tokens.data(), m.tokens.size() * sizeof(int32_t));
+    RETURN_IF_ERROR(ins.Run());
+  }
+  return Status::OK();
+}
+
+Status Store::CreateSession(const StoredSession& s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.status());
+  Stmt ins(db_,
+           "INSERT INTO sessions (owner_uid, id, created_us, updated_us, model, closed) "
+           "VALUES (?, ?, ?, ?, ?, ?)");
+  ins.Int(1, s.owner_uid).Text(2, s.id).Int(3, s.created_us).Int(4, s.updated_us);
+  ins.Text(5, s.model).Int(6, s.closed ? 1 : 0);
+  RETURN_IF_ERROR(ins.Run());
+  RETURN_IF_ERROR(InsertMessagesLocked(s.owner_uid, s.id, s.messages));
+  return txn.Commit();
+}
+
+Status Store::AppendMessages(uint32_t uid, const std::string& id,
+                             const std::vector<StoredMessage>& messages, int64_t updated_us) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.status());
+  RETURN_IF_ERROR(InsertMessagesLocked(uid, id, messages));
+  RETURN_IF_ERROR(Stmt(db_, "UPDATE sessions SET updated_us = ? WHERE owner_uid = ? AND id = ?")
+                      .Int(1, updated_us)
+                      .Int(2, uid)
+                      .Text(3, id)
+                      .Run());
+  return txn.Commit();
+}
+
+Status Store::SetClosed(uint32_t uid, const std::string& id, bool closed, int64_t updated_us) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Stmt(db_, "UPDATE sessions SET closed = ?, updated_us = ? WHERE owner_uid = ? AND id = ?")
+      .Int(1, closed ? 1 : 0)
+      .Int(2, updated_us)
+      .Int(3, uid)
+      .Text(4, id)
+      .Run();
+}
+
+Status Store::DeleteSession(uint32_t uid, const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.status());
+  for (const char* sql : {"DELETE FROM messages WHERE owner_uid = ? AND session_id = ?",
+                          "DELETE FROM tool_events WHERE owner_uid = ? AND session_id = ?",
+                          "DELETE FROM sessions WHERE owner_uid = ? AND id = ?"}) {
+    RETURN_IF_ERROR(Stmt(db_, sql).Int(1, uid).Text(2, id).Run());
+  }
+  return txn.Commit();
+}
+
+Status Store::CopySession(uint32_t uid, const std::string& from, const std::string& to,
+                          int64_t now_us) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.status());
+  RETURN_IF_ERROR(Stmt(db_,
+                       "INSERT INTO sessions (owner_uid, id, created_us, updated_us, model, "
+                       "closed) SELECT owner_uid, ?, ?, ?, model, 0 FROM sessions "
+                       "WHERE owner_uid = ? AND id = ?")
+                      .Text(1, to)
+                      .Int(2, now_us)
+                      .Int(3, now_us)
+                      .Int(4, uid)
+                      .Text(5, from)
+                      .Run());
+  RETURN_IF_ERROR(Stmt(db_,
+                       "INSERT INTO messages (owner_uid, session_id, seq, role, content, name, "
+                       "tool_call_id, num_tokens, tokens) SELECT owner_uid, ?, seq, role, "
+                       "content, name, tool_call_id, num_tokens, tokens FROM messages "
+                       "WHERE owner_uid = ? AND session_id = ?")
+                      .Text(1, to)
+                      .Int(2, uid)
+                      .Text(3, from)
+                      .Run());
+  return txn.Commit();
+}
+
+Result<int64_t> Store::BeginToolEvent(uint32_t uid, const std::string& session,
+                                      const std::string& tool, const std::string& args,
+                                      int64_t begin_us) {
+  std::lock_guard<std::mutex> lock(mu_);
+  RETURN_IF_ERROR(Stmt(db_,
+                       "INSERT INTO tool_events (owner_uid, session_id, tool, args, begin_us) "
+                       "VALUES (?, ?, ?, ?, ?)")
+                      .Int(1, uid)
+                      .Text(2, session)
+                      .Text(3, tool)
+                      .Text(4, args)
+                      .Int(5, begin_us)
+                      .Run());
+  return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
+}
+
+Status Store::EndToolEvent(uint32_t uid, const std::string& session, int64_t event_id,
+                           const std::string& tool, int64_t end_us, int64_t duration_us,
+                           const std::vector<StoredMessage>& messages) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.status());
+  if (event_id > 0) {
+    RETURN_IF_ERROR(Stmt(db_, "UPDATE tool_events SET end_us = ?, duration_us = ? WHERE id = ?")
+                        .Int(1, end_us)
+                        .Int(2, duration_us)
+                        .Int(3, event_id)
+                        .Run());
+    RETURN_IF_ERROR(
+        Stmt(db_, "INSERT INTO tool_latency (tool, duration_us, at_us) VALUES (?, ?, ?)")
+            .Text(1, tool)
+            .Int(2, duration_us)
+            .Int(3, end_us)
+            .Run());
+  }
+  RETURN_IF_ERROR(InsertMessagesLocked(uid, session, messages));
+  RETURN_IF_ERROR(Stmt(db_, "UPDATE sessions SET updated_us = ? WHERE owner_uid = ? AND id = ?")
+                      .Int(1, end_us)
+                      .Int(2, uid)
+                      .Text(3, session)
+                      .Run());
+  return txn.Commit();
+}
+
+Result<std::vector<ToolEvent>> Store::ListToolEvents(uint32_t uid, const std::string& session) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_,
+         "SELECT id, tool, args, begin_us, end_us, duration_us FROM tool_events "
+         "WHERE owner_uid = ? AND session_id = ? ORDER BY id");
+  q.Int(1, uid).Text(2, session);
+  std::vector<ToolEvent> out;
+  while (q.Next()) {
+    ToolEvent e;
+    e.id = q.ColInt(0);
+    e.tool = q.ColText(1);
+    e.args = q.ColText(2);
+    e.begin_us = q.ColInt(3);
+    if (!q.ColIsNull(4)) e.end_us = q.ColInt(4);
+    if (!q.ColIsNull(5)) e.duration_us = q.ColInt(5);
+    out.push_back(std::move(e));
+  }
+  RETURN_IF_ERROR(q.status());
+  return out;
+}
+
+Result<std::vector<int64_t>> Store::ToolLatencySamples(const std::string& tool) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT duration_us FROM tool_latency WHERE tool = ? ORDER BY at_us, rowid");
+  q.Text(1, tool);
+  std::vector<int64_t> out;
+  while (q.Next()) out.push_back(q.ColInt(0));
+  RETURN_IF_ERROR(q.status());
+  return out;
+}
+
+Result<std::vector<StoredSession>> Store::LoadAll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<StoredSession> out;
+  std::map<std::pair<int64_t, std::string>, size_t> index;
+  Stmt s(db_,
+         "SELECT owner_uid, id, created_us, updated_us, model, closed FROM sessions "
+         "ORDER BY owner_uid, id");
+  while (s.Next()) {
+    StoredSession ss;
+    ss.owner_uid = static_cast<uint32_t>(s.ColInt(0));
+    ss.id = s.ColText(1);
+    ss.created_us = s.ColInt(2);
+    ss.updated_us = s.ColInt(3);
+    ss.model = s.ColText(4);
+    ss.closed = s.ColInt(5) != 0;
+    index[{ss.owner_uid, ss.id}] = out.size();
+    out.push_back(std::move(ss));
+  }
+  RETURN_IF_ERROR(s.status());
+  Stmt m(db_,
+         "SELECT owner_uid, session_id, seq, role, content, name, tool_call_id, tokens "
+         "FROM messages ORDER BY owner_uid, session_id, seq");
+  while (m.Next()) {
+    auto it = index.find({m.ColInt(0), m.ColText(1)});
+    if (it == index.end()) continue;  // orphan rows are ignored
+    StoredMessage msg;
+    msg.seq = m.ColInt(2);
+    msg.role = m.ColText(3);
+    msg.content = m.ColText(4);
+    msg.name = m.ColText(5);
+    msg.tool_call_id = m.ColText(6);
+    msg.tokens = m.ColTokens(7);
+    out[it->second].messages.push_back(std::move(msg));
+  }
+  RETURN_IF_ERROR(m.status());
+  return out;
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,111 @@
+// Store: the durable record of sessions in SQLite (WAL mode, synchronous=FULL), in the
+// state directory. Every mutating call commits before it returns, so a caller that
+// replies after it has made the change durable (an acknowledged append survives kill -9
+// and power loss).
+//
+// Schema (see kMigrations in store.cc; schema_version holds the applied count):
+//   sessions(owner_uid, id, created_us, updated_us, model, closed)   key (owner_uid, id)
+//   messages(owner_uid, session_id, seq, role, content, name, tool_call_id, num_tokens,
+//            tokens BLOB of little-endian int32)                     key (.., seq)
+//   tool_events(id, owner_uid, session_id, tool, args, begin_us, end_us, duration_us)
+//   tool_latency(tool, duration_us, at_us)                            per-tool samples
+// Session ids are scoped to their owner uid. Timestamps are wall-clock microseconds.
+//
+// Thread-safety: all methods are thread-safe; one SQLite connection guarded by a mutex.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+struct sqlite3;
+
+namespace kvkeep {
+
+struct StoredMessage {
+  int64_t seq = 0;
+  std::string role;
+  std::string content;
+  std::string name;          // empty: none
+  std::string tool_call_id;  // empty: none
+  std::vector<int32_t> tokens;
+};
+
+struct StoredSession {
+  uint32_t owner_uid = 0;
+  std::string id;
+  int64_t created_us = 0;
+  int64_t updated_us = 0;
+  std::string model;
+  bool closed = false;
+  std::vector<StoredMessage> messages;  // by seq
+};
+
+struct ToolEvent {
+  int64_t id = 0;
+  std::string tool;
+  std::string args;
+  int64_t begin_us = 0;
+  std::optional<int64_t> end_us;
+  std::optional<int64_t> duration_us;
+};
+
+class Store {
+ public:
+  // Opens (creating) the database and applies pending migrations.
+  static Result<std::unique_ptr<Store>> Open(const std::string& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Number of migrations the code knows (the schema version it brings databases to).
+  static int LatestSchemaVersion();
+  Result<int> SchemaVersion();
+  // PRAGMA journal_mode as SQLite reports it ("wal").
+  Result<std::string> JournalMode();
+
+  // Inserts a new session row with its first messages, in one transaction.
+  Status CreateSession(const StoredSession& session);
+  // Appends messages (their seq set by the caller) and bumps updated_us, in one transaction.
+  Status AppendMessages(uint32_t owner_uid, const std::string& id,
+                        const std::vector<StoredMessage>& messages, int64_t updated_us);
+  Status SetClosed(uint32_t owner_uid, const std::string& id, bool closed, int64_t updated_us);
+  // Deletes the session, its messages and tool events.
+  Status DeleteSession(uint32_t owner_uid, const std::string& id);
+  // Copies a session's row and messages under a new id (fork).
+  Status CopySession(uint32_t owner_uid, const std::string& from, const std::string& to,
+                     int64_t now_us);
+
+  // Returns the new event's id.
+  Result<int64_t> BeginToolEvent(uint32_t owner_uid, const std::string& session,
+                                 const std::string& tool, const std::string& args,
+                                 int64_t begin_us);
+  // Ends an event, records a latency sample for its tool, and appends the tool-result
+  // messages, in one transaction.
+  Status EndToolEvent(uint32_t owner_uid, const std::string& session, int64_t event_id,
+                      const std::string& tool, int64_t end_us, int64_t duration_us,
+                      const std::vector<StoredMessage>& messages);
+  Result<std::vector<ToolEvent>> ListToolEvents(uint32_t owner_uid, const std::string& session);
+  // Latency samples of one tool, oldest first.
+  Result<std::vector<int64_t>> ToolLatencySamples(const std::string& tool);
+
+  // Every session with its messages (daemon start).
+  Result<std::vector<StoredSession>> LoadAll();
+
+ private:
+  explicit Store(sqlite3* db) : db_(db) {}
+  Status Migrate();
+  Status Exec(const char* sql);
+  Status InsertMessagesLocked(uint32_t owner_uid, const std::string& id,
+                              const std::vector<StoredMessage>& messages);
+
+  std::mutex mu_;
+  sqlite3* db_;  // guarded by mu_
+};
+
+}  // namespace kvkeep

@@ -1,0 +1,141 @@
+// Isolation between uids: a second uid cannot see or touch the first uid's sessions
+// (not_found, exactly as for a missing session) and lists only its own. Needs root to
+// drop privileges in a forked child.
+#include <grp.h>
+#include <sys/stat.h>
+
+#include "tests/daemon/daemon_harness.h"
+
+namespace kvkeep::testing {
+namespace {
+
+constexpr uid_t kOtherUid = 65534;  // nobody
+constexpr gid_t kOtherGid = 65534;
+const char* const kSharedQuestion = "a question long enough to fill a couple of KV blocks";
+
+// Runs as the other uid; returns a description of every violated expectation.
+std::string OtherUidChecks(const std::string& socket) {
+  std::string failures;
+  auto expect = [&](bool ok, const std::string& what) {
+    if (!ok) failures += what + "\n";
+  };
+  LineClient c;
+  if (!c.Connect(socket)) return "could not connect as uid 65534";
+  json hello = c.Terminal({{"id", 1}, {"verb", "hello"}});
+  expect(hello["result"]["uid"] == kOtherUid, "hello uid: " + hello.dump());
+  expect(hello["result"]["admin"] == false, "nobody must not be admin");
+  // Every verb on root's session answers exactly like a missing session.
+  for (const char* verb : {"session.info", "session.append", "session.generate", "session.close",
+                           "session.fork", "session.tool_begin", "session.tool_end"}) {
+    json req = {
+        {"id", 2},     {"verb", verb},   {"messages", {{{"role", "user"}, {"content", "x"}}}},
+        {"tool", "t"}, {"content", "x"}, {"keep", false}};
+    req["session"] = "secret";
+    json theirs = c.Terminal(req);
+    req["session"] = "missing";
+    json missing = c.Terminal(req);
+    expect(theirs["error"]["code"] == "not_found", std::string(verb) + ": " + theirs.dump());
+    std::string msg = theirs["error"]["message"];
+    std::string missing_msg = missing["error"]["message"];
+    auto pos = missing_msg.find("missing");
+    if (pos != std::string::npos) missing_msg.replace(pos, 7, "secret");
+    expect(msg == missing_msg,
+           std::string(verb) + ": messages differ: " + msg + " vs " + missing_msg);
+  }
+  json list = c.Terminal({{"id", 3}, {"verb", "sessions.list"}});
+  expect(list["result"]["sessions"].empty(), "list before open: " + list.dump());
+  json all = c.Terminal({{"id", 4}, {"verb", "sessions.list"}, {"all", true}});
+  expect(all["error"]["code"] == "permission_denied", "list all: " + all.dump());
+  // The same id is free in this uid's namespace: a different session.
+  json open = c.Terminal({{"id", 5}, {"verb", "session.open"}, {"session", "secret"}});
+  expect(open["result"]["created"] == true, "open own 'secret': " + open.dump());
+  json info = c.Terminal({{"id", 6}, {"verb", "session.info"}, {"session", "secret"}});
+  expect(info["result"]["num_messages"] == 0 && info["result"]["owner_uid"] == kOtherUid,
+         "own 'secret' is fresh: " + info.dump());
+  list = c.Terminal({{"id", 7}, {"verb", "sessions.list"}});
+  expect(list["result"]["sessions"].size() == 1 &&
+             list["result"]["sessions"][0]["session"] == "secret" &&
+             list["result"]["sessions"][0]["owner_uid"] == kOtherUid,
+         "list own: " + list.dump());
+  // Tenants never share KV: the same conversation as root's gets no cached tokens.
+  c.Terminal({{"id", 8}, {"verb", "session.open"}, {"session", "same"}, {"system", "root only"}});
+  c.Terminal({{"id", 9},
+              {"verb", "session.append"},
+              {"session", "same"},
+              {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
+  json g = c.Terminal(
+      {{"id", 10}, {"verb", "session.generate"}, {"session", "same"}, {"max_tokens", 1}});
+  expect(g["result"]["usage"]["cached_tokens"] == 0, "cross-tenant KV reuse: " + g.dump());
+  return failures;
+}
+
+TEST(DaemonIsolationTest, SecondUidCannotSeeOrTouchSessions) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a client as a second uid (setresuid to 65534); "
+                    "run the suite as root (e.g. in CI's container) to cover isolation";
+  }
+  DaemonFixture f({"--socket-mode", "0666"});
+  ASSERT_EQ(chmod(f.dir.path().c_str(), 0755), 0);  // let nobody reach the socket
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient root(f.daemon.socket_path());
+  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "secret"}, {"system", "root only"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.append"},
+           {"session", "secret"},
+           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
+  json warm =
+      root.Ok({{"id", 2}, {"verb", "session.generate"}, {"session", "secret"}, {"max_tokens", 1}});
+  ASSERT_TRUE(warm.is_object());
+  // Control: the same uid does reuse that KV from another session.
+  root.Ok({{"id", 2}, {"verb", "session.open"}, {"session", "root-same"}, {"system", "root only"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.append"},
+           {"session", "root-same"},
+           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
+  json again = root.Ok(
+      {{"id", 2}, {"verb", "session.generate"}, {"session", "root-same"}, {"max_tokens", 1}});
+  EXPECT_GT(again["usage"]["cached_tokens"].get<int64_t>(), 0);
+  root.Ok({{"id", 2}, {"verb", "session.close"}, {"session", "root-same"}, {"keep", false}});
+
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(pipe_fds[0]);
+    std::string failures;
+    if (setgroups(0, nullptr) != 0 || setresgid(kOtherGid, kOtherGid, kOtherGid) != 0 ||
+        setresuid(kOtherUid, kOtherUid, kOtherUid) != 0) {
+      failures = "dropping privileges failed";
+    } else {
+      failures = OtherUidChecks(f.daemon.socket_path());
+    }
+    (void)!write(pipe_fds[1], failures.data(), failures.size());
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  std::string failures;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(pipe_fds[0], buf, sizeof(buf))) > 0) failures.append(buf, n);
+  close(pipe_fds[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(failures, "");
+
+  // Root's session is untouched; root (admin) lists both uids' sessions with all: true,
+  // and only its own without.
+  json info = root.Ok({{"id", 3}, {"verb", "session.info"}, {"session", "secret"}});
+  EXPECT_EQ(info["num_messages"], 3);
+  json own = root.Ok({{"id", 4}, {"verb", "sessions.list"}});
+  ASSERT_EQ(own["sessions"].size(), 1u);
+  EXPECT_EQ(own["sessions"][0]["owner_uid"], 0);
+  json all = root.Ok({{"id", 5}, {"verb", "sessions.list"}, {"all", true}});
+  std::set<uint32_t> owners;
+  for (const json& s : all["sessions"]) owners.insert(s["owner_uid"].get<uint32_t>());
+  EXPECT_EQ(owners, (std::set<uint32_t>{0, kOtherUid}));
+}
+
+}  // namespace
+}  // namespace kvkeep::testing

@@ -1,0 +1,110 @@
+// Lifecycle: the default model, socket mode, SIGHUP reload, SIGTERM with a generation in
+// flight, and refusing to start over a live daemon's socket.
+#include <sys/stat.h>
+
+#include <thread>
+
+#include "tests/daemon/daemon_harness.h"
+
+namespace kvkeep::testing {
+namespace {
+
+TEST(DaemonLifecycleTest, NoModelFlagMakesTheTinyModelInTheStateDir) {
+  TempDir dir;
+  // Started by hand: without --model.
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  const std::string socket = dir.File("s.sock");
+  const std::string state = dir.File("state");
+  if (pid == 0) {
+    std::string bin = BinaryDir() + "/kvkeepd";
+    execl(bin.c_str(), bin.c_str(), "--socket", socket.c_str(), "--state-dir", state.c_str(),
+          "--log-level", "warn", "--num-kv-blocks", "256", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  LineClient c;
+  for (int i = 0; i < 600 && !c.Connect(socket); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(c.connected());
+  json hello = c.Ok({{"id", 1}, {"verb", "hello"}});
+  EXPECT_EQ(hello["model"]["id"], "tiny");
+  EXPECT_TRUE(DefaultEnv()->FileExists(state + "/models/tiny/config.json"));
+  EXPECT_TRUE(DefaultEnv()->FileExists(state + "/kvkeep.db"));
+  struct stat st;
+  ASSERT_EQ(stat(socket.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);  // the default mode
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+TEST(DaemonLifecycleTest, SighupReloadsTheLogLevel) {
+  TempDir dir;
+  const std::string config = dir.File("kvkeepd.json");
+  ASSERT_TRUE(DefaultEnv()->WriteFileAtomic(config, R"({"log_level": "warn"})").ok());
+  DaemonProcess d(dir.File("s.sock"), dir.File("state"), {"--config", config});
+  ASSERT_TRUE(d.Start()) << d.Log();
+  auto reload_and_wait_for = [&](const std::string& contents, const std::string& needle) {
+    ASSERT_TRUE(DefaultEnv()->WriteFileAtomic(config, contents).ok());
+    d.Signal(SIGHUP);
+    for (int i = 0; i < 100 && d.Log().find(needle) == std::string::npos; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_NE(d.Log().find(needle), std::string::npos) << d.Log();
+  };
+  reload_and_wait_for(R"({"log_level": "info"})", "log level warn -> info");
+  // A broken file is refused and the daemon keeps running with what it has.
+  reload_and_wait_for(R"({"log_level": )", "configuration not reloaded");
+  reload_and_wait_for(R"({"log_level": "info", "policy": "none"})", "needs a restart");
+  EXPECT_TRUE(d.Alive());
+  LineClient c(d.socket_path());
+  EXPECT_EQ(c.Ok({{"id", 1}, {"verb", "hello"}})["policy"], "lru");
+}
+
+TEST(DaemonLifecycleTest, SigtermCancelsOrFinishesInFlightWorkAndExitsCleanly) {
+  DaemonFixture f;
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient c(f.daemon.socket_path());
+  c.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "t"}});
+  c.Ok({{"id", 2},
+        {"verb", "session.append"},
+        {"session", "t"},
+        {"messages", {{{"role", "user"}, {"content", "long answer please"}}}}});
+  ASSERT_TRUE(c.Send({{"id", 3},
+                      {"verb", "session.generate"},
+                      {"session", "t"},
+                      {"max_tokens", 4000},
+                      {"stream", true}}));
+  ASSERT_EQ((*c.ReadJson())["event"], "token");
+  std::thread killer([&] { f.daemon.Kill(SIGTERM); });
+  // The stream ends with a terminal line before the connection closes: its result when
+  // it finished within the grace period, else `cancelled`.
+  std::optional<json> last;
+  while (auto line = c.ReadJson(20000)) last = line;
+  killer.join();
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ((*last)["id"], 3);
+  if (last->contains("error")) {
+    EXPECT_EQ((*last)["error"]["code"], "cancelled") << last->dump();
+  } else {
+    EXPECT_TRUE(last->contains("result")) << last->dump();
+  }
+  EXPECT_FALSE(DefaultEnv()->FileExists(f.daemon.socket_path()));
+}
+
+TEST(DaemonLifecycleTest, RefusesToStealALiveDaemonsSocket) {
+  DaemonFixture f;
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  DaemonProcess second(f.daemon.socket_path(), f.dir.File("state2"));
+  second.Start();  // the socket answers (the first daemon), so Start returns at once
+  int status = second.WaitExit(30000);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status;
+  EXPECT_NE(second.Log().find("another daemon is listening"), std::string::npos) << second.Log();
+  LineClient c(f.daemon.socket_path());
+  EXPECT_EQ(c.Ok({{"id", 1}, {"verb", "hello"}})["server"], "kvkeepd");
+}
+
+}  // namespace
+}  // namespace kvkeep::testing

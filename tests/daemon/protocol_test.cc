@@ -1,0 +1,199 @@
+// Protocol parsing/validation and the line framer.
+#include "daemon/protocol.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "daemon/line_framer.h"
+#include "tests/testlib/test_util.h"
+
+namespace kvkeep {
+namespace {
+
+using protocol::ErrorCode;
+using protocol::json;
+
+struct Parsed {
+  bool ok;
+  protocol::Request req;
+  protocol::Error error;
+  json id;
+};
+
+Parsed Parse(std::string_view line, int depth = 64) {
+  Parsed p;
+  auto r = protocol::ParseRequest(line, depth, &p.error, &p.id);
+  p.ok = r.ok();
+  if (p.ok) p.req = *r;
+  return p;
+}
+
+TEST(ProtocolTest, ParsesAValidRequest) {
+  Parsed p = Parse(R"({"id": 7, "verb": "session.info", "session": "a"})");
+  ASSERT_TRUE(p.ok);
+  EXPECT_EQ(p.req.id, json(7));
+  EXPECT_EQ(p.req.verb, protocol::Verb::kSessionInfo);
+  EXPECT_EQ(p.req.body.at("session"), "a");
+}
+
+TEST(ProtocolTest, EveryVerbNameRoundTrips) {
+  for (const char* name : {"hello", "session.open", "session.append", "session.generate",
+                           "session.tool_begin", "session.tool_end", "session.fork",
+                           "session.close", "session.info", "sessions.list", "stats", "cancel"}) {
+    auto verb = protocol::ParseVerb(name);
+    ASSERT_TRUE(verb.has_value()) << name;
+    EXPECT_EQ(protocol::VerbName(*verb), name);
+  }
+}
+
+TEST(ProtocolTest, ErrorsCarryTheirCodeAndTheIdWhenReadable) {
+  Parsed bad = Parse(R"({"id": 1, "verb": "hello")");
+  EXPECT_FALSE(bad.ok);
+  EXPECT_EQ(bad.error.code, ErrorCode::kBadJson);
+  EXPECT_TRUE(bad.id.is_null());
+
+  Parsed array = Parse("[1, 2]");
+  EXPECT_EQ(array.error.code, ErrorCode::kBadJson);
+
+  Parsed unknown = Parse(R"({"id": "x", "verb": "session.explode"})");
+  EXPECT_EQ(unknown.error.code, ErrorCode::kUnknownVerb);
+  EXPECT_EQ(unknown.id, json("x"));
+
+  Parsed missing = Parse(R"({"id": 3})");
+  EXPECT_EQ(missing.error.code, ErrorCode::kUnknownVerb);
+
+  Parsed bad_id = Parse(R"({"id": [1], "verb": "hello"})");
+  EXPECT_EQ(bad_id.error.code, ErrorCode::kInvalidArgument);
+}
+
+TEST(ProtocolTest, DepthLimitIsEnforcedBeforeParsing) {
+  std::string deep =
+      R"({"id": 1, "verb": "hello", "x": )" + std::string(100, '[') + std::string(100, ']') + "}";
+  Parsed p = Parse(deep, 64);
+  EXPECT_FALSE(p.ok);
+  EXPECT_EQ(p.error.code, ErrorCode::kTooDeep);
+  // Exactly at the limit is fine: the object (1) plus 63 arrays.
+  std::string edge =
+      R"({"id": 1, "verb": "hello", "x": )" + std::string(63, '[') + std::string(63, ']') + "}";
+  EXPECT_TRUE(Parse(edge, 64).ok);
+}
+
+TEST(ProtocolTest, JsonDepthIgnoresBracketsInsideStrings) {
+  EXPECT_EQ(protocol::JsonDepth(R"({"a": "[[[{{{\"[[["})", 10), 1);
+  EXPECT_EQ(protocol::JsonDepth(R"([[1], [[2]]])", 10), 3);
+  EXPECT_EQ(protocol::JsonDepth(std::string(50, '['), 10), 11);
+}
+
+TEST(ProtocolTest, ParamsValidateTypesAndRanges) {
+  json body = {{"s", "x"}, {"n", 5}, {"f", 0.5}, {"b", true}, {"t", {1, 2, 300}}, {"bad", "7"}};
+  protocol::Params p(body);
+  protocol::Error e;
+  EXPECT_EQ(*p.String("s", &e), "x");
+  EXPECT_EQ(p.IntOr("n", 0, 0, 10, &e), 5);
+  EXPECT_EQ(p.IntOr("absent", 42, 0, 100, &e), 42);
+  EXPECT_DOUBLE_EQ(p.NumberOr("f", 1, 0, 1, &e), 0.5);
+  EXPECT_TRUE(p.BoolOr("b", false, &e));
+  EXPECT_TRUE(e.message.empty());
+
+  protocol::Error e1;
+  p.IntOr("bad", 0, 0, 10, &e1);
+  EXPECT_EQ(e1.code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(e1.message.find("'bad'"), std::string::npos);
+  protocol::Error e2;
+  p.IntOr("n", 0, 6, 10, &e2);
+  EXPECT_EQ(e2.code, ErrorCode::kInvalidArgument);
+  protocol::Error e3;
+  EXPECT_FALSE(p.Tokens("t", 256, &e3).has_value());  // 300 is outside the vocabulary
+  EXPECT_EQ(e3.code, ErrorCode::kInvalidArgument);
+  protocol::Error e4;
+  EXPECT_EQ(*p.Tokens("t", 301, &e4), (std::vector<int32_t>{1, 2, 300}));
+  protocol::Error e5;
+  EXPECT_FALSE(p.String("missing", &e5).has_value());
+  EXPECT_EQ(e5.code, ErrorCode::kInvalidArgument);
+}
+
+TEST(ProtocolTest, LinesAreSingleLineJson) {
+  std::string r = protocol::ResultLine(json("a\nb"), {{"text", "x\ny"}});
+  EXPECT_EQ(r.find('\n'), std::string::npos);
+  json back = json::parse(r);
+  EXPECT_EQ(back["id"], "a\nb");
+  EXPECT_EQ(back["result"]["text"], "x\ny");
+  json err = json::parse(protocol::ErrorLine(nullptr, ErrorCode::kLineTooLong, "too long"));
+  EXPECT_TRUE(err["id"].is_null());
+  EXPECT_EQ(err["error"]["code"], "line_too_long");
+  // Invalid UTF-8 in generated text must not make the reply unserialisable.
+  std::string ev = protocol::EventLine(1, "token", {{"text", std::string("\xff\xfe")}});
+  EXPECT_NO_THROW(json::parse(ev));
+}
+
+TEST(ProtocolTest, SessionIds) {
+  EXPECT_TRUE(protocol::IsValidSessionId("agent-7.b:c_d"));
+  EXPECT_FALSE(protocol::IsValidSessionId(""));
+  EXPECT_FALSE(protocol::IsValidSessionId("a b"));
+  EXPECT_FALSE(protocol::IsValidSessionId("../x/y"));
+  EXPECT_FALSE(protocol::IsValidSessionId(std::string(129, 'a')));
+}
+
+TEST(ProtocolTest, FormatsWallClock) {
+  // 2021-01-01T00:00:00.250Z
+  EXPECT_EQ(protocol::FormatWallMicros(int64_t{1609459200} * 1000000 + 250000),
+            "2021-01-01T00:00:00.250Z");
+}
+
+std::vector<std::string> Frame(LineFramer& f, std::string_view data, int* too_long) {
+  std::vector<std::string> lines;
+  f.Feed(
+      data, [&](std::string_view l) { lines.emplace_back(l); }, [&] { ++*too_long; });
+  return lines;
+}
+
+TEST(LineFramerTest, SplitsAcrossChunksAndStripsCarriageReturns) {
+  LineFramer f(100);
+  int too_long = 0;
+  EXPECT_TRUE(Frame(f, "ab", &too_long).empty());
+  EXPECT_EQ(Frame(f, "c\r\nde\nf", &too_long), (std::vector<std::string>{"abc", "de"}));
+  EXPECT_EQ(f.pending_bytes(), 1u);
+  EXPECT_EQ(Frame(f, "\n", &too_long), (std::vector<std::string>{"f"}));
+  EXPECT_EQ(too_long, 0);
+}
+
+TEST(LineFramerTest, OverlongLineIsReportedOnceAndSkippedToItsNewline) {
+  LineFramer f(8);
+  int too_long = 0;
+  EXPECT_TRUE(Frame(f, "0123456", &too_long).empty());
+  EXPECT_TRUE(Frame(f, "789abc", &too_long).empty());  // now 13 bytes: over the limit
+  EXPECT_EQ(too_long, 1);
+  EXPECT_TRUE(Frame(f, std::string(1000, 'x'), &too_long).empty());
+  EXPECT_EQ(too_long, 1);
+  EXPECT_EQ(Frame(f, "yy\nok\n", &too_long), (std::vector<std::string>{"ok"}));
+  EXPECT_EQ(too_long, 1);
+  // A line of exactly the limit passes.
+  EXPECT_EQ(Frame(f, "12345678\n", &too_long), (std::vector<std::string>{"12345678"}));
+}
+
+TEST(LineFramerTest, RandomChunkingMatchesSplittingTheWholeStream) {
+  const uint64_t seed = testing::TestSeed();
+  std::mt19937_64 rng(seed);
+  std::string stream;
+  std::vector<std::string> expected;
+  for (int i = 0; i < 200; ++i) {
+    std::string line(rng() % 40, 'a' + static_cast<char>(i % 26));
+    stream += line + "\n";
+    expected.push_back(line);
+  }
+  LineFramer f(64);
+  int too_long = 0;
+  std::vector<std::string> got;
+  for (size_t pos = 0; pos < stream.size();) {
+    size_t n = 1 + rng() % 17;
+    auto lines = Frame(f, std::string_view(stream).substr(pos, n), &too_long);
+    got.insert(got.end(), lines.begin(), lines.end());
+    pos += n;
+  }
+  EXPECT_EQ(got, expected) << "seed " << seed;
+  EXPECT_EQ(too_long, 0);
+}
+
+}  // namespace
+}  // namespace kvkeep
