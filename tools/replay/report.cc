@@ -187,6 +187,7 @@ Result<std::vector<std::string>> WritePlots(const std::string& out_dir, const Re
   gp << "set terminal pngcairo size 900,560 noenhanced\nset grid\nset key bottom right\n"
      << "set output '" << pngs[0] << "'\nset title 'Time to first token, CDF per policy'\n"
      << "set xlabel 'TTFT (ms)'\nset ylabel 'fraction of model turns'\nset logscale x\n"
+     << "set yrange [0:1.02]\n"
      << "plot " << ttft_plot << "\n"
      << "unset logscale x\nset key top right\n"
      << "set output '" << pngs[1] << "'\nset title 'GPU KV pool: blocks in use and pinned'\n"
