@@ -46,8 +46,8 @@ class Cli : public ::testing::Test {
 };
 
 TEST_F(Cli, GenerateStreamsAndIsDeterministicWhenGreedy) {
-  std::string cmd = kvkeep_ + " generate --model " + dir_.File("tiny") +
-                    " --prompt hi --max-tokens 12";
+  std::string cmd =
+      kvkeep_ + " generate --model " + dir_.File("tiny") + " --prompt hi --max-tokens 12";
   Output a = Shell(cmd), b = Shell(cmd);
   ASSERT_EQ(a.exit_code, 0) << a.text;
   // The streamed text comes before the usage line on stderr.
