@@ -344,6 +344,9 @@ Service::Reply Service::ToolBegin(const Ctx& ctx, Error* error) {
     return std::nullopt;
   }
   s->pending_tools.push_back({*event_id, *tool, deps_.clock->NowMicros()});
+  if (s->tool_events_loaded) {
+    s->tool_events.push_back({*event_id, *tool, args, deps_.clock->WallMicros()});
+  }
   return json{{"session", s->id}, {"tool_event", *event_id}};
 }
 
@@ -380,6 +383,12 @@ Service::Reply Service::ToolEnd(const Ctx& ctx, Error* error) {
   if (pending) {
     s->pending_tools.pop_back();
     deps_.metrics->tool.Observe(duration_us / 1000.0);
+    for (ToolEvent& e : s->tool_events) {
+      if (e.id == pending->event_id) {
+        e.end_us = end_us;
+        e.duration_us = duration_us;
+      }
+    }
   }
   s->AppendLocked(std::move(msgs[0]));
   s->updated_us = end_us;
@@ -500,22 +509,26 @@ Service::Reply Service::Info(const Ctx& ctx, Error* error) {
       }
       out["messages"] = std::move(msgs);
     }
+    if (!s->tool_events_loaded) {
+      auto events = deps_.store->ListToolEvents(s->owner_uid, s->id);
+      if (!events.ok()) {
+        *error = StoreError(events.status());
+        return std::nullopt;
+      }
+      s->tool_events = std::move(events).value();
+      s->tool_events_loaded = true;
+    }
+    json jev = json::array();
+    for (const ToolEvent& e : s->tool_events) {
+      jev.push_back({{"id", e.id},
+                     {"tool", e.tool},
+                     {"args", e.args},
+                     {"begin_at", protocol::FormatWallMicros(e.begin_us)},
+                     {"end_at", e.end_us ? json(protocol::FormatWallMicros(*e.end_us)) : json()},
+                     {"duration_ms", e.duration_us ? json(*e.duration_us / 1000.0) : json()}});
+    }
+    out["tool_events"] = std::move(jev);
   }
-  auto events = deps_.store->ListToolEvents(s->owner_uid, s->id);
-  if (!events.ok()) {
-    *error = StoreError(events.status());
-    return std::nullopt;
-  }
-  json jev = json::array();
-  for (const ToolEvent& e : *events) {
-    jev.push_back({{"id", e.id},
-                   {"tool", e.tool},
-                   {"args", e.args},
-                   {"begin_at", protocol::FormatWallMicros(e.begin_us)},
-                   {"end_at", e.end_us ? json(protocol::FormatWallMicros(*e.end_us)) : json()},
-                   {"duration_ms", e.duration_us ? json(*e.duration_us / 1000.0) : json()}});
-  }
-  out["tool_events"] = std::move(jev);
   return out;
 }
 

@@ -54,6 +54,10 @@ struct Session {
   std::vector<Message> messages;
   std::vector<int32_t> tokens;  // concatenation of messages[i].tokens
   std::vector<PendingTool> pending_tools;
+  // The store's tool events of this session, mirrored in memory once first read, so
+  // session.info never queries SQLite twice (tool_begin/tool_end keep it current).
+  bool tool_events_loaded = false;
+  std::vector<ToolEvent> tool_events;
 
   // REQUIRES: mu held.
   void AppendLocked(Message m) {

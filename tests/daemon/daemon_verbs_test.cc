@@ -50,6 +50,32 @@ TEST_F(DaemonVerbsTest, ForkCopiesTheConversationAndSharesItsKv) {
       "already_exists");
 }
 
+TEST_F(DaemonVerbsTest, InfoToolEventsStayCurrentAfterTheFirstRead) {
+  LineClient c(socket());
+  c.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "tools"}});
+  c.Ok({{"id", 2}, {"verb", "session.tool_begin"}, {"session", "tools"}, {"tool", "ls"}});
+  c.Ok({{"id", 3}, {"verb", "session.tool_end"}, {"session", "tools"}, {"content", "a b"}});
+  // The first read loads the events; later begins and ends must show up without a reload.
+  json first = c.Ok({{"id", 4}, {"verb", "session.info"}, {"session", "tools"}});
+  ASSERT_EQ(first["tool_events"].size(), 1u);
+  c.Ok({{"id", 5},
+        {"verb", "session.tool_begin"},
+        {"session", "tools"},
+        {"tool", "grep"},
+        {"args", "-rn x"}});
+  json open_event = c.Ok({{"id", 6}, {"verb", "session.info"}, {"session", "tools"}});
+  ASSERT_EQ(open_event["tool_events"].size(), 2u);
+  EXPECT_EQ(open_event["tool_events"][1]["tool"], "grep");
+  EXPECT_EQ(open_event["tool_events"][1]["args"], "-rn x");
+  EXPECT_TRUE(open_event["tool_events"][1]["duration_ms"].is_null());
+  c.Ok({{"id", 7}, {"verb", "session.tool_end"}, {"session", "tools"}, {"content", "x:1"}});
+  json closed = c.Ok({{"id", 8}, {"verb", "session.info"}, {"session", "tools"}});
+  ASSERT_EQ(closed["tool_events"].size(), 2u);
+  EXPECT_FALSE(closed["tool_events"][1]["duration_ms"].is_null());
+  EXPECT_FALSE(closed["tool_events"][1]["end_at"].is_null());
+  EXPECT_EQ(closed["tool_events"][0], first["tool_events"][0]);
+}
+
 TEST_F(DaemonVerbsTest, CloseKeepListAndDelete) {
   LineClient c(socket());
   c.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "keep-me"}});
