@@ -111,8 +111,9 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
 
 Status ApplyEngine(const json& obj, DaemonEngineOptions* e) {
   FieldReader r(obj, "engine.");
-  r.Known({"kv_memory_bytes", "num_kv_blocks", "block_size", "max_batch_tokens",
+  r.Known({"device", "kv_memory_bytes", "num_kv_blocks", "block_size", "max_batch_tokens",
            "prefill_chunk_tokens", "max_running", "num_threads"});
+  r.String("device", &e->device);
   r.Int("kv_memory_bytes", &e->kv_memory_bytes, 0, kMaxI64);
   r.Int("num_kv_blocks", &e->num_kv_blocks, 0, kMaxI32);
   r.Int("block_size", &e->block_size, 1, 1024);
@@ -186,6 +187,10 @@ Status ValidateDaemonOptions(const DaemonOptions& o) {
     return Status::InvalidArgument("unknown log_level '" + o.log_level +
                                    "' (trace, debug, info, warn, error, critical, off)");
   }
+  if (o.engine.device != "cpu" && o.engine.device != "cuda") {
+    return Status::InvalidArgument("engine.device must be cpu or cuda, not '" + o.engine.device +
+                                   "'");
+  }
   if (o.engine.num_kv_blocks == 0 && o.engine.kv_memory_bytes == 0) {
     return Status::InvalidArgument("engine: set num_kv_blocks or kv_memory_bytes");
   }
@@ -242,6 +247,7 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       "KV pool size, bytes");
   num("--num-kv-blocks", &f.engine.num_kv_blocks, &o.engine.num_kv_blocks,
       "KV pool size, blocks (overrides --kv-memory-bytes)");
+  str("--device", &f.engine.device, &o.engine.device, "cpu or cuda");
   num("--threads", &f.engine.num_threads, &o.engine.num_threads, "CPU backend threads");
 
   try {
@@ -291,7 +297,8 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_output_buffer_bytes", o.limits.max_output_buffer_bytes},
         {"max_tokens", o.limits.max_tokens}}},
       {"engine",
-       {{"kv_memory_bytes", o.engine.kv_memory_bytes},
+       {{"device", o.engine.device},
+        {"kv_memory_bytes", o.engine.kv_memory_bytes},
         {"num_kv_blocks", o.engine.num_kv_blocks},
         {"block_size", o.engine.block_size},
         {"max_batch_tokens", o.engine.max_batch_tokens},

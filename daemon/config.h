@@ -28,6 +28,7 @@ struct DaemonLimits {
 };
 
 struct DaemonEngineOptions {
+  std::string device = "cpu";                    // "cpu" or "cuda" (a CUDA build)
   int64_t kv_memory_bytes = int64_t{256} << 20;  // KV pool size (ignored if num_kv_blocks)
   int32_t num_kv_blocks = 0;                     // 0: derive from kv_memory_bytes
   int32_t block_size = 16;                       // tokens per KV block

@@ -1,5 +1,7 @@
 #include "daemon/daemon.h"
 
+#include "daemon/backend_factory.h"
+
 #include <spdlog/spdlog.h>
 
 #include <asio.hpp>
@@ -95,7 +97,8 @@ Status Daemon::Impl::LoadModel() {
   ASSIGN_OR_RETURN(const CachePolicy* policy, FindCachePolicy(options.policy));
   policy->configure(&eo);
 
-  ASSIGN_OR_RETURN(auto backend, CreateCpuBackend(*weights, eo.backend));
+  ASSIGN_OR_RETURN(auto backend,
+                   CreateBackendForDevice(options.engine.device, *weights, eo.backend));
   const KvPoolShape shape = backend->kv_shape();
   int64_t max_context = int64_t{shape.num_blocks} * shape.block_size;
   if (config.max_position_embeddings > 0) {
@@ -103,9 +106,9 @@ Status Daemon::Impl::LoadModel() {
   }
   ASSIGN_OR_RETURN(engine, Engine::Create(eo, std::move(backend), tokenizer.get(), clock));
   RETURN_IF_ERROR(engine->Start());
-  spdlog::info("model {} ({}, {} layers, vocab {}) on cpu: {} KV blocks of {} tokens, policy {}",
+  spdlog::info("model {} ({}, {} layers, vocab {}) on {}: {} KV blocks of {} tokens, policy {}",
                model_id, config.architecture, config.num_layers, config.vocab_size,
-               shape.num_blocks, shape.block_size, policy->name);
+               options.engine.device, shape.num_blocks, shape.block_size, policy->name);
 
   ServiceOptions so;
   so.limits = options.limits;

@@ -7,6 +7,7 @@
 
 #include "base/clock.h"
 #include "base/file.h"
+#include "daemon/backend_factory.h"
 #include "engine/backend.h"
 #include "engine/chat_template.h"
 #include "engine/engine.h"
@@ -14,10 +15,6 @@
 #include "engine/model_weights.h"
 #include "engine/tokenizer.h"
 #include "tools/commands.h"
-
-#ifdef KVKEEP_HAVE_CUDA
-#include "engine/cuda/cuda_backend.h"  // CreateCudaBackend, linked in when CUDA is built
-#endif
 
 namespace kvkeep::tools {
 namespace {
@@ -38,20 +35,6 @@ struct GenerateArgs {
   bool no_special_tokens = false;
   bool chat = false;
 };
-
-Result<std::unique_ptr<Backend>> CreateBackend(const std::string& device,
-                                               const ModelWeights& weights,
-                                               const BackendOptions& options) {
-  if (device == "cpu") return CreateCpuBackend(weights, options);
-  if (device == "cuda") {
-#ifdef KVKEEP_HAVE_CUDA
-    return CreateCudaBackend(weights, options);
-#else
-    return Status::NotSupported("this kvkeep was built without the CUDA backend (KVKEEP_CUDA=OFF)");
-#endif
-  }
-  return Status::InvalidArgument("unknown device '" + device + "' (cpu or cuda)");
-}
 
 Status RunGenerate(const GenerateArgs& args) {
   Env* env = DefaultEnv();
@@ -93,7 +76,7 @@ Status RunGenerate(const GenerateArgs& args) {
           ? args.kv_blocks
           : static_cast<int32_t>(
                 (context + options.backend.block_size - 1) / options.backend.block_size + 1);
-  ASSIGN_OR_RETURN(auto backend, CreateBackend(args.device, *weights, options.backend));
+  ASSIGN_OR_RETURN(auto backend, CreateBackendForDevice(args.device, *weights, options.backend));
   ASSIGN_OR_RETURN(auto engine,
                    Engine::Create(options, std::move(backend), tokenizer.get(), SystemClock()));
 

@@ -137,6 +137,12 @@ TEST(ConfigTest, RejectsUnknownKeysWrongTypesAndBadValues) {
   EXPECT_FALSE(ValidateDaemonOptions(v).ok());
   v.socket_path = "/tmp/s";
   EXPECT_TRUE(ValidateDaemonOptions(v).ok());
+  v.engine.device = "tpu";
+  st = ValidateDaemonOptions(v);
+  EXPECT_NE(st.message().find("tpu"), std::string::npos) << st.message();
+  DaemonOptions d;
+  ASSERT_TRUE(ApplyConfigJson(R"({"engine": {"device": "cuda"}})", &d).ok());
+  EXPECT_EQ(d.engine.device, "cuda");
 }
 
 TEST(ConfigTest, ToJsonRoundTrips) {
