@@ -61,9 +61,15 @@ class Run {
     ASSIGN_OR_RETURN(json hello, hello_conn->Call("hello"));
     if (hello.contains("limits"))
       max_tokens_ = std::max<int64_t>(1, IntField(hello["limits"], "max_tokens"));
+    max_context_ = o_.max_prompt_tokens;
     if (hello.contains("model")) {
       int64_t vocab = IntField(hello["model"], "vocab_size");
       if (vocab > 0) num_ordinary_ = static_cast<int32_t>(std::min<int64_t>(vocab, 256));
+      // Sessions end at the model's context rather than fail on it.
+      int64_t model_max = IntField(hello["model"], "max_context_tokens");
+      if (model_max > 0) {
+        max_context_ = max_context_ > 0 ? std::min(max_context_, model_max) : model_max;
+      }
     }
     ComputeArrivals();
     t0_ = SteadyClock::now();
@@ -136,13 +142,16 @@ class Run {
     rec->arrival_s = arrivals_[index];
     const double start = Since();
     int64_t context = 0;  // tokens in the daemon's session so far
+    // Room left before the context limit, less a margin for the chat template's role
+    // markers around each message.
+    constexpr int64_t kTemplateMargin = 64;
     auto budget = [&]() -> int64_t {
-      return o_.max_prompt_tokens > 0 ? o_.max_prompt_tokens - context : INT64_MAX;
+      return max_context_ > 0 ? max_context_ - context - kTemplateMargin : INT64_MAX;
     };
-    // Each message is clipped to an eighth of the budget, so a session cut short still
-    // has several turns rather than one huge first message.
+    // With --max-prompt-tokens each message is clipped to an eighth of it, so a session
+    // cut short still has several turns rather than one huge first message.
     auto clip = [&]() -> int64_t {
-      return o_.max_prompt_tokens > 0 ? std::min(budget(), o_.max_prompt_tokens / 8) : INT64_MAX;
+      return o_.max_prompt_tokens > 0 ? std::min(budget(), max_context_ / 8) : budget();
     };
 
     json open = {{"session", id}};
@@ -183,6 +192,10 @@ class Run {
           }
           json req = {{"session", id}};
           int64_t cap = std::min<int64_t>(max_tokens_, clip());
+          if (cap < 1) {
+            k = s.events.size();
+            break;
+          }
           if (e.tokens) {
             std::vector<int32_t> ids = SyntheticTokenIds(*e.tokens, num_ordinary_);
             if (static_cast<int64_t>(ids.size()) > cap) ids.resize(cap);
@@ -298,6 +311,7 @@ class Run {
   std::vector<double> arrivals_;
   SteadyClock::time_point t0_;
   int64_t max_tokens_ = 4096;
+  int64_t max_context_ = 0;  // min(--max-prompt-tokens, the model's context); 0: unknown
   int32_t num_ordinary_ = 256;
   std::atomic<size_t> next_{0};
   std::atomic<int> done_sessions_{0};

@@ -173,10 +173,10 @@ Result<std::vector<std::string>> WritePlots(const std::string& out_dir, const Re
     std::string sep = ttft_plot.empty() ? "" : ", ";
     ttft_plot +=
         sep + "'" + DataFile(out_dir, "ttft", p) + "' using 1:2 with steps lw 2 title '" + p + "'";
-    occ_plot += sep + "'" + DataFile(out_dir, "occupancy", p) +
-                "' using 1:2 with lines lw 2 title '" + p + " used', '" +
-                DataFile(out_dir, "occupancy", p) + "' using 1:4 with lines dt 2 title '" + p +
-                " pinned'";
+    const std::string occ = "'" + DataFile(out_dir, "occupancy", p) + "'";
+    occ_plot += sep + occ + " using 1:2 with lines lw 2 title '" + p + " in use', " + occ +
+                " using 1:3 with lines dt 3 title '" + p + " cached (reusable)', " + occ +
+                " using 1:4 with lines dt 2 title '" + p + " pinned'";
     hit_plot +=
         sep + "'" + DataFile(out_dir, "hit", p) + "' using 1:2 with linespoints title '" + p + "'";
   }
@@ -190,7 +190,8 @@ Result<std::vector<std::string>> WritePlots(const std::string& out_dir, const Re
      << "set yrange [0:1.02]\n"
      << "plot " << ttft_plot << "\n"
      << "unset logscale x\nset key top right\n"
-     << "set output '" << pngs[1] << "'\nset title 'GPU KV pool: blocks in use and pinned'\n"
+     << "set output '" << pngs[1]
+     << "'\nset title 'Device KV pool: blocks in use, cached and pinned'\n"
      << "set xlabel 'time (s)'\nset ylabel 'fraction of the pool'\nset yrange [0:1.05]\n"
      << "plot " << occ_plot << "\n"
      << "set output '" << pngs[2] << "'\nset title 'Prefix-cache hit ratio by turn'\n"
