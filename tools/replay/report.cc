@@ -173,10 +173,10 @@ Result<std::vector<std::string>> WritePlots(const std::string& out_dir, const Re
     std::string sep = ttft_plot.empty() ? "" : ", ";
     ttft_plot +=
         sep + "'" + DataFile(out_dir, "ttft", p) + "' using 1:2 with steps lw 2 title '" + p + "'";
-    const std::string occ = "'" + DataFile(out_dir, "occupancy", p) + "'";
-    occ_plot += sep + occ + " using 1:2 with lines lw 2 title '" + p + " in use', " + occ +
-                " using 1:3 with lines dt 3 title '" + p + " cached (reusable)', " + occ +
-                " using 1:4 with lines dt 2 title '" + p + " pinned'";
+    const std::string occ_file = "'" + DataFile(out_dir, "occupancy", p) + "'";
+    occ_plot += sep + occ_file + " using 1:2 with lines lw 2 title '" + p + " in use', " +
+                occ_file + " using 1:3 with lines dt 3 title '" + p + " cached (reusable)', " +
+                occ_file + " using 1:4 with lines dt 2 title '" + p + " pinned'";
     hit_plot +=
         sep + "'" + DataFile(out_dir, "hit", p) + "' using 1:2 with linespoints title '" + p + "'";
   }
