@@ -69,6 +69,15 @@ class Backend {
   virtual Status WriteBlock(int32_t block_id, const void* src) = 0;
 };
 
+// InvalidArgument unless 0 <= block_id < shape.num_blocks (Read/WriteBlock, CopyBlocks).
+inline Status CheckBlockId(const KvPoolShape& shape, int32_t block_id) {
+  if (block_id < 0 || block_id >= shape.num_blocks) {
+    return Status::InvalidArgument("block id " + std::to_string(block_id) +
+                                   " outside the pool of " + std::to_string(shape.num_blocks));
+  }
+  return Status::OK();
+}
+
 Result<std::unique_ptr<Backend>> CreateCpuBackend(const ModelWeights& weights,
                                                   const BackendOptions& options);
 

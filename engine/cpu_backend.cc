@@ -53,13 +53,6 @@ class CpuBackend final : public Backend {
   Status WriteBlock(int32_t block_id, const void* src) override;
 
  private:
-  Status CheckBlock(int32_t block_id) const {
-    if (block_id < 0 || block_id >= shape_.num_blocks) {
-      return Status::InvalidArgument("block id " + std::to_string(block_id) +
-                                     " outside the pool of " + std::to_string(shape_.num_blocks));
-    }
-    return Status::OK();
-  }
   Status Attention(const ForwardBatch& batch, int layer, bool all_decode);
   void Layer(const ForwardBatch& batch, int layer, int64_t t);
 
@@ -208,8 +201,8 @@ Status CpuBackend<KvT>::Forward(const ForwardBatch& batch, std::vector<float>* l
 template <typename KvT>
 Status CpuBackend<KvT>::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) {
   for (const auto& [src, dst] : src_dst) {
-    RETURN_IF_ERROR(CheckBlock(src));
-    RETURN_IF_ERROR(CheckBlock(dst));
+    RETURN_IF_ERROR(CheckBlockId(shape_, src));
+    RETURN_IF_ERROR(CheckBlockId(shape_, dst));
   }
   const int64_t n = shape_.block_stride();
   for (const auto& [src, dst] : src_dst) {
@@ -220,14 +213,14 @@ Status CpuBackend<KvT>::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>
 
 template <typename KvT>
 Status CpuBackend<KvT>::ReadBlock(int32_t block_id, void* dst) {
-  RETURN_IF_ERROR(CheckBlock(block_id));
+  RETURN_IF_ERROR(CheckBlockId(shape_, block_id));
   std::memcpy(dst, &pool_[block_id * shape_.block_stride()], block_bytes());
   return Status::OK();
 }
 
 template <typename KvT>
 Status CpuBackend<KvT>::WriteBlock(int32_t block_id, const void* src) {
-  RETURN_IF_ERROR(CheckBlock(block_id));
+  RETURN_IF_ERROR(CheckBlockId(shape_, block_id));
   std::memcpy(&pool_[block_id * shape_.block_stride()], src, block_bytes());
   return Status::OK();
 }

@@ -96,13 +96,6 @@ class CudaBackend final : public Backend {
   Status WriteBlock(int32_t block_id, const void* src) override;
 
  private:
-  Status CheckBlock(int32_t block_id) const {
-    if (block_id < 0 || block_id >= shape_.num_blocks) {
-      return Status::InvalidArgument("block id " + std::to_string(block_id) +
-                                     " outside the pool of " + std::to_string(shape_.num_blocks));
-    }
-    return Status::OK();
-  }
   // Uploads the concatenation of `names` (rows stacked) as one bf16 matrix.
   Result<bf16_t*> Upload(const ModelWeights& weights, const std::vector<std::string>& names);
   Status Reserve(int64_t num_tokens, int64_t num_seqs, int64_t num_rows,
@@ -560,8 +553,8 @@ Status CudaBackend::Forward(const ForwardBatch& batch, std::vector<float>* logit
 Status CudaBackend::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) {
   std::vector<int32_t> flat;
   for (const auto& [src, dst] : src_dst) {
-    RETURN_IF_ERROR(CheckBlock(src));
-    RETURN_IF_ERROR(CheckBlock(dst));
+    RETURN_IF_ERROR(CheckBlockId(shape_, src));
+    RETURN_IF_ERROR(CheckBlockId(shape_, dst));
     if (src == dst) continue;
     flat.push_back(src);
     flat.push_back(dst);
@@ -577,12 +570,12 @@ Status CudaBackend::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& s
 }
 
 Status CudaBackend::ReadBlock(int32_t block_id, void* dst) {
-  RETURN_IF_ERROR(CheckBlock(block_id));
+  RETURN_IF_ERROR(CheckBlockId(shape_, block_id));
   return device_->CopyDeviceToHost(dst, pool_ + block_id * shape_.block_stride(), block_bytes());
 }
 
 Status CudaBackend::WriteBlock(int32_t block_id, const void* src) {
-  RETURN_IF_ERROR(CheckBlock(block_id));
+  RETURN_IF_ERROR(CheckBlockId(shape_, block_id));
   return device_->CopyHostToDevice(pool_ + block_id * shape_.block_stride(), src, block_bytes());
 }
 

@@ -20,6 +20,17 @@ Status BadRecord(const std::string& path, const std::string& where, std::string_
   return Status::InvalidArgument(path + ": " + where + ": " + std::string(what));
 }
 
+// The string `role` of entry i of `list` (named `list_name` in errors).
+Result<std::string> RoleOf(const std::string& path, const char* list_name, const json& list,
+                           size_t i) {
+  const json& m = list[i];
+  if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+    return BadRecord(path, std::string(list_name) + "[" + std::to_string(i) + "]",
+                     "entry without a string 'role'");
+  }
+  return m["role"].get<std::string>();
+}
+
 std::string FirstWord(std::string_view s) {
   size_t b = s.find_first_not_of(" \t\n");
   if (b == std::string_view::npos) return "";
@@ -49,10 +60,7 @@ Status ImportMiniSweV11(const std::string& path, const json& doc, const ImportOp
   for (size_t i = 0; i < messages.size(); ++i) {
     const json& m = messages[i];
     std::string where = "messages[" + std::to_string(i) + "]";
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
-      return BadRecord(path, where, "message without a string 'role'");
-    }
-    std::string role = m["role"];
+    ASSIGN_OR_RETURN(std::string role, RoleOf(path, "messages", messages, i));
     const json extra = m.contains("extra") && m["extra"].is_object() ? m["extra"] : json::object();
     std::optional<double> ts = NumberOf(extra, "timestamp");
     if (role == "system") {
@@ -121,10 +129,7 @@ Status ImportMiniSweV1(const std::string& path, const json& doc, const ImportOpt
   for (size_t i = 0; i < messages.size(); ++i) {
     const json& m = messages[i];
     std::string where = "messages[" + std::to_string(i) + "]";
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
-      return BadRecord(path, where, "message without a string 'role'");
-    }
-    std::string role = m["role"];
+    ASSIGN_OR_RETURN(std::string role, RoleOf(path, "messages", messages, i));
     std::string content = TextOf(m, "content");
     if (role == "system") {
       b.System(std::move(content));
@@ -228,10 +233,7 @@ Status ImportSweAgent(const std::string& path, const ImportOptions& options,
   for (size_t i = 0; i < history.size(); ++i) {
     const json& m = history[i];
     std::string where = "history[" + std::to_string(i) + "]";
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
-      return BadRecord(path, where, "message without a string 'role'");
-    }
-    std::string role = m["role"];
+    ASSIGN_OR_RETURN(std::string role, RoleOf(path, "history", history, i));
     std::string content = TextOf(m, "content");
     if (role == "system") {
       b.System(std::move(content));
@@ -295,10 +297,7 @@ Status ImportNebius(const std::string& path, const ImportOptions& options,
   for (size_t i = 0; i < traj.size(); ++i) {
     const json& m = traj[i];
     std::string where = "trajectory[" + std::to_string(i) + "]";
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
-      return BadRecord(path, where, "entry without a string 'role'");
-    }
-    std::string role = m["role"];
+    ASSIGN_OR_RETURN(std::string role, RoleOf(path, "trajectory", traj, i));
     if (role == "system") {
       std::string text = TextOf(m, "system_prompt");
       b.System(text.empty() ? TextOf(m, "text") : text);
