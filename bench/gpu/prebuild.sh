@@ -29,9 +29,14 @@ done
 for b in "$BUILD"/bench/*_bench; do
   case "$(basename "$b")" in gpu_attention_bench|gpu_model_bench) cp "$b" "$DEST/bench/" ;; esac
 done
-strip --strip-debug "$DEST"/tests/* "$DEST"/bench/* 2>/dev/null || true
+# The binaries themselves, for the end-to-end checks (bench/gpu/e2e.sh) and the CPU
+# prefill benchmark.
+mkdir -p "$DEST/bin"
+for b in kvkeep kvkeepd; do [ -x "$BUILD/$b" ] && cp "$BUILD/$b" "$DEST/bin/"; done
+[ -x "$BUILD/bench/prefill_bench" ] && cp "$BUILD/bench/prefill_bench" "$DEST/bench/"
+strip --strip-debug "$DEST"/tests/* "$DEST"/bench/* "$DEST"/bin/* 2>/dev/null || true
 # Shared libraries outside glibc, the CUDA toolkit and the driver.
-for f in "$DEST"/tests/* "$DEST"/bench/*; do
+for f in "$DEST"/tests/* "$DEST"/bench/* "$DEST"/bin/*; do
   [ -x "$f" ] || continue
   ldd "$f" | awk '/=> \//{print $3}'
 done | sort -u | grep -vE 'libc\.so|libm\.so|libdl|libpthread|librt|ld-linux|libcuda|libcublas|libcudart|libgcc_s|libstdc\+\+' |
