@@ -39,9 +39,9 @@ struct DecodePlan {
 };
 
 // Chooses num_splits from the batch shape and the SM count: none when the (sequence, KV
-// head) pairs give >= 2 CTAs per SM, else enough splits for ~8 CTAs per SM, never shorter
-// than 256 tokens, at most 128. max_kv_len is the longest
-// context in the batch (host-known).
+// head) pairs give >= 1 CTA per SM, else about one CTA per SM (num_sms / pairs splits),
+// never shorter than 256 tokens, at most 128. max_kv_len is the longest context in the
+// batch (host-known).
 DecodePlan PlanDecode(int32_t num_seqs, int32_t num_kv_heads, int32_t max_kv_len, int32_t num_sms);
 
 // Bytes of fp32 workspace the split path needs (0 when num_splits == 1).
@@ -66,5 +66,10 @@ Status PagedPrefillAttention(const AttentionParams& params, const AttentionBatch
 Status TEST_PagedPrefillAttention(const AttentionParams& params, const AttentionBatch& batch,
                                   const PagedKv<bf16_t>& kv, const AttentionIo& io,
                                   int32_t max_q_len, int rows_per_warp, cudaStream_t stream);
+// Same, also forcing the keys per K/V tile (block_n 32 or 64; the default is 32).
+Status TEST_PagedPrefillAttentionTiles(const AttentionParams& params, const AttentionBatch& batch,
+                                       const PagedKv<bf16_t>& kv, const AttentionIo& io,
+                                       int32_t max_q_len, int rows_per_warp, int block_n,
+                                       cudaStream_t stream);
 
 }  // namespace kvkeep::cuda

@@ -1,11 +1,17 @@
 // Paged decode attention (flash-decoding) on CUDA cores. See attention.h for the contract.
 //
-// CTA = (split, KV head, sequence), 128 threads. A key row of head_dim bf16 is read by
-// kTpr = head_dim / 8 threads with 16-byte loads, so a CTA reads kRows rows at once and
-// kUnroll such row sets per iteration (all loads issued before any use). Every thread
+// CTA = (split, KV head, sequence), kDecodeWarps warps. The CTA's token range is cut into
+// 16-token tiles (one page when block_size is a multiple of 16: K and V of a page are each
+// one contiguous 16 x head_dim run of the pool), dealt round-robin to the warps. Each warp
+// runs its own kStages-deep cp.async pipeline into shared memory (16-byte .cg copies, no
+// registers held by loads in flight), synchronised by cp.async.wait_group + __syncwarp
+// only, so several pages per warp stay in flight while it computes the current one. A key
+// row is read from shared memory by kTpr lanes, each owning kVec dims of it; every lane
 // keeps the queries of the G query heads that share the KV head, so each K/V byte is read
-// once for the whole group. Each row group keeps its own online-softmax state; the states
-// are merged through shared memory at the end, and across splits by the reduce kernel.
+// from memory once for the whole group. Each lane group keeps its own online-softmax
+// state; the states are merged with shuffles inside a warp, through shared memory across
+// warps, and across splits by the reduce kernel (launched with programmatic dependent
+// launch so its launch overlaps the main kernel).
 #include <algorithm>
 #include <cmath>
 
@@ -17,8 +23,14 @@
 namespace kvkeep::cuda {
 namespace {
 
-constexpr int kDecodeThreads = 128;
-constexpr int kUnroll = 4;
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = kDecodeWarps * 32;
+constexpr int kTile = 16;  // tokens per pipeline stage
+// Pipeline depth per warp (tiles in flight while one is computed: kStages - 1); 96 KB of
+// shared memory per CTA at head_dim 128, two CTAs per SM. Measured on an H100 against 6
+// stages (192 KB, one CTA per SM): B=64 L=4096 2824 vs 2668 GB/s, B=128 L=2048 2848 vs
+// 2620 (bench/RESULTS.md run 5).
+constexpr int kStages = 3;
 
 struct DecodeArgs {
   AttentionBatch batch;
@@ -31,142 +43,247 @@ struct DecodeArgs {
 };
 
 template <int D, int G>
-__global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs args) {
-  constexpr int kTpr = D / 8;
-  constexpr int kRows = kDecodeThreads / kTpr;
-  constexpr int kTile = kRows * kUnroll;
-  __shared__ float sm_m[kRows][G];
-  __shared__ float sm_d[kRows][G];
-  __shared__ float sm_o[kRows][G][D];
+struct DecodeCfg {
+  // Dims per lane: 16 (two 16-byte chunks, half the shuffles) while the G query vectors
+  // and accumulators fit in registers, else 8.
+  static constexpr int kCpl = G <= 4 ? 2 : 1;  // 16-byte chunks per lane per row
+  static constexpr int kVec = 8 * kCpl;
+  static constexpr int kTpr = D / kVec;  // lanes per key row
+  static constexpr int kRowsPerPass = 32 / kTpr;
+  static constexpr int kPasses = kTile / kRowsPerPass;
+  static constexpr int kChunksPerLane = kTile * D / 8 / 32;  // per K (and per V) tile
+  static constexpr int kStageElems = 2 * kTile * D;          // K tile then V tile
+  static constexpr size_t kPipeBytes =
+      size_t{kDecodeWarps} * kStages * kStageElems * sizeof(bf16_t);
+  static constexpr size_t kMergeBytes = size_t{kDecodeWarps} * G * (D + 2) * sizeof(float);
+  static constexpr size_t kSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
+  static_assert(kTpr >= 2 && kTpr <= 32 && kPasses >= 1, "decode lane layout");
+};
 
+template <int D, int G>
+__global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs args) {
+  using C = DecodeCfg<D, G>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Programmatic dependent launch: the reduce kernel may launch now; it waits for this
+  // whole grid (and its memory) in griddepcontrol.wait.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
   const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
   const int num_splits = gridDim.x;
-  const int tid = threadIdx.x;
-  const int lane_in_row = tid % kTpr;
-  const int row = tid / kTpr;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int lane_in_row = lane % C::kTpr;
+  const int row_in_pass = lane / C::kTpr;
 
   const int kv_len = args.batch.kv_len[seq];
   int chunk = (kv_len + num_splits - 1) / num_splits;
   chunk = (chunk + kTile - 1) / kTile * kTile;
   const int begin = split * chunk;
   const int end = min(kv_len, begin + chunk);
+  const int num_tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
+  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kDecodeWarps - 1) / kDecodeWarps : 0;
   const int q_token = args.batch.q_start[seq];
   const int bs = args.kv.block_size;
+  const bool page_aligned = bs % kTile == 0;  // a tile never straddles two blocks
 
-  float q[G][8];
+  float q[G][C::kVec];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    const bf16_t* qp =
-        args.io.q + int64_t{q_token} * args.io.q_token_stride + (kvh * G + g) * D + lane_in_row * 8;
-    Bf16x8ToFloat(*reinterpret_cast<const uint4*>(qp), q[g]);
+    const bf16_t* qp = args.io.q + int64_t{q_token} * args.io.q_token_stride + (kvh * G + g) * D;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) q[g][i] *= args.scale_log2;
+    for (int cc = 0; cc < C::kCpl; ++cc) {
+      const int c = lane_in_row + cc * C::kTpr;
+      Bf16x8ToFloat(*reinterpret_cast<const uint4*>(qp + c * 8), &q[g][cc * 8]);
+    }
+#pragma unroll
+    for (int i = 0; i < C::kVec; ++i) q[g][i] *= args.scale_log2;
   }
-  float o[G][8];
+  float o[G][C::kVec];
   float m[G], d[G];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     m[g] = -INFINITY;
     d[g] = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) o[g][i] = 0.0f;
+    for (int i = 0; i < C::kVec; ++i) o[g][i] = 0.0f;
   }
 
   const int32_t* table = args.batch.block_tables + int64_t{seq} * args.batch.max_blocks_per_seq;
-  const bf16_t* kbase = args.kv.k + int64_t{kvh} * bs * D + lane_in_row * 8;
-  const bf16_t* vbase = args.kv.v + int64_t{kvh} * bs * D + lane_in_row * 8;
+  const bf16_t* kbase = args.kv.k + int64_t{kvh} * bs * D;
+  const bf16_t* vbase = args.kv.v + int64_t{kvh} * bs * D;
+  bf16_t* stage0 = reinterpret_cast<bf16_t*>(smem_raw) + warp * kStages * C::kStageElems;
+  const int warp_t0 = begin + warp * kTile;  // first token of this warp's tile 0
+  constexpr int kWarpStride = kDecodeWarps * kTile;
 
-  for (int t0 = begin; t0 < end; t0 += kTile) {
-    uint4 kr[kUnroll], vr[kUnroll];
-    bool valid[kUnroll];
+  // Block ids of this warp's tiles k .. k + 31, one per lane, loaded every 32 tiles.
+  int ids = 0;
+  // Issues the copies of warp-local tile k (warp-uniform, k < my_tiles) into its stage.
+  auto issue = [&](int k) {
+    bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
+    bf16_t* sv = sk + kTile * D;
+    const int t0 = warp_t0 + k * kWarpStride;
+    if (page_aligned) {
+      if (k % 32 == 0) {
+        const int kk = k + lane;
+        ids = kk < my_tiles ? table[(warp_t0 + kk * kWarpStride) / bs] : 0;
+      }
+      const int64_t blk = __shfl_sync(0xffffffffu, ids, k % 32);
+      const int64_t off = blk * args.kv.block_stride + int64_t{t0 % bs} * D;
 #pragma unroll
-    for (int j = 0; j < kUnroll; ++j) {
-      const int t = t0 + j * kRows + row;
-      valid[j] = t < end;
-      if (valid[j]) {
-        const int64_t blk = table[t / bs];
-        const int64_t off = blk * args.kv.block_stride + int64_t{t % bs} * D;
-        kr[j] = __ldg(reinterpret_cast<const uint4*>(kbase + off));
-        vr[j] = __ldg(reinterpret_cast<const uint4*>(vbase + off));
-      } else {
-        kr[j] = make_uint4(0, 0, 0, 0);
-        vr[j] = make_uint4(0, 0, 0, 0);
+      for (int i = 0; i < C::kChunksPerLane; ++i) {
+        const int c = lane + i * 32;
+        const bool valid = t0 + c / (D / 8) < end;
+        CpAsync16(sk + c * 8, valid ? kbase + off + c * 8 : kbase, valid);
+        CpAsync16(sv + c * 8, valid ? vbase + off + c * 8 : vbase, valid);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < C::kChunksPerLane; ++i) {
+        const int c = lane + i * 32;
+        const int t = t0 + c / (D / 8);
+        const bool valid = t < end;
+        int64_t off = 0;
+        if (valid) {
+          off = int64_t{table[t / bs]} * args.kv.block_stride + int64_t{t % bs} * D +
+                (c % (D / 8)) * 8;
+        }
+        CpAsync16(sk + c * 8, kbase + off, valid);
+        CpAsync16(sv + c * 8, vbase + off, valid);
       }
     }
-    float s[kUnroll][G];
+  };
+
 #pragma unroll
-    for (int j = 0; j < kUnroll; ++j) {
-      float kf[8];
-      Bf16x8ToFloat(kr[j], kf);
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < my_tiles) issue(s);
+    CpAsyncCommit();
+  }
+  for (int k = 0; k < my_tiles; ++k) {
+    if (k + kStages - 1 < my_tiles) issue(k + kStages - 1);
+    CpAsyncCommit();
+    CpAsyncWait<kStages - 1>();  // tile k has landed (this lane's copies)
+    __syncwarp();                // ... and every lane's
+    const bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
+    const bf16_t* sv = sk + kTile * D;
+    const int t0 = warp_t0 + k * kWarpStride;
+
+    float s[C::kPasses][G];
+#pragma unroll
+    for (int p = 0; p < C::kPasses; ++p) {
+      const int r = p * C::kRowsPerPass + row_in_pass;
+      float kf[C::kVec];
+#pragma unroll
+      for (int cc = 0; cc < C::kCpl; ++cc) {
+        const int c = lane_in_row + cc * C::kTpr;
+        Bf16x8ToFloat(*reinterpret_cast<const uint4*>(sk + r * D + c * 8), &kf[cc * 8]);
+      }
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float acc = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) acc = fmaf(q[g][i], kf[i], acc);
-        s[j][g] = acc;
+        for (int i = 0; i < C::kVec; ++i) acc = fmaf(q[g][i], kf[i], acc);
+        s[p][g] = acc;
       }
     }
 #pragma unroll
-    for (int j = 0; j < kUnroll; ++j) {
+    for (int p = 0; p < C::kPasses; ++p) {
+      const bool valid = t0 + p * C::kRowsPerPass + row_in_pass < end;
 #pragma unroll
       for (int g = 0; g < G; ++g) {
 #pragma unroll
-        for (int off = kTpr / 2; off > 0; off >>= 1) {
-          s[j][g] += __shfl_xor_sync(0xffffffffu, s[j][g], off);
+        for (int off = C::kTpr / 2; off > 0; off >>= 1) {
+          s[p][g] += __shfl_xor_sync(0xffffffffu, s[p][g], off);
         }
-        if (!valid[j]) s[j][g] = -INFINITY;
+        if (!valid) s[p][g] = -INFINITY;
       }
     }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       float mx = s[0][g];
 #pragma unroll
-      for (int j = 1; j < kUnroll; ++j) mx = fmaxf(mx, s[j][g]);
+      for (int p = 1; p < C::kPasses; ++p) mx = fmaxf(mx, s[p][g]);
       const float m_new = fmaxf(m[g], mx);
       if (m_new == -INFINITY) continue;  // nothing valid seen yet
       const float alpha = exp2f(m[g] - m_new);
       m[g] = m_new;
       d[g] *= alpha;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) o[g][i] *= alpha;
+      for (int i = 0; i < C::kVec; ++i) o[g][i] *= alpha;
     }
 #pragma unroll
-    for (int j = 0; j < kUnroll; ++j) {
-      float vf[8];
-      Bf16x8ToFloat(vr[j], vf);
+    for (int p = 0; p < C::kPasses; ++p) {
+      const int r = p * C::kRowsPerPass + row_in_pass;
+      float vf[C::kVec];
+#pragma unroll
+      for (int cc = 0; cc < C::kCpl; ++cc) {
+        const int c = lane_in_row + cc * C::kTpr;
+        Bf16x8ToFloat(*reinterpret_cast<const uint4*>(sv + r * D + c * 8), &vf[cc * 8]);
+      }
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        const float p = valid[j] ? exp2f(s[j][g] - m[g]) : 0.0f;
-        d[g] += p;
+        // exp2(-inf - m) == 0 for masked rows; m is finite once any row was valid.
+        const float pr = s[p][g] == -INFINITY ? 0.0f : exp2f(s[p][g] - m[g]);
+        d[g] += pr;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) o[g][i] = fmaf(p, vf[i], o[g][i]);
+        for (int i = 0; i < C::kVec; ++i) o[g][i] = fmaf(pr, vf[i], o[g][i]);
       }
     }
+    __syncwarp();  // every lane is done with this stage before it is refilled
   }
+  CpAsyncWait<0>();
 
-  // Merge the kRows row-group states of this CTA.
+  // Merge the lane groups of each warp (lanes with equal lane_in_row) with shuffles.
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    if (lane_in_row == 0) {
-      sm_m[row][g] = m[g];
-      sm_d[row][g] = d[g];
-    }
+    float mw = m[g];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) sm_o[row][g][lane_in_row * 8 + i] = o[g][i];
+    for (int off = C::kTpr; off < 32; off <<= 1) {
+      mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, off));
+    }
+    const float sc = m[g] == -INFINITY ? 0.0f : exp2f(m[g] - mw);
+    d[g] *= sc;
+#pragma unroll
+    for (int i = 0; i < C::kVec; ++i) o[g][i] *= sc;
+#pragma unroll
+    for (int off = C::kTpr; off < 32; off <<= 1) {
+      d[g] += __shfl_xor_sync(0xffffffffu, d[g], off);
+#pragma unroll
+      for (int i = 0; i < C::kVec; ++i) o[g][i] += __shfl_xor_sync(0xffffffffu, o[g][i], off);
+    }
+    m[g] = mw;
+  }
+  __syncthreads();  // the pipeline stages are reused for the merge below
+  float* sm_o = reinterpret_cast<float*>(smem_raw);  // [warps][G][D]
+  float* sm_m = sm_o + kDecodeWarps * G * D;         // [warps][G]
+  float* sm_d = sm_m + kDecodeWarps * G;             // [warps][G]
+  if (row_in_pass == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (lane == 0) {
+        sm_m[warp * G + g] = m[g];
+        sm_d[warp * G + g] = d[g];
+      }
+#pragma unroll
+      for (int cc = 0; cc < C::kCpl; ++cc) {
+        const int c = lane_in_row + cc * C::kTpr;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sm_o[(warp * G + g) * D + c * 8 + i] = o[g][cc * 8 + i];
+      }
+    }
   }
   __syncthreads();
   for (int e = tid; e < G * D; e += kDecodeThreads) {
     const int g = e / D, dim = e % D;
     float mx = -INFINITY;
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) mx = fmaxf(mx, sm_m[r][g]);
+    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, sm_m[w * G + g]);
     float sum = 0.0f, acc = 0.0f;
     if (mx != -INFINITY) {
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const float w = exp2f(sm_m[r][g] - mx);  // 0 for an empty row group
-        sum += w * sm_d[r][g];
-        acc += w * sm_o[r][g][dim];
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float wt = exp2f(sm_m[w * G + g] - mx);  // 0 for a warp that saw nothing
+        sum += wt * sm_d[w * G + g];
+        acc += wt * sm_o[(w * G + g) * D + dim];
       }
     }
     const int head = kvh * G + g;
@@ -183,6 +300,9 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
 
 template <int D>
 __global__ void DecodeReduceKernel(const DecodeArgs args, int num_splits) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split kernel's writes
+#endif
   const int head = blockIdx.x, seq = blockIdx.y, dim = threadIdx.x;
   const int64_t base = (int64_t{seq} * args.num_q_heads + head) * num_splits;
   float mx = -INFINITY;
@@ -200,6 +320,32 @@ __global__ void DecodeReduceKernel(const DecodeArgs args, int num_splits) {
       __float2bfloat16(sum > 0.0f ? acc / sum : 0.0f);
 }
 
+template <int D, int G>
+Status LaunchDecode(const DecodeArgs& args, int num_kv_heads, int num_splits, cudaStream_t stream) {
+  constexpr size_t kSmem = DecodeCfg<D, G>::kSmemBytes;
+  // Once per instantiation (the attribute belongs to the function, not to a launch).
+  static const cudaError_t attr_err = cudaFuncSetAttribute(
+      DecodeKernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
+  KVKEEP_CUDA_RETURN(attr_err);
+  const dim3 grid(num_splits, num_kv_heads, args.batch.num_seqs);
+  DecodeKernel<D, G><<<grid, kDecodeThreads, kSmem, stream>>>(args);
+  KVKEEP_CUDA_LAUNCH_CHECK();
+  if (num_splits > 1) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(args.num_q_heads, args.batch.num_seqs);
+    cfg.blockDim = dim3(D);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    KVKEEP_CUDA_RETURN(cudaLaunchKernelEx(&cfg, DecodeReduceKernel<D>, args, num_splits));
+  }
+  return Status::OK();
+}
+
 constexpr int kMaxSplits = 128;
 constexpr int kMinSplitTokens = 256;
 
@@ -209,15 +355,17 @@ DecodePlan PlanDecode(int32_t num_seqs, int32_t num_kv_heads, int32_t max_kv_len
   DecodePlan plan;
   const int64_t ctas = int64_t{std::max(num_seqs, 1)} * std::max(num_kv_heads, 1);
   const int64_t sms = std::max(num_sms, 1);
-  // Measured on an H100 (132 SMs, 32 q / 8 KV heads, d=128): with >= 2 CTAs per SM from
-  // (sequence, KV head) pairs alone, splitting only adds work (B=64 L=4096: 2509 GB/s
-  // unsplit vs 2462 with 3 splits); below that, ~8 waves of short splits win (B=1
-  // L=32768: 1460 GB/s with 128 splits vs 1305 with 66; B=16 L=8192: 2082 with 9 vs 1803
-  // with 4).
-  if (ctas >= 2 * sms) return plan;
-  int64_t splits = (8 * sms + ctas - 1) / ctas;
-  splits = std::min<int64_t>(splits, std::max<int64_t>(1, max_kv_len / kMinSplitTokens));
-  plan.num_splits = static_cast<int32_t>(std::clamp<int64_t>(splits, 1, kMaxSplits));
+  // Every CTA keeps kDecodeWarps * (kStages - 1) pages in flight, enough to pull its share
+  // of the bandwidth alone, so one CTA per SM needs no split; below that, split to one CTA
+  // per SM, never shorter than kMinSplitTokens. Measured on an H100 (132 SMs, 8 KV heads,
+  // d=128): B=16 L=8192 unsplit 2772-2784 GB/s vs 3 splits 2300; B=1 L=32768 16 splits
+  // 2230-2240 vs 33 splits 2011-2048 vs 128 splits 1536-1556 (bench/RESULTS.md runs 4-7,
+  // figures timed after another variant of the same case).
+  if (ctas < sms) {
+    int64_t splits = sms / ctas;
+    splits = std::min<int64_t>(splits, std::max<int64_t>(1, max_kv_len / kMinSplitTokens));
+    plan.num_splits = static_cast<int32_t>(std::clamp<int64_t>(splits, 1, kMaxSplits));
+  }
   return plan;
 }
 
@@ -255,15 +403,7 @@ Status PagedDecodeAttention(const AttentionParams& params, const AttentionBatch&
     constexpr int D = decltype(d_tag)::value;
     return DispatchGqaGroup(group, [&](auto g_tag) -> Status {
       constexpr int G = decltype(g_tag)::value;
-      const dim3 grid(plan.num_splits, kv.num_kv_heads, batch.num_seqs);
-      DecodeKernel<D, G><<<grid, kDecodeThreads, 0, stream>>>(args);
-      KVKEEP_CUDA_LAUNCH_CHECK();
-      if (plan.num_splits > 1) {
-        DecodeReduceKernel<D>
-            <<<dim3(params.num_q_heads, batch.num_seqs), D, 0, stream>>>(args, plan.num_splits);
-        KVKEEP_CUDA_LAUNCH_CHECK();
-      }
-      return Status::OK();
+      return LaunchDecode<D, G>(args, kv.num_kv_heads, plan.num_splits, stream);
     });
   });
 }

@@ -26,6 +26,7 @@ struct Case {
   bool decode = true;
   int max_new = 1;
   bool whole_prompt = false;  // prefill: the chunk is the whole context (no cached prefix)
+  int block_size = 16;
 };
 
 struct Scenario {
@@ -42,7 +43,8 @@ Scenario MakeScenario(std::mt19937_64& rng, const Case& c) {
   Scenario s;
   s.shape.num_layers = 2;
   s.shape.num_kv_heads = c.num_kv_heads;
-  s.shape.block_size = 16;
+  s.shape.block_size = c.block_size;
+  const int bs = c.block_size;
   s.shape.head_dim = c.head_dim;
   std::uniform_int_distribution<int> len_dist(1, c.max_len);
   s.q_start.push_back(0);
@@ -58,7 +60,7 @@ Scenario MakeScenario(std::mt19937_64& rng, const Case& c) {
     s.q_start.push_back(s.q_start.back() + n_new);
     s.max_q = std::max(s.max_q, n_new);
     s.max_kv = std::max(s.max_kv, len);
-    const int blocks = (len + 15) / 16;
+    const int blocks = (len + bs - 1) / bs;
     s.max_blocks = std::max(s.max_blocks, blocks);
     total_blocks += blocks;
   }
@@ -70,7 +72,9 @@ Scenario MakeScenario(std::mt19937_64& rng, const Case& c) {
   s.tables.assign(size_t(c.num_seqs) * s.max_blocks, -1);
   int next = 0;
   for (int i = 0; i < c.num_seqs; ++i) {
-    for (int j = 0; j < (s.kv_len[i] + 15) / 16; ++j) s.tables[i * s.max_blocks + j] = ids[next++];
+    for (int j = 0; j < (s.kv_len[i] + bs - 1) / bs; ++j) {
+      s.tables[i * s.max_blocks + j] = ids[next++];
+    }
   }
   s.pool = RandomBf16(rng, s.shape.total_elements());
   s.q = RandomBf16(rng, size_t(s.num_tokens) * c.num_kv_heads * c.group * c.head_dim);
@@ -78,9 +82,10 @@ Scenario MakeScenario(std::mt19937_64& rng, const Case& c) {
 }
 
 // Runs the CPU reference and one GPU kernel on layer 1 of the scenario; returns rel. L2.
-// forced_splits > 0 overrides the decode plan; rows_per_warp (16/32) forces the prefill tile.
+// forced_splits > 0 overrides the decode plan; rows_per_warp (16/32) forces the prefill tile,
+// with block_n (32/64) keys per K/V tile.
 double RunCase(GpuArena& gpu, const Case& c, std::mt19937_64& rng, int forced_splits,
-               int rows_per_warp = 0) {
+               int rows_per_warp = 0, int block_n = 64) {
   Scenario s = MakeScenario(rng, c);
   const int hq = c.num_kv_heads * c.group;
   AttentionParams params;
@@ -119,9 +124,10 @@ double RunCase(GpuArena& gpu, const Case& c, std::mt19937_64& rng, int forced_sp
     if (workspace) gpu.Poison(workspace, ws / sizeof(float));
     st = cuda::PagedDecodeAttention(params, db, kv, io, plan, workspace, gpu.stream());
   } else {
-    st = rows_per_warp == 0 ? cuda::PagedPrefillAttention(params, db, kv, io, s.max_q, gpu.stream())
-                            : cuda::TEST_PagedPrefillAttention(params, db, kv, io, s.max_q,
-                                                               rows_per_warp, gpu.stream());
+    st = rows_per_warp == 0
+             ? cuda::PagedPrefillAttention(params, db, kv, io, s.max_q, gpu.stream())
+             : cuda::TEST_PagedPrefillAttentionTiles(params, db, kv, io, s.max_q, rows_per_warp,
+                                                     block_n, gpu.stream());
   }
   EXPECT_TRUE(st.ok()) << st.ToString();
   EXPECT_TRUE(gpu.device()->Synchronize().ok());
@@ -176,7 +182,10 @@ TEST(CudaAttention, PrefillMatchesCpu) {
   std::mt19937_64 rng(seed);
   for (int d : {32, 64, 128}) {
     for (int g : {1, 3, 4, 8}) {
-      for (int rows : {0, 16, 32}) {
+      for (int variant = 0; variant < 5; ++variant) {
+        // Default tiles, then rows/warp 16 and 32 with 64 and 32 keys per K/V tile.
+        const int rows = variant == 0 ? 0 : (variant <= 2 ? 16 : 32);
+        const int block_n = variant == 0 ? 64 : (variant % 2 == 1 ? 64 : 32);
         Case c;
         c.head_dim = d;
         c.group = g;
@@ -185,10 +194,10 @@ TEST(CudaAttention, PrefillMatchesCpu) {
         c.num_seqs = std::uniform_int_distribution<int>(1, 6)(rng);
         c.max_len = std::uniform_int_distribution<int>(1, 700)(rng);
         c.max_new = std::uniform_int_distribution<int>(1, 300)(rng);
-        const double err = RunCase(gpu, c, rng, 0, rows);
+        const double err = RunCase(gpu, c, rng, 0, rows, block_n);
         EXPECT_LT(err, kTol) << "seed " << seed << " d " << d << " group " << g << " rows/warp "
-                             << rows << " seqs " << c.num_seqs << " max_len " << c.max_len
-                             << " max_new " << c.max_new;
+                             << rows << " block_n " << block_n << " seqs " << c.num_seqs
+                             << " max_len " << c.max_len << " max_new " << c.max_new;
       }
     }
   }
@@ -208,6 +217,33 @@ TEST(CudaAttention, PrefillWholePromptNoPrefix) {
   c.max_len = 1000;
   c.whole_prompt = true;
   EXPECT_LT(RunCase(gpu, c, rng, 0), kTol) << "seed " << seed;
+}
+
+// Block sizes other than 16: 8 (a 16-token decode tile spans two blocks) and 32 (a tile is
+// half a block).
+TEST(CudaAttention, OtherBlockSizesMatchCpu) {
+  GpuArena gpu;
+  KVKEEP_REQUIRE_GPU(gpu);
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  for (int bs : {8, 32}) {
+    for (bool decode : {true, false}) {
+      for (int splits : {0, 3}) {
+        Case c;
+        c.block_size = bs;
+        c.decode = decode;
+        c.group = 4;
+        c.num_kv_heads = 2;
+        c.num_seqs = std::uniform_int_distribution<int>(1, 9)(rng);
+        c.max_len = std::uniform_int_distribution<int>(1, 900)(rng);
+        c.max_new = 200;
+        const double err = RunCase(gpu, c, rng, decode ? splits : 0);
+        EXPECT_LT(err, kTol) << "seed " << seed << " block_size " << bs << " decode " << decode
+                             << " splits " << splits << " seqs " << c.num_seqs << " max_len "
+                             << c.max_len;
+      }
+    }
+  }
 }
 
 TEST(CudaAttention, UnsupportedShapesAreNotSupported) {
