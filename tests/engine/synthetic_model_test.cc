@@ -105,9 +105,13 @@ TEST(SyntheticModelTest, WeightsFollowTheInitRule) {
     }
     const double mean = sum / v.size();
     const double std = std::sqrt(sq / v.size());
-    // The standard error of the mean is std / sqrt(n); allow 5 of them.
-    EXPECT_NEAR(mean, init.mean, 5 * init.std / std::sqrt(v.size())) << name;
-    EXPECT_NEAR(std, init.std, 0.1 * init.std) << name;
+    // Allow 5 standard errors for each statistic: std / sqrt(n) for the mean, and
+    // std / sqrt(2 (n - 1)) for the sample std (normal theory; the generator's Irwin-Hall
+    // noise has lighter tails, so this errs wide). A fixed 10% on the std failed ~5% of
+    // seeds on the 128-element norm weight, whose standard error is 6%.
+    const double n = static_cast<double>(v.size());
+    EXPECT_NEAR(mean, init.mean, 5 * init.std / std::sqrt(n)) << name;
+    EXPECT_NEAR(std, init.std, 5 * init.std / std::sqrt(2 * (n - 1))) << name;
   }
   // The rule itself: fan-in scaling and unit-mean norms.
   EXPECT_FLOAT_EQ(SyntheticInitFor(*c, "model.layers.0.mlp.down_proj.weight", {128, 256}).std,
