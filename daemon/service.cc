@@ -4,6 +4,8 @@
 
 #include <cstdio>
 
+#include "base/hash64.h"
+
 namespace kvkeep {
 
 using nlohmann::json;
@@ -70,10 +72,7 @@ Status Service::LoadSessions() {
 uint64_t Service::CacheSalt(uint32_t uid) const {
   // SplitMix64 of the uid: a distinct, stable salt per tenant (stable across restarts, so
   // the disk tier can find a tenant's blocks again).
-  uint64_t z = uint64_t{uid} + 0x9e3779b97f4a7c15ull + 0x6b766b656570ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
+  return SplitMix64(uint64_t{uid} + 0x6b766b656570ull);
 }
 
 std::string Service::NewSessionId() {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/bf16.h"
+#include "base/hash64.h"
 
 namespace kvkeep {
 namespace {
@@ -48,23 +49,13 @@ double Tidy(float f) {
   return std::strtod(buf, nullptr);
 }
 
-uint64_t Mix(uint64_t z) {  // splitmix64 finaliser
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ull;
-
 uint64_t TensorSeed(uint64_t seed, std::string_view name) {
-  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
-  for (char c : name) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
-  return Mix(h + Mix(seed + kGolden));
+  return Mix64(Fnv1a64(name) + SplitMix64(seed));
 }
 
 // Sum of the four 16-bit lanes of a hash, standardised: mean 0, variance 1.
 inline float Sample(uint64_t tensor_seed, int64_t i, SyntheticInit init) {
-  uint64_t r = Mix(tensor_seed + static_cast<uint64_t>(i) * kGolden);
+  uint64_t r = Mix64(tensor_seed + static_cast<uint64_t>(i) * kGoldenGamma);
   uint32_t sum =
       static_cast<uint32_t>((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48));
   constexpr float kInvStd = 1.7320508075688772f / 65536.0f;  // sqrt(3) / 2^16

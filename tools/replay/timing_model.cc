@@ -4,26 +4,11 @@
 #include <regex>
 #include <string>
 
+#include "base/hash64.h"
+
 namespace kvkeep::replay {
-namespace {
 
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
-
-uint64_t HashString(std::string_view s) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
+uint64_t HashString(std::string_view s) { return Fnv1a64(s); }
 
 uint64_t MixKey(uint64_t a, uint64_t b) { return SplitMix64(a ^ SplitMix64(b)); }
 
