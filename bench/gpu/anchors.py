@@ -2,7 +2,9 @@
 
 PyTorch SDPA on dense KV (Llama-3-8B attention shape: 32 q heads, 8 KV heads, d=128, bf16),
 the device copy bandwidth; with --hf instead HF transformers' LlamaForCausalLM with
-random bf16 weights. Follows ../shared/bench/gpu_anchors.py. Writes $OUT/anchors.json (--hf: $OUT/anchors_hf.json).
+random bf16 weights. Kernel timing: bench() below (L2 flushed by a 256 MB read before
+every call, host launch latency outside the interval, median), the same method as
+gpu_attention_bench.cu. Follows ../shared/bench/gpu_anchors.py. Writes $OUT/anchors.json (--hf: $OUT/anchors_hf.json).
 """
 import json
 import os
@@ -16,19 +18,27 @@ HQ, HKV, D = 32, 8, 128
 
 
 def bench(fn, iters=30, warm=5):
+    """Median ms per call of fn, timed like gpu_attention_bench.cu's MedianMs (triton do_bench
+    style): warm-up and one synchronize; then per call, read a 256 MB buffer (a sum into a
+    preallocated scalar: flushes L2 and leaves it clean, where zeroing the buffer would leave
+    ~50 MB of dirty lines written back inside the timed call), record a start event, call fn,
+    record an end event, with no host synchronize between calls (the host runs ahead, so its
+    launch latency is not inside the interval); one synchronize at the end and the median of
+    the per-call event intervals."""
+    flush = torch.zeros(64 * 1024**2, dtype=torch.float32, device="cuda")  # 256 MB
+    sink = torch.empty((), dtype=torch.float32, device="cuda")
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        s = torch.cuda.Event(enable_timing=True)
-        e = torch.cuda.Event(enable_timing=True)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for s, e in zip(starts, ends):
+        torch.sum(flush, 0, out=sink)
         s.record()
         fn()
         e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    ts.sort()
+    torch.cuda.synchronize()
+    ts = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
     return ts[len(ts) // 2]
 
 

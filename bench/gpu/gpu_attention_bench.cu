@@ -1,8 +1,18 @@
 // GPU attention benchmarks on the Llama-3-8B attention shape (32 q heads, 8 KV heads,
 // head_dim 128, bf16, 16-token blocks, scrambled block tables), plus the device copy
 // bandwidth measured in the same process. Prints one line per case and writes JSON to
-// $OUT/kvkeep_attention.json (or ./kvkeep_attention.json). Timing: CUDA events, median
-// of repeated launches after warm-up; KV inputs are larger than L2.
+// $OUT/kvkeep_attention.json (or ./kvkeep_attention.json).
+//
+// Timing (MedianMs; the same method as bench/gpu/anchors.py's bench(), after triton's
+// do_bench): after warm-up calls and one synchronize, each timed call is enqueued as
+// [a kernel that reads a 256 MB buffer (flushes the 50 MB L2 and leaves it clean), start
+// event, the call, end event], with no host synchronize between calls, so the host runs
+// ahead of the GPU and its launch latency is not inside the events' interval (a call
+// measures its kernels plus the GPU-side gaps between them). One synchronize at the end;
+// the figure is the median of the per-call event intervals. Every case (device copy,
+// decode, prefill) is timed this way. The flush reads rather than writes: a memset leaves
+// ~50 MB of dirty lines whose write-back lands inside the next timed call (~10 us of a
+// 60 us B=1 L=32768 decode).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -15,6 +25,7 @@
 
 #include "engine/cuda/cuda_device.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/prefill_attention.cuh"
 
 namespace kvkeep {
 namespace {
@@ -49,31 +60,13 @@ __global__ void FillRandom(bf16_t* p, size_t n, uint32_t seed) {
   }
 }
 
-template <typename F>
-float MedianMs(cudaStream_t s, int iters, F&& f) {
-  for (int i = 0; i < 3; ++i) f();
-  CHECK_CUDA(cudaStreamSynchronize(s));
-  std::vector<float> ts;
-  cudaEvent_t a, b;
-  CHECK_CUDA(cudaEventCreate(&a));
-  CHECK_CUDA(cudaEventCreate(&b));
-  for (int i = 0; i < iters; ++i) {
-    CHECK_CUDA(cudaEventRecord(a, s));
-    f();
-    CHECK_CUDA(cudaEventRecord(b, s));
-    CHECK_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-    ts.push_back(ms);
-  }
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
-}
-
 constexpr int kHq = 32, kHkv = 8, kD = 128, kBs = 16;
+constexpr size_t kFlushBytes = size_t{256} << 20;  // > L2 (50 MB on an H100)
 
 struct Bench {
   CudaDevice* dev;
+  void* flush = nullptr;  // kFlushBytes (zero), read before every timed call
+  int* sink = nullptr;    // ReadFlush's never-taken store
   std::string json;
   void Add(const std::string& name, const std::string& fields) {
     json += (json.empty() ? "" : ",\n") + std::string("  \"") + name + "\": {" + fields + "}";
@@ -86,13 +79,52 @@ void* Alloc(CudaDevice* dev, size_t bytes) {
   return *p;
 }
 
+// Reads n 16-byte words (an L2 flush that leaves no dirty lines); the store keeps the loads.
+__global__ void ReadFlush(const uint4* p, size_t n, int* sink) {
+  uint32_t x = 0;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    const uint4 v = p[i];
+    x ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (x == 0x9e3779b9u) *sink = static_cast<int>(x);  // the buffer is zero: never taken
+}
+
+// Median ms of f() on stream s; the method is in the header comment.
+template <typename F>
+float MedianMs(Bench& b, cudaStream_t s, int iters, F&& f) {
+  for (int i = 0; i < 3; ++i) f();
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  std::vector<cudaEvent_t> start(iters), stop(iters);
+  for (int i = 0; i < iters; ++i) {
+    CHECK_CUDA(cudaEventCreate(&start[i]));
+    CHECK_CUDA(cudaEventCreate(&stop[i]));
+  }
+  for (int i = 0; i < iters; ++i) {
+    ReadFlush<<<1056, 512, 0, s>>>(static_cast<const uint4*>(b.flush), kFlushBytes / 16, b.sink);
+    CHECK_CUDA(cudaGetLastError());
+    CHECK_CUDA(cudaEventRecord(start[i], s));
+    f();
+    CHECK_CUDA(cudaEventRecord(stop[i], s));
+  }
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  std::vector<float> ts(iters);
+  for (int i = 0; i < iters; ++i) {
+    CHECK_CUDA(cudaEventElapsedTime(&ts[i], start[i], stop[i]));
+    CHECK_CUDA(cudaEventDestroy(start[i]));
+    CHECK_CUDA(cudaEventDestroy(stop[i]));
+  }
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
 void CopyBandwidth(Bench& b) {
   const size_t bytes = size_t{2} << 30;
   void* x = Alloc(b.dev, bytes);
   void* y = Alloc(b.dev, bytes);
   cudaStream_t s = b.dev->compute_stream();
   const float ms = MedianMs(
-      s, 20, [&] { CHECK_CUDA(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s)); });
+      b, s, 20, [&] { CHECK_CUDA(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s)); });
   const double gbps = 2.0 * bytes / ms / 1e6;
   std::printf("copy            %8.3f ms  %8.1f GB/s (read+write)\n", ms, gbps);
   b.Add("copy", "\"ms\": " + std::to_string(ms) + ", \"GBps\": " + std::to_string(gbps));
@@ -141,7 +173,8 @@ void FreePaged(CudaDevice* dev, PagedSetup& p) {
   }
 }
 
-// extra_splits: split counts timed besides the heuristic's plan.
+// extra_splits: split counts timed after the plan (and after no split, when the plan
+// splits), named _split<N>; then the plan again (_again) when there are any.
 void Decode(Bench& b, int batch, int len, const std::vector<int>& extra_splits, std::mt19937& rng) {
   CudaDevice* dev = b.dev;
   PagedSetup p = MakePaged(dev, batch, len, 1, rng);
@@ -164,28 +197,30 @@ void Decode(Bench& b, int batch, int len, const std::vector<int>& extra_splits, 
   const PagedKv<bf16_t> kv = LayerView(p.pool, p.shape, 0);
   const double kv_bytes = 2.0 * batch * len * kHkv * kD * 2;
   const cuda::DecodePlan auto_plan = cuda::PlanDecode(batch, kHkv, len, dev->num_sms());
-  struct Variant {
+  struct Config {
     int splits;
     std::string suffix;
   };
-  std::vector<Variant> variants = {{auto_plan.num_splits, ""}};
-  if (auto_plan.num_splits > 1) variants.push_back({1, "_nosplit"});
+  std::vector<Config> configs = {{auto_plan.num_splits, ""}};
+  if (auto_plan.num_splits > 1) configs.push_back({1, "_nosplit"});
   // Alternatives to the heuristic's choice, measured in the same run.
   for (int sp : extra_splits) {
-    if (sp != auto_plan.num_splits) variants.push_back({sp, "_split" + std::to_string(sp)});
+    if (sp != auto_plan.num_splits) configs.push_back({sp, "_split" + std::to_string(sp)});
   }
-  for (const Variant& v : variants) {
+  // The plan again, last: shows whether being timed first moves a figure.
+  if (!extra_splits.empty()) configs.push_back({auto_plan.num_splits, "_again"});
+  for (const Config& v : configs) {
     cuda::DecodePlan plan;
     plan.num_splits = v.splits;
     const size_t ws_bytes = cuda::DecodeWorkspaceBytes(batch, kHq, kD, plan);
     float* ws = ws_bytes ? static_cast<float*>(Alloc(dev, ws_bytes)) : nullptr;
     cudaStream_t s = dev->compute_stream();
-    const float ms =
-        MedianMs(s, 30, [&] { CHECK_OK(cuda::PagedDecodeAttention(ap, ab, kv, io, plan, ws, s)); });
+    const float ms = MedianMs(
+        b, s, 100, [&] { CHECK_OK(cuda::PagedDecodeAttention(ap, ab, kv, io, plan, ws, s)); });
     const double gbps = kv_bytes / ms / 1e6;
     const std::string name =
         "decode_B" + std::to_string(batch) + "_L" + std::to_string(len) + v.suffix;
-    std::printf("%-30s splits %3d %8.4f ms %8.1f GB/s\n", name.c_str(), v.splits, ms, gbps);
+    std::printf("%-40s splits %3d %8.4f ms %8.1f GB/s\n", name.c_str(), v.splits, ms, gbps);
     b.Add(name, "\"ms\": " + std::to_string(ms) + ", \"GBps\": " + std::to_string(gbps) +
                     ", \"splits\": " + std::to_string(v.splits));
     if (ws) dev->Free(ws);
@@ -217,18 +252,28 @@ void Prefill(Bench& b, int len, std::mt19937& rng) {
   io.out = out;
   const PagedKv<bf16_t> kv = LayerView(p.pool, p.shape, 0);
   cudaStream_t s = dev->compute_stream();
-  struct Tiles {
-    int rows, block_n;
+  // "" is PagedPrefillAttention as the engine calls it (the wgmma kernel on an H100);
+  // _wgmma_bn64 forces its 64-key tiles; _mma* force the mma.sync (FlashAttention-2) kernel
+  // with 128- or 64-row query tiles and 32 or 64 keys per tile.
+  struct Variant {
+    int rows, block_n;  // rows 0: the wgmma kernel (block_n 0: the default dispatch)
     const char* suffix;
   };
-  for (const Tiles& t : {Tiles{32, 32, ""}, Tiles{16, 32, "_rows16"}, Tiles{32, 64, "_bn64"},
-                         Tiles{16, 64, "_rows16_bn64"}}) {
-    const float ms = MedianMs(s, 10, [&] {
-      CHECK_OK(cuda::TEST_PagedPrefillAttentionTiles(ap, ab, kv, io, len, t.rows, t.block_n, s));
+  for (const Variant& v :
+       {Variant{0, 0, ""}, Variant{0, 64, "_wgmma_bn64"}, Variant{0, 128, "_wgmma_bn128"},
+        Variant{32, 32, "_mma"}, Variant{16, 32, "_mma_rows16"}, Variant{32, 64, "_mma_bn64"}}) {
+    const float ms = MedianMs(b, s, 10, [&] {
+      if (v.rows == 0 && v.block_n == 0) {
+        CHECK_OK(cuda::PagedPrefillAttention(ap, ab, kv, io, len, s));
+      } else if (v.rows == 0) {
+        CHECK_OK(cuda::TEST_PagedPrefillAttentionSm90(ap, ab, kv, io, len, v.block_n, s));
+      } else {
+        CHECK_OK(cuda::TEST_PagedPrefillAttentionTiles(ap, ab, kv, io, len, v.rows, v.block_n, s));
+      }
     });
     const double flops = 4.0 * kHq * double(len) * len * kD / 2;  // causal
     const double tflops = flops / ms / 1e9;
-    const std::string name = "prefill_B1_L" + std::to_string(len) + t.suffix;
+    const std::string name = "prefill_B1_L" + std::to_string(len) + v.suffix;
     std::printf("%-26s            %8.3f ms %8.1f TFLOP/s\n", name.c_str(), ms, tflops);
     b.Add(name, "\"ms\": " + std::to_string(ms) + ", \"TFLOPs\": " + std::to_string(tflops));
   }
@@ -244,16 +289,22 @@ int Main() {
   b.dev = d->get();
   std::printf("device %s, %d SMs\n", b.dev->device_name().c_str(), b.dev->num_sms());
   std::mt19937 rng(1);
+  b.flush = Alloc(b.dev, kFlushBytes);
+  b.sink = static_cast<int*>(Alloc(b.dev, sizeof(int)));
+  CHECK_CUDA(cudaMemsetAsync(b.flush, 0, kFlushBytes, b.dev->compute_stream()));
   CopyBandwidth(b);
-  Decode(b, 64, 4096, {2}, rng);
-  Decode(b, 1, 32768, {20, 24, 33, 128}, rng);
+  Decode(b, 64, 4096, {2}, rng);  // unsplit plan (512 CTAs) vs 2 splits
+  // B=1 32k: split counts around the plan's 16 (32/33: two CTAs per SM, 256/264 CTAs).
+  Decode(b, 1, 32768, {20, 24, 32, 33, 128}, rng);
   Decode(b, 128, 2048, {}, rng);
-  Decode(b, 16, 8192, {2}, rng);
+  Decode(b, 16, 8192, {2}, rng);  // unsplit plan (128 CTAs, one per SM) vs 2 splits
   // Fixed cost of one decode launch (one 16-token page per KV head): the floor under
   // the short-kernel cases (B=1 L=32768 reads 134 MB, ~54 us at 2.5 TB/s).
   Decode(b, 1, 16, {}, rng);
   Prefill(b, 8192, rng);
   CHECK_CUDA(cudaGetLastError());
+  b.dev->Free(b.flush);
+  b.dev->Free(b.sink);
   const char* out_dir = std::getenv("OUT");
   const std::string path =
       std::string(out_dir && *out_dir ? out_dir : ".") + "/kvkeep_attention.json";

@@ -4,12 +4,17 @@
 // Backend::Forward (which includes reading the logits back). Writes $OUT/kvkeep_model.json.
 //
 //   gpu_model_bench [model_dir]   (default /tmp/kvkeep-llama3-8b-shape; created if absent)
+//
+// KVKEEP_BENCH_PROFILE=prefill|decode brackets one 8k prefill (or two decode steps) with
+// cudaProfilerStart/Stop, for `ncu --profile-from-start off`, and skips the timed loops.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
+
+#include <cuda_profiler_api.h>
 
 #include "base/file.h"
 #include "engine/cuda/cuda_backend.h"
@@ -79,6 +84,24 @@ int Main(int argc, char** argv) {
   std::vector<int32_t> tokens(max_tokens);
   for (int i = 0; i < max_tokens; ++i) tokens[i] = (i * 7919 + 13) % 128000;
   std::vector<float> logits;
+  const char* profile_env = std::getenv("KVKEEP_BENCH_PROFILE");
+  const std::string profile = profile_env ? profile_env : "";
+  if (profile == "prefill") {
+    CHECK_OK(b.Forward(Batch(tokens, 0, 8192, max_blocks), &logits));
+    cudaProfilerStart();
+    CHECK_OK(b.Forward(Batch(tokens, 0, 8192, max_blocks), &logits));
+    cudaProfilerStop();
+    return 0;
+  }
+  if (profile == "decode") {
+    CHECK_OK(b.Forward(Batch(tokens, 0, 2048, max_blocks), &logits));
+    for (int w = 0; w < 3; ++w)
+      CHECK_OK(b.Forward(Batch(tokens, 2048 + w, 1, max_blocks), &logits));
+    cudaProfilerStart();
+    CHECK_OK(b.Forward(Batch(tokens, 2051, 1, max_blocks), &logits));
+    cudaProfilerStop();
+    return 0;
+  }
 
   // Prefill 8192 tokens (B=1), median of 3 after a warm-up.
   std::vector<double> ts;

@@ -24,15 +24,18 @@ targets = {"decode_B64_L4096": 2750, "decode_B1_L32768": 2500, "decode_B128_L204
 for case, target in targets.items():
     mine = k.get(case, {}).get("GBps")
     rows.append((case + " (GB/s)", mine, "SDPA dense", a.get(case + "_sdpa_GBps"), target))
-    for suffix, label in (("_nosplit", " no split-K"), ("_split4", " 4 splits")):
-        ns = k.get(case + suffix, {}).get("GBps")
-        if ns is not None:
-            rows.append((case + label, ns, "", None, None))
+    # Every other configuration of the case in the bench's order (suffixes: _nosplit,
+    # _split<N>, _again (the plan, timed last)).
+    for key, val in k.items():
+        if key.startswith(case + "_") and isinstance(val, dict) and "GBps" in val:
+            label = " " + key[len(case) + 1:].replace("_", " ")
+            rows.append((case + label, val["GBps"], "", None, None))
 mine = k.get("prefill_B1_L8192", {}).get("TFLOPs")
 rows.append(("prefill causal 8k (TFLOP/s)", mine, "SDPA dense", a.get("prefill_B1_L8192_sdpa_TFLOPs"), 420))
-r16 = k.get("prefill_B1_L8192_rows16", {}).get("TFLOPs")
-if r16 is not None:
-    rows.append(("prefill causal 8k, 64-row tiles", r16, "", None, None))
+for suffix, label in (("_wgmma_bn64", ", wgmma 64-key tiles"), ("_mma", ", mma.sync FA2 kernel")):
+    v = k.get("prefill_B1_L8192" + suffix, {}).get("TFLOPs")
+    if v is not None:
+        rows.append(("prefill causal 8k" + label, v, "", None, None))
 rows.append(("8B-shape decode B=1 @2k (tok/s)", m.get("decode_B1_P2048_tok_per_s"), "HF transformers",
              h.get("hf_generate_B1_P2048_G64_tok_per_s"), 150))
 rows.append(("8B-shape prefill 8k (tok/s)", m.get("prefill_B1_P8192_tok_per_s"), "HF transformers",

@@ -305,13 +305,10 @@ Status CudaBackend::Enqueue(const Step& st) {
     RETURN_IF_ERROR(cuda::AddRmsNorm(hidden, l == 0 ? nullptr : proj, w.input_norm, t,
                                      c.hidden_size, eps, xn, s));
     RETURN_IF_ERROR(gemm_->Run(xn, w.wqkv, qkv, false, t, qkv_stride, c.hidden_size));
-    RETURN_IF_ERROR(cuda::ApplyRope(qkv, qkv_stride, t, c.num_q_heads, c.head_dim, rotary,
-                                    st.positions, inv_freq_, s));
-    RETURN_IF_ERROR(cuda::ApplyRope(qkv + qd, qkv_stride, t, c.num_kv_heads, c.head_dim, rotary,
-                                    st.positions, inv_freq_, s));
     const PagedKv<bf16_t> view = LayerView(pool_, shape_, l);
-    RETURN_IF_ERROR(
-        cuda::WriteKv(view, qkv + qd, qkv_stride, qkv + qd + kvd, qkv_stride, st.slots, t, s));
+    // One launch: RoPE on the q and k heads of the fused row, then k and v into the pool.
+    RETURN_IF_ERROR(cuda::RopeWriteKv(view, qkv, qkv_stride, t, c.num_q_heads, rotary, st.positions,
+                                      inv_freq_, st.slots, s));
     cuda::AttentionIo io;
     io.q = qkv;
     io.q_token_stride = qkv_stride;

@@ -44,7 +44,8 @@ struct DecodePlan {
 // batch (host-known).
 DecodePlan PlanDecode(int32_t num_seqs, int32_t num_kv_heads, int32_t max_kv_len, int32_t num_sms);
 
-// Bytes of fp32 workspace the split path needs (0 when num_splits == 1).
+// Bytes of workspace the split path needs (0 when num_splits == 1): the splits' fp32
+// partial outputs and log-sum-exps.
 size_t DecodeWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int32_t head_dim,
                             const DecodePlan& plan);
 
@@ -54,8 +55,10 @@ Status PagedDecodeAttention(const AttentionParams& params, const AttentionBatch&
                             const DecodePlan& plan, float* workspace, cudaStream_t stream);
 
 // ---- prefill (any varlen causal batch: prefill chunks over a cached prefix, decode
-// tokens, or a mix). FlashAttention-2 style on tensor cores (mma.sync m16n8k16 bf16,
-// fp32 accumulate). max_q_len is the largest q_start[i+1] - q_start[i] (host-known).
+// tokens, or a mix), on tensor cores with fp32 accumulation: on an sm_90 GPU with
+// head_dim 64/128 and max_q_len > 64 a wgmma kernel (prefill_attention_sm90.cu), else
+// FlashAttention-2 style on mma.sync m16n8k16 (prefill_attention.cu). max_q_len is the largest
+// q_start[i+1] - q_start[i] (host-known).
 Status PagedPrefillAttention(const AttentionParams& params, const AttentionBatch& batch,
                              const PagedKv<bf16_t>& kv, const AttentionIo& io, int32_t max_q_len,
                              cudaStream_t stream);
@@ -71,5 +74,11 @@ Status TEST_PagedPrefillAttentionTiles(const AttentionParams& params, const Atte
                                        const PagedKv<bf16_t>& kv, const AttentionIo& io,
                                        int32_t max_q_len, int rows_per_warp, int block_n,
                                        cudaStream_t stream);
+// The wgmma kernel (sm_90a; head_dim 64/128) with a forced tile: block_n 64 or 128 keys
+// per K/V tile. NotSupported where it can't run (PagedPrefillAttention then uses the
+// mma.sync kernel).
+Status TEST_PagedPrefillAttentionSm90(const AttentionParams& params, const AttentionBatch& batch,
+                                      const PagedKv<bf16_t>& kv, const AttentionIo& io,
+                                      int32_t max_q_len, int block_n, cudaStream_t stream);
 
 }  // namespace kvkeep::cuda

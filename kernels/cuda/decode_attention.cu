@@ -11,7 +11,8 @@
 // from memory once for the whole group. Each lane group keeps its own online-softmax
 // state; the states are merged with shuffles inside a warp, through shared memory across
 // warps, and across splits by the reduce kernel (launched with programmatic dependent
-// launch so its launch overlaps the main kernel).
+// launch so its launch overlaps the main kernel; it loads the splits' log-sum-exps one per
+// thread and merges the partial outputs with independent loads).
 #include <algorithm>
 #include <cmath>
 
@@ -31,6 +32,7 @@ constexpr int kTile = 16;  // tokens per pipeline stage
 // stages (192 KB, one CTA per SM): B=64 L=4096 2824 vs 2668 GB/s, B=128 L=2048 2848 vs
 // 2620 (bench/RESULTS.md run 5).
 constexpr int kStages = 3;
+constexpr int kMaxSplits = 128;
 
 struct DecodeArgs {
   AttentionBatch batch;
@@ -53,6 +55,8 @@ struct DecodeCfg {
   static constexpr int kPasses = kTile / kRowsPerPass;
   static constexpr int kChunksPerLane = kTile * D / 8 / 32;  // per K (and per V) tile
   static constexpr int kStageElems = 2 * kTile * D;          // K tile then V tile
+  // The warps' pipelines, reused by the cross-warp merge ([warps][G][D] outputs, then
+  // [warps][G] maxima and sums).
   static constexpr size_t kPipeBytes =
       size_t{kDecodeWarps} * kStages * kStageElems * sizeof(bf16_t);
   static constexpr size_t kMergeBytes = size_t{kDecodeWarps} * G * (D + 2) * sizeof(float);
@@ -75,6 +79,8 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
   const int lane_in_row = lane % C::kTpr;
   const int row_in_pass = lane / C::kTpr;
 
+  const int bs = args.kv.block_size;
+  const bool page_aligned = bs % kTile == 0;  // a tile never straddles two blocks
   const int kv_len = args.batch.kv_len[seq];
   int chunk = (kv_len + num_splits - 1) / num_splits;
   chunk = (chunk + kTile - 1) / kTile * kTile;
@@ -83,8 +89,6 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
   const int num_tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
   const int my_tiles = num_tiles > warp ? (num_tiles - warp + kDecodeWarps - 1) / kDecodeWarps : 0;
   const int q_token = args.batch.q_start[seq];
-  const int bs = args.kv.block_size;
-  const bool page_aligned = bs % kTile == 0;  // a tile never straddles two blocks
 
   float q[G][C::kVec];
 #pragma unroll
@@ -298,26 +302,75 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
   }
 }
 
+// One CTA per (query head, sequence), one thread per dim. The splits' log-sum-exps are
+// loaded in parallel (thread t holds splits t, t + D, ...) and reduced across the block;
+// the weights go through shared memory, and each thread then sums its dim of the partial
+// outputs with kUnroll independent loads in flight.
 template <int D>
-__global__ void DecodeReduceKernel(const DecodeArgs args, int num_splits) {
+__global__ void __launch_bounds__(D) DecodeReduceKernel(const DecodeArgs args, int num_splits) {
+  constexpr int kWarps = D / 32;
+  constexpr int kPerThread = (kMaxSplits + D - 1) / D;
+  constexpr int kUnroll = 8;
+  __shared__ float sm_w[kMaxSplits];
+  __shared__ float sm_max[kWarps], sm_sum[kWarps];
+  const int head = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x;
+  const int lane = tid % 32, warp = tid / 32;
+  const int64_t base = (int64_t{seq} * args.num_q_heads + head) * num_splits;
+  // q_start is an input written before the split kernel started (this kernel launches only
+  // once that one runs), so it may be read before the wait; ws_* may not.
+  const int q_token = args.batch.q_start[seq];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split kernel's writes
 #endif
-  const int head = blockIdx.x, seq = blockIdx.y, dim = threadIdx.x;
-  const int64_t base = (int64_t{seq} * args.num_q_heads + head) * num_splits;
+  float lse[kPerThread];
   float mx = -INFINITY;
-  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, args.ws_lse[base + s]);
-  float sum = 0.0f, acc = 0.0f;
-  if (mx != -INFINITY) {
-    for (int s = 0; s < num_splits; ++s) {
-      const float w = exp2f(args.ws_lse[base + s] - mx);
-      sum += w;
-      acc += w * args.ws_o[(base + s) * D + dim];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int s = tid + i * D;
+    lse[i] = s < num_splits ? __ldcg(args.ws_lse + base + s) : -INFINITY;
+    mx = fmaxf(mx, lse[i]);
+  }
+  mx = WarpMax(mx);
+  if (lane == 0) sm_max[warp] = mx;
+  __syncthreads();
+  mx = sm_max[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, sm_max[w]);
+  float sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int s = tid + i * D;
+    // An empty split (lse -inf) weighs 0; so does every split when all are empty.
+    const float w = lse[i] == -INFINITY ? 0.0f : exp2f(lse[i] - mx);
+    if (s < num_splits) sm_w[s] = w;
+    sum += w;
+  }
+  sum = WarpSum(sum);
+  if (lane == 0) sm_sum[warp] = sum;
+  __syncthreads();  // sm_w and sm_sum
+  sum = sm_sum[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) sum += sm_sum[w];
+  const float* o = args.ws_o + base * D + tid;
+  float acc[kUnroll];
+#pragma unroll
+  for (int j = 0; j < kUnroll; ++j) acc[j] = 0.0f;
+  for (int s0 = 0; s0 < num_splits; s0 += kUnroll) {
+    float ov[kUnroll];
+#pragma unroll
+    for (int j = 0; j < kUnroll; ++j) {
+      ov[j] = s0 + j < num_splits ? __ldcg(o + int64_t{s0 + j} * D) : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kUnroll; ++j) {
+      if (s0 + j < num_splits) acc[j] = fmaf(sm_w[s0 + j], ov[j], acc[j]);
     }
   }
-  const int q_token = args.batch.q_start[seq];
-  args.io.out[(int64_t{q_token} * args.num_q_heads + head) * D + dim] =
-      __float2bfloat16(sum > 0.0f ? acc / sum : 0.0f);
+  float total = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kUnroll; ++j) total += acc[j];
+  args.io.out[(int64_t{q_token} * args.num_q_heads + head) * D + tid] =
+      __float2bfloat16(sum > 0.0f ? total / sum : 0.0f);
 }
 
 template <int D, int G>
@@ -346,7 +399,6 @@ Status LaunchDecode(const DecodeArgs& args, int num_kv_heads, int num_splits, cu
   return Status::OK();
 }
 
-constexpr int kMaxSplits = 128;
 constexpr int kMinSplitTokens = 256;
 
 }  // namespace

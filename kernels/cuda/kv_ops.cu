@@ -5,23 +5,74 @@
 namespace kvkeep::cuda {
 namespace {
 
+// One 16-byte chunk of K or V per thread (K chunks first, then V). The source chunk and the
+// slot are loaded before either is used, so their latencies overlap: at decode this kernel
+// is one dependent round trip, not two.
 __global__ void WriteKvKernel(PagedKv<bf16_t> kv, const bf16_t* k, int64_t k_stride,
                               const bf16_t* v, int64_t v_stride, const int32_t* slots) {
   const int token = blockIdx.x;
-  const int slot = slots[token];
-  if (slot < 0) return;
   const int chunks_per_head = kv.head_dim / 8;
   const int chunks = kv.num_kv_heads * chunks_per_head;
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= 2 * chunks) return;
+  const bool is_v = c >= chunks;
+  const int cv = is_v ? c - chunks : c;
+  const int h = cv / chunks_per_head, cc = cv % chunks_per_head;
+  const bf16_t* src = is_v ? v + int64_t{token} * v_stride : k + int64_t{token} * k_stride;
+  const uint4 val = *reinterpret_cast<const uint4*>(src + int64_t{h} * kv.head_dim + cc * 8);
+  const int slot = slots[token];
+  if (slot < 0) return;
   const int64_t blk = slot / kv.block_size, off = slot % kv.block_size;
-  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-    const int h = c / chunks_per_head, cc = c % chunks_per_head;
-    const int64_t dst =
-        blk * kv.block_stride + (int64_t{h} * kv.block_size + off) * kv.head_dim + cc * 8;
-    const int64_t src = int64_t{h} * kv.head_dim + cc * 8;
-    *reinterpret_cast<uint4*>(kv.k + dst) =
-        *reinterpret_cast<const uint4*>(k + token * k_stride + src);
-    *reinterpret_cast<uint4*>(kv.v + dst) =
-        *reinterpret_cast<const uint4*>(v + token * v_stride + src);
+  const int64_t dst =
+      blk * kv.block_stride + (int64_t{h} * kv.block_size + off) * kv.head_dim + cc * 8;
+  *reinterpret_cast<uint4*>((is_v ? kv.v : kv.k) + dst) = val;
+}
+
+// RoPE over the q and k heads of a fused [q][k][v] row plus WriteKv of the rotated k and v.
+// Per token, head_dim / 2 threads per head (q, k, then v heads): thread j < half of a q/k
+// head rotates the pair (j, j + half) in place; the other threads of a k head and all v
+// threads carry two unrotated elements. k and v go to the slot unless it is negative. The
+// arithmetic matches RopeKernel (ops.cu) bit for bit.
+__global__ void RopeWriteKvKernel(PagedKv<bf16_t> kv, bf16_t* qkv, int64_t stride, int num_q_heads,
+                                  int half, const int32_t* positions, const float* inv_freq,
+                                  const int32_t* slots) {
+  const int token = blockIdx.x;
+  const int head_dim = kv.head_dim, threads_per_head = head_dim / 2;
+  const int e = blockIdx.y * blockDim.x + threadIdx.x;
+  const int h = e / threads_per_head, j = e % threads_per_head;
+  const int nkv = kv.num_kv_heads;
+  if (h >= num_q_heads + 2 * nkv) return;
+  bf16_t* head = qkv + int64_t{token} * stride + int64_t{h} * head_dim;
+  const bool rotated = h < num_q_heads + nkv;
+  const int slot = slots[token];
+  const bool write = h >= num_q_heads && slot >= 0;  // a k or v head with a slot
+  bf16_t* dst = nullptr;
+  if (write) {
+    const bool is_v = h >= num_q_heads + nkv;
+    const int kvh = h - num_q_heads - (is_v ? nkv : 0);
+    const int64_t blk = slot / kv.block_size, off = slot % kv.block_size;
+    dst = (is_v ? kv.v : kv.k) + blk * kv.block_stride +
+          (int64_t{kvh} * kv.block_size + off) * head_dim;
+  }
+  if (rotated && j < half) {
+    const float a = __bfloat162float(head[j]), b = __bfloat162float(head[j + half]);
+    const float angle = static_cast<float>(positions[token]) * inv_freq[j];
+    float s, c;
+    sincosf(angle, &s, &c);
+    const bf16_t ra = __float2bfloat16(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)));
+    const bf16_t rb = __float2bfloat16(__fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+    head[j] = ra;
+    head[j + half] = rb;
+    if (write) {
+      dst[j] = ra;
+      dst[j + half] = rb;
+    }
+  } else if (write) {
+    // Two unrotated elements: of a v head, or of a k head's tail past rotary_dim (2j >=
+    // rotary_dim there).
+    const int i = 2 * j;
+    dst[i] = head[i];
+    dst[i + 1] = head[i + 1];
   }
 }
 
@@ -67,8 +118,33 @@ Status WriteKv(const PagedKv<bf16_t>& kv, const bf16_t* k, int64_t k_token_strid
                cudaStream_t stream) {
   if (num_tokens == 0) return Status::OK();
   if (kv.head_dim % 8 != 0) return Status::NotSupported("WriteKv: head_dim % 8 != 0");
-  WriteKvKernel<<<num_tokens, 128, 0, stream>>>(kv, k, k_token_stride, v, v_token_stride,
-                                                slot_mapping);
+  constexpr int kThreads = 128;
+  const int work = 2 * kv.num_kv_heads * (kv.head_dim / 8);
+  if (work == 0) return Status::OK();
+  const dim3 grid(num_tokens, (work + kThreads - 1) / kThreads);
+  WriteKvKernel<<<grid, kThreads, 0, stream>>>(kv, k, k_token_stride, v, v_token_stride,
+                                               slot_mapping);
+  KVKEEP_CUDA_LAUNCH_CHECK();
+  return Status::OK();
+}
+
+Status RopeWriteKv(const PagedKv<bf16_t>& kv, bf16_t* qkv, int64_t qkv_token_stride,
+                   int32_t num_tokens, int32_t num_q_heads, int32_t rotary_dim,
+                   const int32_t* positions, const float* inv_freq, const int32_t* slot_mapping,
+                   cudaStream_t stream) {
+  if (num_tokens == 0) return Status::OK();
+  if (kv.head_dim % 2 != 0) return Status::NotSupported("RopeWriteKv: odd head_dim");
+  if (rotary_dim <= 0 || rotary_dim > kv.head_dim || rotary_dim % 2 != 0) {
+    return Status::InvalidArgument("RopeWriteKv: bad rotary_dim");
+  }
+  constexpr int kThreads = 128;
+  const int64_t work = int64_t{num_q_heads + 2 * kv.num_kv_heads} * (kv.head_dim / 2);
+  if (work == 0) return Status::OK();
+  const int64_t blocks_y = (work + kThreads - 1) / kThreads;
+  if (blocks_y > 65535) return Status::InvalidArgument("RopeWriteKv: row too wide");
+  const dim3 grid(num_tokens, static_cast<unsigned>(blocks_y));
+  RopeWriteKvKernel<<<grid, kThreads, 0, stream>>>(
+      kv, qkv, qkv_token_stride, num_q_heads, rotary_dim / 2, positions, inv_freq, slot_mapping);
   KVKEEP_CUDA_LAUNCH_CHECK();
   return Status::OK();
 }

@@ -25,6 +25,18 @@ Status WriteKv(const PagedKv<bf16_t>& kv, const bf16_t* k, int64_t k_token_strid
                int64_t v_token_stride, const int32_t* slot_mapping, int32_t num_tokens,
                cudaStream_t stream);
 
+// Fused RoPE + WriteKv over a fused QKV projection, one launch per layer:
+// qkv[token] = [num_q_heads + 2 num_kv_heads heads (q, then k, then v)][kv.head_dim], token
+// stride qkv_token_stride. Rotates the q and k heads in place at positions[token] exactly as
+// ApplyRope (kernels/cuda/ops.h) over num_q_heads + num_kv_heads heads does (bit-identical),
+// then writes the rotated k and the v of token t into slot_mapping[t] as WriteKv does
+// (slot < 0 skips the cache write; q and k are still rotated). inv_freq[rotary_dim / 2].
+// REQUIRES: even head_dim, 0 < rotary_dim <= head_dim, rotary_dim even.
+Status RopeWriteKv(const PagedKv<bf16_t>& kv, bf16_t* qkv, int64_t qkv_token_stride,
+                   int32_t num_tokens, int32_t num_q_heads, int32_t rotary_dim,
+                   const int32_t* positions, const float* inv_freq, const int32_t* slot_mapping,
+                   cudaStream_t stream);
+
 // For each pair i: block src_dst[2i] -> block src_dst[2i+1] (all layers, K and V).
 // REQUIRES: no block is both a source and a destination.
 Status CopyBlocks(bf16_t* pool, const KvPoolShape& shape, const int32_t* src_dst, int32_t num_pairs,

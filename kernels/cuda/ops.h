@@ -17,13 +17,16 @@ namespace kvkeep::cuda {
 using bf16_t = __nv_bfloat16;
 
 // If delta != nullptr: hidden[r] += delta[r] (in place, fp32). Then
-// out[r] = hidden[r] / rms(hidden[r]) * weight, in bf16. rows of `dim`.
+// out[r] = hidden[r] / rms(hidden[r]) * weight, in bf16. rows of `dim` (> 0). dim % 8 == 0,
+// dim <= 16384 and 16-byte aligned pointers take the fast one-pass path (one CTA per row,
+// the row kept in registers); other shapes take a slower generic path.
 Status AddRmsNorm(float* hidden, const bf16_t* delta, const bf16_t* weight, int32_t rows,
                   int32_t dim, float eps, bf16_t* out, cudaStream_t stream);
 
 // Rotates x[token][num_heads][head_dim] (token stride x_token_stride elements) in place at
 // positions[token], HF rotate_half convention over the first rotary_dim dims of each head;
-// inv_freq[rotary_dim / 2] on the device.
+// inv_freq[rotary_dim / 2] on the device. Heads are head_dim apart, so q and k heads that
+// are adjacent in a fused QKV row can be rotated by one call. One thread per rotary pair.
 Status ApplyRope(bf16_t* x, int64_t x_token_stride, int32_t num_tokens, int32_t num_heads,
                  int32_t head_dim, int32_t rotary_dim, const int32_t* positions,
                  const float* inv_freq, cudaStream_t stream);

@@ -12,6 +12,7 @@
 #include "kernels/cuda/attention_dispatch.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/prefill_attention.cuh"
 
 namespace kvkeep::cuda {
 namespace {
@@ -22,15 +23,8 @@ constexpr int kThreads = kWarps * 32;
 // heads, d=128, bench/RESULTS.md run 6): 32 keys 193.7 TFLOP/s vs 64 keys 183.0 with
 // 128-row tiles (the 64-key kernel spills 228 bytes at 255 registers; the 32-key one 24).
 constexpr int kDefaultBlockN = 32;
-
-struct PrefillArgs {
-  AttentionBatch batch;
-  PagedKv<bf16_t> kv;
-  AttentionIo io;
-  int32_t num_q_heads;
-  int32_t group;  // query heads per KV head
-  float scale_log2;
-};
+// The wgmma kernel's default tile: 64 keys per K/V tile (prefill_attention_sm90.cu).
+constexpr int kSm90BlockN = 64;
 
 // Element offset of 16-byte chunk `c` of row `r` in a swizzled [rows][D] tile (for D = 32
 // the row has only 4 chunks, so the XOR uses r % 4 and ldmatrix sees 2-way conflicts).
@@ -279,6 +273,12 @@ Status Prefill(const AttentionParams& params, const AttentionBatch& batch,
   args.num_q_heads = params.num_q_heads;
   args.group = params.num_q_heads / kv.num_kv_heads;
   args.scale_log2 = params.scale * kLog2e;
+  // Default path on Hopper: the wgmma kernel (prefill_attention_sm90.cu) for tiles that
+  // fill its 128-row query tile at least half-way.
+  if (rows_per_warp == 0 && block_n == kDefaultBlockN && max_q_len > 64 &&
+      PrefillSm90Available(kv.head_dim)) {
+    return LaunchPrefillSm90(args, kv.head_dim, max_q_len, kSm90BlockN, stream);
+  }
   return DispatchHeadDim(kv.head_dim, [&](auto d_tag) -> Status {
     constexpr int D = decltype(d_tag)::value;
     // Short chunks (decode tokens, small prefills) waste less of a 64-row tile.
@@ -318,6 +318,23 @@ Status TEST_PagedPrefillAttentionTiles(const AttentionParams& params, const Atte
   }
   if (block_n != 32 && block_n != 64) return Status::InvalidArgument("block_n must be 32 or 64");
   return Prefill(params, batch, kv, io, max_q_len, rows_per_warp, block_n, stream);
+}
+
+Status TEST_PagedPrefillAttentionSm90(const AttentionParams& params, const AttentionBatch& batch,
+                                      const PagedKv<bf16_t>& kv, const AttentionIo& io,
+                                      int32_t max_q_len, int block_n, cudaStream_t stream) {
+  if (batch.num_seqs == 0 || max_q_len <= 0) return Status::OK();
+  if (kv.num_kv_heads <= 0 || params.num_q_heads % kv.num_kv_heads != 0) {
+    return Status::InvalidArgument("prefill attention: num_q_heads % num_kv_heads != 0");
+  }
+  PrefillArgs args;
+  args.batch = batch;
+  args.kv = kv;
+  args.io = io;
+  args.num_q_heads = params.num_q_heads;
+  args.group = params.num_q_heads / kv.num_kv_heads;
+  args.scale_log2 = params.scale * kLog2e;
+  return LaunchPrefillSm90(args, kv.head_dim, max_q_len, block_n, stream);
 }
 
 }  // namespace kvkeep::cuda

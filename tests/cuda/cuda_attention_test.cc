@@ -11,6 +11,7 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/prefill_attention.cuh"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/testlib/test_util.h"
 
@@ -82,8 +83,11 @@ Scenario MakeScenario(std::mt19937_64& rng, const Case& c) {
 }
 
 // Runs the CPU reference and one GPU kernel on layer 1 of the scenario; returns rel. L2.
-// forced_splits > 0 overrides the decode plan; rows_per_warp (16/32) forces the prefill tile,
-// with block_n (32/64) keys per K/V tile.
+// forced_splits > 0 overrides the decode plan; rows_per_warp (16/32) forces the mma.sync
+// prefill kernel's tile, with block_n (32/64) keys per K/V tile; rows_per_warp kWgmma forces
+// the wgmma kernel with block_n (64/128) keys per tile.
+constexpr int kWgmma = -1;
+
 double RunCase(GpuArena& gpu, const Case& c, std::mt19937_64& rng, int forced_splits,
                int rows_per_warp = 0, int block_n = 64) {
   Scenario s = MakeScenario(rng, c);
@@ -124,10 +128,14 @@ double RunCase(GpuArena& gpu, const Case& c, std::mt19937_64& rng, int forced_sp
     if (workspace) gpu.Poison(workspace, ws / sizeof(float));
     st = cuda::PagedDecodeAttention(params, db, kv, io, plan, workspace, gpu.stream());
   } else {
-    st = rows_per_warp == 0
-             ? cuda::PagedPrefillAttention(params, db, kv, io, s.max_q, gpu.stream())
-             : cuda::TEST_PagedPrefillAttentionTiles(params, db, kv, io, s.max_q, rows_per_warp,
-                                                     block_n, gpu.stream());
+    if (rows_per_warp == 0) {
+      st = cuda::PagedPrefillAttention(params, db, kv, io, s.max_q, gpu.stream());
+    } else if (rows_per_warp == kWgmma) {
+      st = cuda::TEST_PagedPrefillAttentionSm90(params, db, kv, io, s.max_q, block_n, gpu.stream());
+    } else {
+      st = cuda::TEST_PagedPrefillAttentionTiles(params, db, kv, io, s.max_q, rows_per_warp,
+                                                 block_n, gpu.stream());
+    }
   }
   EXPECT_TRUE(st.ok()) << st.ToString();
   EXPECT_TRUE(gpu.device()->Synchronize().ok());
@@ -145,7 +153,9 @@ TEST(CudaAttention, DecodeMatchesCpu) {
   std::mt19937_64 rng(seed);
   for (int d : {32, 64, 128}) {
     for (int g : {1, 3, 4, 8}) {
-      for (int splits : {0, 1, 5}) {
+      // 5 and 37 split most lengths unevenly; 37 and 128 (the maximum) leave splits empty
+      // for short sequences and give the reduce kernel several splits per thread.
+      for (int splits : {0, 1, 5, 37, 128}) {
         Case c;
         c.head_dim = d;
         c.group = g;
@@ -175,6 +185,32 @@ TEST(CudaAttention, DecodeLongContextSplitK) {
   EXPECT_LT(RunCase(gpu, c, rng, 0), kTol) << "seed " << seed;
 }
 
+// The split path at its edges: most splits empty (short sequences, many splits), split
+// counts that do not divide the length, the maximum count, every head_dim of the reduce
+// kernel (32 / 64 / 128 threads over up to 128 splits).
+TEST(CudaAttention, DecodeSplitEdgeCases) {
+  GpuArena gpu;
+  KVKEEP_REQUIRE_GPU(gpu);
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  struct Edge {
+    int d, g, seqs, max_len, splits;
+  };
+  for (const Edge& e : {Edge{128, 4, 3, 40, 128}, Edge{32, 8, 4, 20, 128}, Edge{64, 2, 2, 17, 33},
+                        Edge{128, 4, 2, 5000, 33}, Edge{128, 8, 1, 3001, 127},
+                        Edge{32, 1, 5, 2500, 100}, Edge{64, 3, 3, 1, 9}}) {
+    Case c;
+    c.head_dim = e.d;
+    c.group = e.g;
+    c.num_kv_heads = 2;
+    c.num_seqs = e.seqs;
+    c.max_len = e.max_len;
+    const double err = RunCase(gpu, c, rng, e.splits);
+    EXPECT_LT(err, kTol) << "seed " << seed << " d " << e.d << " group " << e.g << " splits "
+                         << e.splits << " seqs " << e.seqs << " max_len " << e.max_len;
+  }
+}
+
 TEST(CudaAttention, PrefillMatchesCpu) {
   GpuArena gpu;
   KVKEEP_REQUIRE_GPU(gpu);
@@ -182,10 +218,16 @@ TEST(CudaAttention, PrefillMatchesCpu) {
   std::mt19937_64 rng(seed);
   for (int d : {32, 64, 128}) {
     for (int g : {1, 3, 4, 8}) {
-      for (int variant = 0; variant < 5; ++variant) {
-        // Default tiles, then rows/warp 16 and 32 with 64 and 32 keys per K/V tile.
-        const int rows = variant == 0 ? 0 : (variant <= 2 ? 16 : 32);
-        const int block_n = variant == 0 ? 64 : (variant % 2 == 1 ? 64 : 32);
+      for (int variant = 0; variant < 7; ++variant) {
+        // Default dispatch; the mma.sync kernel with rows/warp 16 and 32 and 64 and 32 keys
+        // per K/V tile; the wgmma kernel with 64 and 128 keys per tile (on sm_90 only).
+        int rows = variant == 0 ? 0 : (variant <= 2 ? 16 : 32);
+        int block_n = variant == 0 ? 64 : (variant % 2 == 1 ? 64 : 32);
+        if (variant >= 5) {
+          if (!cuda::PrefillSm90Available(d)) continue;
+          rows = kWgmma;
+          block_n = variant == 5 ? 64 : 128;
+        }
         Case c;
         c.head_dim = d;
         c.group = g;
@@ -244,6 +286,20 @@ TEST(CudaAttention, OtherBlockSizesMatchCpu) {
       }
     }
   }
+}
+
+// On an sm_90 GPU the default prefill path must be the wgmma kernel: a build without
+// sm_90a code (or a failed capability check) would silently fall back to mma.sync.
+TEST(CudaAttention, WgmmaPrefillAvailableOnHopper) {
+  GpuArena gpu;
+  KVKEEP_REQUIRE_GPU(gpu);
+  int dev = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+  if (major != 9) GTEST_SKIP() << "not an sm_90 GPU (compute capability " << major << ".x)";
+  EXPECT_TRUE(cuda::PrefillSm90Available(128));
+  EXPECT_TRUE(cuda::PrefillSm90Available(64));
+  EXPECT_FALSE(cuda::PrefillSm90Available(32));
 }
 
 TEST(CudaAttention, UnsupportedShapesAreNotSupported) {
