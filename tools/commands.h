@@ -14,6 +14,7 @@ int ExitCode();
 void AddMakeModelCommand(CLI::App& app);  // make-model
 void AddModelInfoCommand(CLI::App& app);  // model-info
 void AddGenerateCommand(CLI::App& app);   // generate
+void AddParityCommand(CLI::App& app);     // parity
 void AddStatusCommand(CLI::App& app);     // status (tools/cmd_client.cc)
 void AddSessionsCommand(CLI::App& app);   // sessions (tools/cmd_client.cc)
 void AddChatCommand(CLI::App& app);       // chat (tools/cmd_client.cc)

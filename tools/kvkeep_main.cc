@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   kvkeep::tools::AddMakeModelCommand(app);
   kvkeep::tools::AddModelInfoCommand(app);
   kvkeep::tools::AddGenerateCommand(app);
+  kvkeep::tools::AddParityCommand(app);
   kvkeep::tools::AddStatusCommand(app);
   kvkeep::tools::AddSessionsCommand(app);
   kvkeep::tools::AddChatCommand(app);

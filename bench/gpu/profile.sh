@@ -19,7 +19,8 @@ ki, vi, ui = hdr.index("Kernel Name"), hdr.index("Metric Value"), hdr.index("Met
 tot = collections.defaultdict(float); cnt = collections.Counter()
 for r in rows[1:]:
     v = float(r[vi].replace(",", ""))
-    v = v / 1e3 if r[ui] == "nsecond" else (v * 1e3 if r[ui] == "msecond" else v)  # -> us
+    unit = r[ui]
+    v = v / 1e3 if unit in ("ns", "nsecond") else (v * 1e3 if unit in ("ms", "msecond") else v)  # us
     name = r[ki][:90]
     tot[name] += v; cnt[name] += 1
 s = sum(tot.values())

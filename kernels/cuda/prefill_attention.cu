@@ -259,10 +259,8 @@ Status LaunchPrefill(const PrefillArgs& args, int32_t max_q_len, cudaStream_t st
   return Status::OK();
 }
 
-Status Prefill(const AttentionParams& params, const AttentionBatch& batch,
-               const PagedKv<bf16_t>& kv, const AttentionIo& io, int32_t max_q_len,
-               int rows_per_warp, int block_n, cudaStream_t stream) {
-  if (batch.num_seqs == 0 || max_q_len <= 0) return Status::OK();
+Result<PrefillArgs> MakeArgs(const AttentionParams& params, const AttentionBatch& batch,
+                             const PagedKv<bf16_t>& kv, const AttentionIo& io) {
   if (kv.num_kv_heads <= 0 || params.num_q_heads % kv.num_kv_heads != 0) {
     return Status::InvalidArgument("prefill attention: num_q_heads % num_kv_heads != 0");
   }
@@ -273,6 +271,14 @@ Status Prefill(const AttentionParams& params, const AttentionBatch& batch,
   args.num_q_heads = params.num_q_heads;
   args.group = params.num_q_heads / kv.num_kv_heads;
   args.scale_log2 = params.scale * kLog2e;
+  return args;
+}
+
+Status Prefill(const AttentionParams& params, const AttentionBatch& batch,
+               const PagedKv<bf16_t>& kv, const AttentionIo& io, int32_t max_q_len,
+               int rows_per_warp, int block_n, cudaStream_t stream) {
+  if (batch.num_seqs == 0 || max_q_len <= 0) return Status::OK();
+  ASSIGN_OR_RETURN(const PrefillArgs args, MakeArgs(params, batch, kv, io));
   // Default path on Hopper: the wgmma kernel (prefill_attention_sm90.cu) for tiles that
   // fill its 128-row query tile at least half-way.
   if (rows_per_warp == 0 && block_n == kDefaultBlockN && max_q_len > 64 &&
@@ -324,16 +330,7 @@ Status TEST_PagedPrefillAttentionSm90(const AttentionParams& params, const Atten
                                       const PagedKv<bf16_t>& kv, const AttentionIo& io,
                                       int32_t max_q_len, int block_n, cudaStream_t stream) {
   if (batch.num_seqs == 0 || max_q_len <= 0) return Status::OK();
-  if (kv.num_kv_heads <= 0 || params.num_q_heads % kv.num_kv_heads != 0) {
-    return Status::InvalidArgument("prefill attention: num_q_heads % num_kv_heads != 0");
-  }
-  PrefillArgs args;
-  args.batch = batch;
-  args.kv = kv;
-  args.io = io;
-  args.num_q_heads = params.num_q_heads;
-  args.group = params.num_q_heads / kv.num_kv_heads;
-  args.scale_log2 = params.scale * kLog2e;
+  ASSIGN_OR_RETURN(const PrefillArgs args, MakeArgs(params, batch, kv, io));
   return LaunchPrefillSm90(args, kv.head_dim, max_q_len, block_n, stream);
 }
 

@@ -1,9 +1,10 @@
 // End to end: the CUDA backend against the CPU backend on synthetic models. Both run the same
 // batches (mixed prefill / chunked prefill / decode, scrambled block tables); the CUDA
 // backend's greedy token must equal the CPU's at every step (>= 32 decode steps per
-// sequence, teacher-forced with the CPU's tokens) except near-ties, where the two best CPU
-// logits differ by less than twice the row's measured logit error, and its logits must agree
-// within bf16 tolerance. Also: block copy / read / write round trips.
+// sequence, teacher-forced with the CPU's tokens) except at near-ties, where the two best CPU
+// logits differ by less than twice the row's logit error; the logits must agree within bf16
+// tolerance (max |dlogit| < 5% of max |logit|) at every step. Also: block copy / read / write round
+// trips.
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
@@ -121,14 +122,11 @@ TEST_P(CudaBackendTest, GreedyDecodeMatchesCpu) {
       if (s.done < static_cast<int32_t>(s.tokens.size())) continue;  // mid-prompt chunk
       const int32_t want = Sampler::Argmax(c, vocab), got = Sampler::Argmax(g, vocab);
       if (got != want) {
-        // Only a tie within bf16 tolerance may flip: the CUDA pick must be within this
-        // row's measured logit error of the CPU's best. How often such ties occur is a
-        // property of the random model's flat logits, not of the kernels (a 5% cap on them
-        // failed on correct code, bench/RESULTS.md runs 6 and 11), so it is logged, not capped.
+        // A flip is a near-tie: it can only happen where the CPU's top-2 margin is below twice
+        // this step's logit error, which the bound above keeps within bf16 tolerance. How
+        // often the random model's flat logits produce such ties is logged, not capped (a 5%
+        // cap failed on correct kernels, bench/RESULTS.md runs 6 and 12).
         ++near_ties;
-        EXPECT_LE(c[want] - c[got], 2 * diff)
-            << "seq " << i << " after " << s.done << " tokens: CUDA picked " << got << ", CPU "
-            << want << " seed " << seed;
         spdlog::warn("near-tie at seq {} after {} tokens: CPU margin {:.5f}, max|dlogit| {:.5f}", i,
                      s.done, c[want] - c[got], diff);
       }

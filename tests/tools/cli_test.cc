@@ -1,5 +1,5 @@
 // The `kvkeep` command line, run as a user would: make-model, model-info, generate (plain
-// and --chat), --help on every verb, and clear errors for bad input.
+// and --chat), parity, --help on every verb, and clear errors for bad input.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -81,9 +81,29 @@ TEST_F(Cli, ModelInfoReportsTheArchitecture) {
   EXPECT_NE(info.text.find("KV bytes"), std::string::npos) << info.text;
 }
 
+TEST_F(Cli, ParityOfTheCpuBackendWithItselfPasses) {
+  const std::string base = kvkeep_ + " parity --model " + dir_.File("tiny") +
+                           " --device cpu --against cpu --prompt 'hello there' --max-tokens 16";
+  Output same = Shell(base);
+  ASSERT_EQ(same.exit_code, 0) << same.text;
+  EXPECT_NE(same.text.find("parity PASS: cpu against cpu"), std::string::npos) << same.text;
+  EXPECT_NE(same.text.find("16 teacher-forced steps"), std::string::npos) << same.text;
+  EXPECT_NE(same.text.find("argmax flips 0, outside tolerance 0"), std::string::npos) << same.text;
+  // The bf16 KV cache against the exact f32 reference: not bit-exact, still within tolerance.
+  Output bf16 = Shell(base + " --kv-dtype bf16 --json");
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.text;
+  EXPECT_NE(bf16.text.find("\"pass\": true"), std::string::npos) << bf16.text;
+  EXPECT_NE(bf16.text.find("\"flips_outside_tolerance\": 0"), std::string::npos) << bf16.text;
+  // A limit no backend can meet (every step has rounding error) is a mismatch: exit code 1.
+  Output strict = Shell(base + " --kv-dtype bf16 --max-rel-error 1e-9");
+  EXPECT_EQ(strict.exit_code, 1) << strict.text;
+  EXPECT_NE(strict.text.find("parity FAIL"), std::string::npos) << strict.text;
+}
+
 TEST_F(Cli, EveryVerbHasHelp) {
-  for (const char* verb : {"make-model", "model-info", "generate", "replay", "replay import",
-                           "replay synth", "replay run", "status", "sessions", "chat"}) {
+  for (const char* verb :
+       {"make-model", "model-info", "generate", "parity", "replay", "replay import", "replay synth",
+        "replay run", "status", "sessions", "chat"}) {
     Output help = Shell(kvkeep_ + " " + verb + " --help");
     EXPECT_EQ(help.exit_code, 0) << verb << ": " << help.text;
     EXPECT_NE(help.text.find("Usage"), std::string::npos) << verb;
