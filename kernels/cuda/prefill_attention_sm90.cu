@@ -163,22 +163,29 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(const PrefillAr
     MbarWait(&full[tile % kStages], (tile / kStages) & 1);
     FenceProxyAsync();
   };
+  // Descriptors are built once; a k-step, key block or stage moves only the start address
+  // field (16-byte units; shared addresses stay below 2^18, so no carry out of the field).
+  constexpr uint32_t kStageStep = C::kKvElems * sizeof(bf16_t) / 16;
+  const uint64_t q_desc = SmemDescSw128(sq_wg, 16, 1024);
+  const uint64_t k_desc = SmemDescSw128(sk, 16, 1024);
+  const uint64_t v_desc = SmemDescSw128(sv, kBlockN * 128, 1024);
   auto issue_s = [&](int tile) {
-    const bf16_t* tk = sk + (tile % kStages) * C::kKvElems;
+    const uint64_t kd = k_desc + (tile % kStages) * kStageStep;
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-      const uint64_t da = SmemDescSw128(sq_wg + (ks / 4) * kBlockM * 64 + (ks % 4) * 16, 16, 1024);
-      const uint64_t db = SmemDescSw128(tk + (ks / 4) * kBlockN * 64 + (ks % 4) * 16, 16, 1024);
+      // k-step ks: 32 bytes into 64-column part ks / 4.
+      const uint64_t da = q_desc + ((ks / 4) * kBlockM * 128 + (ks % 4) * 32) / 16;
+      const uint64_t db = kd + ((ks / 4) * kBlockN * 128 + (ks % 4) * 32) / 16;
       WgmmaSS<kBlockN>(s, da, db, ks > 0);
     }
     WgmmaCommit();
   };
+  // PV: V is [key][dim] (MN-major); LBO: the next 64 dims, SBO: the next 8 keys.
   auto issue_pv = [&](int tile) {
-    const bf16_t* tv = sv + (tile % kStages) * C::kKvElems;
+    const uint64_t vd = v_desc + (tile % kStages) * kStageStep;
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint64_t dv = SmemDescSw128(tv + kk * 16 * 64, kBlockN * 128, 1024);
-      WgmmaRS<D, 1>(o, p[kk], dv, 1);
+      WgmmaRS<D, 1>(o, p[kk], vd + kk * 16 * 128 / 16, 1);  // 16 keys = 2048 bytes
     }
     WgmmaCommit();
   };
@@ -250,12 +257,15 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(const PrefillAr
     WgmmaWait<0>();
     FenceOperands<D / 2>(o);
     MbarArrive(&empty[it % kStages]);  // K and V of tile it are no longer read
+    // Rescale O only when some row's running max moved (alpha is exactly 1 otherwise).
+    if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[4 * j] *= alpha[0];
-      o[4 * j + 1] *= alpha[0];
-      o[4 * j + 2] *= alpha[1];
-      o[4 * j + 3] *= alpha[1];
+      for (int j = 0; j < D / 8; ++j) {
+        o[4 * j] *= alpha[0];
+        o[4 * j + 1] *= alpha[0];
+        o[4 * j + 2] *= alpha[1];
+        o[4 * j + 3] *= alpha[1];
+      }
     }
     pack_p();
   }
