@@ -200,8 +200,10 @@ void Decode(Bench& b, int batch, int len, const std::vector<int>& extra_splits, 
   struct Config {
     int splits;
     std::string suffix;
+    int kernel = 0;  // 0: PagedDecodeAttention's pick; 1: the CUDA-core kernel forced
   };
-  std::vector<Config> configs = {{auto_plan.num_splits, ""}};
+  std::vector<Config> configs = {{auto_plan.num_splits, ""},
+                                 {auto_plan.num_splits, "_cudacore", 1}};
   if (auto_plan.num_splits > 1) configs.push_back({1, "_nosplit"});
   // Alternatives to the heuristic's choice, measured in the same run.
   for (int sp : extra_splits) {
@@ -215,8 +217,10 @@ void Decode(Bench& b, int batch, int len, const std::vector<int>& extra_splits, 
     const size_t ws_bytes = cuda::DecodeWorkspaceBytes(batch, kHq, kD, plan);
     float* ws = ws_bytes ? static_cast<float*>(Alloc(dev, ws_bytes)) : nullptr;
     cudaStream_t s = dev->compute_stream();
-    const float ms = MedianMs(
-        b, s, 100, [&] { CHECK_OK(cuda::PagedDecodeAttention(ap, ab, kv, io, plan, ws, s)); });
+    const float ms = MedianMs(b, s, 100, [&] {
+      CHECK_OK(v.kernel == 0 ? cuda::PagedDecodeAttention(ap, ab, kv, io, plan, ws, s)
+                             : cuda::TEST_PagedDecodeAttention(ap, ab, kv, io, plan, ws, false, s));
+    });
     const double gbps = kv_bytes / ms / 1e6;
     const std::string name =
         "decode_B" + std::to_string(batch) + "_L" + std::to_string(len) + v.suffix;

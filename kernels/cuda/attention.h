@@ -53,6 +53,12 @@ size_t DecodeWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int32_t head_
 Status PagedDecodeAttention(const AttentionParams& params, const AttentionBatch& batch,
                             const PagedKv<bf16_t>& kv, const AttentionIo& io,
                             const DecodePlan& plan, float* workspace, cudaStream_t stream);
+// Test/bench hook: forces the tensor-core kernel (mma.sync, the default for GQA groups of 4
+// and 8) or the CUDA-core one (the default for groups 1-3).
+Status TEST_PagedDecodeAttention(const AttentionParams& params, const AttentionBatch& batch,
+                                 const PagedKv<bf16_t>& kv, const AttentionIo& io,
+                                 const DecodePlan& plan, float* workspace, bool tensor_cores,
+                                 cudaStream_t stream);
 
 // ---- prefill (any varlen causal batch: prefill chunks over a cached prefix, decode
 // tokens, or a mix), on tensor cores with fp32 accumulation: on an sm_90 GPU with

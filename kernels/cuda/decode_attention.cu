@@ -1,18 +1,24 @@
-// Paged decode attention (flash-decoding) on CUDA cores. See attention.h for the contract.
+// Paged decode attention (flash-decoding). See attention.h for the contract.
 //
 // CTA = (split, KV head, sequence), kDecodeWarps warps. The CTA's token range is cut into
 // 16-token tiles (one page when block_size is a multiple of 16: K and V of a page are each
 // one contiguous 16 x head_dim run of the pool), dealt round-robin to the warps. Each warp
 // runs its own kStages-deep cp.async pipeline into shared memory (16-byte .cg copies, no
 // registers held by loads in flight), synchronised by cp.async.wait_group + __syncwarp
-// only, so several pages per warp stay in flight while it computes the current one. A key
-// row is read from shared memory by kTpr lanes, each owning kVec dims of it; every lane
-// keeps the queries of the G query heads that share the KV head, so each K/V byte is read
-// from memory once for the whole group. Each lane group keeps its own online-softmax
-// state; the states are merged with shuffles inside a warp, through shared memory across
-// warps, and across splits by the reduce kernel (launched with programmatic dependent
-// launch so its launch overlaps the main kernel; it loads the splits' log-sum-exps one per
-// thread and merges the partial outputs with independent loads).
+// only, so several pages per warp stay in flight while it computes the current one; the
+// block ids of a warp's next 32 tiles are loaded once, one per lane, and shuffled out.
+// Every K/V byte is read from memory once for the G query heads that share it.
+//
+// Two ways to compute a tile, same pipeline and merge:
+//   DecodeKernel (CUDA cores, GQA groups 1-3): a key row is read from shared memory by kTpr
+//     lanes, each owning kVec dims of it; every lane keeps the queries of the G heads.
+//   DecodeTcKernel (tensor cores, groups 4 and 8): mma.sync with the G heads as the rows of
+//     a 16-row A operand, so a page costs a few dozen instructions per warp instead of
+//     hundreds (bench/RESULTS.md: B=64 L=4096 2977 vs 2863 GB/s, B=1 L=32768 2434 vs 2384).
+// Each warp keeps its own online-softmax state; the states are merged through shared memory
+// across warps, and across splits by the reduce kernel (launched with programmatic
+// dependent launch so its launch overlaps the main kernel; it loads the splits'
+// log-sum-exps one per thread and merges the partial outputs with independent loads).
 #include <algorithm>
 #include <cmath>
 
@@ -63,6 +69,44 @@ struct DecodeCfg {
   static constexpr size_t kSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
   static_assert(kTpr >= 2 && kTpr <= 32 && kPasses >= 1, "decode lane layout");
 };
+
+// The CTA's last step, shared by both decode kernels: merges the per-warp online-softmax
+// states that each warp left in shared memory as [warps][G][D] outputs, then [warps][G] maxima
+// and [warps][G] sums, and writes the output (one split) or the split's partial and its
+// log-sum-exp to the workspace.
+template <int D, int G>
+__device__ __forceinline__ void MergeWarpsAndStore(const DecodeArgs& args,
+                                                   const unsigned char* smem, int kvh, int seq,
+                                                   int split, int q_token) {
+  const float* sm_o = reinterpret_cast<const float*>(smem);
+  const float* sm_m = sm_o + kDecodeWarps * G * D;
+  const float* sm_d = sm_m + kDecodeWarps * G;
+  const int num_splits = gridDim.x;
+  for (int e = threadIdx.x; e < G * D; e += kDecodeThreads) {
+    const int g = e / D, dim = e % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, sm_m[w * G + g]);
+    float sum = 0.0f, acc = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float wt = exp2f(sm_m[w * G + g] - mx);  // 0 for a warp that saw nothing
+        sum += wt * sm_d[w * G + g];
+        acc += wt * sm_o[(w * G + g) * D + dim];
+      }
+    }
+    const int head = kvh * G + g;
+    const float val = sum > 0.0f ? acc / sum : 0.0f;
+    if (num_splits == 1) {
+      args.io.out[(int64_t{q_token} * args.num_q_heads + head) * D + dim] = __float2bfloat16(val);
+    } else {
+      const int64_t idx = (int64_t{seq} * args.num_q_heads + head) * num_splits + split;
+      args.ws_o[idx * D + dim] = val;
+      if (dim == 0) args.ws_lse[idx] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
+    }
+  }
+}
 
 template <int D, int G>
 __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs args) {
@@ -276,36 +320,192 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
     }
   }
   __syncthreads();
-  for (int e = tid; e < G * D; e += kDecodeThreads) {
-    const int g = e / D, dim = e % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, sm_m[w * G + g]);
-    float sum = 0.0f, acc = 0.0f;
-    if (mx != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kDecodeWarps; ++w) {
-        const float wt = exp2f(sm_m[w * G + g] - mx);  // 0 for a warp that saw nothing
-        sum += wt * sm_d[w * G + g];
-        acc += wt * sm_o[(w * G + g) * D + dim];
-      }
-    }
-    const int head = kvh * G + g;
-    const float val = sum > 0.0f ? acc / sum : 0.0f;
-    if (num_splits == 1) {
-      args.io.out[(int64_t{q_token} * args.num_q_heads + head) * D + dim] = __float2bfloat16(val);
-    } else {
-      const int64_t idx = (int64_t{seq} * args.num_q_heads + head) * num_splits + split;
-      args.ws_o[idx * D + dim] = val;
-      if (dim == 0) args.ws_lse[idx] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
-    }
-  }
+  MergeWarpsAndStore<D, G>(args, smem_raw, kvh, seq, split, q_token);
 }
 
 // One CTA per (query head, sequence), one thread per dim. The splits' log-sum-exps are
 // loaded in parallel (thread t holds splits t, t + D, ...) and reduced across the block;
 // the weights go through shared memory, and each thread then sums its dim of the partial
 // outputs with kUnroll independent loads in flight.
+// Tensor-core variant: each warp computes a 16-token tile with mma.sync m16n8k16:
+// S[16 x 16] = Q K^T with the G query heads as the first G rows of A (the rest zero), then
+// O[16 x D] += P V. Stages are XOR-swizzled by 16-byte chunk so ldmatrix is conflict-free.
+template <int D>
+__device__ __forceinline__ int TcSwz(int r, int c) {
+  constexpr int kMask = D / 8 < 8 ? D / 8 - 1 : 7;
+  return r * D + ((c ^ (r & kMask)) << 3);
+}
+
+template <int D, int G>
+__global__ void __launch_bounds__(kDecodeThreads) DecodeTcKernel(const DecodeArgs args) {
+  using C = DecodeCfg<D, G>;
+  static_assert(G <= 8, "tensor-core decode: at most 8 query heads per KV head");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+  const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+  const int num_splits = gridDim.x;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+
+  const int kv_len = args.batch.kv_len[seq];
+  int chunk = (kv_len + num_splits - 1) / num_splits;
+  chunk = (chunk + kTile - 1) / kTile * kTile;
+  const int begin = split * chunk;
+  const int end = min(kv_len, begin + chunk);
+  const int num_tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
+  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kDecodeWarps - 1) / kDecodeWarps : 0;
+  const int q_token = args.batch.q_start[seq];
+  const int bs = args.kv.block_size;
+
+  // Q as A fragments (rows g < G real, the rest zero), one per 16-dim k-step.
+  uint32_t qa[D / 16][4];
+  {
+    const bf16_t* qp =
+        args.io.q + int64_t{q_token} * args.io.q_token_stride + (kvh * G + (g < G ? g : 0)) * D;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      qa[ks][0] = g < G ? *reinterpret_cast<const uint32_t*>(qp + 16 * ks + 2 * t) : 0u;
+      qa[ks][1] = 0u;
+      qa[ks][2] = g < G ? *reinterpret_cast<const uint32_t*>(qp + 16 * ks + 8 + 2 * t) : 0u;
+      qa[ks][3] = 0u;
+    }
+  }
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m = -INFINITY, l = 0.0f;  // row g's running max (log2 domain) and quad-partial sum
+
+  const int32_t* table = args.batch.block_tables + int64_t{seq} * args.batch.max_blocks_per_seq;
+  const bf16_t* kbase = args.kv.k + int64_t{kvh} * bs * D;
+  const bf16_t* vbase = args.kv.v + int64_t{kvh} * bs * D;
+  bf16_t* stage0 = reinterpret_cast<bf16_t*>(smem_raw) + warp * kStages * C::kStageElems;
+  const int warp_t0 = begin + warp * kTile;
+  constexpr int kWarpStride = kDecodeWarps * kTile;
+  const bool page_aligned = bs % kTile == 0;  // a tile never straddles two blocks
+  int ids = 0;  // block ids of this warp's tiles k .. k + 31, one per lane (as DecodeKernel)
+  auto issue = [&](int k) {
+    bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
+    bf16_t* sv = sk + kTile * D;
+    const int t0 = warp_t0 + k * kWarpStride;
+    int64_t page_off = 0;
+    if (page_aligned) {
+      if (k % 32 == 0) {
+        const int kk = k + lane;
+        ids = kk < my_tiles ? table[(warp_t0 + kk * kWarpStride) / bs] : 0;
+      }
+      page_off = int64_t{__shfl_sync(0xffffffffu, ids, k % 32)} * args.kv.block_stride +
+                 int64_t{t0 % bs} * D;
+    }
+#pragma unroll
+    for (int i = 0; i < C::kChunksPerLane; ++i) {
+      const int c = lane + i * 32;
+      const int r = c / (D / 8), cc = c % (D / 8);
+      const int tok = t0 + r;
+      const bool valid = tok < end;
+      int64_t off = page_off + c * 8;  // the tile's 16 rows are contiguous in its page
+      if (!page_aligned) {
+        off = valid
+                  ? int64_t{table[tok / bs]} * args.kv.block_stride + int64_t{tok % bs} * D + cc * 8
+                  : 0;
+      }
+      CpAsync16(sk + TcSwz<D>(r, cc), valid ? kbase + off : kbase, valid);
+      CpAsync16(sv + TcSwz<D>(r, cc), valid ? vbase + off : vbase, valid);
+    }
+  };
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < my_tiles) issue(st);
+    CpAsyncCommit();
+  }
+  for (int k = 0; k < my_tiles; ++k) {
+    if (k + kStages - 1 < my_tiles) issue(k + kStages - 1);
+    CpAsyncCommit();
+    CpAsyncWait<kStages - 1>();
+    __syncwarp();
+    const bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
+    const bf16_t* sv = sk + kTile * D;
+    const int t0 = warp_t0 + k * kWarpStride;
+
+    float s[2][4];  // tokens 8j + 2t (+1) of rows g (and g + 8, unused)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t b[4];
+      LdMatrixX4(b, sk + TcSwz<D>((lane / 16) * 8 + lane % 8, ks * 2 + (lane / 8) % 2));
+      MmaBf16(s[0], qa[ks], b);
+      MmaBf16(s[1], qa[ks], b + 2);
+    }
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool valid = t0 + 8 * j + 2 * t + e < end;
+        s[j][e] = valid ? s[j][e] * args.scale_log2 : -INFINITY;
+        mx = fmaxf(mx, s[j][e]);
+      }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m, mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = FastExp2(m - m_use);
+    m = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[j][e] = FastExp2(s[j][e] - m_use);
+        sum += s[j][e];
+      }
+    }
+    l = l * alpha + sum;
+    uint32_t pa[4];
+    pa[0] = PackBf16x2(s[0][0], s[0][1]);
+    pa[1] = 0u;
+    pa[2] = PackBf16x2(s[1][0], s[1][1]);
+    pa[3] = 0u;
+#pragma unroll
+    for (int i = 0; i < D / 8; i += 2) {
+      o[i][0] *= alpha;
+      o[i][1] *= alpha;
+      o[i + 1][0] *= alpha;
+      o[i + 1][1] *= alpha;
+      uint32_t b[4];
+      LdMatrixX4Trans(b, sv + TcSwz<D>(((lane / 8) % 2) * 8 + lane % 8, i + lane / 16));
+      MmaBf16(o[i], pa, b);
+      MmaBf16(o[i + 1], pa, b + 2);
+    }
+    __syncwarp();  // every lane is done with this stage before it is refilled
+  }
+  CpAsyncWait<0>();
+
+  // Merge the warps through shared memory (as DecodeKernel): row g of each warp, g < G.
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  __syncthreads();  // the pipeline stages are reused for the merge below
+  float* sm_o = reinterpret_cast<float*>(smem_raw);  // [warps][G][D]
+  float* sm_m = sm_o + kDecodeWarps * G * D;         // [warps][G]
+  float* sm_d = sm_m + kDecodeWarps * G;             // [warps][G]
+  if (g < G) {
+    if (t == 0) {
+      sm_m[warp * G + g] = m;
+      sm_d[warp * G + g] = l;
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      sm_o[(warp * G + g) * D + 8 * j + 2 * t] = o[j][0];
+      sm_o[(warp * G + g) * D + 8 * j + 2 * t + 1] = o[j][1];
+    }
+  }
+  __syncthreads();
+  MergeWarpsAndStore<D, G>(args, smem_raw, kvh, seq, split, q_token);
+}
+
 template <int D>
 __global__ void __launch_bounds__(D) DecodeReduceKernel(const DecodeArgs args, int num_splits) {
   constexpr int kWarps = D / 32;
@@ -373,15 +573,16 @@ __global__ void __launch_bounds__(D) DecodeReduceKernel(const DecodeArgs args, i
       __float2bfloat16(sum > 0.0f ? total / sum : 0.0f);
 }
 
-template <int D, int G>
+template <int D, int G, bool kTensorCores>
 Status LaunchDecode(const DecodeArgs& args, int num_kv_heads, int num_splits, cudaStream_t stream) {
   constexpr size_t kSmem = DecodeCfg<D, G>::kSmemBytes;
+  constexpr auto kernel = kTensorCores ? DecodeTcKernel<D, G> : DecodeKernel<D, G>;
   // Once per instantiation (the attribute belongs to the function, not to a launch).
   static const cudaError_t attr_err = cudaFuncSetAttribute(
-      DecodeKernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
   KVKEEP_CUDA_RETURN(attr_err);
   const dim3 grid(num_splits, num_kv_heads, args.batch.num_seqs);
-  DecodeKernel<D, G><<<grid, kDecodeThreads, kSmem, stream>>>(args);
+  kernel<<<grid, kDecodeThreads, kSmem, stream>>>(args);
   KVKEEP_CUDA_LAUNCH_CHECK();
   if (num_splits > 1) {
     cudaLaunchConfig_t cfg = {};
@@ -428,9 +629,12 @@ size_t DecodeWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int32_t head_
   return rows * (head_dim + 1) * sizeof(float);
 }
 
-Status PagedDecodeAttention(const AttentionParams& params, const AttentionBatch& batch,
-                            const PagedKv<bf16_t>& kv, const AttentionIo& io,
-                            const DecodePlan& plan, float* workspace, cudaStream_t stream) {
+namespace {
+
+// kernel: 0 picks (tensor cores for G >= 4), 1 the CUDA-core kernel, 2 the tensor-core one.
+Status Decode(const AttentionParams& params, const AttentionBatch& batch, const PagedKv<bf16_t>& kv,
+              const AttentionIo& io, const DecodePlan& plan, float* workspace, int kernel,
+              cudaStream_t stream) {
   if (batch.num_seqs == 0) return Status::OK();
   if (kv.num_kv_heads <= 0 || params.num_q_heads % kv.num_kv_heads != 0) {
     return Status::InvalidArgument("decode attention: num_q_heads % num_kv_heads != 0");
@@ -455,9 +659,27 @@ Status PagedDecodeAttention(const AttentionParams& params, const AttentionBatch&
     constexpr int D = decltype(d_tag)::value;
     return DispatchGqaGroup(group, [&](auto g_tag) -> Status {
       constexpr int G = decltype(g_tag)::value;
-      return LaunchDecode<D, G>(args, kv.num_kv_heads, plan.num_splits, stream);
+      if (kernel == 2 || (kernel == 0 && G >= 4)) {
+        return LaunchDecode<D, G, true>(args, kv.num_kv_heads, plan.num_splits, stream);
+      }
+      return LaunchDecode<D, G, false>(args, kv.num_kv_heads, plan.num_splits, stream);
     });
   });
+}
+
+}  // namespace
+
+Status PagedDecodeAttention(const AttentionParams& params, const AttentionBatch& batch,
+                            const PagedKv<bf16_t>& kv, const AttentionIo& io,
+                            const DecodePlan& plan, float* workspace, cudaStream_t stream) {
+  return Decode(params, batch, kv, io, plan, workspace, 0, stream);
+}
+
+Status TEST_PagedDecodeAttention(const AttentionParams& params, const AttentionBatch& batch,
+                                 const PagedKv<bf16_t>& kv, const AttentionIo& io,
+                                 const DecodePlan& plan, float* workspace, bool tensor_cores,
+                                 cudaStream_t stream) {
+  return Decode(params, batch, kv, io, plan, workspace, tensor_cores ? 2 : 1, stream);
 }
 
 }  // namespace kvkeep::cuda

@@ -28,6 +28,7 @@ struct Case {
   int max_new = 1;
   bool whole_prompt = false;  // prefill: the chunk is the whole context (no cached prefix)
   int block_size = 16;
+  int decode_kernel = 0;  // 0: the dispatch's pick; 1: CUDA cores; 2: tensor cores
 };
 
 struct Scenario {
@@ -126,7 +127,10 @@ double RunCase(GpuArena& gpu, const Case& c, std::mt19937_64& rng, int forced_sp
     const size_t ws = cuda::DecodeWorkspaceBytes(c.num_seqs, hq, c.head_dim, plan);
     float* workspace = ws ? gpu.Alloc<float>(ws / sizeof(float)) : nullptr;
     if (workspace) gpu.Poison(workspace, ws / sizeof(float));
-    st = cuda::PagedDecodeAttention(params, db, kv, io, plan, workspace, gpu.stream());
+    st = c.decode_kernel == 0
+             ? cuda::PagedDecodeAttention(params, db, kv, io, plan, workspace, gpu.stream())
+             : cuda::TEST_PagedDecodeAttention(params, db, kv, io, plan, workspace,
+                                               c.decode_kernel == 2, gpu.stream());
   } else {
     if (rows_per_warp == 0) {
       st = cuda::PagedPrefillAttention(params, db, kv, io, s.max_q, gpu.stream());
@@ -156,15 +160,20 @@ TEST(CudaAttention, DecodeMatchesCpu) {
       // 5 and 37 split most lengths unevenly; 37 and 128 (the maximum) leave splits empty
       // for short sequences and give the reduce kernel several splits per thread.
       for (int splits : {0, 1, 5, 37, 128}) {
-        Case c;
-        c.head_dim = d;
-        c.group = g;
-        c.num_kv_heads = std::uniform_int_distribution<int>(1, 3)(rng);
-        c.num_seqs = std::uniform_int_distribution<int>(1, 17)(rng);
-        c.max_len = std::uniform_int_distribution<int>(1, 1500)(rng);
-        const double err = RunCase(gpu, c, rng, splits);
-        EXPECT_LT(err, kTol) << "seed " << seed << " d " << d << " group " << g << " splits "
-                             << splits << " seqs " << c.num_seqs << " max_len " << c.max_len;
+        // The dispatch's pick, then each kernel forced (tensor cores by default for G >= 4).
+        for (int kernel : {0, 1, 2}) {
+          Case c;
+          c.head_dim = d;
+          c.group = g;
+          c.decode_kernel = kernel;
+          c.num_kv_heads = std::uniform_int_distribution<int>(1, 3)(rng);
+          c.num_seqs = std::uniform_int_distribution<int>(1, 17)(rng);
+          c.max_len = std::uniform_int_distribution<int>(1, 1500)(rng);
+          const double err = RunCase(gpu, c, rng, splits);
+          EXPECT_LT(err, kTol) << "seed " << seed << " d " << d << " group " << g << " splits "
+                               << splits << " kernel " << kernel << " seqs " << c.num_seqs
+                               << " max_len " << c.max_len;
+        }
       }
     }
   }
