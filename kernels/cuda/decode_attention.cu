@@ -70,6 +70,24 @@ struct DecodeCfg {
   static_assert(kTpr >= 2 && kTpr <= 32 && kPasses >= 1, "decode lane layout");
 };
 
+// Split `split` of sequence `seq` covers tokens [begin, end) (a multiple of kTile tokens
+// long, possibly empty); warp w computes its tiles w, w + kDecodeWarps, ... (my_tiles).
+struct SplitRange {
+  int begin, end, my_tiles;
+};
+__device__ __forceinline__ SplitRange SplitTokens(const DecodeArgs& args, int seq, int split,
+                                                  int num_splits, int warp) {
+  const int kv_len = args.batch.kv_len[seq];
+  int chunk = (kv_len + num_splits - 1) / num_splits;
+  chunk = (chunk + kTile - 1) / kTile * kTile;
+  SplitRange r;
+  r.begin = split * chunk;
+  r.end = min(kv_len, r.begin + chunk);
+  const int num_tiles = r.end > r.begin ? (r.end - r.begin + kTile - 1) / kTile : 0;
+  r.my_tiles = num_tiles > warp ? (num_tiles - warp + kDecodeWarps - 1) / kDecodeWarps : 0;
+  return r;
+}
+
 // The CTA's last step, shared by both decode kernels: merges the per-warp online-softmax
 // states that each warp left in shared memory as [warps][G][D] outputs, then [warps][G] maxima
 // and [warps][G] sums, and writes the output (one split) or the split's partial and its
@@ -125,13 +143,8 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
 
   const int bs = args.kv.block_size;
   const bool page_aligned = bs % kTile == 0;  // a tile never straddles two blocks
-  const int kv_len = args.batch.kv_len[seq];
-  int chunk = (kv_len + num_splits - 1) / num_splits;
-  chunk = (chunk + kTile - 1) / kTile * kTile;
-  const int begin = split * chunk;
-  const int end = min(kv_len, begin + chunk);
-  const int num_tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
-  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kDecodeWarps - 1) / kDecodeWarps : 0;
+  const SplitRange range = SplitTokens(args, seq, split, num_splits, warp);
+  const int begin = range.begin, end = range.end, my_tiles = range.my_tiles;
   const int q_token = args.batch.q_start[seq];
 
   float q[G][C::kVec];
@@ -349,13 +362,8 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeTcKernel(const DecodeArg
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
 
-  const int kv_len = args.batch.kv_len[seq];
-  int chunk = (kv_len + num_splits - 1) / num_splits;
-  chunk = (chunk + kTile - 1) / kTile * kTile;
-  const int begin = split * chunk;
-  const int end = min(kv_len, begin + chunk);
-  const int num_tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
-  const int my_tiles = num_tiles > warp ? (num_tiles - warp + kDecodeWarps - 1) / kDecodeWarps : 0;
+  const SplitRange range = SplitTokens(args, seq, split, num_splits, warp);
+  const int begin = range.begin, end = range.end, my_tiles = range.my_tiles;
   const int q_token = args.batch.q_start[seq];
   const int bs = args.kv.block_size;
 
