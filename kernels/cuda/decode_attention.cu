@@ -88,6 +88,90 @@ __device__ __forceinline__ SplitRange SplitTokens(const DecodeArgs& args, int se
   return r;
 }
 
+// Element offset of 16-byte chunk c of row r in a [rows][D] stage whose chunks are XOR-swizzled
+// by row, so ldmatrix reads of 8 rows hit distinct banks.
+template <int D>
+__device__ __forceinline__ int TcSwz(int r, int c) {
+  constexpr int kMask = D / 8 < 8 ? D / 8 - 1 : 7;
+  return r * D + ((c ^ (r & kMask)) << 3);
+}
+
+// One warp's K/V tile loads, shared by both decode kernels: warp-local tile k covers tokens
+// warp_t0 + k * kDecodeWarps * kTile onwards, and Issue(k) copies its K and V rows into
+// stage k % kStages with 16-byte cp.async (zero-filled past `end`). With block_size a
+// multiple of kTile a tile lies in one block, whose id comes from a per-lane cache of the
+// next 32 tiles' ids (one coalesced load per 32 tiles, then shuffles); otherwise every
+// chunk looks its block up. kSwizzle XORs each row's 16-byte chunks (for ldmatrix).
+template <int D, int G, bool kSwizzle>
+struct WarpTileLoader {
+  using C = DecodeCfg<D, G>;
+  const DecodeArgs& args;
+  const int32_t* table;
+  const bf16_t* kbase;
+  const bf16_t* vbase;
+  bf16_t* stage0;
+  int warp_t0, end, my_tiles, lane;
+  int ids = 0;
+
+  __device__ __forceinline__ WarpTileLoader(const DecodeArgs& a, int seq, int kvh, int begin,
+                                            int end_, int my_tiles_, unsigned char* smem)
+      : args(a),
+        table(a.batch.block_tables + int64_t{seq} * a.batch.max_blocks_per_seq),
+        kbase(a.kv.k + int64_t{kvh} * a.kv.block_size * D),
+        vbase(a.kv.v + int64_t{kvh} * a.kv.block_size * D),
+        stage0(reinterpret_cast<bf16_t*>(smem) + (threadIdx.x / 32) * kStages * C::kStageElems),
+        warp_t0(begin + (threadIdx.x / 32) * kTile),
+        end(end_),
+        my_tiles(my_tiles_),
+        lane(threadIdx.x % 32) {}
+
+  __device__ __forceinline__ int TileStart(int k) const {
+    return warp_t0 + k * kDecodeWarps * kTile;
+  }
+  __device__ __forceinline__ const bf16_t* Stage(int k) const {
+    return stage0 + (k % kStages) * C::kStageElems;  // K rows, then V rows (+ kTile * D)
+  }
+
+  __device__ __forceinline__ void Issue(int k) {  // warp-uniform, k < my_tiles
+    bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
+    bf16_t* sv = sk + kTile * D;
+    const int bs = args.kv.block_size;
+    const bool page_aligned = bs % kTile == 0;
+    const int t0 = TileStart(k);
+    // Destination of 16-byte chunk c (row c / (D / 8)) in the stage.
+    auto dst = [](int c) { return kSwizzle ? TcSwz<D>(c / (D / 8), c % (D / 8)) : c * 8; };
+    if (page_aligned) {
+      if (k % 32 == 0) {
+        const int kk = k + lane;
+        ids = kk < my_tiles ? table[TileStart(kk) / bs] : 0;
+      }
+      const int64_t blk = __shfl_sync(0xffffffffu, ids, k % 32);
+      const int64_t off = blk * args.kv.block_stride + int64_t{t0 % bs} * D;
+#pragma unroll
+      for (int i = 0; i < C::kChunksPerLane; ++i) {  // the tile's rows are contiguous
+        const int c = lane + i * 32;
+        const bool valid = t0 + c / (D / 8) < end;
+        CpAsync16(sk + dst(c), valid ? kbase + off + c * 8 : kbase, valid);
+        CpAsync16(sv + dst(c), valid ? vbase + off + c * 8 : vbase, valid);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < C::kChunksPerLane; ++i) {
+        const int c = lane + i * 32;
+        const int t = t0 + c / (D / 8);
+        const bool valid = t < end;
+        int64_t off = 0;
+        if (valid) {
+          off = int64_t{table[t / bs]} * args.kv.block_stride + int64_t{t % bs} * D +
+                (c % (D / 8)) * 8;
+        }
+        CpAsync16(sk + dst(c), kbase + off, valid);
+        CpAsync16(sv + dst(c), vbase + off, valid);
+      }
+    }
+  }
+};
+
 // The CTA's last step, shared by both decode kernels: merges the per-warp online-softmax
 // states that each warp left in shared memory as [warps][G][D] outputs, then [warps][G] maxima
 // and [warps][G] sums, and writes the output (one split) or the split's partial and its
@@ -141,8 +225,6 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
   const int lane_in_row = lane % C::kTpr;
   const int row_in_pass = lane / C::kTpr;
 
-  const int bs = args.kv.block_size;
-  const bool page_aligned = bs % kTile == 0;  // a tile never straddles two blocks
   const SplitRange range = SplitTokens(args, seq, split, num_splits, warp);
   const int begin = range.begin, end = range.end, my_tiles = range.my_tiles;
   const int q_token = args.batch.q_start[seq];
@@ -169,64 +251,20 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
     for (int i = 0; i < C::kVec; ++i) o[g][i] = 0.0f;
   }
 
-  const int32_t* table = args.batch.block_tables + int64_t{seq} * args.batch.max_blocks_per_seq;
-  const bf16_t* kbase = args.kv.k + int64_t{kvh} * bs * D;
-  const bf16_t* vbase = args.kv.v + int64_t{kvh} * bs * D;
-  bf16_t* stage0 = reinterpret_cast<bf16_t*>(smem_raw) + warp * kStages * C::kStageElems;
-  const int warp_t0 = begin + warp * kTile;  // first token of this warp's tile 0
-  constexpr int kWarpStride = kDecodeWarps * kTile;
-
-  // Block ids of this warp's tiles k .. k + 31, one per lane, loaded every 32 tiles.
-  int ids = 0;
-  // Issues the copies of warp-local tile k (warp-uniform, k < my_tiles) into its stage.
-  auto issue = [&](int k) {
-    bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
-    bf16_t* sv = sk + kTile * D;
-    const int t0 = warp_t0 + k * kWarpStride;
-    if (page_aligned) {
-      if (k % 32 == 0) {
-        const int kk = k + lane;
-        ids = kk < my_tiles ? table[(warp_t0 + kk * kWarpStride) / bs] : 0;
-      }
-      const int64_t blk = __shfl_sync(0xffffffffu, ids, k % 32);
-      const int64_t off = blk * args.kv.block_stride + int64_t{t0 % bs} * D;
-#pragma unroll
-      for (int i = 0; i < C::kChunksPerLane; ++i) {
-        const int c = lane + i * 32;
-        const bool valid = t0 + c / (D / 8) < end;
-        CpAsync16(sk + c * 8, valid ? kbase + off + c * 8 : kbase, valid);
-        CpAsync16(sv + c * 8, valid ? vbase + off + c * 8 : vbase, valid);
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < C::kChunksPerLane; ++i) {
-        const int c = lane + i * 32;
-        const int t = t0 + c / (D / 8);
-        const bool valid = t < end;
-        int64_t off = 0;
-        if (valid) {
-          off = int64_t{table[t / bs]} * args.kv.block_stride + int64_t{t % bs} * D +
-                (c % (D / 8)) * 8;
-        }
-        CpAsync16(sk + c * 8, kbase + off, valid);
-        CpAsync16(sv + c * 8, vbase + off, valid);
-      }
-    }
-  };
-
+  WarpTileLoader<D, G, false> loader(args, seq, kvh, begin, end, my_tiles, smem_raw);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < my_tiles) issue(s);
+    if (s < my_tiles) loader.Issue(s);
     CpAsyncCommit();
   }
   for (int k = 0; k < my_tiles; ++k) {
-    if (k + kStages - 1 < my_tiles) issue(k + kStages - 1);
+    if (k + kStages - 1 < my_tiles) loader.Issue(k + kStages - 1);
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();  // tile k has landed (this lane's copies)
     __syncwarp();                // ... and every lane's
-    const bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
+    const bf16_t* sk = loader.Stage(k);
     const bf16_t* sv = sk + kTile * D;
-    const int t0 = warp_t0 + k * kWarpStride;
+    const int t0 = loader.TileStart(k);
 
     float s[C::kPasses][G];
 #pragma unroll
@@ -343,11 +381,6 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(const DecodeArgs 
 // Tensor-core variant: each warp computes a 16-token tile with mma.sync m16n8k16:
 // S[16 x 16] = Q K^T with the G query heads as the first G rows of A (the rest zero), then
 // O[16 x D] += P V. Stages are XOR-swizzled by 16-byte chunk so ldmatrix is conflict-free.
-template <int D>
-__device__ __forceinline__ int TcSwz(int r, int c) {
-  constexpr int kMask = D / 8 < 8 ? D / 8 - 1 : 7;
-  return r * D + ((c ^ (r & kMask)) << 3);
-}
 
 template <int D, int G>
 __global__ void __launch_bounds__(kDecodeThreads) DecodeTcKernel(const DecodeArgs args) {
@@ -365,7 +398,6 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeTcKernel(const DecodeArg
   const SplitRange range = SplitTokens(args, seq, split, num_splits, warp);
   const int begin = range.begin, end = range.end, my_tiles = range.my_tiles;
   const int q_token = args.batch.q_start[seq];
-  const int bs = args.kv.block_size;
 
   // Q as A fragments (rows g < G real, the rest zero), one per 16-dim k-step.
   uint32_t qa[D / 16][4];
@@ -385,56 +417,20 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeTcKernel(const DecodeArg
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
   float m = -INFINITY, l = 0.0f;  // row g's running max (log2 domain) and quad-partial sum
 
-  const int32_t* table = args.batch.block_tables + int64_t{seq} * args.batch.max_blocks_per_seq;
-  const bf16_t* kbase = args.kv.k + int64_t{kvh} * bs * D;
-  const bf16_t* vbase = args.kv.v + int64_t{kvh} * bs * D;
-  bf16_t* stage0 = reinterpret_cast<bf16_t*>(smem_raw) + warp * kStages * C::kStageElems;
-  const int warp_t0 = begin + warp * kTile;
-  constexpr int kWarpStride = kDecodeWarps * kTile;
-  const bool page_aligned = bs % kTile == 0;  // a tile never straddles two blocks
-  int ids = 0;  // block ids of this warp's tiles k .. k + 31, one per lane (as DecodeKernel)
-  auto issue = [&](int k) {
-    bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
-    bf16_t* sv = sk + kTile * D;
-    const int t0 = warp_t0 + k * kWarpStride;
-    int64_t page_off = 0;
-    if (page_aligned) {
-      if (k % 32 == 0) {
-        const int kk = k + lane;
-        ids = kk < my_tiles ? table[(warp_t0 + kk * kWarpStride) / bs] : 0;
-      }
-      page_off = int64_t{__shfl_sync(0xffffffffu, ids, k % 32)} * args.kv.block_stride +
-                 int64_t{t0 % bs} * D;
-    }
-#pragma unroll
-    for (int i = 0; i < C::kChunksPerLane; ++i) {
-      const int c = lane + i * 32;
-      const int r = c / (D / 8), cc = c % (D / 8);
-      const int tok = t0 + r;
-      const bool valid = tok < end;
-      int64_t off = page_off + c * 8;  // the tile's 16 rows are contiguous in its page
-      if (!page_aligned) {
-        off = valid
-                  ? int64_t{table[tok / bs]} * args.kv.block_stride + int64_t{tok % bs} * D + cc * 8
-                  : 0;
-      }
-      CpAsync16(sk + TcSwz<D>(r, cc), valid ? kbase + off : kbase, valid);
-      CpAsync16(sv + TcSwz<D>(r, cc), valid ? vbase + off : vbase, valid);
-    }
-  };
+  WarpTileLoader<D, G, true> loader(args, seq, kvh, begin, end, my_tiles, smem_raw);
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
-    if (st < my_tiles) issue(st);
+    if (st < my_tiles) loader.Issue(st);
     CpAsyncCommit();
   }
   for (int k = 0; k < my_tiles; ++k) {
-    if (k + kStages - 1 < my_tiles) issue(k + kStages - 1);
+    if (k + kStages - 1 < my_tiles) loader.Issue(k + kStages - 1);
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();
     __syncwarp();
-    const bf16_t* sk = stage0 + (k % kStages) * C::kStageElems;
+    const bf16_t* sk = loader.Stage(k);
     const bf16_t* sv = sk + kTile * D;
-    const int t0 = warp_t0 + k * kWarpStride;
+    const int t0 = loader.TileStart(k);
 
     float s[2][4];  // tokens 8j + 2t (+1) of rows g (and g + 8, unused)
 #pragma unroll
