@@ -1,0 +1,89 @@
+// CostModel: how long this engine and model take to rebuild or extend a session's KV.
+// The TTL policy prices a cache hit with it.
+//
+//   prefill_s(n, c)      = prefill_per_token_s * n + prefill_attention_s * n * (c + n / 2)
+//                          (n new tokens after c cached ones: linear layers, plus causal
+//                           attention over the context each new token sees)
+//   decode_step_s(ctx)   = decode_fixed_s + decode_per_context_token_s * ctx
+//                          (weights read once per step, plus the KV of all ctx tokens of
+//                           the batch)
+//   reload_s(tier, n)    = n * kv_bytes_per_token / <tier>_to_device_bytes_per_s
+//
+// FitCostModel fits the coefficients by least squares from timing samples. A sample may
+// time a whole step (kPrefill, kDecode) or only its attention part (kPrefillAttention,
+// kDecodeAttention: a kernel benchmark), which constrains only the attention coefficient.
+// Coefficients are kept non-negative (a negative one is fixed at 0 and the rest refitted).
+//
+// Thread-safety: values and pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/file.h"
+#include "base/status.h"
+
+namespace kvkeep {
+
+// Where a session's KV would be rebuilt from after it leaves the device.
+enum class RebuildSource { kHost, kDisk, kPrefill };
+const char* RebuildSourceName(RebuildSource s);
+
+struct CostModel {
+  double prefill_per_token_s = 0;
+  double prefill_attention_s = 0;  // per (new token x context token)
+  double decode_fixed_s = 0;
+  double decode_per_context_token_s = 0;
+  // Bandwidths of a reload into device memory; 0: not measured (that tier is not used
+  // to price a hit).
+  double host_to_device_bytes_per_s = 0;
+  double disk_to_device_bytes_per_s = 0;
+  int64_t kv_bytes_per_token = 0;  // all layers, K and V
+  std::string source;              // what it was fitted from
+
+  double PrefillSeconds(int64_t new_tokens, int64_t cached_tokens) const;
+  double DecodeStepSeconds(int64_t context_tokens) const;
+  // Seconds to bring `tokens` of KV back from `from`; kPrefill recomputes them.
+  // +infinity for a tier whose bandwidth is not measured.
+  double RebuildSeconds(RebuildSource from, int64_t tokens) const;
+};
+
+struct TimingSample {
+  enum class Kind { kPrefill, kPrefillAttention, kDecode, kDecodeAttention };
+  Kind kind = Kind::kPrefill;
+  int64_t new_tokens = 0;      // prefill: tokens computed
+  int64_t cached_tokens = 0;   // prefill: context before them
+  int64_t context_tokens = 0;  // decode: KV tokens read by the step (all sequences)
+  double seconds = 0;
+  std::string note;  // where the figure comes from
+};
+const char* TimingSampleKindName(TimingSample::Kind k);
+
+struct CostFitRow {
+  TimingSample sample;
+  double predicted_s = 0;
+};
+
+struct CostFit {
+  CostModel model;
+  std::vector<CostFitRow> rows;  // every sample with the fitted model's prediction
+  double max_relative_error = 0;
+};
+
+// Fits the prefill and decode coefficients to `samples`; bandwidths and kv_bytes_per_token
+// are copied from `base`. InvalidArgument when a coefficient has no sample to fit it.
+Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const CostModel& base);
+// A table of the fit (kind, sizes, measured, predicted, error) for logs and docs.
+std::string FormatCostFit(const CostFit& fit);
+
+// Persistence (JSON) in the state directory.
+Status SaveCostModel(Env* env, const std::string& path, const CostModel& model);
+Result<CostModel> LoadCostModel(Env* env, const std::string& path);
+// A timing-sample file: {"kv_bytes_per_token": .., "host_to_device_bytes_per_s": ..,
+// "disk_to_device_bytes_per_s": .., "samples": [{"kind", "new_tokens", "cached_tokens",
+// "context_tokens", "seconds", "note"}]}. Returns the samples and the base model.
+Result<std::pair<std::vector<TimingSample>, CostModel>> LoadTimingSamples(Env* env,
+                                                                          const std::string& path);
+
+}  // namespace kvkeep

@@ -1,0 +1,116 @@
+// Tool latency statistics: what the TTL policy knows about how long a tool call lasts.
+//
+// Samples (duration, time taken) are kept per tool key and pooled over all keys. The
+// distribution used for a key is, in order of preference:
+//   1. the key's own empirical CDF, once it holds min_samples_per_key effective samples;
+//   2. else the pooled CDF over every key, once that holds min_samples_per_key;
+//   3. else an exponential prior with mean prior_mean_s.
+// Old samples age out in one of two ways (ToolStatsOptions::ageing):
+//   - kWindow: only the newest window_samples samples per key (and pooled) count;
+//   - kDecay:  a sample taken at t weighs 0.5^((now - t) / half_life_s); samples below
+//              min_weight are dropped. Quantiles and the CDF are weighted.
+// All time comes from the Clock given at construction.
+//
+// Thread-safety: not thread-safe; the owner (the engine thread) serialises calls.
+// Ownership: does not own the clock, which must outlive it.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "base/clock.h"
+
+namespace kvkeep {
+
+struct ToolStatsOptions {
+  enum class Ageing { kWindow, kDecay };
+  int min_samples_per_key = 20;  // effective samples before a key's own CDF is used
+  double prior_mean_s = 5.0;     // mean of the exponential prior with no samples at all
+  Ageing ageing = Ageing::kWindow;
+  int window_samples = 256;         // kWindow: newest samples kept per key and pooled
+  double half_life_s = 6 * 3600.0;  // kDecay: a sample's weight halves every half_life_s
+  double min_weight = 0.01;         // kDecay: lighter samples are dropped
+};
+
+// Where a distribution came from.
+enum class DistributionSource { kKey, kPooled, kPrior };
+const char* DistributionSourceName(DistributionSource s);
+
+// A duration distribution: a weighted empirical CDF, or the exponential prior.
+// Value type; cheap to copy for the sizes kept here.
+class DurationDistribution {
+ public:
+  static DurationDistribution Exponential(double mean_s);
+  // REQUIRES: values_s and weights the same length, weights > 0.
+  static DurationDistribution Empirical(std::vector<double> values_s, std::vector<double> weights,
+                                        DistributionSource source);
+
+  DistributionSource source() const { return source_; }
+  // P(duration <= t_s).
+  double Cdf(double t_s) const;
+  // The smallest duration d with Cdf(d) >= q; q in (0, 1).
+  double Quantile(double q) const;
+  double Mean() const;
+  double effective_samples() const { return total_weight_; }
+
+ private:
+  DistributionSource source_ = DistributionSource::kPrior;
+  double prior_mean_s_ = 0;
+  std::vector<double> values_s_;    // ascending
+  std::vector<double> cum_weight_;  // cumulative weights, same order
+  double total_weight_ = 0;
+};
+
+// One key's figures, for stats, persistence and the docs.
+struct ToolKeySummary {
+  std::string key;
+  int64_t num_samples = 0;  // samples held (after ageing)
+  double effective_samples = 0;
+  double mean_s = 0, p50_s = 0, p90_s = 0, p99_s = 0;
+};
+
+// A stored sample, as the Store persists it.
+struct ToolSample {
+  std::string key;
+  int64_t duration_us = 0;
+  int64_t at_us = 0;  // Clock::NowMicros() time when it was taken
+};
+
+class ToolLatencyStats {
+ public:
+  // REQUIRES: clock != nullptr.
+  ToolLatencyStats(const ToolStatsOptions& options, const Clock* clock);
+
+  // A sample taken now. Negative durations are clamped to 0.
+  void AddSample(const std::string& key, int64_t duration_us);
+  // A sample taken at at_us (loading persisted samples).
+  void AddSampleAt(const std::string& key, int64_t duration_us, int64_t at_us);
+
+  // The distribution the policy uses for key (per key, pooled or prior; see above).
+  DurationDistribution ForKey(const std::string& key) const;
+  // The key's own samples, whatever their number (empty: Exponential prior).
+  DurationDistribution KeyOnly(const std::string& key) const;
+  bool HasSamples(const std::string& key) const;
+  // Figures of every key with samples, by key.
+  std::vector<ToolKeySummary> Summaries() const;
+  ToolKeySummary Summary(const std::string& key) const;
+  const ToolStatsOptions& options() const { return options_; }
+
+ private:
+  struct Sample {
+    double duration_s;
+    int64_t at_us;
+  };
+  void Age(std::deque<Sample>* samples) const;
+  DurationDistribution Build(const std::deque<Sample>& samples, DistributionSource src) const;
+
+  ToolStatsOptions options_;
+  const Clock* clock_;
+  std::map<std::string, std::deque<Sample>> by_key_;  // mutable only through Add*
+  std::deque<Sample> pooled_;
+};
+
+}  // namespace kvkeep
