@@ -36,6 +36,15 @@ const char* const kMigrations[] = {
     INSERT INTO tool_latency (tool, duration_us, at_us)
       SELECT tool, duration_us, end_us FROM tool_events WHERE duration_us IS NOT NULL;
     )sql",
+    // 3: tool keys on latency samples and the TTL policy's fitted per-key statistics.
+    R"sql(
+    ALTER TABLE tool_latency ADD COLUMN key TEXT;
+    CREATE INDEX tool_latency_key ON tool_latency (key, at_us);
+    CREATE TABLE tool_stats (
+      key TEXT PRIMARY KEY, num_samples INTEGER NOT NULL, effective_samples REAL NOT NULL,
+      mean_s REAL NOT NULL, p50_s REAL NOT NULL, p90_s REAL NOT NULL, p99_s REAL NOT NULL,
+      updated_us INTEGER NOT NULL);
+    )sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
@@ -57,6 +66,10 @@ class Stmt {
 
   Stmt& Int(int i, int64_t v) {
     Check(sqlite3_bind_int64(stmt_, i, v));
+    return *this;
+  }
+  Stmt& Real(int i, double v) {
+    Check(sqlite3_bind_double(stmt_, i, v));
     return *this;
   }
   Stmt& Text(int i, const std::string& v) {
@@ -91,6 +104,7 @@ class Stmt {
   }
   const Status& status() const { return status_; }
   int64_t ColInt(int c) { return sqlite3_column_int64(stmt_, c); }
+  double ColReal(int c) { return sqlite3_column_double(stmt_, c); }
   bool ColIsNull(int c) { return sqlite3_column_type(stmt_, c) == SQLITE_NULL; }
   std::string ColText(int c) {
     const unsigned char* t = sqlite3_column_text(stmt_, c);
@@ -383,6 +397,66 @@ Result<std::vector<int64_t>> Store::ToolLatencySamples(const std::string& tool) 
   q.Text(1, tool);
   std::vector<int64_t> out;
   while (q.Next()) out.push_back(q.ColInt(0));
+  RETURN_IF_ERROR(q.status());
+  return out;
+}
+
+Status Store::AddToolSample(const ToolSample& sample, const std::string& tool) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Stmt(db_, "INSERT INTO tool_latency (tool, key, duration_us, at_us) VALUES (?, ?, ?, ?)")
+      .Text(1, tool.empty() ? sample.key : tool)
+      .Text(2, sample.key)
+      .Int(3, sample.duration_us)
+      .Int(4, sample.at_us)
+      .Run();
+}
+
+Result<std::vector<ToolSample>> Store::ToolSamples(int64_t max_per_key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Rows written before keys existed (or without one) count under their tool name.
+  Stmt q(db_,
+         "SELECT k, duration_us, at_us FROM ("
+         "  SELECT COALESCE(key, tool) AS k, duration_us, at_us, rowid AS r, ROW_NUMBER() OVER ("
+         "    PARTITION BY COALESCE(key, tool) ORDER BY at_us DESC, rowid DESC) AS n"
+         "  FROM tool_latency) WHERE n <= ? ORDER BY at_us, r");
+  q.Int(1, max_per_key);
+  std::vector<ToolSample> out;
+  while (q.Next()) out.push_back({q.ColText(0), q.ColInt(1), q.ColInt(2)});
+  RETURN_IF_ERROR(q.status());
+  return out;
+}
+
+Status Store::SaveToolStats(const std::vector<ToolKeySummary>& stats, int64_t updated_us) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_);
+  RETURN_IF_ERROR(txn.status());
+  for (const ToolKeySummary& s : stats) {
+    RETURN_IF_ERROR(Stmt(db_,
+                         "INSERT OR REPLACE INTO tool_stats (key, num_samples, effective_samples, "
+                         "mean_s, p50_s, p90_s, p99_s, updated_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                        .Text(1, s.key)
+                        .Int(2, s.num_samples)
+                        .Real(3, s.effective_samples)
+                        .Real(4, s.mean_s)
+                        .Real(5, s.p50_s)
+                        .Real(6, s.p90_s)
+                        .Real(7, s.p99_s)
+                        .Int(8, updated_us)
+                        .Run());
+  }
+  return txn.Commit();
+}
+
+Result<std::vector<ToolKeySummary>> Store::LoadToolStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_,
+         "SELECT key, num_samples, effective_samples, mean_s, p50_s, p90_s, p99_s FROM tool_stats "
+         "ORDER BY key");
+  std::vector<ToolKeySummary> out;
+  while (q.Next()) {
+    out.push_back({q.ColText(0), q.ColInt(1), q.ColReal(2), q.ColReal(3), q.ColReal(4),
+                   q.ColReal(5), q.ColReal(6)});
+  }
   RETURN_IF_ERROR(q.status());
   return out;
 }

@@ -8,7 +8,9 @@
 //   messages(owner_uid, session_id, seq, role, content, name, tool_call_id, num_tokens,
 //            tokens BLOB of little-endian int32)                     key (.., seq)
 //   tool_events(id, owner_uid, session_id, tool, args, begin_us, end_us, duration_us)
-//   tool_latency(tool, duration_us, at_us)                            per-tool samples
+//   tool_latency(tool, duration_us, at_us, key)      per-tool samples; key: the tool key
+//                                                     (policy/tool_key.h), NULL: use tool
+//   tool_stats(key, num_samples, effective_samples, mean_s, p50_s, p90_s, p99_s, updated_us)
 // Session ids are scoped to their owner uid. Timestamps are wall-clock microseconds.
 //
 // Thread-safety: all methods are thread-safe; one SQLite connection guarded by a mutex.
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "policy/tool_stats.h"
 
 struct sqlite3;
 
@@ -93,6 +96,16 @@ class Store {
   Result<std::vector<ToolEvent>> ListToolEvents(uint32_t owner_uid, const std::string& session);
   // Latency samples of one tool, oldest first.
   Result<std::vector<int64_t>> ToolLatencySamples(const std::string& tool);
+
+  // The TTL policy's learning (migration 3). A duration sample under its tool key (tool:
+  // the tool's name, empty: the key), at wall-clock at_us.
+  Status AddToolSample(const ToolSample& sample, const std::string& tool = "");
+  // The newest max_per_key samples of every key, oldest first; rows without a key count
+  // under their tool name.
+  Result<std::vector<ToolSample>> ToolSamples(int64_t max_per_key);
+  // The fitted per-key figures, replaced key by key, in one transaction.
+  Status SaveToolStats(const std::vector<ToolKeySummary>& stats, int64_t updated_us);
+  Result<std::vector<ToolKeySummary>> LoadToolStats();
 
   // Every session with its messages (daemon start).
   Result<std::vector<StoredSession>> LoadAll();

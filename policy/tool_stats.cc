@@ -89,6 +89,11 @@ void ToolLatencyStats::AddSampleAt(const std::string& key, int64_t duration_us, 
   Age(&pooled_);
 }
 
+void ToolLatencyStats::Load(const std::vector<ToolSample>& samples) {
+  const int64_t wall_to_mono = clock_->NowMicros() - clock_->WallMicros();
+  for (const ToolSample& s : samples) AddSampleAt(s.key, s.duration_us, s.at_us + wall_to_mono);
+}
+
 void ToolLatencyStats::Age(std::deque<Sample>* samples) const {
   if (options_.ageing == ToolStatsOptions::Ageing::kWindow) {
     while (static_cast<int64_t>(samples->size()) > std::max(options_.window_samples, 1)) {

@@ -72,11 +72,11 @@ struct ToolKeySummary {
   double mean_s = 0, p50_s = 0, p90_s = 0, p99_s = 0;
 };
 
-// A stored sample, as the Store persists it.
+// A persisted sample (daemon/store.h): its time is wall-clock, so it survives a restart.
 struct ToolSample {
   std::string key;
   int64_t duration_us = 0;
-  int64_t at_us = 0;  // Clock::NowMicros() time when it was taken
+  int64_t at_us = 0;  // Clock::WallMicros() when it was taken
 };
 
 class ToolLatencyStats {
@@ -86,8 +86,10 @@ class ToolLatencyStats {
 
   // A sample taken now. Negative durations are clamped to 0.
   void AddSample(const std::string& key, int64_t duration_us);
-  // A sample taken at at_us (loading persisted samples).
+  // A sample taken at at_us (Clock::NowMicros() time).
   void AddSampleAt(const std::string& key, int64_t duration_us, int64_t at_us);
+  // Persisted samples (wall-clock times, oldest first), e.g. Store::ToolSamples at start-up.
+  void Load(const std::vector<ToolSample>& samples);
 
   // The distribution the policy uses for key (per key, pooled or prior; see above).
   DurationDistribution ForKey(const std::string& key) const;
