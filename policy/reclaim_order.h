@@ -13,7 +13,7 @@
 // total and deterministic.
 //
 // It plugs into the reclaim interface of policy/reclaim_policy.h (SessionReclaimInfo):
-// the fields below are that struct's plus gdsf_priority, use_count and pin_benefit_s.
+// the fields below are that struct's (one tier's blocks) plus gdsf_priority and pin_benefit_s.
 //
 // Thread-safety: pure functions; GdsfClock is a value owned by one thread.
 #pragma once

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "tools/replay/accounting.h"
 #include "tools/replay/daemon_client.h"
 #include "tools/replay/timing_model.h"
 
@@ -141,7 +142,8 @@ class Run {
     rec->session = id;
     rec->arrival_s = arrivals_[index];
     const double start = Since();
-    int64_t context = 0;  // tokens in the daemon's session so far
+    int64_t context = 0;      // tokens in the daemon's session so far
+    int64_t after_reply = 0;  // the session's tokens after the previous reply
     // Room left before the context limit, less a margin for the chat template's role
     // markers around each message.
     constexpr int64_t kTemplateMargin = 64;
@@ -236,7 +238,12 @@ class Run {
           } else {
             t.cached_device = t.cached_tokens;
           }
+          const TurnTokens split = AccountTurn(usage, context, after_reply);
+          t.context_tokens = split.context_tokens;
+          t.first_prefill_tokens = split.first_prefill_tokens;
+          t.reprefill_tokens = split.reprefill_tokens;
           context = IntField(*r, "num_tokens");
+          after_reply = context;
           turns->push_back(std::move(t));
           rec->turns++;
           ++done_turns_;

@@ -42,15 +42,19 @@ struct ReplayOptions {
 struct TurnRecord {
   std::string policy;
   std::string session;
-  int turn = 0;        // 0-based model-turn index within its session
-  double start_s = 0;  // since the replay started
-  int64_t prompt_tokens = 0;
+  int turn = 0;               // 0-based model-turn index within its session
+  double start_s = 0;         // since the replay started
+  int64_t prompt_tokens = 0;  // the engine's: cached + recomputed (re-prefills count again)
   int64_t cached_tokens = 0;
   int64_t cached_device = 0;
   int64_t cached_host = 0;
   int64_t cached_disk = 0;
   int64_t recomputed_tokens = 0;
   int64_t generated_tokens = 0;
+  // Comparable across policies (tools/replay/accounting.h).
+  int64_t context_tokens = 0;
+  int64_t first_prefill_tokens = 0;
+  int64_t reprefill_tokens = 0;
   double ttft_ms = 0;
   double decode_ms = 0;
   double latency_ms = 0;  // client-side round trip of the generate call

@@ -43,8 +43,13 @@ double Quantile(std::vector<double> values, double q) {
 PolicySummary Summarize(const ReplayResult& r) {
   PolicySummary s;
   std::vector<double> ttft;
+  int64_t hit_tokens = 0;
   for (const TurnRecord& t : r.turns) {
     ttft.push_back(t.ttft_ms);
+    s.context_tokens += t.context_tokens;
+    s.first_prefill_tokens += t.first_prefill_tokens;
+    s.reprefill_tokens += t.reprefill_tokens;
+    hit_tokens += std::min(t.cached_tokens, t.context_tokens);
     s.prompt_tokens += t.prompt_tokens;
     s.cached_tokens += t.cached_tokens;
     s.recomputed_tokens += t.recomputed_tokens;
@@ -61,7 +66,9 @@ PolicySummary Summarize(const ReplayResult& r) {
     jct += sr.jct_s;
   }
   s.mean_jct_s = s.sessions ? jct / s.sessions : 0;
-  s.hit_ratio = s.prompt_tokens ? static_cast<double>(s.cached_tokens) / s.prompt_tokens : 0;
+  s.hit_ratio = s.context_tokens
+                    ? static_cast<double>(hit_tokens) / static_cast<double>(s.context_tokens)
+                    : 0;
   s.wall_s = r.wall_s;
   return s;
 }
@@ -71,7 +78,7 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
   std::ostringstream turns, sessions, occupancy;
   turns << "policy,session,turn,start_s,prompt_tokens,cached_tokens,cached_device,cached_host,"
            "cached_disk,recomputed_tokens,generated_tokens,ttft_ms,decode_ms,latency_ms,tool,"
-           "tool_wait_s\n";
+           "tool_wait_s,context_tokens,first_prefill_tokens,reprefill_tokens\n";
   sessions << "policy,session,turns,arrival_s,jct_s,error\n";
   occupancy << "policy,t_s,blocks_total,blocks_used,blocks_cached,blocks_pinned\n";
   for (const std::string& p : in.policies) {
@@ -82,6 +89,9 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
                    {"p99_ttft_ms", s.p99_ttft_ms},
                    {"mean_jct_s", s.mean_jct_s},
                    {"hit_ratio", s.hit_ratio},
+                   {"context_tokens", s.context_tokens},
+                   {"first_prefill_tokens", s.first_prefill_tokens},
+                   {"reprefill_tokens", s.reprefill_tokens},
                    {"prompt_tokens", s.prompt_tokens},
                    {"cached_tokens", s.cached_tokens},
                    {"recomputed_tokens", s.recomputed_tokens},
@@ -95,7 +105,8 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
             << t.prompt_tokens << ',' << t.cached_tokens << ',' << t.cached_device << ','
             << t.cached_host << ',' << t.cached_disk << ',' << t.recomputed_tokens << ','
             << t.generated_tokens << ',' << t.ttft_ms << ',' << t.decode_ms << ',' << t.latency_ms
-            << ',' << CsvField(t.tool) << ',' << t.tool_wait_s << '\n';
+            << ',' << CsvField(t.tool) << ',' << t.tool_wait_s << ',' << t.context_tokens << ','
+            << t.first_prefill_tokens << ',' << t.reprefill_tokens << '\n';
     }
     for (const SessionRecord& sr : r.sessions) {
       sessions << CsvField(p) << ',' << CsvField(sr.session) << ',' << sr.turns << ','
@@ -116,17 +127,18 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
 std::string SummaryTable(const ReportInput& in) {
   std::ostringstream out;
   char line[512];
-  std::snprintf(line, sizeof(line), "%-10s %8s %6s %10s %10s %10s %10s %9s %12s %12s\n", "policy",
-                "sessions", "turns", "ttft mean", "ttft p50", "ttft p99", "JCT mean", "hit ratio",
-                "prompt tok", "recomputed");
+  std::snprintf(line, sizeof(line), "%-10s %8s %6s %10s %10s %10s %10s %9s %12s %12s %12s\n",
+                "policy", "sessions", "turns", "ttft mean", "ttft p50", "ttft p99", "JCT mean",
+                "hit ratio", "context tok", "first pf", "re-prefill");
   out << line;
   for (const std::string& p : in.policies) {
     PolicySummary s = Summarize(in.results.at(p));
     std::snprintf(line, sizeof(line),
-                  "%-10s %8d %6d %8.1fms %8.1fms %8.1fms %9.2fs %9.3f %12lld %12lld\n", p.c_str(),
-                  s.sessions, s.turns, s.mean_ttft_ms, s.p50_ttft_ms, s.p99_ttft_ms, s.mean_jct_s,
-                  s.hit_ratio, static_cast<long long>(s.prompt_tokens),
-                  static_cast<long long>(s.recomputed_tokens));
+                  "%-10s %8d %6d %8.1fms %8.1fms %8.1fms %9.2fs %9.3f %12lld %12lld %12lld\n",
+                  p.c_str(), s.sessions, s.turns, s.mean_ttft_ms, s.p50_ttft_ms, s.p99_ttft_ms,
+                  s.mean_jct_s, s.hit_ratio, static_cast<long long>(s.context_tokens),
+                  static_cast<long long>(s.first_prefill_tokens),
+                  static_cast<long long>(s.reprefill_tokens));
     out << line;
     if (s.failed_sessions > 0) {
       out << "           (" << s.failed_sessions << " sessions failed: see sessions.csv)\n";
@@ -159,10 +171,10 @@ Result<std::vector<std::string>> WritePlots(const std::string& out_dir, const Re
     }
     RETURN_IF_ERROR(WriteText(DataFile(out_dir, "occupancy", p), occ.str()));
 
-    std::map<int, std::pair<int64_t, int64_t>> by_turn;  // turn -> (cached, prompt)
+    std::map<int, std::pair<int64_t, int64_t>> by_turn;  // turn -> (cached, context)
     for (const TurnRecord& t : r.turns) {
-      by_turn[t.turn].first += t.cached_tokens;
-      by_turn[t.turn].second += t.prompt_tokens;
+      by_turn[t.turn].first += std::min(t.cached_tokens, t.context_tokens);
+      by_turn[t.turn].second += t.context_tokens;
     }
     std::ostringstream hit;
     for (const auto& [turn, cp] : by_turn) {
@@ -195,7 +207,7 @@ Result<std::vector<std::string>> WritePlots(const std::string& out_dir, const Re
      << "set xlabel 'time (s)'\nset ylabel 'fraction of the pool'\nset yrange [0:1.05]\n"
      << "plot " << occ_plot << "\n"
      << "set output '" << pngs[2] << "'\nset title 'Prefix-cache hit ratio by turn'\n"
-     << "set xlabel 'model turn index'\nset ylabel 'cached / prompt tokens'\n"
+     << "set xlabel 'model turn index'\nset ylabel 'cached / context tokens'\n"
      << "plot " << hit_plot << "\n";
   std::string script = JoinPath(out_dir, "plots.gnuplot");
   RETURN_IF_ERROR(WriteText(script, gp.str()));

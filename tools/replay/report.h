@@ -20,8 +20,11 @@ struct PolicySummary {
   double p50_ttft_ms = 0;
   double p99_ttft_ms = 0;
   double mean_jct_s = 0;
-  double hit_ratio = 0;  // cached / prompt tokens
-  int64_t prompt_tokens = 0;
+  double hit_ratio = 0;        // cached / context tokens (each turn's cached capped at its context)
+  int64_t context_tokens = 0;  // identical across policies
+  int64_t first_prefill_tokens = 0;  // appended since the previous reply
+  int64_t reprefill_tokens = 0;      // recomputed again: eviction, preemption, partial blocks
+  int64_t prompt_tokens = 0;         // the engine's cached + recomputed
   int64_t cached_tokens = 0;
   int64_t recomputed_tokens = 0;
   int64_t generated_tokens = 0;
