@@ -99,13 +99,17 @@ constexpr int64_t kMaxI64 = INT64_MAX;
 Status ApplyLimits(const json& obj, DaemonLimits* l) {
   FieldReader r(obj, "limits.");
   r.Known({"max_line_bytes", "max_json_depth", "max_sessions_per_uid",
-           "max_inflight_per_connection", "max_output_buffer_bytes", "max_tokens"});
+           "max_inflight_per_connection", "max_output_buffer_bytes", "max_tokens",
+           "max_output_bytes_total", "max_connections", "max_connections_per_uid"});
   r.Int("max_line_bytes", &l->max_line_bytes, 64, int64_t{1} << 32);
   r.Int("max_json_depth", &l->max_json_depth, 2, 10000);
   r.Int("max_sessions_per_uid", &l->max_sessions_per_uid, 1, kMaxI32);
   r.Int("max_inflight_per_connection", &l->max_inflight_per_connection, 1, kMaxI32);
   r.Int("max_output_buffer_bytes", &l->max_output_buffer_bytes, 4096, kMaxI64);
   r.Int("max_tokens", &l->max_tokens, 1, kMaxI32);
+  r.Int("max_output_bytes_total", &l->max_output_bytes_total, 4096, kMaxI64);
+  r.Int("max_connections", &l->max_connections, 1, kMaxI32);
+  r.Int("max_connections_per_uid", &l->max_connections_per_uid, 1, kMaxI32);
   return r.Finish();
 }
 
@@ -243,6 +247,12 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
   num("--max-output-buffer-bytes", &f.limits.max_output_buffer_bytes,
       &o.limits.max_output_buffer_bytes, "unsent bytes per connection before it is dropped");
   num("--max-tokens", &f.limits.max_tokens, &o.limits.max_tokens, "max_tokens per generate");
+  num("--max-output-bytes-total", &f.limits.max_output_bytes_total,
+      &o.limits.max_output_bytes_total, "unsent bytes of all connections before slow readers go");
+  num("--max-connections", &f.limits.max_connections, &o.limits.max_connections,
+      "open connections in total");
+  num("--max-connections-per-uid", &f.limits.max_connections_per_uid,
+      &o.limits.max_connections_per_uid, "open connections per uid");
   num("--kv-memory-bytes", &f.engine.kv_memory_bytes, &o.engine.kv_memory_bytes,
       "KV pool size, bytes");
   num("--num-kv-blocks", &f.engine.num_kv_blocks, &o.engine.num_kv_blocks,
@@ -295,7 +305,10 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_sessions_per_uid", o.limits.max_sessions_per_uid},
         {"max_inflight_per_connection", o.limits.max_inflight_per_connection},
         {"max_output_buffer_bytes", o.limits.max_output_buffer_bytes},
-        {"max_tokens", o.limits.max_tokens}}},
+        {"max_tokens", o.limits.max_tokens},
+        {"max_output_bytes_total", o.limits.max_output_bytes_total},
+        {"max_connections", o.limits.max_connections},
+        {"max_connections_per_uid", o.limits.max_connections_per_uid}}},
       {"engine",
        {{"device", o.engine.device},
         {"kv_memory_bytes", o.engine.kv_memory_bytes},

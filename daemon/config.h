@@ -24,6 +24,9 @@ struct DaemonLimits {
   int32_t max_sessions_per_uid = 256;                   // open sessions of one uid
   int32_t max_inflight_per_connection = 64;             // generates in flight per conn
   int64_t max_output_buffer_bytes = int64_t{64} << 20;  // unsent bytes per connection
+  int64_t max_output_bytes_total = int64_t{1} << 30;    // unsent bytes, all connections
+  int32_t max_connections = 4096;                       // open connections (fd limit too)
+  int32_t max_connections_per_uid = 1024;               // open connections of one uid
   int32_t max_tokens = 4096;                            // per session.generate
 };
 

@@ -5,19 +5,30 @@
 namespace kvkeep {
 
 Connection::Connection(Socket socket, PeerCred peer, bool is_admin, const DaemonLimits& limits,
-                       Service* service, DaemonMetrics* metrics)
+                       Service* service, DaemonMetrics* metrics, ConnectionLimits* conn_limits)
     : Client(peer, is_admin),
       socket_(std::move(socket)),
       strand_(asio::make_strand(socket_.get_executor())),
       limits_(limits),
       service_(service),
       metrics_(metrics),
-      framer_(static_cast<size_t>(limits.max_line_bytes)) {
+      conn_limits_(conn_limits),
+      framer_(static_cast<size_t>(limits.max_line_bytes)),
+      linger_timer_(strand_) {
   metrics_->connections.fetch_add(1);
   metrics_->connections_total.fetch_add(1);
 }
 
-Connection::~Connection() { metrics_->connections.fetch_sub(1); }
+Connection::~Connection() {
+  metrics_->connections.fetch_sub(1);
+  conn_limits_->UpdateOutput(-counted_bytes_);
+}
+
+void Connection::RecountOutputLocked() {
+  const int64_t now = static_cast<int64_t>(out_pending_.size() + out_writing_.size());
+  conn_limits_->UpdateOutput(now - counted_bytes_);
+  counted_bytes_ = now;
+}
 
 void Connection::Start() {
   asio::dispatch(strand_, [self = shared_from_this()] { self->ReadMore(); });
@@ -69,14 +80,24 @@ void Connection::Send(std::string line) {
   if (output_closed_) return;
   out_pending_ += line;
   out_pending_ += '\n';
-  if (static_cast<int64_t>(out_pending_.size() + out_writing_.size()) >
-      limits_.max_output_buffer_bytes) {
+  RecountOutputLocked();
+  const int64_t unsent = static_cast<int64_t>(out_pending_.size() + out_writing_.size());
+  const bool over_own = unsent > limits_.max_output_buffer_bytes;
+  if (over_own || conn_limits_->IsSlowReader(unsent)) {
     // A reader that does not keep up: drop what it has not read and disconnect it.
     output_closed_ = true;
     out_pending_.clear();
+    RecountOutputLocked();
     metrics_->slow_readers_dropped.fetch_add(1);
-    spdlog::warn("connection (pid {}, uid {}): output buffer over {} bytes; closing", peer().pid,
-                 peer().uid, limits_.max_output_buffer_bytes);
+    if (over_own) {
+      spdlog::warn("connection (pid {}, uid {}): output buffer over {} bytes; closing", peer().pid,
+                   peer().uid, limits_.max_output_buffer_bytes);
+    } else {
+      spdlog::warn(
+          "connection (pid {}, uid {}): {} unsent bytes while the daemon holds over {} "
+          "(limits.max_output_bytes_total); closing the slow reader",
+          peer().pid, peer().uid, unsent, conn_limits_->options().max_output_bytes_total);
+    }
     asio::post(strand_, [self = shared_from_this()] { self->Close(); });
     return;
   }
@@ -91,7 +112,23 @@ void Connection::Flush() {
   flush_posted_ = false;
   if (socket_closed_ || writing_) return;
   if (out_pending_.empty()) {
-    if (close_after_flush_) asio::post(strand_, [self = shared_from_this()] { self->Close(); });
+    // After EOF: close once the cancelled requests' terminal lines are out too. They are
+    // sent just after leaving the in-flight table, so linger a moment before closing.
+    if (close_after_flush_ && num_inflight() == 0 && !lingering_) {
+      lingering_ = true;
+      linger_timer_.expires_after(std::chrono::milliseconds(kLingerMs));
+      linger_timer_.async_wait([self = shared_from_this()](std::error_code) {
+        std::unique_lock<std::mutex> lock(self->out_mu_);
+        self->lingering_ = false;
+        const bool drained = self->out_pending_.empty() && !self->writing_;
+        lock.unlock();
+        if (drained) {
+          self->Close();
+        } else {
+          self->Flush();
+        }
+      });
+    }
     return;
   }
   out_writing_.swap(out_pending_);
@@ -103,6 +140,7 @@ void Connection::Flush() {
           std::lock_guard<std::mutex> lock(self->out_mu_);
           self->writing_ = false;
           self->out_writing_.clear();
+          self->RecountOutputLocked();
         }
         if (ec) {
           self->Close();
@@ -132,7 +170,9 @@ void Connection::Close() {
     output_closed_ = true;
     socket_closed_ = true;
     out_pending_.clear();
+    RecountOutputLocked();
   }
+  linger_timer_.cancel();
   std::error_code ignored;
   socket_.shutdown(Socket::shutdown_both, ignored);
   socket_.close(ignored);

@@ -5,10 +5,13 @@
 // strand, in order. A bad line gets an error reply and never drops the connection.
 // Writing: Send() (any thread) appends to an output buffer; a flush is posted to the
 // strand, so the lines queued meanwhile go out in one write (deferred, coalesced).
-// Slow readers: if the unsent output exceeds max_output_buffer_bytes, the connection is
-// closed and its in-flight generations cancelled (Redis's hard client-output-buffer limit).
-// EOF (the peer closed, or shut down its write side): in-flight generations are cancelled,
-// replies already queued are flushed, then the socket closes.
+// Slow readers: if the unsent output exceeds max_output_buffer_bytes, or the daemon's unsent
+// output exceeds max_output_bytes_total and this connection holds more than its fair share
+// (ConnectionLimits::IsSlowReader), the connection is closed and its in-flight generations
+// cancelled (Redis's hard client-output-buffer limit).
+// EOF (the peer closed, or shut down its write side): in-flight generations are cancelled;
+// the socket closes once their terminal lines (`cancelled` errors) and every reply queued
+// before have been written, so a half-closed stream still ends with its terminal line.
 //
 // Thread-safety: Send is thread-safe; everything else runs on the strand.
 #pragma once
@@ -21,6 +24,7 @@
 #include <asio.hpp>
 
 #include "daemon/client.h"
+#include "daemon/connection_limits.h"
 #include "daemon/line_framer.h"
 #include "daemon/metrics.h"
 #include "daemon/service.h"
@@ -30,10 +34,13 @@ namespace kvkeep {
 class Connection final : public Client, public std::enable_shared_from_this<Connection> {
  public:
   using Socket = asio::local::stream_protocol::socket;
+  // conn_limits outlives the connection; it is told of this connection's unsent bytes.
   Connection(Socket socket, PeerCred peer, bool is_admin, const DaemonLimits& limits,
-             Service* service, DaemonMetrics* metrics);
+             Service* service, DaemonMetrics* metrics, ConnectionLimits* conn_limits);
   ~Connection() override;
 
+  // The admission ticket, released when the connection is destroyed.
+  void SetTicket(std::unique_ptr<ConnectionLimits::Ticket> ticket) { ticket_ = std::move(ticket); }
   void Start();
   void Send(std::string line) override;
   // Closes from any thread (shutdown).
@@ -45,15 +52,21 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   void Flush();
   void OnEof();
   void Close();
+  // REQUIRES: out_mu_ held. Reports this connection's unsent bytes to conn_limits_.
+  void RecountOutputLocked();
 
   Socket socket_;
   asio::strand<asio::any_io_executor> strand_;
   const DaemonLimits limits_;
   Service* const service_;
   DaemonMetrics* const metrics_;
+  ConnectionLimits* const conn_limits_;
+  std::unique_ptr<ConnectionLimits::Ticket> ticket_;
   LineFramer framer_;
+  static constexpr int kLingerMs = 20;
   std::array<char, 64 * 1024> read_buf_;  // strand only
   bool socket_closed_ = false;            // strand only
+  asio::steady_timer linger_timer_;       // strand only: the close after EOF
 
   std::mutex out_mu_;
   std::string out_pending_;         // guarded by out_mu_: queued, not yet handed to a write
@@ -62,6 +75,8 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   bool writing_ = false;            // guarded by out_mu_
   bool output_closed_ = false;      // guarded by out_mu_: Send drops lines
   bool close_after_flush_ = false;  // guarded by out_mu_
+  int64_t counted_bytes_ = 0;       // guarded by out_mu_: what conn_limits_ has of ours
+  bool lingering_ = false;          // guarded by out_mu_: linger_timer_ is set
 };
 
 }  // namespace kvkeep

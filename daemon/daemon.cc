@@ -15,6 +15,7 @@
 #include "daemon/sd_notify.h"
 #include "daemon/server.h"
 #include "daemon/service.h"
+#include "daemon/state_dir.h"
 #include "daemon/store.h"
 #include "daemon/turn_renderer.h"
 #include "engine/engine.h"
@@ -29,6 +30,7 @@ struct Daemon::Impl {
   Env* env = DefaultEnv();
   Clock* clock = SystemClock();
 
+  std::unique_ptr<StateDir> state_dir;  // locked and private for the daemon's life
   std::unique_ptr<ModelWeights> weights;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Engine> engine;
@@ -131,7 +133,7 @@ Status Daemon::Init() {
   Impl& d = *impl_;
   // Socket activation first: it also unsets LISTEN_* before any thread starts.
   std::optional<int> activated_fd = daemon::SdListenUnixFd(d.env);
-  RETURN_IF_ERROR(d.env->CreateDirs(d.options.state_dir, 0700));
+  ASSIGN_OR_RETURN(d.state_dir, StateDir::Open(d.options.state_dir));
   daemon::SdNotify("STATUS=opening the store", d.env);
   ASSIGN_OR_RETURN(d.store, Store::Open(d.options.DatabasePath()));
   daemon::SdNotify("STATUS=loading the model", d.env);

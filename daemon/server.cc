@@ -19,6 +19,7 @@ Server::Server(asio::io_context& io, ServerOptions options, Service* service,
       options_(std::move(options)),
       service_(service),
       metrics_(metrics),
+      conn_limits_(ConnectionLimits::FromLimits(options_.limits)),
       acceptor_(io),
       retry_timer_(io) {}
 
@@ -81,10 +82,13 @@ void Server::AcceptNext() {
         auto cred = GetPeerCred(socket.native_handle());
         if (!cred.ok()) {
           spdlog::warn("accept: {}", cred.status().ToString());
+        } else if (auto ticket = conn_limits_.Admit(cred->uid); !ticket.ok()) {
+          Refuse(socket, *cred, ticket.status());
         } else {
           bool admin = IsAdmin(*cred, options_.admin_gid);
           auto conn = std::make_shared<Connection>(std::move(socket), *cred, admin, options_.limits,
-                                                   service_, metrics_);
+                                                   service_, metrics_, &conn_limits_);
+          conn->SetTicket(std::move(ticket).value());
           spdlog::debug("connection from pid {} uid {} gid {}{}", cred->pid, cred->uid, cred->gid,
                         admin ? " (admin)" : "");
           {
@@ -97,6 +101,21 @@ void Server::AcceptNext() {
         }
         AcceptNext();
       });
+}
+
+void Server::Refuse(stream_protocol::socket& socket, const PeerCred& peer, const Status& why) {
+  const int64_t n = num_refused_.fetch_add(1) + 1;
+  if ((n & (n - 1)) == 0) {  // the 1st, 2nd, 4th, 8th ... refusal: loud, not a log flood
+    spdlog::warn("refused a connection from pid {} uid {}: {} ({} refused so far)", peer.pid,
+                 peer.uid, why.message(), n);
+  }
+  // One short line into the fresh socket's empty send buffer: it does not block.
+  std::string line =
+      protocol::ErrorLine(nullptr, protocol::ErrorCode::kResourceExhausted, why.message()) + "\n";
+  std::error_code ec;
+  asio::write(socket, asio::buffer(line), ec);
+  socket.shutdown(stream_protocol::socket::shutdown_both, ec);
+  socket.close(ec);
 }
 
 void Server::StopAccepting() {

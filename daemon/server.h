@@ -1,11 +1,13 @@
 // Server: the Unix-socket listener. Binds the socket (or adopts a socket-activated one),
 // sets its mode and group, accepts clients, reads each peer's credentials (SO_PEERCRED)
-// and starts a Connection for it.
+// and starts a Connection for it. A client over the connection limits (total or per uid,
+// daemon/connection_limits.h) gets one `resource_exhausted` error line and is closed.
 //
 // Thread-safety: Listen/Adopt before the io_context runs; StopAccepting and CloseAll may
 // be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -16,6 +18,7 @@
 
 #include "daemon/config.h"
 #include "daemon/connection.h"
+#include "daemon/connection_limits.h"
 #include "daemon/metrics.h"
 #include "daemon/service.h"
 
@@ -47,11 +50,16 @@ class Server {
 
  private:
   void AcceptNext();
+  // Answers a client refused by the limits with one error line, and closes it.
+  void Refuse(asio::local::stream_protocol::socket& socket, const PeerCred& peer,
+              const Status& why);
 
   asio::io_context& io_;
   const ServerOptions options_;
   Service* const service_;
   DaemonMetrics* const metrics_;
+  ConnectionLimits conn_limits_;
+  std::atomic<int64_t> num_refused_{0};
   asio::local::stream_protocol::acceptor acceptor_;
   asio::steady_timer retry_timer_;
   bool bound_ = false;

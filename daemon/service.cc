@@ -29,6 +29,10 @@ bool UsableLocked(const Session& s, bool allow_busy, Error* error) {
     *error = {ErrorCode::kInvalidArgument, "session '" + s.id + "' is closed (reopen it)"};
     return false;
   }
+  if (!s.damage.empty()) {  // harden: never build on rows that failed their checksum
+    *error = {ErrorCode::kUnavailable, "session '" + s.id + "' is damaged: " + s.damage};
+    return false;
+  }
   if (!allow_busy && s.generating) {
     *error = {ErrorCode::kBusy, "session '" + s.id + "' has a generate in flight"};
     return false;
@@ -496,6 +500,7 @@ Service::Reply Service::Info(const Ctx& ctx, Error* error) {
       return std::nullopt;
     }
     out = SessionSummaryLocked(*s);
+    if (!s->damage.empty()) out["damaged"] = s->damage;  // harden: failed its checksum
     if (with_messages) {
       json msgs = json::array();
       for (size_t i = 0; i < s->messages.size(); ++i) {

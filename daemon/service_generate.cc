@@ -108,6 +108,10 @@ bool Service::Generate(const Ctx& ctx, Error* error) {
               "session '" + s->id + (s->deleted ? "' does not exist" : "' is closed")};
     return false;
   }
+  if (!s->damage.empty()) {  // harden: never generate from rows that failed their checksum
+    *error = {ErrorCode::kUnavailable, "session '" + s->id + "' is damaged: " + s->damage};
+    return false;
+  }
   if (s->generating) {
     *error = {ErrorCode::kBusy, "session '" + s->id + "' has a generate in flight"};
     return false;

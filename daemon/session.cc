@@ -24,6 +24,7 @@ void SessionTable::Load(std::vector<StoredSession> stored) {
     session->model = s.model;
     session->updated_us = s.updated_us;
     session->closed = s.closed;
+    session->damage = std::move(s.damage);
     for (StoredMessage& m : s.messages) {
       session->AppendLocked({std::move(m.role), std::move(m.content), std::move(m.name),
                              std::move(m.tool_call_id), std::move(m.tokens)});

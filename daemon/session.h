@@ -45,6 +45,9 @@ struct Session {
   std::string id;
   int64_t created_us = 0;  // wall clock
   std::string model;
+  // Non-empty: its stored rows failed their checksum at load (Store::LoadAll); the
+  // session is shown by session.info but refuses verbs that would build on it.
+  std::string damage;
 
   std::mutex mu;  // guards everything below
   int64_t updated_us = 0;

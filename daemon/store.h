@@ -3,6 +3,18 @@
 // replies after it has made the change durable (an acknowledged append survives kill -9
 // and power loss).
 //
+// Group commit (LevelDB's write path): mutating calls queue; the first in line becomes the
+// leader, runs up to max_batch_ops queued writes in one transaction (each in a savepoint,
+// so a failing write is rolled back alone) and commits once, with one fsync; then every
+// writer of the batch returns with its own Status. No lock that a new writer needs is held
+// across the fsync: it queues for the next batch. Durability is unchanged (each call
+// returns only after its transaction's COMMIT, synchronous=FULL).
+//
+// Integrity: Open runs PRAGMA quick_check (a damaged page refuses the start), reports a
+// WAL whose frames SQLite would drop (daemon/wal_check.h; the log is copied aside first),
+// and warns about a 0-byte database. Each message row carries a checksum (migration 3);
+// LoadAll marks a session whose rows fail it as damaged instead of serving them.
+//
 // Schema (see kMigrations in store.cc; schema_version holds the applied count):
 //   sessions(owner_uid, id, created_us, updated_us, model, closed)   key (owner_uid, id)
 //   messages(owner_uid, session_id, seq, role, content, name, tool_call_id, num_tokens,
@@ -16,7 +28,10 @@
 // Thread-safety: all methods are thread-safe; one SQLite connection guarded by a mutex.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -47,6 +62,17 @@ struct StoredSession {
   std::string model;
   bool closed = false;
   std::vector<StoredMessage> messages;  // by seq
+  std::string damage;  // empty: intact; else which rows failed their checksum (LoadAll)
+};
+
+struct StoreOptions {
+  int32_t max_batch_ops = 256;  // writes per group commit; 1: one commit per write
+  bool quick_check = true;      // PRAGMA quick_check on open (cost: bench/store_bench.cc)
+};
+
+struct StoreStats {
+  int64_t num_writes = 0;   // mutating calls committed or failed
+  int64_t num_commits = 0;  // transactions (fsyncs) they took
 };
 
 struct ToolEvent {
@@ -61,7 +87,8 @@ struct ToolEvent {
 class Store {
  public:
   // Opens (creating) the database and applies pending migrations.
-  static Result<std::unique_ptr<Store>> Open(const std::string& path);
+  static Result<std::unique_ptr<Store>> Open(const std::string& path,
+                                             const StoreOptions& options = StoreOptions());
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -97,7 +124,7 @@ class Store {
   // Latency samples of one tool, oldest first.
   Result<std::vector<int64_t>> ToolLatencySamples(const std::string& tool);
 
-  // The TTL policy's learning (migration 3). A duration sample under its tool key (tool:
+  // The TTL policy's learning (migration 4). A duration sample under its tool key (tool:
   // the tool's name, empty: the key), at wall-clock at_us.
   Status AddToolSample(const ToolSample& sample, const std::string& tool = "");
   // The newest max_per_key samples of every key, oldest first; rows without a key count
@@ -107,18 +134,30 @@ class Store {
   Status SaveToolStats(const std::vector<ToolKeySummary>& stats, int64_t updated_us);
   Result<std::vector<ToolKeySummary>> LoadToolStats();
 
-  // Every session with its messages (daemon start).
+  // Every session with its messages (daemon start). A session whose message rows fail
+  // their checksum comes back with `damage` set (and is logged as an error).
   Result<std::vector<StoredSession>> LoadAll();
 
+  StoreStats stats();
+
  private:
-  explicit Store(sqlite3* db) : db_(db) {}
+  struct Writer;
+  using WriteFn = std::function<Status(sqlite3*)>;
+  Store(sqlite3* db, const StoreOptions& options) : options_(options), db_(db) {}
   Status Migrate();
   Status Exec(const char* sql);
-  Status InsertMessagesLocked(uint32_t owner_uid, const std::string& id,
-                              const std::vector<StoredMessage>& messages);
+  Status QuickCheck();
+  // Queues fn for the next group commit and returns its Status once that has committed.
+  Status Write(WriteFn fn);
+  // REQUIRES: db_mu_ held. Runs the batch in one transaction; sets each writer's status.
+  void CommitBatch(const std::vector<Writer*>& batch);
 
-  std::mutex mu_;
-  sqlite3* db_;  // guarded by mu_
+  const StoreOptions options_;
+  std::mutex queue_mu_;
+  std::deque<Writer*> writers_;  // guarded by queue_mu_; the front one leads
+  StoreStats stats_;             // guarded by queue_mu_
+  std::mutex db_mu_;             // held by the leader of a batch and by readers
+  sqlite3* db_;                  // guarded by db_mu_
 };
 
 }  // namespace kvkeep

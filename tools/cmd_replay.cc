@@ -170,6 +170,7 @@ Status RunReplayCommand(const RunArgs& a) {
 
   RETURN_IF_ERROR(replay::WriteReport(a.out, report));
   std::cout << replay::SummaryTable(report);
+  RETURN_IF_ERROR(replay::CheckNotEmpty(report));  // an empty replay is an error, said why
   std::cout << "report: " << JoinPath(a.out, "report.json") << " and turns.csv\n";
   if (!a.no_plots) {
     Result<std::vector<std::string>> pngs = replay::WritePlots(a.out, report);

@@ -1,5 +1,5 @@
 // The TTL policy's learning survives a restart: tool-duration samples and fitted per-key
-// statistics in a real SQLite file (migration 3), reloaded into fresh ToolLatencyStats.
+// statistics in a real SQLite file (migration 4), reloaded into fresh ToolLatencyStats.
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 

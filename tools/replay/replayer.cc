@@ -81,6 +81,7 @@ class Run {
     finished_ = true;
     monitor.join();
     result_.wall_s = Since();
+    result_.max_context_tokens = max_context_;
     return std::move(result_);
   }
 
@@ -155,11 +156,22 @@ class Run {
     auto clip = [&]() -> int64_t {
       return o_.max_prompt_tokens > 0 ? std::min(budget(), max_context_ / 8) : budget();
     };
+    // A message leaves room for the model turn after it (a quarter of the context at
+    // most), so a session whose first prompt exceeds the context still runs a turn.
+    const int64_t turn_reserve = max_context_ > 0 ? std::min(max_tokens_, max_context_ / 4) : 0;
+    auto room = [&]() -> int64_t {
+      return std::min(clip(), std::max<int64_t>(0, budget() - turn_reserve));
+    };
+    auto clip_text = [&](const std::string& text) {
+      std::string out = ClipUtf8(text, room());
+      rec->clipped = rec->clipped || out.size() < text.size();
+      return out;
+    };
 
     json open = {{"session", id}};
     size_t first = 0;
     if (!s.events.empty() && s.events[0].type == EventType::kSystem) {
-      open["system"] = ClipUtf8(s.events[0].text, clip());
+      open["system"] = clip_text(s.events[0].text);
       first = 1;
     }
     ASSIGN_OR_RETURN(json opened, c.Call("session.open", open));
@@ -170,17 +182,23 @@ class Run {
     Status st;
     for (size_t k = first; k < s.events.size() && st.ok(); ++k) {
       const Event& e = s.events[k];
-      if (budget() <= 0) break;
+      if (budget() <= 0) {
+        rec->clipped = true;  // stopped at the context limit
+        break;
+      }
       switch (e.type) {
         case EventType::kSystem:
         case EventType::kUser: {
           json msg = {{"role", e.type == EventType::kUser ? "user" : "system"}};
           if (e.tokens) {
             std::vector<int32_t> ids = SyntheticTokenIds(*e.tokens, num_ordinary_);
-            if (static_cast<int64_t>(ids.size()) > clip()) ids.resize(clip());
+            if (static_cast<int64_t>(ids.size()) > room()) {
+              ids.resize(static_cast<size_t>(room()));
+              rec->clipped = true;
+            }
             msg["tokens"] = ids;
           } else {
-            msg["content"] = ClipUtf8(e.text, clip());
+            msg["content"] = clip_text(e.text);
           }
           Result<json> r = c.Call("session.append", {{"session", id}, {"messages", {msg}}});
           if (r.ok()) context = IntField(*r, "num_tokens");
@@ -195,6 +213,7 @@ class Run {
           json req = {{"session", id}};
           int64_t cap = std::min<int64_t>(max_tokens_, clip());
           if (cap < 1) {
+            rec->clipped = true;
             k = s.events.size();
             break;
           }
@@ -262,7 +281,7 @@ class Run {
           SleepSeconds(wait);
           waited_tool = e.tool;
           waited_s += wait;
-          json req = {{"session", id}, {"tool", e.tool}, {"content", ClipUtf8(e.text, clip())}};
+          json req = {{"session", id}, {"tool", e.tool}, {"content", clip_text(e.text)}};
           if (!e.call_id.empty()) req["tool_call_id"] = e.call_id;
           Result<json> r = c.Call("session.tool_end", req);
           if (r.ok()) context = IntField(*r, "num_tokens");

@@ -69,6 +69,9 @@ struct SessionRecord {
   double arrival_s = 0;
   double jct_s = 0;   // first request to last reply
   std::string error;  // empty when the session completed
+  // The session did not fit the model's context: messages were clipped, or it stopped
+  // before its end. With turns == 0 it was skipped (even its first prompt did not fit).
+  bool clipped = false;
 };
 
 struct OccupancySample {
@@ -84,6 +87,7 @@ struct ReplayResult {
   std::vector<SessionRecord> sessions;
   std::vector<OccupancySample> occupancy;
   double wall_s = 0;
+  int64_t max_context_tokens = 0;  // the context sessions were clipped to; 0: unknown
 };
 
 Result<ReplayResult> RunReplay(const std::vector<Session>& trace, const ReplayOptions& options);

@@ -63,6 +63,8 @@ PolicySummary Summarize(const ReplayResult& r) {
   for (const SessionRecord& sr : r.sessions) {
     ++s.sessions;
     s.failed_sessions += !sr.error.empty();
+    s.clipped_sessions += sr.clipped;
+    s.skipped_sessions += sr.clipped && sr.turns == 0;
     jct += sr.jct_s;
   }
   s.mean_jct_s = s.sessions ? jct / s.sessions : 0;
@@ -99,6 +101,8 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
                    {"turns", s.turns},
                    {"sessions", s.sessions},
                    {"failed_sessions", s.failed_sessions},
+                   {"clipped_sessions", s.clipped_sessions},
+                   {"skipped_sessions", s.skipped_sessions},
                    {"wall_s", s.wall_s}};
     for (const TurnRecord& t : r.turns) {
       turns << CsvField(p) << ',' << CsvField(t.session) << ',' << t.turn << ',' << t.start_s << ','
@@ -143,8 +147,37 @@ std::string SummaryTable(const ReportInput& in) {
     if (s.failed_sessions > 0) {
       out << "           (" << s.failed_sessions << " sessions failed: see sessions.csv)\n";
     }
+    if (s.clipped_sessions > 0) {
+      out << "           (" << s.clipped_sessions << " sessions longer than the model's context of "
+          << in.results.at(p).max_context_tokens << " tokens were clipped; " << s.skipped_sessions
+          << " of them ran no model turn)\n";
+    }
   }
   return out.str();
+}
+
+Status CheckNotEmpty(const ReportInput& in) {
+  std::string why;
+  for (const std::string& p : in.policies) {
+    const ReplayResult& r = in.results.at(p);
+    if (!r.turns.empty()) return Status::OK();
+    const PolicySummary s = Summarize(r);
+    std::string first_error;
+    for (const SessionRecord& sr : r.sessions) {
+      if (!sr.error.empty()) {
+        first_error = sr.error;
+        break;
+      }
+    }
+    why += (why.empty() ? "" : "; ") + p + ": " + std::to_string(s.sessions) + " sessions, " +
+           std::to_string(s.skipped_sessions) + " did not fit the model's context of " +
+           std::to_string(r.max_context_tokens) + " tokens, " + std::to_string(s.failed_sessions) +
+           " failed" + (first_error.empty() ? "" : " (first error: " + first_error + ")");
+  }
+  if (in.policies.empty()) why = "no policy was run";
+  return Status::InvalidArgument(
+      "the replay ran no model turn, so there is nothing to report or plot (" + why +
+      "); use a model with a longer context, --max-prompt-tokens, or another trace");
 }
 
 Result<std::vector<std::string>> WritePlots(const std::string& out_dir, const ReportInput& in) {

@@ -15,6 +15,8 @@ namespace kvkeep::replay {
 struct PolicySummary {
   int sessions = 0;
   int failed_sessions = 0;
+  int clipped_sessions = 0;  // did not fit the model's context: clipped or cut short
+  int skipped_sessions = 0;  // clipped ones that ran no model turn at all
   int turns = 0;
   double mean_ttft_ms = 0;
   double p50_ttft_ms = 0;
@@ -41,6 +43,10 @@ struct ReportInput {
   std::map<std::string, ReplayResult> results;  // by policy
   nlohmann::json params;                        // the run's parameters, copied into report.json
 };
+
+// InvalidArgument when no policy ran a single model turn, saying why (sessions that did
+// not fit the model's context, failed ones and the first error); there is nothing to plot.
+Status CheckNotEmpty(const ReportInput& input);
 
 // Writes report.json, turns.csv, sessions.csv and occupancy.csv into out_dir.
 Status WriteReport(const std::string& out_dir, const ReportInput& input);
