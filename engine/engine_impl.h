@@ -1,7 +1,9 @@
 // EngineImpl: the Engine of engine/engine.h. One engine thread (Start) or the caller
 // (RunUntilIdle) runs Step() repeatedly; Step() is the table of contents:
-//   drain inbox -> schedule -> reserve blocks (CoW copies) -> build batch + run model ->
-//   sample -> postprocess (stop checks, accounting) -> emit events -> policy tick.
+//   drain inbox (disk loads planned for new requests) -> collect finished disk reads ->
+//   schedule -> reserve blocks (CoW copies; evictions demote) -> transfer phase (swaps,
+//   disk I/O queued) -> build batch + run model -> sample -> postprocess (stop checks,
+//   accounting) -> emit events -> policy tick.
 // Everything below the mutex line is owned by the thread running steps.
 //
 // Thread-safety: Submit, Cancel, GetStats, Stop are thread-safe. Without Start(), the
@@ -19,6 +21,8 @@
 #include <vector>
 
 #include "cache/block_pool.h"
+#include "cache/disk_tier.h"
+#include "cache/disk_worker.h"
 #include "engine/engine.h"
 #include "engine/model_runner.h"
 #include "engine/scheduler.h"
@@ -28,8 +32,10 @@ namespace kvkeep {
 
 class EngineImpl final : public Engine {
  public:
+  // disk_store: the opened disk tier (nullptr: none) holding up to num_disk_blocks.
   EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> backend,
-             const Tokenizer* tokenizer, Clock* clock);
+             const Tokenizer* tokenizer, Clock* clock, std::unique_ptr<DiskBlockStore> disk_store,
+             int32_t num_disk_blocks);
   ~EngineImpl() override;
 
   Status Start() override;
@@ -45,6 +51,13 @@ class EngineImpl final : public Engine {
 
   // The longest context a request may reach: min(max_position_embeddings, pool tokens).
   int64_t max_context_tokens() const { return max_context_tokens_; }
+
+  // Adopts the blocks a scan of the disk tier found (before Start); deletes the rest.
+  void AdoptDiskBlocks(const std::vector<DiskBlockHeader>& headers);
+  // Steps that ran no forward pass while work remained (waiting on memory or a transfer).
+  int64_t idle_steps() const { return idle_steps_; }
+  // Tests: the pool's invariant check (engine thread only).
+  Status TEST_CheckPool() const { return pool_.TEST_CheckInvariants(); }
 
  private:
   struct Pending {
@@ -64,6 +77,10 @@ class EngineImpl final : public Engine {
   void Finish(Sequence* seq, FinishReason reason, Status error = Status::OK());
   void EmitEvents();
   void PolicyTick() {}  // placeholder: TTL pinning and demotion hook in here
+  // The transfer phase: runs the pool's planned swaps and hands disk I/O to the worker.
+  Status RunTransfers();
+  // Disk reads the worker finished: tells the pool; releases sequences waiting on them.
+  void CollectDiskReads(bool wait);
   void PublishStats();
   void ThreadMain();
 
@@ -94,6 +111,13 @@ class EngineImpl final : public Engine {
   std::vector<std::unique_ptr<Sequence>> done_;  // finished this step, freed after emit
   EngineStats totals_;                           // accumulated usage of finished requests
   int64_t steps_ = 0;
+  int64_t idle_steps_ = 0;
+  // Disk tier (null without one): the files and the I/O thread.
+  std::unique_ptr<DiskBlockStore> disk_store_;
+  std::unique_ptr<DiskWorker> disk_worker_;
+  int32_t outstanding_disk_reads_ = 0;
+  int64_t disk_read_failures_ = 0;
+  std::vector<Sequence*> awaiting_disk_;  // new sequences whose prefix is being read up
 };
 
 }  // namespace kvkeep

@@ -69,7 +69,7 @@ bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batc
 bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   if (seq->table.empty() && pool_->prefix_caching_enabled()) {
     std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
-    seq->table = pool_->MatchPrefix(context, seq->table.scope());
+    seq->table = pool_->MatchPrefix(context, seq->table.scope(), &seq->matched_tiers);
   }
   const int64_t cached = seq->num_computed();
   const int32_t n = static_cast<int32_t>(
@@ -90,6 +90,14 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   seq->status = SequenceStatus::kRunning;
   seq->prefill_end = seq->num_tokens();
   seq->usage.cached_tokens += cached;
+  // Where the matched prefix came from. Blocks read up from disk for this sequence were
+  // promoted from the host tier, so they count as disk.
+  const int32_t bs = pool_->block_size();
+  const int32_t from_disk = std::min(seq->disk_blocks_loaded, seq->matched_tiers.host);
+  seq->usage.cached_device_tokens += int64_t{seq->matched_tiers.device} * bs;
+  seq->usage.cached_host_tokens += int64_t{seq->matched_tiers.host - from_disk} * bs;
+  seq->usage.cached_disk_tokens += int64_t{from_disk} * bs;
+  seq->matched_tiers = {};
   Schedule(seq, n, batch);
   return true;
 }
