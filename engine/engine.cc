@@ -98,6 +98,8 @@ EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> ba
       runner_(backend_.get()),
       disk_store_(std::move(disk_store)) {
   if (disk_store_ != nullptr) disk_worker_ = std::make_unique<DiskWorker>(disk_store_.get());
+  reclaim_policy_ = options.prefix_caching ? NewLruReclaimPolicy() : NewNoneReclaimPolicy();
+  scheduler_.set_reclaimer([this](int32_t shortfall) { return ReclaimSessions(shortfall); });
   const KvPoolShape& shape = backend_->kv_shape();
   const int32_t max_pos = backend_->config().max_position_embeddings;
   max_context_tokens_ = int64_t{shape.num_blocks} * shape.block_size;
@@ -164,6 +166,12 @@ Status EngineImpl::Submit(GenerateRequest request) {
   return Status::OK();
 }
 
+void EngineImpl::Hint(const SessionHint& hint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  hints_.push_back(hint);
+  cv_.notify_one();
+}
+
 void EngineImpl::Cancel(RequestId id) {
   std::lock_guard<std::mutex> lock(mu_);
   cancels_.push_back(id);
@@ -201,7 +209,9 @@ void EngineImpl::Stop() {
   PublishStats();
 }
 
-bool EngineImpl::HasWorkLocked() const { return !inbox_.empty() || !cancels_.empty() || has_work_; }
+bool EngineImpl::HasWorkLocked() const {
+  return !inbox_.empty() || !cancels_.empty() || !hints_.empty() || has_work_;
+}
 
 void EngineImpl::ThreadMain() {
   spdlog::debug("engine: thread started");

@@ -23,6 +23,7 @@
 #include "base/status.h"
 #include "engine/backend.h"
 #include "engine/tokenizer.h"
+#include "policy/reclaim_policy.h"
 
 namespace kvkeep {
 
@@ -68,7 +69,11 @@ struct GenerateEvent {
 using RequestId = uint64_t;
 
 struct GenerateRequest {
-  RequestId id = 0;             // unique among in-flight requests
+  RequestId id = 0;  // unique among in-flight requests
+  // The conversation this turn belongs to (0: none). After the turn the engine keeps the
+  // session's blocks (retained, reclaimable by the ReclaimPolicy) until its next turn, a
+  // close hint, or memory pressure.
+  SessionId session = 0;
   uint64_t cache_salt = 0;      // tenant salt in prefix hashes: tenants never share KV
   std::vector<int32_t> prompt;  // the whole context
   std::vector<int32_t> forced;  // teacher forcing: decoded as if generated, then stop
@@ -117,6 +122,10 @@ struct EngineStats {
   int64_t cached_device_tokens = 0;
   int64_t cached_host_tokens = 0;
   int64_t cached_disk_tokens = 0;
+  int64_t retained_sessions = 0;   // sessions whose blocks are kept between turns
+  int64_t retained_blocks = 0;     // device blocks they hold
+  int64_t reclaimed_sessions = 0;  // cumulative: retained sessions released for memory
+  int64_t pin_violations = 0;      // cumulative: live pins reclaimed
 };
 
 class Engine {
@@ -137,6 +146,9 @@ class Engine {
   virtual Status Submit(GenerateRequest request) = 0;
   // Cancels a queued or running request; its callback gets kFinished/kCancelled.
   virtual void Cancel(RequestId id) = 0;
+  // A session hint (tool wait begins/ends, session closed, retention): queued and applied
+  // on the engine thread at the start of its next step, like cancels. Thread-safe.
+  virtual void Hint(const SessionHint& hint) { (void)hint; }
   virtual EngineStats GetStats() const = 0;
 
   // Runs steps on the calling thread until no work is left (tests, the CLI).

@@ -42,6 +42,7 @@ class EngineImpl final : public Engine {
   void Stop() override;
   Status Submit(GenerateRequest request) override;
   void Cancel(RequestId id) override;
+  void Hint(const SessionHint& hint) override;
   EngineStats GetStats() const override;
   Status RunUntilIdle() override;
   const ModelConfig& config() const override { return backend_->config(); }
@@ -81,6 +82,12 @@ class EngineImpl final : public Engine {
   Status RunTransfers();
   // Disk reads the worker finished: tells the pool; releases sequences waiting on them.
   void CollectDiskReads(bool wait);
+  // Sessions: keep a finished turn's table; release a session's table; the scheduler's
+  // reclaimer (frees retained sessions in the policy's order; returns blocks freed).
+  void Retain(Sequence* seq);
+  void ReleaseSession(SessionId session);
+  int32_t ReclaimSessions(int32_t shortfall_blocks);
+  void ApplyHints(std::vector<SessionHint> hints);
   void PublishStats();
   void ThreadMain();
 
@@ -118,6 +125,16 @@ class EngineImpl final : public Engine {
   int32_t outstanding_disk_reads_ = 0;
   int64_t disk_read_failures_ = 0;
   std::vector<Sequence*> awaiting_disk_;  // new sequences whose prefix is being read up
+  // Sessions retained between turns, and the policy that orders their reclaim.
+  struct RetainedSession {
+    BlockTable table;
+    SessionReclaimInfo info{};
+  };
+  std::unique_ptr<ReclaimPolicy> reclaim_policy_;
+  std::unordered_map<SessionId, RetainedSession> retained_;
+  std::unordered_map<SessionId, SessionReclaimInfo> session_info_;  // hints before a turn ends
+  std::vector<SessionHint> hints_;                                  // guarded by mu_
+  int64_t reclaimed_sessions_ = 0, pin_violations_ = 0;
 };
 
 }  // namespace kvkeep

@@ -47,16 +47,22 @@ Status EngineImpl::Step() {
 void EngineImpl::DrainInbox() {
   std::vector<Pending> inbox;
   std::vector<RequestId> cancels;
+  std::vector<SessionHint> hints;
   {
     std::lock_guard<std::mutex> lock(mu_);
     inbox.swap(inbox_);
     cancels.swap(cancels_);
+    hints.swap(hints_);
   }
+  ApplyHints(std::move(hints));
   const std::vector<int32_t>& eos = backend_->config().eos_token_ids;
   for (Pending& p : inbox) {
     HashScope scope = base_scope_;
     scope.tenant_salt = p.request.cache_salt;
     const RequestId id = p.request.id;
+    // The session's next turn: its retained blocks go back to the cache, where this
+    // request's MatchPrefix finds them.
+    if (p.request.session != 0) ReleaseSession(p.request.session);
     auto seq = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
                                           tokenizer_);
     seq->submit_us = p.submit_us;
@@ -124,6 +130,7 @@ void EngineImpl::EmitToken(Sequence* seq, int32_t token, std::string text) {
 
 void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
   std::erase(awaiting_disk_, seq);
+  if (reason == FinishReason::kStop || reason == FinishReason::kLength) Retain(seq);
   scheduler_.Remove(seq);
   seq->usage.prompt_tokens = seq->usage.cached_tokens + seq->usage.recomputed_tokens;
   totals_.prompt_tokens += seq->usage.prompt_tokens;
@@ -180,6 +187,11 @@ void EngineImpl::PublishStats() {
   s.promoted_blocks = ps.num_promotions;
   s.dropped_blocks = ps.num_dropped;
   s.disk_read_failures = disk_read_failures_;
+  s.retained_sessions = static_cast<int64_t>(retained_.size());
+  s.retained_blocks = 0;
+  for (const auto& [id, r] : retained_) s.retained_blocks += r.table.num_blocks();
+  s.reclaimed_sessions = reclaimed_sessions_;
+  s.pin_violations = pin_violations_;
   has_work_ = scheduler_.has_work() || !awaiting_disk_.empty();
 }
 
@@ -244,6 +256,68 @@ void EngineImpl::CollectDiskReads(bool wait) {
     for (Sequence* seq : awaiting_disk_) scheduler_.Add(seq);
     awaiting_disk_.clear();
   }
+}
+
+}  // namespace kvkeep
+
+namespace kvkeep {
+
+void EngineImpl::Retain(Sequence* seq) {
+  const SessionId session = seq->request.session;
+  if (session == 0 || !reclaim_policy_->retains_sessions() || !seq->table.num_blocks()) return;
+  ReleaseSession(session);  // a turn that raced another of the same session
+  RetainedSession r;
+  r.table = std::move(seq->table);
+  seq->table = BlockTable(pool_.block_size(), r.table.scope());
+  auto it = session_info_.find(session);
+  if (it != session_info_.end()) r.info = it->second;
+  r.info.session = session;
+  r.info.last_use_us = clock_->NowMicros();
+  retained_.emplace(session, std::move(r));
+}
+
+void EngineImpl::ReleaseSession(SessionId session) {
+  auto it = retained_.find(session);
+  if (it == retained_.end()) return;
+  pool_.Free(&it->second.table);  // its blocks become cached (and demotable)
+  session_info_[session] = it->second.info;
+  retained_.erase(it);
+}
+
+void EngineImpl::ApplyHints(std::vector<SessionHint> hints) {
+  for (const SessionHint& h : hints) {
+    if (h.kind == SessionHint::Kind::kClose) {
+      ReleaseSession(h.session);
+      session_info_.erase(h.session);
+      continue;
+    }
+    auto it = retained_.find(h.session);
+    SessionReclaimInfo* info = it != retained_.end() ? &it->second.info : &session_info_[h.session];
+    info->session = h.session;
+    reclaim_policy_->OnHint(h, info);
+  }
+}
+
+int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks) {
+  if (retained_.empty()) return 0;
+  std::vector<SessionReclaimInfo> candidates;
+  candidates.reserve(retained_.size());
+  for (auto& [id, r] : retained_) {
+    r.info.blocks_on_tier[0] = r.table.num_blocks();
+    r.info.blocks_on_tier[1] = r.info.blocks_on_tier[2] = 0;
+    candidates.push_back(r.info);
+  }
+  std::vector<ReclaimVictim> victims;
+  reclaim_policy_->Order({Tier::kDevice, shortfall_blocks, clock_->NowMicros()}, candidates,
+                         &victims);
+  const int32_t before = pool_.num_allocatable();
+  for (const ReclaimVictim& v : victims) {
+    if (pool_.num_allocatable() - before >= shortfall_blocks) break;
+    if (v.victim_class == VictimClass::kLivePin) ++pin_violations_;
+    ReleaseSession(v.session);
+    ++reclaimed_sessions_;
+  }
+  return pool_.num_allocatable() - before;
 }
 
 }  // namespace kvkeep

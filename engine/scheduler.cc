@@ -38,8 +38,15 @@ void Scheduler::Preempt(Sequence* seq) {
   waiting_.push_front(seq);
 }
 
+bool Scheduler::Reclaim(const BlockTable& table, int64_t n) {
+  if (!reclaimer_) return false;
+  const int32_t need = table.NumNewBlocksFor(n) + 1;  // + a possible copy-on-write block
+  return reclaimer_(std::max(1, need - pool_->num_allocatable())) > 0;
+}
+
 bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batch) {
   while (!pool_->PrepareAppend(&seq->table, n, &batch->copies).ok()) {
+    if (Reclaim(seq->table, n)) continue;  // retained sessions go before running sequences
     // The newest running sequence that is neither seq nor already scheduled this step.
     Sequence* victim = nullptr;
     for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
@@ -74,7 +81,11 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   const int64_t cached = seq->num_computed();
   const int32_t n = static_cast<int32_t>(
       std::min<int64_t>({seq->num_pending(), options_.prefill_chunk_tokens, budget}));
-  if (!pool_->PrepareAppend(&seq->table, n, &batch->copies).ok()) {
+  bool reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
+  while (!reserved && Reclaim(seq->table, n)) {
+    reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
+  }
+  if (!reserved) {
     pool_->Free(&seq->table);  // hand the matched prefix back; nothing else changed
     if (running_.empty() && batch->seqs.empty() &&
         BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) >
