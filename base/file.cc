@@ -147,6 +147,16 @@ class PosixEnv final : public Env {
     const char* v = std::getenv(name);
     return v ? std::string(v) : std::string();
   }
+
+  Result<std::unique_ptr<RandomRWFile>> OpenRandomRWFile(const std::string& path,
+                                                         bool create) override {
+    return OpenPosixRandomRWFile(path, create);
+  }
+
+  Status RenameFile(const std::string& from, const std::string& to) override {
+    if (rename(from.c_str(), to.c_str()) != 0) return ErrnoStatus("rename", from);
+    return Status::OK();
+  }
 };
 
 }  // namespace

@@ -23,6 +23,20 @@ class MappedFile {
   virtual size_t size() const = 0;
 };
 
+// A file opened for positioned reads and writes (the disk tier's block files). Writes are
+// not synced: callers that need durability use WriteFileAtomic. Thread-safety: one object
+// may be used from one thread at a time; distinct objects are independent.
+class RandomRWFile {
+ public:
+  virtual ~RandomRWFile() = default;
+  // Reads exactly num_bytes at offset into dst; Corruption on a short read (the file is
+  // shorter than offset + num_bytes), IOError on a failed read.
+  virtual Status ReadAt(uint64_t offset, void* dst, size_t num_bytes) = 0;
+  // Writes all num_bytes at offset, extending the file as needed.
+  virtual Status WriteAt(uint64_t offset, const void* src, size_t num_bytes) = 0;
+  virtual Result<uint64_t> Size() = 0;
+};
+
 class Env {
  public:
   virtual ~Env() = default;
@@ -37,6 +51,12 @@ class Env {
   virtual Status RemoveFile(const std::string& path) = 0;
   // Value of an environment variable, or empty. Only tools/ and daemon/ config call this.
   virtual std::string GetEnvVar(const char* name) = 0;
+  // Opens path for positioned I/O, creating it (mode 0600) when `create`; NotFound if it
+  // is absent and !create. NotSupported unless the Env implements it.
+  virtual Result<std::unique_ptr<RandomRWFile>> OpenRandomRWFile(const std::string& path,
+                                                                 bool create);
+  // rename(2): replaces `to` atomically. NotSupported unless the Env implements it.
+  virtual Status RenameFile(const std::string& from, const std::string& to);
 };
 
 // The real POSIX environment. Process-wide singleton.
@@ -60,14 +80,22 @@ class FaultInjectionEnv final : public Env {
   Result<std::vector<std::string>> ListDir(const std::string& path) override;
   Status RemoveFile(const std::string& path) override;
   std::string GetEnvVar(const char* name) override { return base_->GetEnvVar(name); }
+  // Opening counts as a call, and so does every ReadAt/WriteAt on the returned file.
+  Result<std::unique_ptr<RandomRWFile>> OpenRandomRWFile(const std::string& path,
+                                                         bool create) override;
+  Status RenameFile(const std::string& from, const std::string& to) override;
 
  private:
+  class FaultyFile;
   bool ShouldFail();
   Env* base_;
   int fail_at_ = 0;
   bool sticky_ = false;
   int calls_ = 0;
 };
+
+// The POSIX RandomRWFile behind DefaultEnv()->OpenRandomRWFile (pread/pwrite).
+Result<std::unique_ptr<RandomRWFile>> OpenPosixRandomRWFile(const std::string& path, bool create);
 
 // Joins path components with '/'.
 std::string JoinPath(std::string_view a, std::string_view b);

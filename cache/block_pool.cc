@@ -18,15 +18,21 @@ BlockPool::BlockPool(const BlockPoolOptions& options)
     : num_blocks_(options.num_blocks),
       block_size_(options.block_size),
       prefix_caching_(options.enable_prefix_caching),
+      num_host_blocks_(std::max(options.num_host_blocks, 0)),
+      num_disk_blocks_(options.num_host_blocks > 0 ? std::max(options.num_disk_blocks, 0) : 0),
       meta_(std::max(options.num_blocks, 0)),
-      tokens_(static_cast<size_t>(std::max(options.num_blocks, 0)) *
-              std::max(options.block_size, 0)),
-      owners_(std::max(options.num_blocks, 0)),
+      index_(std::max(options.num_blocks, 1) + num_host_blocks_ + num_disk_blocks_,
+             std::max(options.block_size, 1)),
+      loading_(static_cast<size_t>(index_.capacity()), 0),
       hash_fn_(&RealHashBlock) {
   KVKEEP_CACHE_CHECK(num_blocks_ > 0 && block_size_ > 0, "num_blocks {} block_size {}", num_blocks_,
                      block_size_);
   free_list_.reserve(num_blocks_);
   for (int32_t b = num_blocks_ - 1; b >= 0; --b) free_list_.push_back(b);  // 0 goes first
+  host_free_.reserve(num_host_blocks_);
+  for (int32_t h = num_host_blocks_ - 1; h >= 0; --h) host_free_.push_back(h);
+  host_deferred_.reserve(num_host_blocks_);
+  host_pending_.reserve(num_host_blocks_);
 }
 
 int32_t BlockPool::num_allocatable() const {
@@ -56,10 +62,10 @@ int32_t BlockPool::TakeOne() {
     b = lru_head_;  // least recently used cached block
     LruRemove(b);
     --num_cached_;
-    meta_[b].is_hashed = false;  // DropHash without the free-list move
-    owners_.Erase(meta_[b].hash);
-    ++meta_[b].generation;
+    const int32_t record = meta_[b].record;
+    meta_[b].record = -1;
     ++num_evictions_;
+    DemoteFromDevice(record);
   }
   Meta& m = meta_[b];
   m.ref_count = 1;
@@ -89,7 +95,7 @@ void BlockPool::Release(std::span<const int32_t> blocks) {
     if (m.ref_count > 0) continue;
     --num_in_use_;
     m.last_use_tick = ++tick_;
-    if (m.is_hashed) {
+    if (m.record >= 0) {
       m.state = State::kCached;
       LruPushBack(b);
       ++num_cached_;
@@ -102,9 +108,8 @@ void BlockPool::Release(std::span<const int32_t> blocks) {
 
 void BlockPool::DropHash(int32_t block) {
   Meta& m = meta_[block];
-  owners_.Erase(m.hash);
-  m.is_hashed = false;
-  ++m.generation;
+  index_.Erase(m.record);
+  m.record = -1;
   if (m.state == State::kCached) {
     LruRemove(block);
     --num_cached_;
@@ -144,7 +149,7 @@ Status BlockPool::PrepareAppend(BlockTable* table, int64_t num_new_tokens,
   int32_t num_cow = 0;
   for (int32_t i = first; i < end; ++i) {
     const Meta& m = meta_[table->block_id(i)];
-    if (m.ref_count > 1 || m.is_hashed) ++num_cow;
+    if (m.ref_count > 1 || m.record >= 0) ++num_cow;
   }
   const int32_t num_new = table->NumNewBlocksFor(num_new_tokens);
   if (num_cow + num_new > num_allocatable()) {
@@ -160,7 +165,7 @@ Status BlockPool::PrepareAppend(BlockTable* table, int64_t num_new_tokens,
   for (int32_t i = first; i < end; ++i) {
     const int32_t old_block = table->block_id(i);
     Meta& m = meta_[old_block];
-    if (m.ref_count > 1 || m.is_hashed) {
+    if (m.ref_count > 1 || m.record >= 0) {
       const int32_t fresh = TakeOne();
       table->ReplaceBlock(i, fresh);
       copies->emplace_back(old_block, fresh);
@@ -200,73 +205,94 @@ void BlockPool::Free(BlockTable* table) {
 
 // ---- Prefix cache -----------------------------------------------------------------------
 
-std::span<const int32_t> BlockPool::StoredTokens(int32_t block) const {
-  return std::span<const int32_t>(tokens_).subspan(static_cast<size_t>(block) * block_size_,
-                                                   block_size_);
-}
-
-bool BlockPool::IsLive(Link link) const {
-  if (link == kRootLink) return true;
-  if (link.block < 0) return false;
-  const Meta& m = meta_[link.block];
-  return m.is_hashed && m.generation == link.generation;
-}
-
-BlockPool::Link BlockPool::CanonicalOf(int32_t block) const {
+RecordLink BlockPool::CanonicalOf(int32_t block) const {
   const Meta& m = meta_[block];
-  if (m.is_hashed) return Link{block, m.generation};
-  return IsLive(m.alias) ? m.alias : kNoLink;
+  if (m.record >= 0) return index_.LinkOf(m.record);
+  return index_.IsLive(m.alias) ? m.alias : kNoLink;
 }
 
-int32_t BlockPool::LookupVerified(BlockHash hash, std::span<const int32_t> tokens, HashScope scope,
-                                  Link parent) const {
-  const int32_t b = owners_.Find(hash);
-  if (b < 0) return -1;
-  const Meta& m = meta_[b];
-  if (m.scope != scope || m.parent != parent) return -1;
-  if (!std::ranges::equal(StoredTokens(b), tokens)) return -1;
-  return b;
-}
-
-BlockTable BlockPool::MatchPrefix(std::span<const int32_t> tokens, HashScope scope) {
+BlockTable BlockPool::MatchPrefix(std::span<const int32_t> tokens, HashScope scope,
+                                  TierCounts* from_tiers) {
   BlockTable table(block_size_, scope);
-  if (!prefix_caching_) return table;
-  const size_t num_full = tokens.size() / block_size_;
-  num_queried_ += static_cast<int64_t>(num_full);
-  BlockHash parent_hash = kRootParentHash;
-  Link parent = kRootLink;
-  for (size_t i = 0; i < num_full; ++i) {
-    const auto chunk = tokens.subspan(i * block_size_, block_size_);
-    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
-    const int32_t b = LookupVerified(hash, chunk, scope, parent);
-    if (b < 0) break;
-    Retain(b);
-    table.AppendBlock(b);
-    table.AppendHash(hash);
-    parent_hash = hash;
-    parent = Link{b, meta_[b].generation};
+  TierCounts counts;
+  if (prefix_caching_) {
+    const size_t num_full = tokens.size() / block_size_;
+    num_queried_ += static_cast<int64_t>(num_full);
+    BlockHash parent_hash = kRootParentHash;
+    RecordLink parent = kRootLink;
+    for (size_t i = 0; i < num_full; ++i) {
+      const auto chunk = tokens.subspan(i * block_size_, block_size_);
+      const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
+      const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
+      if (r < 0 || loading_[r]) break;
+      int32_t b;
+      if (index_.tier(r) == Tier::kDevice) {
+        b = index_.location(r);
+        Retain(b);
+        ++counts.device;
+      } else if (index_.tier(r) == Tier::kHost && num_allocatable() > 0) {
+        b = PromoteToDevice(r);
+        ++counts.host;
+      } else {
+        break;  // on disk (PlanDiskLoads brings it up), or no device slot left
+      }
+      table.AppendBlock(b);
+      table.AppendHash(hash);
+      parent_hash = hash;
+      parent = index_.LinkOf(r);
+    }
+    table.AdvanceTokens(table.capacity_tokens());
+    num_hit_blocks_ += table.num_blocks();
   }
-  table.AdvanceTokens(table.capacity_tokens());
-  num_hit_blocks_ += table.num_blocks();
+  if (from_tiers != nullptr) *from_tiers = counts;
   return table;
 }
 
-int32_t BlockPool::CountCachedPrefix(std::span<const int32_t> tokens, HashScope scope) const {
-  if (!prefix_caching_) return 0;
+TierCounts BlockPool::ProbePrefix(std::span<const int32_t> tokens, HashScope scope) const {
+  TierCounts counts;
+  if (!prefix_caching_) return counts;
   const size_t num_full = tokens.size() / block_size_;
   BlockHash parent_hash = kRootParentHash;
-  Link parent = kRootLink;
-  int32_t count = 0;
+  RecordLink parent = kRootLink;
   for (size_t i = 0; i < num_full; ++i) {
     const auto chunk = tokens.subspan(i * block_size_, block_size_);
     const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
-    const int32_t b = LookupVerified(hash, chunk, scope, parent);
-    if (b < 0) break;
+    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
+    if (r < 0 || loading_[r]) break;
+    switch (index_.tier(r)) {
+      case Tier::kDevice:
+        ++counts.device;
+        break;
+      case Tier::kHost:
+        ++counts.host;
+        break;
+      case Tier::kDisk:
+        ++counts.disk;
+        break;
+    }
     parent_hash = hash;
-    parent = Link{b, meta_[b].generation};
-    ++count;
+    parent = index_.LinkOf(r);
   }
-  return count;
+  return counts;
+}
+
+int32_t BlockPool::CountCachedPrefix(std::span<const int32_t> tokens, HashScope scope) const {
+  const TierCounts counts = ProbePrefix(tokens, scope);
+  // MatchPrefix stops at the first disk block.
+  if (counts.disk == 0) return counts.device + counts.host;
+  int32_t n = 0;
+  BlockHash parent_hash = kRootParentHash;
+  RecordLink parent = kRootLink;
+  for (size_t i = 0; i < tokens.size() / block_size_; ++i) {
+    const auto chunk = tokens.subspan(i * block_size_, block_size_);
+    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
+    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
+    if (r < 0 || loading_[r] || index_.tier(r) == Tier::kDisk) break;
+    ++n;
+    parent_hash = hash;
+    parent = index_.LinkOf(r);
+  }
+  return n;
 }
 
 void BlockPool::CommitFullBlocks(BlockTable* table, std::span<const int32_t> tokens) {
@@ -277,42 +303,47 @@ void BlockPool::CommitFullBlocks(BlockTable* table, std::span<const int32_t> tok
     const auto chunk = tokens.subspan(static_cast<size_t>(i) * block_size_, block_size_);
     const BlockHash parent_hash = i == 0 ? kRootParentHash : table->block_hashes()[i - 1];
     const BlockHash hash = hash_fn_(parent_hash, chunk, table->scope());
-    const Link parent = i == 0 ? kRootLink : CanonicalOf(table->block_id(i - 1));
-    CommitBlock(table->block_id(i), hash, chunk, table->scope(), parent);
+    const RecordLink parent = i == 0 ? kRootLink : CanonicalOf(table->block_id(i - 1));
+    CommitBlock(table->block_id(i), hash, parent_hash, chunk, table->scope(), parent);
     table->AppendHash(hash);
   }
 }
 
-void BlockPool::CommitBlock(int32_t block, BlockHash hash, std::span<const int32_t> tokens,
-                            HashScope scope, Link parent) {
+void BlockPool::CommitBlock(int32_t block, BlockHash hash, BlockHash parent_hash,
+                            std::span<const int32_t> tokens, HashScope scope, RecordLink parent) {
   Meta& m = meta_[block];
-  if (m.is_hashed) {  // already registered (a prefix hit, or committed by a fork sibling)
-    KVKEEP_CACHE_CHECK(m.hash == hash, "block {} rewritten while hashed", block);
+  if (m.record >= 0) {  // already registered (a prefix hit, or committed by a fork sibling)
+    KVKEEP_CACHE_CHECK(index_.hash(m.record) == hash, "block {} rewritten while hashed", block);
     return;
   }
   m.alias = kNoLink;
-  if (!IsLive(parent)) return;  // its prefix cannot be verified: never shareable
-  int32_t owner = owners_.Find(hash);
-  if (owner >= 0 && !IsLive(meta_[owner].parent)) {
-    DropHash(owner);  // stale: its parent is gone, so it can never be matched again
+  if (!index_.IsLive(parent)) return;  // its prefix cannot be verified: never shareable
+  int32_t owner = index_.Owner(hash);
+  if (owner >= 0 && !loading_[owner] && !index_.IsLive(index_.parent(owner))) {
+    // Stale: its parent is gone, so it can never be matched again.
+    if (index_.tier(owner) == Tier::kDevice) {
+      DropHash(index_.location(owner));
+    } else {
+      DropRecord(owner);
+    }
     owner = -1;
   }
   if (owner < 0) {
-    m.is_hashed = true;
-    m.hash = hash;
-    m.scope = scope;
-    m.parent = parent;
-    std::ranges::copy(tokens, tokens_.begin() + static_cast<ptrdiff_t>(block) * block_size_);
-    owners_.Insert(hash, block);
+    m.record = index_.Insert(hash, parent_hash, tokens, scope, parent, Tier::kDevice, block);
+    return;
+  }
+  if (!index_.SameContent(owner, tokens, scope, parent)) return;  // a collision: stay unhashed
+  if (index_.tier(owner) != Tier::kDevice && !loading_[owner]) {
+    // The same block sits on a lower tier: this freshly computed copy takes its record.
+    LeaveLowerTier(owner);
+    index_.Move(owner, Tier::kDevice, block);
+    m.record = owner;
+    ++num_promotions_;
     return;
   }
   // Another block owns the hash: keep that mapping, leave this block unhashed, and remember
-  // the owner as its alias if the content is verified identical, so that the rest of this
-  // sequence still chains onto the shared prefix.
-  const Meta& o = meta_[owner];
-  if (o.scope == scope && o.parent == parent && std::ranges::equal(StoredTokens(owner), tokens)) {
-    m.alias = Link{owner, o.generation};
-  }
+  // the owner as its alias, so that the rest of this sequence still chains onto it.
+  m.alias = index_.LinkOf(owner);
 }
 
 // ---- Accounting and tests ---------------------------------------------------------------
@@ -328,6 +359,13 @@ BlockPoolStats BlockPool::stats() const {
   s.num_cow_copies = num_cow_copies_;
   s.num_hit_blocks = num_hit_blocks_;
   s.num_queried_blocks = num_queried_;
+  s.host_total = num_host_blocks_;
+  s.host_used = num_host_blocks_ - static_cast<int32_t>(host_free_.size());
+  s.disk_total = num_disk_blocks_;
+  s.disk_used = index_.num_on_tier(Tier::kDisk);
+  s.num_demotions = num_demotions_;
+  s.num_promotions = num_promotions_;
+  s.num_dropped = num_dropped_;
   return s;
 }
 
@@ -349,8 +387,7 @@ int64_t BlockPool::WastedSlots(std::span<const BlockTable* const> tables) const 
 }
 
 void BlockPool::TEST_SetHashFunction(BlockHashFn fn) {
-  KVKEEP_CACHE_CHECK(owners_.size() == 0, "hash function set with {} hashed blocks",
-                     owners_.size());
+  KVKEEP_CACHE_CHECK(index_.size() == 0, "hash function set with {} hashed blocks", index_.size());
   hash_fn_ = fn;
 }
 
@@ -378,36 +415,74 @@ Status BlockPool::TEST_CheckInvariants() const {
     if (meta_[b].lru_next < 0 && lru_tail_ != b) return fail("LRU tail mismatch");
     ++lru_count;
   }
-  int32_t in_use = 0, cached = 0, shared = 0, hashed = 0;
+  int32_t in_use = 0, cached = 0, shared = 0;
   for (int32_t b = 0; b < num_blocks_; ++b) {
     const Meta& m = meta_[b];
     const std::string id = "block " + std::to_string(b);
     bool ok = false;
     switch (m.state) {
       case State::kFree:
-        ok = m.ref_count == 0 && !m.is_hashed && on_free[b] && !on_lru[b];
+        ok = m.ref_count == 0 && m.record < 0 && on_free[b] && !on_lru[b];
         break;
       case State::kInUse:
         ok = m.ref_count > 0 && !on_free[b] && !on_lru[b];
         ++in_use;
         break;
       case State::kCached:
-        ok = m.ref_count == 0 && m.is_hashed && !on_free[b] && on_lru[b];
+        ok = m.ref_count == 0 && m.record >= 0 && !on_free[b] && on_lru[b];
         ++cached;
         break;
     }
     if (!ok) return fail(id + " is not in exactly one consistent state");
     if (m.ref_count > 1) ++shared;
-    if (m.is_hashed) {
-      ++hashed;
-      if (owners_.Find(m.hash) != b) return fail(id + " is hashed but not the hash's owner");
+    if (m.record >= 0 && (!index_.live(m.record) || index_.tier(m.record) != Tier::kDevice ||
+                          index_.location(m.record) != b)) {
+      return fail(id + " holds a record that is not located in it");
     }
   }
-  bool map_ok = true;
-  owners_.ForEach([&](BlockHash h, int32_t b) {
-    map_ok = map_ok && b >= 0 && b < num_blocks_ && meta_[b].is_hashed && meta_[b].hash == h;
+  RETURN_IF_ERROR(index_.CheckInvariants());
+  // Every record is where it says: a device record in its slot, a host record in a host slot
+  // no other record, free list or deferred list holds; disk within its bound.
+  std::vector<uint8_t> host_seen(num_host_blocks_, 0);
+  for (int32_t h : host_free_) {
+    if (h < 0 || h >= num_host_blocks_ || host_seen[h]++) return fail("bad host free slot");
+  }
+  for (int32_t h : host_deferred_) {
+    if (h < 0 || h >= num_host_blocks_ || host_seen[h]++) return fail("bad deferred host slot");
+  }
+  Status records_ok;
+  int32_t host_records = 0;
+  index_.ForEachLive([&](int32_t r) {
+    if (!records_ok.ok()) return;
+    const int32_t loc = index_.location(r);
+    const std::string id = "record " + std::to_string(r);
+    switch (index_.tier(r)) {
+      case Tier::kDevice:
+        if (loc < 0 || loc >= num_blocks_ || meta_[loc].record != r) {
+          records_ok = fail(id + " on device is not in its slot");
+        } else if (loading_[r] || index_.on_lru(r)) {
+          records_ok = fail(id + " on device is loading or on a lower-tier LRU");
+        }
+        break;
+      case Tier::kHost:
+        ++host_records;
+        if (loc < 0 || loc >= num_host_blocks_ || host_seen[loc]++) {
+          records_ok = fail(id + " on host has a bad or shared slot");
+        } else if (loading_[r] && index_.on_lru(r)) {
+          records_ok = fail(id + " is loading but evictable");
+        }
+        break;
+      case Tier::kDisk:
+        if (!index_.on_lru(r) || loading_[r]) records_ok = fail(id + " on disk is off its LRU");
+        break;
+    }
   });
-  if (!map_ok || owners_.size() != hashed) return fail("hash map disagrees with blocks");
+  RETURN_IF_ERROR(records_ok);
+  if (static_cast<int32_t>(host_free_.size() + host_deferred_.size()) + host_records !=
+      num_host_blocks_) {
+    return fail("host slots leaked");
+  }
+  if (index_.num_on_tier(Tier::kDisk) > num_disk_blocks_) return fail("disk tier over its bound");
   if (in_use != num_in_use_ || cached != num_cached_ || cached != lru_count ||
       shared != num_shared_) {
     return fail("counters disagree with blocks");

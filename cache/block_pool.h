@@ -1,25 +1,41 @@
-// BlockPool: bookkeeping for one device's paged KV pool, as vLLM's block manager with
-// automatic prefix caching. It owns block ids, reference counts, the free list, the LRU
-// list of cached blocks and the hash -> block map. It never touches KV bytes: those live
-// in engine/backend.h, and copy-on-write hands the Backend (src, dst) pairs to copy.
-// docs/kv_cache.md has the state diagram.
+// BlockPool: bookkeeping for one device's paged KV pool and the tiers below it, as vLLM's
+// block manager with automatic prefix caching plus demotion. It owns device block ids,
+// reference counts, the free list, the LRU list of cached device blocks, the host tier's
+// slots and the tier-neutral block index (cache/block_index.h) that names every cached
+// block on every tier. It never touches KV bytes: those live in engine/backend.h; the
+// pool hands out copy-on-write pairs and a TransferPlan of swaps and disk I/O to run.
+// docs/kv_cache.md has the state diagram and a block's life across tiers.
 //
 // Block states (every block is in exactly one; TEST_CheckInvariants verifies it):
 //   free    ref_count == 0, no hash, on the free list.
 //   in use  ref_count > 0 (held by ref_count BlockTables); may hold a hash.
 //   cached  ref_count == 0, holds a hash; evictable, on the LRU list (head = oldest).
 //
-//   Allocate: free -> in use, else cached (LRU head) -> in use, dropping its hash
+//   Allocate: free -> in use, else cached (LRU head) -> in use; the cached block's record
+//             is demoted to the host tier (a swap-out is planned) or, without room
+//             there, dropped
 //   Release to 0: in use -> cached (LRU tail) if hashed, else -> free
 //   MatchPrefix / Retain / Fork: cached -> in use, or in use ref_count + 1
 //
 // Prefix caching: full blocks are registered under HashBlock(parent, tokens, scope)
-// (cache/prefix_hash.h). At most one block owns a hash. A hit is verified before it is
-// served: the block's stored tokens and scope must equal the request's, and its parent
-// link (the block id + generation it was committed on top of) must be the block matched
-// one step earlier. By induction a matched run holds exactly the KV of the request's
-// prefix even if two prefixes collide in 64 bits. A block's generation changes whenever it
-// loses its hash, so links to evicted blocks go dead instead of dangling.
+// (cache/prefix_hash.h) as records of the BlockIndex. At most one record owns a hash. A
+// hit is verified before it is served: the record's tokens and scope must equal the
+// request's, and its parent link (the record id + generation it was committed on top of)
+// must be the record matched one step earlier. By induction a matched run holds exactly
+// the KV of the request's prefix even if two prefixes collide in 64 bits. A record's
+// generation changes when it is dropped, so links to dropped blocks go dead instead of
+// dangling; demotion and promotion keep the record, so links survive tier moves.
+//
+// Tiers (num_host_blocks > 0, and num_disk_blocks > 0 with a host tier):
+//   device cached --Allocate needs the slot--> host (swap-out device slot -> host slot)
+//   host LRU head --host needs the slot-->     disk (write the host slot to a file)
+//   disk LRU head --disk full-->               dropped (delete the file)
+//   MatchPrefix: a host record is promoted into a fresh device slot (swap-in host slot ->
+//     device slot); a disk record ends the match: PlanDiskLoads reads it into a host slot
+//     on the disk worker, and FinishDiskRead makes it matchable.
+// The transfers accumulate in transfers() and the caller runs them, in plan order, before
+// the next forward step, then calls FinishTransfers(). Until then no host slot a pending
+// swap-in reads is reused, and no record demoted by a pending swap-out is evicted further.
 //
 // Nothing here allocates after construction except the std::vectors of BlockTables and
 // results (amortised). All failing calls check first and change nothing.
@@ -34,15 +50,67 @@
 
 #include "base/status.h"
 #include "cache/block_hash_map.h"
+#include "cache/block_index.h"
 #include "cache/block_table.h"
 #include "cache/prefix_hash.h"
 
 namespace kvkeep {
 
 struct BlockPoolOptions {
-  int32_t num_blocks = 0;             // pool size; REQUIRES > 0
+  int32_t num_blocks = 0;             // device pool size; REQUIRES > 0
   int32_t block_size = 16;            // tokens per block; REQUIRES > 0
   bool enable_prefix_caching = true;  // false: the "none" policy, no KV reuse at all
+  int32_t num_host_blocks = 0;        // host tier slots; 0: no host tier
+  int32_t num_disk_blocks = 0;        // disk tier blocks; used only with a host tier
+};
+
+// Blocks of a matched prefix per tier they were found on.
+struct TierCounts {
+  int32_t device = 0;
+  int32_t host = 0;
+  int32_t disk = 0;
+  int32_t total() const { return device + host + disk; }
+};
+
+// A block demoted from the host tier to disk: the bytes of host_slot go to a file named by
+// hash, with the header fields a restart needs to rebuild the record.
+struct DiskWrite {
+  int32_t host_slot = -1;
+  BlockHash hash;
+  BlockHash parent_hash;
+  HashScope scope;
+  std::vector<int32_t> tokens;
+};
+
+// One planned transfer. Plans run strictly in order (consecutive ops of one kind may be
+// batched): a later op may reuse a slot an earlier one vacated.
+struct BlockTransfer {
+  enum class Kind : uint8_t {
+    kDiskWrite,  // copy host_slot's bytes out now, write them as disk_writes[write] later
+    kSwapOut,    // device_block -> host_slot
+    kSwapIn,     // host_slot -> device_block
+    kDiskRead,   // the disk worker reads hash into host_slot, then FinishDiskRead
+    kDiskDrop,   // the disk worker deletes hash's file
+  };
+  Kind kind = Kind::kSwapOut;
+  int32_t device_block = -1;
+  int32_t host_slot = -1;
+  BlockHash hash;
+  int32_t write = -1;  // kDiskWrite: index into TransferPlan::disk_writes
+};
+
+// The transfers the pool planned since the last FinishTransfers. The caller runs them
+// before the step's copy-on-write pairs and forward pass; disk ops go to the disk worker
+// in plan order (its queue is FIFO), with kDiskWrite's bytes copied out at its place.
+struct TransferPlan {
+  std::vector<BlockTransfer> ops;
+  std::vector<DiskWrite> disk_writes;
+  bool empty() const { return ops.empty(); }
+  int32_t Count(BlockTransfer::Kind kind) const {
+    int32_t n = 0;
+    for (const BlockTransfer& op : ops) n += op.kind == kind;
+    return n;
+  }
 };
 
 struct BlockPoolStats {
@@ -55,6 +123,13 @@ struct BlockPoolStats {
   int64_t num_cow_copies = 0;      // cumulative: copy-on-write copies planned
   int64_t num_hit_blocks = 0;      // cumulative: blocks returned by MatchPrefix
   int64_t num_queried_blocks = 0;  // cumulative: full blocks MatchPrefix looked up
+  int32_t host_total = 0;          // host tier slots
+  int32_t host_used = 0;           // host slots holding (or loading, or leaving) a block
+  int32_t disk_total = 0;          // disk tier capacity in blocks
+  int32_t disk_used = 0;           // blocks on disk
+  int64_t num_demotions = 0;       // cumulative: blocks moved one tier down
+  int64_t num_promotions = 0;      // cumulative: blocks moved up (swap-ins, disk reads)
+  int64_t num_dropped = 0;         // cumulative: records dropped from the bottom tier
 };
 
 // A whole-block copy the Backend must perform (Backend::CopyBlocks) before the next
@@ -117,9 +192,36 @@ class BlockPool {
   // (cached ones move back to in use) with num_tokens() = matched blocks * block_size.
   // A trailing partial block is never matched. Callers that need logits for the last
   // prompt token pass the prompt minus its last token. Empty when caching is off.
-  BlockTable MatchPrefix(std::span<const int32_t> tokens, HashScope scope);
-  // How many leading full blocks MatchPrefix would return now, changing nothing.
+  // Host hits are promoted into fresh device slots (swap-ins planned; each may demote a
+  // cached device block); the match stops at a disk or loading record, or when no device
+  // slot is left. *from_tiers (if set) receives where the matched blocks were found.
+  BlockTable MatchPrefix(std::span<const int32_t> tokens, HashScope scope,
+                         TierCounts* from_tiers = nullptr);
+  // How many leading full blocks MatchPrefix would return now, changing nothing (with an
+  // unbounded device pool).
   int32_t CountCachedPrefix(std::span<const int32_t> tokens, HashScope scope) const;
+  // The leading verified run per tier, through disk records, changing nothing.
+  TierCounts ProbePrefix(std::span<const int32_t> tokens, HashScope scope) const;
+
+  // --- Tiers --------------------------------------------------------------------------
+  // Plans reads of the disk records in the leading verified run of tokens into host slots
+  // (disk_reads in transfers()); returns how many. Stops when no host slot can be freed.
+  int32_t PlanDiskLoads(std::span<const int32_t> tokens, HashScope scope);
+  // The disk worker finished reading hash into its host slot: ok makes it a matchable
+  // host block; !ok (a missing file or a bad checksum) drops it, so it is recomputed.
+  // Either way the file's deletion is planned. Unknown or no longer loading hashes are
+  // ignored.
+  void FinishDiskRead(BlockHash hash, bool ok);
+  // Adds a block found on disk at start-up (docs/kv_cache.md, Restart). Its parent must be
+  // kRootParentHash or an already adopted block; returns false (adopting nothing) if not,
+  // if the hash is owned or if the disk tier is full.
+  bool AdoptDiskBlock(BlockHash hash, BlockHash parent_hash, std::span<const int32_t> tokens,
+                      HashScope scope);
+  // Transfers planned since the last FinishTransfers.
+  const TransferPlan& transfers() const { return plan_; }
+  // The plan has run: host slots read by swap-ins become reusable, blocks demoted by it
+  // become evictable, and the plan is cleared.
+  void FinishTransfers();
 
   // Registers *table's full blocks [num_hashed_blocks(), num_full_blocks()) in the prefix
   // cache under table->scope() and appends their hashes to the table. `tokens` is the
@@ -143,6 +245,8 @@ class BlockPool {
   int32_t TEST_RefCount(int32_t block) const { return meta_[block].ref_count; }
   bool TEST_IsCached(int32_t block) const;
   bool TEST_IsFree(int32_t block) const;
+  // Tier and location of the record owning hash; false if none owns it.
+  bool TEST_Locate(BlockHash hash, Tier* tier, int32_t* location) const;
   // Cached blocks from least to most recently used (the eviction order).
   std::vector<int32_t> TEST_LruOrder() const;
   // Replaces HashBlock (for the map and the tables' hashes) with a weak function, so
@@ -154,52 +258,50 @@ class BlockPool {
 
  private:
   enum class State : uint8_t { kFree, kInUse, kCached };
-  // A block instance: id + generation. kRootLink is the parent of a sequence's first
-  // block; kNoLink matches nothing.
-  struct Link {
-    int32_t block;
-    uint32_t generation;
-    friend bool operator==(Link a, Link b) = default;
-  };
-  static constexpr Link kRootLink{-1, 0};
-  static constexpr Link kNoLink{-2, 0};
   struct Meta {
     int32_t ref_count = 0;
     State state = State::kFree;
-    bool is_hashed = false;
-    uint32_t generation = 0;  // + 1 each time the block loses its hash
-    BlockHash hash;           // valid iff is_hashed
-    HashScope scope;          // valid iff is_hashed
-    Link parent = kNoLink;    // valid iff is_hashed: the instance it was committed on top of
-    Link alias = kNoLink;     // unhashed full block: the owner holding identical content
+    int32_t record = -1;         // the BlockIndex record this slot holds, -1: unhashed
+    RecordLink alias = kNoLink;  // unhashed full block: the owner holding identical content
     uint64_t last_use_tick = 0;
     int32_t lru_prev = -1;
     int32_t lru_next = -1;
   };
 
-  std::span<const int32_t> StoredTokens(int32_t block) const;
-  bool IsLive(Link link) const;
-  Link CanonicalOf(int32_t block) const;  // this instance, its live alias, or kNoLink
-  int32_t LookupVerified(BlockHash hash, std::span<const int32_t> tokens, HashScope scope,
-                         Link parent) const;
-  void CommitBlock(int32_t block, BlockHash hash, std::span<const int32_t> tokens, HashScope scope,
-                   Link parent);
-  void DropHash(int32_t block);  // unhash; a cached block goes to the free list
+  bool is_hashed(int32_t block) const { return meta_[block].record >= 0; }
+  RecordLink CanonicalOf(int32_t block) const;  // its record, its live alias, or kNoLink
+  void CommitBlock(int32_t block, BlockHash hash, BlockHash parent_hash,
+                   std::span<const int32_t> tokens, HashScope scope, RecordLink parent);
+  void DropHash(int32_t block);  // drop its record; a cached block goes to the free list
   int32_t TakeOne();             // REQUIRES: num_allocatable() > 0
   void LruPushBack(int32_t block);
   void LruRemove(int32_t block);
+  // Tiers.
+  void DemoteFromDevice(int32_t record);    // REQUIRES: on device, its slot about to be reused
+  int32_t AcquireHostSlot();                // a free host slot, demoting the host LRU head; -1
+  void DemoteToDisk(int32_t record);        // REQUIRES: on host, off the LRU
+  void DropRecord(int32_t record);          // frees its lower-tier location, erases it
+  void LeaveLowerTier(int32_t record);      // off its LRU; host slot deferred, disk count - 1
+  int32_t PromoteToDevice(int32_t record);  // host -> a fresh device slot; REQUIRES allocatable
 
   int32_t num_blocks_;
   int32_t block_size_;
   bool prefix_caching_;
+  int32_t num_host_blocks_;
+  int32_t num_disk_blocks_;
   std::vector<Meta> meta_;
-  std::vector<int32_t> tokens_;     // [num_blocks][block_size], valid iff hashed
   std::vector<int32_t> free_list_;  // stack; back is allocated next
   int32_t lru_head_ = -1, lru_tail_ = -1;
   int32_t num_cached_ = 0, num_in_use_ = 0, num_shared_ = 0;
   uint64_t tick_ = 0;
   int64_t num_evictions_ = 0, num_cow_copies_ = 0, num_hit_blocks_ = 0, num_queried_ = 0;
-  BlockHashMap owners_;  // hash -> the one block owning it
+  int64_t num_demotions_ = 0, num_promotions_ = 0, num_dropped_ = 0;
+  BlockIndex index_;                    // every cached block on every tier
+  std::vector<int32_t> host_free_;      // free host slots (stack)
+  std::vector<int32_t> host_deferred_;  // host slots freed once the plan has run
+  std::vector<int32_t> host_pending_;   // records demoted to host by the pending plan
+  std::vector<uint8_t> loading_;        // per record: a disk read into host is in flight
+  TransferPlan plan_;
   BlockHashFn hash_fn_;  // HashBlock, except in tests
 };
 

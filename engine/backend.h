@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,6 +40,12 @@ struct ForwardBatch {
 
 enum class KvDType { kF32, kBF16 };
 
+// Marks the completion of a batch of transfers (Backend::SwapOut / SwapIn). 0 is a fence
+// that is already complete.
+struct TransferFence {
+  uint64_t id = 0;
+};
+
 struct BackendOptions {
   int32_t num_kv_blocks = 0;  // pool size in blocks; 0 = derive from kv_memory_bytes
   size_t kv_memory_bytes = 0;
@@ -67,6 +74,35 @@ class Backend {
   virtual size_t block_bytes() const = 0;
   virtual Status ReadBlock(int32_t block_id, void* dst) = 0;
   virtual Status WriteBlock(int32_t block_id, const void* src) = 0;
+
+  // --- Host tier ------------------------------------------------------------------------
+  // The host tier's arena: num_blocks slots of block_bytes(), allocated once (pinned on
+  // CUDA; a second arena on the CPU, so CI runs the same code). InvalidArgument if called
+  // twice or with num_blocks < 0.
+  virtual Status AllocateHostTier(int32_t num_blocks);
+  int32_t num_host_blocks() const { return num_host_blocks_; }
+  // The bytes of one host slot. The disk worker reads and writes them; a slot is touched
+  // by one party at a time (cache/block_pool.h reserves slots for pending transfers).
+  // REQUIRES: 0 <= host_slot < num_host_blocks(), and any SwapOut into it waited for.
+  uint8_t* host_block(int32_t host_slot) {
+    return host_arena_ + static_cast<size_t>(host_slot) * block_bytes();
+  }
+  // Batched whole-block copies (all layers, K and V), in order: device -> host and
+  // host -> device. The next Forward sees swapped-in blocks (it is ordered after them), so
+  // the engine waits on a fence only before the host reads a swapped-out slot. The default
+  // copies through ReadBlock/WriteBlock and completes before returning.
+  virtual Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host);
+  virtual Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device);
+  // Blocks until the fence's transfers are complete.
+  virtual Status WaitFence(TransferFence fence);
+
+ protected:
+  // Set by AllocateHostTier (or a backend's own pinned allocation).
+  uint8_t* host_arena_ = nullptr;
+  int32_t num_host_blocks_ = 0;
+
+ private:
+  std::vector<uint8_t> default_host_arena_;  // the default AllocateHostTier's storage
 };
 
 // InvalidArgument unless 0 <= block_id < shape.num_blocks (Read/WriteBlock, CopyBlocks).

@@ -25,11 +25,14 @@ std::string_view FinishReasonName(FinishReason reason) {
 
 namespace {
 
-BlockPoolOptions PoolOptions(const Backend& backend, bool prefix_caching) {
+BlockPoolOptions PoolOptions(const Backend& backend, const EngineOptions& e,
+                             int32_t num_disk_blocks) {
   BlockPoolOptions o;
   o.num_blocks = backend.kv_shape().num_blocks;
   o.block_size = backend.kv_shape().block_size;
-  o.enable_prefix_caching = prefix_caching;
+  o.enable_prefix_caching = e.prefix_caching;
+  o.num_host_blocks = e.num_host_blocks;
+  o.num_disk_blocks = num_disk_blocks;
   return o;
 }
 
@@ -54,18 +57,49 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
         "engine: max_batch_tokens, prefill_chunk_tokens and max_running must be positive");
   }
   if (backend->kv_shape().num_blocks <= 0) return Status::InvalidArgument("engine: empty pool");
-  return std::unique_ptr<Engine>(new EngineImpl(options, std::move(backend), tokenizer, clock));
+  if (options.num_host_blocks < 0 || options.disk_bytes < 0) {
+    return Status::InvalidArgument("engine: negative host or disk tier size");
+  }
+  if (options.disk_bytes > 0 && (options.num_host_blocks == 0 || options.disk_dir.empty())) {
+    return Status::InvalidArgument("engine: a disk tier needs a host tier and a directory");
+  }
+  if (options.num_host_blocks > 0)
+    RETURN_IF_ERROR(backend->AllocateHostTier(options.num_host_blocks));
+  std::unique_ptr<DiskBlockStore> store;
+  std::vector<DiskBlockHeader> found;
+  int32_t num_disk_blocks = 0;
+  if (options.disk_bytes > 0 && options.prefix_caching) {
+    store =
+        std::make_unique<DiskBlockStore>(options.env ? options.env : DefaultEnv(), options.disk_dir,
+                                         backend->kv_shape().block_size, backend->block_bytes());
+    RETURN_IF_ERROR(store->Open().WithContext("disk tier"));
+    num_disk_blocks = static_cast<int32_t>(std::min<int64_t>(
+        options.disk_bytes / static_cast<int64_t>(store->file_bytes()), int64_t{1} << 30));
+    int32_t num_bad = 0;
+    ASSIGN_OR_RETURN(found, store->Scan(&num_bad));
+    spdlog::info("disk tier {}: {} blocks found, {} bad dropped, room for {}", options.disk_dir,
+                 found.size(), num_bad, num_disk_blocks);
+  }
+  auto engine = std::make_unique<EngineImpl>(options, std::move(backend), tokenizer, clock,
+                                             std::move(store), num_disk_blocks);
+  engine->AdoptDiskBlocks(found);
+  return std::unique_ptr<Engine>(std::move(engine));
 }
 
 EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> backend,
-                       const Tokenizer* tokenizer, Clock* clock)
+                       const Tokenizer* tokenizer, Clock* clock,
+                       std::unique_ptr<DiskBlockStore> disk_store, int32_t num_disk_blocks)
     : options_(options),
       tokenizer_(tokenizer),
       clock_(clock),
       backend_(std::move(backend)),
-      pool_(PoolOptions(*backend_, options.prefix_caching)),
+      pool_(PoolOptions(*backend_, options, num_disk_blocks)),
       scheduler_(SchedOptions(options), &pool_),
-      runner_(backend_.get()) {
+      runner_(backend_.get()),
+      disk_store_(std::move(disk_store)) {
+  if (disk_store_ != nullptr) disk_worker_ = std::make_unique<DiskWorker>(disk_store_.get());
+  reclaim_policy_ = options.prefix_caching ? NewLruReclaimPolicy() : NewNoneReclaimPolicy();
+  scheduler_.set_reclaimer([this](int32_t shortfall) { return ReclaimSessions(shortfall); });
   const KvPoolShape& shape = backend_->kv_shape();
   const int32_t max_pos = backend_->config().max_position_embeddings;
   max_context_tokens_ = int64_t{shape.num_blocks} * shape.block_size;
@@ -74,7 +108,21 @@ EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> ba
   stats_.blocks_total = shape.num_blocks;
 }
 
-EngineImpl::~EngineImpl() { Stop(); }
+EngineImpl::~EngineImpl() {
+  Stop();
+  if (disk_worker_ != nullptr) disk_worker_->WaitIdle();  // write-back finishes
+}
+
+void EngineImpl::AdoptDiskBlocks(const std::vector<DiskBlockHeader>& headers) {
+  if (disk_store_ == nullptr) return;
+  const std::vector<BlockHash> rejected = kvkeep::AdoptDiskBlocks(headers, &pool_);
+  for (BlockHash h : rejected) disk_worker_->Remove(h);
+  if (!headers.empty()) {
+    spdlog::info("disk tier: adopted {} blocks, dropped {}", headers.size() - rejected.size(),
+                 rejected.size());
+  }
+  PublishStats();
+}
 
 // ---- thread-safe entry points ---------------------------------------------------------
 
@@ -118,6 +166,12 @@ Status EngineImpl::Submit(GenerateRequest request) {
   return Status::OK();
 }
 
+void EngineImpl::Hint(const SessionHint& hint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  hints_.push_back(hint);
+  cv_.notify_one();
+}
+
 void EngineImpl::Cancel(RequestId id) {
   std::lock_guard<std::mutex> lock(mu_);
   cancels_.push_back(id);
@@ -155,7 +209,9 @@ void EngineImpl::Stop() {
   PublishStats();
 }
 
-bool EngineImpl::HasWorkLocked() const { return !inbox_.empty() || !cancels_.empty() || has_work_; }
+bool EngineImpl::HasWorkLocked() const {
+  return !inbox_.empty() || !cancels_.empty() || !hints_.empty() || has_work_;
+}
 
 void EngineImpl::ThreadMain() {
   spdlog::debug("engine: thread started");

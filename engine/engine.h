@@ -19,9 +19,11 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "base/file.h"
 #include "base/status.h"
 #include "engine/backend.h"
 #include "engine/tokenizer.h"
+#include "policy/reclaim_policy.h"
 
 namespace kvkeep {
 
@@ -40,12 +42,15 @@ struct StopConditions {
 };
 
 struct Usage {
-  int64_t prompt_tokens = 0;      // context tokens of the request
-  int64_t cached_tokens = 0;      // of those, served from cached KV
-  int64_t recomputed_tokens = 0;  // of those, prefilled in this request
-  int64_t generated_tokens = 0;   // sampled or forced tokens decoded
-  double ttft_ms = 0;             // submit -> first generated token
-  double decode_ms = 0;           // first -> last generated token
+  int64_t prompt_tokens = 0;         // context tokens of the request
+  int64_t cached_tokens = 0;         // of those, served from cached KV, split by tier below
+  int64_t cached_device_tokens = 0;  // found in device memory
+  int64_t cached_host_tokens = 0;    // swapped in from the host tier
+  int64_t cached_disk_tokens = 0;    // read from the disk tier (through the host tier)
+  int64_t recomputed_tokens = 0;     // of those, prefilled in this request
+  int64_t generated_tokens = 0;      // sampled or forced tokens decoded
+  double ttft_ms = 0;                // submit -> first generated token
+  double decode_ms = 0;              // first -> last generated token
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
@@ -64,7 +69,11 @@ struct GenerateEvent {
 using RequestId = uint64_t;
 
 struct GenerateRequest {
-  RequestId id = 0;             // unique among in-flight requests
+  RequestId id = 0;  // unique among in-flight requests
+  // The conversation this turn belongs to (0: none). After the turn the engine keeps the
+  // session's blocks (retained, reclaimable by the ReclaimPolicy) until its next turn, a
+  // close hint, or memory pressure.
+  SessionId session = 0;
   uint64_t cache_salt = 0;      // tenant salt in prefix hashes: tenants never share KV
   std::vector<int32_t> prompt;  // the whole context
   std::vector<int32_t> forced;  // teacher forcing: decoded as if generated, then stop
@@ -80,7 +89,13 @@ struct EngineOptions {
   int32_t prefill_chunk_tokens = 256;  // largest prefill chunk per sequence per step
   int32_t max_running = 64;            // sequences decoding at once
   bool prefix_caching = true;          // false: no KV reuse across requests ("none" policy)
-  std::string model_id;                // part of every prefix hash
+  std::string model_id;                // part of every prefix hash (engine/model_identity.h)
+  // Tiers below the device pool (docs/kv_cache.md). Evicted blocks are demoted to the host
+  // tier, and from there to the disk tier under disk_dir (which needs a host tier).
+  int32_t num_host_blocks = 0;  // 0: no host tier
+  int64_t disk_bytes = 0;       // 0: no disk tier
+  std::string disk_dir;         // the disk tier's directory (created 0700)
+  Env* env = nullptr;           // for the disk tier; nullptr: DefaultEnv()
 };
 
 struct EngineStats {
@@ -96,6 +111,21 @@ struct EngineStats {
   int64_t recomputed_tokens = 0;
   int64_t generated_tokens = 0;
   int64_t evicted_blocks = 0;
+  int64_t host_blocks_total = 0;
+  int64_t host_blocks_used = 0;
+  int64_t disk_blocks_total = 0;
+  int64_t disk_blocks_used = 0;
+  int64_t demoted_blocks = 0;      // cumulative: moved one tier down
+  int64_t promoted_blocks = 0;     // cumulative: moved one tier up
+  int64_t dropped_blocks = 0;      // cumulative: dropped from the bottom tier
+  int64_t disk_read_failures = 0;  // missing files and bad checksums (recomputed)
+  int64_t cached_device_tokens = 0;
+  int64_t cached_host_tokens = 0;
+  int64_t cached_disk_tokens = 0;
+  int64_t retained_sessions = 0;   // sessions whose blocks are kept between turns
+  int64_t retained_blocks = 0;     // device blocks they hold
+  int64_t reclaimed_sessions = 0;  // cumulative: retained sessions released for memory
+  int64_t pin_violations = 0;      // cumulative: live pins reclaimed
 };
 
 class Engine {
@@ -116,6 +146,9 @@ class Engine {
   virtual Status Submit(GenerateRequest request) = 0;
   // Cancels a queued or running request; its callback gets kFinished/kCancelled.
   virtual void Cancel(RequestId id) = 0;
+  // A session hint (tool wait begins/ends, session closed, retention): queued and applied
+  // on the engine thread at the start of its next step, like cancels. Thread-safe.
+  virtual void Hint(const SessionHint& hint) { (void)hint; }
   virtual EngineStats GetStats() const = 0;
 
   // Runs steps on the calling thread until no work is left (tests, the CLI).

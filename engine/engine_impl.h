@@ -1,7 +1,9 @@
 // EngineImpl: the Engine of engine/engine.h. One engine thread (Start) or the caller
 // (RunUntilIdle) runs Step() repeatedly; Step() is the table of contents:
-//   drain inbox -> schedule -> reserve blocks (CoW copies) -> build batch + run model ->
-//   sample -> postprocess (stop checks, accounting) -> emit events -> policy tick.
+//   drain inbox (disk loads planned for new requests) -> collect finished disk reads ->
+//   schedule -> reserve blocks (CoW copies; evictions demote) -> transfer phase (swaps,
+//   disk I/O queued) -> build batch + run model -> sample -> postprocess (stop checks,
+//   accounting) -> emit events -> policy tick.
 // Everything below the mutex line is owned by the thread running steps.
 //
 // Thread-safety: Submit, Cancel, GetStats, Stop are thread-safe. Without Start(), the
@@ -19,6 +21,8 @@
 #include <vector>
 
 #include "cache/block_pool.h"
+#include "cache/disk_tier.h"
+#include "cache/disk_worker.h"
 #include "engine/engine.h"
 #include "engine/model_runner.h"
 #include "engine/scheduler.h"
@@ -28,14 +32,17 @@ namespace kvkeep {
 
 class EngineImpl final : public Engine {
  public:
+  // disk_store: the opened disk tier (nullptr: none) holding up to num_disk_blocks.
   EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> backend,
-             const Tokenizer* tokenizer, Clock* clock);
+             const Tokenizer* tokenizer, Clock* clock, std::unique_ptr<DiskBlockStore> disk_store,
+             int32_t num_disk_blocks);
   ~EngineImpl() override;
 
   Status Start() override;
   void Stop() override;
   Status Submit(GenerateRequest request) override;
   void Cancel(RequestId id) override;
+  void Hint(const SessionHint& hint) override;
   EngineStats GetStats() const override;
   Status RunUntilIdle() override;
   const ModelConfig& config() const override { return backend_->config(); }
@@ -45,6 +52,13 @@ class EngineImpl final : public Engine {
 
   // The longest context a request may reach: min(max_position_embeddings, pool tokens).
   int64_t max_context_tokens() const { return max_context_tokens_; }
+
+  // Adopts the blocks a scan of the disk tier found (before Start); deletes the rest.
+  void AdoptDiskBlocks(const std::vector<DiskBlockHeader>& headers);
+  // Steps that ran no forward pass while work remained (waiting on memory or a transfer).
+  int64_t idle_steps() const { return idle_steps_; }
+  // Tests: the pool's invariant check (engine thread only).
+  Status TEST_CheckPool() const { return pool_.TEST_CheckInvariants(); }
 
  private:
   struct Pending {
@@ -64,6 +78,16 @@ class EngineImpl final : public Engine {
   void Finish(Sequence* seq, FinishReason reason, Status error = Status::OK());
   void EmitEvents();
   void PolicyTick() {}  // placeholder: TTL pinning and demotion hook in here
+  // The transfer phase: runs the pool's planned swaps and hands disk I/O to the worker.
+  Status RunTransfers();
+  // Disk reads the worker finished: tells the pool; releases sequences waiting on them.
+  void CollectDiskReads(bool wait);
+  // Sessions: keep a finished turn's table; release a session's table; the scheduler's
+  // reclaimer (frees retained sessions in the policy's order; returns blocks freed).
+  void Retain(Sequence* seq);
+  void ReleaseSession(SessionId session);
+  int32_t ReclaimSessions(int32_t shortfall_blocks);
+  void ApplyHints(std::vector<SessionHint> hints);
   void PublishStats();
   void ThreadMain();
 
@@ -94,6 +118,23 @@ class EngineImpl final : public Engine {
   std::vector<std::unique_ptr<Sequence>> done_;  // finished this step, freed after emit
   EngineStats totals_;                           // accumulated usage of finished requests
   int64_t steps_ = 0;
+  int64_t idle_steps_ = 0;
+  // Disk tier (null without one): the files and the I/O thread.
+  std::unique_ptr<DiskBlockStore> disk_store_;
+  std::unique_ptr<DiskWorker> disk_worker_;
+  int32_t outstanding_disk_reads_ = 0;
+  int64_t disk_read_failures_ = 0;
+  std::vector<Sequence*> awaiting_disk_;  // new sequences whose prefix is being read up
+  // Sessions retained between turns, and the policy that orders their reclaim.
+  struct RetainedSession {
+    BlockTable table;
+    SessionReclaimInfo info{};
+  };
+  std::unique_ptr<ReclaimPolicy> reclaim_policy_;
+  std::unordered_map<SessionId, RetainedSession> retained_;
+  std::unordered_map<SessionId, SessionReclaimInfo> session_info_;  // hints before a turn ends
+  std::vector<SessionHint> hints_;                                  // guarded by mu_
+  int64_t reclaimed_sessions_ = 0, pin_violations_ = 0;
 };
 
 }  // namespace kvkeep

@@ -6,8 +6,15 @@
 namespace kvkeep {
 
 Status EngineImpl::Step() {
-  DrainInbox();                                  // 1. inbox: new requests, cancels
+  DrainInbox();             // 1. inbox: new requests (disk loads planned), cancels
+  CollectDiskReads(false);  //    finished disk reads make blocks matchable
   ScheduledBatch batch = scheduler_.Schedule();  // 2-3. schedule, reserve blocks
+  if (Status t = RunTransfers(); !t.ok()) {      //    transfer phase: swaps, disk I/O
+    for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, t);
+    batch.seqs.clear();
+    pool_.ReleaseCopySources(batch.copies);
+    batch.copies.clear();
+  }
   for (Sequence* seq : batch.failed) {
     Finish(seq, FinishReason::kError,
            Status::ResourceExhausted("context of " + std::to_string(seq->num_tokens()) +
@@ -23,7 +30,11 @@ Status EngineImpl::Step() {
     } else {
       for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, status);
     }
+  } else if (outstanding_disk_reads_ > 0) {
+    ++idle_steps_;
+    CollectDiskReads(true);  // nothing else to run: wait on the transfer, not a spin
   } else if (scheduler_.has_work() && batch.failed.empty()) {
+    ++idle_steps_;
     status = Status::Internal("scheduler made no progress");
   }
   EmitEvents();  // 8. callbacks
@@ -36,20 +47,35 @@ Status EngineImpl::Step() {
 void EngineImpl::DrainInbox() {
   std::vector<Pending> inbox;
   std::vector<RequestId> cancels;
+  std::vector<SessionHint> hints;
   {
     std::lock_guard<std::mutex> lock(mu_);
     inbox.swap(inbox_);
     cancels.swap(cancels_);
+    hints.swap(hints_);
   }
+  ApplyHints(std::move(hints));
   const std::vector<int32_t>& eos = backend_->config().eos_token_ids;
   for (Pending& p : inbox) {
     HashScope scope = base_scope_;
     scope.tenant_salt = p.request.cache_salt;
     const RequestId id = p.request.id;
+    // The session's next turn: its retained blocks go back to the cache, where this
+    // request's MatchPrefix finds them.
+    if (p.request.session != 0) ReleaseSession(p.request.session);
     auto seq = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
                                           tokenizer_);
     seq->submit_us = p.submit_us;
-    scheduler_.Add(seq.get());
+    if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
+      std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
+      seq->disk_blocks_loaded = pool_.PlanDiskLoads(context, scope);
+      outstanding_disk_reads_ += seq->disk_blocks_loaded;
+    }
+    if (seq->disk_blocks_loaded > 0) {
+      awaiting_disk_.push_back(seq.get());
+    } else {
+      scheduler_.Add(seq.get());
+    }
     seqs_[id] = std::move(seq);
   }
   for (RequestId id : cancels) {
@@ -103,10 +129,15 @@ void EngineImpl::EmitToken(Sequence* seq, int32_t token, std::string text) {
 }
 
 void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
+  std::erase(awaiting_disk_, seq);
+  if (reason == FinishReason::kStop || reason == FinishReason::kLength) Retain(seq);
   scheduler_.Remove(seq);
   seq->usage.prompt_tokens = seq->usage.cached_tokens + seq->usage.recomputed_tokens;
   totals_.prompt_tokens += seq->usage.prompt_tokens;
   totals_.cached_tokens += seq->usage.cached_tokens;
+  totals_.cached_device_tokens += seq->usage.cached_device_tokens;
+  totals_.cached_host_tokens += seq->usage.cached_host_tokens;
+  totals_.cached_disk_tokens += seq->usage.cached_disk_tokens;
   totals_.recomputed_tokens += seq->usage.recomputed_tokens;
   totals_.generated_tokens += seq->usage.generated_tokens;
   GenerateEvent ev;
@@ -148,7 +179,145 @@ void EngineImpl::PublishStats() {
   s.blocks_cached = ps.num_cached;
   s.blocks_shared = ps.num_shared;
   s.evicted_blocks = ps.num_evictions;
-  has_work_ = scheduler_.has_work();
+  s.host_blocks_total = ps.host_total;
+  s.host_blocks_used = ps.host_used;
+  s.disk_blocks_total = ps.disk_total;
+  s.disk_blocks_used = ps.disk_used;
+  s.demoted_blocks = ps.num_demotions;
+  s.promoted_blocks = ps.num_promotions;
+  s.dropped_blocks = ps.num_dropped;
+  s.disk_read_failures = disk_read_failures_;
+  s.retained_sessions = static_cast<int64_t>(retained_.size());
+  s.retained_blocks = 0;
+  for (const auto& [id, r] : retained_) s.retained_blocks += r.table.num_blocks();
+  s.reclaimed_sessions = reclaimed_sessions_;
+  s.pin_violations = pin_violations_;
+  has_work_ = scheduler_.has_work() || !awaiting_disk_.empty();
+}
+
+}  // namespace kvkeep
+
+namespace kvkeep {
+
+Status EngineImpl::RunTransfers() {
+  const TransferPlan& plan = pool_.transfers();
+  if (plan.empty()) return Status::OK();
+  using Kind = BlockTransfer::Kind;
+  std::vector<std::pair<int32_t, int32_t>> run;  // consecutive swaps of one kind
+  Kind run_kind = Kind::kSwapOut;
+  TransferFence last_out, last_in;
+  auto flush = [&]() -> Status {
+    if (run.empty()) return Status::OK();
+    if (run_kind == Kind::kSwapOut) {
+      ASSIGN_OR_RETURN(last_out, backend_->SwapOut(run));
+    } else {
+      ASSIGN_OR_RETURN(last_in, backend_->SwapIn(run));
+    }
+    run.clear();
+    return Status::OK();
+  };
+  for (const BlockTransfer& op : plan.ops) {
+    if (op.kind == Kind::kSwapOut || op.kind == Kind::kSwapIn) {
+      if (op.kind != run_kind) RETURN_IF_ERROR(flush());
+      run_kind = op.kind;
+      run.emplace_back(op.kind == Kind::kSwapOut ? op.device_block : op.host_slot,
+                       op.kind == Kind::kSwapOut ? op.host_slot : op.device_block);
+      continue;
+    }
+    RETURN_IF_ERROR(flush());
+    if (op.kind == Kind::kDiskWrite) {
+      RETURN_IF_ERROR(backend_->WaitFence(last_out));  // the slot may have just been filled
+      const DiskWrite& w = plan.disk_writes[op.write];
+      const uint8_t* bytes = backend_->host_block(op.host_slot);
+      disk_worker_->Write({w.hash, w.parent_hash, w.scope, w.tokens},
+                          std::vector<uint8_t>(bytes, bytes + backend_->block_bytes()));
+    } else if (op.kind == Kind::kDiskRead) {
+      disk_worker_->Read(op.hash, backend_->host_block(op.host_slot));
+    } else {
+      disk_worker_->Remove(op.hash);
+    }
+  }
+  RETURN_IF_ERROR(flush());
+  // Host slots that swap-ins read are reused once FinishTransfers frees them.
+  RETURN_IF_ERROR(backend_->WaitFence(last_in));
+  pool_.FinishTransfers();
+  return Status::OK();
+}
+
+void EngineImpl::CollectDiskReads(bool wait) {
+  if (disk_worker_ == nullptr) return;
+  if (wait) disk_worker_->WaitIdle();
+  for (auto [hash, ok] : disk_worker_->TakeCompletedReads()) {
+    pool_.FinishDiskRead(hash, ok);
+    --outstanding_disk_reads_;
+    if (!ok) ++disk_read_failures_;
+  }
+  if (outstanding_disk_reads_ == 0 && !awaiting_disk_.empty()) {
+    for (Sequence* seq : awaiting_disk_) scheduler_.Add(seq);
+    awaiting_disk_.clear();
+  }
+}
+
+}  // namespace kvkeep
+
+namespace kvkeep {
+
+void EngineImpl::Retain(Sequence* seq) {
+  const SessionId session = seq->request.session;
+  if (session == 0 || !reclaim_policy_->retains_sessions() || !seq->table.num_blocks()) return;
+  ReleaseSession(session);  // a turn that raced another of the same session
+  RetainedSession r;
+  r.table = std::move(seq->table);
+  seq->table = BlockTable(pool_.block_size(), r.table.scope());
+  auto it = session_info_.find(session);
+  if (it != session_info_.end()) r.info = it->second;
+  r.info.session = session;
+  r.info.last_use_us = clock_->NowMicros();
+  retained_.emplace(session, std::move(r));
+}
+
+void EngineImpl::ReleaseSession(SessionId session) {
+  auto it = retained_.find(session);
+  if (it == retained_.end()) return;
+  pool_.Free(&it->second.table);  // its blocks become cached (and demotable)
+  session_info_[session] = it->second.info;
+  retained_.erase(it);
+}
+
+void EngineImpl::ApplyHints(std::vector<SessionHint> hints) {
+  for (const SessionHint& h : hints) {
+    if (h.kind == SessionHint::Kind::kClose) {
+      ReleaseSession(h.session);
+      session_info_.erase(h.session);
+      continue;
+    }
+    auto it = retained_.find(h.session);
+    SessionReclaimInfo* info = it != retained_.end() ? &it->second.info : &session_info_[h.session];
+    info->session = h.session;
+    reclaim_policy_->OnHint(h, info);
+  }
+}
+
+int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks) {
+  if (retained_.empty()) return 0;
+  std::vector<SessionReclaimInfo> candidates;
+  candidates.reserve(retained_.size());
+  for (auto& [id, r] : retained_) {
+    r.info.blocks_on_tier[0] = r.table.num_blocks();
+    r.info.blocks_on_tier[1] = r.info.blocks_on_tier[2] = 0;
+    candidates.push_back(r.info);
+  }
+  std::vector<ReclaimVictim> victims;
+  reclaim_policy_->Order({Tier::kDevice, shortfall_blocks, clock_->NowMicros()}, candidates,
+                         &victims);
+  const int32_t before = pool_.num_allocatable();
+  for (const ReclaimVictim& v : victims) {
+    if (pool_.num_allocatable() - before >= shortfall_blocks) break;
+    if (v.victim_class == VictimClass::kLivePin) ++pin_violations_;
+    ReleaseSession(v.session);
+    ++reclaimed_sessions_;
+  }
+  return pool_.num_allocatable() - before;
 }
 
 }  // namespace kvkeep

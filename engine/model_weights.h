@@ -34,6 +34,8 @@ class ModelWeights {
   // Elements summed over every tensor in the loaded files, including tensors the model does
   // not use; a cross-check against config().NumParameters().
   int64_t NumFileParameters() const;
+  // Every loaded tensor by name (engine/model_identity.h hashes them).
+  const std::map<std::string, const TensorView*, std::less<>>& tensors() const { return tensors_; }
   // Converts a tensor to fp32 into out (NumElements floats).
   static void ToFloat(const TensorView& t, float* out);
   static std::vector<float> ToFloat(const TensorView& t);

@@ -38,8 +38,15 @@ void Scheduler::Preempt(Sequence* seq) {
   waiting_.push_front(seq);
 }
 
+bool Scheduler::Reclaim(const BlockTable& table, int64_t n) {
+  if (!reclaimer_) return false;
+  const int32_t need = table.NumNewBlocksFor(n) + 1;  // + a possible copy-on-write block
+  return reclaimer_(std::max(1, need - pool_->num_allocatable())) > 0;
+}
+
 bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batch) {
   while (!pool_->PrepareAppend(&seq->table, n, &batch->copies).ok()) {
+    if (Reclaim(seq->table, n)) continue;  // retained sessions go before running sequences
     // The newest running sequence that is neither seq nor already scheduled this step.
     Sequence* victim = nullptr;
     for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
@@ -69,12 +76,16 @@ bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batc
 bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   if (seq->table.empty() && pool_->prefix_caching_enabled()) {
     std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
-    seq->table = pool_->MatchPrefix(context, seq->table.scope());
+    seq->table = pool_->MatchPrefix(context, seq->table.scope(), &seq->matched_tiers);
   }
   const int64_t cached = seq->num_computed();
   const int32_t n = static_cast<int32_t>(
       std::min<int64_t>({seq->num_pending(), options_.prefill_chunk_tokens, budget}));
-  if (!pool_->PrepareAppend(&seq->table, n, &batch->copies).ok()) {
+  bool reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
+  while (!reserved && Reclaim(seq->table, n)) {
+    reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
+  }
+  if (!reserved) {
     pool_->Free(&seq->table);  // hand the matched prefix back; nothing else changed
     if (running_.empty() && batch->seqs.empty() &&
         BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) >
@@ -90,6 +101,14 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   seq->status = SequenceStatus::kRunning;
   seq->prefill_end = seq->num_tokens();
   seq->usage.cached_tokens += cached;
+  // Where the matched prefix came from. Blocks read up from disk for this sequence were
+  // promoted from the host tier, so they count as disk.
+  const int32_t bs = pool_->block_size();
+  const int32_t from_disk = std::min(seq->disk_blocks_loaded, seq->matched_tiers.host);
+  seq->usage.cached_device_tokens += int64_t{seq->matched_tiers.device} * bs;
+  seq->usage.cached_host_tokens += int64_t{seq->matched_tiers.host - from_disk} * bs;
+  seq->usage.cached_disk_tokens += int64_t{from_disk} * bs;
+  seq->matched_tiers = {};
   Schedule(seq, n, batch);
   return true;
 }

@@ -34,6 +34,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <vector>
 
 #include "cache/block_pool.h"
@@ -67,6 +68,11 @@ class Scheduler {
   // REQUIRES: pool outlives the scheduler.
   Scheduler(const SchedulerOptions& options, BlockPool* pool);
 
+  // Called when the pool is short of `shortfall` blocks, before any preemption: frees
+  // blocks held outside the scheduler (retained sessions) and returns how many it freed.
+  using Reclaimer = std::function<int32_t(int32_t shortfall_blocks)>;
+  void set_reclaimer(Reclaimer reclaimer) { reclaimer_ = std::move(reclaimer); }
+
   // Appends a new sequence to the waiting queue. REQUIRES: status kWaiting, empty table.
   void Add(Sequence* seq);
   ScheduledBatch Schedule();
@@ -97,6 +103,9 @@ class Scheduler {
   std::deque<Sequence*> waiting_;
   std::vector<Sequence*> running_;  // admission order, oldest first
   int64_t num_preemptions_ = 0;
+  Reclaimer reclaimer_;
+  // Asks the reclaimer for room for n more tokens of table (false: nothing freed).
+  bool Reclaim(const BlockTable& table, int64_t n);
 };
 
 }  // namespace kvkeep

@@ -50,6 +50,8 @@ struct Sequence {
   SequenceStatus status = SequenceStatus::kWaiting;
   int64_t prefill_end = 0;
   int32_t num_preemptions = 0;
+  int32_t disk_blocks_loaded = 0;  // blocks of its prefix read up from disk for it
+  TierCounts matched_tiers;        // of the last MatchPrefix, until admission accounts it
 
   Sampler sampler;
   StopChecker stop;

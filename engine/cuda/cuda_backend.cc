@@ -82,6 +82,8 @@ class CudaBackend final : public Backend {
     device_->Free(pool_);
     device_->FreePinned(staging_);
     device_->FreePinned(logits_host_);
+    device_->FreePinned(host_arena_);
+    for (cudaEvent_t e : swap_events_) cudaEventDestroy(e);
   }
 
   Status Init(const ModelWeights& weights, const BackendOptions& options);
@@ -94,8 +96,16 @@ class CudaBackend final : public Backend {
   size_t block_bytes() const override { return shape_.block_stride() * sizeof(bf16_t); }
   Status ReadBlock(int32_t block_id, void* dst) override;
   Status WriteBlock(int32_t block_id, const void* src) override;
+  // The host tier in pinned memory; swaps on the copy stream, ordered against the compute
+  // stream with events (no device-wide synchronise).
+  Status AllocateHostTier(int32_t num_blocks) override;
+  Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host) override;
+  Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) override;
+  Status WaitFence(TransferFence fence) override;
 
  private:
+  Result<TransferFence> Swap(std::span<const std::pair<int32_t, int32_t>> pairs,
+                             cuda::SwapDirection dir);
   // Uploads the concatenation of `names` (rows stacked) as one bf16 matrix.
   Result<bf16_t*> Upload(const ModelWeights& weights, const std::vector<std::string>& names);
   Status Reserve(int64_t num_tokens, int64_t num_seqs, int64_t num_rows,
@@ -149,6 +159,10 @@ class CudaBackend final : public Backend {
       pairs_, gemm_workspace_;
   std::vector<std::unique_ptr<DecodeGraph>> graphs_;
   bool graphs_enabled_ = true;
+  // Fence i is swap_events_[(i - 1) % size] (a ring: waiting on a reused event waits for a
+  // later swap, which is conservative); 0 is the completed fence.
+  std::vector<cudaEvent_t> swap_events_;
+  uint64_t next_fence_ = 1;
 };
 
 Result<bf16_t*> CudaBackend::Upload(const ModelWeights& weights,
@@ -574,6 +588,62 @@ Status CudaBackend::ReadBlock(int32_t block_id, void* dst) {
 Status CudaBackend::WriteBlock(int32_t block_id, const void* src) {
   RETURN_IF_ERROR(CheckBlockId(shape_, block_id));
   return device_->CopyHostToDevice(pool_ + block_id * shape_.block_stride(), src, block_bytes());
+}
+
+Status CudaBackend::AllocateHostTier(int32_t num_blocks) {
+  if (num_blocks < 0 || host_arena_ != nullptr) {
+    return Status::InvalidArgument("host tier: allocated twice or negative size");
+  }
+  if (num_blocks == 0) return Status::OK();
+  ASSIGN_OR_RETURN(void* pinned, device_->AllocatePinned(size_t(num_blocks) * block_bytes()));
+  host_arena_ = static_cast<uint8_t*>(pinned);
+  num_host_blocks_ = num_blocks;
+  swap_events_.resize(64);
+  for (cudaEvent_t& e : swap_events_) {
+    KVKEEP_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
+  return Status::OK();
+}
+
+Result<TransferFence> CudaBackend::Swap(std::span<const std::pair<int32_t, int32_t>> pairs,
+                                        cuda::SwapDirection dir) {
+  if (pairs.empty()) return TransferFence{};
+  const bool out = dir == cuda::SwapDirection::kDeviceToHost;
+  std::vector<std::pair<int32_t, int32_t>> src_dst(pairs.begin(), pairs.end());
+  for (const auto& [src, dst] : src_dst) {
+    RETURN_IF_ERROR(CheckBlockId(shape_, out ? src : dst));
+    const int32_t host = out ? dst : src;
+    if (host < 0 || host >= num_host_blocks_) {
+      return Status::InvalidArgument("host slot " + std::to_string(host) + " outside the tier");
+    }
+  }
+  const cudaStream_t compute = device_->compute_stream(), copy = device_->swap_stream();
+  cudaEvent_t& event = swap_events_[(next_fence_ - 1) % swap_events_.size()];
+  // The copy stream starts after the compute work queued so far (it wrote these blocks)...
+  KVKEEP_CUDA_RETURN(cudaEventRecord(event, compute));
+  KVKEEP_CUDA_RETURN(cudaStreamWaitEvent(copy, event, 0));
+  RETURN_IF_ERROR(cuda::SwapBlocks(pool_, host_arena_, block_bytes(), src_dst, dir, copy));
+  // ... and later compute (which may overwrite a swapped-out block or read a swapped-in
+  // one) starts after the copies.
+  KVKEEP_CUDA_RETURN(cudaEventRecord(event, copy));
+  KVKEEP_CUDA_RETURN(cudaStreamWaitEvent(compute, event, 0));
+  return TransferFence{next_fence_++};
+}
+
+Result<TransferFence> CudaBackend::SwapOut(
+    std::span<const std::pair<int32_t, int32_t>> device_host) {
+  return Swap(device_host, cuda::SwapDirection::kDeviceToHost);
+}
+
+Result<TransferFence> CudaBackend::SwapIn(
+    std::span<const std::pair<int32_t, int32_t>> host_device) {
+  return Swap(host_device, cuda::SwapDirection::kHostToDevice);
+}
+
+Status CudaBackend::WaitFence(TransferFence fence) {
+  if (fence.id == 0 || swap_events_.empty()) return Status::OK();
+  KVKEEP_CUDA_RETURN(cudaEventSynchronize(swap_events_[(fence.id - 1) % swap_events_.size()]));
+  return Status::OK();
 }
 
 }  // namespace

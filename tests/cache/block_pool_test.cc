@@ -471,14 +471,21 @@ BlockHash WeakHash(BlockHash /*parent*/, std::span<const int32_t> tokens, HashSc
   return BlockHash{h % 41};
 }
 
-// weak_hash: nullptr for the real HashBlock.
-void RunStress(BlockPool::BlockHashFn weak_hash) {
+// weak_hash: nullptr for the real HashBlock. With host_blocks > 0, evicted blocks are
+// demoted to the host tier (and with disk_blocks > 0 on to disk), matches promote them,
+// "load" steps bring disk blocks back, and one disk read in five fails (a bad checksum).
+void RunStress(BlockPool::BlockHashFn weak_hash, int32_t host_blocks = 0, int32_t disk_blocks = 0) {
   const uint64_t seed = ::kvkeep::testing::TestSeed();
   std::mt19937_64 rng(seed);
   constexpr int32_t kBlocks = 48, kBlockSize = 4;
-  BlockPool pool({.num_blocks = kBlocks, .block_size = kBlockSize});
+  BlockPool pool({.num_blocks = kBlocks,
+                  .block_size = kBlockSize,
+                  .num_host_blocks = host_blocks,
+                  .num_disk_blocks = disk_blocks});
   if (weak_hash != nullptr) pool.TEST_SetHashFunction(weak_hash);
-  SimKv kv(kBlocks, kBlockSize);
+  SimKv kv(kBlocks, kBlockSize, host_blocks);
+  auto flaky_read = [&](BlockHash) { return rng() % 5 == 0; };
+  int64_t disk_loads = 0;
   const HashScope scopes[] = {{1, 0}, {1, 1}};
   // A few base prompts over a tiny vocabulary, so prefixes and blocks recur often.
   std::vector<std::vector<int32_t>> bases(4);
@@ -493,7 +500,7 @@ void RunStress(BlockPool::BlockHashFn weak_hash) {
     return v;
   };
   for (int step = 0; step < 4000; ++step) {
-    const int op = static_cast<int>(rng() % 6);
+    const int op = static_cast<int>(rng() % (host_blocks > 0 ? 7 : 6));
     std::string what;
     if (op == 0 || seqs.empty()) {  // new sequence: match, then prefill the rest
       what = "new";
@@ -505,7 +512,9 @@ void RunStress(BlockPool::BlockHashFn weak_hash) {
       const int32_t peek =
           pool.CountCachedPrefix(std::span(prompt).first(prompt.size() - 1), scope);
       LiveSeq s{pool.MatchPrefix(std::span(prompt).first(prompt.size() - 1), scope), {}};
-      ASSERT_EQ(s.table.num_blocks(), peek);
+      kv.RunTransfers(pool);  // swap-ins of promoted host blocks
+      if (host_blocks == 0) ASSERT_EQ(s.table.num_blocks(), peek);
+      ASSERT_LE(s.table.num_blocks(), peek);
       s.tokens.assign(prompt.begin(), prompt.begin() + s.table.num_tokens());
       ASSERT_TRUE(kv.Holds(s.table, s.tokens)) << "matched KV is wrong, seed " << seed;
       const Snapshot before = Take(pool);
@@ -565,6 +574,7 @@ void RunStress(BlockPool::BlockHashFn weak_hash) {
           planned.emplace_back(i, std::move(add));
         }
       }
+      kv.RunTransfers(pool);
       kv.Copy(copies);
       pool.ReleaseCopySources(copies);
       for (auto& [i, add] : planned) {
@@ -575,6 +585,11 @@ void RunStress(BlockPool::BlockHashFn weak_hash) {
         s.table.AdvanceTokens(static_cast<int64_t>(add.size()));
         pool.CommitFullBlocks(&s.table, s.tokens);
       }
+    } else if (op == 6) {  // the disk worker brings a prompt's disk blocks up to the host
+      what = "load";
+      const std::vector<int32_t>& prompt = bases[rng() % bases.size()];
+      disk_loads += pool.PlanDiskLoads(prompt, scopes[rng() % 2]);
+      kv.RunTransfers(pool, flaky_read);
     } else {
       what = "free";
       const size_t i = rng() % seqs.size();
@@ -596,6 +611,15 @@ void RunStress(BlockPool::BlockHashFn weak_hash) {
   EXPECT_GT(s.num_hit_blocks, 0) << "the stress test never exercised prefix hits";
   EXPECT_GT(s.num_cow_copies, 0) << "the stress test never exercised copy-on-write";
   EXPECT_GT(s.num_evictions, 0) << "the stress test never exercised eviction";
+  if (host_blocks > 0) {
+    EXPECT_GT(s.num_demotions, 0);
+    EXPECT_GT(s.num_promotions, 0);
+  }
+  if (disk_blocks > 0) {
+    if (weak_hash == nullptr) EXPECT_GT(disk_loads, 0) << "never read a disk block back";
+    kv.RunTransfers(pool);  // the drops FinishDiskRead planned
+    EXPECT_EQ(static_cast<size_t>(pool.stats().disk_used), kv.num_disk_blocks());
+  }
 }
 
 TEST(BlockPoolStressTest, RandomOpsKeepRefcountsInvariantsAndContent) { RunStress(nullptr); }
@@ -604,6 +628,13 @@ TEST(BlockPoolStressTest, RandomOpsKeepRefcountsInvariantsAndContent) { RunStres
 // another tenant; verification must reject each one (SimKv's prefix- and scope-dependent
 // values catch any wrong block served).
 TEST(BlockPoolStressTest, ForcedHashCollisionsNeverServeWrongKv) { RunStress(&WeakHash); }
+
+// The same, with blocks moving device -> host -> disk and back while others append.
+TEST(BlockPoolStressTest, TiersKeepRefcountsInvariantsAndContent) { RunStress(nullptr, 16, 24); }
+TEST(BlockPoolStressTest, ForcedHashCollisionsAcrossTiersNeverServeWrongKv) {
+  RunStress(&WeakHash, 16, 24);
+}
+TEST(BlockPoolStressTest, HostTierWithoutDisk) { RunStress(&WeakHash, 8, 0); }
 
 }  // namespace
 }  // namespace kvkeep

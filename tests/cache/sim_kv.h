@@ -5,8 +5,10 @@
 // reads back a different value.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -29,8 +31,50 @@ inline std::vector<uint64_t> PrefixValues(HashScope scope, std::span<const int32
 
 class SimKv {
  public:
-  SimKv(int32_t num_blocks, int32_t block_size)
-      : block_size_(block_size), slots_(static_cast<size_t>(num_blocks) * block_size, 0) {}
+  SimKv(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks = 0)
+      : block_size_(block_size),
+        slots_(static_cast<size_t>(num_blocks) * block_size, 0),
+        host_(static_cast<size_t>(num_host_blocks) * block_size, 0) {}
+
+  // Runs pool.transfers() the way the engine does (disk-write snapshots, swap-outs,
+  // swap-ins, then the disk worker's reads and drops), then FinishTransfers and
+  // FinishDiskRead. A read of a block missing on disk, or one fail_read picks, fails.
+  template <typename FailRead>
+  void RunTransfers(BlockPool& pool, FailRead&& fail_read) {
+    const TransferPlan plan = pool.transfers();
+    std::vector<std::pair<BlockHash, bool>> reads;
+    for (const BlockTransfer& op : plan.ops) {
+      const size_t dev = size_t(op.device_block) * block_size_;
+      switch (op.kind) {
+        case BlockTransfer::Kind::kDiskWrite:
+          disk_[op.hash.value].assign(host_.begin() + HostAt(op.host_slot),
+                                      host_.begin() + HostAt(op.host_slot) + block_size_);
+          break;
+        case BlockTransfer::Kind::kSwapOut:
+          std::copy_n(slots_.begin() + dev, block_size_, host_.begin() + HostAt(op.host_slot));
+          break;
+        case BlockTransfer::Kind::kSwapIn:
+          std::copy_n(host_.begin() + HostAt(op.host_slot), block_size_, slots_.begin() + dev);
+          break;
+        case BlockTransfer::Kind::kDiskRead: {
+          auto it = disk_.find(op.hash.value);
+          const bool ok = it != disk_.end() && !fail_read(op.hash);
+          if (ok) std::ranges::copy(it->second, host_.begin() + HostAt(op.host_slot));
+          reads.emplace_back(op.hash, ok);
+          break;
+        }
+        case BlockTransfer::Kind::kDiskDrop:
+          disk_.erase(op.hash.value);
+          break;
+      }
+    }
+    pool.FinishTransfers();
+    for (auto [hash, ok] : reads) pool.FinishDiskRead(hash, ok);
+  }
+  void RunTransfers(BlockPool& pool) {
+    RunTransfers(pool, [](BlockHash) { return false; });
+  }
+  size_t num_disk_blocks() const { return disk_.size(); }
 
   // Backend::CopyBlocks. Like the CUDA kernel, pairs run as if in parallel, so no block
   // may be both a source and a destination (checked).
@@ -59,8 +103,12 @@ class SimKv {
   }
 
  private:
+  size_t HostAt(int32_t host_slot) const { return size_t(host_slot) * block_size_; }
+
   int32_t block_size_;
   std::vector<uint64_t> slots_;
+  std::vector<uint64_t> host_;
+  std::unordered_map<uint64_t, std::vector<uint64_t>> disk_;  // by block hash
 };
 
 // Appends new_tokens to a sequence the way the engine does: reserve (copy-on-write),
@@ -69,6 +117,7 @@ inline Status Extend(BlockPool& pool, SimKv& kv, BlockTable& table, std::vector<
                      std::span<const int32_t> new_tokens) {
   std::vector<BlockCopy> copies;
   RETURN_IF_ERROR(pool.PrepareAppend(&table, static_cast<int64_t>(new_tokens.size()), &copies));
+  kv.RunTransfers(pool);  // demotions of the blocks PrepareAppend reused
   kv.Copy(copies);
   pool.ReleaseCopySources(copies);
   const int64_t from = table.num_tokens();

@@ -1,0 +1,148 @@
+#include "cache/block_index.h"
+
+#include <algorithm>
+
+#include "cache/cache_check.h"
+
+namespace kvkeep {
+
+BlockIndex::BlockIndex(int32_t capacity, int32_t block_size)
+    : block_size_(block_size),
+      records_(std::max(capacity, 0)),
+      tokens_(static_cast<size_t>(std::max(capacity, 0)) * std::max(block_size, 0)),
+      owners_(std::max(capacity, 0)) {
+  KVKEEP_CACHE_CHECK(capacity > 0 && block_size > 0, "capacity {} block_size {}", capacity,
+                     block_size);
+  free_ids_.reserve(capacity);
+  for (int32_t r = capacity - 1; r >= 0; --r) free_ids_.push_back(r);
+}
+
+std::span<const int32_t> BlockIndex::tokens(int32_t record) const {
+  return std::span<const int32_t>(tokens_).subspan(static_cast<size_t>(record) * block_size_,
+                                                   block_size_);
+}
+
+bool BlockIndex::IsLive(RecordLink link) const {
+  if (link == kRootLink) return true;
+  if (link.record < 0) return false;
+  const Record& r = records_[link.record];
+  return r.live && r.generation == link.generation;
+}
+
+bool BlockIndex::SameContent(int32_t record, std::span<const int32_t> tokens, HashScope scope,
+                             RecordLink parent) const {
+  const Record& r = records_[record];
+  return r.live && r.scope == scope && r.parent == parent &&
+         std::ranges::equal(this->tokens(record), tokens);
+}
+
+int32_t BlockIndex::LookupVerified(BlockHash hash, std::span<const int32_t> tokens, HashScope scope,
+                                   RecordLink parent) const {
+  const int32_t r = owners_.Find(hash);
+  if (r < 0 || !SameContent(r, tokens, scope, parent)) return -1;
+  return r;
+}
+
+int32_t BlockIndex::Insert(BlockHash hash, BlockHash parent_hash, std::span<const int32_t> tokens,
+                           HashScope scope, RecordLink parent, Tier tier, int32_t location) {
+  KVKEEP_CACHE_CHECK(!free_ids_.empty() && owners_.Find(hash) < 0 &&
+                         static_cast<int32_t>(tokens.size()) == block_size_,
+                     "insert of hash {:x} ({} free ids, {} tokens)", hash.value, free_ids_.size(),
+                     tokens.size());
+  const int32_t id = free_ids_.back();
+  free_ids_.pop_back();
+  Record& r = records_[id];
+  r.hash = hash;
+  r.parent_hash = parent_hash;
+  r.scope = scope;
+  r.parent = parent;
+  r.tier = tier;
+  r.location = location;
+  r.live = true;
+  std::ranges::copy(tokens, tokens_.begin() + static_cast<ptrdiff_t>(id) * block_size_);
+  owners_.Insert(hash, id);
+  ++on_tier_[static_cast<int>(tier)];
+  return id;
+}
+
+void BlockIndex::Erase(int32_t record) {
+  Record& r = records_[record];
+  KVKEEP_CACHE_CHECK(r.live && !r.on_lru, "erase of record {} (live {}, on lru {})", record, r.live,
+                     r.on_lru);
+  owners_.Erase(r.hash);
+  --on_tier_[static_cast<int>(r.tier)];
+  r.live = false;
+  r.location = -1;
+  ++r.generation;
+  free_ids_.push_back(record);
+}
+
+void BlockIndex::Move(int32_t record, Tier tier, int32_t location) {
+  Record& r = records_[record];
+  KVKEEP_CACHE_CHECK(r.live && !r.on_lru, "move of record {}", record);
+  --on_tier_[static_cast<int>(r.tier)];
+  ++on_tier_[static_cast<int>(tier)];
+  r.tier = tier;
+  r.location = location;
+}
+
+void BlockIndex::LruPushBack(int32_t record) {
+  Record& r = records_[record];
+  KVKEEP_CACHE_CHECK(r.live && !r.on_lru, "lru push of record {}", record);
+  const int t = static_cast<int>(r.tier);
+  r.on_lru = true;
+  r.lru_prev = lru_tail_[t];
+  r.lru_next = -1;
+  (lru_tail_[t] >= 0 ? records_[lru_tail_[t]].lru_next : lru_head_[t]) = record;
+  lru_tail_[t] = record;
+  ++lru_size_[t];
+}
+
+void BlockIndex::LruRemove(int32_t record) {
+  Record& r = records_[record];
+  KVKEEP_CACHE_CHECK(r.on_lru, "lru remove of record {}", record);
+  const int t = static_cast<int>(r.tier);
+  (r.lru_prev >= 0 ? records_[r.lru_prev].lru_next : lru_head_[t]) = r.lru_next;
+  (r.lru_next >= 0 ? records_[r.lru_next].lru_prev : lru_tail_[t]) = r.lru_prev;
+  r.lru_prev = r.lru_next = -1;
+  r.on_lru = false;
+  --lru_size_[t];
+}
+
+Status BlockIndex::CheckInvariants() const {
+  auto fail = [](const std::string& what) { return Status::Internal("BlockIndex: " + what); };
+  int32_t live = 0;
+  int32_t per_tier[kNumTiers] = {0, 0, 0};
+  for (int32_t id = 0; id < capacity(); ++id) {
+    const Record& r = records_[id];
+    if (!r.live) {
+      if (r.on_lru) return fail("dead record " + std::to_string(id) + " on an LRU list");
+      continue;
+    }
+    ++live;
+    ++per_tier[static_cast<int>(r.tier)];
+    if (owners_.Find(r.hash) != id)
+      return fail("record " + std::to_string(id) + " not its hash's owner");
+  }
+  if (live != owners_.size()) return fail("hash map size disagrees with live records");
+  if (live + static_cast<int32_t>(free_ids_.size()) != capacity()) return fail("records leaked");
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (per_tier[t] != on_tier_[t]) return fail("per-tier counts disagree");
+    int32_t n = 0;
+    for (int32_t id = lru_head_[t], prev = -1; id >= 0; prev = id, id = records_[id].lru_next) {
+      const Record& r = records_[id];
+      if (!r.live || !r.on_lru || static_cast<int>(r.tier) != t || r.lru_prev != prev) {
+        return fail("broken LRU list of tier " + std::to_string(t));
+      }
+      if (r.lru_next < 0 && lru_tail_[t] != id) return fail("LRU tail mismatch");
+      if (++n > capacity()) return fail("LRU cycle");
+    }
+    if (n != lru_size_[t]) return fail("LRU size disagrees");
+  }
+  for (int32_t id : free_ids_) {
+    if (id < 0 || id >= capacity() || records_[id].live) return fail("bad free record id");
+  }
+  return Status::OK();
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,176 @@
+// BlockPool's tiers: demotion (device -> host -> disk -> dropped), promotion (host ->
+// device, disk -> host), the transfer plan and start-up adoption of disk blocks.
+#include <algorithm>
+
+#include "cache/block_pool.h"
+#include "cache/cache_check.h"
+
+namespace kvkeep {
+
+void BlockPool::DemoteFromDevice(int32_t record) {
+  const int32_t host_slot = AcquireHostSlot();
+  if (host_slot < 0) {
+    index_.Erase(record);  // no host tier (or no room): dropped, as before tiers
+    ++num_dropped_;
+    return;
+  }
+  plan_.ops.push_back({BlockTransfer::Kind::kSwapOut, index_.location(record), host_slot, {}, -1});
+  index_.Move(record, Tier::kHost, host_slot);
+  host_pending_.push_back(record);  // evictable from the host once the swap-out has run
+  ++num_demotions_;
+}
+
+int32_t BlockPool::AcquireHostSlot() {
+  if (num_host_blocks_ == 0) return -1;
+  if (host_free_.empty()) {
+    const int32_t victim = index_.LruHead(Tier::kHost);
+    if (victim < 0) return -1;  // every host slot is busy with pending transfers
+    index_.LruRemove(victim);
+    DemoteToDisk(victim);
+  }
+  if (host_free_.empty()) return -1;
+  const int32_t slot = host_free_.back();
+  host_free_.pop_back();
+  return slot;
+}
+
+void BlockPool::DemoteToDisk(int32_t record) {
+  const int32_t host_slot = index_.location(record);
+  if (num_disk_blocks_ > 0 && index_.num_on_tier(Tier::kDisk) >= num_disk_blocks_) {
+    const int32_t victim = index_.LruHead(Tier::kDisk);
+    if (victim >= 0) DropRecord(victim);
+  }
+  if (num_disk_blocks_ > 0 && index_.num_on_tier(Tier::kDisk) < num_disk_blocks_) {
+    // The write reads host_slot before any swap-out of this plan overwrites it.
+    const std::span<const int32_t> tokens = index_.tokens(record);
+    plan_.ops.push_back({BlockTransfer::Kind::kDiskWrite, -1, host_slot, index_.hash(record),
+                         static_cast<int32_t>(plan_.disk_writes.size())});
+    plan_.disk_writes.push_back({host_slot,
+                                 index_.hash(record),
+                                 index_.parent_hash(record),
+                                 index_.scope(record),
+                                 {tokens.begin(), tokens.end()}});
+    index_.Move(record, Tier::kDisk, -1);
+    index_.LruPushBack(record);
+    ++num_demotions_;
+  } else {
+    index_.Erase(record);
+    ++num_dropped_;
+  }
+  host_free_.push_back(host_slot);  // reused at once: the write snapshot runs first
+}
+
+void BlockPool::LeaveLowerTier(int32_t record) {
+  if (index_.on_lru(record)) index_.LruRemove(record);
+  if (index_.tier(record) == Tier::kHost) {
+    host_deferred_.push_back(index_.location(record));  // a pending transfer may read it
+    loading_[record] = 0;
+  } else if (index_.tier(record) == Tier::kDisk) {
+    plan_.ops.push_back({BlockTransfer::Kind::kDiskDrop, -1, -1, index_.hash(record), -1});
+  }
+}
+
+void BlockPool::DropRecord(int32_t record) {
+  KVKEEP_CACHE_CHECK(index_.tier(record) != Tier::kDevice, "drop of device record {}", record);
+  LeaveLowerTier(record);
+  index_.Erase(record);
+  ++num_dropped_;
+}
+
+int32_t BlockPool::PromoteToDevice(int32_t record) {
+  const int32_t host_slot = index_.location(record);
+  LeaveLowerTier(record);  // before TakeOne, which may demote into the host tier
+  const int32_t block = TakeOne();
+  index_.Move(record, Tier::kDevice, block);
+  meta_[block].record = record;
+  plan_.ops.push_back({BlockTransfer::Kind::kSwapIn, block, host_slot, index_.hash(record), -1});
+  ++num_promotions_;
+  return block;
+}
+
+int32_t BlockPool::PlanDiskLoads(std::span<const int32_t> tokens, HashScope scope) {
+  if (!prefix_caching_) return 0;
+  int32_t planned = 0;
+  BlockHash parent_hash = kRootParentHash;
+  RecordLink parent = kRootLink;
+  for (size_t i = 0; i < tokens.size() / block_size_; ++i) {
+    const auto chunk = tokens.subspan(i * block_size_, block_size_);
+    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
+    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
+    if (r < 0) break;
+    if (index_.tier(r) == Tier::kDisk) {
+      index_.LruRemove(r);  // not evictable while we look for a host slot
+      const int32_t host_slot = AcquireHostSlot();
+      if (host_slot < 0) {
+        index_.LruPushBack(r);
+        break;
+      }
+      index_.Move(r, Tier::kHost, host_slot);
+      loading_[r] = 1;
+      plan_.ops.push_back({BlockTransfer::Kind::kDiskRead, -1, host_slot, hash, -1});
+      ++planned;
+    }
+    parent_hash = hash;
+    parent = index_.LinkOf(r);
+  }
+  return planned;
+}
+
+void BlockPool::FinishDiskRead(BlockHash hash, bool ok) {
+  const int32_t r = index_.Owner(hash);
+  if (r < 0 || !loading_[r]) return;
+  loading_[r] = 0;
+  // The file is deleted either way: the block now lives on the host (a later demotion
+  // writes it again), or its file was bad.
+  plan_.ops.push_back({BlockTransfer::Kind::kDiskDrop, -1, -1, hash, -1});
+  if (ok) {
+    index_.LruPushBack(r);
+    ++num_promotions_;
+    return;
+  }
+  host_free_.push_back(index_.location(r));  // the read that targeted it is over
+  index_.Erase(r);
+  ++num_dropped_;
+}
+
+bool BlockPool::AdoptDiskBlock(BlockHash hash, BlockHash parent_hash,
+                               std::span<const int32_t> tokens, HashScope scope) {
+  if (!prefix_caching_ || index_.num_on_tier(Tier::kDisk) >= num_disk_blocks_ ||
+      static_cast<int32_t>(tokens.size()) != block_size_ || index_.Owner(hash) >= 0) {
+    return false;
+  }
+  RecordLink parent = kRootLink;
+  if (parent_hash != kRootParentHash) {
+    const int32_t p = index_.Owner(parent_hash);
+    if (p < 0) return false;
+    parent = index_.LinkOf(p);
+  }
+  if (hash_fn_(parent_hash, tokens, scope) != hash) return false;  // header does not name it
+  const int32_t r = index_.Insert(hash, parent_hash, tokens, scope, parent, Tier::kDisk, -1);
+  index_.LruPushBack(r);
+  return true;
+}
+
+void BlockPool::FinishTransfers() {
+  for (int32_t slot : host_deferred_) host_free_.push_back(slot);
+  host_deferred_.clear();
+  for (int32_t r : host_pending_) {
+    // Still the host block this plan swapped out (not promoted or re-adopted since).
+    if (index_.live(r) && index_.tier(r) == Tier::kHost && !index_.on_lru(r) && !loading_[r]) {
+      index_.LruPushBack(r);
+    }
+  }
+  host_pending_.clear();
+  plan_.ops.clear();
+  plan_.disk_writes.clear();
+}
+
+bool BlockPool::TEST_Locate(BlockHash hash, Tier* tier, int32_t* location) const {
+  const int32_t r = index_.Owner(hash);
+  if (r < 0) return false;
+  *tier = index_.tier(r);
+  *location = index_.location(r);
+  return true;
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,47 @@
+// Backend's default host tier: an ordinary host arena and synchronous batched swaps
+// through ReadBlock/WriteBlock (the CPU backend's real implementation; a device backend
+// may override them with pinned memory and a copy stream).
+#include "engine/backend.h"
+
+namespace kvkeep {
+namespace {
+
+Status CheckHostSlot(int32_t host_slot, int32_t num_host_blocks) {
+  if (host_slot < 0 || host_slot >= num_host_blocks) {
+    return Status::InvalidArgument("host slot " + std::to_string(host_slot) +
+                                   " outside the host tier of " + std::to_string(num_host_blocks));
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Status Backend::AllocateHostTier(int32_t num_blocks) {
+  if (num_blocks < 0 || host_arena_ != nullptr) {
+    return Status::InvalidArgument("host tier: allocated twice or negative size");
+  }
+  default_host_arena_.assign(static_cast<size_t>(num_blocks) * block_bytes(), 0);
+  host_arena_ = default_host_arena_.data();
+  num_host_blocks_ = num_blocks;
+  return Status::OK();
+}
+
+Result<TransferFence> Backend::SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host) {
+  for (auto [device, host] : device_host) {
+    RETURN_IF_ERROR(CheckHostSlot(host, num_host_blocks_));
+    RETURN_IF_ERROR(ReadBlock(device, host_block(host)));
+  }
+  return TransferFence{};
+}
+
+Result<TransferFence> Backend::SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) {
+  for (auto [host, device] : host_device) {
+    RETURN_IF_ERROR(CheckHostSlot(host, num_host_blocks_));
+    RETURN_IF_ERROR(WriteBlock(device, host_block(host)));
+  }
+  return TransferFence{};
+}
+
+Status Backend::WaitFence(TransferFence) { return Status::OK(); }
+
+}  // namespace kvkeep

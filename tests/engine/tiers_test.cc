@@ -1,0 +1,295 @@
+// KV tiers end to end on the CPU backend: the host arena and batched swaps, a block's round
+// trip device -> host -> disk -> device (bit-identical per layer, f32 and bf16), logits
+// from KV that went to disk and back, and the engine with host and disk tiers: demotion,
+// usage.cached_by_tier, a flipped byte on disk, restart, and a seeded stress run checked
+// by the pool's invariants after every step.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "cache/disk_tier.h"
+#include "engine/engine_impl.h"
+#include "tests/engine/engine_fixture.h"
+
+namespace kvkeep {
+namespace {
+
+using enginetest::MakeBackend;
+using enginetest::MakeBatch;
+using enginetest::MakeTestModel;
+using enginetest::RandomTokens;
+using enginetest::RunBatch;
+using enginetest::SeqRun;
+
+constexpr int32_t kBlockSize = 16;
+
+// Prefills tokens into blocks 0..n-1 of backend.
+void Prefill(Backend* backend, const std::vector<int32_t>& tokens,
+             const std::vector<int32_t>& blocks) {
+  RunBatch(backend, MakeBatch({{&tokens, &blocks, 0, static_cast<int32_t>(tokens.size())}},
+                              kBlockSize, false));
+}
+
+// Device -> host -> disk -> host -> device through the real Backend and DiskBlockStore.
+std::vector<int32_t> RoundTrip(Backend* backend, DiskBlockStore* store,
+                               const std::vector<int32_t>& blocks, int32_t first_free) {
+  std::vector<std::pair<int32_t, int32_t>> out, in;
+  for (size_t i = 0; i < blocks.size(); ++i) out.emplace_back(blocks[i], static_cast<int32_t>(i));
+  EXPECT_TRUE(backend->SwapOut(out).ok());
+  std::vector<int32_t> moved;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    DiskBlockHeader h;
+    h.hash = BlockHash{1000 + i};
+    h.tokens.assign(kBlockSize, static_cast<int32_t>(i));
+    EXPECT_TRUE(store->Write(h, backend->host_block(static_cast<int32_t>(i))).ok());
+    std::memset(backend->host_block(static_cast<int32_t>(i)), 0xee, backend->block_bytes());
+    // Read back into another host slot, then swap in to another device block.
+    const int32_t slot = static_cast<int32_t>(blocks.size() + i);
+    EXPECT_TRUE(store->Read(h.hash, backend->host_block(slot)).ok());
+    in.emplace_back(slot, first_free + static_cast<int32_t>(i));
+    moved.push_back(first_free + static_cast<int32_t>(i));
+  }
+  EXPECT_TRUE(backend->SwapIn(in).ok());
+  return moved;
+}
+
+class TierRoundTrip : public ::testing::TestWithParam<KvDType> {};
+
+TEST_P(TierRoundTrip, DeviceHostDiskDeviceIsBitIdenticalPerLayerAndGivesSameLogits) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  auto backend = MakeBackend(*model->weights, 16, kBlockSize, GetParam());
+  ASSERT_TRUE(backend->AllocateHostTier(8).ok());
+  EXPECT_FALSE(backend->AllocateHostTier(8).ok());  // once
+  testing::TempDir dir;
+  DiskBlockStore store(DefaultEnv(), dir.path(), kBlockSize, backend->block_bytes());
+  ASSERT_TRUE(store.Open().ok());
+  std::mt19937_64 rng(model->seed);
+  std::vector<int32_t> tokens = RandomTokens(rng, 3 * kBlockSize);
+  const std::vector<int32_t> blocks = {0, 1, 2};
+  Prefill(backend.get(), tokens, blocks);
+  const std::vector<int32_t> moved = RoundTrip(backend.get(), &store, blocks, 8);
+
+  const KvPoolShape& shape = backend->kv_shape();
+  const size_t layer_bytes = backend->block_bytes() / shape.num_layers;
+  std::vector<uint8_t> a(backend->block_bytes()), b(backend->block_bytes());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    ASSERT_TRUE(backend->ReadBlock(blocks[i], a.data()).ok());
+    ASSERT_TRUE(backend->ReadBlock(moved[i], b.data()).ok());
+    for (int32_t l = 0; l < shape.num_layers; ++l) {
+      EXPECT_EQ(std::memcmp(a.data() + l * layer_bytes, b.data() + l * layer_bytes, layer_bytes), 0)
+          << "block " << i << " layer " << l;
+    }
+  }
+  // The next chunk's logits over the moved blocks equal those over the originals.
+  std::vector<int32_t> more = tokens;
+  const std::vector<int32_t> tail = RandomTokens(rng, 5);
+  more.insert(more.end(), tail.begin(), tail.end());
+  std::vector<int32_t> orig_blocks = blocks, moved_blocks = moved;
+  orig_blocks.push_back(3);
+  moved_blocks.push_back(4);
+  const int32_t n = static_cast<int32_t>(more.size());
+  const std::vector<float> want = RunBatch(
+      backend.get(), MakeBatch({{&more, &orig_blocks, 3 * kBlockSize, n}}, kBlockSize, true));
+  const std::vector<float> got = RunBatch(
+      backend.get(), MakeBatch({{&more, &moved_blocks, 3 * kBlockSize, n}}, kBlockSize, true));
+  ASSERT_FALSE(want.empty());
+  EXPECT_EQ(want, got);  // exactly: the same bytes through the same math
+}
+
+INSTANTIATE_TEST_SUITE_P(KvDTypes, TierRoundTrip, ::testing::Values(KvDType::kF32, KvDType::kBF16));
+
+// ---- The engine with tiers ---------------------------------------------------------------
+
+struct Outcome {
+  std::vector<int32_t> tokens;
+  Usage usage;
+  FinishReason reason = FinishReason::kNone;
+};
+
+GenerateRequest Request(RequestId id, std::vector<int32_t> prompt, Outcome* out,
+                        uint64_t salt = 0) {
+  GenerateRequest r;
+  r.id = id;
+  r.cache_salt = salt;
+  r.prompt = std::move(prompt);
+  r.stop.max_tokens = 6;
+  r.stop.use_model_eos = false;
+  r.on_event = [out](const GenerateEvent& ev) {
+    if (ev.kind == GenerateEvent::Kind::kToken) out->tokens.push_back(ev.token);
+    if (ev.kind == GenerateEvent::Kind::kFinished) {
+      out->usage = ev.usage;
+      out->reason = ev.finish_reason;
+    }
+  };
+  return r;
+}
+
+class TieredEngine {
+ public:
+  TieredEngine(const enginetest::TestModel& model, int32_t device_blocks, int32_t host_blocks,
+               const std::string& disk_dir, int64_t disk_bytes = int64_t{64} << 20) {
+    EngineOptions o;
+    o.model_id = "tiers-test";
+    o.num_host_blocks = host_blocks;
+    o.disk_dir = disk_dir;
+    o.disk_bytes = disk_dir.empty() ? 0 : disk_bytes;
+    auto e = Engine::Create(o, MakeBackend(*model.weights, device_blocks), model.tokenizer.get(),
+                            &clock_);
+    EXPECT_TRUE(e.ok()) << e.status().ToString();
+    engine_ = std::move(e).value();
+  }
+  EngineImpl* impl() { return static_cast<EngineImpl*>(engine_.get()); }
+  Outcome Run(RequestId id, const std::vector<int32_t>& prompt) {
+    Outcome out;
+    EXPECT_TRUE(engine_->Submit(Request(id, prompt, &out)).ok());
+    EXPECT_TRUE(engine_->RunUntilIdle().ok());
+    EXPECT_TRUE(impl()->TEST_CheckPool().ok()) << impl()->TEST_CheckPool().ToString();
+    return out;
+  }
+  Engine* engine() { return engine_.get(); }
+
+ private:
+  FakeClock clock_;
+  std::unique_ptr<Engine> engine_;
+};
+
+// Pushes a session's blocks down: other prompts fill the device and then the host.
+void Churn(TieredEngine& e, std::mt19937_64& rng, int n, RequestId first_id) {
+  for (int i = 0; i < n; ++i) e.Run(first_id + i, RandomTokens(rng, 6 * kBlockSize + 3));
+}
+
+TEST(TieredEngineTest, SessionFromDiskMatchesOneThatNeverLeftTheDevice) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed);
+  const std::vector<int32_t> turn1 = RandomTokens(rng, 5 * kBlockSize + 7);
+  // Reference: a big device pool, nothing ever leaves it.
+  TieredEngine ref(*model, 64, 0, "");
+  const Outcome r1 = ref.Run(1, turn1);
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
+  const std::vector<int32_t> user = RandomTokens(rng, 9);
+  turn2.insert(turn2.end(), user.begin(), user.end());
+  const Outcome r2 = ref.Run(2, turn2);
+  EXPECT_GT(r2.usage.cached_device_tokens, 0);
+
+  testing::TempDir dir;
+  TieredEngine e(*model, 10, 8, dir.path());
+  const Outcome t1 = e.Run(1, turn1);
+  EXPECT_EQ(t1.tokens, r1.tokens);
+  Churn(e, rng, 3, 100);
+  const EngineStats s = e.engine()->GetStats();
+  EXPECT_GT(s.disk_blocks_used, 0);
+  EXPECT_GT(s.demoted_blocks, 0);
+  const Outcome t2 = e.Run(2, turn2);
+  EXPECT_EQ(t2.tokens, r2.tokens) << "KV that went to disk and back changed the answer";
+  EXPECT_GT(t2.usage.cached_disk_tokens, 0);
+  EXPECT_EQ(t2.usage.cached_tokens, t2.usage.cached_device_tokens + t2.usage.cached_host_tokens +
+                                        t2.usage.cached_disk_tokens);
+  EXPECT_EQ(t2.usage.cached_tokens + t2.usage.recomputed_tokens, t2.usage.prompt_tokens);
+}
+
+TEST(TieredEngineTest, FlippedDiskByteIsDetectedAndRecomputedCorrectly) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 1);
+  const std::vector<int32_t> prompt = RandomTokens(rng, 4 * kBlockSize + 5);
+  TieredEngine ref(*model, 64, 0, "");
+  const Outcome want = ref.Run(1, prompt);
+
+  testing::TempDir dir;
+  TieredEngine e(*model, 10, 8, dir.path());
+  e.Run(1, prompt);
+  Churn(e, rng, 3, 100);
+  // Flip one payload byte in the block file of the prompt's first block.
+  DiskBlockStore probe(DefaultEnv(), dir.path(), kBlockSize, 1);
+  const BlockHash first = HashBlock(kRootParentHash, std::span(prompt).first(kBlockSize),
+                                    HashScope{HashModelId("tiers-test"), 0});
+  const std::string path = probe.PathOf(first);
+  ASSERT_TRUE(DefaultEnv()->FileExists(path)) << "the first block never reached disk";
+  {
+    auto file = DefaultEnv()->OpenRandomRWFile(path, false);
+    ASSERT_TRUE(file.ok());
+    const uint64_t at = *(*file)->Size() - 7;
+    uint8_t b;
+    ASSERT_TRUE((*file)->ReadAt(at, &b, 1).ok());
+    b ^= 1;
+    ASSERT_TRUE((*file)->WriteAt(at, &b, 1).ok());
+  }
+  const Outcome got = e.Run(2, prompt);
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_EQ(got.usage.cached_disk_tokens, 0);  // the chain broke at its first block
+  EXPECT_EQ(e.engine()->GetStats().disk_read_failures, 1);
+}
+
+TEST(TieredEngineTest, RestartResumesFromDisk) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 2);
+  const std::vector<int32_t> prompt = RandomTokens(rng, 4 * kBlockSize + 3);
+  testing::TempDir dir;
+  Outcome first;
+  {
+    TieredEngine e(*model, 10, 8, dir.path());
+    first = e.Run(1, prompt);
+    Churn(e, rng, 3, 100);
+  }  // destroyed: queued write-back finishes, nothing is synced
+  TieredEngine again(*model, 10, 8, dir.path());
+  EXPECT_GT(again.engine()->GetStats().disk_blocks_used, 0);
+  const Outcome second = again.Run(1, prompt);
+  EXPECT_EQ(second.tokens, first.tokens);
+  EXPECT_GT(second.usage.cached_disk_tokens, 0);
+}
+
+// Sessions decode while others' blocks are demoted and promoted; the pool's invariants hold
+// after every step and every answer equals the reference engine's.
+TEST(TieredEngineTest, SeededStressKeepsInvariantsEveryStep) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 3);
+  std::vector<std::vector<int32_t>> prompts;
+  const std::vector<int32_t> shared = RandomTokens(rng, 2 * kBlockSize);
+  for (int i = 0; i < 12; ++i) {
+    std::vector<int32_t> p = rng() % 2 ? shared : std::vector<int32_t>{};
+    const std::vector<int32_t> tail = RandomTokens(rng, 10 + static_cast<int>(rng() % 50));
+    p.insert(p.end(), tail.begin(), tail.end());
+    prompts.push_back(p);
+  }
+  TieredEngine ref(*model, 128, 0, "");
+  std::vector<Outcome> want(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) want[i] = ref.Run(i + 1, prompts[i]);
+
+  testing::TempDir dir;
+  TieredEngine e(*model, 14, 6, dir.path());
+  std::vector<Outcome> got(prompts.size() * 2);
+  RequestId id = 1;
+  for (int round = 0; round < 2; ++round) {
+    std::vector<size_t> order(prompts.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    size_t next = 0;
+    while (next < order.size() || e.impl()->GetStats().running + e.impl()->GetStats().waiting > 0) {
+      for (int k = static_cast<int>(rng() % 3); k > 0 && next < order.size(); --k, ++next) {
+        const size_t i = order[next];
+        ASSERT_TRUE(
+            e.engine()->Submit(Request(id++, prompts[i], &got[round * prompts.size() + i])).ok());
+      }
+      ASSERT_TRUE(e.impl()->Step().ok());
+      ASSERT_TRUE(e.impl()->TEST_CheckPool().ok()) << e.impl()->TEST_CheckPool().ToString();
+    }
+    ASSERT_TRUE(e.engine()->RunUntilIdle().ok());
+  }
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, want[i % prompts.size()].tokens) << "request " << i;
+  }
+  const EngineStats s = e.engine()->GetStats();
+  EXPECT_GT(s.demoted_blocks, 0);
+  EXPECT_GT(s.promoted_blocks, 0);
+}
+
+}  // namespace
+}  // namespace kvkeep
