@@ -19,5 +19,6 @@ void AddStatusCommand(CLI::App& app);     // status (tools/cmd_client.cc)
 void AddSessionsCommand(CLI::App& app);   // sessions (tools/cmd_client.cc)
 void AddChatCommand(CLI::App& app);       // chat (tools/cmd_client.cc)
 void AddReplayCommand(CLI::App& app);     // replay import|synth|run
+void AddEvalEpisodesCommand(CLI::App& app);  // eval-episodes
 
 }  // namespace kvkeep::tools

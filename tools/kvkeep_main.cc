@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   kvkeep::tools::AddSessionsCommand(app);
   kvkeep::tools::AddChatCommand(app);
   kvkeep::tools::AddReplayCommand(app);
+  kvkeep::tools::AddEvalEpisodesCommand(app);
 
   CLI11_PARSE(app, argc, argv);
   return kvkeep::tools::ExitCode();
