@@ -1,5 +1,7 @@
 #include "engine/chat_template.h"
 
+#include "engine/gguf_file.h"
+#include "engine/gguf_model.h"
 #include "engine/tokenizer_unicode.h"
 
 namespace kvkeep {
@@ -8,6 +10,8 @@ namespace {
 using nlohmann::json;
 using nlohmann::ordered_json;
 
+constexpr std::string_view kSmolLM2DefaultSystem =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 constexpr std::string_view kQwen25DefaultSystem =
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 constexpr std::string_view kQwenToolsIntro =
@@ -138,6 +142,8 @@ std::string_view ChatFamilyName(ChatFamily family) {
       return "llama3";
     case ChatFamily::kLlama31:
       return "llama3.1";
+    case ChatFamily::kSmolLM2:
+      return "smollm2";
   }
   return "unknown";
 }
@@ -172,6 +178,10 @@ Result<std::unique_ptr<ChatTemplate>> ChatTemplate::FromTokenizerConfig(
       Contains(tmpl, "tool_call.arguments | tojson") && !Contains(tmpl, "<think>")) {
     return ForFamily(ChatFamily::kQwen25);
   }
+  // SmolLM2-Instruct: plain ChatML with a default system turn, no tools.
+  if (chatml && Contains(tmpl, kSmolLM2DefaultSystem) && !Contains(tmpl, "tool")) {
+    return ForFamily(ChatFamily::kSmolLM2);
+  }
   const bool llama = Contains(tmpl, "<|start_header_id|>") && Contains(tmpl, "<|eot_id|>");
   if (llama && Contains(tmpl, "Cutting Knowledge Date: December 2023") &&
       Contains(tmpl, "ipython") && Contains(tmpl, "\"parameters\": ")) {
@@ -184,11 +194,18 @@ Result<std::unique_ptr<ChatTemplate>> ChatTemplate::FromTokenizerConfig(
   std::string head = tmpl.substr(0, 120);
   return Status::NotSupported(
       "unrecognised chat_template (supported: plain, qwen2.5, qwen3, "
-      "llama3, llama3.1); it begins: " +
+      "llama3, llama3.1, smollm2); it begins: " +
       head);
 }
 
 Result<std::unique_ptr<ChatTemplate>> LoadChatTemplate(Env* env, const std::string& model_dir) {
+  if (IsGgufPath(model_dir)) {
+    ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(env, model_dir));
+    ASSIGN_OR_RETURN(json config, GgufTokenizerConfigJson(*file));
+    auto t = ChatTemplate::FromTokenizerConfig(config.dump());
+    if (!t.ok()) return t.status().WithContext(model_dir + " (GGUF tokenizer.chat_template)");
+    return t;
+  }
   const std::string path = JoinPath(model_dir, "tokenizer_config.json");
   ASSIGN_OR_RETURN(std::string text, env->ReadFile(path));
   auto t = ChatTemplate::FromTokenizerConfig(text);
@@ -234,7 +251,7 @@ Result<std::string> ChatTemplate::AssistantText(const ChatMessage& message) cons
 Result<std::string> ChatTemplate::RenderChatMl(const std::vector<ChatMessage>& messages,
                                                const ChatRenderOptions& options) const {
   std::string out;
-  const bool qwen = family_ != ChatFamily::kPlain;
+  const bool qwen = family_ == ChatFamily::kQwen25 || family_ == ChatFamily::kQwen3;
   const bool qwen3 = family_ == ChatFamily::kQwen3;
   for (const ChatMessage& m : messages) RETURN_IF_ERROR(CheckRole(m, false));
   const bool first_is_system = !messages.empty() && messages[0].role == "system";
@@ -258,7 +275,10 @@ Result<std::string> ChatTemplate::RenderChatMl(const std::vector<ChatMessage>& m
   } else if (family_ == ChatFamily::kQwen25) {
     out += "<|im_start|>system\n" + std::string(kQwen25DefaultSystem) + "<|im_end|>\n";
   } else if (!options.tools_json.empty()) {
-    return Status::NotSupported("the plain template has no tool definitions");
+    return Status::NotSupported("the " + std::string(ChatFamilyName(family_)) +
+                                " template has no tool definitions");
+  } else if (family_ == ChatFamily::kSmolLM2 && !messages.empty() && !first_is_system) {
+    out += "<|im_start|>system\n" + std::string(kSmolLM2DefaultSystem) + "<|im_end|>\n";
   }
   // Qwen3: the last user message that is not a bare tool response.
   size_t last_query = messages.empty() ? 0 : messages.size() - 1;

@@ -14,6 +14,9 @@
 //   kLlama3  Llama-3 (3.0): <|start_header_id|>role<|end_header_id|>\n\n content <|eot_id|>.
 //   kLlama31 Llama-3.1/3.2/3.3: adds the dated system header, assistant tool calls as
 //            {"name", "parameters"} JSON and tool results in the ipython role.
+//   kSmolLM2 SmolLM2-Instruct: ChatML with a default system turn ("You are a helpful AI
+//            assistant named SmolLM, ...") when the first message is not a system one; no
+//            tools.
 //
 // Append-only (what the daemon relies on to keep a conversation's KV): for every family,
 //   Render(m[0..n), add_generation_prompt=true) + AssistantText(m[n]) + end_of_turn()
@@ -60,7 +63,7 @@ struct ChatMessage {
   std::optional<std::string> reasoning_content;  // Qwen3 assistant reasoning, if split out
 };
 
-enum class ChatFamily { kPlain, kQwen25, kQwen3, kLlama3, kLlama31 };
+enum class ChatFamily { kPlain, kQwen25, kQwen3, kLlama3, kLlama31, kSmolLM2 };
 std::string_view ChatFamilyName(ChatFamily family);  // "plain", "qwen2.5", ...
 
 struct ChatRenderOptions {
@@ -100,7 +103,8 @@ class ChatTemplate {
   ChatFamily family_;
 };
 
-// Loads model_dir/tokenizer_config.json and recognises its template.
+// Loads model_dir/tokenizer_config.json (or a .gguf file's tokenizer.chat_template) and
+// recognises its template.
 Result<std::unique_ptr<ChatTemplate>> LoadChatTemplate(Env* env, const std::string& model_dir);
 
 // OpenAI-style messages: [{"role", "content" (string or null), "name"?, "tool_call_id"?,

@@ -6,6 +6,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/gguf_file.h"
+#include "engine/gguf_model.h"
+
 namespace kvkeep {
 namespace {
 
@@ -301,6 +304,13 @@ Result<ModelConfig> ParseModelConfig(const std::string& config_json,
 }
 
 Result<ModelConfig> LoadModelConfig(Env* env, const std::string& model_dir) {
+  if (IsGgufPath(model_dir)) {
+    ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(env, model_dir));
+    ASSIGN_OR_RETURN(nlohmann::json config_json, GgufConfigJson(*file));
+    Result<ModelConfig> config = ParseModelConfig(config_json.dump(), "");
+    if (!config.ok()) return config.status().WithContext(model_dir + " (GGUF metadata)");
+    return config;
+  }
   std::string path = JoinPath(model_dir, "config.json");
   ASSIGN_OR_RETURN(std::string config_json, env->ReadFile(path));
   std::string generation_json;

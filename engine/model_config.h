@@ -42,7 +42,8 @@ struct ModelConfig {
   }
 };
 
-// Parses dir/config.json (and dir/generation_config.json if present). Unknown
+// Parses dir/config.json (and dir/generation_config.json if present), or, when model_dir is
+// a .gguf file, the equivalent of config.json built from its metadata (GgufConfigJson). Unknown
 // architectures are NotSupported, naming the architecture.
 Result<ModelConfig> LoadModelConfig(Env* env, const std::string& model_dir);
 Result<ModelConfig> ParseModelConfig(const std::string& config_json,

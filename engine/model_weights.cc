@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/bf16.h"
+#include "engine/gguf_file.h"
+#include "engine/gguf_model.h"
 
 namespace kvkeep {
 namespace {
@@ -85,6 +87,7 @@ Result<std::map<std::string, std::string>> ReadIndex(Env* env, const std::string
 
 Result<std::unique_ptr<ModelWeights>> ModelWeights::Load(Env* env, const std::string& model_dir,
                                                          const ModelConfig& config) {
+  if (IsGgufPath(model_dir)) return LoadGguf(env, model_dir, config);
   auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
   w->config_ = config;
 
@@ -144,8 +147,64 @@ Result<std::unique_ptr<ModelWeights>> ModelWeights::Load(Env* env, const std::st
   if (config.tie_word_embeddings) {
     w->tensors_["lm_head.weight"] = w->tensors_.at("model.embed_tokens.weight");
   }
+  for (const auto& file : w->files_) {
+    w->source_files_.push_back({file->path(), file->size_bytes()});
+    for (const std::string& name : file->Names()) {
+      const TensorView* t = file->Find(name);
+      w->stored_tensors_.push_back({name, std::string(DTypeName(t->dtype)), t->shape});
+    }
+  }
   spdlog::debug("loaded {} tensors from {} file(s) in {}", w->tensors_.size(), w->files_.size(),
                 model_dir);
+  return w;
+}
+
+Result<std::unique_ptr<ModelWeights>> ModelWeights::LoadGguf(Env* env, const std::string& path,
+                                                             const ModelConfig& config) {
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(env, path));
+  auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
+  w->config_ = config;
+  w->format_ = WeightsFormat::kGguf;
+  w->source_files_.push_back({path, file->file_size_bytes()});
+  for (const GgufTensorInfo& t : file->tensors()) {
+    w->stored_tensors_.push_back({t.name, std::string(GgmlTypeName(t.type)), t.RowMajorShape()});
+  }
+  std::map<std::string, GgufTensorMapping> by_hf_name;
+  for (GgufTensorMapping& m :
+       GgufTensorMappings(*file, config.num_layers, config.num_q_heads, config.num_kv_heads)) {
+    by_hf_name.emplace(m.hf_name, std::move(m));
+  }
+  for (const Expected& e : ExpectedTensors(config)) {
+    auto it = by_hf_name.find(e.name);
+    const GgufTensorInfo* t =
+        it == by_hf_name.end() ? nullptr : file->FindTensor(it->second.gguf_name);
+    if (t == nullptr) {
+      return Status::InvalidArgument(path + ": missing tensor " +
+                                     (it == by_hf_name.end() ? e.name : it->second.gguf_name) +
+                                     " (HF " + e.name + ", expected " + ShapeString(e.shape) + ")");
+    }
+    if (t->RowMajorShape() != e.shape) {
+      return Status::InvalidArgument(path + ": tensor " + t->name + " has shape " +
+                                     ShapeString(t->RowMajorShape()) + ", expected " +
+                                     ShapeString(e.shape));
+    }
+    std::vector<float>& data = w->owned_data_.emplace_back(static_cast<size_t>(t->NumElements()));
+    DequantizeGgml(t->type, t->data, t->NumElements(), data.data());
+    if (it->second.rope_permuted) {
+      UnpermuteRopeRows(data.data(), it->second.num_heads, config.head_dim, e.shape[1]);
+    }
+    TensorView& view = w->owned_views_.emplace_back();
+    view.dtype = DType::kF32;
+    view.shape = e.shape;
+    view.data = reinterpret_cast<const uint8_t*>(data.data());
+    view.num_bytes = data.size() * sizeof(float);
+    w->tensors_.emplace(e.name, &view);
+  }
+  if (config.tie_word_embeddings) {
+    w->tensors_["lm_head.weight"] = w->tensors_.at("model.embed_tokens.weight");
+  }
+  spdlog::debug("loaded {} tensors from {} (GGUF v{}), dequantised to fp32", w->tensors_.size(),
+                path, file->version());
   return w;
 }
 
@@ -156,8 +215,10 @@ const TensorView* ModelWeights::Get(const std::string& name) const {
 
 int64_t ModelWeights::NumFileParameters() const {
   int64_t total = 0;
-  for (const auto& file : files_) {
-    for (const std::string& name : file->Names()) total += file->Find(name)->NumElements();
+  for (const StoredTensorHeader& t : stored_tensors_) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    total += n;
   }
   return total;
 }

@@ -1,5 +1,7 @@
 // ModelWeights: every tensor of a Llama-family model, located in model.safetensors or in
-// sharded model-*.safetensors through model.safetensors.index.json, memory-mapped.
+// sharded model-*.safetensors through model.safetensors.index.json, memory-mapped; or in a
+// single .gguf file, whose tensors (quantised or not) are dequantised to fp32 at load under
+// their HF names, with the Q/K row permutation of llama.cpp's converter undone.
 // Load validates that every tensor the architecture needs is present with the right
 // shape (and a supported dtype: F32, BF16, F16) before anything runs; a missing or
 // misshapen tensor is InvalidArgument naming it. Tied embeddings: when
@@ -12,6 +14,7 @@
 // model.layers.{i}.mlp.{gate,up,down}_proj.weight.
 #pragma once
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -22,9 +25,29 @@
 
 namespace kvkeep {
 
+class GgufFile;
+
+enum class WeightsFormat { kSafetensors, kGguf };
+
+// One tensor as stored in the model's file(s), for a model-identity hash that is computed
+// the same way for both formats. name: the file's own name ("blk.0.attn_q.weight" in GGUF);
+// dtype: the stored type ("BF16", "Q4_1"); shape: row-major (GGUF dims reversed).
+struct StoredTensorHeader {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+};
+
+// A file the weights were read from: the path as given, and its size.
+struct WeightsSourceFile {
+  std::string path;
+  uint64_t size_bytes = 0;
+};
+
 class ModelWeights {
  public:
-  static Result<std::unique_ptr<ModelWeights>> Load(Env* env, const std::string& model_dir,
+  // model_path: an HF directory, or a .gguf file (IsGgufPath).
+  static Result<std::unique_ptr<ModelWeights>> Load(Env* env, const std::string& model_path,
                                                     const ModelConfig& config);
 
   const ModelConfig& config() const { return config_; }
@@ -40,11 +63,24 @@ class ModelWeights {
   static void ToFloat(const TensorView& t, float* out);
   static std::vector<float> ToFloat(const TensorView& t);
 
+  WeightsFormat format() const { return format_; }
+  // Every tensor in the loaded files, in file order (safetensors: name order per file).
+  const std::vector<StoredTensorHeader>& stored_tensors() const { return stored_tensors_; }
+  const std::vector<WeightsSourceFile>& source_files() const { return source_files_; }
+
  private:
   ModelWeights() = default;
+  static Result<std::unique_ptr<ModelWeights>> LoadGguf(Env* env, const std::string& path,
+                                                        const ModelConfig& config);
   ModelConfig config_;
+  WeightsFormat format_ = WeightsFormat::kSafetensors;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorView*, std::less<>> tensors_;
+  // GGUF: the dequantised tensors the views point into.
+  std::deque<TensorView> owned_views_;
+  std::vector<std::vector<float>> owned_data_;
+  std::vector<StoredTensorHeader> stored_tensors_;
+  std::vector<WeightsSourceFile> source_files_;
 };
 
 }  // namespace kvkeep

@@ -39,6 +39,7 @@ class SafetensorsFile {
   static Result<std::unique_ptr<SafetensorsFile>> Open(Env* env, const std::string& path);
 
   const std::string& path() const { return path_; }
+  uint64_t size_bytes() const { return mapping_ ? mapping_->size() : 0; }
   // nullptr when absent.
   const TensorView* Find(std::string_view name) const;
   std::vector<std::string> Names() const;

@@ -4,12 +4,21 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/bpe_model.h"
+#include "engine/gguf_file.h"
+#include "engine/gguf_model.h"
 #include "engine/tokenizer_unicode.h"
 #include "engine/wordpiece_model.h"
 
 namespace kvkeep {
 
 Result<std::unique_ptr<Tokenizer>> LoadTokenizer(Env* env, const std::string& path) {
+  if (IsGgufPath(path)) {
+    ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(env, path));
+    ASSIGN_OR_RETURN(nlohmann::json root, GgufTokenizerJson(*file));
+    Result<std::unique_ptr<Tokenizer>> result = LoadBpeTokenizer(root);
+    if (!result.ok()) return result.status().WithContext(path + " (GGUF tokenizer)");
+    return result;
+  }
   std::string file = path;
   if (file.size() < 5 || file.compare(file.size() - 5, 5, ".json") != 0) {
     file = JoinPath(path, "tokenizer.json");

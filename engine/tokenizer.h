@@ -47,7 +47,8 @@ class Tokenizer {
   }
 };
 
-// Loads dir/tokenizer.json (or a path to the file itself).
+// Loads dir/tokenizer.json (or a path to the file itself), or the tokenizer of a .gguf
+// file (GgufTokenizerJson).
 Result<std::unique_ptr<Tokenizer>> LoadTokenizer(Env* env, const std::string& path);
 
 // Incremental detokenizer for streaming: feeds ids, returns only complete UTF-8 text,
