@@ -1,7 +1,7 @@
 // policy_bench: the tool-aware TTL policy's benchmark in simulated time (issue 15).
 //
 //   policy_bench --trace FILE --out DIR [--agents 8,16,32,64,128,256] [--rate R]
-//                [--seed S] [--timings bench/data/h100_8b_timings.json]
+//                [--seed S] [--timings bench/data/h100_8b_timings.json] [--kv-gib G]
 //
 // What exists today is its input side:
 //   - the canonical trace (`kvkeep replay import` output) becomes agent programs, each a
@@ -11,6 +11,8 @@
 //     (figures of bench/RESULTS.md) and printed with its fit;
 //   - the trace's tool durations, keyed by policy/tool_key.h, give the per-key quantiles
 //     the TTL policy would start from;
+//   - the TTL the rule picks per key for a session of the mean context, as the device pool
+//     (--kv-gib of KV, default 60) fills, next to fixed-ttl's;
 //   - for each load, N agents get seeded Poisson arrivals at --rate programs per second.
 // It writes DIR/workload.json. The simulator itself, which must replay this through the
 // real cache bookkeeping of issue 10 (not a second cache model), is not built yet, so no
@@ -25,6 +27,7 @@
 #include "policy/cost_model.h"
 #include "policy/tool_key.h"
 #include "policy/tool_stats.h"
+#include "policy/ttl_policy.h"
 #include "tools/replay/agent_workload.h"
 #include "tools/replay/trace.h"
 
@@ -34,9 +37,40 @@ namespace {
 struct Args {
   std::string trace, out, timings = "bench/data/h100_8b_timings.json";
   std::vector<int> agents = {8, 16, 32, 64, 128, 256};
+  double kv_gib = 60;  // an 80 GB H100 less 8B bf16 weights (16 GB) and activations
+  int block_tokens = 16;
   double rate_per_s = 0.5;
   uint64_t seed = 1;
 };
+
+// The TTL the rule picks per key for a session of the trace's mean context, as the
+// device pool fills, next to fixed-ttl's.
+void PrintTtlTable(const Args& a, const std::vector<replay::AgentProgram>& programs,
+                   const ToolLatencyStats& stats, const CostModel& model, int64_t context_tokens) {
+  const int64_t mean_context = context_tokens / static_cast<int64_t>(programs.size());
+  const int64_t block_bytes = model.kv_bytes_per_token * a.block_tokens;
+  const int64_t pool_blocks = static_cast<int64_t>(a.kv_gib * (1 << 30)) / block_bytes;
+  PinCandidate session;
+  session.context_tokens = mean_context;
+  session.device_blocks = (mean_context + a.block_tokens - 1) / a.block_tokens;
+  const TtlOptions options;
+  const double free_fractions[] = {0.5, 0.2, 0.1, 0.05, 0.0};
+  std::printf(
+      "\nTTL (s) for a session of %lld tokens (%lld of %lld device blocks), B = %.3f s "
+      "(prefill), by free fraction of the pool:\n%-16s",
+      static_cast<long long>(mean_context), static_cast<long long>(session.device_blocks),
+      static_cast<long long>(pool_blocks), ComputeHitBenefit(model, session).total_s(), "tool key");
+  for (double f : free_fractions) std::printf(" %8.0f%%", 100 * f);
+  std::printf(" %9s\n", "fixed-ttl");
+  for (const ToolKeySummary& k : stats.Summaries()) {
+    std::printf("%-16s", k.key.c_str());
+    for (double f : free_fractions) {
+      const PoolState pool{pool_blocks, static_cast<int64_t>(f * static_cast<double>(pool_blocks))};
+      std::printf(" %9.2f", DecideTtlForTool(stats, k.key, model, session, pool, options).ttl_s);
+    }
+    std::printf(" %9.2f\n", FixedTtl(stats, k.key, {}));
+  }
+}
 
 Status Run(const Args& a) {
   ASSIGN_OR_RETURN(std::vector<replay::Session> sessions, replay::ReadTraceFile(a.trace));
@@ -77,6 +111,7 @@ Status Run(const Args& a) {
                     {"p90_s", k.p90_s},
                     {"p99_s", k.p99_s}});
   }
+  PrintTtlTable(a, programs, stats, fit.model, context_tokens);
   nlohmann::json loads = nlohmann::json::array();
   for (int n : a.agents) {
     ASSIGN_OR_RETURN(auto arrivals, replay::MakeArrivals(programs.size(), n, a.rate_per_s, a.seed));
@@ -121,6 +156,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", a.seed, "arrival seed");
   app.add_option("--timings", a.timings, "timing samples for the cost model");
+  app.add_option("--kv-gib", a.kv_gib, "device KV pool size for the TTL table")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   kvkeep::Status st = Run(a);
   if (!st.ok()) {
