@@ -1,0 +1,111 @@
+#include "tools/replay/agent_workload.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "tools/replay/timing_model.h"
+
+namespace kvkeep::replay {
+namespace {
+
+int64_t TextTokens(const std::string& text, double bytes_per_token) {
+  return static_cast<int64_t>(std::ceil(static_cast<double>(text.size()) / bytes_per_token));
+}
+
+int64_t ModelTokens(const Event& e, double bytes_per_token) {
+  if (e.completion_tokens) return *e.completion_tokens;
+  if (e.tokens) return e.tokens->count;
+  int64_t n = TextTokens(e.text, bytes_per_token);
+  for (const ToolCall& c : e.tool_calls) {
+    n += TextTokens(c.name, bytes_per_token) + TextTokens(c.arguments, bytes_per_token);
+  }
+  return n;
+}
+
+}  // namespace
+
+int64_t AgentProgram::ContextTokens() const {
+  int64_t n = 0;
+  for (const AgentStep& s : steps) n += s.appended_tokens + s.output_tokens;
+  return n;
+}
+
+Result<std::vector<AgentProgram>> ProgramsFromTrace(const std::vector<Session>& sessions,
+                                                    const WorkloadOptions& options) {
+  if (!(options.bytes_per_token > 0)) {
+    return Status::InvalidArgument("bytes_per_token must be positive");
+  }
+  std::vector<AgentProgram> out;
+  for (const Session& s : sessions) {
+    AgentProgram p;
+    p.id = s.id;
+    int64_t pending_tokens = 0;
+    double pending_think_s = 0;
+    for (const Event& e : s.events) {
+      switch (e.type) {
+        case EventType::kSystem:
+        case EventType::kUser:
+          pending_tokens +=
+              e.tokens ? e.tokens->count : TextTokens(e.text, options.bytes_per_token);
+          break;
+        case EventType::kToolEnd:
+          pending_tokens += TextTokens(e.text, options.bytes_per_token);
+          if (!p.steps.empty() && !p.steps.back().tool.empty() && !p.steps.back().tool_timed) {
+            p.steps.back().tool_s = std::max(0.0, e.duration_s);
+            p.steps.back().tool_timed = e.timing != Timing::kNone;
+          }
+          break;
+        case EventType::kThink:
+          pending_think_s += std::max(0.0, e.duration_s);
+          break;
+        case EventType::kToolBegin:
+          if (!p.steps.empty() && p.steps.back().tool.empty()) {
+            p.steps.back().tool = e.tool;
+            p.steps.back().command = e.command;
+          }
+          break;
+        case EventType::kModel: {
+          if (options.max_turns > 0 && static_cast<int>(p.steps.size()) >= options.max_turns) {
+            break;
+          }
+          AgentStep step;
+          step.appended_tokens = pending_tokens;
+          step.output_tokens = ModelTokens(e, options.bytes_per_token);
+          step.think_s = pending_think_s;
+          pending_tokens = 0;
+          pending_think_s = 0;
+          p.steps.push_back(std::move(step));
+          break;
+        }
+      }
+    }
+    if (!p.steps.empty()) out.push_back(std::move(p));
+  }
+  if (out.empty()) return Status::InvalidArgument("the trace has no session with a model turn");
+  return out;
+}
+
+std::vector<double> PoissonArrivals(int n, double rate_per_s, uint64_t seed) {
+  std::vector<double> out;
+  double t = 0;
+  for (int i = 0; i < n; ++i) {
+    if (i > 0) t += -std::log(DrawUniform01(MixKey(seed, static_cast<uint64_t>(i)))) / rate_per_s;
+    out.push_back(t);
+  }
+  return out;
+}
+
+Result<std::vector<AgentArrival>> MakeArrivals(size_t num_programs, int num_agents,
+                                               double rate_per_s, uint64_t seed) {
+  if (num_programs == 0) return Status::InvalidArgument("no agent programs");
+  if (num_agents < 1) return Status::InvalidArgument("agents must be at least 1");
+  if (!(rate_per_s > 0)) return Status::InvalidArgument("the arrival rate must be positive");
+  std::vector<AgentArrival> out;
+  const std::vector<double> times = PoissonArrivals(num_agents, rate_per_s, seed);
+  for (int i = 0; i < num_agents; ++i) {
+    out.push_back({times[static_cast<size_t>(i)], static_cast<size_t>(i) % num_programs});
+  }
+  return out;
+}
+
+}  // namespace kvkeep::replay
