@@ -3,7 +3,7 @@
 namespace kvkeep {
 
 Status Client::AddInflight(const std::string& key, RequestId rid, int32_t limit) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (closed_) return Status::Unavailable("connection closed");
   if (static_cast<int32_t>(inflight_.size()) >= limit) {
     return Status::ResourceExhausted("connection has " + std::to_string(inflight_.size()) +
@@ -16,19 +16,19 @@ Status Client::AddInflight(const std::string& key, RequestId rid, int32_t limit)
 }
 
 std::optional<RequestId> Client::FindInflight(const std::string& key) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = inflight_.find(key);
   if (it == inflight_.end()) return std::nullopt;
   return it->second;
 }
 
 void Client::RemoveInflight(const std::string& key) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   inflight_.erase(key);
 }
 
 std::vector<RequestId> Client::CloseAndTakeInflight() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   closed_ = true;
   std::vector<RequestId> out;
   for (const auto& [key, rid] : inflight_) out.push_back(rid);
@@ -36,7 +36,7 @@ std::vector<RequestId> Client::CloseAndTakeInflight() {
 }
 
 int32_t Client::num_inflight() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return static_cast<int32_t>(inflight_.size());
 }
 

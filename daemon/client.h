@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "base/thread_annotations.h"
 #include "daemon/peer_cred.h"
 #include "engine/engine.h"
 
@@ -44,9 +45,9 @@ class Client {
  private:
   const PeerCred peer_;
   const bool is_admin_;
-  mutable std::mutex mu_;
-  bool closed_ = false;                        // guarded by mu_
-  std::map<std::string, RequestId> inflight_;  // guarded by mu_
+  mutable Mutex mu_;
+  bool closed_ GUARDED_BY(mu_) = false;
+  std::map<std::string, RequestId> inflight_ GUARDED_BY(mu_);
 };
 
 }  // namespace kvkeep

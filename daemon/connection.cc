@@ -76,7 +76,7 @@ void Connection::OnLine(std::string_view line) {
 }
 
 void Connection::Send(std::string line) {
-  std::lock_guard<std::mutex> lock(out_mu_);
+  MutexLock lock(&out_mu_);
   if (output_closed_) return;
   out_pending_ += line;
   out_pending_ += '\n';
@@ -108,7 +108,7 @@ void Connection::Send(std::string line) {
 }
 
 void Connection::Flush() {
-  std::lock_guard<std::mutex> lock(out_mu_);
+  MutexLock lock(&out_mu_);
   flush_posted_ = false;
   if (socket_closed_ || writing_) return;
   if (out_pending_.empty()) {
@@ -118,10 +118,12 @@ void Connection::Flush() {
       lingering_ = true;
       linger_timer_.expires_after(std::chrono::milliseconds(kLingerMs));
       linger_timer_.async_wait([self = shared_from_this()](std::error_code) {
-        std::unique_lock<std::mutex> lock(self->out_mu_);
-        self->lingering_ = false;
-        const bool drained = self->out_pending_.empty() && !self->writing_;
-        lock.unlock();
+        bool drained;
+        {
+          MutexLock lock(&self->out_mu_);
+          self->lingering_ = false;
+          drained = self->out_pending_.empty() && !self->writing_;
+        }
         if (drained) {
           self->Close();
         } else {
@@ -137,7 +139,7 @@ void Connection::Flush() {
       socket_, asio::buffer(out_writing_),
       asio::bind_executor(strand_, [self = shared_from_this()](std::error_code ec, size_t) {
         {
-          std::lock_guard<std::mutex> lock(self->out_mu_);
+          MutexLock lock(&self->out_mu_);
           self->writing_ = false;
           self->out_writing_.clear();
           self->RecountOutputLocked();
@@ -154,7 +156,7 @@ void Connection::OnEof() {
   // The peer will send nothing more: its generations are orphaned, cancel them. Replies
   // already queued still go out (a client may have only shut down its write side).
   service_->OnClientClosed(*this);
-  std::lock_guard<std::mutex> lock(out_mu_);
+  MutexLock lock(&out_mu_);
   close_after_flush_ = true;
   if (!writing_ && !flush_posted_) {
     flush_posted_ = true;
@@ -166,7 +168,7 @@ void Connection::Close() {
   if (socket_closed_) return;
   service_->OnClientClosed(*this);
   {
-    std::lock_guard<std::mutex> lock(out_mu_);
+    MutexLock lock(&out_mu_);
     output_closed_ = true;
     socket_closed_ = true;
     out_pending_.clear();

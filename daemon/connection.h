@@ -23,6 +23,7 @@
 
 #include <asio.hpp>
 
+#include "base/thread_annotations.h"
 #include "daemon/client.h"
 #include "daemon/connection_limits.h"
 #include "daemon/line_framer.h"
@@ -53,7 +54,7 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   void OnEof();
   void Close();
   // REQUIRES: out_mu_ held. Reports this connection's unsent bytes to conn_limits_.
-  void RecountOutputLocked();
+  void RecountOutputLocked() REQUIRES(out_mu_);
 
   Socket socket_;
   asio::strand<asio::any_io_executor> strand_;
@@ -68,15 +69,15 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   bool socket_closed_ = false;            // strand only
   asio::steady_timer linger_timer_;       // strand only: the close after EOF
 
-  std::mutex out_mu_;
-  std::string out_pending_;         // guarded by out_mu_: queued, not yet handed to a write
-  std::string out_writing_;         // guarded by out_mu_: the write in progress
-  bool flush_posted_ = false;       // guarded by out_mu_
-  bool writing_ = false;            // guarded by out_mu_
-  bool output_closed_ = false;      // guarded by out_mu_: Send drops lines
-  bool close_after_flush_ = false;  // guarded by out_mu_
-  int64_t counted_bytes_ = 0;       // guarded by out_mu_: what conn_limits_ has of ours
-  bool lingering_ = false;          // guarded by out_mu_: linger_timer_ is set
+  Mutex out_mu_;
+  std::string out_pending_ GUARDED_BY(out_mu_);  // queued, not yet handed to a write
+  std::string out_writing_ GUARDED_BY(out_mu_);  // the write in progress
+  bool flush_posted_ GUARDED_BY(out_mu_) = false;
+  bool writing_ GUARDED_BY(out_mu_) = false;
+  bool output_closed_ GUARDED_BY(out_mu_) = false;  // Send drops lines
+  bool close_after_flush_ GUARDED_BY(out_mu_) = false;
+  int64_t counted_bytes_ GUARDED_BY(out_mu_) = 0;  // what conn_limits_ has of ours
+  bool lingering_ GUARDED_BY(out_mu_) = false;     // linger_timer_ is set
 };
 
 }  // namespace kvkeep

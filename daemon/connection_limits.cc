@@ -32,7 +32,7 @@ ConnectionLimits::Options ConnectionLimits::FromLimits(const DaemonLimits& limit
 }
 
 Result<std::unique_ptr<ConnectionLimits::Ticket>> ConnectionLimits::Admit(uint32_t uid) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (total_ >= options_.max_connections) {
     return Status::ResourceExhausted("the daemon has " + std::to_string(total_) +
                                      " connections open (limits.max_connections)");
@@ -48,14 +48,14 @@ Result<std::unique_ptr<ConnectionLimits::Ticket>> ConnectionLimits::Admit(uint32
 }
 
 void ConnectionLimits::Release(uint32_t uid) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   --total_;
   auto it = by_uid_.find(uid);
   if (it != by_uid_.end() && --it->second <= 0) by_uid_.erase(it);
 }
 
 int32_t ConnectionLimits::connections() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return total_;
 }
 

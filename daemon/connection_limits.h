@@ -22,6 +22,7 @@
 #include <mutex>
 
 #include "base/status.h"
+#include "base/thread_annotations.h"
 #include "daemon/config.h"
 
 namespace kvkeep {
@@ -70,9 +71,9 @@ class ConnectionLimits {
   void Release(uint32_t uid);
 
   const Options options_;
-  mutable std::mutex mu_;
-  int32_t total_ = 0;                   // guarded by mu_
-  std::map<uint32_t, int32_t> by_uid_;  // guarded by mu_
+  mutable Mutex mu_;
+  int32_t total_ GUARDED_BY(mu_) = 0;
+  std::map<uint32_t, int32_t> by_uid_ GUARDED_BY(mu_);
   std::atomic<int64_t> output_bytes_{0};
 };
 

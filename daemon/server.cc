@@ -92,7 +92,7 @@ void Server::AcceptNext() {
           spdlog::debug("connection from pid {} uid {} gid {}{}", cred->pid, cred->uid, cred->gid,
                         admin ? " (admin)" : "");
           {
-            std::lock_guard<std::mutex> lock(mu_);
+            MutexLock lock(&mu_);
             if (stopped_) return;
             std::erase_if(connections_, [](const auto& w) { return w.expired(); });
             connections_.push_back(conn);
@@ -133,7 +133,7 @@ void Server::StopAccepting() {
 void Server::CloseAll() {
   std::vector<std::weak_ptr<Connection>> conns;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopped_ = true;
     conns.swap(connections_);
   }

@@ -16,6 +16,7 @@
 
 #include <asio.hpp>
 
+#include "base/thread_annotations.h"
 #include "daemon/config.h"
 #include "daemon/connection.h"
 #include "daemon/connection_limits.h"
@@ -63,9 +64,9 @@ class Server {
   asio::local::stream_protocol::acceptor acceptor_;
   asio::steady_timer retry_timer_;
   bool bound_ = false;
-  std::mutex mu_;
-  bool stopped_ = false;                                // guarded by mu_
-  std::vector<std::weak_ptr<Connection>> connections_;  // guarded by mu_
+  Mutex mu_;
+  bool stopped_ GUARDED_BY(mu_) = false;
+  std::vector<std::weak_ptr<Connection>> connections_ GUARDED_BY(mu_);
 };
 
 }  // namespace kvkeep

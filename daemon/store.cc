@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -252,11 +253,12 @@ Status CheckFilesBeforeOpen(const std::string& path) {
 
 }  // namespace
 
+// One queued write. status and done are written by the leader under queue_mu_.
 struct Store::Writer {
   WriteFn fn;
   Status status;
   bool done = false;
-  std::condition_variable cv;
+  std::condition_variable_any cv;  // waits on queue_mu_
 };
 
 Result<std::unique_ptr<Store>> Store::Open(const std::string& path, const StoreOptions& options) {
@@ -286,12 +288,12 @@ Store::~Store() { sqlite3_close(db_); }
 int Store::LatestSchemaVersion() { return kNumMigrations; }
 
 Status Store::Exec(const char* sql) {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   return ExecSql(db_, sql);
 }
 
 Status Store::QuickCheck() {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   Stmt q(db_, "PRAGMA quick_check(20)");
   std::string problems;
   while (q.Next()) {
@@ -309,7 +311,7 @@ Status Store::QuickCheck() {
 }
 
 Status Store::Migrate() {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   RETURN_IF_ERROR(
       ExecSql(db_, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"));
   int version = 0;
@@ -336,7 +338,7 @@ Status Store::Migrate() {
 }
 
 Result<int> Store::SchemaVersion() {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   Stmt q(db_, "SELECT version FROM schema_version");
   int version = 0;
   if (q.Next()) version = static_cast<int>(q.ColInt(0));
@@ -345,7 +347,7 @@ Result<int> Store::SchemaVersion() {
 }
 
 Result<std::string> Store::JournalMode() {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   Stmt q(db_, "PRAGMA journal_mode");
   std::string mode;
   if (q.Next()) mode = q.ColText(0);
@@ -354,26 +356,29 @@ Result<std::string> Store::JournalMode() {
 }
 
 StoreStats Store::stats() {
-  std::lock_guard<std::mutex> lock(queue_mu_);
+  MutexLock lock(&queue_mu_);
   return stats_;
 }
 
 Status Store::Write(WriteFn fn) {
   Writer w;
   w.fn = std::move(fn);
-  std::unique_lock<std::mutex> lock(queue_mu_);
+  queue_mu_.Lock();
   writers_.push_back(&w);
-  while (!w.done && &w != writers_.front()) w.cv.wait(lock);
-  if (w.done) return w.status;  // a leader committed it with its batch
+  while (!w.done && &w != writers_.front()) w.cv.wait(queue_mu_);
+  if (w.done) {  // a leader committed it with its batch
+    queue_mu_.Unlock();
+    return w.status;
+  }
   // The leader: take what has queued up behind it, commit without holding queue_mu_.
   const size_t n = std::min(writers_.size(), static_cast<size_t>(options_.max_batch_ops));
   std::vector<Writer*> batch(writers_.begin(), writers_.begin() + static_cast<ptrdiff_t>(n));
-  lock.unlock();
+  queue_mu_.Unlock();
   {
-    std::lock_guard<std::mutex> db_lock(db_mu_);
+    MutexLock db_lock(&db_mu_);
     CommitBatch(batch);
   }
-  lock.lock();
+  queue_mu_.Lock();
   stats_.num_writes += static_cast<int64_t>(n);
   stats_.num_commits++;
   for (Writer* x : batch) {
@@ -382,6 +387,7 @@ Status Store::Write(WriteFn fn) {
     if (x != &w) x->cv.notify_one();
   }
   if (!writers_.empty()) writers_.front()->cv.notify_one();  // the next leader
+  queue_mu_.Unlock();
   return w.status;
 }
 
@@ -521,7 +527,7 @@ Status Store::EndToolEvent(uint32_t uid, const std::string& session, int64_t eve
 }
 
 Result<std::vector<ToolEvent>> Store::ListToolEvents(uint32_t uid, const std::string& session) {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   Stmt q(db_,
          "SELECT id, tool, args, begin_us, end_us, duration_us FROM tool_events "
          "WHERE owner_uid = ? AND session_id = ? ORDER BY id");
@@ -542,7 +548,7 @@ Result<std::vector<ToolEvent>> Store::ListToolEvents(uint32_t uid, const std::st
 }
 
 Result<std::vector<int64_t>> Store::ToolLatencySamples(const std::string& tool) {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   Stmt q(db_, "SELECT duration_us FROM tool_latency WHERE tool = ? ORDER BY at_us, rowid");
   q.Text(1, tool);
   std::vector<int64_t> out;
@@ -614,7 +620,7 @@ Result<std::vector<ToolKeySummary>> Store::LoadToolStats() {
 }
 
 Result<std::vector<StoredSession>> Store::LoadAll() {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   std::vector<StoredSession> out;
   std::map<std::pair<int64_t, std::string>, size_t> index;
   Stmt s(db_,

@@ -28,17 +28,16 @@
 // Thread-safety: all methods are thread-safe; one SQLite connection guarded by a mutex.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "base/status.h"
+#include "base/thread_annotations.h"
 #include "policy/tool_stats.h"
 
 struct sqlite3;
@@ -149,15 +148,15 @@ class Store {
   Status QuickCheck();
   // Queues fn for the next group commit and returns its Status once that has committed.
   Status Write(WriteFn fn);
-  // REQUIRES: db_mu_ held. Runs the batch in one transaction; sets each writer's status.
-  void CommitBatch(const std::vector<Writer*>& batch);
+  // Runs the batch in one transaction; sets each writer's status.
+  void CommitBatch(const std::vector<Writer*>& batch) REQUIRES(db_mu_);
 
   const StoreOptions options_;
-  std::mutex queue_mu_;
-  std::deque<Writer*> writers_;  // guarded by queue_mu_; the front one leads
-  StoreStats stats_;             // guarded by queue_mu_
-  std::mutex db_mu_;             // held by the leader of a batch and by readers
-  sqlite3* db_;                  // guarded by db_mu_
+  Mutex queue_mu_;
+  std::deque<Writer*> writers_ GUARDED_BY(queue_mu_);  // the front one leads
+  StoreStats stats_ GUARDED_BY(queue_mu_);
+  Mutex db_mu_;  // held by the leader of a batch and by readers
+  sqlite3* db_ GUARDED_BY(db_mu_);
 };
 
 }  // namespace kvkeep
