@@ -4,6 +4,7 @@
 #include <faiss/IndexFlat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 
@@ -139,6 +140,17 @@ Result<int32_t> RouteQuery(const EpisodeSet& set, const std::vector<float>& quer
     }
     for (int32_t e = 0; e < num_episodes; ++e) {
       score[e] = Dot(query.data(), set.episodes[e].centroid.data(), set.dim);
+    }
+  } else if (options.method == RouteMethod::kSoftWindows) {
+    if (window_scores.size() != set.assignment.size()) {
+      return Status::InvalidArgument("router: need one score per window");
+    }
+    const double t = std::max(options.temperature, 1e-4f);
+    const float top = *std::max_element(window_scores.begin(), window_scores.end());
+    for (int32_t e = 0; e < num_episodes; ++e) {
+      double sum = 0.0;
+      for (int32_t w : set.episodes[e].members) sum += std::exp((window_scores[w] - top) / t);
+      if (sum > 0.0) score[e] = t * std::log(sum);
     }
   } else {
     if (window_scores.size() != set.assignment.size()) {

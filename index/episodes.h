@@ -50,17 +50,19 @@ Result<EpisodeSet> ClusterEpisodes(const std::vector<float>& vectors, int32_t nu
 
 // How a query picks its episode.
 enum class RouteMethod {
-  kCentroid,    // the largest <query, centroid>
-  kTopWindows,  // the largest mean of the episode's top_windows best window scores
+  kCentroid,     // the largest <query, centroid>
+  kTopWindows,   // the largest mean of the episode's top_windows best window scores
+  kSoftWindows,  // the largest temperature * log(sum over members of exp(score / temperature))
 };
 
 struct RouterOptions {
   RouteMethod method = RouteMethod::kTopWindows;
-  int32_t top_windows = 1;  // kTopWindows only; 1 is "the episode of the nearest window"
+  int32_t top_windows = 1;    // kTopWindows only; 1 is "the episode of the nearest window"
+  float temperature = 0.05f;  // kSoftWindows only; toward 0 it becomes top_windows = 1
 };
 
 // Picks an episode for a query. query has dim floats (kCentroid); window_scores holds the
-// query's score against every window (kTopWindows). Returns the episode index.
+// query's score against every window (kTopWindows, kSoftWindows). Returns the episode index.
 Result<int32_t> RouteQuery(const EpisodeSet& set, const std::vector<float>& query,
                            const std::vector<float>& window_scores, const RouterOptions& options);
 

@@ -32,6 +32,9 @@ struct EvalArgs {
   int32_t seeds = 3;
   bool json = false;
   bool sweep = false;
+  std::vector<std::string> sweep_routers = {"centroid", "top:1", "top:2", "top:3"};
+  std::vector<float> sweep_weights = {0.3f, 0.5f, 0.7f};
+  std::vector<std::string> sweep_dates = {"off", "on"};
 };
 
 Result<std::vector<LocomoConversation>> LoadData(Env* env, const std::string& path) {
@@ -106,10 +109,10 @@ Status RunSweep(Env* env, const EvalArgs& args, const std::vector<LocomoConversa
   auto bert = MakeEmbedder(env, bert_spec);
   if (!bert.ok())
     std::fprintf(stderr, "eval-episodes: no bert (%s)\n", bert.status().ToString().c_str());
-  const std::vector<std::string> routers = {"centroid", "top:1", "top:2", "top:3"};
   std::printf("%-12s %-5s %-9s %2s %8s %8s %8s\n", "embedder", "dates", "router", "E", "hit@1",
               "chance", "medoid");
-  for (bool dates : {false, true}) {
+  for (const std::string& dates_text : args.sweep_dates) {
+    const bool dates = dates_text == "on";
     index::SegmenterOptions seg;
     seg.window_dates = dates;
     std::vector<EmbeddedConversation> lexical, dense;
@@ -127,16 +130,16 @@ Status RunSweep(Env* env, const EvalArgs& args, const std::vector<LocomoConversa
     spaces.emplace_back("hashed", lexical);
     if (bert.ok()) {
       spaces.emplace_back("bert", dense);
-      for (float w : {0.3f, 0.5f, 0.7f}) {
+      for (float w : args.sweep_weights) {
         std::vector<EmbeddedConversation> mixed;
         for (size_t i = 0; i < dense.size(); ++i) mixed.push_back(Combine(dense[i], lexical[i], w));
         char name[32];
-        std::snprintf(name, sizeof(name), "hybrid:%.1f", w);
+        std::snprintf(name, sizeof(name), "hybrid:%.2g", w);
         spaces.emplace_back(name, std::move(mixed));
       }
     }
     for (const auto& [name, space] : spaces) {
-      for (const std::string& r : routers) {
+      for (const std::string& r : args.sweep_routers) {
         ASSIGN_OR_RETURN(index::RouterOptions router, ParseRouter(r));
         for (int32_t e : args.episodes) {
           ASSIGN_OR_RETURN(EpisodeMetrics m,
@@ -242,6 +245,10 @@ void AddEvalEpisodesCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--json", args->json, "print one JSON object");
   cmd->add_flag("--sweep", args->sweep, "measure every embedder x router x dates option");
+  cmd->add_option("--sweep-routers", args->sweep_routers, "--sweep: routers")->delimiter(',');
+  cmd->add_option("--sweep-weights", args->sweep_weights, "--sweep: hybrid dense weights")
+      ->delimiter(',');
+  cmd->add_option("--sweep-dates", args->sweep_dates, "--sweep: on, off or both")->delimiter(',');
   cmd->callback([args] {
     for (int32_t e : args->episodes) {
       if (e < 1) throw CLI::ValidationError("--episodes", "each E must be >= 1");

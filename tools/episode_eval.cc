@@ -1,6 +1,8 @@
 #include "tools/episode_eval.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <set>
 
 #include "index/embedder.h"
@@ -100,13 +102,32 @@ Result<index::RouterOptions> ParseRouter(const std::string& text) {
       return r;
     }
   }
-  return Status::InvalidArgument("router '" + text + "': use centroid or top:K (K >= 1)");
+  if (text.rfind("soft:", 0) == 0) {
+    char* end = nullptr;
+    const float t = std::strtof(text.c_str() + 5, &end);
+    if (end != nullptr && *end == '\0' && t > 0.0f && t < 10.0f) {
+      r.method = index::RouteMethod::kSoftWindows;
+      r.temperature = t;
+      return r;
+    }
+  }
+  return Status::InvalidArgument("router '" + text +
+                                 "': use centroid, top:K (K >= 1) or soft:T (0 < T < 10)");
 }
 
 std::string RouterName(const index::RouterOptions& router) {
-  return router.method == index::RouteMethod::kCentroid
-             ? "centroid"
-             : "top:" + std::to_string(router.top_windows);
+  switch (router.method) {
+    case index::RouteMethod::kCentroid:
+      return "centroid";
+    case index::RouteMethod::kTopWindows:
+      return "top:" + std::to_string(router.top_windows);
+    case index::RouteMethod::kSoftWindows: {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "soft:%g", router.temperature);
+      return buf;
+    }
+  }
+  return "?";
 }
 
 }  // namespace kvkeep::tools

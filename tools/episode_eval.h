@@ -55,7 +55,7 @@ Result<EpisodeMetrics> Evaluate(const std::vector<EmbeddedConversation>& convers
                                 const index::ClusterOptions& cluster,
                                 const index::RouterOptions& router);
 
-// "centroid" or "top:K" (K >= 1).
+// "centroid", "top:K" (K >= 1) or "soft:T" (temperature T).
 Result<index::RouterOptions> ParseRouter(const std::string& text);
 std::string RouterName(const index::RouterOptions& router);
 
