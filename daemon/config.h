@@ -42,7 +42,7 @@ struct DaemonEngineOptions {
 };
 
 struct DaemonOptions {
-  std::string model_dir;    // empty: the synthetic tiny model in state_dir/models/tiny
+  std::string model_dir;    // empty: the installed default model, else the tiny one
   std::string socket_path;  // Unix socket to listen on
   std::string state_dir;    // SQLite database, models/, disk tier
   int32_t socket_mode = 0660;

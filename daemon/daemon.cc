@@ -18,7 +18,9 @@
 #include "daemon/state_dir.h"
 #include "daemon/store.h"
 #include "daemon/turn_renderer.h"
+#include "engine/default_model.h"
 #include "engine/engine.h"
+#include "engine/gguf_file.h"
 #include "engine/model_weights.h"
 #include "engine/synthetic_model.h"
 
@@ -68,17 +70,8 @@ Daemon::~Daemon() {
 }
 
 Status Daemon::Impl::LoadModel() {
-  std::string dir = options.model_dir;
-  if (dir.empty()) {
-    dir = options.DefaultModelDir();
-    if (!env->FileExists(JoinPath(dir, "config.json"))) {
-      spdlog::info("no model configured: making the synthetic tiny model in {}", dir);
-      SyntheticModelOptions so;
-      so.preset = "tiny";
-      so.force = true;
-      RETURN_IF_ERROR(MakeSyntheticModel(env, dir, so).WithContext("making the tiny model"));
-    }
-  }
+  ASSIGN_OR_RETURN(std::string dir,
+                   ResolveModelPath(env, options.model_dir, options.DefaultModelDir()));
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(env, dir));
   ASSIGN_OR_RETURN(weights, ModelWeights::Load(env, dir, config));
   ASSIGN_OR_RETURN(tokenizer, LoadTokenizer(env, dir));
@@ -95,6 +88,7 @@ Status Daemon::Impl::LoadModel() {
   std::string model_id = dir;
   while (model_id.size() > 1 && model_id.back() == '/') model_id.pop_back();
   model_id = model_id.substr(model_id.find_last_of('/') + 1);
+  if (IsGgufPath(model_id)) model_id.resize(model_id.size() - 5);  // "name.gguf" -> "name"
   eo.model_id = model_id;
   ASSIGN_OR_RETURN(const CachePolicy* policy, FindCachePolicy(options.policy));
   policy->configure(&eo);

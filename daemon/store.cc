@@ -569,7 +569,7 @@ Status Store::AddToolSample(const ToolSample& sample, const std::string& tool) {
 }
 
 Result<std::vector<ToolSample>> Store::ToolSamples(int64_t max_per_key) {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   // Rows written before keys existed (or without one) count under their tool name.
   Stmt q(db_,
          "SELECT k, duration_us, at_us FROM ("
@@ -606,7 +606,7 @@ Status Store::SaveToolStats(const std::vector<ToolKeySummary>& stats, int64_t up
 }
 
 Result<std::vector<ToolKeySummary>> Store::LoadToolStats() {
-  std::lock_guard<std::mutex> lock(db_mu_);
+  MutexLock lock(&db_mu_);
   Stmt q(db_,
          "SELECT key, num_samples, effective_samples, mean_s, p50_s, p90_s, p99_s FROM tool_stats "
          "ORDER BY key");

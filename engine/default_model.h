@@ -24,4 +24,14 @@ std::vector<std::string> DefaultModelCandidates(Env* env);
 // The first candidate that exists, else the first candidate.
 std::string DefaultModelPath(Env* env);
 
+// Where commands without a state directory keep the synthetic fallback model: "tiny" beside
+// the first candidate.
+std::string DefaultSyntheticModelDir(Env* env);
+
+// The model a command runs when the user named none (requested empty): the default model
+// when installed, else the synthetic tiny model in synthetic_dir (made there if missing),
+// logging one line that says so. A non-empty request is returned as is.
+Result<std::string> ResolveModelPath(Env* env, const std::string& requested,
+                                     const std::string& synthetic_dir);
+
 }  // namespace kvkeep

@@ -10,6 +10,7 @@
 #include "daemon/backend_factory.h"
 #include "engine/backend.h"
 #include "engine/chat_template.h"
+#include "engine/default_model.h"
 #include "engine/engine.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
@@ -36,8 +37,11 @@ struct GenerateArgs {
   bool chat = false;
 };
 
-Status RunGenerate(const GenerateArgs& args) {
+Status RunGenerate(GenerateArgs args) {
   Env* env = DefaultEnv();
+  // No --model: the installed default model, else the synthetic tiny model.
+  ASSIGN_OR_RETURN(args.model_dir,
+                   ResolveModelPath(env, args.model_dir, DefaultSyntheticModelDir(env)));
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(env, args.model_dir));
   ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(env, args.model_dir, config));
   ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizer(env, args.model_dir));
@@ -116,9 +120,9 @@ void AddGenerateCommand(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt with a local model");
   cmd->add_option("--model", args->model_dir,
-                  "Model directory (config.json, safetensors, "
-                  "tokenizer.json)")
-      ->required();
+                  "Model: an HF directory (config.json, safetensors, tokenizer.json) or a "
+                  ".gguf file (default: the installed SmolLM2 model, else the synthetic tiny "
+                  "model)");
   cmd->add_option("--prompt", args->prompt, "Prompt text")->required();
   cmd->add_option("--device", args->device, "cpu or cuda")
       ->capture_default_str()

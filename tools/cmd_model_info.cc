@@ -30,7 +30,13 @@ nlohmann::ordered_json Describe(const ModelConfig& c, const ModelWeights& w) {
     rope["high_freq_factor"] = c.rope.high_freq_factor;
     rope["original_max_position_embeddings"] = c.rope.original_max_position;
   }
+  // Tensors per stored type ("Q4_1": 210 in a GGUF file), in order of first appearance.
+  nlohmann::ordered_json stored = nlohmann::ordered_json::object();
+  for (const StoredTensorHeader& t : w.stored_tensors()) {
+    stored[t.dtype] = stored.value(t.dtype, 0) + 1;
+  }
   return {
+      {"format", w.format() == WeightsFormat::kGguf ? "gguf" : "safetensors"},
       {"architecture", c.architecture},
       {"model_type", c.model_type},
       {"num_layers", c.num_layers},
@@ -48,6 +54,7 @@ nlohmann::ordered_json Describe(const ModelConfig& c, const ModelWeights& w) {
       {"sliding_window", c.sliding_window},
       {"torch_dtype", c.torch_dtype},
       {"weights_dtype", embed ? DTypeName(embed->dtype) : "?"},
+      {"stored_tensors", stored},
       {"parameters_config", c.NumParameters()},
       {"parameters_in_files", w.NumFileParameters()},
       {"kv_bytes_per_token_bf16", c.KvBytesPerToken(2)},
@@ -72,6 +79,12 @@ void PrintText(const std::string& dir, const nlohmann::ordered_json& j) {
   std::printf("tied embeddings:    %s\n", j["tie_word_embeddings"].get<bool>() ? "yes" : "no");
   std::printf("dtype:              %s (weights %s)\n", j["torch_dtype"].get<std::string>().c_str(),
               j["weights_dtype"].get<std::string>().c_str());
+  std::string stored;
+  for (const auto& [dtype, n] : j["stored_tensors"].items()) {
+    stored += (stored.empty() ? "" : ", ") + dtype + " x" + std::to_string(n.get<int64_t>());
+  }
+  std::printf("stored:             %s (%s)\n", stored.c_str(),
+              j["format"].get<std::string>().c_str());
   const long long from_config = i64("parameters_config");
   const long long in_files = i64("parameters_in_files");
   std::printf("parameters:         %lld (%.3f B)\n", from_config, from_config / 1e9);
@@ -108,9 +121,11 @@ int RunModelInfo(const ModelInfoArgs& args) {
 
 void AddModelInfoCommand(CLI::App& app) {
   auto args = std::make_shared<ModelInfoArgs>();
-  CLI::App* cmd = app.add_subcommand(
-      "model-info", "Show a model directory's architecture, parameter count and KV cost");
-  cmd->add_option("dir", args->dir, "Model directory (config.json + safetensors)")->required();
+  CLI::App* cmd =
+      app.add_subcommand("model-info", "Show a model's architecture, parameter count and KV cost");
+  cmd->add_option("dir", args->dir,
+                  "Model: an HF directory (config.json + safetensors) or a .gguf file")
+      ->required();
   cmd->add_flag("--json", args->json, "Machine-readable output");
   cmd->callback([args] { SetExitCode(RunModelInfo(*args)); });
 }

@@ -138,7 +138,8 @@ void AddParityCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "parity", "Teacher-forced logit parity of two backends (e.g. cuda against cpu) on a model");
   cmd->add_option("--model", args->model_dir,
-                  "Model directory (config.json, safetensors, tokenizer.json)")
+                  "Model: an HF directory (config.json, safetensors, tokenizer.json) or a "
+                  ".gguf file")
       ->required();
   cmd->add_option("--prompt", args->prompt, "Prompt text")->required();
   cmd->add_option("--device", args->device, "Candidate backend: cpu or cuda")

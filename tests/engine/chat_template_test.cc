@@ -18,11 +18,9 @@ using nlohmann::ordered_json;
 namespace fs = std::filesystem;
 
 const std::vector<std::pair<std::string, ChatFamily>> kFamilies = {
-    {"plain", ChatFamily::kPlain},
-    {"qwen2.5", ChatFamily::kQwen25},
-    {"qwen3", ChatFamily::kQwen3},
-    {"llama3", ChatFamily::kLlama3},
-    {"llama3.1", ChatFamily::kLlama31}};
+    {"plain", ChatFamily::kPlain},      {"qwen2.5", ChatFamily::kQwen25},
+    {"qwen3", ChatFamily::kQwen3},      {"llama3", ChatFamily::kLlama3},
+    {"llama3.1", ChatFamily::kLlama31}, {"smollm2", ChatFamily::kSmolLM2}};
 
 std::string ChatFixture(const std::string& family) {
   return testing::FixturesDir() + "/parity/chat/" + family + ".json";
@@ -120,7 +118,8 @@ TEST_P(AppendOnly, EachStepExtendsThePreviousRendering) {
 
 // Qwen3 is append-only only under conditions: see the tests below.
 INSTANTIATE_TEST_SUITE_P(Families, AppendOnly,
-                         ::testing::Values(kFamilies[0], kFamilies[1], kFamilies[3], kFamilies[4]),
+                         ::testing::Values(kFamilies[0], kFamilies[1], kFamilies[3], kFamilies[4],
+                                           kFamilies[5]),
                          [](const auto& info) {
                            std::string n = info.param.first;
                            std::replace(n.begin(), n.end(), '.', '_');
