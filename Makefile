@@ -72,4 +72,18 @@ thread-safety:
 	  -DKVKEEP_THREAD_SAFETY=ON -DCMAKE_CXX_FLAGS=-Werror=thread-safety-analysis
 	cd $(TSA_DIR) && ninja -j $(JOBS) \
 	  $$(ninja -t targets all | grep -o '^CMakeFiles/kvkeep_daemon.dir/[^:]*\.o')
+# libFuzzer smoke: each tests/fuzz/fuzz_<name> for FUZZ_SECONDS from its seed corpus (new
+# inputs go to a scratch copy; the checked-in corpus stays as it is).
+.PHONY: fuzz-smoke
+FUZZ_DIR ?= build-fuzz
+FUZZ_SECONDS ?= 60
+fuzz-smoke:
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DKVKEEP_CUDA=OFF -DKVKEEP_BUILD_TESTS=OFF -DKVKEEP_BUILD_BENCH=OFF -DKVKEEP_FUZZ=ON
+	cd $(FUZZ_DIR) && ninja -j $(JOBS) $$(ninja -t targets all | grep -o '^fuzz_[a-z_]*' | sort -u)
+	set -e; for f in tests/fuzz/fuzz_*.cc; do name=$$(basename $$f .cc); corpus=$${name#fuzz_}; \
+	  rm -rf $(FUZZ_DIR)/corpus-$$corpus && mkdir -p $(FUZZ_DIR)/corpus-$$corpus; \
+	  echo "$$name: $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_DIR)/tests/fuzz/$$name -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	    -print_final_stats=1 $(FUZZ_DIR)/corpus-$$corpus tests/fuzz/corpus/$$corpus; done
 # --- end harden ------------------------------------------------------------------------------

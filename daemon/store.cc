@@ -397,6 +397,12 @@ void Store::CommitBatch(const std::vector<Writer*>& batch) {
     for (Writer* x : batch) x->status = txn.status();
     return;
   }
+  if (batch.size() == 1) {  // alone: the transaction itself is the savepoint
+    Writer* x = batch.front();
+    x->status = x->fn(db_);
+    x->status = x->status.ok() ? txn.Commit() : x->status;  // else ~Transaction rolls back
+    return;
+  }
   bool any_ok = false;
   for (Writer* x : batch) {
     // A savepoint per write: a failed write rolls back alone, the batch goes on.

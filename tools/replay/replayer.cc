@@ -156,10 +156,11 @@ class Run {
     auto clip = [&]() -> int64_t {
       return o_.max_prompt_tokens > 0 ? std::min(budget(), max_context_ / 8) : budget();
     };
-    // A message leaves room for the model turn after it (a quarter of the context at
-    // most), so a session whose first prompt exceeds the context still runs a turn.
+    // Until the first model turn, a message leaves room for that turn (a quarter of the
+    // context at most), so a session whose first prompt exceeds the context still runs.
     const int64_t turn_reserve = max_context_ > 0 ? std::min(max_tokens_, max_context_ / 4) : 0;
     auto room = [&]() -> int64_t {
+      if (rec->turns > 0) return clip();
       return std::min(clip(), std::max<int64_t>(0, budget() - turn_reserve));
     };
     auto clip_text = [&](const std::string& text) {
