@@ -12,6 +12,7 @@
 #include "engine/chat_template.h"
 #include "engine/engine.h"
 #include "engine/model_config.h"
+#include "engine/model_identity.h"
 #include "engine/model_weights.h"
 #include "engine/tokenizer.h"
 #include "tools/commands.h"
@@ -58,7 +59,7 @@ Status RunGenerate(const GenerateArgs& args) {
   }
 
   EngineOptions options;
-  options.model_id = args.model_dir;
+  options.model_id = ModelIdentity(config, *weights);
   options.prefill_chunk_tokens = args.chunk_tokens;
   options.max_batch_tokens = std::max(512, args.chunk_tokens);
   options.backend.num_threads = args.threads;
