@@ -31,6 +31,17 @@ class FieldReader {
     }
     *out = static_cast<T>(v);
   }
+  void Double(const char* key, double* out, double min, double max) {
+    auto it = obj_.find(key);
+    if (it == obj_.end() || !status_.ok()) return;
+    seen_++;
+    if (!it->is_number()) return Fail(key, "must be a number");
+    const double v = it->get<double>();
+    if (!(v >= min && v <= max)) {
+      return Fail(key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
+    }
+    *out = v;
+  }
   void String(const char* key, std::string* out) {
     auto it = obj_.find(key);
     if (it == obj_.end() || !status_.ok()) return;
@@ -116,7 +127,7 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
 Status ApplyEngine(const json& obj, DaemonEngineOptions* e) {
   FieldReader r(obj, "engine.");
   r.Known({"device", "kv_memory_bytes", "num_kv_blocks", "block_size", "max_batch_tokens",
-           "prefill_chunk_tokens", "max_running", "num_threads"});
+           "prefill_chunk_tokens", "max_running", "num_threads", "host_blocks", "disk_gib"});
   r.String("device", &e->device);
   r.Int("kv_memory_bytes", &e->kv_memory_bytes, 0, kMaxI64);
   r.Int("num_kv_blocks", &e->num_kv_blocks, 0, kMaxI32);
@@ -125,6 +136,8 @@ Status ApplyEngine(const json& obj, DaemonEngineOptions* e) {
   r.Int("prefill_chunk_tokens", &e->prefill_chunk_tokens, 1, kMaxI32);
   r.Int("max_running", &e->max_running, 1, kMaxI32);
   r.Int("num_threads", &e->num_threads, 0, 4096);
+  r.Int("host_blocks", &e->host_blocks, 0, kMaxI32);
+  r.Double("disk_gib", &e->disk_gib, 0, 1 << 20);
   return r.Finish();
 }
 
@@ -198,6 +211,12 @@ Status ValidateDaemonOptions(const DaemonOptions& o) {
   if (o.engine.num_kv_blocks == 0 && o.engine.kv_memory_bytes == 0) {
     return Status::InvalidArgument("engine: set num_kv_blocks or kv_memory_bytes");
   }
+  if (o.engine.disk_gib > 0 && o.engine.host_blocks == 0) {
+    return Status::InvalidArgument("engine.disk_gib needs engine.host_blocks > 0");
+  }
+  if (o.engine.host_blocks < 0 || !(o.engine.disk_gib >= 0)) {
+    return Status::InvalidArgument("engine.host_blocks and engine.disk_gib must be >= 0");
+  }
   if (o.engine.prefill_chunk_tokens > o.engine.max_batch_tokens) {
     return Status::InvalidArgument("engine.prefill_chunk_tokens exceeds engine.max_batch_tokens");
   }
@@ -255,8 +274,11 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       &o.limits.max_connections_per_uid, "open connections per uid");
   num("--kv-memory-bytes", &f.engine.kv_memory_bytes, &o.engine.kv_memory_bytes,
       "KV pool size, bytes");
-  num("--num-kv-blocks", &f.engine.num_kv_blocks, &o.engine.num_kv_blocks,
+  num("--num-kv-blocks,--kv-blocks", &f.engine.num_kv_blocks, &o.engine.num_kv_blocks,
       "KV pool size, blocks (overrides --kv-memory-bytes)");
+  num("--host-blocks", &f.engine.host_blocks, &o.engine.host_blocks, "host KV tier, blocks");
+  num("--disk-gib", &f.engine.disk_gib, &o.engine.disk_gib,
+      "disk KV tier under state_dir/kv, GiB (needs --host-blocks)");
   str("--device", &f.engine.device, &o.engine.device, "cpu or cuda");
   num("--threads", &f.engine.num_threads, &o.engine.num_threads, "CPU backend threads");
 
@@ -317,7 +339,9 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_batch_tokens", o.engine.max_batch_tokens},
         {"prefill_chunk_tokens", o.engine.prefill_chunk_tokens},
         {"max_running", o.engine.max_running},
-        {"num_threads", o.engine.num_threads}}},
+        {"num_threads", o.engine.num_threads},
+        {"host_blocks", o.engine.host_blocks},
+        {"disk_gib", o.engine.disk_gib}}},
   };
   return doc.dump(2);
 }

@@ -39,6 +39,8 @@ struct DaemonEngineOptions {
   int32_t prefill_chunk_tokens = 256;            // largest prefill chunk per sequence
   int32_t max_running = 64;                      // sequences decoding at once
   int32_t num_threads = 0;                       // CPU backend threads; 0: all cores
+  int32_t host_blocks = 0;                       // host KV tier, blocks; 0: none
+  double disk_gib = 0;  // disk KV tier under state_dir/kv, GiB; 0: none (needs host_blocks)
 };
 
 struct DaemonOptions {

@@ -21,6 +21,7 @@
 #include "engine/default_model.h"
 #include "engine/engine.h"
 #include "engine/gguf_file.h"
+#include "engine/model_identity.h"
 #include "engine/model_weights.h"
 #include "engine/synthetic_model.h"
 
@@ -85,11 +86,14 @@ Status Daemon::Impl::LoadModel() {
   eo.max_batch_tokens = options.engine.max_batch_tokens;
   eo.prefill_chunk_tokens = options.engine.prefill_chunk_tokens;
   eo.max_running = options.engine.max_running;
+  eo.num_host_blocks = options.engine.host_blocks;
+  eo.disk_bytes = static_cast<int64_t>(options.engine.disk_gib * double(int64_t{1} << 30));
+  eo.disk_dir = JoinPath(options.state_dir, "kv");
   std::string model_id = dir;
   while (model_id.size() > 1 && model_id.back() == '/') model_id.pop_back();
   model_id = model_id.substr(model_id.find_last_of('/') + 1);
   if (IsGgufPath(model_id)) model_id.resize(model_id.size() - 5);  // "name.gguf" -> "name"
-  eo.model_id = model_id;
+  eo.model_id = ModelIdentity(config, *weights);  // the KV scope: content, not the folder
   ASSIGN_OR_RETURN(const CachePolicy* policy, FindCachePolicy(options.policy));
   policy->configure(&eo);
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "base/hash64.h"
+#include "daemon/engine_session.h"
 
 namespace kvkeep {
 
@@ -350,6 +351,8 @@ Service::Reply Service::ToolBegin(const Ctx& ctx, Error* error) {
   if (s->tool_events_loaded) {
     s->tool_events.push_back({*event_id, *tool, args, deps_.clock->WallMicros()});
   }
+  deps_.engine->Hint({SessionHint::Kind::kToolBegin, EngineSessionOf(s->owner_uid, s->id),
+                      deps_.clock->NowMicros(), 0, 0});
   return json{{"session", s->id}, {"tool_event", *event_id}};
 }
 
@@ -395,6 +398,8 @@ Service::Reply Service::ToolEnd(const Ctx& ctx, Error* error) {
   }
   s->AppendLocked(std::move(msgs[0]));
   s->updated_us = end_us;
+  deps_.engine->Hint({SessionHint::Kind::kToolEnd, EngineSessionOf(s->owner_uid, s->id),
+                      deps_.clock->NowMicros(), 0, 0});
   return json{{"session", s->id},
               {"tool_event", pending ? json(pending->event_id) : json(nullptr)},
               {"tool", tool},
@@ -472,6 +477,8 @@ Service::Reply Service::Close(const Ctx& ctx, Error* error) {
     sessions_.Remove(s->owner_uid, s->id);
   }
   if (was_open) sessions_.ReleaseOpen(s->owner_uid);
+  deps_.engine->Hint({SessionHint::Kind::kClose, EngineSessionOf(s->owner_uid, s->id),
+                      deps_.clock->NowMicros(), 0, 0});
   return json{{"session", s->id}, {"kept", keep}};
 }
 

@@ -1,6 +1,7 @@
 // session.generate: validation, submission to the engine, streaming, and completion.
 #include <spdlog/spdlog.h>
 
+#include "daemon/engine_session.h"
 #include "daemon/service.h"
 
 namespace kvkeep {
@@ -55,6 +56,7 @@ bool Service::Generate(const Ctx& ctx, Error* error) {
   if (!s) return false;
   const protocol::Params& p = ctx.params;
   GenerateRequest req;
+  req.session = EngineSessionOf(s->owner_uid, s->id);  // the engine retains its KV between turns
   req.stop.max_tokens =
       static_cast<int32_t>(p.IntOr("max_tokens", 256, 1, options_.limits.max_tokens, error));
   req.sampling.temperature = static_cast<float>(p.NumberOr("temperature", 0, 0, 100, error));
@@ -211,6 +213,10 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
                 {"usage",
                  {{"prompt_tokens", u.prompt_tokens},
                   {"cached_tokens", u.cached_tokens},
+                  {"cached_by_tier",
+                   {{"device", u.cached_device_tokens},
+                    {"host", u.cached_host_tokens},
+                    {"disk", u.cached_disk_tokens}}},
                   {"recomputed_tokens", u.recomputed_tokens},
                   {"generated_tokens", u.generated_tokens},
                   {"ttft_ms", u.ttft_ms},

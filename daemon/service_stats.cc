@@ -49,8 +49,16 @@ Service::Reply Service::Stats(const Ctx& ctx, Error* error) {
           {"blocks_used", es.blocks_used},
           {"blocks_cached", es.blocks_cached},
           {"blocks_shared", es.blocks_shared},
-          {"block_size", options_.block_size}}}}},
-      {"tiers", {{"device", {{"blocks", es.blocks_used + es.blocks_cached}}}}},
+          {"block_size", options_.block_size}}},
+        {"host", {{"blocks_total", es.host_blocks_total}, {"blocks_used", es.host_blocks_used}}},
+        {"disk", {{"blocks_total", es.disk_blocks_total}, {"blocks_used", es.disk_blocks_used}}}}},
+      {"tiers",
+       {{"device", {{"blocks", es.blocks_used + es.blocks_cached}}},
+        {"host", {{"blocks", es.host_blocks_used}}},
+        {"disk", {{"blocks", es.disk_blocks_used}, {"read_failures", es.disk_read_failures}}},
+        {"demoted_blocks", es.demoted_blocks},
+        {"promoted_blocks", es.promoted_blocks},
+        {"dropped_blocks", es.dropped_blocks}}},
       {"engine",
        {{"steps", es.steps},
         {"running", es.running},
@@ -89,6 +97,20 @@ std::string Service::PrometheusText(const EngineStats& es) const {
          es.blocks_cached);
   Metric(&out, "kvkeep_evicted_blocks_total", "counter", "Cached KV blocks evicted.",
          es.evicted_blocks);
+  Metric(&out, "kvkeep_pool_blocks_shared", "gauge", "Device KV blocks held by several requests.",
+         es.blocks_shared);
+  Metric(&out, "kvkeep_host_blocks_total", "gauge", "Host KV tier capacity, blocks.",
+         es.host_blocks_total);
+  Metric(&out, "kvkeep_host_blocks_used", "gauge", "Host KV tier blocks in use.",
+         es.host_blocks_used);
+  Metric(&out, "kvkeep_disk_blocks_total", "gauge", "Disk KV tier capacity, blocks.",
+         es.disk_blocks_total);
+  Metric(&out, "kvkeep_disk_blocks_used", "gauge", "Disk KV tier blocks stored.",
+         es.disk_blocks_used);
+  Metric(&out, "kvkeep_demoted_blocks_total", "counter", "KV blocks moved one tier down.",
+         es.demoted_blocks);
+  Metric(&out, "kvkeep_promoted_blocks_total", "counter", "KV blocks moved one tier up.",
+         es.promoted_blocks);
   Metric(&out, "kvkeep_prompt_tokens_total", "counter", "Context tokens of finished requests.",
          es.prompt_tokens);
   Metric(&out, "kvkeep_cached_tokens_total", "counter", "Context tokens served from cached KV.",

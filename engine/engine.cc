@@ -136,9 +136,14 @@ Status EngineImpl::Validate(const GenerateRequest& r) const {
     return Status::InvalidArgument("token id outside the vocabulary of " + std::to_string(vocab));
   }
   if (static_cast<int64_t>(r.prompt.size()) > max_context_tokens_) {
-    return Status::InvalidArgument("context of " + std::to_string(r.prompt.size()) +
-                                   " tokens exceeds the limit of " +
-                                   std::to_string(max_context_tokens_));
+    const std::string what = "context of " + std::to_string(r.prompt.size()) +
+                             " tokens exceeds the limit of " + std::to_string(max_context_tokens_);
+    const int32_t max_pos = backend_->config().max_position_embeddings;
+    // Larger than the device pool can ever hold: a resource limit, not a malformed request.
+    if (max_pos <= 0 || static_cast<int64_t>(r.prompt.size()) <= max_pos) {
+      return Status::ResourceExhausted(what + " (the KV pool)");
+    }
+    return Status::InvalidArgument(what + " (the model's positions)");
   }
   if (r.forced.empty() && r.stop.max_tokens < 1) {
     return Status::InvalidArgument("max_tokens must be at least 1");

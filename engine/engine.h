@@ -141,8 +141,9 @@ class Engine {
   // kCancelled), then joins the engine thread.
   virtual void Stop() = 0;
 
-  // Queues a request. InvalidArgument for an empty prompt, ids outside the vocabulary or
-  // a context longer than the pool can ever hold; the callback is not called then.
+  // Queues a request. InvalidArgument for an empty prompt, ids outside the vocabulary or a
+  // context longer than the model's positions; ResourceExhausted for a context longer than
+  // the device pool can ever hold. The callback is not called then.
   virtual Status Submit(GenerateRequest request) = 0;
   // Cancels a queued or running request; its callback gets kFinished/kCancelled.
   virtual void Cancel(RequestId id) = 0;

@@ -123,6 +123,7 @@ class EngineImpl final : public Engine {
   std::unique_ptr<DiskBlockStore> disk_store_;
   std::unique_ptr<DiskWorker> disk_worker_;
   int32_t outstanding_disk_reads_ = 0;
+  TransferFence swap_out_fence_;  // the last swap-out not yet waited for
   int64_t disk_read_failures_ = 0;
   std::vector<Sequence*> awaiting_disk_;  // new sequences whose prefix is being read up
   // Sessions retained between turns, and the policy that orders their reclaim.

@@ -205,7 +205,8 @@ Status EngineImpl::RunTransfers() {
   using Kind = BlockTransfer::Kind;
   std::vector<std::pair<int32_t, int32_t>> run;  // consecutive swaps of one kind
   Kind run_kind = Kind::kSwapOut;
-  TransferFence last_out, last_in;
+  TransferFence& last_out = swap_out_fence_;  // may be from an earlier step's plan
+  TransferFence last_in;
   auto flush = [&]() -> Status {
     if (run.empty()) return Status::OK();
     if (run_kind == Kind::kSwapOut) {
@@ -225,8 +226,11 @@ Status EngineImpl::RunTransfers() {
       continue;
     }
     RETURN_IF_ERROR(flush());
+    // A host slot the disk touches may still be filling from a swap-out (this step's or,
+    // on an asynchronous backend, an earlier one's).
+    RETURN_IF_ERROR(backend_->WaitFence(last_out));
+    last_out = TransferFence{};
     if (op.kind == Kind::kDiskWrite) {
-      RETURN_IF_ERROR(backend_->WaitFence(last_out));  // the slot may have just been filled
       const DiskWrite& w = plan.disk_writes[op.write];
       const uint8_t* bytes = backend_->host_block(op.host_slot);
       disk_worker_->Write({w.hash, w.parent_hash, w.scope, w.tokens},

@@ -13,6 +13,7 @@
 #include "engine/default_model.h"
 #include "engine/engine.h"
 #include "engine/model_config.h"
+#include "engine/model_identity.h"
 #include "engine/model_weights.h"
 #include "engine/tokenizer.h"
 #include "tools/commands.h"
@@ -62,7 +63,7 @@ Status RunGenerate(GenerateArgs args) {
   }
 
   EngineOptions options;
-  options.model_id = args.model_dir;
+  options.model_id = ModelIdentity(config, *weights);
   options.prefill_chunk_tokens = args.chunk_tokens;
   options.max_batch_tokens = std::max(512, args.chunk_tokens);
   options.backend.num_threads = args.threads;

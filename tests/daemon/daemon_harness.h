@@ -164,9 +164,11 @@ class DaemonProcess {
                                      "--socket",
                                      socket_path_,
                                      "--state-dir",
-                                     state_dir_,
-                                     "--num-kv-blocks",
-                                     "2048"};
+                                     state_dir_};
+    // A test that sizes the KV pool itself passes --kv-blocks.
+    if (std::find(extra_.begin(), extra_.end(), "--kv-blocks") == extra_.end()) {
+      args.insert(args.end(), {"--num-kv-blocks", "2048"});
+    }
     // With a configuration file the file sets the log level (SIGHUP tests change it).
     if (std::find(extra_.begin(), extra_.end(), "--config") == extra_.end()) {
       args.insert(args.end(), {"--log-level", "warn"});

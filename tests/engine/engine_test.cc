@@ -278,7 +278,8 @@ TEST_F(EngineTest, RejectsInvalidRequestsWithoutCallback) {
   EXPECT_TRUE(engine->Submit(Req(1, {}, &out)).IsInvalidArgument());
   EXPECT_TRUE(engine->Submit(Req(2, {1, 2, model_->config.vocab_size}, &out)).IsInvalidArgument());
   EXPECT_TRUE(engine->Submit(Req(3, {1, -4}, &out)).IsInvalidArgument());
-  EXPECT_TRUE(engine->Submit(Req(4, RandomTokens(rng_, 129), &out)).IsInvalidArgument());
+  EXPECT_TRUE(engine->Submit(Req(4, RandomTokens(rng_, 129), &out)).code() ==
+              StatusCode::kResourceExhausted);
   GenerateRequest bad_forced = Req(5, {1, 2}, &out);
   bad_forced.forced = {1, 100000};
   EXPECT_TRUE(engine->Submit(std::move(bad_forced)).IsInvalidArgument());

@@ -135,6 +135,11 @@ TEST(EngineSessionsTest, RetainedSessionsAreReclaimedWithoutSpinning) {
   EXPECT_GT(s.reclaimed_sessions, 0);
   EXPECT_EQ(e.impl()->idle_steps(), 0) << "the engine stepped without progress";
   EXPECT_TRUE(e.impl()->TEST_CheckPool().ok());
+  // A context the device pool can never hold is a resource limit.
+  Outcome never;
+  EXPECT_EQ(
+      e.impl()->Submit(Request(99, 300, RandomTokens(rng, 12 * kBlockSize + 1), &never)).code(),
+      StatusCode::kResourceExhausted);
 }
 
 }  // namespace
