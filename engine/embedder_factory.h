@@ -24,7 +24,7 @@ inline constexpr const char* kDefaultSentenceModel = "all-MiniLM-L6-v2";
 struct EmbedderSpec {
   std::string name = "default";  // hashed | bert | hybrid | default
   std::string model_dir;         // empty: DefaultSentenceModelDir(env)
-  float dense_weight = 0.5f;     // hybrid only
+  float dense_weight = 0.3f;     // hybrid only (chosen on LoCoMo: docs/episodes.md)
   index::HashedEmbedderOptions hashed;
 };
 

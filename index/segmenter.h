@@ -44,7 +44,7 @@ struct Segment {
 struct SegmenterOptions {
   int64_t max_segment_chars = 1000;  // cap on one sentence or block, in bytes
   int32_t window_messages = 4;       // w
-  bool window_dates = false;         // prefix each date change in a window with "[date]"
+  bool window_dates = true;          // prefix each date change in a window with "[date]"
 };
 
 // Byte spans [begin, end) of the sentences (prose) or line blocks (code and tool output)

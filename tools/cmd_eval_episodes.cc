@@ -35,6 +35,7 @@ struct EvalArgs {
   std::vector<std::string> sweep_routers = {"centroid", "top:1", "top:2", "top:3"};
   std::vector<float> sweep_weights = {0.3f, 0.5f, 0.7f};
   std::vector<std::string> sweep_dates = {"off", "on"};
+  bool sweep_split = false;
 };
 
 Result<std::vector<LocomoConversation>> LoadData(Env* env, const std::string& path) {
@@ -109,7 +110,7 @@ Status RunSweep(Env* env, const EvalArgs& args, const std::vector<LocomoConversa
   auto bert = MakeEmbedder(env, bert_spec);
   if (!bert.ok())
     std::fprintf(stderr, "eval-episodes: no bert (%s)\n", bert.status().ToString().c_str());
-  std::printf("%-12s %-5s %-9s %2s %8s %8s %8s\n", "embedder", "dates", "router", "E", "hit@1",
+  std::printf("%-20s %-5s %-9s %2s %8s %8s %8s\n", "embedder", "dates", "router", "E", "hit@1",
               "chance", "medoid");
   for (const std::string& dates_text : args.sweep_dates) {
     const bool dates = dates_text == "on";
@@ -135,6 +136,17 @@ Status RunSweep(Env* env, const EvalArgs& args, const std::vector<LocomoConversa
         for (size_t i = 0; i < dense.size(); ++i) mixed.push_back(Combine(dense[i], lexical[i], w));
         char name[32];
         std::snprintf(name, sizeof(name), "hybrid:%.2g", w);
+        if (args.sweep_split) {
+          for (const auto& [cluster_name, cluster_space] :
+               {std::pair{"bert", &dense}, std::pair{"hashed", &lexical}}) {
+            std::vector<EmbeddedConversation> split = mixed;
+            for (size_t i = 0; i < split.size(); ++i) {
+              split[i].cluster_dim = (*cluster_space)[i].dim;
+              split[i].cluster_vectors = (*cluster_space)[i].window_vectors;
+            }
+            spaces.emplace_back(std::string(name) + "/k=" + cluster_name, std::move(split));
+          }
+        }
         spaces.emplace_back(name, std::move(mixed));
       }
     }
@@ -144,7 +156,7 @@ Status RunSweep(Env* env, const EvalArgs& args, const std::vector<LocomoConversa
         for (int32_t e : args.episodes) {
           ASSIGN_OR_RETURN(EpisodeMetrics m,
                            Evaluate(space, e, Seeds(args.seeds), index::ClusterOptions{}, router));
-          std::printf("%-12s %-5s %-9s %2d %8.3f %8.3f %8.3f\n", name.c_str(), dates ? "on" : "off",
+          std::printf("%-20s %-5s %-9s %2d %8.3f %8.3f %8.3f\n", name.c_str(), dates ? "on" : "off",
                       r.c_str(), e, m.hit_at_1, m.chance, m.medoid_coverage);
           std::fflush(stdout);
         }
@@ -249,6 +261,8 @@ void AddEvalEpisodesCommand(CLI::App& app) {
   cmd->add_option("--sweep-weights", args->sweep_weights, "--sweep: hybrid dense weights")
       ->delimiter(',');
   cmd->add_option("--sweep-dates", args->sweep_dates, "--sweep: on, off or both")->delimiter(',');
+  cmd->add_flag("--sweep-split", args->sweep_split,
+                "--sweep: also cluster on bert or hashed alone while routing on hybrid");
   cmd->callback([args] {
     for (int32_t e : args->episodes) {
       if (e < 1) throw CLI::ValidationError("--episodes", "each E must be >= 1");

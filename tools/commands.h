@@ -19,6 +19,7 @@ void AddStatusCommand(CLI::App& app);     // status (tools/cmd_client.cc)
 void AddSessionsCommand(CLI::App& app);   // sessions (tools/cmd_client.cc)
 void AddChatCommand(CLI::App& app);       // chat (tools/cmd_client.cc)
 void AddReplayCommand(CLI::App& app);     // replay import|synth|run
-void AddEvalEpisodesCommand(CLI::App& app);  // eval-episodes
+
+void AddEvalEpisodesCommand(CLI::App& app);  // eval-episodes (tools/cmd_eval_episodes.cc)
 
 }  // namespace kvkeep::tools

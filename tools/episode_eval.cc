@@ -51,9 +51,14 @@ Result<EpisodeMetrics> Evaluate(const std::vector<EmbeddedConversation>& convers
       index::ClusterOptions options = cluster;
       options.num_episodes = num_episodes;
       options.seed = seed;
+      const bool split = conv.cluster_dim > 0;
+      if (split && router.method == index::RouteMethod::kCentroid) {
+        return Status::InvalidArgument("eval-episodes: centroid routing needs one space");
+      }
       ASSIGN_OR_RETURN(
           index::EpisodeSet set,
-          index::ClusterEpisodes(conv.window_vectors, conv.num_windows, conv.dim, options));
+          index::ClusterEpisodes(split ? conv.cluster_vectors : conv.window_vectors,
+                                 conv.num_windows, split ? conv.cluster_dim : conv.dim, options));
       const auto num_sets = static_cast<double>(set.episodes.size());
       std::vector<float> scores(static_cast<size_t>(conv.num_windows));
       for (size_t q = 0; q < conv.evidence.size(); ++q) {

@@ -27,6 +27,10 @@ struct EmbeddedConversation {
   std::vector<float> question_vectors;         // questions x dim
   std::vector<std::vector<int32_t>> evidence;  // per question: window indices
   int32_t num_skipped_questions = 0;           // categories 1-4 with no known evidence
+  // When set, k-means runs on these (num_windows x cluster_dim) instead, and only the
+  // window-score routers use window_vectors (an experiment of --sweep-split).
+  int32_t cluster_dim = 0;
+  std::vector<float> cluster_vectors;
 };
 
 // The windows and evaluated questions of a conversation (categories 1-4 with at least one

@@ -71,6 +71,7 @@ TEST(Segmenter, WindowsRenderSpeakersAndStopAtGroups) {
   }
   SegmenterOptions o;
   o.window_messages = 4;
+  o.window_dates = false;
   auto windows = MakeWindows(msgs, o);
   ASSERT_EQ(windows.size(), 3u);  // [0,4) [4,5) [5,7)
   EXPECT_EQ(windows[0].text, "Ann: t0\nBob: t1\nAnn: t2\nBob: t3");
