@@ -8,6 +8,8 @@ namespace kvkeep {
 
 std::vector<std::string> DefaultModelCandidates(Env* env) {
   std::vector<std::string> out;
+  const std::string models_dir = env->GetEnvVar("KVKEEP_MODELS_DIR");
+  if (!models_dir.empty()) return {JoinPath(models_dir, kDefaultModelFile)};
   std::string data_home = env->GetEnvVar("XDG_DATA_HOME");
   if (data_home.empty()) {
     std::string home = env->GetEnvVar("HOME");

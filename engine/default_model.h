@@ -6,6 +6,8 @@
 // Where it lives (the first that exists wins; the first is where a user's setup puts it):
 //   $XDG_DATA_HOME/kvkeep/models/  (XDG_DATA_HOME defaults to $HOME/.local/share)
 //   /var/lib/kvkeep/models/        (where scripts/setup puts it when run as root)
+// $KVKEEP_MODELS_DIR, when set, replaces both (scripts/setup honours it too; tests point it
+// at an empty directory to get the synthetic fallback).
 //
 // Thread-safety: pure functions of the Env.
 #pragma once

@@ -18,6 +18,8 @@ TEST(DaemonLifecycleTest, NoModelFlagMakesTheTinyModelInTheStateDir) {
   const std::string state = dir.File("state");
   if (pid == 0) {
     std::string bin = BinaryDir() + "/kvkeepd";
+    // No default model installed there: the daemon falls back to the tiny model.
+    setenv("KVKEEP_MODELS_DIR", dir.File("no-models").c_str(), 1);
     execl(bin.c_str(), bin.c_str(), "--socket", socket.c_str(), "--state-dir", state.c_str(),
           "--log-level", "warn", "--num-kv-blocks", "256", static_cast<char*>(nullptr));
     _exit(127);

@@ -54,6 +54,9 @@ TEST(DefaultModel, CandidatesFollowXdgThenVarLib) {
   EXPECT_EQ(DefaultSyntheticModelDir(&home), "/home/u/.local/share/kvkeep/models/tiny");
   TestEnv none(TestEnv::Vars{});
   EXPECT_EQ(DefaultModelCandidates(&none).size(), 1u);
+  TestEnv override(TestEnv::Vars{{"HOME", "/home/u"}, {"KVKEEP_MODELS_DIR", "/m"}});
+  EXPECT_EQ(DefaultModelCandidates(&override),
+            std::vector<std::string>{"/m/SmolLM2-135M-Instruct.Q4_1.gguf"});
 }
 
 TEST(DefaultModel, RequestedPathWins) {

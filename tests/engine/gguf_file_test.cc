@@ -9,48 +9,13 @@
 #include <cstring>
 #include <string>
 
+#include "tests/engine/gguf_test_util.h"
 #include "tests/testlib/test_util.h"
 
 namespace kvkeep {
 namespace {
 
-// Writes a little-endian GGUF image.
-class GgufBuilder {
- public:
-  GgufBuilder& U32(uint32_t v) { return Raw(&v, 4); }
-  GgufBuilder& U64(uint64_t v) { return Raw(&v, 8); }
-  GgufBuilder& F32(float v) { return Raw(&v, 4); }
-  GgufBuilder& Str(std::string_view s) {
-    U64(s.size());
-    bytes_.append(s);
-    return *this;
-  }
-  GgufBuilder& Header(uint32_t version, uint64_t num_tensors, uint64_t num_kv) {
-    bytes_.append("GGUF");
-    return U32(version).U64(num_tensors).U64(num_kv);
-  }
-  // A 2-D tensor info.
-  GgufBuilder& Tensor(std::string_view name, uint64_t d0, uint64_t d1, uint32_t type,
-                      uint64_t offset) {
-    return Str(name).U32(2).U64(d0).U64(d1).U32(type).U64(offset);
-  }
-  GgufBuilder& PadTo(size_t alignment) {
-    while (bytes_.size() % alignment != 0) bytes_.push_back('\0');
-    return *this;
-  }
-  GgufBuilder& Zeros(size_t n) {
-    bytes_.append(n, '\0');
-    return *this;
-  }
-  const std::string& bytes() const { return bytes_; }
-
- private:
-  GgufBuilder& Raw(const void* p, size_t n) {
-    bytes_.append(static_cast<const char*>(p), n);
-    return *this;
-  }
-  std::string bytes_;
-};
+using testing::GgufBuilder;
 
 // A valid v2 file: two metadata keys, one 32x2 F32 tensor and one 32x1 Q8_0 tensor.
 std::string ValidFile(uint32_t version = 2) {

@@ -17,7 +17,10 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
+#include "engine/bpe_model.h"
 #include "engine/chat_template.h"
+#include "engine/gguf_file.h"
+#include "engine/gguf_model.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
 #include "engine/safetensors.h"
@@ -173,32 +176,102 @@ void CheckLogits(const std::string& model_path, const std::string& name, double 
   }
 }
 
-// Compares a GGUF file's tokenizer with HF tokenizers' encodings of the tokenizer cases.
-void CheckEncodings(const std::string& model_path, const std::string& encodings_path) {
-  auto tok = LoadTokenizer(DefaultEnv(), model_path);
-  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+// Compares a tokenizer with HF tokenizers' encodings of the 188 tokenizer cases.
+void CheckEncodings(const Tokenizer& tok, const std::string& encodings_path) {
   const json fixture = ReadJson(encodings_path);
   int num_cases = 0;
   for (const json& c : fixture.at("cases")) {
     const std::string text = c.at("text");
     SCOPED_TRACE("text: " + json(text).dump());
-    auto ids = (*tok)->Encode(text);
+    auto ids = tok.Encode(text);
     ASSERT_TRUE(ids.ok()) << ids.status().ToString();
     EXPECT_EQ(*ids, c.at("ids").get<std::vector<int32_t>>());
-    auto with_special = (*tok)->EncodeWithOptions(text, {.add_special_tokens = true});
+    auto with_special = tok.EncodeWithOptions(text, {.add_special_tokens = true});
     ASSERT_TRUE(with_special.ok());
     EXPECT_EQ(*with_special, c.at("ids_special").get<std::vector<int32_t>>());
     if (c.contains("ids_no_parse")) {
-      EXPECT_EQ(*(*tok)->Encode(text, /*parse_special=*/false),
+      EXPECT_EQ(*tok.Encode(text, /*parse_special=*/false),
                 c.at("ids_no_parse").get<std::vector<int32_t>>());
     }
     const auto hf_ids = c.at("ids").get<std::vector<int32_t>>();
-    EXPECT_EQ((*tok)->Decode(hf_ids), c.at("decoded").get<std::string>());
-    EXPECT_EQ((*tok)->Decode(hf_ids, /*skip_special=*/true),
-              c.at("decoded_skip").get<std::string>());
+    EXPECT_EQ(tok.Decode(hf_ids), c.at("decoded").get<std::string>());
+    EXPECT_EQ(tok.Decode(hf_ids, /*skip_special=*/true), c.at("decoded_skip").get<std::string>());
     ++num_cases;
   }
   EXPECT_EQ(num_cases, 188);
+}
+
+void CheckEncodings(const std::string& model_path, const std::string& encodings_path) {
+  auto tok = LoadTokenizer(DefaultEnv(), model_path);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  CheckEncodings(**tok, encodings_path);
+}
+
+// A GGUF image holding only the tokenizer of an HF tokenizer.json, as llama.cpp's converter
+// writes it (tokens by id, "a b" merges, control type for special added tokens).
+std::string TokenizerImage(const json& tok, const std::string& pre, bool add_bos) {
+  std::vector<std::string> tokens(tok.at("model").at("vocab").size());
+  for (const auto& [text, id] : tok.at("model").at("vocab").items()) tokens.at(id) = text;
+  std::vector<int32_t> types(tokens.size(), 1);
+  for (const json& a : tok.at("added_tokens")) {
+    if (a.at("special").get<bool>()) types.at(a.at("id").get<size_t>()) = 3;
+  }
+  std::vector<std::string> merges;
+  for (const json& m : tok.at("model").at("merges")) {
+    merges.push_back(m.is_string() ? m.get<std::string>()
+                                   : m[0].get<std::string>() + " " + m[1].get<std::string>());
+  }
+  testing::GgufBuilder b;
+  b.Header(3, 0, 7);
+  b.Str("tokenizer.ggml.model").U32(8).Str("gpt2");
+  b.Str("tokenizer.ggml.pre").U32(8).Str(pre);
+  b.StrArray("tokenizer.ggml.tokens", tokens);
+  b.I32Array("tokenizer.ggml.token_type", types);
+  b.StrArray("tokenizer.ggml.merges", merges);
+  b.Str("tokenizer.ggml.bos_token_id").U32(4).U32(0);
+  b.Str("tokenizer.ggml.add_bos_token").U32(7);
+  return b.bytes() + std::string(1, add_bos ? '\1' : '\0');
+}
+
+struct PreCase {
+  std::string fixture;  // tests/fixtures/parity/tokenizers/<fixture>
+  std::string pre;      // tokenizer.ggml.pre
+  bool add_bos;
+};
+
+class GgufPreTokenizer : public ::testing::TestWithParam<PreCase> {};
+
+// The trained HF tokenizers written into GGUF: each pre-tokenizer name must reproduce the
+// pre-tokenizer of the original tokenizer.json on the 188 cases.
+TEST_P(GgufPreTokenizer, MatchesHuggingFace) {
+  const PreCase& c = GetParam();
+  const std::string dir = testing::FixturesDir() + "/parity/tokenizers/" + c.fixture;
+  const std::string image = TokenizerImage(ReadJson(dir + "/tokenizer.json"), c.pre, c.add_bos);
+  auto file = GgufFile::Parse(image, c.fixture + ".gguf");
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  auto root = GgufTokenizerJson(**file);
+  ASSERT_TRUE(root.ok()) << root.status().ToString();
+  auto tok = LoadBpeTokenizer(*root);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  CheckEncodings(**tok, dir + "/encodings.json");
+}
+
+INSTANTIATE_TEST_SUITE_P(Trained, GgufPreTokenizer,
+                         ::testing::Values(PreCase{"bpe_gpt2", "gpt2", false},
+                                           PreCase{"bpe_qwen2", "qwen2", false},
+                                           PreCase{"bpe_llama3", "llama-bpe", true}),
+                         [](const auto& info) { return info.param.fixture; });
+
+TEST(GgufModel, UnknownPreTokenizerIsNotSupported) {
+  const std::string dir = testing::FixturesDir() + "/parity/tokenizers/bpe_gpt2";
+  const std::string image = TokenizerImage(ReadJson(dir + "/tokenizer.json"), "tekken", false);
+  auto file = GgufFile::Parse(image, "t.gguf");
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  auto root = GgufTokenizerJson(**file);
+  ASSERT_FALSE(root.ok());
+  EXPECT_EQ(root.status().code(), StatusCode::kNotSupported);
+  EXPECT_NE(root.status().message().find("tokenizer.ggml.pre 'tekken'"), std::string::npos)
+      << root.status().ToString();
 }
 
 TEST(GgufModel, TinyLlamaLogitsMatchHuggingFace) { CheckLogits(TinyLlama(), "tiny_llama", 1e-4); }
