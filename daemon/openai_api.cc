@@ -213,6 +213,10 @@ json OpenAiApi::Finish(Turn& turn, const Result<json>& result, int* http_status)
     pending_text = pending > 0;
   }
   std::vector<uint64_t> chain(turn.chain.begin(), turn.chain.begin() + turn.appended);
+  // The key of the reply as the client receives it: invalid UTF-8 (a token ending inside a
+  // character) is replaced when the JSON is written, so the echo carries the replacement.
+  out.content = json::parse(json(out.content).dump(-1, ' ', false, json::error_handler_t::replace))
+                    .get<std::string>();
   const uint64_t reply_key = openai::MatchKey("assistant", out.content, out.tool_calls);
   chain.push_back(openai::ChainNext(chain.empty() ? 0 : chain.back(), reply_key));
   matcher_.Release(turn.uid, turn.session, turn.name, std::move(chain), pending, pending_text);
