@@ -21,6 +21,12 @@
 #include "daemon/peer_cred.h"
 
 namespace kvkeep {
+
+struct HttpServer::Listener {
+  HttpServer* server;
+  bool over_tcp;
+};
+
 namespace {
 
 constexpr auto kPeerCheckInterval = std::chrono::milliseconds(200);
@@ -103,12 +109,6 @@ Result<int> BindTcp(const std::string& listen, int* port_out) {
   return fd;
 }
 
-// Per-listener context handed to the library's callbacks.
-struct Listener {
-  HttpServer* server;
-  bool over_tcp;
-};
-
 // Per-request state (the library's con_cls): the body as it arrives.
 struct RequestState {
   std::string body;
@@ -172,7 +172,7 @@ MHD_Result Queue(MHD_Connection* conn, const HttpResponse& r, HttpServer* server
 MHD_Result OnRequest(void* cls, MHD_Connection* conn, const char* url, const char* method,
                      const char*, const char* upload_data, size_t* upload_data_size,
                      void** con_cls) {
-  auto* listener = static_cast<Listener*>(cls);
+  auto* listener = static_cast<HttpServer::Listener*>(cls);
   const HttpServerOptions& opts = listener->server->options();
   if (*con_cls == nullptr) {
     auto* state = new RequestState;
@@ -310,7 +310,8 @@ HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler)
 HttpServer::~HttpServer() { Stop(); }
 
 Result<MHD_Daemon*> HttpServer::StartDaemon(int listen_fd, bool over_tcp) {
-  auto* listener = new Listener{this, over_tcp};  // lives as long as the process
+  listeners_.push_back(std::make_unique<Listener>(Listener{this, over_tcp}));
+  Listener* listener = listeners_.back().get();
   MHD_Daemon* d = MHD_start_daemon(
       MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
           MHD_USE_ERROR_LOG,

@@ -118,8 +118,9 @@ class HttpServer {
   // The bound TCP port (after Start; 0 without TCP).
   int tcp_port() const { return tcp_port_; }
 
-  // Routing entry point of the library's callbacks.
+  // Routing entry point of the library's callbacks, and their per-listener context.
   HttpResponse Dispatch(HttpRequest& request, bool over_tcp);
+  struct Listener;
   bool stopping() const { return stopping_.load(); }
   const HttpServerOptions& options() const { return options_; }
 
@@ -132,6 +133,7 @@ class HttpServer {
   std::mutex mu_;  // guards the listen fds below during StopAccepting
   int unix_listen_fd_ = -1;
   int tcp_listen_fd_ = -1;
+  std::vector<std::unique_ptr<Listener>> listeners_;
   MHD_Daemon* unix_daemon_ = nullptr;
   MHD_Daemon* tcp_daemon_ = nullptr;
   bool created_unix_path_ = false;
