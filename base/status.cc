@@ -30,6 +30,12 @@ std::string_view StatusCodeName(StatusCode code) {
       return "already_exists";
     case StatusCode::kPermissionDenied:
       return "permission_denied";
+    case StatusCode::kBusy:
+      return "busy";
+    case StatusCode::kTooManySessions:
+      return "too_many_sessions";
+    case StatusCode::kTooManyRequests:
+      return "too_many_requests";
   }
   return "unknown";
 }

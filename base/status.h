@@ -31,6 +31,10 @@ enum class StatusCode : int {
   kInternal = 10,
   kAlreadyExists = 11,
   kPermissionDenied = 12,
+  // Refusals the front ends report distinctly (JSON-lines codes; HTTP 409/429).
+  kBusy = 13,             // the object is in use (a session with a generate in flight)
+  kTooManySessions = 14,  // the tenant's open-session quota is full
+  kTooManyRequests = 15,  // the connection's in-flight quota is full
 };
 
 // Stable lower-case name of a code, e.g. "invalid_argument". Used on the wire.
@@ -60,6 +64,9 @@ class [[nodiscard]] Status {
   static Status Internal(std::string_view m) { return {StatusCode::kInternal, m}; }
   static Status AlreadyExists(std::string_view m) { return {StatusCode::kAlreadyExists, m}; }
   static Status PermissionDenied(std::string_view m) { return {StatusCode::kPermissionDenied, m}; }
+  static Status Busy(std::string_view m) { return {StatusCode::kBusy, m}; }
+  static Status TooManySessions(std::string_view m) { return {StatusCode::kTooManySessions, m}; }
+  static Status TooManyRequests(std::string_view m) { return {StatusCode::kTooManyRequests, m}; }
 
   bool ok() const { return rep_ == nullptr; }
   StatusCode code() const { return rep_ ? rep_->code : StatusCode::kOk; }

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/status.h"
 #include "base/thread_annotations.h"
 #include "daemon/peer_cred.h"
@@ -28,6 +30,14 @@ class Client {
 
   // Queues one line (without its newline) for the peer. No-op once the connection closed.
   virtual void Send(std::string line) = 0;
+
+  // The service's replies to request `id`: a result, an error, or a streamed event. The
+  // defaults render JSON lines (docs/protocol.md) and Send them; a front end that is not
+  // line-based (HTTP) overrides them to receive the values themselves.
+  virtual void SendResult(const nlohmann::json& id, nlohmann::json result);
+  // REQUIRES: !status.ok()
+  virtual void SendError(const nlohmann::json& id, const Status& status);
+  virtual void SendEvent(const nlohmann::json& id, std::string_view event, nlohmann::json fields);
 
   const PeerCred& peer() const { return peer_; }
   bool is_admin() const { return is_admin_; }

@@ -167,13 +167,42 @@ DaemonOptions DefaultDaemonOptions(Env* env) {
   return o;
 }
 
+std::string DaemonOptions::HttpSocketPath() const {
+  if (http.socket_path == "none") return "";
+  if (!http.socket_path.empty()) return http.socket_path;
+  std::string p = socket_path;
+  if (p.size() >= 5 && p.compare(p.size() - 5, 5, ".sock") == 0) p.resize(p.size() - 5);
+  return p + "-http.sock";
+}
+
+namespace {
+
+Status ApplyHttp(const json& j, DaemonHttpOptions* h) {
+  FieldReader r(j, "http.");
+  r.Known({"socket", "socket_mode", "listen", "api_key_file", "max_body_bytes", "max_connections",
+           "idle_timeout_s", "max_inflight", "testing_scripted_replies"});
+  r.String("socket", &h->socket_path);
+  r.Mode("socket_mode", &h->socket_mode);
+  r.String("listen", &h->listen);
+  r.String("api_key_file", &h->api_key_file);
+  r.Int("max_body_bytes", &h->max_body_bytes, 1024, kMaxI64);
+  r.Int("max_connections", &h->max_connections, 1, 65536);
+  r.Int("idle_timeout_s", &h->idle_timeout_s, 1, 86400);
+  r.Int("max_inflight", &h->max_inflight, 1, 1 << 20);
+  r.String("testing_scripted_replies", &h->testing_scripted_replies);
+  return r.Finish();
+}
+
+}  // namespace
+
 Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
   json doc = json::parse(json_text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
   if (doc.is_discarded()) return Status::InvalidArgument("configuration is not valid JSON");
   if (!doc.is_object()) return Status::InvalidArgument("configuration must be a JSON object");
   FieldReader r(doc, "");
   r.Known({"model", "socket", "state_dir", "socket_mode", "socket_group", "admin_group",
-           "log_level", "policy", "io_threads", "watchdog_interval_ms", "limits", "engine"});
+           "log_level", "policy", "io_threads", "watchdog_interval_ms", "limits", "engine",
+           "http"});
   r.String("model", &o->model_dir);
   r.String("socket", &o->socket_path);
   r.String("state_dir", &o->state_dir);
@@ -186,6 +215,7 @@ Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
   r.Int("watchdog_interval_ms", &o->watchdog_interval_ms, 0, kMaxI64);
   if (const json* limits = r.Object("limits")) RETURN_IF_ERROR(ApplyLimits(*limits, &o->limits));
   if (const json* engine = r.Object("engine")) RETURN_IF_ERROR(ApplyEngine(*engine, &o->engine));
+  if (const json* http = r.Object("http")) RETURN_IF_ERROR(ApplyHttp(*http, &o->http));
   return r.Finish();
 }
 
@@ -281,6 +311,17 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       "disk KV tier under state_dir/kv, GiB (needs --host-blocks)");
   str("--device", &f.engine.device, &o.engine.device, "cpu or cuda");
   num("--threads", &f.engine.num_threads, &o.engine.num_threads, "CPU backend threads");
+  str("--http-socket", &f.http.socket_path, &o.http.socket_path,
+      "OpenAI-compatible HTTP Unix socket (default: kvkeep-http.sock beside --socket; none: off)");
+  str("--http-listen", &f.http.listen, &o.http.listen, "also serve HTTP on TCP HOST:PORT");
+  str("--api-key-file", &f.http.api_key_file, &o.http.api_key_file,
+      "`KEY TENANT` lines; bearer keys required over TCP");
+  num("--http-max-body-bytes", &f.http.max_body_bytes, &o.http.max_body_bytes,
+      "largest HTTP request body (413 beyond)");
+  num("--http-max-inflight", &f.http.max_inflight, &o.http.max_inflight,
+      "HTTP generations in flight (429 beyond)");
+  str("--testing-scripted-replies", &f.http.testing_scripted_replies,
+      &o.http.testing_scripted_replies, "TESTING ONLY: JSON array of forced assistant replies");
 
   try {
     app.parse(argc, argv);
@@ -342,6 +383,15 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"num_threads", o.engine.num_threads},
         {"host_blocks", o.engine.host_blocks},
         {"disk_gib", o.engine.disk_gib}}},
+
+      {"http",
+       {{"socket", o.http.socket_path},
+        {"listen", o.http.listen},
+        {"api_key_file", o.http.api_key_file},
+        {"max_body_bytes", o.http.max_body_bytes},
+        {"max_connections", o.http.max_connections},
+        {"idle_timeout_s", o.http.idle_timeout_s},
+        {"max_inflight", o.http.max_inflight}}},
   };
   return doc.dump(2);
 }

@@ -43,6 +43,20 @@ struct DaemonEngineOptions {
   double disk_gib = 0;  // disk KV tier under state_dir/kv, GiB; 0: none (needs host_blocks)
 };
 
+// The OpenAI-compatible HTTP front end (docs/openai.md).
+struct DaemonHttpOptions {
+  std::string socket_path;  // "": kvkeep-http.sock next to the native socket; "none": off
+  int32_t socket_mode = 0660;
+  std::string listen;        // TCP "HOST:PORT" (e.g. 127.0.0.1:8000); "": no TCP
+  std::string api_key_file;  // `KEY TENANT` lines; required with listen
+  int64_t max_body_bytes = 8 << 20;
+  int32_t max_connections = 256;  // per listener
+  int32_t idle_timeout_s = 30;
+  int32_t max_inflight = 256;  // HTTP generations in flight; beyond: 429
+  // TESTING ONLY: a JSON array of assistant replies forced in order (docs/openai.md).
+  std::string testing_scripted_replies;
+};
+
 struct DaemonOptions {
   std::string model_dir;    // empty: the installed default model, else the tiny one
   std::string socket_path;  // Unix socket to listen on
@@ -56,9 +70,13 @@ struct DaemonOptions {
   int64_t watchdog_interval_ms = 0;  // 0: half of systemd's WATCHDOG_USEC, or off
   DaemonLimits limits;
   DaemonEngineOptions engine;
+  DaemonHttpOptions http;
 
   std::string DatabasePath() const { return JoinPath(state_dir, "kvkeep.db"); }
   std::string DefaultModelDir() const { return JoinPath(state_dir, "models/tiny"); }
+  // The HTTP socket's path ("" when off): http.socket_path, or kvkeep-http.sock beside
+  // the native socket (its name with ".sock" replaced by "-http.sock").
+  std::string HttpSocketPath() const;
 };
 
 // Defaults with state_dir and socket_path resolved from the environment:

@@ -5,12 +5,15 @@
 #include <spdlog/spdlog.h>
 
 #include <asio.hpp>
+#include <map>
 #include <thread>
 
 #include "base/clock.h"
 #include "base/logging.h"
 #include "daemon/cache_policy.h"
+#include "daemon/http_server.h"
 #include "daemon/metrics.h"
+#include "daemon/openai_api.h"
 #include "daemon/peer_cred.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server.h"
@@ -40,9 +43,12 @@ struct Daemon::Impl {
   std::unique_ptr<TurnRenderer> renderer;
   std::unique_ptr<Store> store;
   DaemonMetrics metrics;
+  std::string model_id;
   asio::io_context io;
   std::unique_ptr<Service> service;
   std::unique_ptr<Server> server;
+  std::unique_ptr<OpenAiApi> openai;
+  std::unique_ptr<HttpServer> http;
   asio::signal_set signals{io};
   asio::steady_timer watchdog{io};
   asio::steady_timer shutdown_timer{io};
@@ -52,7 +58,8 @@ struct Daemon::Impl {
   bool shutting_down = false;
   int64_t shutdown_started_us = 0;
 
-  Status LoadModel();
+  Status Assemble();
+  Status StartHttp(int activated_fd);
   void WaitSignal();
   void Reload();
   void BeginShutdown();
@@ -70,40 +77,56 @@ Daemon::~Daemon() {
   if (impl_->engine) impl_->engine->Stop();
 }
 
-Status Daemon::Impl::LoadModel() {
-  ASSIGN_OR_RETURN(std::string dir,
+namespace {
+
+// A model's display name: its directory's or file's basename, without ".gguf". Its KV
+// scope is ModelIdentity, never this name.
+std::string ModelName(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  path = path.substr(path.find_last_of('/') + 1);
+  if (IsGgufPath(path)) path.resize(path.size() - 5);
+  return path;
+}
+
+EngineOptions MakeEngineOptions(const DaemonOptions& options, const std::string& identity) {
+  const DaemonEngineOptions& e = options.engine;
+  EngineOptions eo;
+  eo.backend.num_kv_blocks = e.num_kv_blocks;
+  eo.backend.kv_memory_bytes = static_cast<size_t>(e.kv_memory_bytes);
+  eo.backend.block_size = e.block_size;
+  eo.backend.num_threads = e.num_threads;
+  eo.max_batch_tokens = e.max_batch_tokens;
+  eo.prefill_chunk_tokens = e.prefill_chunk_tokens;
+  eo.max_running = e.max_running;
+  eo.num_host_blocks = e.host_blocks;
+  eo.disk_bytes = static_cast<int64_t>(e.disk_gib * double(int64_t{1} << 30));
+  eo.disk_dir = JoinPath(options.state_dir, "kv");
+  eo.model_id = identity;
+  return eo;
+}
+
+}  // namespace
+
+// The composition root: store, model, engine and service, each built from the options.
+Status Daemon::Impl::Assemble() {
+  daemon::SdNotify("STATUS=opening the store", env);
+  ASSIGN_OR_RETURN(store, Store::Open(options.DatabasePath()));
+  daemon::SdNotify("STATUS=loading the model", env);
+  ASSIGN_OR_RETURN(const std::string dir,
                    ResolveModelPath(env, options.model_dir, options.DefaultModelDir()));
+  model_id = ModelName(dir);
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(env, dir));
   ASSIGN_OR_RETURN(weights, ModelWeights::Load(env, dir, config));
   ASSIGN_OR_RETURN(tokenizer, LoadTokenizer(env, dir));
   ASSIGN_OR_RETURN(renderer, TurnRenderer::Create(env, dir, tokenizer.get()));
 
-  EngineOptions eo;
-  eo.backend.num_kv_blocks = options.engine.num_kv_blocks;
-  eo.backend.kv_memory_bytes = static_cast<size_t>(options.engine.kv_memory_bytes);
-  eo.backend.block_size = options.engine.block_size;
-  eo.backend.num_threads = options.engine.num_threads;
-  eo.max_batch_tokens = options.engine.max_batch_tokens;
-  eo.prefill_chunk_tokens = options.engine.prefill_chunk_tokens;
-  eo.max_running = options.engine.max_running;
-  eo.num_host_blocks = options.engine.host_blocks;
-  eo.disk_bytes = static_cast<int64_t>(options.engine.disk_gib * double(int64_t{1} << 30));
-  eo.disk_dir = JoinPath(options.state_dir, "kv");
-  std::string model_id = dir;
-  while (model_id.size() > 1 && model_id.back() == '/') model_id.pop_back();
-  model_id = model_id.substr(model_id.find_last_of('/') + 1);
-  if (IsGgufPath(model_id)) model_id.resize(model_id.size() - 5);  // "name.gguf" -> "name"
-  eo.model_id = ModelIdentity(config, *weights);  // the KV scope: content, not the folder
+  // The KV scope: the model's content, not its folder.
+  EngineOptions eo = MakeEngineOptions(options, ModelIdentity(config, *weights));
   ASSIGN_OR_RETURN(const CachePolicy* policy, FindCachePolicy(options.policy));
   policy->configure(&eo);
-
   ASSIGN_OR_RETURN(auto backend,
                    CreateBackendForDevice(options.engine.device, *weights, eo.backend));
   const KvPoolShape shape = backend->kv_shape();
-  int64_t max_context = int64_t{shape.num_blocks} * shape.block_size;
-  if (config.max_position_embeddings > 0) {
-    max_context = std::min<int64_t>(max_context, config.max_position_embeddings);
-  }
   ASSIGN_OR_RETURN(engine, Engine::Create(eo, std::move(backend), tokenizer.get(), clock));
   RETURN_IF_ERROR(engine->Start());
   spdlog::info("model {} ({}, {} layers, vocab {}) on {}: {} KV blocks of {} tokens, policy {}",
@@ -113,30 +136,108 @@ Status Daemon::Impl::LoadModel() {
   ServiceOptions so;
   so.limits = options.limits;
   so.model_id = model_id;
-  so.max_context_tokens = max_context;
+  so.max_context_tokens = int64_t{shape.num_blocks} * shape.block_size;
+  if (config.max_position_embeddings > 0) {
+    so.max_context_tokens =
+        std::min<int64_t>(so.max_context_tokens, config.max_position_embeddings);
+  }
   so.block_size = shape.block_size;
   so.policy = policy->name;
-  ServiceDeps deps;
-  deps.engine = engine.get();
-  deps.renderer = renderer.get();
-  deps.store = store.get();
-  deps.clock = clock;
-  deps.metrics = &metrics;
-  deps.post = [this](std::function<void()> task) { asio::post(io, std::move(task)); };
+  ServiceDeps deps{
+      engine.get(), renderer.get(),
+      store.get(),  clock,
+      &metrics,     [this](std::function<void()> task) { asio::post(io, std::move(task)); }};
   service = std::make_unique<Service>(so, std::move(deps));
+  return service->LoadSessions();
+}
+
+namespace {
+
+// TESTING ONLY: the forced replies of --testing-scripted-replies (a JSON array of strings).
+Result<std::vector<std::string>> LoadScriptedReplies(Env* env, const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, env->ReadFile(path));
+  nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
+  std::vector<std::string> replies;
+  if (doc.is_array()) {
+    for (const auto& r : doc) {
+      if (r.is_string()) replies.push_back(r.get<std::string>());
+    }
+  }
+  if (replies.empty() || replies.size() != doc.size()) {
+    return Status::InvalidArgument(path + ": expected a non-empty JSON array of strings");
+  }
+  spdlog::warn("TESTING: replies are forced from {} ({} replies)", path, replies.size());
+  return replies;
+}
+
+}  // namespace
+
+// The OpenAI-compatible front end: the API over the service, on the HTTP listeners.
+Status Daemon::Impl::StartHttp(int activated_fd) {
+  const DaemonHttpOptions& h = options.http;
+  OpenAiOptions oo;
+  oo.model_id = model_id;
+  oo.max_tokens = options.limits.max_tokens;
+  oo.max_json_depth = options.limits.max_json_depth;
+  oo.max_inflight = h.max_inflight;
+  if (!h.testing_scripted_replies.empty()) {
+    ASSIGN_OR_RETURN(oo.scripted_replies, LoadScriptedReplies(env, h.testing_scripted_replies));
+  }
+  openai = std::make_unique<OpenAiApi>(std::move(oo), service.get());
+
+  HttpServerOptions ho;
+  ho.unix_path = options.HttpSocketPath();
+  ho.unix_mode = h.socket_mode;
+  ho.tcp_listen = h.listen;
+  if (!h.listen.empty()) {
+    if (h.api_key_file.empty())
+      return Status::InvalidArgument("--http-listen needs --api-key-file");
+    ASSIGN_OR_RETURN(ho.api_keys, LoadApiKeys(h.api_key_file));
+  }
+  ho.public_paths = {"/health"};
+  ho.max_body_bytes = h.max_body_bytes;
+  ho.max_connections = h.max_connections;
+  ho.idle_timeout_s = h.idle_timeout_s;
+  ho.refusal = [](int status) {
+    return status == 401
+               ? OpenAiError(401, "a valid API key is required (Authorization: Bearer KEY)",
+                             "invalid_api_key")
+               : OpenAiError(413, "the request body is over the limit", "request_too_large");
+  };
+  http = std::make_unique<HttpServer>(std::move(ho), [this](const HttpRequest& r) {
+    metrics.requests.fetch_add(1, std::memory_order_relaxed);
+    HttpResponse resp = openai->Handle(r);
+    if (resp.status >= 400) metrics.errors.fetch_add(1, std::memory_order_relaxed);
+    return resp;
+  });
+  RETURN_IF_ERROR(http->Start(activated_fd));
+  if (activated_fd >= 0 || !options.HttpSocketPath().empty()) {
+    spdlog::info("HTTP (OpenAI API) on {}",
+                 activated_fd >= 0 ? "the socket-activated fd " + std::to_string(activated_fd)
+                                   : options.HttpSocketPath());
+  }
+  if (!h.listen.empty())
+    spdlog::info("HTTP (OpenAI API) on tcp {} port {}", h.listen, http->tcp_port());
   return Status::OK();
 }
 
 Status Daemon::Init() {
   Impl& d = *impl_;
   // Socket activation first: it also unsets LISTEN_* before any thread starts.
-  std::optional<int> activated_fd = daemon::SdListenUnixFd(d.env);
+  // kvkeepd.socket passes the native socket ("kvkeep"), kvkeepd-http.socket the HTTP one.
+  std::map<std::string, int> passed;
+  if (auto fds = daemon::SdListenUnixFdsOrError(d.env); fds.ok()) {
+    passed = std::move(*fds);
+  } else {
+    spdlog::error("ignoring socket activation: {}", fds.status().ToString());
+  }
+  std::optional<int> activated_fd;
+  for (const char* name : {"kvkeep", "unknown"}) {
+    if (passed.count(name)) activated_fd = passed[name];
+  }
+  const int activated_http_fd = passed.count("kvkeep-http") ? passed["kvkeep-http"] : -1;
   ASSIGN_OR_RETURN(d.state_dir, StateDir::Open(d.options.state_dir));
-  daemon::SdNotify("STATUS=opening the store", d.env);
-  ASSIGN_OR_RETURN(d.store, Store::Open(d.options.DatabasePath()));
-  daemon::SdNotify("STATUS=loading the model", d.env);
-  RETURN_IF_ERROR(d.LoadModel());
-  RETURN_IF_ERROR(d.service->LoadSessions());
+  RETURN_IF_ERROR(d.Assemble());
 
   ServerOptions so;
   so.socket_path = d.options.socket_path;
@@ -156,7 +257,7 @@ Status Daemon::Init() {
     RETURN_IF_ERROR(d.server->Listen());
     spdlog::info("listening on {}", d.options.socket_path);
   }
-  return Status::OK();
+  return d.StartHttp(activated_http_fd);
 }
 
 std::string Daemon::Impl::StatusLine() const {
@@ -211,6 +312,7 @@ void Daemon::Impl::BeginShutdown() {
   shutdown_started_us = clock->NowMicros();
   daemon::SdNotify("STOPPING=1\nSTATUS=shutting down", env);
   server->StopAccepting();
+  if (http) http->StopAccepting();
   service->BeginShutdown();
   watchdog.cancel();
   DrainTick();
@@ -278,6 +380,8 @@ Status Daemon::Run() {
   d.io.run();
   for (std::thread& t : threads) t.join();
   d.engine->Stop();
+  d.http.reset();  // joins the connection threads (their waits end: peers read as gone)
+  d.openai.reset();
   d.server.reset();
   d.service.reset();
   d.store.reset();  // closes SQLite (checkpoints the WAL)

@@ -20,8 +20,8 @@ constexpr std::pair<Verb, std::string_view> kVerbs[] = {
     {Verb::kCancel, "cancel"},
 };
 
-void Invalid(Error* error, const char* key, std::string_view what) {
-  *error = {ErrorCode::kInvalidArgument, "'" + std::string(key) + "' " + std::string(what)};
+Status Invalid(const char* key, std::string_view what) {
+  return Status::InvalidArgument("'" + std::string(key) + "' " + std::string(what));
 }
 
 }  // namespace
@@ -62,37 +62,31 @@ std::string_view ErrorCodeName(ErrorCode code) {
   return "internal";
 }
 
-Error ErrorFromStatus(const Status& status) {
-  ErrorCode code = ErrorCode::kInternal;
+ErrorCode WireCode(const Status& status) {
   switch (status.code()) {
     case StatusCode::kInvalidArgument:
-      code = ErrorCode::kInvalidArgument;
-      break;
+      return ErrorCode::kInvalidArgument;
     case StatusCode::kNotFound:
-      code = ErrorCode::kNotFound;
-      break;
+      return ErrorCode::kNotFound;
     case StatusCode::kResourceExhausted:
-      code = ErrorCode::kResourceExhausted;
-      break;
+      return ErrorCode::kResourceExhausted;
     case StatusCode::kUnavailable:
-      code = ErrorCode::kUnavailable;
-      break;
+      return ErrorCode::kUnavailable;
     case StatusCode::kCancelled:
-      code = ErrorCode::kCancelled;
-      break;
+      return ErrorCode::kCancelled;
     case StatusCode::kAlreadyExists:
-      code = ErrorCode::kAlreadyExists;
-      break;
+      return ErrorCode::kAlreadyExists;
     case StatusCode::kPermissionDenied:
-      code = ErrorCode::kPermissionDenied;
-      break;
+      return ErrorCode::kPermissionDenied;
+    case StatusCode::kBusy:
+      return ErrorCode::kBusy;
+    case StatusCode::kTooManySessions:
+      return ErrorCode::kTooManySessions;
+    case StatusCode::kTooManyRequests:
+      return ErrorCode::kTooManyRequests;
     default:
-      code = ErrorCode::kInternal;
-      break;
+      return ErrorCode::kInternal;
   }
-  std::string message = status.message();
-  if (code == ErrorCode::kInternal) message = status.ToString();
-  return {code, message};
 }
 
 std::optional<Verb> ParseVerb(std::string_view name) {
@@ -175,80 +169,57 @@ bool Params::Has(const char* key) const {
   return it != body_.end() && !it->is_null();
 }
 
-std::optional<std::string> Params::String(const char* key, Error* error) const {
-  auto it = body_.find(key);
-  if (it == body_.end() || it->is_null()) {
-    Invalid(error, key, "is required");
-    return std::nullopt;
-  }
-  if (!it->is_string()) {
-    Invalid(error, key, "must be a string");
-    return std::nullopt;
-  }
-  return it->get<std::string>();
+Result<std::string> Params::String(const char* key) const {
+  if (!Has(key)) return Invalid(key, "is required");
+  const json& v = body_.at(key);
+  if (!v.is_string()) return Invalid(key, "must be a string");
+  return v.get<std::string>();
 }
 
-std::string Params::StringOr(const char* key, std::string dflt, Error* error) const {
+Result<std::string> Params::StringOr(const char* key, std::string dflt) const {
   if (!Has(key)) return dflt;
-  auto v = String(key, error);
-  return v ? *v : dflt;
+  return String(key);
 }
 
-int64_t Params::IntOr(const char* key, int64_t dflt, int64_t min, int64_t max, Error* error) const {
+Result<int64_t> Params::IntOr(const char* key, int64_t dflt, int64_t min, int64_t max) const {
   if (!Has(key)) return dflt;
   const json& v = body_.at(key);
-  if (!v.is_number_integer()) {
-    Invalid(error, key, "must be an integer");
-    return dflt;
-  }
+  if (!v.is_number_integer()) return Invalid(key, "must be an integer");
   // Unsigned values above INT64_MAX read as negative here and fail the range check.
   int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX} ? int64_t{-1}
                                                                                 : v.get<int64_t>();
   if (x < min || x > max) {
-    Invalid(error, key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
-    return dflt;
+    return Invalid(key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
   }
   return x;
 }
 
-double Params::NumberOr(const char* key, double dflt, double min, double max, Error* error) const {
+Result<double> Params::NumberOr(const char* key, double dflt, double min, double max) const {
   if (!Has(key)) return dflt;
   const json& v = body_.at(key);
-  if (!v.is_number()) {
-    Invalid(error, key, "must be a number");
-    return dflt;
-  }
+  if (!v.is_number()) return Invalid(key, "must be a number");
   double x = v.get<double>();
   if (!(x >= min && x <= max)) {
-    Invalid(error, key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
-    return dflt;
+    return Invalid(key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
   }
   return x;
 }
 
-bool Params::BoolOr(const char* key, bool dflt, Error* error) const {
+Result<bool> Params::BoolOr(const char* key, bool dflt) const {
   if (!Has(key)) return dflt;
   const json& v = body_.at(key);
-  if (!v.is_boolean()) {
-    Invalid(error, key, "must be a boolean");
-    return dflt;
-  }
+  if (!v.is_boolean()) return Invalid(key, "must be a boolean");
   return v.get<bool>();
 }
 
-std::optional<std::vector<int32_t>> Params::Tokens(const char* key, int32_t vocab_size,
-                                                   Error* error) const {
+Result<std::vector<int32_t>> Params::Tokens(const char* key, int32_t vocab_size) const {
   auto it = body_.find(key);
-  if (it == body_.end() || !it->is_array()) {
-    Invalid(error, key, "must be an array of token ids");
-    return std::nullopt;
-  }
+  if (it == body_.end() || !it->is_array()) return Invalid(key, "must be an array of token ids");
   std::vector<int32_t> out;
   out.reserve(it->size());
   for (const json& t : *it) {
     if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= vocab_size) {
-      Invalid(error, key, "must hold token ids in [0, " + std::to_string(vocab_size) + ")");
-      return std::nullopt;
+      return Invalid(key, "must hold token ids in [0, " + std::to_string(vocab_size) + ")");
     }
     out.push_back(t.get<int32_t>());
   }
@@ -268,6 +239,11 @@ std::string ErrorLine(const json& id, ErrorCode code, std::string_view message) 
 
 std::string ErrorLine(const json& id, const Error& error) {
   return ErrorLine(id, error.code, error.message);
+}
+
+std::string ErrorLine(const json& id, const Status& status) {
+  const ErrorCode code = WireCode(status);
+  return ErrorLine(id, code, code == ErrorCode::kInternal ? status.ToString() : status.message());
 }
 
 std::string EventLine(const json& id, std::string_view event, json fields) {

@@ -41,13 +41,14 @@ enum class ErrorCode {
 };
 std::string_view ErrorCodeName(ErrorCode code);
 
+// A framing/parse error of one line (ParseRequest), before any service handler runs.
 struct Error {
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
 };
-// Maps an engine/store Status to a wire error (IOError, Corruption, ... become internal).
-// REQUIRES: !status.ok()
-Error ErrorFromStatus(const Status& status);
+// The one mapping from a Status to a wire code: every StatusCode the service returns has
+// its own code; IOError, Corruption and the rest become `internal`.
+ErrorCode WireCode(const Status& status);
 
 enum class Verb {
   kHello,
@@ -79,21 +80,19 @@ int JsonDepth(std::string_view text, int limit);
 // Parses one line. On failure *id_out holds the request's id when it could be read.
 Result<Request> ParseRequest(std::string_view line, int max_depth, Error* error, json* id_out);
 
-// Typed parameter access on a request object; each getter fills a clear invalid_argument
-// error naming the field when the type or value is wrong.
+// Typed parameter access on a request object; each getter fails with InvalidArgument
+// naming the field when the type or value is wrong. Absent and null read the same.
 class Params {
  public:
   explicit Params(const json& body) : body_(body) {}
   bool Has(const char* key) const;
-  // Required or optional (default) fields.
-  std::optional<std::string> String(const char* key, Error* error) const;
-  std::string StringOr(const char* key, std::string dflt, Error* error) const;
-  int64_t IntOr(const char* key, int64_t dflt, int64_t min, int64_t max, Error* error) const;
-  double NumberOr(const char* key, double dflt, double min, double max, Error* error) const;
-  bool BoolOr(const char* key, bool dflt, Error* error) const;
+  Result<std::string> String(const char* key) const;  // required
+  Result<std::string> StringOr(const char* key, std::string dflt) const;
+  Result<int64_t> IntOr(const char* key, int64_t dflt, int64_t min, int64_t max) const;
+  Result<double> NumberOr(const char* key, double dflt, double min, double max) const;
+  Result<bool> BoolOr(const char* key, bool dflt) const;
   // An array of token ids in [0, vocab_size).
-  std::optional<std::vector<int32_t>> Tokens(const char* key, int32_t vocab_size,
-                                             Error* error) const;
+  Result<std::vector<int32_t>> Tokens(const char* key, int32_t vocab_size) const;
 
  private:
   const json& body_;
@@ -103,6 +102,8 @@ class Params {
 std::string ResultLine(const json& id, json result);
 std::string ErrorLine(const json& id, ErrorCode code, std::string_view message);
 std::string ErrorLine(const json& id, const Error& error);
+// REQUIRES: !status.ok(). Internal codes carry the full Status text as the message.
+std::string ErrorLine(const json& id, const Status& status);
 std::string EventLine(const json& id, std::string_view event, json fields);
 
 // A session id: 1-128 chars of [A-Za-z0-9._:-].

@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstddef>
@@ -91,43 +92,71 @@ void SdNotify(std::string_view state, Env* env) {
   }
 }
 
+namespace {
+
+// A passed fd must be a listening AF_UNIX stream socket; marks it close-on-exec.
+Status CheckListeningUnixSocket(int fd) {
+  struct stat st {};
+  const std::string name = "passed fd " + std::to_string(fd);
+  if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    return Status::InvalidArgument(name + " is not a socket");
+  }
+  if (GetIntSockOpt(fd, SO_DOMAIN) != AF_UNIX || GetIntSockOpt(fd, SO_TYPE) != SOCK_STREAM) {
+    return Status::InvalidArgument(name + " is not an AF_UNIX stream socket");
+  }
+  if (GetIntSockOpt(fd, SO_ACCEPTCONN) != 1) {
+    return Status::InvalidArgument(name + " is not listening (use Accept=no)");
+  }
+  const int flags = ::fcntl(fd, F_GETFD);
+  if (flags < 0 || ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) != 0) {
+    return ErrnoStatus("fcntl(" + std::to_string(fd) + ", F_SETFD, FD_CLOEXEC)");
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
 Result<std::optional<int>> SdListenUnixFdOrError(Env* env) {
+  ASSIGN_OR_RETURN(auto fds, SdListenUnixFdsOrError(env));
+  if (fds.empty()) return std::optional<int>();
+  if (fds.size() != 1) {
+    return Status::InvalidArgument("socket activation passed " + std::to_string(fds.size()) +
+                                   " fds; kvkeepd listens on exactly one socket");
+  }
+  return std::optional<int>(fds.begin()->second);
+}
+
+Result<std::map<std::string, int>> SdListenUnixFdsOrError(Env* env) {
   const std::string pid_text = env->GetEnvVar("LISTEN_PID");
   const std::string fds_text = env->GetEnvVar("LISTEN_FDS");
   const std::string names = env->GetEnvVar("LISTEN_FDNAMES");
   ::unsetenv("LISTEN_PID");
   ::unsetenv("LISTEN_FDS");
   ::unsetenv("LISTEN_FDNAMES");
+  std::map<std::string, int> out;
   if (pid_text.empty() || !NamesThisProcess(pid_text)) {
     if (!pid_text.empty()) spdlog::debug("LISTEN_PID={} is another process", pid_text);
-    return std::optional<int>();
+    return out;
   }
   std::optional<uint64_t> num_fds = ParseUnsigned(fds_text);
   if (!num_fds.has_value()) {
     return Status::InvalidArgument("LISTEN_FDS is not a number: '" + fds_text + "'");
   }
-  if (*num_fds == 0) return std::optional<int>();
-  if (*num_fds != 1) {
-    return Status::InvalidArgument("socket activation passed " + fds_text +
-                                   " fds; kvkeepd listens on exactly one socket");
+  if (*num_fds > 16) return Status::InvalidArgument("LISTEN_FDS=" + fds_text + " is too many");
+  size_t start = 0;
+  for (int i = 0; i < static_cast<int>(*num_fds); ++i) {
+    const size_t end = std::min(names.find(':', start), names.size());
+    std::string name = start < names.size() ? names.substr(start, end - start) : "";
+    start = end + 1;
+    if (name.empty()) name = "unknown";  // systemd's name for an unnamed fd
+    const int fd = kSdListenFdsStart + i;
+    RETURN_IF_ERROR(CheckListeningUnixSocket(fd));
+    if (!out.emplace(name, fd).second) {
+      return Status::InvalidArgument("socket activation passed two fds named '" + name + "'");
+    }
+    spdlog::info("socket activation: listening on fd {} ({})", fd, name);
   }
-  const int fd = kSdListenFdsStart;
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) {
-    return Status::InvalidArgument("passed fd 3 is not a socket");
-  }
-  if (GetIntSockOpt(fd, SO_DOMAIN) != AF_UNIX || GetIntSockOpt(fd, SO_TYPE) != SOCK_STREAM) {
-    return Status::InvalidArgument("passed fd 3 is not an AF_UNIX stream socket");
-  }
-  if (GetIntSockOpt(fd, SO_ACCEPTCONN) != 1) {
-    return Status::InvalidArgument("passed fd 3 is not listening (use Accept=no)");
-  }
-  const int flags = ::fcntl(fd, F_GETFD);
-  if (flags < 0 || ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) != 0) {
-    return ErrnoStatus("fcntl(3, F_SETFD, FD_CLOEXEC)");
-  }
-  spdlog::info("socket activation: listening on fd {} ({})", fd, names.empty() ? "?" : names);
-  return std::optional<int>(fd);
+  return out;
 }
 
 std::optional<int> SdListenUnixFd(Env* env) {

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -45,6 +46,9 @@ Status SdNotifyOrError(std::string_view state, Env* env = DefaultEnv());
 // Errors: InvalidArgument when the variables are malformed, when more than one fd is
 // passed, or when fd 3 is not a listening AF_UNIX stream socket.
 Result<std::optional<int>> SdListenUnixFdOrError(Env* env = DefaultEnv());
+// Every passed listening AF_UNIX stream socket, by its LISTEN_FDNAMES name ("unknown"
+// when unnamed). Empty when not socket-activated. Same checks and unsetting as above.
+Result<std::map<std::string, int>> SdListenUnixFdsOrError(Env* env = DefaultEnv());
 // As SdListenUnixFdOrError, but logs an error and returns nullopt on failure (the
 // daemon then binds its own socket).
 std::optional<int> SdListenUnixFd(Env* env = DefaultEnv());

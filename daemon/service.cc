@@ -10,8 +10,6 @@
 namespace kvkeep {
 
 using nlohmann::json;
-using protocol::Error;
-using protocol::ErrorCode;
 
 namespace {
 
@@ -21,29 +19,22 @@ bool IsRole(const std::string& r) {
 
 // REQUIRES: s.mu held. Fails for a session that was deleted, closed (unless allowed) or
 // is generating (when the verb mutates its conversation).
-bool UsableLocked(const Session& s, bool allow_busy, Error* error) {
-  if (s.deleted) {
-    *error = {ErrorCode::kNotFound, "no session '" + s.id + "'"};
-    return false;
-  }
-  if (s.closed) {
-    *error = {ErrorCode::kInvalidArgument, "session '" + s.id + "' is closed (reopen it)"};
-    return false;
-  }
-  if (!s.damage.empty()) {  // harden: never build on rows that failed their checksum
-    *error = {ErrorCode::kUnavailable, "session '" + s.id + "' is damaged: " + s.damage};
-    return false;
+Status UsableLocked(const Session& s, bool allow_busy) {
+  if (s.deleted) return Status::NotFound("no session '" + s.id + "'");
+  if (s.closed) return Status::InvalidArgument("session '" + s.id + "' is closed (reopen it)");
+  if (!s.damage.empty()) {  // never build on rows that failed their checksum
+    return Status::Unavailable("session '" + s.id + "' is damaged: " + s.damage);
   }
   if (!allow_busy && s.generating) {
-    *error = {ErrorCode::kBusy, "session '" + s.id + "' has a generate in flight"};
-    return false;
+    return Status::Busy("session '" + s.id + "' has a generate in flight");
   }
-  return true;
+  return Status::OK();
 }
 
-Error StoreError(const Status& st) {
+// Store failures reach the client as `internal` (WireCode), with the store's message.
+Status StoreError(const Status& st) {
   spdlog::error("store: {}", st.ToString());
-  return {ErrorCode::kInternal, "store: " + st.ToString()};
+  return Status::Internal("store: " + st.ToString());
 }
 
 // REQUIRES: s.mu held.
@@ -58,6 +49,12 @@ int64_t NumTokens(const std::vector<Message>& msgs) {
   int64_t n = 0;
   for (const Message& m : msgs) n += static_cast<int64_t>(m.tokens.size());
   return n;
+}
+
+Status ValidSessionId(const std::string& id, const char* key) {
+  if (protocol::IsValidSessionId(id)) return Status::OK();
+  return Status::InvalidArgument("'" + std::string(key) +
+                                 "' must be 1-128 chars of [A-Za-z0-9._:-]");
 }
 
 }  // namespace
@@ -91,52 +88,54 @@ std::string Service::NewSessionId() {
 
 void Service::Handle(const std::shared_ptr<Client>& client, const protocol::Request& request) {
   Ctx ctx{client, request, protocol::Params(request.body)};
-  Error error;
-  Reply reply;
   using protocol::Verb;
+  Reply reply = Status::Internal("unhandled verb");
   switch (request.verb) {
     case Verb::kHello:
-      reply = Hello(ctx, &error);
+      reply = Hello(ctx);
       break;
     case Verb::kSessionOpen:
-      reply = Open(ctx, &error);
+      reply = Open(ctx);
       break;
     case Verb::kSessionAppend:
-      reply = Append(ctx, &error);
+      reply = Append(ctx);
       break;
     case Verb::kSessionToolBegin:
-      reply = ToolBegin(ctx, &error);
+      reply = ToolBegin(ctx);
       break;
     case Verb::kSessionToolEnd:
-      reply = ToolEnd(ctx, &error);
+      reply = ToolEnd(ctx);
       break;
     case Verb::kSessionFork:
-      reply = Fork(ctx, &error);
+      reply = Fork(ctx);
       break;
     case Verb::kSessionClose:
-      reply = Close(ctx, &error);
+      reply = Close(ctx);
       break;
     case Verb::kSessionInfo:
-      reply = Info(ctx, &error);
+      reply = Info(ctx);
       break;
     case Verb::kSessionsList:
-      reply = List(ctx, &error);
+      reply = List(ctx);
       break;
     case Verb::kStats:
-      reply = Stats(ctx, &error);
+      reply = Stats(ctx);
       break;
     case Verb::kCancel:
-      reply = Cancel(ctx, &error);
+      reply = Cancel(ctx);
       break;
-    case Verb::kSessionGenerate:
-      if (Generate(ctx, &error)) return;  // replies later
+    case Verb::kSessionGenerate: {
+      Status st = Generate(ctx);
+      if (st.ok()) return;  // replies later
+      reply = std::move(st);
       break;
+    }
   }
-  if (reply) {
-    client->Send(protocol::ResultLine(request.id, std::move(*reply)));
+  if (reply.ok()) {
+    client->SendResult(request.id, std::move(reply).value());
   } else {
     deps_.metrics->errors.fetch_add(1, std::memory_order_relaxed);
-    client->Send(protocol::ErrorLine(request.id, error));
+    client->SendError(request.id, reply.status());
   }
 }
 
@@ -144,7 +143,7 @@ void Service::OnClientClosed(Client& client) {
   for (RequestId rid : client.CloseAndTakeInflight()) deps_.engine->Cancel(rid);
 }
 
-Service::Reply Service::Hello(const Ctx& ctx, Error*) {
+Service::Reply Service::Hello(const Ctx& ctx) {
   const ModelConfig& mc = deps_.engine->config();
   const DaemonLimits& l = options_.limits;
   return json{
@@ -170,73 +169,50 @@ Service::Reply Service::Hello(const Ctx& ctx, Error*) {
   };
 }
 
-std::optional<Message> Service::ParseMessage(const json& m,
-                                             const std::vector<ChatMessageIn>& history,
-                                             Error* error) const {
-  if (!m.is_object()) {
-    *error = {ErrorCode::kInvalidArgument, "each message must be an object"};
-    return std::nullopt;
-  }
+Result<Message> Service::ParseMessage(const json& m,
+                                      const std::vector<ChatMessageIn>& history) const {
+  if (!m.is_object()) return Status::InvalidArgument("each message must be an object");
   protocol::Params p(m);
-  auto role = p.String("role", error);
-  if (!role) return std::nullopt;
-  if (!IsRole(*role)) {
-    *error = {ErrorCode::kInvalidArgument,
-              "'role' must be system, user, assistant or tool, not '" + *role + "'"};
-    return std::nullopt;
+  ASSIGN_OR_RETURN(std::string role, p.String("role"));
+  if (!IsRole(role)) {
+    return Status::InvalidArgument("'role' must be system, user, assistant or tool, not '" + role +
+                                   "'");
   }
   Message msg;
-  msg.role = *role;
-  msg.name = p.StringOr("name", "", error);
-  msg.tool_call_id = p.StringOr("tool_call_id", "", error);
+  msg.role = std::move(role);
+  ASSIGN_OR_RETURN(msg.name, p.StringOr("name", ""));
+  ASSIGN_OR_RETURN(msg.tool_call_id, p.StringOr("tool_call_id", ""));
   if (p.Has("tokens")) {
-    auto tokens = p.Tokens("tokens", deps_.engine->config().vocab_size, error);
-    if (!tokens) return std::nullopt;
-    msg.tokens = std::move(*tokens);
-    msg.content = p.StringOr("content", "", error);
+    ASSIGN_OR_RETURN(msg.tokens, p.Tokens("tokens", deps_.engine->config().vocab_size));
+    ASSIGN_OR_RETURN(msg.content, p.StringOr("content", ""));
   } else {
-    auto content = p.String("content", error);
-    if (!content) return std::nullopt;
-    msg.content = std::move(*content);
-    auto tokens =
-        deps_.renderer->RenderMessage(history, {msg.role, msg.content, msg.name, msg.tool_call_id});
-    if (!tokens.ok()) {
-      *error = protocol::ErrorFromStatus(tokens.status());
-      return std::nullopt;
-    }
-    msg.tokens = std::move(*tokens);
+    ASSIGN_OR_RETURN(msg.content, p.String("content"));
+    ASSIGN_OR_RETURN(msg.tokens, deps_.renderer->RenderMessage(
+                                     history, {msg.role, msg.content, msg.name, msg.tool_call_id}));
   }
-  if (!error->message.empty()) return std::nullopt;
   return msg;
 }
 
-Service::Reply Service::Open(const Ctx& ctx, Error* error) {
-  std::string id = ctx.params.StringOr("session", "", error);
-  std::string system = ctx.params.StringOr("system", "", error);
-  if (!error->message.empty()) return std::nullopt;
+Service::Reply Service::Open(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(std::string id, ctx.params.StringOr("session", ""));
+  ASSIGN_OR_RETURN(std::string system, ctx.params.StringOr("system", ""));
   if (id.empty()) {
     id = NewSessionId();
-  } else if (!protocol::IsValidSessionId(id)) {
-    *error = {ErrorCode::kInvalidArgument, "'session' must be 1-128 chars of [A-Za-z0-9._:-]"};
-    return std::nullopt;
+  } else {
+    RETURN_IF_ERROR(ValidSessionId(id, "session"));
   }
   const int32_t max_open = options_.limits.max_sessions_per_uid;
   const int64_t now = deps_.clock->WallMicros();
   if (auto existing = sessions_.Find(ctx.uid(), id)) {
     std::lock_guard<std::mutex> lock(existing->mu);
     if (!existing->deleted && !existing->closed) {
-      *error = {ErrorCode::kAlreadyExists, "session '" + id + "' is open"};
-      return std::nullopt;
+      return Status::AlreadyExists("session '" + id + "' is open");
     }
     if (!existing->deleted) {  // reopen a kept session
-      if (!sessions_.ReserveOpen(ctx.uid(), max_open).ok()) {
-        *error = {ErrorCode::kTooManySessions, "uid has max_sessions_per_uid open sessions"};
-        return std::nullopt;
-      }
+      RETURN_IF_ERROR(sessions_.ReserveOpen(ctx.uid(), max_open));
       if (Status st = deps_.store->SetClosed(ctx.uid(), id, false, now); !st.ok()) {
         sessions_.ReleaseOpen(ctx.uid());
-        *error = StoreError(st);
-        return std::nullopt;
+        return StoreError(st);
       }
       existing->closed = false;
       existing->updated_us = now;
@@ -254,16 +230,15 @@ Service::Reply Service::Open(const Ctx& ctx, Error* error) {
   session->model = options_.model_id;
   std::vector<Message> first;
   if (!system.empty()) {
-    auto msg = ParseMessage(json{{"role", "system"}, {"content", system}}, {}, error);
-    if (!msg) return std::nullopt;
-    first.push_back(std::move(*msg));
+    ASSIGN_OR_RETURN(Message msg, ParseMessage(json{{"role", "system"}, {"content", system}}, {}));
+    first.push_back(std::move(msg));
   }
   std::lock_guard<std::mutex> lock(session->mu);  // held until durable: no one sees it half-made
   if (Status st = sessions_.Insert(session, max_open); !st.ok()) {
-    *error = st.code() == StatusCode::kAlreadyExists
-                 ? Error{ErrorCode::kAlreadyExists, "session '" + id + "' is open"}
-                 : Error{ErrorCode::kTooManySessions, st.message()};
-    return std::nullopt;
+    if (st.code() == StatusCode::kAlreadyExists) {
+      return Status::AlreadyExists("session '" + id + "' is open");
+    }
+    return st;
   }
   StoredSession stored{
       ctx.uid(), id, now, now, options_.model_id, false, session->ToStoredLocked(0, first)};
@@ -271,8 +246,7 @@ Service::Reply Service::Open(const Ctx& ctx, Error* error) {
     session->deleted = true;
     sessions_.Remove(ctx.uid(), id);
     sessions_.ReleaseOpen(ctx.uid());
-    *error = StoreError(st);
-    return std::nullopt;
+    return StoreError(st);
   }
   for (Message& m : first) session->AppendLocked(std::move(m));
   return json{{"session", id},
@@ -281,46 +255,38 @@ Service::Reply Service::Open(const Ctx& ctx, Error* error) {
               {"num_tokens", session->tokens.size()}};
 }
 
-std::shared_ptr<Session> Service::FindSession(const Ctx& ctx, Error* error) const {
-  auto id = ctx.params.String("session", error);
-  if (!id) return nullptr;
-  auto s = sessions_.Find(ctx.uid(), *id);
-  if (!s) *error = {ErrorCode::kNotFound, "no session '" + *id + "'"};
+Result<std::shared_ptr<Session>> Service::FindSession(const Ctx& ctx) const {
+  ASSIGN_OR_RETURN(std::string id, ctx.params.String("session"));
+  auto s = sessions_.Find(ctx.uid(), id);
+  if (!s) return Status::NotFound("no session '" + id + "'");
   return s;
 }
 
-Service::Reply Service::Append(const Ctx& ctx, Error* error) {
-  auto s = FindSession(ctx, error);
-  if (!s) return std::nullopt;
+Service::Reply Service::Append(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(auto s, FindSession(ctx));
   auto it = ctx.request.body.find("messages");
   if (it == ctx.request.body.end() || !it->is_array() || it->empty()) {
-    *error = {ErrorCode::kInvalidArgument, "'messages' must be a non-empty array"};
-    return std::nullopt;
+    return Status::InvalidArgument("'messages' must be a non-empty array");
   }
   std::lock_guard<std::mutex> lock(s->mu);
-  if (!UsableLocked(*s, /*allow_busy=*/false, error)) return std::nullopt;
+  RETURN_IF_ERROR(UsableLocked(*s, /*allow_busy=*/false));
   std::vector<ChatMessageIn> history = History(*s);
   std::vector<Message> msgs;
   for (const json& m : *it) {
-    auto msg = ParseMessage(m, history, error);
-    if (!msg) return std::nullopt;
-    history.push_back({msg->role, msg->content, msg->name, msg->tool_call_id});
-    msgs.push_back(std::move(*msg));
+    ASSIGN_OR_RETURN(Message msg, ParseMessage(m, history));
+    history.push_back({msg.role, msg.content, msg.name, msg.tool_call_id});
+    msgs.push_back(std::move(msg));
   }
   const int64_t added = NumTokens(msgs);
   if (static_cast<int64_t>(s->tokens.size()) + added > options_.max_context_tokens) {
-    *error = {ErrorCode::kResourceExhausted,
-              "context would be " + std::to_string(s->tokens.size() + added) +
-                  " tokens; max_context_tokens is " + std::to_string(options_.max_context_tokens)};
-    return std::nullopt;
+    return Status::ResourceExhausted(
+        "context would be " + std::to_string(s->tokens.size() + added) +
+        " tokens; max_context_tokens is " + std::to_string(options_.max_context_tokens));
   }
   const int64_t now = deps_.clock->WallMicros();
   Status st = deps_.store->AppendMessages(s->owner_uid, s->id,
                                           s->ToStoredLocked(s->messages.size(), msgs), now);
-  if (!st.ok()) {
-    *error = StoreError(st);
-    return std::nullopt;
-  }
+  if (!st.ok()) return StoreError(st);
   for (Message& m : msgs) s->AppendLocked(std::move(m));
   s->updated_us = now;
   return json{{"session", s->id},
@@ -329,63 +295,55 @@ Service::Reply Service::Append(const Ctx& ctx, Error* error) {
               {"appended_tokens", added}};
 }
 
-Service::Reply Service::ToolBegin(const Ctx& ctx, Error* error) {
-  auto s = FindSession(ctx, error);
-  if (!s) return std::nullopt;
-  auto tool = ctx.params.String("tool", error);
-  std::string args = ctx.params.StringOr("args", "", error);
-  if (!tool || !error->message.empty()) return std::nullopt;
-  if (tool->empty()) {
-    *error = {ErrorCode::kInvalidArgument, "'tool' must not be empty"};
-    return std::nullopt;
-  }
+Service::Reply Service::ToolBegin(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(auto s, FindSession(ctx));
+  ASSIGN_OR_RETURN(std::string tool, ctx.params.String("tool"));
+  ASSIGN_OR_RETURN(std::string args, ctx.params.StringOr("args", ""));
+  if (tool.empty()) return Status::InvalidArgument("'tool' must not be empty");
   std::lock_guard<std::mutex> lock(s->mu);
-  if (!UsableLocked(*s, /*allow_busy=*/true, error)) return std::nullopt;
+  RETURN_IF_ERROR(UsableLocked(*s, /*allow_busy=*/true));
   auto event_id =
-      deps_.store->BeginToolEvent(s->owner_uid, s->id, *tool, args, deps_.clock->WallMicros());
-  if (!event_id.ok()) {
-    *error = StoreError(event_id.status());
-    return std::nullopt;
-  }
-  s->pending_tools.push_back({*event_id, *tool, deps_.clock->NowMicros()});
+      deps_.store->BeginToolEvent(s->owner_uid, s->id, tool, args, deps_.clock->WallMicros());
+  if (!event_id.ok()) return StoreError(event_id.status());
+  s->pending_tools.push_back({*event_id, tool, deps_.clock->NowMicros()});
   if (s->tool_events_loaded) {
-    s->tool_events.push_back({*event_id, *tool, args, deps_.clock->WallMicros()});
+    s->tool_events.push_back({*event_id, tool, args, deps_.clock->WallMicros()});
   }
   deps_.engine->Hint({SessionHint::Kind::kToolBegin, EngineSessionOf(s->owner_uid, s->id),
                       deps_.clock->NowMicros(), 0, 0});
   return json{{"session", s->id}, {"tool_event", *event_id}};
 }
 
-Service::Reply Service::ToolEnd(const Ctx& ctx, Error* error) {
-  auto s = FindSession(ctx, error);
-  if (!s) return std::nullopt;
+Service::Reply Service::ToolEnd(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(auto s, FindSession(ctx));
+  // The result message is a `tool` message, or a `user` one for agents that report
+  // observations as user turns (mini-swe-agent's text mode).
+  ASSIGN_OR_RETURN(std::string role, ctx.params.StringOr("role", "tool"));
+  if (role != "tool" && role != "user") {
+    return Status::InvalidArgument("'role' must be \"tool\" or \"user\"");
+  }
   std::lock_guard<std::mutex> lock(s->mu);
-  if (!UsableLocked(*s, /*allow_busy=*/false, error)) return std::nullopt;
+  RETURN_IF_ERROR(UsableLocked(*s, /*allow_busy=*/false));
   std::optional<PendingTool> pending;
   if (!s->pending_tools.empty()) pending = s->pending_tools.back();
-  std::string tool = ctx.params.StringOr("tool", pending ? pending->tool : "", error);
-  json m = {{"role", "tool"}};
+  ASSIGN_OR_RETURN(std::string tool, ctx.params.StringOr("tool", pending ? pending->tool : ""));
+  json m = {{"role", role}};
   for (const char* key : {"content", "tokens", "tool_call_id"}) {
     if (ctx.params.Has(key)) m[key] = ctx.request.body.at(key);
   }
   m["name"] = ctx.params.Has("name") ? ctx.request.body.at("name") : json(tool);
-  if (tool.empty()) m.erase("name");
-  auto msg = ParseMessage(m, History(*s), error);
-  if (!msg) return std::nullopt;
-  if (static_cast<int64_t>(s->tokens.size() + msg->tokens.size()) > options_.max_context_tokens) {
-    *error = {ErrorCode::kResourceExhausted, "context would exceed max_context_tokens"};
-    return std::nullopt;
+  if (tool.empty() || role == "user") m.erase("name");
+  ASSIGN_OR_RETURN(Message msg, ParseMessage(m, History(*s)));
+  if (static_cast<int64_t>(s->tokens.size() + msg.tokens.size()) > options_.max_context_tokens) {
+    return Status::ResourceExhausted("context would exceed max_context_tokens");
   }
   const int64_t end_us = deps_.clock->WallMicros();
   const int64_t duration_us = pending ? deps_.clock->NowMicros() - pending->begin_mono_us : 0;
-  std::vector<Message> msgs = {std::move(*msg)};
+  std::vector<Message> msgs = {std::move(msg)};
   Status st =
       deps_.store->EndToolEvent(s->owner_uid, s->id, pending ? pending->event_id : 0, tool, end_us,
                                 duration_us, s->ToStoredLocked(s->messages.size(), msgs));
-  if (!st.ok()) {
-    *error = StoreError(st);
-    return std::nullopt;
-  }
+  if (!st.ok()) return StoreError(st);
   if (pending) {
     s->pending_tools.pop_back();
     deps_.metrics->tool.Observe(duration_us / 1000.0);
@@ -408,19 +366,16 @@ Service::Reply Service::ToolEnd(const Ctx& ctx, Error* error) {
               {"num_tokens", s->tokens.size()}};
 }
 
-Service::Reply Service::Fork(const Ctx& ctx, Error* error) {
-  auto parent = FindSession(ctx, error);
-  if (!parent) return std::nullopt;
-  std::string id = ctx.params.StringOr("new_session", "", error);
-  if (!error->message.empty()) return std::nullopt;
+Service::Reply Service::Fork(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(auto parent, FindSession(ctx));
+  ASSIGN_OR_RETURN(std::string id, ctx.params.StringOr("new_session", ""));
   if (id.empty()) {
     id = NewSessionId();
-  } else if (!protocol::IsValidSessionId(id)) {
-    *error = {ErrorCode::kInvalidArgument, "'new_session' must be 1-128 chars of [A-Za-z0-9._:-]"};
-    return std::nullopt;
+  } else {
+    RETURN_IF_ERROR(ValidSessionId(id, "new_session"));
   }
   std::lock_guard<std::mutex> plock(parent->mu);
-  if (!UsableLocked(*parent, /*allow_busy=*/false, error)) return std::nullopt;
+  RETURN_IF_ERROR(UsableLocked(*parent, /*allow_busy=*/false));
   auto child = std::make_shared<Session>();
   child->owner_uid = parent->owner_uid;
   child->id = id;
@@ -430,18 +385,14 @@ Service::Reply Service::Fork(const Ctx& ctx, Error* error) {
   child->tokens = parent->tokens;
   std::lock_guard<std::mutex> clock(child->mu);
   if (Status st = sessions_.Insert(child, options_.limits.max_sessions_per_uid); !st.ok()) {
-    *error = st.code() == StatusCode::kAlreadyExists
-                 ? Error{ErrorCode::kAlreadyExists, "session '" + id + "' exists"}
-                 : Error{ErrorCode::kTooManySessions, st.message()};
-    return std::nullopt;
+    return st;
   }
   Status st = deps_.store->CopySession(parent->owner_uid, parent->id, id, child->created_us);
   if (!st.ok()) {
     child->deleted = true;
     sessions_.Remove(child->owner_uid, id);
     sessions_.ReleaseOpen(child->owner_uid);
-    *error = StoreError(st);
-    return std::nullopt;
+    return StoreError(st);
   }
   return json{{"session", id},
               {"parent", parent->id},
@@ -449,27 +400,16 @@ Service::Reply Service::Fork(const Ctx& ctx, Error* error) {
               {"num_tokens", child->tokens.size()}};
 }
 
-Service::Reply Service::Close(const Ctx& ctx, Error* error) {
-  auto s = FindSession(ctx, error);
-  if (!s) return std::nullopt;
-  bool keep = ctx.params.BoolOr("keep", true, error);
-  if (!error->message.empty()) return std::nullopt;
+Service::Reply Service::Close(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(auto s, FindSession(ctx));
+  ASSIGN_OR_RETURN(bool keep, ctx.params.BoolOr("keep", true));
   std::lock_guard<std::mutex> lock(s->mu);
-  if (s->deleted) {
-    *error = {ErrorCode::kNotFound, "no session '" + s->id + "'"};
-    return std::nullopt;
-  }
-  if (s->generating) {
-    *error = {ErrorCode::kBusy, "session '" + s->id + "' has a generate in flight"};
-    return std::nullopt;
-  }
+  if (s->deleted) return Status::NotFound("no session '" + s->id + "'");
+  if (s->generating) return Status::Busy("session '" + s->id + "' has a generate in flight");
   const bool was_open = !s->closed;
   Status st = keep ? deps_.store->SetClosed(s->owner_uid, s->id, true, deps_.clock->WallMicros())
                    : deps_.store->DeleteSession(s->owner_uid, s->id);
-  if (!st.ok()) {
-    *error = StoreError(st);
-    return std::nullopt;
-  }
+  if (!st.ok()) return StoreError(st);
   s->closed = true;
   s->pending_tools.clear();
   if (!keep) {
@@ -494,62 +434,49 @@ json Service::SessionSummaryLocked(const Session& s) const {
           {"num_tokens", s.tokens.size()}};
 }
 
-Service::Reply Service::Info(const Ctx& ctx, Error* error) {
-  auto s = FindSession(ctx, error);
-  if (!s) return std::nullopt;
-  bool with_messages = ctx.params.BoolOr("messages", true, error);
-  if (!error->message.empty()) return std::nullopt;
-  json out;
-  {
-    std::lock_guard<std::mutex> lock(s->mu);
-    if (s->deleted) {
-      *error = {ErrorCode::kNotFound, "no session '" + s->id + "'"};
-      return std::nullopt;
+Service::Reply Service::Info(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(auto s, FindSession(ctx));
+  ASSIGN_OR_RETURN(bool with_messages, ctx.params.BoolOr("messages", true));
+  std::lock_guard<std::mutex> lock(s->mu);
+  if (s->deleted) return Status::NotFound("no session '" + s->id + "'");
+  json out = SessionSummaryLocked(*s);
+  if (!s->damage.empty()) out["damaged"] = s->damage;  // failed its checksum
+  if (with_messages) {
+    json msgs = json::array();
+    for (size_t i = 0; i < s->messages.size(); ++i) {
+      const Message& m = s->messages[i];
+      json jm = {
+          {"seq", i}, {"role", m.role}, {"content", m.content}, {"num_tokens", m.tokens.size()}};
+      if (!m.name.empty()) jm["name"] = m.name;
+      if (!m.tool_call_id.empty()) jm["tool_call_id"] = m.tool_call_id;
+      msgs.push_back(std::move(jm));
     }
-    out = SessionSummaryLocked(*s);
-    if (!s->damage.empty()) out["damaged"] = s->damage;  // harden: failed its checksum
-    if (with_messages) {
-      json msgs = json::array();
-      for (size_t i = 0; i < s->messages.size(); ++i) {
-        const Message& m = s->messages[i];
-        json jm = {
-            {"seq", i}, {"role", m.role}, {"content", m.content}, {"num_tokens", m.tokens.size()}};
-        if (!m.name.empty()) jm["name"] = m.name;
-        if (!m.tool_call_id.empty()) jm["tool_call_id"] = m.tool_call_id;
-        msgs.push_back(std::move(jm));
-      }
-      out["messages"] = std::move(msgs);
-    }
-    if (!s->tool_events_loaded) {
-      auto events = deps_.store->ListToolEvents(s->owner_uid, s->id);
-      if (!events.ok()) {
-        *error = StoreError(events.status());
-        return std::nullopt;
-      }
-      s->tool_events = std::move(events).value();
-      s->tool_events_loaded = true;
-    }
-    json jev = json::array();
-    for (const ToolEvent& e : s->tool_events) {
-      jev.push_back({{"id", e.id},
-                     {"tool", e.tool},
-                     {"args", e.args},
-                     {"begin_at", protocol::FormatWallMicros(e.begin_us)},
-                     {"end_at", e.end_us ? json(protocol::FormatWallMicros(*e.end_us)) : json()},
-                     {"duration_ms", e.duration_us ? json(*e.duration_us / 1000.0) : json()}});
-    }
-    out["tool_events"] = std::move(jev);
+    out["messages"] = std::move(msgs);
   }
+  if (!s->tool_events_loaded) {
+    auto events = deps_.store->ListToolEvents(s->owner_uid, s->id);
+    if (!events.ok()) return StoreError(events.status());
+    s->tool_events = std::move(events).value();
+    s->tool_events_loaded = true;
+  }
+  json jev = json::array();
+  for (const ToolEvent& e : s->tool_events) {
+    jev.push_back({{"id", e.id},
+                   {"tool", e.tool},
+                   {"args", e.args},
+                   {"begin_at", protocol::FormatWallMicros(e.begin_us)},
+                   {"end_at", e.end_us ? json(protocol::FormatWallMicros(*e.end_us)) : json()},
+                   {"duration_ms", e.duration_us ? json(*e.duration_us / 1000.0) : json()}});
+  }
+  out["tool_events"] = std::move(jev);
   return out;
 }
 
-Service::Reply Service::List(const Ctx& ctx, Error* error) {
-  bool all = ctx.params.BoolOr("all", false, error);
-  bool closed = ctx.params.BoolOr("closed", false, error);
-  if (!error->message.empty()) return std::nullopt;
+Service::Reply Service::List(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(bool all, ctx.params.BoolOr("all", false));
+  ASSIGN_OR_RETURN(bool closed, ctx.params.BoolOr("closed", false));
   if (all && !ctx.client->is_admin()) {
-    *error = {ErrorCode::kPermissionDenied, "'all' needs root or the admin group"};
-    return std::nullopt;
+    return Status::PermissionDenied("'all' needs root or the admin group");
   }
   json list = json::array();
   for (const auto& s : sessions_.List(all ? std::nullopt : std::optional(ctx.uid()))) {
@@ -560,17 +487,13 @@ Service::Reply Service::List(const Ctx& ctx, Error* error) {
   return json{{"sessions", std::move(list)}};
 }
 
-Service::Reply Service::Cancel(const Ctx& ctx, Error* error) {
+Service::Reply Service::Cancel(const Ctx& ctx) {
   auto it = ctx.request.body.find("target");
   if (it == ctx.request.body.end() || !(it->is_string() || it->is_number_integer())) {
-    *error = {ErrorCode::kInvalidArgument, "'target' (a request id) is required"};
-    return std::nullopt;
+    return Status::InvalidArgument("'target' (a request id) is required");
   }
   auto rid = ctx.client->FindInflight(it->dump());
-  if (!rid) {
-    *error = {ErrorCode::kNotFound, "no request " + it->dump() + " in flight on this connection"};
-    return std::nullopt;
-  }
+  if (!rid) return Status::NotFound("no request " + it->dump() + " in flight on this connection");
   deps_.engine->Cancel(*rid);
   return json{{"cancelled", true}};
 }

@@ -75,30 +75,31 @@ class Service {
     uint32_t uid() const { return client->peer().uid; }
   };
   struct Generation;
-  using Reply = std::optional<nlohmann::json>;  // nullopt: *error set
+  // Every handler returns its result or a Status whose code is the wire error
+  // (protocol::WireCode); Handle sends one or the other.
+  using Reply = Result<nlohmann::json>;
 
-  Reply Hello(const Ctx& ctx, protocol::Error* error);
-  Reply Open(const Ctx& ctx, protocol::Error* error);
-  Reply Append(const Ctx& ctx, protocol::Error* error);
-  Reply ToolBegin(const Ctx& ctx, protocol::Error* error);
-  Reply ToolEnd(const Ctx& ctx, protocol::Error* error);
-  Reply Fork(const Ctx& ctx, protocol::Error* error);
-  Reply Close(const Ctx& ctx, protocol::Error* error);
-  Reply Info(const Ctx& ctx, protocol::Error* error);
-  Reply List(const Ctx& ctx, protocol::Error* error);
-  Reply Stats(const Ctx& ctx, protocol::Error* error);
-  Reply Cancel(const Ctx& ctx, protocol::Error* error);
-  // Returns false (with *error) when the request was refused before reaching the engine.
-  bool Generate(const Ctx& ctx, protocol::Error* error);
+  Reply Hello(const Ctx& ctx);
+  Reply Open(const Ctx& ctx);
+  Reply Append(const Ctx& ctx);
+  Reply ToolBegin(const Ctx& ctx);
+  Reply ToolEnd(const Ctx& ctx);
+  Reply Fork(const Ctx& ctx);
+  Reply Close(const Ctx& ctx);
+  Reply Info(const Ctx& ctx);
+  Reply List(const Ctx& ctx);
+  Reply Stats(const Ctx& ctx);
+  Reply Cancel(const Ctx& ctx);
+  // OK when the engine accepted the request (it replies later); the refusal otherwise.
+  Status Generate(const Ctx& ctx);
   void FinishGeneration(const std::shared_ptr<Generation>& gen, const GenerateEvent& event);
 
-  // The caller's open session, locked; nullptr with *error when absent/closed/busy.
-  std::shared_ptr<Session> FindSession(const Ctx& ctx, protocol::Error* error) const;
+  // The caller's session named by the request's `session` (NotFound when absent).
+  Result<std::shared_ptr<Session>> FindSession(const Ctx& ctx) const;
   // Parses one message object of session.append / tool_end and renders its tokens.
   // `history` is the conversation before it (the chat template renders in context).
-  std::optional<Message> ParseMessage(const nlohmann::json& m,
-                                      const std::vector<ChatMessageIn>& history,
-                                      protocol::Error* error) const;
+  Result<Message> ParseMessage(const nlohmann::json& m,
+                               const std::vector<ChatMessageIn>& history) const;
   std::string NewSessionId();
   uint64_t CacheSalt(uint32_t uid) const;
   nlohmann::json SessionSummaryLocked(const Session& s) const;

@@ -7,8 +7,6 @@
 namespace kvkeep {
 
 using nlohmann::json;
-using protocol::Error;
-using protocol::ErrorCode;
 
 // One generation in flight. Fields are written on the engine thread until the kFinished
 // event, then read on the I/O thread that FinishGeneration runs on (the post orders them).
@@ -26,70 +24,55 @@ struct Service::Generation {
 
 namespace {
 
-// A stop parameter: a string or an array of strings.
-bool ParseStop(const json& body, std::vector<std::string>* out, Error* error) {
+// A stop parameter: a string or an array of non-empty strings.
+Status ParseStop(const json& body, std::vector<std::string>* out) {
   auto it = body.find("stop");
-  if (it == body.end() || it->is_null()) return true;
+  if (it == body.end() || it->is_null()) return Status::OK();
   if (it->is_string()) {
     out->push_back(it->get<std::string>());
-    return true;
+    return Status::OK();
   }
   if (it->is_array()) {
     for (const json& s : *it) {
       if (!s.is_string() || s.get_ref<const std::string&>().empty()) break;
       out->push_back(s.get<std::string>());
     }
-    if (out->size() == it->size()) return true;
+    if (out->size() == it->size()) return Status::OK();
   }
-  *error = {ErrorCode::kInvalidArgument, "'stop' must be a string or an array of strings"};
-  return false;
+  return Status::InvalidArgument("'stop' must be a string or an array of strings");
 }
 
 }  // namespace
 
-bool Service::Generate(const Ctx& ctx, Error* error) {
-  if (shutting_down_.load()) {
-    *error = {ErrorCode::kUnavailable, "kvkeepd is shutting down"};
-    return false;
-  }
-  auto s = FindSession(ctx, error);
-  if (!s) return false;
+Status Service::Generate(const Ctx& ctx) {
+  if (shutting_down_.load()) return Status::Unavailable("kvkeepd is shutting down");
+  ASSIGN_OR_RETURN(auto s, FindSession(ctx));
   const protocol::Params& p = ctx.params;
   GenerateRequest req;
   req.session = EngineSessionOf(s->owner_uid, s->id);  // the engine retains its KV between turns
-  req.stop.max_tokens =
-      static_cast<int32_t>(p.IntOr("max_tokens", 256, 1, options_.limits.max_tokens, error));
-  req.sampling.temperature = static_cast<float>(p.NumberOr("temperature", 0, 0, 100, error));
-  req.sampling.top_p = static_cast<float>(p.NumberOr("top_p", 1, 1e-6, 1, error));
-  req.sampling.top_k = static_cast<int32_t>(p.IntOr("top_k", 0, 0, INT32_MAX, error));
-  req.sampling.seed = static_cast<uint64_t>(p.IntOr("seed", 0, 0, INT64_MAX, error));
-  const bool stream = p.BoolOr("stream", false, error);
-  if (!error->message.empty() || !ParseStop(ctx.request.body, &req.stop.stop_strings, error)) {
-    return false;
-  }
+  ASSIGN_OR_RETURN(int64_t max_tokens, p.IntOr("max_tokens", 256, 1, options_.limits.max_tokens));
+  req.stop.max_tokens = static_cast<int32_t>(max_tokens);
+  ASSIGN_OR_RETURN(double temperature, p.NumberOr("temperature", 0, 0, 100));
+  req.sampling.temperature = static_cast<float>(temperature);
+  ASSIGN_OR_RETURN(double top_p, p.NumberOr("top_p", 1, 1e-6, 1));
+  req.sampling.top_p = static_cast<float>(top_p);
+  ASSIGN_OR_RETURN(int64_t top_k, p.IntOr("top_k", 0, 0, INT32_MAX));
+  req.sampling.top_k = static_cast<int32_t>(top_k);
+  ASSIGN_OR_RETURN(int64_t seed, p.IntOr("seed", 0, 0, INT64_MAX));
+  req.sampling.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(const bool stream, p.BoolOr("stream", false));
+  RETURN_IF_ERROR(ParseStop(ctx.request.body, &req.stop.stop_strings));
   if (p.Has("forced") && p.Has("forced_tokens")) {
-    *error = {ErrorCode::kInvalidArgument, "'forced' and 'forced_tokens' are exclusive"};
-    return false;
+    return Status::InvalidArgument("'forced' and 'forced_tokens' are exclusive");
   }
   if (p.Has("forced")) {
-    auto text = p.String("forced", error);
-    if (!text) return false;
-    auto tokens = deps_.renderer->EncodeText(*text);
-    if (!tokens.ok()) {
-      *error = protocol::ErrorFromStatus(tokens.status());
-      return false;
-    }
-    req.forced = std::move(*tokens);
+    ASSIGN_OR_RETURN(std::string text, p.String("forced"));
+    ASSIGN_OR_RETURN(req.forced, deps_.renderer->EncodeText(text));
   } else if (p.Has("forced_tokens")) {
-    auto tokens = p.Tokens("forced_tokens", deps_.engine->config().vocab_size, error);
-    if (!tokens) return false;
-    req.forced = std::move(*tokens);
+    ASSIGN_OR_RETURN(req.forced, p.Tokens("forced_tokens", deps_.engine->config().vocab_size));
   }
   if (p.Has("forced") || p.Has("forced_tokens")) {
-    if (req.forced.empty()) {
-      *error = {ErrorCode::kInvalidArgument, "forced output is empty"};
-      return false;
-    }
+    if (req.forced.empty()) return Status::InvalidArgument("forced output is empty");
     req.stop.max_tokens = static_cast<int32_t>(req.forced.size());
   }
 
@@ -105,51 +88,34 @@ bool Service::Generate(const Ctx& ctx, Error* error) {
   req.cache_salt = CacheSalt(s->owner_uid);
 
   std::lock_guard<std::mutex> lock(s->mu);
-  if (s->deleted || s->closed) {
-    *error = {s->deleted ? ErrorCode::kNotFound : ErrorCode::kInvalidArgument,
-              "session '" + s->id + (s->deleted ? "' does not exist" : "' is closed")};
-    return false;
-  }
-  if (!s->damage.empty()) {  // harden: never generate from rows that failed their checksum
-    *error = {ErrorCode::kUnavailable, "session '" + s->id + "' is damaged: " + s->damage};
-    return false;
-  }
-  if (s->generating) {
-    *error = {ErrorCode::kBusy, "session '" + s->id + "' has a generate in flight"};
-    return false;
+  if (s->deleted) return Status::NotFound("session '" + s->id + "' does not exist");
+  if (s->closed) return Status::InvalidArgument("session '" + s->id + "' is closed");
+  if (s->generating) return Status::Busy("session '" + s->id + "' has a generate in flight");
+  if (!s->damage.empty()) {  // never generate from rows that failed their checksum
+    return Status::Unavailable("session '" + s->id + "' is damaged: " + s->damage);
   }
   req.prompt = s->tokens;
   const auto& gp = deps_.renderer->generation_prompt();
   req.prompt.insert(req.prompt.end(), gp.begin(), gp.end());
   const int64_t need = static_cast<int64_t>(req.prompt.size()) + req.stop.max_tokens;
   if (need > options_.max_context_tokens && !req.forced.empty()) {
-    *error = {ErrorCode::kResourceExhausted, "context plus forced tokens (" + std::to_string(need) +
-                                                 ") exceed max_context_tokens " +
-                                                 std::to_string(options_.max_context_tokens)};
-    return false;
+    return Status::ResourceExhausted("context plus forced tokens (" + std::to_string(need) +
+                                     ") exceed max_context_tokens " +
+                                     std::to_string(options_.max_context_tokens));
   }
   if (static_cast<int64_t>(req.prompt.size()) >= options_.max_context_tokens) {
-    *error = {ErrorCode::kResourceExhausted,
-              "context of " + std::to_string(req.prompt.size()) +
-                  " tokens leaves no room under max_context_tokens " +
-                  std::to_string(options_.max_context_tokens)};
-    return false;
+    return Status::ResourceExhausted("context of " + std::to_string(req.prompt.size()) +
+                                     " tokens leaves no room under max_context_tokens " +
+                                     std::to_string(options_.max_context_tokens));
   }
-  if (Status st = ctx.client->AddInflight(gen->inflight_key, gen->rid,
-                                          options_.limits.max_inflight_per_connection);
-      !st.ok()) {
-    *error = st.code() == StatusCode::kResourceExhausted
-                 ? Error{ErrorCode::kTooManyRequests, st.message()}
-                 : protocol::ErrorFromStatus(st);
-    return false;
-  }
+  RETURN_IF_ERROR(ctx.client->AddInflight(gen->inflight_key, gen->rid,
+                                          options_.limits.max_inflight_per_connection));
   req.on_event = [this, gen](const GenerateEvent& ev) {
     if (ev.kind == GenerateEvent::Kind::kToken) {
       gen->tokens.push_back(ev.token);
       gen->text += ev.text;
       if (gen->stream) {
-        gen->client->Send(
-            protocol::EventLine(gen->wire_id, "token", {{"token", ev.token}, {"text", ev.text}}));
+        gen->client->SendEvent(gen->wire_id, "token", {{"token", ev.token}, {"text", ev.text}});
       }
       return;
     }
@@ -161,16 +127,15 @@ bool Service::Generate(const Ctx& ctx, Error* error) {
     s->generating = false;
     num_generating_.fetch_sub(1);
     ctx.client->RemoveInflight(gen->inflight_key);
-    *error = protocol::ErrorFromStatus(st);
-    return false;
+    return st;
   }
-  return true;
+  return Status::OK();
 }
 
 void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const GenerateEvent& ev) {
   Session& s = *gen->session;
   json result;
-  Error error;
+  Status error;
   bool ok = ev.finish_reason == FinishReason::kStop || ev.finish_reason == FinishReason::kLength;
   {
     std::lock_guard<std::mutex> lock(s.mu);
@@ -193,15 +158,13 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
         s.updated_us = now;
       } else {
         ok = false;
-        error = protocol::ErrorFromStatus(st);
+        error = st;
         spdlog::error("generate: appending the reply to '{}' failed: {}", s.id, st.ToString());
       }
     } else {
-      error = ev.error.ok() ? Error{ErrorCode::kInternal, "generation failed"}
-                            : protocol::ErrorFromStatus(ev.error);
-      if (ev.finish_reason == FinishReason::kCancelled) {
-        error = {ErrorCode::kCancelled, "request cancelled"};
-      }
+      error = ev.error.ok() ? Status::Internal("generation failed") : ev.error;
+      if (ev.finish_reason == FinishReason::kCancelled)
+        error = Status::Cancelled("request cancelled");
     }
     s.generating = false;
     if (ok) {
@@ -234,10 +197,10 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
     if (ev.usage.generated_tokens > 1) {
       m.decode_per_token.Observe(ev.usage.decode_ms / (ev.usage.generated_tokens - 1));
     }
-    gen->client->Send(protocol::ResultLine(gen->wire_id, std::move(result)));
+    gen->client->SendResult(gen->wire_id, std::move(result));
   } else {
     m.errors.fetch_add(1, std::memory_order_relaxed);
-    gen->client->Send(protocol::ErrorLine(gen->wire_id, error));
+    gen->client->SendError(gen->wire_id, error);
   }
 }
 

@@ -6,8 +6,6 @@
 namespace kvkeep {
 
 using nlohmann::json;
-using protocol::Error;
-using protocol::ErrorCode;
 
 namespace {
 
@@ -20,14 +18,12 @@ void Metric(std::string* out, const char* name, const char* type, const char* he
 
 }  // namespace
 
-Service::Reply Service::Stats(const Ctx& ctx, Error* error) {
-  std::string format = ctx.params.StringOr("format", "json", error);
-  if (!error->message.empty()) return std::nullopt;
+Service::Reply Service::Stats(const Ctx& ctx) {
+  ASSIGN_OR_RETURN(std::string format, ctx.params.StringOr("format", "json"));
   const EngineStats es = deps_.engine->GetStats();
   if (format == "prometheus") return json{{"text", PrometheusText(es)}};
   if (format != "json") {
-    *error = {ErrorCode::kInvalidArgument, "'format' must be \"json\" or \"prometheus\""};
-    return std::nullopt;
+    return Status::InvalidArgument("'format' must be \"json\" or \"prometheus\"");
   }
   const DaemonMetrics& m = *deps_.metrics;
   const double hit = es.prompt_tokens > 0 ? static_cast<double>(es.cached_tokens) /

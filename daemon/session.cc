@@ -46,8 +46,8 @@ Status SessionTable::Insert(std::shared_ptr<Session> session, int32_t max_open) 
   if (sessions_.count(key)) return Status::AlreadyExists("session '" + session->id + "' exists");
   int32_t& open = open_count_[session->owner_uid];
   if (open >= max_open) {
-    return Status::ResourceExhausted("uid has " + std::to_string(open) +
-                                     " open sessions (max_sessions_per_uid)");
+    return Status::TooManySessions("uid has " + std::to_string(open) +
+                                   " open sessions (max_sessions_per_uid)");
   }
   ++open;
   sessions_[key] = std::move(session);
@@ -58,8 +58,8 @@ Status SessionTable::ReserveOpen(uint32_t uid, int32_t max_open) {
   std::lock_guard<std::mutex> lock(mu_);
   int32_t& open = open_count_[uid];
   if (open >= max_open) {
-    return Status::ResourceExhausted("uid has " + std::to_string(open) +
-                                     " open sessions (max_sessions_per_uid)");
+    return Status::TooManySessions("uid has " + std::to_string(open) +
+                                   " open sessions (max_sessions_per_uid)");
   }
   ++open;
   return Status::OK();

@@ -88,29 +88,35 @@ TEST(ProtocolTest, JsonDepthIgnoresBracketsInsideStrings) {
 TEST(ProtocolTest, ParamsValidateTypesAndRanges) {
   json body = {{"s", "x"}, {"n", 5}, {"f", 0.5}, {"b", true}, {"t", {1, 2, 300}}, {"bad", "7"}};
   protocol::Params p(body);
-  protocol::Error e;
-  EXPECT_EQ(*p.String("s", &e), "x");
-  EXPECT_EQ(p.IntOr("n", 0, 0, 10, &e), 5);
-  EXPECT_EQ(p.IntOr("absent", 42, 0, 100, &e), 42);
-  EXPECT_DOUBLE_EQ(p.NumberOr("f", 1, 0, 1, &e), 0.5);
-  EXPECT_TRUE(p.BoolOr("b", false, &e));
-  EXPECT_TRUE(e.message.empty());
+  EXPECT_EQ(*p.String("s"), "x");
+  EXPECT_EQ(*p.IntOr("n", 0, 0, 10), 5);
+  EXPECT_EQ(*p.IntOr("absent", 42, 0, 100), 42);
+  EXPECT_DOUBLE_EQ(*p.NumberOr("f", 1, 0, 1), 0.5);
+  EXPECT_TRUE(*p.BoolOr("b", false));
 
-  protocol::Error e1;
-  p.IntOr("bad", 0, 0, 10, &e1);
-  EXPECT_EQ(e1.code, ErrorCode::kInvalidArgument);
-  EXPECT_NE(e1.message.find("'bad'"), std::string::npos);
-  protocol::Error e2;
-  p.IntOr("n", 0, 6, 10, &e2);
-  EXPECT_EQ(e2.code, ErrorCode::kInvalidArgument);
-  protocol::Error e3;
-  EXPECT_FALSE(p.Tokens("t", 256, &e3).has_value());  // 300 is outside the vocabulary
-  EXPECT_EQ(e3.code, ErrorCode::kInvalidArgument);
-  protocol::Error e4;
-  EXPECT_EQ(*p.Tokens("t", 301, &e4), (std::vector<int32_t>{1, 2, 300}));
-  protocol::Error e5;
-  EXPECT_FALSE(p.String("missing", &e5).has_value());
-  EXPECT_EQ(e5.code, ErrorCode::kInvalidArgument);
+  auto e1 = p.IntOr("bad", 0, 0, 10);
+  EXPECT_EQ(e1.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(e1.status().message().find("'bad'"), std::string::npos);
+  EXPECT_EQ(p.IntOr("n", 0, 6, 10).status().code(), StatusCode::kInvalidArgument);
+  // 300 is outside the vocabulary.
+  EXPECT_EQ(p.Tokens("t", 256).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(*p.Tokens("t", 301), (std::vector<int32_t>{1, 2, 300}));
+  EXPECT_EQ(p.String("missing").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ProtocolTest, EveryServiceStatusHasOneWireCode) {
+  EXPECT_EQ(protocol::WireCode(Status::Busy("x")), ErrorCode::kBusy);
+  EXPECT_EQ(protocol::WireCode(Status::TooManySessions("x")), ErrorCode::kTooManySessions);
+  EXPECT_EQ(protocol::WireCode(Status::TooManyRequests("x")), ErrorCode::kTooManyRequests);
+  EXPECT_EQ(protocol::WireCode(Status::NotFound("x")), ErrorCode::kNotFound);
+  EXPECT_EQ(protocol::WireCode(Status::IOError("disk")), ErrorCode::kInternal);
+  // Internal errors carry the whole Status text; others only the message.
+  json internal = json::parse(protocol::ErrorLine(1, Status::Corruption("bad page")));
+  EXPECT_EQ(internal["error"]["code"], "internal");
+  EXPECT_EQ(internal["error"]["message"], "corruption: bad page");
+  json busy = json::parse(protocol::ErrorLine(2, Status::Busy("in use")));
+  EXPECT_EQ(busy["error"]["code"], "busy");
+  EXPECT_EQ(busy["error"]["message"], "in use");
 }
 
 TEST(ProtocolTest, LinesAreSingleLineJson) {

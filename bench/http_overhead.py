@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Request overhead of the OpenAI HTTP front end against the JSON-lines front end.
+
+One agent turn each way, against one kvkeepd (tiny synthetic model) in the same run, both
+over Unix sockets, with C concurrent connections each running T turns:
+  JSON-lines: session.append(user message) + session.generate(max_tokens=1)  (2 round trips)
+  HTTP:       POST /v1/chat/completions with the whole conversation, max_tokens=1 (1 request:
+              session matching, append and generate inside the daemon)
+Both conversations are the same text (system prompt, user turns, 1-token replies), so
+the engine's work per turn is the same. Two alternating rounds each; the best mean turn
+latency of each, and their ratio (HTTP / JSON-lines), are printed.
+
+    python3 bench/http_overhead.py --bin-dir build --connections 1 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=60)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+class Lines:
+    def __init__(self, path: str):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.f = self.s.makefile("rb")
+        self.next_id = 0
+
+    def call(self, verb: str, **params) -> dict:
+        self.next_id += 1
+        self.s.sendall((json.dumps({"id": self.next_id, "verb": verb, **params}) + "\n").encode())
+        reply = json.loads(self.f.readline())
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply["result"]
+
+
+def lines_agent(path: str, turns: int, out: list, barrier: threading.Barrier, k: int):
+    c = Lines(path)
+    sid = c.call("session.open", system=f"You are a benchmark. Agent {k}.")["session"]
+    barrier.wait()
+    for t in range(turns):
+        t0 = time.perf_counter()
+        c.call("session.append", session=sid, messages=[{"role": "user", "content": f"turn {t}"}])
+        c.call("session.generate", session=sid, max_tokens=1)
+        out.append(time.perf_counter() - t0)
+    c.call("session.close", session=sid, keep=False)
+
+
+def http_agent(path: str, model: str, turns: int, out: list, barrier: threading.Barrier, k: int):
+    conn = UnixHTTPConnection(path)
+    messages = [{"role": "system", "content": f"You are a benchmark. Agent {k}."}]
+    barrier.wait()
+    for t in range(turns):
+        messages.append({"role": "user", "content": f"turn {t}"})
+        body = json.dumps({"model": model, "messages": messages, "max_tokens": 1})
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        reply = json.loads(r.read())
+        out.append(time.perf_counter() - t0)
+        if r.status != 200:
+            raise RuntimeError(reply)
+        messages.append(reply["choices"][0]["message"])
+
+
+def run(target, connections: int, *args) -> float:
+    latencies: list[float] = []
+    barrier = threading.Barrier(connections)
+    threads = [threading.Thread(target=target, args=(*args, latencies, barrier, k))
+               for k in range(connections)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return statistics.mean(latencies) * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", default="build")
+    ap.add_argument("--connections", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--turns", type=int, default=0, help="per connection (default: 60/C, min 8)")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="kvkeep-bench-http-")
+    model = os.path.join(tmp, "tiny")
+    subprocess.run([os.path.join(args.bin_dir, "kvkeep"), "make-model", "--preset", "tiny",
+                    "--out", model], check=True, capture_output=True)
+    sock = os.path.join(tmp, "kvkeep.sock")
+    log = open(os.path.join(tmp, "log"), "wb")
+    proc = subprocess.Popen([os.path.join(args.bin_dir, "kvkeepd"), "--model", model, "--socket",
+                             sock, "--state-dir", os.path.join(tmp, "state"), "--log-level",
+                             "warn", "--max-sessions-per-uid", "4096", "--threads", "1"], stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        http_sock = os.path.join(tmp, "kvkeep-http.sock")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(http_sock):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("kvkeepd did not start")
+            time.sleep(0.05)
+        print("| connections | turns | JSON-lines ms/turn | HTTP ms/turn | HTTP / JSON-lines |")
+        print("| --- | --- | --- | --- | --- |")
+        for c in args.connections:
+            turns = args.turns or max(8, 60 // c)
+            run(lines_agent, c, sock, 2)  # warm-up
+            # Alternating rounds, best of each: the machine is shared and noisy.
+            lines_ms = http_ms = float("inf")
+            for _ in range(2):
+                lines_ms = min(lines_ms, run(lines_agent, c, sock, turns))
+                http_ms = min(http_ms, run(http_agent, c, http_sock, "tiny", turns))
+            print(f"| {c} | {turns} | {lines_ms:.2f} | {http_ms:.2f} | {http_ms / lines_ms:.2f}x |",
+                  flush=True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+#include "daemon/openai_api.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <ctime>
+#include <future>
+
+#include "daemon/protocol.h"
+#include "daemon/service_call.h"
+#include "policy/tool_key.h"
+
+namespace kvkeep {
+
+using nlohmann::json;
+using protocol::Verb;
+
+namespace {}  // namespace
+
+int HttpStatusOf(const Status& st) {
+  switch (st.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kResourceExhausted:  // the context would not fit: a bad request
+      return 400;
+    case StatusCode::kNotFound:
+      return 404;
+    case StatusCode::kPermissionDenied:
+      return 403;
+    case StatusCode::kAlreadyExists:
+      return 409;
+    case StatusCode::kBusy:
+    case StatusCode::kTooManySessions:
+    case StatusCode::kTooManyRequests:
+      return 429;
+    case StatusCode::kUnavailable:
+      return 503;
+    case StatusCode::kCancelled:
+      return 499;
+    default:
+      return 500;
+  }
+}
+
+HttpResponse FromStatus(const Status& st) {
+  const int code = HttpStatusOf(st);
+  return OpenAiError(code, code == 500 ? st.ToString() : st.message(),
+                     std::string(StatusCodeName(st.code())));
+}
+
+HttpResponse JsonResponse(int status, const json& body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  return r;
+}
+
+HttpResponse OpenAiError(int status, const std::string& message, const std::string& code,
+                         const std::string& param) {
+  std::string type = "invalid_request_error";
+  if (status == 401) type = "authentication_error";
+  if (status == 429) type = "rate_limit_error";
+  if (status >= 500) type = "server_error";
+  HttpResponse r = JsonResponse(status, {{"error",
+                                          {{"message", message},
+                                           {"type", type},
+                                           {"param", param.empty() ? json(nullptr) : json(param)},
+                                           {"code", code}}}});
+  if (status == 429) r.headers.push_back({"Retry-After", "1"});
+  return r;
+}
+
+OpenAiApi::OpenAiApi(OpenAiOptions options, Service* service)
+    : options_(std::move(options)), service_(service), created_s_(std::time(nullptr)) {}
+
+HttpResponse OpenAiApi::Handle(const HttpRequest& request) {
+  const std::string& p = request.path;
+  const bool get = request.method == "GET" || request.method == "HEAD";
+  if (p == "/v1/chat/completions" || p == "/chat/completions") {
+    if (request.method != "POST") return OpenAiError(405, "use POST", "method_not_allowed");
+    return ChatCompletions(request);
+  }
+  if (p == "/v1/models" || p == "/models") {
+    return get ? Models() : OpenAiError(405, "use GET", "method_not_allowed");
+  }
+  if (p == "/health") {
+    return get ? JsonResponse(200, {{"status", "ok"}})
+               : OpenAiError(405, "use GET", "method_not_allowed");
+  }
+  if (p == "/metrics") {
+    return get ? Metrics(request) : OpenAiError(405, "use GET", "method_not_allowed");
+  }
+  return OpenAiError(404, "no route " + request.method + " " + p, "not_found");
+}
+
+HttpResponse OpenAiApi::Models() const {
+  return JsonResponse(200, {{"object", "list"},
+                            {"data",
+                             {{{"id", options_.model_id},
+                               {"object", "model"},
+                               {"created", created_s_},
+                               {"owned_by", "kvkeep"}}}}});
+}
+
+HttpResponse OpenAiApi::Metrics(const HttpRequest& request) {
+  auto call = std::make_shared<ServiceCall>(service_, request.tenant_uid);
+  auto stats = call->Call(Verb::kStats, {{"format", "prometheus"}});
+  if (!stats.ok()) return FromStatus(stats.status());
+  HttpResponse r;
+  r.content_type = "text/plain; version=0.0.4";
+  r.body = (*stats)["text"].get<std::string>();
+  return r;
+}
+
+Result<std::string> OpenAiApi::OpenSession(Turn& turn) {
+  for (int attempt = 0;; ++attempt) {
+    auto opened = turn.call->Call(Verb::kSessionOpen, json::object());
+    if (opened.ok()) return (*opened)["session"].get<std::string>();
+    if (opened.status().code() != StatusCode::kTooManySessions || attempt > 0) {
+      return opened.status();
+    }
+    auto victim = matcher_.EvictionCandidate(turn.uid);
+    if (!victim) return opened.status();
+    auto closed = turn.call->Call(Verb::kSessionClose, {{"session", *victim}, {"keep", true}});
+    if (!closed.ok()) return opened.status();
+    matcher_.MarkClosed(turn.uid, *victim);
+    spdlog::debug("openai: closed idle session {} of uid {} to open another", *victim, turn.uid);
+  }
+}
+
+Status OpenAiApi::AppendNew(Turn& turn, const std::vector<openai::FlatMessage>& messages,
+                            size_t from) {
+  json batch = json::array();
+  auto flush = [&]() -> Status {
+    if (batch.empty()) return Status::OK();
+    const size_t n = batch.size();
+    auto r = turn.call->Call(Verb::kSessionAppend,
+                             {{"session", turn.session}, {"messages", std::move(batch)}});
+    batch = json::array();
+    if (!r.ok()) return r.status();
+    turn.appended += n;
+    return Status::OK();
+  };
+  for (size_t i = from; i < messages.size(); ++i) {
+    const openai::FlatMessage& m = messages[i];
+    const bool result_of_tool =
+        turn.pending_tools > 0 &&
+        (m.role == "tool" || (turn.pending_text && m.role == "user" && i == from));
+    if (result_of_tool) {
+      RETURN_IF_ERROR(flush());
+      json body = {{"session", turn.session}, {"content", m.content}, {"role", m.role}};
+      if (!m.tool_call_id.empty()) body["tool_call_id"] = m.tool_call_id;
+      auto r = turn.call->Call(Verb::kSessionToolEnd, std::move(body));
+      if (!r.ok()) return r.status();
+      --turn.pending_tools;
+      ++turn.appended;
+      continue;
+    }
+    turn.pending_tools = 0;  // anything else ends the tool phase
+    json jm = {{"role", m.role}, {"content", m.content}};
+    if (!m.name.empty()) jm["name"] = m.name;
+    if (!m.tool_call_id.empty()) jm["tool_call_id"] = m.tool_call_id;
+    batch.push_back(std::move(jm));
+  }
+  return flush();
+}
+
+std::string OpenAiApi::ScriptedReply(const std::vector<openai::FlatMessage>& messages) const {
+  size_t assistants = 0;
+  for (const auto& m : messages) assistants += m.role == "assistant";
+  return assistants < options_.scripted_replies.size() ? options_.scripted_replies[assistants] : "";
+}
+
+json OpenAiApi::Finish(Turn& turn, const Result<json>& result, int* http_status) {
+  inflight_.fetch_sub(1);
+  if (!result.ok()) {
+    matcher_.Release(turn.uid, turn.session, turn.name,
+                     std::vector<uint64_t>(turn.chain.begin(), turn.chain.begin() + turn.appended),
+                     0, false);
+    *http_status = HttpStatusOf(result.status());
+    return json::parse(FromStatus(result.status()).body);
+  }
+  const json& r = *result;
+  const std::string text = r["text"].get<std::string>();
+  openai::ParsedOutput out =
+      turn.tools ? openai::ParseOutput(text, turn.id.substr(9)) : openai::ParsedOutput{text, {}};
+  std::string finish = r["finish_reason"].get<std::string>();
+  int pending = 0;
+  bool pending_text = false;
+  auto begin_tool = [&](const std::string& key, const std::string& args) {
+    auto b = turn.call->Call(Verb::kSessionToolBegin,
+                             {{"session", turn.session}, {"tool", key}, {"args", args}});
+    if (b.ok()) {
+      ++pending;
+    } else {
+      spdlog::warn("openai: tool_begin on {}: {}", turn.session, b.status().ToString());
+    }
+  };
+  if (!out.tool_calls.empty()) {
+    finish = "tool_calls";
+    for (const json& c : out.tool_calls) {
+      const std::string name = c["function"]["name"].get<std::string>();
+      const std::string args = c["function"]["arguments"].get<std::string>();
+      json a = json::parse(args, nullptr, false);
+      std::string command;
+      if (a.is_object() && a.contains("command") && a["command"].is_string()) {
+        command = a["command"].get<std::string>();
+      }
+      begin_tool(ToolKey(name, command), args);
+    }
+  } else if (auto cmd = openai::SingleBashBlock(text)) {
+    begin_tool(ToolKey("bash", *cmd), *cmd);
+    pending_text = pending > 0;
+  }
+  std::vector<uint64_t> chain(turn.chain.begin(), turn.chain.begin() + turn.appended);
+  // The key of the reply as the client receives it: invalid UTF-8 (a token ending inside a
+  // character) is replaced when the JSON is written, so the echo carries the replacement.
+  out.content = json::parse(json(out.content).dump(-1, ' ', false, json::error_handler_t::replace))
+                    .get<std::string>();
+  const uint64_t reply_key = openai::MatchKey("assistant", out.content, out.tool_calls);
+  chain.push_back(openai::ChainNext(chain.empty() ? 0 : chain.back(), reply_key));
+  matcher_.Release(turn.uid, turn.session, turn.name, std::move(chain), pending, pending_text);
+
+  const json& u = r["usage"];
+  const int64_t prompt = u.value("prompt_tokens", 0), completion = u.value("generated_tokens", 0);
+  json usage = {{"prompt_tokens", prompt},
+                {"completion_tokens", completion},
+                {"total_tokens", prompt + completion},
+                {"prompt_tokens_details", {{"cached_tokens", u.value("cached_tokens", 0)}}},
+                {"completion_tokens_details", {{"reasoning_tokens", 0}}}};
+  turn.kvkeep["session"] = turn.session;
+  turn.kvkeep["cached_tokens"] = u.value("cached_tokens", 0);
+  turn.kvkeep["recomputed_tokens"] = u.value("recomputed_tokens", 0);
+  if (u.contains("cached_by_tier")) turn.kvkeep["cached_by_tier"] = u["cached_by_tier"];
+  turn.kvkeep["ttft_ms"] = u.value("ttft_ms", 0.0);
+  turn.kvkeep["tool_events_begun"] = pending;
+  json message = {{"role", "assistant"},
+                  {"content", out.content.empty() && !out.tool_calls.empty() ? json(nullptr)
+                                                                             : json(out.content)}};
+  if (!out.tool_calls.empty()) message["tool_calls"] = out.tool_calls;
+  *http_status = 200;
+  return {{"message", std::move(message)}, {"finish_reason", finish}, {"usage", std::move(usage)}};
+}
+
+}  // namespace kvkeep
