@@ -513,7 +513,9 @@ void RunStress(BlockPool::BlockHashFn weak_hash, int32_t host_blocks = 0, int32_
           pool.CountCachedPrefix(std::span(prompt).first(prompt.size() - 1), scope);
       LiveSeq s{pool.MatchPrefix(std::span(prompt).first(prompt.size() - 1), scope), {}};
       kv.RunTransfers(pool);  // swap-ins of promoted host blocks
-      if (host_blocks == 0) ASSERT_EQ(s.table.num_blocks(), peek);
+      if (host_blocks == 0) {
+        ASSERT_EQ(s.table.num_blocks(), peek);
+      }
       ASSERT_LE(s.table.num_blocks(), peek);
       s.tokens.assign(prompt.begin(), prompt.begin() + s.table.num_tokens());
       ASSERT_TRUE(kv.Holds(s.table, s.tokens)) << "matched KV is wrong, seed " << seed;
@@ -616,7 +618,9 @@ void RunStress(BlockPool::BlockHashFn weak_hash, int32_t host_blocks = 0, int32_
     EXPECT_GT(s.num_promotions, 0);
   }
   if (disk_blocks > 0) {
-    if (weak_hash == nullptr) EXPECT_GT(disk_loads, 0) << "never read a disk block back";
+    if (weak_hash == nullptr) {
+      EXPECT_GT(disk_loads, 0) << "never read a disk block back";
+    }
     kv.RunTransfers(pool);  // the drops FinishDiskRead planned
     EXPECT_EQ(static_cast<size_t>(pool.stats().disk_used), kv.num_disk_blocks());
   }

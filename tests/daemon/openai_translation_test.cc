@@ -12,12 +12,6 @@ namespace {
 using nlohmann::json;
 using openai::Match;
 
-std::vector<uint64_t> Chain(const std::vector<openai::FlatMessage>& msgs) {
-  std::vector<uint64_t> keys;
-  for (const auto& m : msgs) keys.push_back(m.key);
-  return openai::ChainKeys(keys);
-}
-
 TEST(OpenAiMessagesTest, FlattensRolesPartsAndTools) {
   json messages = json::array({
       {{"role", "developer"}, {"content", "be brief"}},
