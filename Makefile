@@ -7,7 +7,7 @@
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo ON || echo OFF)
-CMAKE_FLAGS ?= -DKVKEEP_CUDA=$(HAVE_GPU)
+CMAKE_FLAGS ?=
 
 .PHONY: all setup build test demo format format-check gpu clean
 
@@ -17,7 +17,7 @@ setup:
 	scripts/setup
 
 $(BUILD_DIR)/CMakeCache.txt:
-	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVKEEP_CUDA=$(HAVE_GPU) $(CMAKE_FLAGS)
 
 build: $(BUILD_DIR)/CMakeCache.txt
 	cmake --build $(BUILD_DIR) -j $(JOBS)

@@ -60,6 +60,15 @@ class Daemon:
         os.chmod(keys, 0o600)
         subprocess.run([KVKEEP, "make-model", "--preset", "tiny", "--out", self.model_dir],
                        check=True, capture_output=True, timeout=300)
+        # The tiny model's 320-token vocabulary spends about one token per byte, so an
+        # agent's prompts (mini-swe-agent's task prompt alone is ~2.9k tokens) pass its 4096
+        # positions within a few turns; random weights serve any position, so allow more.
+        config_path = os.path.join(self.model_dir, "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["max_position_embeddings"] = 16384
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
         args = [KVKEEPD, "--model", self.model_dir, "--socket", self.socket_path,
                 "--state-dir", os.path.join(self.dir, "state"), "--log-level", "info",
                 "--http-listen", f"127.0.0.1:{self.port}", "--api-key-file", keys,

@@ -71,7 +71,7 @@ class MiniSweAgentTest(unittest.TestCase):
                "-c", f"agent.step_limit={STEP_LIMIT}", "-c", f"environment.cwd={work}",
                *extra, "-o", traj, "-t", "Look at notes.txt and write out.txt."]
         done = subprocess.run(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=180)
         # Judged by the trajectory and the daemon's records, not by mini's exit code.
         self.assertTrue(os.path.exists(traj),
                         f"no trajectory (exit {done.returncode}):\n{done.stdout[-3000:]}\n"
