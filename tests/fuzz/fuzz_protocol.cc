@@ -17,6 +17,15 @@ void Check(bool ok) {
   if (!ok) std::abort();
 }
 
+// A getter that refuses a parameter names why, and its error line is one valid JSON line.
+void CheckRefusal(const json& id, const kvkeep::Status& status) {
+  if (status.ok()) return;
+  Check(!status.message().empty());
+  const std::string out = kvkeep::protocol::ErrorLine(id, status);
+  Check(out.find('\n') == std::string::npos);
+  Check(!json::parse(out, nullptr, /*allow_exceptions=*/false).is_discarded());
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -33,13 +42,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const kvkeep::protocol::Params params(request->body);
   for (const char* key : {"session", "system", "tool", "content", "forced", "id", "messages"}) {
-    Error e;
-    (void)params.String(key, &e);
-    (void)params.StringOr(key, "", &e);
-    (void)params.IntOr(key, 0, -1000, 1000, &e);
-    (void)params.NumberOr(key, 0, -1e9, 1e9, &e);
-    (void)params.BoolOr(key, false, &e);
-    (void)params.Tokens(key, 1024, &e);
+    CheckRefusal(request->id, params.String(key).status());
+    CheckRefusal(request->id, params.StringOr(key, "").status());
+    CheckRefusal(request->id, params.IntOr(key, 0, -1000, 1000).status());
+    CheckRefusal(request->id, params.NumberOr(key, 0, -1e9, 1e9).status());
+    CheckRefusal(request->id, params.BoolOr(key, false).status());
+    CheckRefusal(request->id, params.Tokens(key, 1024).status());
     (void)params.Has(key);
   }
   const std::string out = kvkeep::protocol::ResultLine(request->id, json::object());
