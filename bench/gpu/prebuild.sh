@@ -27,7 +27,7 @@ for t in "$(dirname "$0")"/../../tests/cuda/*_test.cc; do
   [ -x "$BUILD/tests/$stem" ] && cp "$BUILD/tests/$stem" "$DEST/tests/"
 done
 for b in "$BUILD"/bench/*_bench; do
-  case "$(basename "$b")" in gpu_attention_bench|gpu_model_bench) cp "$b" "$DEST/bench/" ;; esac
+  case "$(basename "$b")" in gpu_attention_bench|gpu_model_bench|tiers_swap_bench|gguf_decode_bench) cp "$b" "$DEST/bench/" ;; esac
 done
 # The binaries themselves, for the end-to-end checks (bench/gpu/e2e.sh) and the CPU
 # prefill benchmark.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/gpu/run.sh: one command on a GPU machine — build the CUDA backend, run `ctest -L gpu`,
 # run the GPU benchmarks and their anchors (PyTorch SDPA on dense KV, copy bandwidth; HF
-# transformers with KVKEEP_BENCH_HF=1), and print a short table last (also $OUT/table.txt).
+# transformers with KVKEEP_BENCH_HF=1), the host-tier swap bandwidth, and with KVKEEP_GGUF=FILE
+# parity and decode speed of a real GGUF model against HF transformers; print a short table
+# last (also $OUT/table.txt). KVKEEP_BENCH_ATTENTION=0 / KVKEEP_BENCH_MODEL=0 skip those parts.
 #
 #   bash bench/gpu/run.sh
 #
@@ -36,14 +38,32 @@ echo "=== ctest -L gpu"
 (cd "$BUILD" && ctest -L gpu --output-on-failure --timeout 900) 2>&1 | tee "$OUT/ctest.log"
 CTEST_RC=${PIPESTATUS[0]}
 
-echo "=== attention benchmarks and their anchors"
-timeout 300 "$BUILD/bench/gpu_attention_bench" 2>&1 | tee "$OUT/gpu_attention_bench.log"
-timeout 300 python3 "$ROOT/bench/gpu/anchors.py" > "$OUT/anchors.log" 2>&1 || tail -5 "$OUT/anchors.log"
-python3 "$ROOT/bench/gpu/table.py" > /dev/null
+if [ "${KVKEEP_BENCH_ATTENTION:-1}" = 1 ]; then
+  echo "=== attention benchmarks and their anchors"
+  timeout 300 "$BUILD/bench/gpu_attention_bench" 2>&1 | tee "$OUT/gpu_attention_bench.log"
+  timeout 300 python3 "$ROOT/bench/gpu/anchors.py" > "$OUT/anchors.log" 2>&1 || tail -5 "$OUT/anchors.log"
+fi
 if [ "${KVKEEP_BENCH_MODEL:-1}" = 1 ]; then
   echo "=== 8B-shape model (synthetic weights) and HF transformers"
   timeout "${KVKEEP_MODEL_TIMEOUT:-420}" "$BUILD/bench/gpu_model_bench" 2>&1 | tee "$OUT/gpu_model_bench.log"
   [ "${KVKEEP_BENCH_HF:-1}" = 1 ] && timeout 300 python3 "$ROOT/bench/gpu/anchors.py" --hf > "$OUT/anchors_hf.log" 2>&1 || tail -5 "$OUT/anchors_hf.log"
+fi
+echo "=== host-tier swap bandwidth against cudaMemcpyAsync"
+timeout 120 "$BUILD/bench/tiers_swap_bench" 2>&1 | tee "$OUT/tiers_swap_bench.log"
+if [ -n "${KVKEEP_GGUF:-}" ]; then
+  # A real GGUF model (issue 14): CUDA against the CPU reference, then decode speed against
+  # HF transformers on the same file (needs the `gguf` Python package there).
+  echo "=== parity --device cuda on $KVKEEP_GGUF"
+  KVKEEP=$BUILD/kvkeep
+  [ -x "$KVKEEP" ] || KVKEEP=$BUILD/bin/kvkeep  # a prebuilt directory keeps it in bin/
+  timeout 300 "$KVKEEP" parity --model "$KVKEEP_GGUF" --device cuda --against cpu --max-tokens 16 \
+    --prompt "Water is made of" 2>&1 | tee "$OUT/parity_gguf.log"
+  timeout 300 "$KVKEEP" parity --model "$KVKEEP_GGUF" --device cuda --against cpu --max-tokens 32 \
+    --prompt "Write a Python function that returns the n-th Fibonacci number, with a docstring." \
+    2>&1 | tee -a "$OUT/parity_gguf.log"
+  echo "=== GGUF decode: kvkeep CUDA, then HF transformers"
+  timeout 300 "$BUILD/bench/gguf_decode_bench" "$KVKEEP_GGUF" 2>&1 | tee "$OUT/gguf_decode_bench.log"
+  timeout 400 python3 "$ROOT/bench/gpu/hf_gguf_anchor.py" "$KVKEEP_GGUF" > "$OUT/hf_gguf.log" 2>&1 || tail -5 "$OUT/hf_gguf.log"
 fi
 echo "=== summary (ctest rc $CTEST_RC)"
 grep -E "tests passed|tests failed|Failed|\*\*\*" "$OUT/ctest.log" | head -20 || true

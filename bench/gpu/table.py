@@ -40,6 +40,18 @@ rows.append(("8B-shape decode B=1 @2k (tok/s)", m.get("decode_B1_P2048_tok_per_s
              h.get("hf_generate_B1_P2048_G64_tok_per_s"), 150))
 rows.append(("8B-shape prefill 8k (tok/s)", m.get("prefill_B1_P8192_tok_per_s"), "HF transformers",
              h.get("hf_prefill_B1_P8192_tok_per_s"), 35000))
+swap = load("kvkeep_tiers_swap.json")
+for c in swap.get("cases", []):
+    for way, anchor in (("out", "d2h"), ("in", "h2d")):
+        rows.append((f"swap-{way} {c['blocks']} blocks (GB/s)", c.get(f"swap_{way}_GBps"),
+                     f"memcpy {anchor}", c.get(f"{anchor}_GBps"), None))
+g, hg = load("kvkeep_gguf_decode.json"), load("hf_gguf_decode.json")
+for key, label in (("prefill_B1_P512", "GGUF prefill 512 (tok/s)"),
+                   ("decode_B1_P512", "GGUF decode B=1 (tok/s)"),
+                   ("decode_B64_P512", "GGUF decode B=64 (tok/s)")):
+    for dt in ("bf16", "fp32"):
+        rows.append((label if dt == "bf16" else "", g.get(key + "_tok_per_s"),
+                     f"HF {dt}", hg.get(f"hf_{dt}_{key}_tok_per_s"), None))
 lines = [f"device: {k.get('device', a.get('gpu', '?'))}",
          f"{'case':34} {'kvkeep':>9} {'anchor':>12} {'value':>9} {'ratio':>6} {'target':>7}"]
 for name, mine, aname, aval, target in rows:
