@@ -97,6 +97,7 @@ void CheckLogits(const std::string& model_path, const std::string& name, double 
   options.block_size = 16;
   options.num_kv_blocks = 8;
   options.kv_dtype = KvDType::kF32;
+  options.cpu_quantized_weights = false;  // every weight in fp32: the exact path
   auto backend = CreateCpuBackend(**weights, options);
   ASSERT_TRUE(backend.ok()) << backend.status().ToString();
   auto tok = LoadTokenizer(env, model_path);
