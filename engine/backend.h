@@ -52,6 +52,9 @@ struct BackendOptions {
   int32_t block_size = 16;
   KvDType kv_dtype = KvDType::kF32;  // CPU default; CUDA requires kBF16
   int32_t num_threads = 0;           // CPU: 0 = all cores
+  // CPU: run GGUF Q8_0/Q4_1 matrices on their quantised blocks with Q8 activations
+  // (kernels/cpu/quant_matmul.h); false: every weight in fp32, the exact reference.
+  bool cpu_quantized_weights = true;
   double gpu_memory_fraction = 0.9;  // CUDA: fraction of free memory for weights + KV
 };
 

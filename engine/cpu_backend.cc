@@ -11,16 +11,23 @@
 #include "engine/model_weights.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_matmul.h"
 
 namespace kvkeep {
 namespace {
 
+// A weight matrix [out][in]: fp32, or its GGUF Q8_0/Q4_1 blocks packed for the kernels.
+struct LinearWeight {
+  std::vector<float> f32;        // empty when quantised
+  cpu::PackedQuantMatrix quant;  // quant.rows > 0 when quantised
+};
+
 struct LayerWeights {
   std::vector<float> input_norm, post_norm;
-  std::vector<float> wq, wk, wv, wo;  // [out][in]
+  LinearWeight wq, wk, wv, wo;
   std::vector<float> bq, bk, bv;      // empty without attention_bias
   std::vector<float> q_norm, k_norm;  // [head_dim], empty without qk_norm
-  std::vector<float> w_gate, w_up, w_down;
+  LinearWeight w_gate, w_up, w_down;
 };
 
 // Grows v to at least n elements; never shrinks, so steady-state steps do not allocate.
@@ -35,10 +42,11 @@ Status InvalidBatch(const std::string& what) {
 template <typename KvT>
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(const ModelConfig& config, const KvPoolShape& shape, int32_t num_threads)
+  CpuBackend(const ModelConfig& config, const KvPoolShape& shape, const BackendOptions& options)
       : config_(config),
         shape_(shape),
-        num_threads_(num_threads),
+        num_threads_(options.num_threads),
+        quantized_(options.cpu_quantized_weights),
         pool_(static_cast<size_t>(shape.total_elements())) {}
 
   Status LoadWeights(const ModelWeights& weights);
@@ -55,16 +63,22 @@ class CpuBackend final : public Backend {
  private:
   Status Attention(const ForwardBatch& batch, int layer, bool all_decode);
   void Layer(const ForwardBatch& batch, int layer, int64_t t);
+  // y[m][out] = x[m][in] * w^T (+ bias).
+  void Linear(const float* x, const LinearWeight& w, const float* bias, int64_t m, int64_t n,
+              int64_t k, float* y);
 
   ModelConfig config_;
   KvPoolShape shape_;
   int32_t num_threads_;  // 0: OpenMP's default
+  bool quantized_;       // keep Q8_0/Q4_1 matrices quantised
   std::vector<KvT> pool_;
-  std::vector<float> embed_, final_norm_, lm_head_;  // lm_head_ empty when tied
+  std::vector<float> embed_, final_norm_;
+  LinearWeight lm_head_;  // f32 empty (and quant unset) when tied to the fp32 embedding
   std::vector<LayerWeights> layers_;
   std::vector<float> inv_freq_;
   // Activations, [num_tokens][...], grown on demand.
   std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, rows_;
+  cpu::Q8Rows q8_;  // quantised activations
 };
 
 template <typename KvT>
@@ -75,19 +89,31 @@ Status CpuBackend<KvT>::LoadWeights(const ModelWeights& weights) {
     *out = ModelWeights::ToFloat(*t);
     return Status::OK();
   };
+  int num_quantized = 0;
+  auto linear = [&](const std::string& name, LinearWeight* out) -> Status {
+    const QuantizedTensor* q = quantized_ ? weights.GetQuantized(name) : nullptr;
+    if (q == nullptr) return get(name, &out->f32);
+    out->quant = cpu::PackQuantMatrix(
+        q->type == GgmlType::kQ8_0 ? cpu::GgmlQuantType::kQ8_0 : cpu::GgmlQuantType::kQ4_1, q->rows,
+        q->cols, q->bytes.data());
+    ++num_quantized;
+    return Status::OK();
+  };
   RETURN_IF_ERROR(get("model.embed_tokens.weight", &embed_));
   RETURN_IF_ERROR(get("model.norm.weight", &final_norm_));
-  if (!config_.tie_word_embeddings) RETURN_IF_ERROR(get("lm_head.weight", &lm_head_));
+  if (!config_.tie_word_embeddings || (quantized_ && weights.GetQuantized("lm_head.weight"))) {
+    RETURN_IF_ERROR(linear("lm_head.weight", &lm_head_));
+  }
   layers_.resize(config_.num_layers);
   for (int i = 0; i < config_.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     LayerWeights& l = layers_[i];
     RETURN_IF_ERROR(get(p + "input_layernorm.weight", &l.input_norm));
     RETURN_IF_ERROR(get(p + "post_attention_layernorm.weight", &l.post_norm));
-    RETURN_IF_ERROR(get(p + "self_attn.q_proj.weight", &l.wq));
-    RETURN_IF_ERROR(get(p + "self_attn.k_proj.weight", &l.wk));
-    RETURN_IF_ERROR(get(p + "self_attn.v_proj.weight", &l.wv));
-    RETURN_IF_ERROR(get(p + "self_attn.o_proj.weight", &l.wo));
+    RETURN_IF_ERROR(linear(p + "self_attn.q_proj.weight", &l.wq));
+    RETURN_IF_ERROR(linear(p + "self_attn.k_proj.weight", &l.wk));
+    RETURN_IF_ERROR(linear(p + "self_attn.v_proj.weight", &l.wv));
+    RETURN_IF_ERROR(linear(p + "self_attn.o_proj.weight", &l.wo));
     if (config_.attention_bias) {
       RETURN_IF_ERROR(get(p + "self_attn.q_proj.bias", &l.bq));
       RETURN_IF_ERROR(get(p + "self_attn.k_proj.bias", &l.bk));
@@ -97,9 +123,13 @@ Status CpuBackend<KvT>::LoadWeights(const ModelWeights& weights) {
       RETURN_IF_ERROR(get(p + "self_attn.q_norm.weight", &l.q_norm));
       RETURN_IF_ERROR(get(p + "self_attn.k_norm.weight", &l.k_norm));
     }
-    RETURN_IF_ERROR(get(p + "mlp.gate_proj.weight", &l.w_gate));
-    RETURN_IF_ERROR(get(p + "mlp.up_proj.weight", &l.w_up));
-    RETURN_IF_ERROR(get(p + "mlp.down_proj.weight", &l.w_down));
+    RETURN_IF_ERROR(linear(p + "mlp.gate_proj.weight", &l.w_gate));
+    RETURN_IF_ERROR(linear(p + "mlp.up_proj.weight", &l.w_up));
+    RETURN_IF_ERROR(linear(p + "mlp.down_proj.weight", &l.w_down));
+  }
+  if (num_quantized > 0) {
+    spdlog::info("cpu backend: {} matrices kept quantised (Q8_0/Q4_1, {} kernels)", num_quantized,
+                 cpu::QuantIsaName(cpu::DetectQuantIsa()));
   }
   config_.rope.head_dim = config_.head_dim;
   const int rotary = config_.rope.rotary_dim > 0 ? config_.rope.rotary_dim : config_.head_dim;
@@ -127,6 +157,16 @@ Status CpuBackend<KvT>::Attention(const ForwardBatch& batch, int layer, bool all
 }
 
 template <typename KvT>
+void CpuBackend<KvT>::Linear(const float* x, const LinearWeight& w, const float* bias, int64_t m,
+                             int64_t n, int64_t k, float* y) {
+  if (w.quant.rows > 0) {
+    cpu::QuantMatmul(x, w.quant, bias, m, y, &q8_);
+  } else {
+    cpu::Matmul(x, w.f32.data(), bias, m, n, k, y);
+  }
+}
+
+template <typename KvT>
 void CpuBackend<KvT>::Layer(const ForwardBatch& batch, int layer, int64_t t) {
   const LayerWeights& w = layers_[layer];
   const int64_t h = config_.hidden_size, d = config_.head_dim;
@@ -135,9 +175,9 @@ void CpuBackend<KvT>::Layer(const ForwardBatch& batch, int layer, int64_t t) {
   auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
 
   cpu::RmsNorm(x_.data(), w.input_norm.data(), t, h, eps, xn_.data());
-  cpu::Matmul(xn_.data(), w.wq.data(), bias(w.bq), t, qd, h, q_.data());
-  cpu::Matmul(xn_.data(), w.wk.data(), bias(w.bk), t, kvd, h, k_.data());
-  cpu::Matmul(xn_.data(), w.wv.data(), bias(w.bv), t, kvd, h, v_.data());
+  Linear(xn_.data(), w.wq, bias(w.bq), t, qd, h, q_.data());
+  Linear(xn_.data(), w.wk, bias(w.bk), t, kvd, h, k_.data());
+  Linear(xn_.data(), w.wv, bias(w.bv), t, kvd, h, v_.data());
   if (config_.qk_norm) {
     cpu::RmsNorm(q_.data(), w.q_norm.data(), t * config_.num_q_heads, d, eps, q_.data());
     cpu::RmsNorm(k_.data(), w.k_norm.data(), t * config_.num_kv_heads, d, eps, k_.data());
@@ -173,13 +213,13 @@ Status CpuBackend<KvT>::Forward(const ForwardBatch& batch, std::vector<float>* l
     const LayerWeights& w = layers_[l];
     Layer(batch, l, t);
     RETURN_IF_ERROR(Attention(batch, l, all_decode));
-    cpu::Matmul(attn_.data(), w.wo.data(), nullptr, t, h, qd, proj_.data());
+    Linear(attn_.data(), w.wo, nullptr, t, h, qd, proj_.data());
     for (int64_t i = 0; i < t * h; ++i) x_[i] += proj_[i];
     cpu::RmsNorm(x_.data(), w.post_norm.data(), t, h, config_.rms_norm_eps, xn_.data());
-    cpu::Matmul(xn_.data(), w.w_gate.data(), nullptr, t, inter, h, gate_.data());
-    cpu::Matmul(xn_.data(), w.w_up.data(), nullptr, t, inter, h, up_.data());
+    Linear(xn_.data(), w.w_gate, nullptr, t, inter, h, gate_.data());
+    Linear(xn_.data(), w.w_up, nullptr, t, inter, h, up_.data());
     cpu::SiluMul(gate_.data(), up_.data(), t, inter, gate_.data());
-    cpu::Matmul(gate_.data(), w.w_down.data(), nullptr, t, h, inter, proj_.data());
+    Linear(gate_.data(), w.w_down, nullptr, t, h, inter, proj_.data());
     for (int64_t i = 0; i < t * h; ++i) x_[i] += proj_[i];
   }
   // Final norm and lm_head only for the rows whose logits are wanted.
@@ -191,9 +231,10 @@ Status CpuBackend<KvT>::Forward(const ForwardBatch& batch, std::vector<float>* l
   }
   cpu::RmsNorm(rows_.data(), final_norm_.data(), r, h, config_.rms_norm_eps, rows_.data());
   logits->resize(r * config_.vocab_size);
-  const std::vector<float>& head = lm_head_.empty() ? embed_ : lm_head_;
-  if (r > 0) {
-    cpu::Matmul(rows_.data(), head.data(), nullptr, r, config_.vocab_size, h, logits->data());
+  if (r > 0 && lm_head_.f32.empty() && lm_head_.quant.rows == 0) {  // tied, fp32
+    cpu::Matmul(rows_.data(), embed_.data(), nullptr, r, config_.vocab_size, h, logits->data());
+  } else if (r > 0) {
+    Linear(rows_.data(), lm_head_, nullptr, r, config_.vocab_size, h, logits->data());
   }
   return Status::OK();
 }
@@ -304,11 +345,11 @@ Result<std::unique_ptr<Backend>> CreateCpuBackend(const ModelWeights& weights,
   std::unique_ptr<Backend> backend;
   Status st;
   if (options.kv_dtype == KvDType::kF32) {
-    auto b = std::make_unique<CpuBackend<float>>(config, shape, options.num_threads);
+    auto b = std::make_unique<CpuBackend<float>>(config, shape, options);
     st = b->LoadWeights(weights);
     backend = std::move(b);
   } else {
-    auto b = std::make_unique<CpuBackend<bf16>>(config, shape, options.num_threads);
+    auto b = std::make_unique<CpuBackend<bf16>>(config, shape, options);
     st = b->LoadWeights(weights);
     backend = std::move(b);
   }

@@ -2,11 +2,14 @@
 //
 // Memory: every weight is converted to fp32 once at creation and held for the backend's
 // lifetime, i.e. 4 bytes x NumParameters() (a bf16 8B checkpoint becomes ~32 GB; the
-// `small` synthetic preset a few MB). The KV pool is one allocation made at creation:
-// num_blocks x block_stride elements of fp32 or bf16 (BackendOptions::kv_dtype), laid out
-// as kernels/paged_kv.h describes. Activation buffers are sized by the largest step seen
-// so far (bounded by the scheduler's max_batch_tokens) and reused; a step allocates only
-// when it is larger than every step before it.
+// `small` synthetic preset a few MB), except that with BackendOptions::cpu_quantized_weights
+// a GGUF file's Q8_0 and Q4_1 matrices are kept as packed blocks (1.25 / 0.75 bytes per
+// weight) and run through kernels/cpu/quant_matmul.h (activations quantised to Q8).
+// The KV pool is one allocation made at creation: num_blocks x block_stride elements of
+// fp32 or bf16 (BackendOptions::kv_dtype), laid out as kernels/paged_kv.h describes.
+// Activation buffers are sized by the largest step seen so far (bounded by the scheduler's
+// max_batch_tokens) and reused; a step allocates only when it is larger than every step
+// before it.
 //
 // Threads: kernels use OpenMP and OpenBLAS; BackendOptions::num_threads > 0 sets the
 // OpenMP thread count of the thread calling Forward (OpenMP keeps it per thread).

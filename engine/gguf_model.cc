@@ -248,15 +248,20 @@ std::vector<GgufTensorMapping> GgufTensorMappings(const GgufFile& file, int32_t 
 }
 
 void UnpermuteRopeRows(float* w, int64_t num_heads, int64_t head_dim, int64_t cols) {
+  UnpermuteRopeRowBytes(reinterpret_cast<uint8_t*>(w), num_heads, head_dim,
+                        cols * static_cast<int64_t>(sizeof(float)));
+}
+
+void UnpermuteRopeRowBytes(uint8_t* w, int64_t num_heads, int64_t head_dim, int64_t row_bytes) {
   const int64_t half = head_dim / 2;
-  std::vector<float> head(static_cast<size_t>(head_dim * cols));
+  std::vector<uint8_t> head(static_cast<size_t>(head_dim * row_bytes));
   for (int64_t h = 0; h < num_heads; ++h) {
-    float* base = w + h * head_dim * cols;
-    std::memcpy(head.data(), base, head.size() * sizeof(float));
+    uint8_t* base = w + h * head_dim * row_bytes;
+    std::memcpy(head.data(), base, head.size());
     for (int64_t j = 0; j < half; ++j) {
       for (int64_t s = 0; s < 2; ++s) {
-        std::memcpy(base + (s * half + j) * cols, head.data() + (2 * j + s) * cols,
-                    static_cast<size_t>(cols) * sizeof(float));
+        std::memcpy(base + (s * half + j) * row_bytes, head.data() + (2 * j + s) * row_bytes,
+                    static_cast<size_t>(row_bytes));
       }
     }
   }

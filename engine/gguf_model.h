@@ -48,5 +48,7 @@ std::vector<GgufTensorMapping> GgufTensorMappings(const GgufFile& file, int32_t 
 // GGUF row h*head_dim + 2*j + s holds HF row h*head_dim + s*head_dim/2 + j.
 // w is [num_heads * head_dim][cols] row-major, rewritten in place.
 void UnpermuteRopeRows(float* w, int64_t num_heads, int64_t head_dim, int64_t cols);
+// The same row permutation on rows of `row_bytes` bytes (quantised rows move as a whole).
+void UnpermuteRopeRowBytes(uint8_t* w, int64_t num_heads, int64_t head_dim, int64_t row_bytes);
 
 }  // namespace kvkeep

@@ -193,6 +193,17 @@ Result<std::unique_ptr<ModelWeights>> ModelWeights::LoadGguf(Env* env, const std
     if (it->second.rope_permuted) {
       UnpermuteRopeRows(data.data(), it->second.num_heads, config.head_dim, e.shape[1]);
     }
+    if (e.shape.size() == 2 && (t->type == GgmlType::kQ8_0 || t->type == GgmlType::kQ4_1)) {
+      QuantizedTensor& q = w->quantized_[e.name];
+      q.type = t->type;
+      q.rows = e.shape[0];
+      q.cols = e.shape[1];
+      q.bytes.assign(t->data, t->data + t->num_bytes);
+      if (it->second.rope_permuted) {
+        UnpermuteRopeRowBytes(q.bytes.data(), it->second.num_heads, config.head_dim,
+                              static_cast<int64_t>(t->num_bytes) / q.rows);
+      }
+    }
     TensorView& view = w->owned_views_.emplace_back();
     view.dtype = DType::kF32;
     view.shape = e.shape;
@@ -206,6 +217,14 @@ Result<std::unique_ptr<ModelWeights>> ModelWeights::LoadGguf(Env* env, const std
   spdlog::debug("loaded {} tensors from {} (GGUF v{}), dequantised to fp32", w->tensors_.size(),
                 path, file->version());
   return w;
+}
+
+const QuantizedTensor* ModelWeights::GetQuantized(const std::string& name) const {
+  auto it = quantized_.find(name);
+  if (it == quantized_.end() && name == "lm_head.weight" && config_.tie_word_embeddings) {
+    it = quantized_.find("model.embed_tokens.weight");
+  }
+  return it == quantized_.end() ? nullptr : &it->second;
 }
 
 const TensorView* ModelWeights::Get(const std::string& name) const {

@@ -1,7 +1,8 @@
 // ModelWeights: every tensor of a Llama-family model, located in model.safetensors or in
 // sharded model-*.safetensors through model.safetensors.index.json, memory-mapped; or in a
 // single .gguf file, whose tensors (quantised or not) are dequantised to fp32 at load under
-// their HF names, with the Q/K row permutation of llama.cpp's converter undone.
+// their HF names, with the Q/K row permutation of llama.cpp's converter undone; Q8_0 and
+// Q4_1 matrices are also kept as blocks (GetQuantized) for the CPU's quantised kernels.
 // Load validates that every tensor the architecture needs is present with the right
 // shape (and a supported dtype: F32, BF16, F16) before anything runs; a missing or
 // misshapen tensor is InvalidArgument naming it. Tied embeddings: when
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/gguf_types.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
 
@@ -44,6 +46,15 @@ struct WeightsSourceFile {
   uint64_t size_bytes = 0;
 };
 
+// A GGUF weight matrix also kept in its file's quantised blocks (Q8_0 or Q4_1), with the
+// rows in HF order (Q/K rows un-permuted like the fp32 copy). bytes: rows x row_bytes.
+struct QuantizedTensor {
+  GgmlType type = GgmlType::kQ8_0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  std::vector<uint8_t> bytes;
+};
+
 class ModelWeights {
  public:
   // model_path: an HF directory, or a .gguf file (IsGgufPath).
@@ -63,6 +74,10 @@ class ModelWeights {
   static void ToFloat(const TensorView& t, float* out);
   static std::vector<float> ToFloat(const TensorView& t);
 
+  // The quantised blocks of a GGUF matrix stored as Q8_0 or Q4_1 (the CPU backend's fast
+  // path); nullptr for any other tensor or format. lm_head.weight resolves as Get does.
+  const QuantizedTensor* GetQuantized(const std::string& name) const;
+
   WeightsFormat format() const { return format_; }
   // Every tensor in the loaded files, in file order (safetensors: name order per file).
   const std::vector<StoredTensorHeader>& stored_tensors() const { return stored_tensors_; }
@@ -79,6 +94,7 @@ class ModelWeights {
   // GGUF: the dequantised tensors the views point into.
   std::deque<TensorView> owned_views_;
   std::vector<std::vector<float>> owned_data_;
+  std::map<std::string, QuantizedTensor, std::less<>> quantized_;
   std::vector<StoredTensorHeader> stored_tensors_;
   std::vector<WeightsSourceFile> source_files_;
 };

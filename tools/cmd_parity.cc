@@ -41,6 +41,7 @@ BackendOptions OptionsFor(const std::string& device, const ParityArgs& args, int
                           bool reference) {
   BackendOptions o;
   o.num_threads = args.threads;
+  o.cpu_quantized_weights = false;  // the CPU runs the exact fp32-weight path (no Q8 kernels)
   const bool exact_reference = reference && args.device == "cpu";
   if (device == "cuda" || (!exact_reference && args.kv_dtype == "bf16")) {
     o.kv_dtype = KvDType::kBF16;
