@@ -181,11 +181,15 @@ Status Run(const Args& a) {
     nlohmann::json per_policy = nlohmann::json::object();
     for (const std::string& policy : a.policies) {
       options.policy = policy;
+      const auto start = std::chrono::steady_clock::now();
+      auto last_print = start;
       options.progress = [&](double sim_s, int done, int agents, int64_t turns) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_print < std::chrono::seconds(5)) return;  // a line every 5 s of wall
+        last_print = now;
         std::fprintf(stderr, "  [%s, %d agents] simulated %.0f s: %d/%d agents done, %lld turns\n",
                      policy.c_str(), n, sim_s, done, agents, static_cast<long long>(turns));
       };
-      const auto start = std::chrono::steady_clock::now();
       Result<sim::SimResult> r = sim::RunAgentSim(programs, arrivals, options);
       if (!r.ok()) return r.status().WithContext(policy + " at " + std::to_string(n) + " agents");
       const double wall_s =

@@ -27,6 +27,7 @@ def main() -> int:
         ys = [l["policies"][name]["mean_jct_s"] for l in loads if name in l["policies"]]
         ax.plot(xs, ys, marker="o", label=name)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xticks([l["agents"] for l in loads])
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("concurrent agents (Poisson arrivals)")
