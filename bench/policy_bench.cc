@@ -36,7 +36,7 @@ namespace {
 struct Args {
   std::string trace, out, timings = "bench/data/h100_8b_timings.json";
   std::vector<int> agents = {8, 16, 32, 64, 128, 256};
-  std::vector<std::string> policies = {"lru", "none"};
+  std::vector<std::string> policies = {"ttl", "ttl-fcfs", "fixed-ttl", "lru", "none"};
   double kv_gib = 60;  // an 80 GB H100 less 8B bf16 weights (16 GB) and activations
   double host_gib = 64;
   double host_gbps = 25;  // assumed PCIe Gen5 x16 rate for scattered 2 MiB blocks
@@ -125,6 +125,9 @@ nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
           {"cached_host_tokens", s.cached_host_tokens},
           {"pin_block_s", s.pin_block_s},
           {"pin_violations", s.pin_violations},
+          {"pins_granted", s.pins_granted},
+          {"pins_used", s.pins_used},
+          {"pins_expired", s.pins_expired},
           {"reclaimed_sessions", s.reclaimed_sessions},
           {"swapped_in_blocks", s.swapped_in_blocks},
           {"turns", s.turns},

@@ -8,6 +8,8 @@
 
 #include "base/clock.h"
 #include "engine/engine_impl.h"
+#include "policy/policy_factory.h"
+#include "policy/tool_key.h"
 #include "tools/replay/accounting.h"
 
 namespace kvkeep::sim {
@@ -70,10 +72,12 @@ class Simulation {
       if (outstanding_ > 0) {
         RETURN_IF_ERROR(engine_impl_->Step().WithContext("sim step"));
         ++result_.engine_steps;
-        clock_.AdvanceMicros(std::max<int64_t>(1, ToMicros(backend_->TakeElapsedSeconds())));
+        const int64_t step_us = std::max<int64_t>(1, ToMicros(backend_->TakeElapsedSeconds()));
+        pinned_blocks_ = engine_->GetStats().pinned_blocks;  // held while the step ran
+        AdvanceTo(clock_.NowMicros() + step_us);
         RETURN_IF_ERROR(CollectFinished());
       } else if (!events_.empty()) {
-        clock_.SetMicros(std::max(clock_.NowMicros(), events_.top().at_us));
+        AdvanceTo(events_.top().at_us);
         ++result_.idle_jumps;
       } else if (agents_done_ < static_cast<int>(agents_.size())) {
         return Status::Internal("sim: agents left but nothing to do");
@@ -88,6 +92,7 @@ class Simulation {
     result_.end_s = NowS();
     result_.backend = backend_->counters();
     result_.engine = engine_->GetStats();
+    result_.pin_block_s = pin_block_s_;
     return std::move(result_);
   }
 
@@ -114,12 +119,9 @@ class Simulation {
     e.max_running = o_.max_running;
     e.num_host_blocks = o_.host_blocks;
     e.model_id = "sim-llama-3-8b";
-    if (o_.policy == "none") {
-      e.prefix_caching = false;
-    } else if (o_.policy != "lru") {
-      return Status::InvalidArgument("sim: policy '" + o_.policy +
-                                     "' is not available in this engine (lru, none)");
-    }
+    RETURN_IF_ERROR(ValidatePolicyName(o_.policy));
+    e.policy.name = o_.policy;
+    e.policy.cost_model = o_.cost;  // the TTL rule prices a hit as the simulator charges it
     ASSIGN_OR_RETURN(engine_, Engine::Create(e, std::move(backend), nullptr, &clock_));
     engine_impl_ = dynamic_cast<EngineImpl*>(engine_.get());
     if (engine_impl_ == nullptr) return Status::Internal("sim: the engine is not an EngineImpl");
@@ -148,13 +150,31 @@ class Simulation {
     return h;
   }
 
+  // tool_begin / tool_end of the tool that follows the agent's step `step`.
+  SessionHint ToolHint(SessionHint::Kind kind, int32_t agent, const replay::AgentStep& step) const {
+    SessionHint h = MakeHint(kind, agent);
+    h.tool_key = ToolKey(step.tool, step.command);
+    if (kind == SessionHint::Kind::kToolEnd && step.tool_timed)
+      h.duration_us = ToMicros(step.tool_s);
+    return h;
+  }
+
+  // Moves the clock, integrating the blocks pins held since the last move.
+  void AdvanceTo(int64_t now_us) {
+    const int64_t dt_us = now_us - clock_.NowMicros();
+    if (dt_us <= 0) return;
+    pin_block_s_ += static_cast<double>(pinned_blocks_) * static_cast<double>(dt_us) / 1e6;
+    clock_.SetMicros(now_us);
+  }
+
   Status DeliverDueEvents() {
     while (!events_.empty() && events_.top().at_us <= clock_.NowMicros()) {
       const Event ev = events_.top();
       events_.pop();
       if (ev.kind == Event::Kind::kToolEnd) {
-        engine_->Hint(MakeHint(SessionHint::Kind::kToolEnd, ev.agent));
         const AgentState& a = agents_[ev.agent];
+        engine_->Hint(
+            ToolHint(SessionHint::Kind::kToolEnd, ev.agent, a.program->steps[a.next_step - 1]));
         Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s),
                  Event::Kind::kSubmit, ev.agent);
         continue;
@@ -258,7 +278,7 @@ class Simulation {
         continue;
       }
       if (!step.tool.empty()) {
-        engine_->Hint(MakeHint(SessionHint::Kind::kToolBegin, agent));
+        engine_->Hint(ToolHint(SessionHint::Kind::kToolBegin, agent, step));
         Schedule(clock_.NowMicros() + ToMicros(step.tool_s), Event::Kind::kToolEnd, agent);
       } else {
         Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s),
@@ -284,6 +304,8 @@ class Simulation {
   RequestId next_request_ = 1;
   int64_t outstanding_ = 0;
   int agents_done_ = 0;
+  int64_t pinned_blocks_ = 0;  // device blocks held by live pins after the last step
+  double pin_block_s_ = 0;
   SimResult result_;
 };
 
@@ -339,6 +361,10 @@ SimSummary Summarize(const SimResult& r) {
                     : 0;
   s.recomputed_tokens = s.first_prefill_tokens + s.reprefill_tokens;
   s.pin_violations = r.engine.pin_violations;
+  s.pin_block_s = r.pin_block_s;
+  s.pins_granted = r.engine.pins_granted;
+  s.pins_used = r.engine.pins_used;
+  s.pins_expired = r.engine.pins_expired;
   s.reclaimed_sessions = r.engine.reclaimed_sessions;
   s.swapped_in_blocks = r.backend.swapped_in_blocks;
   s.end_s = r.end_s;

@@ -34,7 +34,7 @@
 namespace kvkeep::sim {
 
 struct SimOptions {
-  std::string policy = "lru";  // a ReclaimPolicy name the engine accepts
+  std::string policy = "lru";  // ttl | ttl-fcfs | fixed-ttl | lru | none (policy_factory.h)
   int32_t device_blocks = 30720;
   int32_t host_blocks = 0;  // 0: no host tier
   int32_t block_size = 16;
@@ -82,6 +82,7 @@ struct SimResult {
   double end_s = 0;
   int64_t engine_steps = 0;
   int64_t idle_jumps = 0;  // times the clock jumped to the next event
+  double pin_block_s = 0;  // device blocks held by live pins, integrated over time
 };
 
 // Runs the workload. InvalidArgument for bad options or an unknown policy; the engine's
@@ -100,6 +101,7 @@ struct SimSummary {
   int64_t recomputed_tokens = 0;  // first + re-prefill
   double pin_block_s = 0;         // GPU block-seconds held by pins
   int64_t pin_violations = 0;
+  int64_t pins_granted = 0, pins_used = 0, pins_expired = 0;
   int64_t turns = 0, agents_done = 0, agents_truncated = 0, agents_failed = 0;
   int64_t reclaimed_sessions = 0, swapped_in_blocks = 0;
   double end_s = 0;
