@@ -59,6 +59,7 @@ Status SimBackend::Forward(const ForwardBatch& batch, std::vector<float>* logits
   pending_s_ += step_s;
   counters_.busy_s += step_s;
   ++counters_.steps;
+  counters_.sampled_rows += static_cast<int64_t>(batch.logit_rows.size());
   logits->assign(batch.logit_rows.size() * static_cast<size_t>(options_.config.vocab_size), 0.0f);
   return Status::OK();
 }

@@ -48,6 +48,7 @@ struct SimBackendCounters {
   int64_t prefill_tokens = 0;  // tokens of runs with n > 1, plus single-token runs that
                                // start a sequence's computation (kv_len == 1)
   int64_t decode_tokens = 0;   // single-token runs after existing KV
+  int64_t sampled_rows = 0;    // logit rows returned: one per generated token
   int64_t swapped_in_blocks = 0;
   int64_t swapped_out_blocks = 0;
   double busy_s = 0;  // forward + transfer seconds

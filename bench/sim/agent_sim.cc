@@ -56,6 +56,8 @@ struct AgentState {
   GenerateEvent finish;  // of the running turn
 };
 
+constexpr int64_t kPinSampleUs = 10'000;  // idle hops while pins hold blocks
+
 int64_t ToMicros(double s) { return static_cast<int64_t>(std::llround(s * 1e6)); }
 
 class Simulation {
@@ -69,15 +71,26 @@ class Simulation {
     double next_progress_s = o_.progress_every_sim_s;
     while (agents_done_ < static_cast<int>(agents_.size())) {
       RETURN_IF_ERROR(DeliverDueEvents());
-      if (outstanding_ > 0) {
+      if (outstanding_ > 0 || hints_pending_) {
+        // A step with no request only applies the hints (pins), at no cost.
+        const bool idle = outstanding_ == 0;
+        hints_pending_ = false;
         RETURN_IF_ERROR(engine_impl_->Step().WithContext("sim step"));
         ++result_.engine_steps;
-        const int64_t step_us = std::max<int64_t>(1, ToMicros(backend_->TakeElapsedSeconds()));
+        const int64_t step_us =
+            std::max<int64_t>(idle ? 0 : 1, ToMicros(backend_->TakeElapsedSeconds()));
         pinned_blocks_ = engine_->GetStats().pinned_blocks;  // held while the step ran
         AdvanceTo(clock_.NowMicros() + step_us);
         RETURN_IF_ERROR(CollectFinished());
       } else if (!events_.empty()) {
-        AdvanceTo(events_.top().at_us);
+        // While pins hold blocks, idle time moves in short hops with a step after each, so
+        // a pin that expires between events stops counting within kPinSampleUs.
+        int64_t to_us = events_.top().at_us;
+        if (pinned_blocks_ > 0) {
+          to_us = std::min(to_us, clock_.NowMicros() + kPinSampleUs);
+          hints_pending_ = true;
+        }
+        AdvanceTo(to_us);
         ++result_.idle_jumps;
       } else if (agents_done_ < static_cast<int>(agents_.size())) {
         return Status::Internal("sim: agents left but nothing to do");
@@ -159,6 +172,11 @@ class Simulation {
     return h;
   }
 
+  void SendHint(const SessionHint& hint) {
+    engine_->Hint(hint);
+    hints_pending_ = true;
+  }
+
   // Moves the clock, integrating the blocks pins held since the last move.
   void AdvanceTo(int64_t now_us) {
     const int64_t dt_us = now_us - clock_.NowMicros();
@@ -173,7 +191,7 @@ class Simulation {
       events_.pop();
       if (ev.kind == Event::Kind::kToolEnd) {
         const AgentState& a = agents_[ev.agent];
-        engine_->Hint(
+        SendHint(
             ToolHint(SessionHint::Kind::kToolEnd, ev.agent, a.program->steps[a.next_step - 1]));
         Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s),
                  Event::Kind::kSubmit, ev.agent);
@@ -185,7 +203,7 @@ class Simulation {
   }
 
   void EndAgent(int32_t agent, bool truncated, bool failed) {
-    engine_->Hint(MakeHint(SessionHint::Kind::kClose, agent));
+    SendHint(MakeHint(SessionHint::Kind::kClose, agent));
     SimAgent& r = result_.agents[agent];
     r.finish_s = NowS();
     r.truncated = truncated;
@@ -278,7 +296,7 @@ class Simulation {
         continue;
       }
       if (!step.tool.empty()) {
-        engine_->Hint(ToolHint(SessionHint::Kind::kToolBegin, agent, step));
+        SendHint(ToolHint(SessionHint::Kind::kToolBegin, agent, step));
         Schedule(clock_.NowMicros() + ToMicros(step.tool_s), Event::Kind::kToolEnd, agent);
       } else {
         Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s),
@@ -304,7 +322,8 @@ class Simulation {
   RequestId next_request_ = 1;
   int64_t outstanding_ = 0;
   int agents_done_ = 0;
-  int64_t pinned_blocks_ = 0;  // device blocks held by live pins after the last step
+  bool hints_pending_ = false;  // hints sent that no step has applied yet
+  int64_t pinned_blocks_ = 0;   // device blocks held by live pins after the last step
   double pin_block_s_ = 0;
   SimResult result_;
 };

@@ -107,6 +107,30 @@ TEST(AgentSim, OneAgentsTurnsTakeTheCostModelsTime) {
   EXPECT_NEAR(r->agents[0].finish_s - r->agents[0].arrival_s, t1.finish_s, 1e-9);
 }
 
+// A pin holds the session's blocks for the tool's duration; lru and none never pin.
+TEST(AgentSim, PinBlockSecondsAreTheSessionsBlocksTimesTheToolWait) {
+  replay::AgentProgram p;
+  p.id = "one";
+  p.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "", 0)};
+  for (const char* policy : {"ttl", "fixed-ttl", "lru", "none"}) {
+    auto r = RunAgentSim({p}, {{0.0, 0}}, Options(policy));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const SimSummary s = Summarize(*r);
+    if (std::string(policy) == "lru" || std::string(policy) == "none") {
+      EXPECT_EQ(s.pins_granted, 0) << policy;
+      EXPECT_EQ(s.pin_block_s, 0) << policy;
+      continue;
+    }
+    // An unseen tool: ttl pins to its prior's tail, fixed-ttl for 2 s (< the 2.5 s wait).
+    ASSERT_EQ(s.pins_granted, 1) << policy;
+    const double held_s = std::string(policy) == "ttl" ? 2.5 : 2.0;
+    // The session holds 3049 computed tokens (the last forced token is never computed):
+    // 191 blocks of 16.
+    EXPECT_NEAR(s.pin_block_s, 191 * held_s, 191 * 0.011) << policy;  // 10 ms sampling
+    EXPECT_EQ(s.pin_violations, 0);
+  }
+}
+
 // Synthetic programs of a few thousand tokens with tool waits, under a pool too small
 // for all agents at once (reclaim, host tier, preemption).
 std::vector<replay::AgentProgram> SmallPrograms() {
@@ -135,7 +159,7 @@ TEST(AgentSim, SameSeedSameResult) {
   const auto programs = SmallPrograms();
   auto arrivals = replay::MakeArrivals(programs.size(), 12, 2.0, testing::TestSeed());
   ASSERT_TRUE(arrivals.ok());
-  for (const char* policy : {"lru", "none"}) {
+  for (const char* policy : {"ttl", "ttl-fcfs", "fixed-ttl", "lru", "none"}) {
     auto a = RunAgentSim(programs, *arrivals, Tight(policy));
     auto b = RunAgentSim(programs, *arrivals, Tight(policy));
     ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString() << b.status().ToString();
@@ -148,6 +172,7 @@ TEST(AgentSim, SameSeedSameResult) {
     }
     EXPECT_EQ(a->end_s, b->end_s);
     EXPECT_EQ(a->engine.reclaimed_sessions, b->engine.reclaimed_sessions);
+    EXPECT_EQ(a->pin_block_s, b->pin_block_s);
     // A different seed moves the arrivals and so the result.
     auto other = replay::MakeArrivals(programs.size(), 12, 2.0, testing::TestSeed() + 1);
     auto c = RunAgentSim(programs, *other, Tight(policy));
@@ -160,11 +185,11 @@ TEST(AgentSim, AccountingAddsUp) {
   const auto programs = SmallPrograms();
   auto arrivals = replay::MakeArrivals(programs.size(), 12, 2.0, testing::TestSeed());
   ASSERT_TRUE(arrivals.ok());
-  for (const char* policy : {"lru", "none"}) {
+  for (const char* policy : {"ttl", "ttl-fcfs", "fixed-ttl", "lru", "none"}) {
     auto r = RunAgentSim(programs, *arrivals, Tight(policy));
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     ASSERT_EQ(r->turns.size(), 12u * 6u);
-    int64_t recomputed = 0, generated = 0;
+    int64_t recomputed = 0, generated = 0, overcount = 0;
     for (const SimTurn& t : r->turns) {
       const replay::AgentStep& step = programs[(*arrivals)[t.agent].program].steps[t.step];
       EXPECT_TRUE(t.ok);
@@ -175,6 +200,7 @@ TEST(AgentSim, AccountingAddsUp) {
       EXPECT_LE(t.first_token_s, t.finish_s);
       recomputed += t.recomputed_tokens;
       generated += t.generated_tokens;
+      overcount += std::max<int64_t>(0, t.recomputed_tokens + t.cached_tokens - t.context_tokens);
       if (t.recomputed_tokens + t.cached_tokens == t.context_tokens) {  // not preempted
         EXPECT_EQ(t.cached_tokens + t.first_prefill_tokens + t.reprefill_tokens, t.context_tokens);
       }
@@ -182,10 +208,21 @@ TEST(AgentSim, AccountingAddsUp) {
         EXPECT_EQ(t.cached_tokens, 0);
       }
     }
-    // Every token the backend computed is a prefilled token or a decode of a forced one
-    // (the last forced token of a turn is appended, not computed).
-    EXPECT_EQ(r->backend.prefill_tokens + r->backend.decode_tokens,
-              recomputed + generated - static_cast<int64_t>(r->turns.size()));
+    // Every logit row the backend returned became a generated token.
+    EXPECT_EQ(r->backend.sampled_rows, generated) << policy;
+    // Every token the backend computed is a prefilled one or a decode of a forced one.
+    // Each admission's prefill yields one sample and a turn's last forced token is never
+    // computed, so without preemption computed = recomputed + generated - turns. A turn
+    // re-admitted after it sampled computes one token fewer than that per re-admission;
+    // such a turn counts its context again (cached + recomputed > context), by at least 1.
+    const int64_t computed = r->backend.prefill_tokens + r->backend.decode_tokens;
+    const int64_t unpreempted = recomputed + generated - static_cast<int64_t>(r->turns.size());
+    if (overcount == 0) {
+      EXPECT_EQ(computed, unpreempted) << policy;
+    } else {
+      EXPECT_LE(computed, unpreempted) << policy;
+      EXPECT_GE(computed, unpreempted - overcount) << policy;
+    }
     const SimSummary s = Summarize(*r);
     EXPECT_EQ(s.agents_done, 12);
     EXPECT_GE(s.hit_ratio, 0);
