@@ -2,7 +2,8 @@
 //
 //   policy_bench --trace FILE --out DIR [--agents 8,16,32,64,128,256]
 //                [--policies ttl,ttl-fcfs,fixed-ttl,lru,none] [--window-s 60 | --rate R]
-//                [--max-turns N] [--seed S] [--kv-gib 60] [--host-gib 64] [--host-gbps 25]
+//                [--max-turns N] [--seed S] [--jobs J] [--kv-gib 60] [--host-gib 64] [--host-gbps
+//                25]
 //                [--timings bench/data/h100_8b_timings.json]
 //
 // The canonical trace (`kvkeep replay import` output) becomes agent programs
@@ -15,10 +16,14 @@
 // figures}}]}) and DIR/policy_bench.png (bench/policy_bench_plot.py, matplotlib from
 // .venv). docs/policy.md ("The policy simulator") describes the model.
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "base/clock.h"
 #include "base/file.h"
@@ -45,6 +50,7 @@ struct Args {
   double rate_per_s = 0;  // > 0: a fixed arrival rate instead
   int max_turns = 0;
   uint64_t seed = 1;
+  int jobs = 1;  // simulations run at once
   std::string python = ".venv/bin/python", plot_script = "bench/policy_bench_plot.py";
 };
 
@@ -130,6 +136,8 @@ nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
           {"pins_expired", s.pins_expired},
           {"reclaimed_sessions", s.reclaimed_sessions},
           {"swapped_in_blocks", s.swapped_in_blocks},
+          {"evicted_blocks", s.evicted_blocks},
+          {"dropped_blocks", s.dropped_blocks},
           {"turns", s.turns},
           {"agents_done", s.agents_done},
           {"agents_truncated", s.agents_truncated},
@@ -177,34 +185,73 @@ Status Run(const Args& a) {
   std::printf("\n%6s %-10s %9s %9s %8s %8s %6s %12s %12s %9s %6s %7s\n", "agents", "policy",
               "mean_jct", "p99_jct", "ttft", "p99ttft", "hit", "recomputed", "reprefill",
               "pin_blk_s", "viol", "wall_s");
+  // Every (load, policy) run is independent: --jobs of them run at once, each on its own
+  // engine; rows print as runs finish, the JSON keeps the order of the flags.
+  struct Job {
+    int agents = 0;
+    std::string policy;
+    std::vector<replay::AgentArrival> arrivals;
+    Status status;
+    nlohmann::json figures;
+  };
+  std::vector<Job> jobs;
   for (int n : a.agents) {
     const double rate = a.rate_per_s > 0 ? a.rate_per_s : n / a.window_s;
     ASSIGN_OR_RETURN(auto arrivals, replay::MakeArrivals(programs.size(), n, rate, a.seed));
     arrivals_json.push_back({{"agents", n}, {"rate_per_s", rate}});
-    nlohmann::json per_policy = nlohmann::json::object();
-    for (const std::string& policy : a.policies) {
-      options.policy = policy;
+    for (const std::string& policy : a.policies) jobs.push_back({n, policy, arrivals, {}, {}});
+  }
+  std::vector<size_t> order(jobs.size());  // the largest loads first: the last runs are short
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return jobs[x].agents > jobs[y].agents; });
+  std::mutex print_mu;
+  std::atomic<size_t> next_job{0};
+  auto worker = [&] {
+    for (size_t i = next_job++; i < jobs.size(); i = next_job++) {
+      Job& job = jobs[order[i]];
+      sim::SimOptions run = options;
+      run.policy = job.policy;
       const auto start = std::chrono::steady_clock::now();
       auto last_print = start;
-      options.progress = [&](double sim_s, int done, int agents, int64_t turns) {
+      run.progress = [&](double sim_s, int done, int agents, int64_t turns) {
         const auto now = std::chrono::steady_clock::now();
         if (now - last_print < std::chrono::seconds(5)) return;  // a line every 5 s of wall
         last_print = now;
+        std::lock_guard<std::mutex> lock(print_mu);
         std::fprintf(stderr, "  [%s, %d agents] simulated %.0f s: %d/%d agents done, %lld turns\n",
-                     policy.c_str(), n, sim_s, done, agents, static_cast<long long>(turns));
+                     job.policy.c_str(), job.agents, sim_s, done, agents,
+                     static_cast<long long>(turns));
       };
-      Result<sim::SimResult> r = sim::RunAgentSim(programs, arrivals, options);
-      if (!r.ok()) return r.status().WithContext(policy + " at " + std::to_string(n) + " agents");
+      Result<sim::SimResult> r = sim::RunAgentSim(programs, job.arrivals, run);
+      if (!r.ok()) {
+        job.status =
+            r.status().WithContext(job.policy + " at " + std::to_string(job.agents) + " agents");
+        continue;
+      }
       const double wall_s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const sim::SimSummary s = sim::Summarize(*r);
-      std::printf("%6d %-10s %9.1f %9.1f %8.3f %8.3f %6.3f %12lld %12lld %9.0f %6lld %7.1f\n", n,
-                  policy.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s, s.p99_ttft_s,
-                  s.hit_ratio, static_cast<long long>(s.recomputed_tokens),
+      job.figures = SummaryJson(s, wall_s);
+      std::lock_guard<std::mutex> lock(print_mu);
+      std::printf("%6d %-10s %9.1f %9.1f %8.3f %8.3f %6.3f %12lld %12lld %9.0f %6lld %7.1f\n",
+                  job.agents, job.policy.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s,
+                  s.p99_ttft_s, s.hit_ratio, static_cast<long long>(s.recomputed_tokens),
                   static_cast<long long>(s.reprefill_tokens), s.pin_block_s,
                   static_cast<long long>(s.pin_violations), wall_s);
       std::fflush(stdout);
-      per_policy[policy] = SummaryJson(s, wall_s);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 1; t < a.jobs; ++t) threads.emplace_back(worker);
+  worker();
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < jobs.size();) {
+    nlohmann::json per_policy = nlohmann::json::object();
+    const int n = jobs[i].agents;
+    for (; i < jobs.size() && jobs[i].agents == n; ++i) {
+      RETURN_IF_ERROR(jobs[i].status);
+      per_policy[jobs[i].policy] = jobs[i].figures;
     }
     loads.push_back({{"agents", n}, {"policies", per_policy}});
   }
@@ -259,6 +306,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-turns", a.max_turns, "model turns per program (0: all)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", a.seed, "arrival seed");
+  app.add_option("--jobs", a.jobs, "simulations run at once (threads)")->check(CLI::Range(1, 64));
   app.add_option("--timings", a.timings, "timing samples for the cost model");
   app.add_option("--kv-gib", a.kv_gib, "device KV pool")->check(CLI::PositiveNumber);
   app.add_option("--host-gib", a.host_gib, "host tier (0: none)")->check(CLI::NonNegativeNumber);

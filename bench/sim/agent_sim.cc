@@ -386,6 +386,8 @@ SimSummary Summarize(const SimResult& r) {
   s.pins_expired = r.engine.pins_expired;
   s.reclaimed_sessions = r.engine.reclaimed_sessions;
   s.swapped_in_blocks = r.backend.swapped_in_blocks;
+  s.evicted_blocks = r.engine.evicted_blocks;
+  s.dropped_blocks = r.engine.dropped_blocks;
   s.end_s = r.end_s;
   return s;
 }
