@@ -126,6 +126,8 @@ nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
           {"recomputed_tokens", s.recomputed_tokens},
           {"reprefill_tokens", s.reprefill_tokens},
           {"first_prefill_tokens", s.first_prefill_tokens},
+          {"recounted_tokens", s.recounted_tokens},
+          {"preempted_turns", s.preempted_turns},
           {"context_tokens", s.context_tokens},
           {"cached_tokens", s.cached_tokens},
           {"cached_host_tokens", s.cached_host_tokens},

@@ -279,6 +279,8 @@ class Simulation {
       t.first_prefill_tokens = tt.first_prefill_tokens;
       t.reprefill_tokens = tt.reprefill_tokens;
       t.recomputed_tokens = u.recomputed_tokens;
+      t.recounted_tokens =
+          std::max<int64_t>(0, u.cached_tokens + u.recomputed_tokens - t.context_tokens);
       t.generated_tokens = u.generated_tokens;
       result_.turns.push_back(t);
       a.finished_this_step = false;
@@ -364,6 +366,8 @@ SimSummary Summarize(const SimResult& r) {
     s.cached_host_tokens += t.cached_host_tokens;
     s.first_prefill_tokens += t.first_prefill_tokens;
     s.reprefill_tokens += t.reprefill_tokens;
+    s.recounted_tokens += t.recounted_tokens;
+    if (t.recounted_tokens > 0) ++s.preempted_turns;
   }
   s.turns = static_cast<int64_t>(r.turns.size());
   auto mean = [](const std::vector<double>& v) {

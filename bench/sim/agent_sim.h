@@ -62,6 +62,9 @@ struct SimTurn {
   int64_t first_prefill_tokens = 0;  // appended since the previous reply
   int64_t reprefill_tokens = 0;      // everything else recomputed
   int64_t recomputed_tokens = 0;     // the engine's figure (re-prefills counted again)
+  // Tokens the engine counted beyond the context (cached + recomputed - context): each
+  // re-admission after preemption counts the sequence again. 0: never preempted.
+  int64_t recounted_tokens = 0;
   int64_t generated_tokens = 0;
   bool ok = false;  // finished with stop or length
 };
@@ -99,6 +102,8 @@ struct SimSummary {
   int64_t context_tokens = 0, cached_tokens = 0, cached_host_tokens = 0;
   int64_t first_prefill_tokens = 0, reprefill_tokens = 0;
   int64_t recomputed_tokens = 0;  // first + re-prefill
+  int64_t recounted_tokens = 0;   // of the engine's counts, re-admissions after preemption
+  int64_t preempted_turns = 0;    // turns with recounted tokens
   double pin_block_s = 0;         // GPU block-seconds held by pins
   int64_t pin_violations = 0;
   int64_t pins_granted = 0, pins_used = 0, pins_expired = 0;

@@ -200,7 +200,9 @@ TEST(AgentSim, AccountingAddsUp) {
       EXPECT_LE(t.first_token_s, t.finish_s);
       recomputed += t.recomputed_tokens;
       generated += t.generated_tokens;
-      overcount += std::max<int64_t>(0, t.recomputed_tokens + t.cached_tokens - t.context_tokens);
+      overcount += t.recounted_tokens;
+      EXPECT_GE(t.recounted_tokens,
+                std::max<int64_t>(0, t.recomputed_tokens + t.cached_tokens - t.context_tokens));
       if (t.recomputed_tokens + t.cached_tokens == t.context_tokens) {  // not preempted
         EXPECT_EQ(t.cached_tokens + t.first_prefill_tokens + t.reprefill_tokens, t.context_tokens);
       }
