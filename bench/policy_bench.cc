@@ -1,29 +1,33 @@
 // policy_bench: the tool-aware TTL policy's benchmark in simulated time (issue 15).
 //
-//   policy_bench --trace FILE --out DIR [--agents 8,16,32,64,128,256] [--rate R]
-//                [--seed S] [--timings bench/data/h100_8b_timings.json] [--kv-gib G]
+//   policy_bench --trace FILE --out DIR [--agents 8,16,32,64,128,256]
+//                [--policies ttl,ttl-fcfs,fixed-ttl,lru,none] [--window-s 60 | --rate R]
+//                [--max-turns N] [--seed S] [--jobs J] [--kv-gib 60] [--host-gib 64] [--host-gbps
+//                25]
+//                [--timings bench/data/h100_8b_timings.json]
 //
-// What exists today is its input side:
-//   - the canonical trace (`kvkeep replay import` output) becomes agent programs, each a
-//     list of model turns and the recorded tool waits between them
-//     (tools/replay/agent_workload.h);
-//   - the cost model of the 8B shape on an H100 is fitted from bench/data/h100_8b_timings.json
-//     (figures of bench/RESULTS.md) and printed with its fit;
-//   - the trace's tool durations, keyed by policy/tool_key.h, give the per-key quantiles
-//     the TTL policy would start from;
-//   - the TTL the rule picks per key for a session of the mean context, as the device pool
-//     (--kv-gib of KV, default 60) fills, next to fixed-ttl's;
-//   - for each load, N agents get seeded Poisson arrivals at --rate programs per second.
-// It writes DIR/workload.json. The simulator itself, which must replay this through the
-// real cache bookkeeping of issue 10 (not a second cache model), is not built yet, so no
-// policy_bench.json is written.
+// The canonical trace (`kvkeep replay import` output) becomes agent programs
+// (tools/replay/agent_workload.h); for each load, N agents arrive as a seeded Poisson
+// process and each policy replays them through the real engine in simulated time
+// (bench/sim/agent_sim.h over engine/sim_backend.h, priced by the 8B-shape H100 cost
+// model fitted from --timings). It prints the cost model, the trace's tool keys, the TTL
+// the rule would pick per key, then one table row per (load, policy), and writes
+// DIR/workload.json, DIR/policy_bench.json ({"loads": [{"agents", "policies": {name:
+// figures}}]}) and DIR/policy_bench.png (bench/policy_bench_plot.py, matplotlib from
+// .venv). docs/policy.md ("The policy simulator") describes the model.
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <thread>
 
 #include "base/clock.h"
 #include "base/file.h"
+#include "bench/sim/agent_sim.h"
 #include "policy/cost_model.h"
 #include "policy/tool_key.h"
 #include "policy/tool_stats.h"
@@ -37,22 +41,30 @@ namespace {
 struct Args {
   std::string trace, out, timings = "bench/data/h100_8b_timings.json";
   std::vector<int> agents = {8, 16, 32, 64, 128, 256};
+  std::vector<std::string> policies = {"ttl", "ttl-fcfs", "fixed-ttl", "lru", "none"};
   double kv_gib = 60;  // an 80 GB H100 less 8B bf16 weights (16 GB) and activations
+  double host_gib = 64;
+  double host_gbps = 25;  // assumed PCIe Gen5 x16 rate for scattered 2 MiB blocks
   int block_tokens = 16;
-  double rate_per_s = 0.5;
+  double window_s = 60;   // arrivals spread over about this long (rate = agents / window)
+  double rate_per_s = 0;  // > 0: a fixed arrival rate instead
+  int max_turns = 0;
   uint64_t seed = 1;
+  int jobs = 1;  // simulations run at once
+  std::string python = ".venv/bin/python", plot_script = "bench/policy_bench_plot.py";
 };
+
+int32_t Blocks(double gib, int64_t block_bytes) {
+  return static_cast<int32_t>(static_cast<int64_t>(gib * (1 << 30)) / block_bytes);
+}
 
 // The TTL the rule picks per key for a session of the trace's mean context, as the
 // device pool fills, next to fixed-ttl's.
-void PrintTtlTable(const Args& a, const std::vector<replay::AgentProgram>& programs,
-                   const ToolLatencyStats& stats, const CostModel& model, int64_t context_tokens) {
-  const int64_t mean_context = context_tokens / static_cast<int64_t>(programs.size());
-  const int64_t block_bytes = model.kv_bytes_per_token * a.block_tokens;
-  const int64_t pool_blocks = static_cast<int64_t>(a.kv_gib * (1 << 30)) / block_bytes;
+void PrintTtlTable(int64_t pool_blocks, int block_tokens, const ToolLatencyStats& stats,
+                   const CostModel& model, int64_t mean_context) {
   PinCandidate session;
   session.context_tokens = mean_context;
-  session.device_blocks = (mean_context + a.block_tokens - 1) / a.block_tokens;
+  session.device_blocks = (mean_context + block_tokens - 1) / block_tokens;
   const TtlOptions options;
   const double free_fractions[] = {0.5, 0.2, 0.1, 0.05, 0.0};
   std::printf(
@@ -72,18 +84,9 @@ void PrintTtlTable(const Args& a, const std::vector<replay::AgentProgram>& progr
   }
 }
 
-Status Run(const Args& a) {
-  ASSIGN_OR_RETURN(std::vector<replay::Session> sessions, replay::ReadTraceFile(a.trace));
-  ASSIGN_OR_RETURN(std::vector<replay::AgentProgram> programs,
-                   replay::ProgramsFromTrace(sessions, {}));
-  ASSIGN_OR_RETURN(auto timing, LoadTimingSamples(DefaultEnv(), a.timings));
-  ASSIGN_OR_RETURN(CostFit fit, FitCostModel(timing.first, timing.second));
-  std::printf("cost model (%s):\n%s\n", timing.second.source.c_str(), FormatCostFit(fit).c_str());
-
-  FakeClock clock;
-  ToolStatsOptions stats_options;
-  stats_options.window_samples = 1 << 20;
-  ToolLatencyStats stats(stats_options, &clock);
+// The trace's tool durations per key; returns them as JSON and prints them.
+nlohmann::json DescribeTools(const std::vector<replay::AgentProgram>& programs,
+                             ToolLatencyStats* stats) {
   int64_t turns = 0, context_tokens = 0, timed_tools = 0;
   for (const replay::AgentProgram& p : programs) {
     context_tokens += p.ContextTokens();
@@ -91,7 +94,7 @@ Status Run(const Args& a) {
       ++turns;
       if (s.tool.empty() || !s.tool_timed) continue;
       ++timed_tools;
-      stats.AddSample(ToolKey(s.tool, s.command), static_cast<int64_t>(s.tool_s * 1e6));
+      stats->AddSample(ToolKey(s.tool, s.command), static_cast<int64_t>(s.tool_s * 1e6));
     }
   }
   std::printf(
@@ -101,7 +104,7 @@ Status Run(const Args& a) {
       static_cast<double>(context_tokens) / static_cast<double>(programs.size()), "tool key",
       "samples", "mean_s", "p50_s", "p90_s", "p99_s");
   nlohmann::json keys = nlohmann::json::array();
-  for (const ToolKeySummary& k : stats.Summaries()) {
+  for (const ToolKeySummary& k : stats->Summaries()) {
     std::printf("%-16s %7lld %9.3f %9.3f %9.3f %9.3f\n", k.key.c_str(),
                 static_cast<long long>(k.num_samples), k.mean_s, k.p50_s, k.p90_s, k.p99_s);
     keys.push_back({{"key", k.key},
@@ -111,35 +114,180 @@ Status Run(const Args& a) {
                     {"p90_s", k.p90_s},
                     {"p99_s", k.p99_s}});
   }
-  PrintTtlTable(a, programs, stats, fit.model, context_tokens);
-  nlohmann::json loads = nlohmann::json::array();
-  for (int n : a.agents) {
-    ASSIGN_OR_RETURN(auto arrivals, replay::MakeArrivals(programs.size(), n, a.rate_per_s, a.seed));
-    nlohmann::json times = nlohmann::json::array(), which = nlohmann::json::array();
-    for (const replay::AgentArrival& x : arrivals) {
-      times.push_back(x.arrival_s);
-      which.push_back(programs[x.program].id);
-    }
-    loads.push_back({{"agents", n}, {"arrival_s", times}, {"program", which}});
-    std::printf("load %4d agents: arrivals over %.1f s\n", n, arrivals.back().arrival_s);
-  }
-  nlohmann::json out = {{"trace", a.trace},
-                        {"rate_per_s", a.rate_per_s},
-                        {"seed", a.seed},
-                        {"cost_model",
-                         {{"prefill_per_token_s", fit.model.prefill_per_token_s},
-                          {"prefill_attention_s", fit.model.prefill_attention_s},
-                          {"decode_fixed_s", fit.model.decode_fixed_s},
-                          {"decode_per_context_token_s", fit.model.decode_per_context_token_s},
-                          {"max_relative_error", fit.max_relative_error}}},
-                        {"tool_keys", keys},
-                        {"loads", loads}};
-  RETURN_IF_ERROR(DefaultEnv()->CreateDirs(a.out));
-  const std::string path = JoinPath(a.out, "workload.json");
-  RETURN_IF_ERROR(DefaultEnv()->WriteFileAtomic(path, out.dump(1) + "\n"));
+  return keys;
+}
+
+nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
+  return {{"mean_jct_s", s.mean_jct_s},
+          {"p99_jct_s", s.p99_jct_s},
+          {"mean_ttft_s", s.mean_ttft_s},
+          {"p99_ttft_s", s.p99_ttft_s},
+          {"hit_ratio", s.hit_ratio},
+          {"recomputed_tokens", s.recomputed_tokens},
+          {"reprefill_tokens", s.reprefill_tokens},
+          {"first_prefill_tokens", s.first_prefill_tokens},
+          {"recounted_tokens", s.recounted_tokens},
+          {"preempted_turns", s.preempted_turns},
+          {"context_tokens", s.context_tokens},
+          {"cached_tokens", s.cached_tokens},
+          {"cached_host_tokens", s.cached_host_tokens},
+          {"pin_block_s", s.pin_block_s},
+          {"pin_violations", s.pin_violations},
+          {"pins_granted", s.pins_granted},
+          {"pins_used", s.pins_used},
+          {"pins_expired", s.pins_expired},
+          {"reclaimed_sessions", s.reclaimed_sessions},
+          {"swapped_in_blocks", s.swapped_in_blocks},
+          {"evicted_blocks", s.evicted_blocks},
+          {"dropped_blocks", s.dropped_blocks},
+          {"turns", s.turns},
+          {"agents_done", s.agents_done},
+          {"agents_truncated", s.agents_truncated},
+          {"agents_failed", s.agents_failed},
+          {"sim_end_s", s.end_s},
+          {"wall_s", wall_s}};
+}
+
+Status Run(const Args& a) {
+  ASSIGN_OR_RETURN(std::vector<replay::Session> sessions, replay::ReadTraceFile(a.trace));
+  replay::WorkloadOptions workload;
+  workload.max_turns = a.max_turns;
+  ASSIGN_OR_RETURN(std::vector<replay::AgentProgram> programs,
+                   replay::ProgramsFromTrace(sessions, workload));
+  ASSIGN_OR_RETURN(auto timing, LoadTimingSamples(DefaultEnv(), a.timings));
+  CostModel base = timing.second;
+  if (base.host_to_device_bytes_per_s <= 0) base.host_to_device_bytes_per_s = a.host_gbps * 1e9;
+  ASSIGN_OR_RETURN(CostFit fit, FitCostModel(timing.first, base));
+  std::printf("cost model (%s):\n%s\n", timing.second.source.c_str(), FormatCostFit(fit).c_str());
+
+  FakeClock clock;
+  ToolStatsOptions stats_options;
+  stats_options.window_samples = 1 << 20;
+  ToolLatencyStats stats(stats_options, &clock);
+  const nlohmann::json keys = DescribeTools(programs, &stats);
+  int64_t context_tokens = 0;
+  for (const replay::AgentProgram& p : programs) context_tokens += p.ContextTokens();
+  const int64_t block_bytes = fit.model.kv_bytes_per_token * a.block_tokens;
+  sim::SimOptions options;
+  options.cost = fit.model;
+  options.block_size = a.block_tokens;
+  options.device_blocks = Blocks(a.kv_gib, block_bytes);
+  options.host_blocks = Blocks(a.host_gib, block_bytes);
+  options.host_bytes_per_s = a.host_gbps * 1e9;
+  PrintTtlTable(options.device_blocks, a.block_tokens, stats, fit.model,
+                context_tokens / static_cast<int64_t>(programs.size()));
   std::printf(
-      "\nwrote %s\nsimulation: not built yet (it needs the cache bookkeeping of issue 10)\n",
-      path.c_str());
+      "\nsimulated H100: %d device blocks (%.0f GiB of KV), host tier %d blocks (%.0f GiB) at "
+      "%.0f GB/s, %d-token blocks of %lld bytes; batch %d tokens, chunk %d, %d running\n",
+      options.device_blocks, a.kv_gib, options.host_blocks, a.host_gib, a.host_gbps, a.block_tokens,
+      static_cast<long long>(block_bytes), options.max_batch_tokens, options.prefill_chunk_tokens,
+      options.max_running);
+
+  nlohmann::json loads = nlohmann::json::array(), arrivals_json = nlohmann::json::array();
+  std::printf("\n%6s %-10s %9s %9s %8s %8s %6s %12s %12s %9s %6s %7s\n", "agents", "policy",
+              "mean_jct", "p99_jct", "ttft", "p99ttft", "hit", "recomputed", "reprefill",
+              "pin_blk_s", "viol", "wall_s");
+  // Every (load, policy) run is independent: --jobs of them run at once, each on its own
+  // engine; rows print as runs finish, the JSON keeps the order of the flags.
+  struct Job {
+    int agents = 0;
+    std::string policy;
+    std::vector<replay::AgentArrival> arrivals;
+    Status status;
+    nlohmann::json figures;
+  };
+  std::vector<Job> jobs;
+  for (int n : a.agents) {
+    const double rate = a.rate_per_s > 0 ? a.rate_per_s : n / a.window_s;
+    ASSIGN_OR_RETURN(auto arrivals, replay::MakeArrivals(programs.size(), n, rate, a.seed));
+    arrivals_json.push_back({{"agents", n}, {"rate_per_s", rate}});
+    for (const std::string& policy : a.policies) jobs.push_back({n, policy, arrivals, {}, {}});
+  }
+  std::vector<size_t> order(jobs.size());  // the largest loads first: the last runs are short
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return jobs[x].agents > jobs[y].agents; });
+  std::mutex print_mu;
+  std::atomic<size_t> next_job{0};
+  auto worker = [&] {
+    for (size_t i = next_job++; i < jobs.size(); i = next_job++) {
+      Job& job = jobs[order[i]];
+      sim::SimOptions run = options;
+      run.policy = job.policy;
+      const auto start = std::chrono::steady_clock::now();
+      auto last_print = start;
+      run.progress = [&](double sim_s, int done, int agents, int64_t turns) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_print < std::chrono::seconds(5)) return;  // a line every 5 s of wall
+        last_print = now;
+        std::lock_guard<std::mutex> lock(print_mu);
+        std::fprintf(stderr, "  [%s, %d agents] simulated %.0f s: %d/%d agents done, %lld turns\n",
+                     job.policy.c_str(), job.agents, sim_s, done, agents,
+                     static_cast<long long>(turns));
+      };
+      Result<sim::SimResult> r = sim::RunAgentSim(programs, job.arrivals, run);
+      if (!r.ok()) {
+        job.status =
+            r.status().WithContext(job.policy + " at " + std::to_string(job.agents) + " agents");
+        continue;
+      }
+      const double wall_s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const sim::SimSummary s = sim::Summarize(*r);
+      job.figures = SummaryJson(s, wall_s);
+      std::lock_guard<std::mutex> lock(print_mu);
+      std::printf("%6d %-10s %9.1f %9.1f %8.3f %8.3f %6.3f %12lld %12lld %9.0f %6lld %7.1f\n",
+                  job.agents, job.policy.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s,
+                  s.p99_ttft_s, s.hit_ratio, static_cast<long long>(s.recomputed_tokens),
+                  static_cast<long long>(s.reprefill_tokens), s.pin_block_s,
+                  static_cast<long long>(s.pin_violations), wall_s);
+      std::fflush(stdout);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 1; t < a.jobs; ++t) threads.emplace_back(worker);
+  worker();
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < jobs.size();) {
+    nlohmann::json per_policy = nlohmann::json::object();
+    const int n = jobs[i].agents;
+    for (; i < jobs.size() && jobs[i].agents == n; ++i) {
+      RETURN_IF_ERROR(jobs[i].status);
+      per_policy[jobs[i].policy] = jobs[i].figures;
+    }
+    loads.push_back({{"agents", n}, {"policies", per_policy}});
+  }
+  RETURN_IF_ERROR(DefaultEnv()->CreateDirs(a.out));
+  const nlohmann::json workload_json = {
+      {"trace", a.trace},
+      {"seed", a.seed},
+      {"window_s", a.window_s},
+      {"max_turns", a.max_turns},
+      {"device_blocks", options.device_blocks},
+      {"host_blocks", options.host_blocks},
+      {"host_bytes_per_s", options.host_bytes_per_s},
+      {"cost_model",
+       {{"prefill_per_token_s", fit.model.prefill_per_token_s},
+        {"prefill_attention_s", fit.model.prefill_attention_s},
+        {"decode_fixed_s", fit.model.decode_fixed_s},
+        {"decode_per_context_token_s", fit.model.decode_per_context_token_s},
+        {"max_relative_error", fit.max_relative_error}}},
+      {"tool_keys", keys},
+      {"loads", arrivals_json}};
+  RETURN_IF_ERROR(DefaultEnv()->WriteFileAtomic(JoinPath(a.out, "workload.json"),
+                                                workload_json.dump(1) + "\n"));
+  const std::string json_path = JoinPath(a.out, "policy_bench.json");
+  RETURN_IF_ERROR(
+      DefaultEnv()->WriteFileAtomic(json_path, nlohmann::json{{"loads", loads}}.dump(1) + "\n"));
+  std::printf("\nwrote %s\n", json_path.c_str());
+  const std::string png = JoinPath(a.out, "policy_bench.png");
+  const std::string plot = a.python + " " + a.plot_script + " " + json_path + " " + png;
+  if (std::system(plot.c_str()) != 0) {
+    std::printf("no PNG: `%s` failed (scripts/setup installs matplotlib into .venv)\n",
+                plot.c_str());
+  } else {
+    std::printf("wrote %s\n", png.c_str());
+  }
   return Status::OK();
 }
 
@@ -148,16 +296,25 @@ Status Run(const Args& a) {
 
 int main(int argc, char** argv) {
   kvkeep::Args a;
-  CLI::App app{"policy_bench: the TTL policy benchmark's workload (simulation not built yet)"};
+  CLI::App app{"policy_bench: reclaim policies on agent traces, the real engine in simulated time"};
   app.add_option("--trace", a.trace, "canonical trace file (kvkeep replay import)")->required();
   app.add_option("--out", a.out, "output directory")->required();
-  app.add_option("--agents", a.agents, "concurrent agents per load")->delimiter(',');
-  app.add_option("--rate", a.rate_per_s, "program arrivals per second (Poisson)")
+  app.add_option("--agents", a.agents, "agents per load")->delimiter(',');
+  app.add_option("--policies", a.policies, "policies to compare")->delimiter(',');
+  app.add_option("--window-s", a.window_s, "arrivals spread over about this many seconds")
       ->check(CLI::PositiveNumber);
+  app.add_option("--rate", a.rate_per_s, "fixed program arrivals per second (Poisson)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-turns", a.max_turns, "model turns per program (0: all)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", a.seed, "arrival seed");
+  app.add_option("--jobs", a.jobs, "simulations run at once (threads)")->check(CLI::Range(1, 64));
   app.add_option("--timings", a.timings, "timing samples for the cost model");
-  app.add_option("--kv-gib", a.kv_gib, "device KV pool size for the TTL table")
-      ->check(CLI::PositiveNumber);
+  app.add_option("--kv-gib", a.kv_gib, "device KV pool")->check(CLI::PositiveNumber);
+  app.add_option("--host-gib", a.host_gib, "host tier (0: none)")->check(CLI::NonNegativeNumber);
+  app.add_option("--host-gbps", a.host_gbps, "host <-> device GB/s")->check(CLI::PositiveNumber);
+  app.add_option("--python", a.python, "Python with matplotlib for the PNG");
+  app.add_option("--plot-script", a.plot_script, "the plotting script");
   CLI11_PARSE(app, argc, argv);
   kvkeep::Status st = Run(a);
   if (!st.ok()) {

@@ -1,0 +1,125 @@
+#include "engine/sim_backend.h"
+
+#include <algorithm>
+
+namespace kvkeep {
+
+double SimStepSeconds(const CostModel& cost, const ForwardBatch& batch) {
+  double attention_s = 0;
+  for (int32_t i = 0; i < batch.num_seqs(); ++i) {
+    const double n = batch.q_start[i + 1] - batch.q_start[i];
+    const double kv_len = batch.kv_len[i];
+    if (n == 1 && kv_len > 1) {
+      attention_s += cost.decode_per_context_token_s * kv_len;
+    } else {
+      attention_s += cost.prefill_attention_s * n * (kv_len - n + n / 2);
+    }
+  }
+  const double linear_s =
+      std::max(cost.decode_fixed_s, cost.prefill_per_token_s * batch.num_tokens());
+  return linear_s + attention_s;
+}
+
+Result<std::unique_ptr<SimBackend>> SimBackend::Create(const SimBackendOptions& options) {
+  if (options.num_kv_blocks < 1 || options.block_size < 1 || options.config.vocab_size < 1 ||
+      options.kv_bytes_per_token < 1) {
+    return Status::InvalidArgument(
+        "sim backend: need num_kv_blocks, block_size, vocab_size and kv_bytes_per_token >= 1");
+  }
+  return std::unique_ptr<SimBackend>(new SimBackend(options));
+}
+
+SimBackend::SimBackend(const SimBackendOptions& options) : options_(options) {
+  shape_.num_blocks = options.num_kv_blocks;
+  shape_.block_size = options.block_size;
+  shape_.num_layers = options.config.num_layers;
+  shape_.num_kv_heads = options.config.num_kv_heads;
+  shape_.head_dim = options.config.head_dim;
+  block_bytes_ = static_cast<size_t>(options.kv_bytes_per_token) * options.block_size;
+}
+
+Status SimBackend::Forward(const ForwardBatch& batch, std::vector<float>* logits) {
+  if (batch.q_start.size() != batch.kv_len.size() + 1 ||
+      batch.q_start.back() != batch.num_tokens()) {
+    return Status::InvalidArgument("sim backend: q_start does not match the batch");
+  }
+  for (int32_t i = 0; i < batch.num_seqs(); ++i) {
+    const int32_t n = batch.q_start[i + 1] - batch.q_start[i];
+    if (n < 1 || n > batch.kv_len[i]) {
+      return Status::InvalidArgument("sim backend: a run of " + std::to_string(n) +
+                                     " tokens with kv_len " + std::to_string(batch.kv_len[i]));
+    }
+    if (n == 1 && batch.kv_len[i] > 1) {
+      ++counters_.decode_tokens;
+    } else {
+      counters_.prefill_tokens += n;
+    }
+  }
+  const double step_s = SimStepSeconds(options_.cost, batch);
+  pending_s_ += step_s;
+  counters_.busy_s += step_s;
+  ++counters_.steps;
+  counters_.sampled_rows += static_cast<int64_t>(batch.logit_rows.size());
+  logits->assign(batch.logit_rows.size() * static_cast<size_t>(options_.config.vocab_size), 0.0f);
+  return Status::OK();
+}
+
+Status SimBackend::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) {
+  for (auto [src, dst] : src_dst) {
+    RETURN_IF_ERROR(CheckBlockId(shape_, src));
+    RETURN_IF_ERROR(CheckBlockId(shape_, dst));
+  }
+  return Status::OK();
+}
+
+Status SimBackend::ReadBlock(int32_t block_id, void*) { return CheckBlockId(shape_, block_id); }
+Status SimBackend::WriteBlock(int32_t block_id, const void*) {
+  return CheckBlockId(shape_, block_id);
+}
+
+Status SimBackend::AllocateHostTier(int32_t num_blocks) {
+  if (num_blocks < 0 || num_host_blocks_ != 0) {
+    return Status::InvalidArgument("host tier: allocated twice or negative size");
+  }
+  num_host_blocks_ = num_blocks;  // bookkeeping only: no bytes
+  return Status::OK();
+}
+
+double SimBackend::SwapSeconds(size_t num_blocks) const {
+  if (options_.host_bytes_per_s <= 0) return 0;
+  return static_cast<double>(num_blocks) * static_cast<double>(block_bytes_) /
+         options_.host_bytes_per_s;
+}
+
+Result<TransferFence> SimBackend::SwapOut(
+    std::span<const std::pair<int32_t, int32_t>> device_host) {
+  for (auto [device, host] : device_host) {
+    RETURN_IF_ERROR(CheckBlockId(shape_, device));
+    if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
+  }
+  const double s = SwapSeconds(device_host.size());
+  pending_s_ += s;
+  counters_.busy_s += s;
+  counters_.swapped_out_blocks += static_cast<int64_t>(device_host.size());
+  return TransferFence{};
+}
+
+Result<TransferFence> SimBackend::SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) {
+  for (auto [host, device] : host_device) {
+    RETURN_IF_ERROR(CheckBlockId(shape_, device));
+    if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
+  }
+  const double s = SwapSeconds(host_device.size());
+  pending_s_ += s;
+  counters_.busy_s += s;
+  counters_.swapped_in_blocks += static_cast<int64_t>(host_device.size());
+  return TransferFence{};
+}
+
+double SimBackend::TakeElapsedSeconds() {
+  const double s = pending_s_;
+  pending_s_ = 0;
+  return s;
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,93 @@
+// SimBackend: a Backend whose forward pass computes nothing and instead prices each step
+// with a CostModel, so the real Engine (scheduler, BlockPool, tiers, ReclaimPolicy) runs
+// in simulated time. bench/policy_bench uses it with teacher-forced turns, where the
+// logits are never read: Forward returns zero logits.
+//
+// Step price (seconds), for a ForwardBatch whose sequence i computes n_i tokens after
+// c_i = kv_len_i - n_i already in the pool:
+//   linear     = max(decode_fixed_s, prefill_per_token_s * sum_i n_i)
+//                (the weights are read once per step; a large batch is compute-bound)
+//   attention  = sum over runs with n_i > 1 of prefill_attention_s * n_i * (c_i + n_i / 2)
+//              + sum over runs with n_i == 1 of decode_per_context_token_s * kv_len_i
+//   step_s     = linear + attention
+// So a decode-only step costs CostModel::DecodeStepSeconds(sum kv_len), and the chunks
+// of a prefill sum to CostModel::PrefillSeconds of the whole run (when every chunk has
+// prefill_per_token_s * n >= decode_fixed_s, i.e. n >= 260 tokens for the 8B H100 fit).
+// Swaps between the device and the host tier cost blocks * block_bytes / host_bytes_per_s
+// each way; copy-on-write copies are free.
+//
+// The KV pool and the host tier hold no bytes: ReadBlock/WriteBlock do nothing and
+// AllocateHostTier allocates nothing, so an 80 GB pool costs only the engine's
+// bookkeeping. There is therefore no disk tier (the disk worker reads host slots).
+//
+// Thread-safety: owned and called by the engine thread; TakeElapsedSeconds and counters()
+// are called by the same thread between steps (the simulator drives steps inline).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/backend.h"
+#include "policy/cost_model.h"
+
+namespace kvkeep {
+
+struct SimBackendOptions {
+  ModelConfig config;              // the engine's view: vocab, positions, layers, KV heads
+  int32_t num_kv_blocks = 0;       // device pool, blocks
+  int32_t block_size = 16;         // tokens per block
+  int64_t kv_bytes_per_token = 0;  // prices swaps; block_bytes() = this * block_size
+  CostModel cost;                  // prices forward steps
+  double host_bytes_per_s = 0;     // device <-> host bandwidth; 0: swaps are free
+};
+
+// What the backend has priced so far (cumulative).
+struct SimBackendCounters {
+  int64_t steps = 0;
+  int64_t prefill_tokens = 0;  // tokens of runs with n > 1, plus single-token runs that
+                               // start a sequence's computation (kv_len == 1)
+  int64_t decode_tokens = 0;   // single-token runs after existing KV
+  int64_t sampled_rows = 0;    // logit rows returned: one per generated token
+  int64_t swapped_in_blocks = 0;
+  int64_t swapped_out_blocks = 0;
+  double busy_s = 0;  // forward + transfer seconds
+};
+
+// The price of one step (seconds), as above. Exposed for tests.
+double SimStepSeconds(const CostModel& cost, const ForwardBatch& batch);
+
+class SimBackend final : public Backend {
+ public:
+  // InvalidArgument for a pool of no blocks, a block size < 1, a vocabulary < 1 or
+  // kv_bytes_per_token < 1.
+  static Result<std::unique_ptr<SimBackend>> Create(const SimBackendOptions& options);
+
+  std::string name() const override { return "sim"; }
+  const ModelConfig& config() const override { return options_.config; }
+  const KvPoolShape& kv_shape() const override { return shape_; }
+  Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override;
+  Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) override;
+  size_t block_bytes() const override { return block_bytes_; }
+  Status ReadBlock(int32_t block_id, void* dst) override;
+  Status WriteBlock(int32_t block_id, const void* src) override;
+  Status AllocateHostTier(int32_t num_blocks) override;
+  Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host) override;
+  Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) override;
+
+  // Seconds priced since the last call; the simulator advances its clock by them.
+  double TakeElapsedSeconds();
+  const SimBackendCounters& counters() const { return counters_; }
+
+ private:
+  explicit SimBackend(const SimBackendOptions& options);
+  double SwapSeconds(size_t num_blocks) const;
+
+  SimBackendOptions options_;
+  KvPoolShape shape_;
+  size_t block_bytes_ = 0;
+  double pending_s_ = 0;
+  SimBackendCounters counters_;
+};
+
+}  // namespace kvkeep

@@ -1,0 +1,282 @@
+// The policy simulator (bench/sim/agent_sim.h over engine/sim_backend.h): its step prices
+// against the cost model's own formulas, one turn's simulated time against the cost
+// model directly, determinism for a seed, and token accounting that adds up.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "base/file.h"
+#include "bench/sim/agent_sim.h"
+#include "policy/tool_key.h"
+#include "tests/testlib/test_util.h"
+#include "tools/replay/importers.h"
+#include "tools/replay/trace.h"
+
+namespace kvkeep::sim {
+namespace {
+
+// The 8B-shape H100 fit of bench/data/h100_8b_timings.json.
+CostModel H100Model() {
+  auto timing = LoadTimingSamples(
+      DefaultEnv(), JoinPath(testing::SourceDir(), "bench/data/h100_8b_timings.json"));
+  EXPECT_TRUE(timing.ok()) << timing.status().ToString();
+  auto fit = FitCostModel(timing->first, timing->second);
+  EXPECT_TRUE(fit.ok()) << fit.status().ToString();
+  CostModel m = fit->model;
+  m.host_to_device_bytes_per_s = 25e9;
+  return m;
+}
+
+ForwardBatch Batch(const std::vector<std::pair<int32_t, int32_t>>& new_and_kv_len) {
+  ForwardBatch b;
+  b.q_start = {0};
+  for (auto [n, kv_len] : new_and_kv_len) {
+    for (int32_t i = 0; i < n; ++i) b.token_ids.push_back(1);
+    b.q_start.push_back(static_cast<int32_t>(b.token_ids.size()));
+    b.kv_len.push_back(kv_len);
+  }
+  return b;
+}
+
+TEST(SimStepSeconds, DecodeStepIsTheCostModelsDecodeStep) {
+  const CostModel m = H100Model();
+  const ForwardBatch b = Batch({{1, 4000}, {1, 9000}, {1, 17}});
+  EXPECT_NEAR(SimStepSeconds(m, b), m.DecodeStepSeconds(4000 + 9000 + 17), 1e-12);
+}
+
+TEST(SimStepSeconds, PrefillChunksSumToOneShotPrefill) {
+  const CostModel m = H100Model();
+  // 5000 tokens after 3000 cached, in chunks of 2048, 2048 and 904.
+  const double chunked = SimStepSeconds(m, Batch({{2048, 3000 + 2048}})) +
+                         SimStepSeconds(m, Batch({{2048, 3000 + 4096}})) +
+                         SimStepSeconds(m, Batch({{904, 3000 + 5000}}));
+  EXPECT_NEAR(chunked, m.PrefillSeconds(5000, 3000), 1e-9);
+  // A tiny step costs at least the weights' read.
+  EXPECT_NEAR(SimStepSeconds(m, Batch({{4, 4}})),
+              m.decode_fixed_s + m.PrefillSeconds(4, 0) - m.prefill_per_token_s * 4, 1e-12);
+}
+
+replay::AgentStep Step(int64_t appended, int64_t output, const std::string& tool, double tool_s) {
+  replay::AgentStep s;
+  s.appended_tokens = appended;
+  s.output_tokens = output;
+  s.tool = tool;
+  s.command = tool;
+  s.tool_s = tool_s;
+  s.tool_timed = !tool.empty();
+  return s;
+}
+
+SimOptions Options(const std::string& policy) {
+  SimOptions o;
+  o.policy = policy;
+  o.cost = H100Model();
+  return o;
+}
+
+TEST(AgentSim, OneAgentsTurnsTakeTheCostModelsTime) {
+  replay::AgentProgram p;
+  p.id = "one";
+  p.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "", 0)};
+  const SimOptions o = Options("lru");
+  auto r = RunAgentSim({p}, {{0.0, 0}}, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->turns.size(), 2u);
+  const CostModel& m = o.cost;
+  const double tolerance_s = 2e-6 * 80;  // the clock moves in whole microseconds per step
+
+  // Turn 0: a 3000-token prefill (chunks of 2048 and 952), then 49 decode steps.
+  const SimTurn& t0 = r->turns[0];
+  EXPECT_EQ(t0.context_tokens, 3000);
+  EXPECT_EQ(t0.cached_tokens, 0);
+  EXPECT_NEAR(t0.first_token_s - t0.submit_s, m.PrefillSeconds(3000, 0), tolerance_s);
+  double decode_s = 0;
+  for (int k = 1; k < 50; ++k) decode_s += m.DecodeStepSeconds(3000 + k);
+  EXPECT_NEAR(t0.finish_s - t0.first_token_s, decode_s, tolerance_s);
+
+  // Turn 1 after the 2.5 s tool: the session was retained, so everything but the partial
+  // last block and the appended tokens is cached; the rest is one prefill after it.
+  const SimTurn& t1 = r->turns[1];
+  EXPECT_NEAR(t1.submit_s, t0.finish_s + 2.5, 2e-6);
+  EXPECT_EQ(t1.context_tokens, 4050);
+  EXPECT_EQ(t1.cached_tokens, 3040);  // 190 full blocks of the 3050 tokens computed
+  EXPECT_EQ(t1.first_prefill_tokens, 1000);
+  EXPECT_EQ(t1.reprefill_tokens, 10);
+  EXPECT_NEAR(t1.first_token_s - t1.submit_s, m.PrefillSeconds(4050 - 3040, 3040), tolerance_s);
+  EXPECT_NEAR(r->agents[0].finish_s - r->agents[0].arrival_s, t1.finish_s, 1e-9);
+}
+
+// A pin holds the session's blocks for the tool's duration; lru and none never pin.
+TEST(AgentSim, PinBlockSecondsAreTheSessionsBlocksTimesTheToolWait) {
+  replay::AgentProgram p;
+  p.id = "one";
+  p.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "", 0)};
+  for (const char* policy : {"ttl", "fixed-ttl", "lru", "none"}) {
+    auto r = RunAgentSim({p}, {{0.0, 0}}, Options(policy));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const SimSummary s = Summarize(*r);
+    if (std::string(policy) == "lru" || std::string(policy) == "none") {
+      EXPECT_EQ(s.pins_granted, 0) << policy;
+      EXPECT_EQ(s.pin_block_s, 0) << policy;
+      continue;
+    }
+    // An unseen tool: ttl pins to its prior's tail, fixed-ttl for 2 s (< the 2.5 s wait).
+    ASSERT_EQ(s.pins_granted, 1) << policy;
+    const double held_s = std::string(policy) == "ttl" ? 2.5 : 2.0;
+    // The session holds 3049 computed tokens (the last forced token is never computed):
+    // 191 blocks of 16.
+    EXPECT_NEAR(s.pin_block_s, 191 * held_s, 191 * 0.011) << policy;  // 10 ms sampling
+    EXPECT_EQ(s.pin_violations, 0);
+  }
+}
+
+// Synthetic programs of a few thousand tokens with tool waits, under a pool too small
+// for all agents at once (reclaim, host tier, preemption).
+std::vector<replay::AgentProgram> SmallPrograms() {
+  std::vector<replay::AgentProgram> out;
+  for (int i = 0; i < 4; ++i) {
+    replay::AgentProgram p;
+    p.id = "p" + std::to_string(i);
+    for (int t = 0; t < 6; ++t) {
+      p.steps.push_back(
+          Step(300 + 97 * ((i + t) % 5), 40 + 13 * (i * t % 7), t == 5 ? "" : "bash", 0.2 * i + t));
+    }
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+SimOptions Tight(const std::string& policy) {
+  SimOptions o = Options(policy);
+  o.device_blocks = 700;
+  o.host_blocks = 300;
+  o.max_running = 8;
+  return o;
+}
+
+TEST(AgentSim, SameSeedSameResult) {
+  const auto programs = SmallPrograms();
+  auto arrivals = replay::MakeArrivals(programs.size(), 12, 2.0, testing::TestSeed());
+  ASSERT_TRUE(arrivals.ok());
+  for (const char* policy : {"ttl", "ttl-fcfs", "fixed-ttl", "lru", "none"}) {
+    auto a = RunAgentSim(programs, *arrivals, Tight(policy));
+    auto b = RunAgentSim(programs, *arrivals, Tight(policy));
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString() << b.status().ToString();
+    ASSERT_EQ(a->turns.size(), b->turns.size());
+    for (size_t i = 0; i < a->turns.size(); ++i) {
+      EXPECT_EQ(a->turns[i].agent, b->turns[i].agent);
+      EXPECT_EQ(a->turns[i].finish_s, b->turns[i].finish_s);
+      EXPECT_EQ(a->turns[i].cached_tokens, b->turns[i].cached_tokens);
+      EXPECT_EQ(a->turns[i].recomputed_tokens, b->turns[i].recomputed_tokens);
+    }
+    EXPECT_EQ(a->end_s, b->end_s);
+    EXPECT_EQ(a->engine.reclaimed_sessions, b->engine.reclaimed_sessions);
+    EXPECT_EQ(a->pin_block_s, b->pin_block_s);
+    // A different seed moves the arrivals and so the result.
+    auto other = replay::MakeArrivals(programs.size(), 12, 2.0, testing::TestSeed() + 1);
+    auto c = RunAgentSim(programs, *other, Tight(policy));
+    ASSERT_TRUE(c.ok());
+    EXPECT_NE(a->end_s, c->end_s);
+  }
+}
+
+TEST(AgentSim, AccountingAddsUp) {
+  const auto programs = SmallPrograms();
+  auto arrivals = replay::MakeArrivals(programs.size(), 12, 2.0, testing::TestSeed());
+  ASSERT_TRUE(arrivals.ok());
+  for (const char* policy : {"ttl", "ttl-fcfs", "fixed-ttl", "lru", "none"}) {
+    auto r = RunAgentSim(programs, *arrivals, Tight(policy));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->turns.size(), 12u * 6u);
+    int64_t recomputed = 0, generated = 0, overcount = 0;
+    for (const SimTurn& t : r->turns) {
+      const replay::AgentStep& step = programs[(*arrivals)[t.agent].program].steps[t.step];
+      EXPECT_TRUE(t.ok);
+      EXPECT_EQ(t.generated_tokens, step.output_tokens);
+      EXPECT_EQ(t.first_prefill_tokens, step.appended_tokens);
+      EXPECT_LE(t.cached_host_tokens, t.cached_tokens);
+      EXPECT_LE(t.submit_s, t.first_token_s);
+      EXPECT_LE(t.first_token_s, t.finish_s);
+      recomputed += t.recomputed_tokens;
+      generated += t.generated_tokens;
+      overcount += t.recounted_tokens;
+      EXPECT_GE(t.recounted_tokens,
+                std::max<int64_t>(0, t.recomputed_tokens + t.cached_tokens - t.context_tokens));
+      if (t.recomputed_tokens + t.cached_tokens == t.context_tokens) {  // not preempted
+        EXPECT_EQ(t.cached_tokens + t.first_prefill_tokens + t.reprefill_tokens, t.context_tokens);
+      }
+      if (std::string(policy) == "none") {
+        EXPECT_EQ(t.cached_tokens, 0);
+      }
+    }
+    // Every logit row the backend returned became a generated token.
+    EXPECT_EQ(r->backend.sampled_rows, generated) << policy;
+    // Every token the backend computed is a prefilled one or a decode of a forced one.
+    // Each admission's prefill yields one sample and a turn's last forced token is never
+    // computed, so without preemption computed = recomputed + generated - turns. A turn
+    // re-admitted after it sampled computes one token fewer than that per re-admission;
+    // such a turn counts its context again (cached + recomputed > context), by at least 1.
+    const int64_t computed = r->backend.prefill_tokens + r->backend.decode_tokens;
+    const int64_t unpreempted = recomputed + generated - static_cast<int64_t>(r->turns.size());
+    if (overcount == 0) {
+      EXPECT_EQ(computed, unpreempted) << policy;
+    } else {
+      EXPECT_LE(computed, unpreempted) << policy;
+      EXPECT_GE(computed, unpreempted - overcount) << policy;
+    }
+    const SimSummary s = Summarize(*r);
+    EXPECT_EQ(s.agents_done, 12);
+    EXPECT_GE(s.hit_ratio, 0);
+    EXPECT_LE(s.hit_ratio, 1);
+    if (std::string(policy) == "lru") {
+      EXPECT_GT(r->engine.reclaimed_sessions, 0);
+    }
+  }
+}
+
+TEST(AgentSim, UnknownPolicyIsRefused) {
+  auto r = RunAgentSim(SmallPrograms(), {{0.0, 0}}, Options("mru"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("mru"), std::string::npos);
+}
+
+// CI-sized: 8 deepseek traces, 10 turns each, 16 agents, under a pool for a few of them.
+TEST(AgentSim, DeepseekTracesLruBeatsNone) {
+  KVKEEP_REQUIRE_SHARED_DATA();
+  const std::string dir = testing::SharedDataDir() + "/traces/mini-swe-agent-v2-deepseek";
+  auto files = DefaultEnv()->ListDir(dir);
+  ASSERT_TRUE(files.ok()) << files.status().ToString();
+  std::sort(files->begin(), files->end());
+  files->resize(8);
+  std::vector<replay::Session> sessions;
+  for (const std::string& f : *files) {
+    ASSERT_TRUE(replay::ImportMiniSweAgent(JoinPath(dir, f), {}, &sessions).ok()) << f;
+  }
+  replay::WorkloadOptions w;
+  w.max_turns = 10;
+  auto programs = replay::ProgramsFromTrace(sessions, w);
+  ASSERT_TRUE(programs.ok());
+  auto arrivals = replay::MakeArrivals(programs->size(), 16, 1.0, 7);
+  ASSERT_TRUE(arrivals.ok());
+  SimSummary lru, none;
+  for (const char* policy : {"lru", "none"}) {
+    SimOptions o = Options(policy);
+    o.device_blocks = 2000;  // 32k tokens: a few agents at a time
+    o.host_blocks = 1000;
+    auto r = RunAgentSim(*programs, *arrivals, o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    (std::string(policy) == "lru" ? lru : none) = Summarize(*r);
+  }
+  std::printf("lru: mean JCT %.1f s, hit %.3f, recomputed %lld; none: %.1f s, %lld\n",
+              lru.mean_jct_s, lru.hit_ratio, static_cast<long long>(lru.recomputed_tokens),
+              none.mean_jct_s, static_cast<long long>(none.recomputed_tokens));
+  EXPECT_EQ(lru.context_tokens, none.context_tokens);
+  EXPECT_GT(lru.hit_ratio, 0.3);
+  EXPECT_LT(lru.recomputed_tokens, none.recomputed_tokens);
+  EXPECT_LT(lru.mean_jct_s, none.mean_jct_s);
+}
+
+}  // namespace
+}  // namespace kvkeep::sim
