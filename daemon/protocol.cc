@@ -18,6 +18,7 @@ constexpr std::pair<Verb, std::string_view> kVerbs[] = {
     {Verb::kSessionsList, "sessions.list"},
     {Verb::kStats, "stats"},
     {Verb::kCancel, "cancel"},
+    {Verb::kSessionRetain, "session.retain"},
 };
 
 Status Invalid(const char* key, std::string_view what) {

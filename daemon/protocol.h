@@ -63,6 +63,7 @@ enum class Verb {
   kSessionsList,
   kStats,
   kCancel,
+  kSessionRetain,
 };
 std::optional<Verb> ParseVerb(std::string_view name);
 std::string_view VerbName(Verb verb);

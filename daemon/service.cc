@@ -6,6 +6,7 @@
 
 #include "base/hash64.h"
 #include "daemon/engine_session.h"
+#include "policy/tool_key.h"
 
 namespace kvkeep {
 
@@ -62,7 +63,8 @@ Status ValidSessionId(const std::string& id, const char* key) {
 Service::Service(ServiceOptions options, ServiceDeps deps)
     : options_(std::move(options)),
       deps_(std::move(deps)),
-      start_mono_us_(deps_.clock->NowMicros()) {}
+      start_mono_us_(deps_.clock->NowMicros()),
+      retention_(RetentionOptions{options_.retain_quota_blocks, 3600}, deps_.clock) {}
 
 Status Service::LoadSessions() {
   ASSIGN_OR_RETURN(auto stored, deps_.store->LoadAll());
@@ -124,6 +126,9 @@ void Service::Handle(const std::shared_ptr<Client>& client, const protocol::Requ
     case Verb::kCancel:
       reply = Cancel(ctx);
       break;
+    case Verb::kSessionRetain:
+      reply = RetainVerb(ctx);
+      break;
     case Verb::kSessionGenerate: {
       Status st = Generate(ctx);
       if (st.ok()) return;  // replies later
@@ -158,7 +163,7 @@ Service::Reply Service::Hello(const Ctx& ctx) {
         {"architecture", mc.architecture},
         {"vocab_size", mc.vocab_size},
         {"max_context_tokens", options_.max_context_tokens}}},
-      {"policy", options_.policy},
+      {"policy", deps_.engine->GetStats().policy},
       {"limits",
        {{"max_line_bytes", l.max_line_bytes},
         {"max_json_depth", l.max_json_depth},
@@ -295,6 +300,18 @@ Service::Reply Service::Append(const Ctx& ctx) {
               {"appended_tokens", added}};
 }
 
+// The tool key a duration is learned under: the command is the arguments' "command" (or
+// "cmd") string when they are a JSON object, else the arguments text itself.
+std::string Service::ToolKeyOf(const std::string& tool, const std::string& args) {
+  json a = json::parse(args, nullptr, /*allow_exceptions=*/false);
+  for (const char* field : {"command", "cmd"}) {
+    if (a.is_object() && a.contains(field) && a[field].is_string()) {
+      return ToolKey(tool, a[field].get<std::string>());
+    }
+  }
+  return ToolKey(tool, a.is_discarded() ? args : "");
+}
+
 Service::Reply Service::ToolBegin(const Ctx& ctx) {
   ASSIGN_OR_RETURN(auto s, FindSession(ctx));
   ASSIGN_OR_RETURN(std::string tool, ctx.params.String("tool"));
@@ -305,12 +322,15 @@ Service::Reply Service::ToolBegin(const Ctx& ctx) {
   auto event_id =
       deps_.store->BeginToolEvent(s->owner_uid, s->id, tool, args, deps_.clock->WallMicros());
   if (!event_id.ok()) return StoreError(event_id.status());
-  s->pending_tools.push_back({*event_id, tool, deps_.clock->NowMicros()});
+  const std::string key = ToolKeyOf(tool, args);
+  s->pending_tools.push_back({*event_id, tool, deps_.clock->NowMicros(), key});
   if (s->tool_events_loaded) {
     s->tool_events.push_back({*event_id, tool, args, deps_.clock->WallMicros()});
   }
-  deps_.engine->Hint({SessionHint::Kind::kToolBegin, EngineSessionOf(s->owner_uid, s->id),
-                      deps_.clock->NowMicros(), 0, 0});
+  SessionHint hint{SessionHint::Kind::kToolBegin, EngineSessionOf(s->owner_uid, s->id),
+                   deps_.clock->NowMicros(), 0, 0};
+  hint.tool_key = key;
+  deps_.engine->Hint(hint);
   return json{{"session", s->id}, {"tool_event", *event_id}};
 }
 
@@ -340,9 +360,9 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
   const int64_t end_us = deps_.clock->WallMicros();
   const int64_t duration_us = pending ? deps_.clock->NowMicros() - pending->begin_mono_us : 0;
   std::vector<Message> msgs = {std::move(msg)};
-  Status st =
-      deps_.store->EndToolEvent(s->owner_uid, s->id, pending ? pending->event_id : 0, tool, end_us,
-                                duration_us, s->ToStoredLocked(s->messages.size(), msgs));
+  Status st = deps_.store->EndToolEvent(
+      s->owner_uid, s->id, pending ? pending->event_id : 0, tool, end_us, duration_us,
+      s->ToStoredLocked(s->messages.size(), msgs), pending ? pending->key : "");
   if (!st.ok()) return StoreError(st);
   if (pending) {
     s->pending_tools.pop_back();
@@ -356,8 +376,13 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
   }
   s->AppendLocked(std::move(msgs[0]));
   s->updated_us = end_us;
-  deps_.engine->Hint({SessionHint::Kind::kToolEnd, EngineSessionOf(s->owner_uid, s->id),
-                      deps_.clock->NowMicros(), 0, 0});
+  SessionHint hint{SessionHint::Kind::kToolEnd, EngineSessionOf(s->owner_uid, s->id),
+                   deps_.clock->NowMicros(), 0, 0};
+  if (pending) {
+    hint.tool_key = pending->key;
+    hint.duration_us = duration_us;
+  }
+  deps_.engine->Hint(hint);
   return json{{"session", s->id},
               {"tool_event", pending ? json(pending->event_id) : json(nullptr)},
               {"tool", tool},
@@ -417,8 +442,12 @@ Service::Reply Service::Close(const Ctx& ctx) {
     sessions_.Remove(s->owner_uid, s->id);
   }
   if (was_open) sessions_.ReleaseOpen(s->owner_uid);
-  deps_.engine->Hint({SessionHint::Kind::kClose, EngineSessionOf(s->owner_uid, s->id),
-                      deps_.clock->NowMicros(), 0, 0});
+  const SessionId engine_session = EngineSessionOf(s->owner_uid, s->id);
+  {
+    std::lock_guard<std::mutex> rlock(retain_mu_);
+    retention_.Release(std::to_string(engine_session));
+  }
+  deps_.engine->Hint({SessionHint::Kind::kClose, engine_session, deps_.clock->NowMicros(), 0, 0});
   return json{{"session", s->id}, {"kept", keep}};
 }
 
@@ -469,6 +498,35 @@ Service::Reply Service::Info(const Ctx& ctx) {
                    {"duration_ms", e.duration_us ? json(*e.duration_us / 1000.0) : json()}});
   }
   out["tool_events"] = std::move(jev);
+  out["retention"] = RetentionJsonLocked(*s);
+  return out;
+}
+
+json Service::RetentionJsonLocked(const Session& s) const {
+  json out = json::object();
+  {
+    std::lock_guard<std::mutex> lock(retain_mu_);
+    const std::optional<Pin> pin =
+        retention_.Get(std::to_string(EngineSessionOf(s.owner_uid, s.id)));
+    if (pin && pin->deadline_us > deps_.clock->NowMicros()) {
+      out["retain"] = {{"expires_in_s", (pin->deadline_us - deps_.clock->NowMicros()) / 1e6},
+                       {"priority", pin->priority},
+                       {"blocks", pin->blocks}};
+    }
+  }
+  if (!s.pending_tools.empty()) {
+    const PendingTool& t = s.pending_tools.back();
+    json tool = {{"tool", t.tool}, {"key", t.key}};
+    for (const EngineStats::ToolKeyStats& k : deps_.engine->GetStats().tool_keys) {
+      if (k.summary.key != t.key) continue;
+      tool["samples"] = k.summary.num_samples;
+      tool["p50_s"] = k.summary.p50_s;
+      tool["p90_s"] = k.summary.p90_s;
+      tool["p99_s"] = k.summary.p99_s;
+      tool["ttl_s"] = k.last_ttl_s >= 0 ? json(k.last_ttl_s) : json(nullptr);
+    }
+    out["pending_tool"] = std::move(tool);
+  }
   return out;
 }
 

@@ -94,6 +94,7 @@ Status Service::Generate(const Ctx& ctx) {
   if (!s->damage.empty()) {  // never generate from rows that failed their checksum
     return Status::Unavailable("session '" + s->id + "' is damaged: " + s->damage);
   }
+  RETURN_IF_ERROR(RetainField(ctx, *s));  // before the turn: its KV is pinned after it
   req.prompt = s->tokens;
   const auto& gp = deps_.renderer->generation_prompt();
   req.prompt.insert(req.prompt.end(), gp.begin(), gp.end());

@@ -82,6 +82,11 @@ class Scheduler {
   // Takes a sequence out of whichever queue holds it and frees its blocks.
   void Remove(Sequence* seq);
 
+  // Reorders the waiting queue (stable) by `before` (program-aware admission).
+  void SortWaiting(const std::function<bool(const Sequence*, const Sequence*)>& before);
+  // Prefill tokens the waiting sequences still need (the policy's queueing estimate).
+  int64_t waiting_tokens() const;
+
   bool has_work() const { return !waiting_.empty() || !running_.empty(); }
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
