@@ -133,6 +133,8 @@ class EngineImpl final : public Engine {
   // Disk tier (null without one): the files and the I/O thread.
   std::unique_ptr<DiskBlockStore> disk_store_;
   std::unique_ptr<DiskWorker> disk_worker_;
+  // Remote tier (null without one); declared after disk_store_, its codec, so it goes first.
+  std::unique_ptr<RemoteBlockStore> remote_;
   int32_t outstanding_disk_reads_ = 0;
   TransferFence swap_out_fence_;  // the last swap-out not yet waited for
   int64_t disk_read_failures_ = 0;

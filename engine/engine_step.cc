@@ -1,6 +1,7 @@
 // EngineImpl::Step and what it calls: everything here runs on the thread driving steps.
 #include <spdlog/spdlog.h>
 
+#include "cache/remote_staging.h"
 #include "engine/engine_impl.h"
 
 namespace kvkeep {
@@ -74,6 +75,10 @@ void EngineImpl::DrainInbox() {
     if (session != 0) BeginTurn(session, seq.get());
     if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
       std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
+      if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
+        seq->remote_blocks_loaded =
+            StageRemotePrefix(context, scope, remote_.get(), &pool_, disk_worker_.get());
+      }
       seq->disk_blocks_loaded = pool_.PlanDiskLoads(context, scope);
       outstanding_disk_reads_ += seq->disk_blocks_loaded;
     }
@@ -144,6 +149,7 @@ void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
   totals_.cached_device_tokens += seq->usage.cached_device_tokens;
   totals_.cached_host_tokens += seq->usage.cached_host_tokens;
   totals_.cached_disk_tokens += seq->usage.cached_disk_tokens;
+  totals_.cached_remote_tokens += seq->usage.cached_remote_tokens;
   totals_.recomputed_tokens += seq->usage.recomputed_tokens;
   totals_.generated_tokens += seq->usage.generated_tokens;
   GenerateEvent ev;
@@ -174,6 +180,7 @@ void EngineImpl::EmitEvents() {
 
 void EngineImpl::PublishStats() {
   const BlockPoolStats ps = pool_.stats();
+  const RemoteTierStats remote_stats = remote_ != nullptr ? remote_->stats() : RemoteTierStats{};
   if (tool_stats_dirty_) {
     tool_stats_dirty_ = false;
     tool_keys_.clear();
@@ -203,6 +210,7 @@ void EngineImpl::PublishStats() {
   s.promoted_blocks = ps.num_promotions;
   s.dropped_blocks = ps.num_dropped;
   s.disk_read_failures = disk_read_failures_;
+  s.remote = remote_stats;
   s.retained_sessions = static_cast<int64_t>(retained_.size());
   s.retained_blocks = 0;
   for (const auto& [id, r] : retained_) s.retained_blocks += r.table.num_blocks();
@@ -268,6 +276,7 @@ Status EngineImpl::RunTransferPlan() {
     if (op.kind == Kind::kDiskWrite) {
       const DiskWrite& w = plan.disk_writes[op.write];
       const uint8_t* bytes = backend_->host_block(op.host_slot);
+      if (remote_ != nullptr) remote_->Put({w.hash, w.parent_hash, w.scope, w.tokens}, bytes);
       disk_worker_->Write({w.hash, w.parent_hash, w.scope, w.tokens},
                           std::vector<uint8_t>(bytes, bytes + backend_->block_bytes()));
     } else if (op.kind == Kind::kDiskRead) {
