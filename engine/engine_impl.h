@@ -100,6 +100,8 @@ class EngineImpl final : public Engine {
   void SwitchPolicy(const PolicyOptions& options);
   Status SetPolicy(const PolicyOptions& options) override;
   void PublishStats();
+  // Copies each sequence's newly committed full blocks to the remote tier (write-through).
+  void WriteThroughRemote(const ScheduledBatch& batch);
   void ThreadMain();
 
   const EngineOptions options_;

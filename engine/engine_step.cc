@@ -28,7 +28,8 @@ Status EngineImpl::Step() {
     pool_.ReleaseCopySources(batch.copies);  // CoW sources were held until copied
     if (status.ok()) {
       scheduler_.OnStepDone(batch);  // KV now stored: advance, commit blocks
-      SampleAndPostprocess(batch);   // 6-7. sample, stop checks, accounting
+      if (remote_ != nullptr) WriteThroughRemote(batch);
+      SampleAndPostprocess(batch);  // 6-7. sample, stop checks, accounting
     } else {
       for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, status);
     }
@@ -303,6 +304,34 @@ void EngineImpl::CollectDiskReads(bool wait) {
   if (outstanding_disk_reads_ == 0 && !awaiting_disk_.empty()) {
     for (Sequence* seq : awaiting_disk_) scheduler_.Add(seq);
     awaiting_disk_.clear();
+  }
+}
+
+// Write-through: a block is in the remote tier as soon as it is committed, so another
+// instance can continue the session even while this one still holds it (or has died).
+// Blocks the sequence matched when admitted are not sent again.
+void EngineImpl::WriteThroughRemote(const ScheduledBatch& batch) {
+  const int32_t bs = pool_.block_size();
+  std::vector<uint8_t> bytes(backend_->block_bytes());
+  for (const ScheduledSeq& s : batch.seqs) {
+    Sequence* seq = s.seq;
+    const BlockTable& t = seq->table;
+    if (seq->remote_blocks_put < 0) {
+      seq->remote_blocks_put = static_cast<int32_t>(
+          std::min<int64_t>(seq->usage.cached_tokens / bs, t.num_hashed_blocks()));
+    }
+    const std::span<const BlockHash> hashes = t.block_hashes();
+    for (int32_t i = seq->remote_blocks_put; i < t.num_hashed_blocks(); ++i) {
+      if (!backend_->ReadBlock(t.block_ids()[i], bytes.data()).ok()) break;
+      DiskBlockHeader h;
+      h.hash = hashes[i];
+      h.parent_hash = i == 0 ? kRootParentHash : hashes[i - 1];
+      h.scope = t.scope();
+      h.tokens.assign(seq->tokens.begin() + int64_t{i} * bs,
+                      seq->tokens.begin() + int64_t{i + 1} * bs);
+      remote_->Put(h, bytes.data());
+      seq->remote_blocks_put = i + 1;
+    }
   }
 }
 
