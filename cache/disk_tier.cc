@@ -142,6 +142,25 @@ Status DiskBlockStore::Read(BlockHash hash, void* dst) {
   return Status::OK();
 }
 
+std::string DiskBlockStore::EncodeBlock(const DiskBlockHeader& header, const void* bytes) const {
+  std::string s = EncodeHeader(header, Xxh64(bytes, block_bytes_, 0));
+  s.append(static_cast<const char*>(bytes), block_bytes_);
+  return s;
+}
+
+Status DiskBlockStore::DecodeBlock(std::string_view data, BlockHash expected,
+                                   DiskBlockHeader* header, void* dst) const {
+  if (data.size() != file_bytes()) return Status::Corruption("block: wrong size");
+  ASSIGN_OR_RETURN(uint64_t payload_sum,
+                   DecodeHeader(std::string(data.substr(0, header_bytes())), header));
+  if (header->hash != expected) return Status::Corruption("block: names another block");
+  std::memcpy(dst, data.data() + header_bytes(), block_bytes_);
+  if (Xxh64(dst, block_bytes_, 0) != payload_sum) {
+    return Status::Corruption("block: payload checksum mismatch");
+  }
+  return Status::OK();
+}
+
 Status DiskBlockStore::Remove(BlockHash hash) {
   Status st = env_->RemoveFile(PathOf(hash));
   return st.code() == StatusCode::kNotFound ? Status::OK() : st;

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/file.h"
@@ -40,6 +41,7 @@ class DiskBlockStore {
 
   const std::string& dir() const { return dir_; }
   size_t file_bytes() const;
+  size_t block_bytes() const { return block_bytes_; }
 
   // Creates the directory (0700) and removes leftover *.tmp files.
   Status Open();
@@ -55,6 +57,15 @@ class DiskBlockStore {
   Result<std::vector<DiskBlockHeader>> Scan(int32_t* num_bad);
 
   std::string PathOf(BlockHash hash) const;
+
+  // A block file's bytes (header and payload) as one string: the remote tier stores this
+  // same format (cache/remote_tier.h). REQUIRES: as Write.
+  std::string EncodeBlock(const DiskBlockHeader& header, const void* bytes) const;
+  // Checks and parses EncodeBlock's bytes: the header into *header, the payload into dst
+  // (block_bytes). Corruption when a checksum, the size or the header does not match, or
+  // the bytes name a block other than `expected`.
+  Status DecodeBlock(std::string_view data, BlockHash expected, DiskBlockHeader* header,
+                     void* dst) const;
 
  private:
   size_t header_bytes() const;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "cache/remote_tier.h"
 #include "policy/policy_factory.h"
 
 namespace kvkeep {
@@ -207,6 +208,16 @@ Status ApplyHttp(const json& j, DaemonHttpOptions* h) {
   return r.Finish();
 }
 
+Status ApplyCluster(const json& j, DaemonClusterOptions* c) {
+  FieldReader r(j, "cluster.");
+  r.Known({"remote_tier", "remote_auth_file", "remote_timeout_ms", "cluster_secret_file"});
+  r.String("remote_tier", &c->remote_tier);
+  r.String("remote_auth_file", &c->remote_auth_file);
+  r.Int("remote_timeout_ms", &c->remote_timeout_ms, 1, 60'000);
+  r.String("cluster_secret_file", &c->cluster_secret_file);
+  return r.Finish();
+}
+
 }  // namespace
 
 Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
@@ -216,7 +227,7 @@ Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
   FieldReader r(doc, "");
   r.Known({"model", "socket", "state_dir", "socket_mode", "socket_group", "admin_group",
            "log_level", "policy", "io_threads", "watchdog_interval_ms", "limits", "engine", "ttl",
-           "http"});
+           "http", "cluster"});
   r.String("model", &o->model_dir);
   r.String("socket", &o->socket_path);
   r.String("state_dir", &o->state_dir);
@@ -231,6 +242,7 @@ Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
   if (const json* engine = r.Object("engine")) RETURN_IF_ERROR(ApplyEngine(*engine, &o->engine));
   if (const json* ttl = r.Object("ttl")) RETURN_IF_ERROR(ApplyTtl(*ttl, &o->ttl));
   if (const json* http = r.Object("http")) RETURN_IF_ERROR(ApplyHttp(*http, &o->http));
+  if (const json* c = r.Object("cluster")) RETURN_IF_ERROR(ApplyCluster(*c, &o->cluster));
   return r.Finish();
 }
 
@@ -260,6 +272,14 @@ Status ValidateDaemonOptions(const DaemonOptions& o) {
   }
   if (o.engine.host_blocks < 0 || !(o.engine.disk_gib >= 0)) {
     return Status::InvalidArgument("engine.host_blocks and engine.disk_gib must be >= 0");
+  }
+  if (!o.cluster.remote_tier.empty()) {
+    RETURN_IF_ERROR(ParseRemoteAddress(o.cluster.remote_tier).status());
+    if (o.engine.disk_gib <= 0) {
+      return Status::InvalidArgument(
+          "cluster.remote_tier needs a disk tier (engine.disk_gib > 0): remote blocks stage "
+          "through it");
+    }
   }
   if (o.engine.prefill_chunk_tokens > o.engine.max_batch_tokens) {
     return Status::InvalidArgument("engine.prefill_chunk_tokens exceeds engine.max_batch_tokens");
@@ -344,6 +364,14 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       "largest HTTP request body (413 beyond)");
   num("--http-max-inflight", &f.http.max_inflight, &o.http.max_inflight,
       "HTTP generations in flight (429 beyond)");
+  str("--remote-tier", &f.cluster.remote_tier, &o.cluster.remote_tier,
+      "shared KV tier: redis://HOST:PORT/DB or unix:PATH (needs --disk-gib)");
+  str("--remote-auth-file", &f.cluster.remote_auth_file, &o.cluster.remote_auth_file,
+      "file holding the Redis AUTH password");
+  num("--remote-timeout-ms", &f.cluster.remote_timeout_ms, &o.cluster.remote_timeout_ms,
+      "bound on each Redis connect, send and receive, ms");
+  str("--cluster-secret-file", &f.cluster.cluster_secret_file, &o.cluster.cluster_secret_file,
+      "secret shared by the instances of one cluster: tenant salts = HMAC(secret, tenant)");
   str("--testing-scripted-replies", &f.http.testing_scripted_replies,
       &o.http.testing_scripted_replies, "TESTING ONLY: JSON array of forced assistant replies");
 
@@ -424,6 +452,11 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_connections", o.http.max_connections},
         {"idle_timeout_s", o.http.idle_timeout_s},
         {"max_inflight", o.http.max_inflight}}},
+      {"cluster",
+       {{"remote_tier", o.cluster.remote_tier},
+        {"remote_auth_file", o.cluster.remote_auth_file},
+        {"remote_timeout_ms", o.cluster.remote_timeout_ms},
+        {"cluster_secret_file", o.cluster.cluster_secret_file}}},
   };
   return doc.dump(2);
 }

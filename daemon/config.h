@@ -69,6 +69,14 @@ struct DaemonHttpOptions {
   std::string testing_scripted_replies;
 };
 
+// Several instances sharing KV (docs/scale-out.md).
+struct DaemonClusterOptions {
+  std::string remote_tier;          // "redis://HOST:PORT/DB" or "unix:PATH"; "": none
+  std::string remote_auth_file;     // the Redis AUTH password; "": no AUTH
+  int64_t remote_timeout_ms = 100;  // bound on each Redis connect, send and receive
+  std::string cluster_secret_file;  // tenant salts shared by instances; "": per instance
+};
+
 struct DaemonOptions {
   std::string model_dir;    // empty: the installed default model, else the tiny one
   std::string socket_path;  // Unix socket to listen on
@@ -84,6 +92,7 @@ struct DaemonOptions {
   DaemonEngineOptions engine;
   DaemonTtlOptions ttl;
   DaemonHttpOptions http;
+  DaemonClusterOptions cluster;
 
   std::string DatabasePath() const { return JoinPath(state_dir, "kvkeep.db"); }
   std::string DefaultModelDir() const { return JoinPath(state_dir, "models/tiny"); }

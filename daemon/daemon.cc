@@ -104,6 +104,22 @@ EngineOptions MakeEngineOptions(const DaemonOptions& options, const std::string&
   return eo;
 }
 
+// The remote tier's options (none without cluster.remote_tier), the AUTH password read here.
+Result<std::optional<RemoteTierOptions>> MakeRemoteTierOptions(Env* env,
+                                                               const DaemonClusterOptions& c) {
+  if (c.remote_tier.empty()) return std::optional<RemoteTierOptions>();
+  RemoteTierOptions r;
+  ASSIGN_OR_RETURN(r.address, ParseRemoteAddress(c.remote_tier));
+  if (!c.remote_auth_file.empty()) {
+    ASSIGN_OR_RETURN(r.password, env->ReadFile(c.remote_auth_file));
+    if (r.password.ends_with('\n')) r.password.pop_back();
+  }
+  r.timeout_us = c.remote_timeout_ms * 1000;
+  spdlog::info("remote tier {} (timeout {} ms{})", c.remote_tier, c.remote_timeout_ms,
+               r.password.empty() ? "" : ", AUTH");
+  return std::optional<RemoteTierOptions>(std::move(r));
+}
+
 }  // namespace
 
 // The composition root: store, model, engine and service, each built from the options.
@@ -121,6 +137,12 @@ Status Daemon::Impl::Assemble() {
 
   // The KV scope: the model's content, not its folder.
   EngineOptions eo = MakeEngineOptions(options, ModelIdentity(config, *weights));
+  ASSIGN_OR_RETURN(eo.remote_tier, MakeRemoteTierOptions(env, options.cluster));
+  TenantSalt tenant_salt;
+  if (!options.cluster.cluster_secret_file.empty()) {
+    ASSIGN_OR_RETURN(tenant_salt,
+                     TenantSalt::FromSecretFile(env, options.cluster.cluster_secret_file));
+  }
   ToPolicyOptions(options, &eo.policy);
   eo.policy.cost_model = DefaultCostModel();
   ASSIGN_OR_RETURN(eo.tool_samples, store->ToolSamples(options.ttl.window_samples));
@@ -144,6 +166,7 @@ Status Daemon::Impl::Assemble() {
   so.block_size = shape.block_size;
   so.policy = options.policy;
   so.retain_quota_blocks = options.ttl.retain_quota_blocks;
+  so.tenant_salt = tenant_salt;
   ServiceDeps deps{
       engine.get(), renderer.get(),
       store.get(),  clock,

@@ -74,9 +74,9 @@ Status Service::LoadSessions() {
 }
 
 uint64_t Service::CacheSalt(uint32_t uid) const {
-  // SplitMix64 of the uid: a distinct, stable salt per tenant (stable across restarts, so
-  // the disk tier can find a tenant's blocks again).
-  return SplitMix64(uint64_t{uid} + 0x6b766b656570ull);
+  // Stable across restarts (the disk tier finds a tenant's blocks again) and, with a cluster
+  // secret, across instances (the remote tier): daemon/tenant_salt.h.
+  return options_.tenant_salt.Of(uid);
 }
 
 std::string Service::NewSessionId() {

@@ -28,6 +28,7 @@
 #include "daemon/protocol.h"
 #include "daemon/session.h"
 #include "daemon/store.h"
+#include "daemon/tenant_salt.h"
 #include "daemon/turn_renderer.h"
 #include "engine/engine.h"
 #include "policy/retention.h"
@@ -41,6 +42,7 @@ struct ServiceOptions {
   int64_t max_context_tokens = 0;         // min(model positions, KV pool tokens)
   int32_t block_size = 16;
   std::string policy;
+  TenantSalt tenant_salt;  // per instance, or from the cluster secret (daemon/tenant_salt.h)
 };
 
 struct ServiceDeps {

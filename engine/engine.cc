@@ -63,6 +63,10 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
   if (options.disk_bytes > 0 && (options.num_host_blocks == 0 || options.disk_dir.empty())) {
     return Status::InvalidArgument("engine: a disk tier needs a host tier and a directory");
   }
+  if (options.remote_tier && options.disk_bytes == 0) {
+    return Status::InvalidArgument(
+        "engine: a remote tier needs a disk tier (it stages through it)");
+  }
   RETURN_IF_ERROR(ValidatePolicyName(options.policy.name));
   if (options.num_host_blocks > 0)
     RETURN_IF_ERROR(backend->AllocateHostTier(options.num_host_blocks));
@@ -100,6 +104,9 @@ EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> ba
       disk_store_(std::move(disk_store)),
       tool_stats_(options.policy.tool_stats, clock) {
   if (disk_store_ != nullptr) disk_worker_ = std::make_unique<DiskWorker>(disk_store_.get());
+  if (disk_store_ != nullptr && options.remote_tier) {
+    remote_ = std::make_unique<RemoteBlockStore>(*options.remote_tier, disk_store_.get());
+  }
   tool_stats_.Load(options.tool_samples);
   SwitchPolicy(options.policy);
   scheduler_.set_reclaimer([this](int32_t shortfall) { return ReclaimSessions(shortfall); });

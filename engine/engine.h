@@ -15,12 +15,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/clock.h"
 #include "base/file.h"
 #include "base/status.h"
+#include "cache/remote_tier.h"
 #include "engine/backend.h"
 #include "engine/tokenizer.h"
 #include "policy/policy_factory.h"
@@ -49,6 +51,7 @@ struct Usage {
   int64_t cached_device_tokens = 0;  // found in device memory
   int64_t cached_host_tokens = 0;    // swapped in from the host tier
   int64_t cached_disk_tokens = 0;    // read from the disk tier (through the host tier)
+  int64_t cached_remote_tokens = 0;  // fetched from the remote tier (through disk and host)
   int64_t recomputed_tokens = 0;     // of those, prefilled in this request
   int64_t generated_tokens = 0;      // sampled or forced tokens decoded
   double ttft_ms = 0;                // submit -> first generated token
@@ -102,7 +105,11 @@ struct EngineOptions {
   int32_t num_host_blocks = 0;  // 0: no host tier
   int64_t disk_bytes = 0;       // 0: no disk tier
   std::string disk_dir;         // the disk tier's directory (created 0700)
-  Env* env = nullptr;           // for the disk tier; nullptr: DefaultEnv()
+  // The shared remote tier below disk (cache/remote_tier.h, docs/scale-out.md); needs the
+  // disk tier. Blocks written to disk are also written there; a prefix that misses locally
+  // is fetched from there before admission.
+  std::optional<RemoteTierOptions> remote_tier;
+  Env* env = nullptr;  // for the disk tier; nullptr: DefaultEnv()
 };
 
 struct EngineStats {
@@ -129,6 +136,8 @@ struct EngineStats {
   int64_t cached_device_tokens = 0;
   int64_t cached_host_tokens = 0;
   int64_t cached_disk_tokens = 0;
+  int64_t cached_remote_tokens = 0;
+  RemoteTierStats remote;          // all zero without a remote tier
   int64_t retained_sessions = 0;   // sessions whose blocks are kept between turns
   int64_t retained_blocks = 0;     // device blocks they hold
   int64_t reclaimed_sessions = 0;  // cumulative: retained sessions released for memory

@@ -100,6 +100,8 @@ class EngineImpl final : public Engine {
   void SwitchPolicy(const PolicyOptions& options);
   Status SetPolicy(const PolicyOptions& options) override;
   void PublishStats();
+  // Copies each sequence's newly committed full blocks to the remote tier (write-through).
+  void WriteThroughRemote(const ScheduledBatch& batch);
   void ThreadMain();
 
   const EngineOptions options_;
@@ -133,6 +135,8 @@ class EngineImpl final : public Engine {
   // Disk tier (null without one): the files and the I/O thread.
   std::unique_ptr<DiskBlockStore> disk_store_;
   std::unique_ptr<DiskWorker> disk_worker_;
+  // Remote tier (null without one); declared after disk_store_, its codec, so it goes first.
+  std::unique_ptr<RemoteBlockStore> remote_;
   int32_t outstanding_disk_reads_ = 0;
   TransferFence swap_out_fence_;  // the last swap-out not yet waited for
   int64_t disk_read_failures_ = 0;

@@ -1,6 +1,7 @@
 // EngineImpl::Step and what it calls: everything here runs on the thread driving steps.
 #include <spdlog/spdlog.h>
 
+#include "cache/remote_staging.h"
 #include "engine/engine_impl.h"
 
 namespace kvkeep {
@@ -27,7 +28,8 @@ Status EngineImpl::Step() {
     pool_.ReleaseCopySources(batch.copies);  // CoW sources were held until copied
     if (status.ok()) {
       scheduler_.OnStepDone(batch);  // KV now stored: advance, commit blocks
-      SampleAndPostprocess(batch);   // 6-7. sample, stop checks, accounting
+      if (remote_ != nullptr) WriteThroughRemote(batch);
+      SampleAndPostprocess(batch);  // 6-7. sample, stop checks, accounting
     } else {
       for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, status);
     }
@@ -74,6 +76,10 @@ void EngineImpl::DrainInbox() {
     if (session != 0) BeginTurn(session, seq.get());
     if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
       std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
+      if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
+        seq->remote_blocks_loaded =
+            StageRemotePrefix(context, scope, remote_.get(), &pool_, disk_worker_.get());
+      }
       seq->disk_blocks_loaded = pool_.PlanDiskLoads(context, scope);
       outstanding_disk_reads_ += seq->disk_blocks_loaded;
     }
@@ -144,6 +150,7 @@ void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
   totals_.cached_device_tokens += seq->usage.cached_device_tokens;
   totals_.cached_host_tokens += seq->usage.cached_host_tokens;
   totals_.cached_disk_tokens += seq->usage.cached_disk_tokens;
+  totals_.cached_remote_tokens += seq->usage.cached_remote_tokens;
   totals_.recomputed_tokens += seq->usage.recomputed_tokens;
   totals_.generated_tokens += seq->usage.generated_tokens;
   GenerateEvent ev;
@@ -174,6 +181,7 @@ void EngineImpl::EmitEvents() {
 
 void EngineImpl::PublishStats() {
   const BlockPoolStats ps = pool_.stats();
+  const RemoteTierStats remote_stats = remote_ != nullptr ? remote_->stats() : RemoteTierStats{};
   if (tool_stats_dirty_) {
     tool_stats_dirty_ = false;
     tool_keys_.clear();
@@ -203,6 +211,7 @@ void EngineImpl::PublishStats() {
   s.promoted_blocks = ps.num_promotions;
   s.dropped_blocks = ps.num_dropped;
   s.disk_read_failures = disk_read_failures_;
+  s.remote = remote_stats;
   s.retained_sessions = static_cast<int64_t>(retained_.size());
   s.retained_blocks = 0;
   for (const auto& [id, r] : retained_) s.retained_blocks += r.table.num_blocks();
@@ -268,6 +277,7 @@ Status EngineImpl::RunTransferPlan() {
     if (op.kind == Kind::kDiskWrite) {
       const DiskWrite& w = plan.disk_writes[op.write];
       const uint8_t* bytes = backend_->host_block(op.host_slot);
+      if (remote_ != nullptr) remote_->Put({w.hash, w.parent_hash, w.scope, w.tokens}, bytes);
       disk_worker_->Write({w.hash, w.parent_hash, w.scope, w.tokens},
                           std::vector<uint8_t>(bytes, bytes + backend_->block_bytes()));
     } else if (op.kind == Kind::kDiskRead) {
@@ -294,6 +304,34 @@ void EngineImpl::CollectDiskReads(bool wait) {
   if (outstanding_disk_reads_ == 0 && !awaiting_disk_.empty()) {
     for (Sequence* seq : awaiting_disk_) scheduler_.Add(seq);
     awaiting_disk_.clear();
+  }
+}
+
+// Write-through: a block is in the remote tier as soon as it is committed, so another
+// instance can continue the session even while this one still holds it (or has died).
+// Blocks the sequence matched when admitted are not sent again.
+void EngineImpl::WriteThroughRemote(const ScheduledBatch& batch) {
+  const int32_t bs = pool_.block_size();
+  std::vector<uint8_t> bytes(backend_->block_bytes());
+  for (const ScheduledSeq& s : batch.seqs) {
+    Sequence* seq = s.seq;
+    const BlockTable& t = seq->table;
+    if (seq->remote_blocks_put < 0) {
+      seq->remote_blocks_put = static_cast<int32_t>(
+          std::min<int64_t>(seq->usage.cached_tokens / bs, t.num_hashed_blocks()));
+    }
+    const std::span<const BlockHash> hashes = t.block_hashes();
+    for (int32_t i = seq->remote_blocks_put; i < t.num_hashed_blocks(); ++i) {
+      if (!backend_->ReadBlock(t.block_ids()[i], bytes.data()).ok()) break;
+      DiskBlockHeader h;
+      h.hash = hashes[i];
+      h.parent_hash = i == 0 ? kRootParentHash : hashes[i - 1];
+      h.scope = t.scope();
+      h.tokens.assign(seq->tokens.begin() + int64_t{i} * bs,
+                      seq->tokens.begin() + int64_t{i + 1} * bs);
+      remote_->Put(h, bytes.data());
+      seq->remote_blocks_put = i + 1;
+    }
   }
 }
 

@@ -107,7 +107,9 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   const int32_t from_disk = std::min(seq->disk_blocks_loaded, seq->matched_tiers.host);
   seq->usage.cached_device_tokens += int64_t{seq->matched_tiers.device} * bs;
   seq->usage.cached_host_tokens += int64_t{seq->matched_tiers.host - from_disk} * bs;
-  seq->usage.cached_disk_tokens += int64_t{from_disk} * bs;
+  const int32_t from_remote = std::min(seq->remote_blocks_loaded, from_disk);
+  seq->usage.cached_disk_tokens += int64_t{from_disk - from_remote} * bs;
+  seq->usage.cached_remote_tokens += int64_t{from_remote} * bs;
   seq->matched_tiers = {};
   Schedule(seq, n, batch);
   return true;

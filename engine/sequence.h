@@ -50,8 +50,11 @@ struct Sequence {
   SequenceStatus status = SequenceStatus::kWaiting;
   int64_t prefill_end = 0;
   int32_t num_preemptions = 0;
-  int32_t disk_blocks_loaded = 0;  // blocks of its prefix read up from disk for it
-  TierCounts matched_tiers;        // of the last MatchPrefix, until admission accounts it
+  int32_t disk_blocks_loaded = 0;    // blocks of its prefix read up from disk for it
+  int32_t remote_blocks_loaded = 0;  // of those, first fetched from the remote tier
+  int32_t remote_blocks_put = -1;    // leading hashed blocks already in (or sent to) the
+                                     // remote tier; -1 until its first step
+  TierCounts matched_tiers;          // of the last MatchPrefix, until admission accounts it
 
   Sampler sampler;
   StopChecker stop;

@@ -206,3 +206,36 @@ TEST(ConfigTest, CheckConfigExitsZeroOrOneWithAMessage) {
 
 }  // namespace
 }  // namespace kvkeep
+
+namespace kvkeep {
+namespace {
+
+TEST(ConfigTest, ClusterFlagsAndKeys) {
+  MapEnv env(std::map<std::string, std::string>{{"HOME", "/home/u"}});
+  auto cl = Parse({"--remote-tier", "redis://10.0.0.5:6380/1", "--remote-timeout-ms", "250",
+                   "--cluster-secret-file", "/etc/kvkeep/cluster.secret", "--host-blocks", "64",
+                   "--disk-gib", "1"},
+                  &env);
+  ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+  EXPECT_EQ(cl->options.cluster.remote_tier, "redis://10.0.0.5:6380/1");
+  EXPECT_EQ(cl->options.cluster.remote_timeout_ms, 250);
+  EXPECT_EQ(cl->options.cluster.cluster_secret_file, "/etc/kvkeep/cluster.secret");
+  EXPECT_TRUE(ValidateDaemonOptions(cl->options).ok());
+  // Round trip through the JSON form.
+  DaemonOptions again = DefaultDaemonOptions(&env);
+  ASSERT_TRUE(ApplyConfigJson(DaemonOptionsToJson(cl->options), &again).ok());
+  EXPECT_EQ(again.cluster.remote_tier, cl->options.cluster.remote_tier);
+  EXPECT_EQ(again.cluster.remote_timeout_ms, 250);
+
+  DaemonOptions o = cl->options;
+  o.engine.disk_gib = 0;
+  EXPECT_NE(ValidateDaemonOptions(o).message().find("disk tier"), std::string::npos);
+  o = cl->options;
+  o.cluster.remote_tier = "http://nope";
+  EXPECT_EQ(ValidateDaemonOptions(o).code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ApplyConfigJson(R"({"cluster": {"remote_timeout_ms": 0}})", &o).ok());
+  EXPECT_FALSE(ApplyConfigJson(R"({"cluster": {"redis": "x"}})", &o).ok());
+}
+
+}  // namespace
+}  // namespace kvkeep
