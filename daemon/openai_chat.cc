@@ -122,7 +122,7 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
   if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
     const json& tc = body["tool_choice"];
     const bool ok = (tc.is_string() && (tc == "none" || tc == "auto" || tc == "required")) ||
-                    (tc.is_object() && tc.value("type", "") == "function");
+                    (tc.is_object() && openai::StringField(tc, "type") == "function");
     if (!ok) {
       return OpenAiError(400, "'tool_choice' must be none, auto, required or a function",
                          "invalid_request_error", "tool_choice");
