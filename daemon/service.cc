@@ -62,12 +62,17 @@ Status ValidSessionId(const std::string& id, const char* key) {
 Service::Service(ServiceOptions options, ServiceDeps deps)
     : options_(std::move(options)),
       deps_(std::move(deps)),
+      stored_bytes_(options_.limits.max_stored_bytes_per_uid),
       start_mono_us_(deps_.clock->NowMicros()) {}
 
 Status Service::LoadSessions() {
   ASSIGN_OR_RETURN(auto stored, deps_.store->LoadAll());
   spdlog::info("store: loaded {} sessions", stored.size());
   sessions_.Load(std::move(stored));
+  for (const auto& s : sessions_.List(std::nullopt)) {  // tool events of earlier runs: uncounted
+    std::lock_guard<std::mutex> lock(s->mu);
+    stored_bytes_.ChargeAnyway(s->owner_uid, s->id, StoredBytes::Of(s->messages));
+  }
   return Status::OK();
 }
 
@@ -165,7 +170,9 @@ Service::Reply Service::Hello(const Ctx& ctx) {
         {"max_sessions_per_uid", l.max_sessions_per_uid},
         {"max_inflight_per_connection", l.max_inflight_per_connection},
         {"max_output_buffer_bytes", l.max_output_buffer_bytes},
-        {"max_tokens", l.max_tokens}}},
+        {"max_tokens", l.max_tokens},
+        {"max_stored_bytes_per_uid", l.max_stored_bytes_per_uid}}},
+      {"stored_bytes", stored_bytes_.Used(ctx.uid())},
   };
 }
 
@@ -242,7 +249,10 @@ Service::Reply Service::Open(const Ctx& ctx) {
   }
   StoredSession stored{
       ctx.uid(), id, now, now, options_.model_id, false, session->ToStoredLocked(0, first)};
-  if (Status st = deps_.store->CreateSession(stored); !st.ok()) {
+  Status charged = stored_bytes_.Charge(ctx.uid(), id, StoredBytes::Of(first));
+  Status st = charged.ok() ? deps_.store->CreateSession(stored) : charged;
+  if (!st.ok()) {
+    if (charged.ok()) stored_bytes_.Forget(ctx.uid(), id);
     session->deleted = true;
     sessions_.Remove(ctx.uid(), id);
     sessions_.ReleaseOpen(ctx.uid());
@@ -284,9 +294,14 @@ Service::Reply Service::Append(const Ctx& ctx) {
         " tokens; max_context_tokens is " + std::to_string(options_.max_context_tokens));
   }
   const int64_t now = deps_.clock->WallMicros();
+  const int64_t bytes = StoredBytes::Of(msgs);
+  RETURN_IF_ERROR(stored_bytes_.Charge(s->owner_uid, s->id, bytes));
   Status st = deps_.store->AppendMessages(s->owner_uid, s->id,
                                           s->ToStoredLocked(s->messages.size(), msgs), now);
-  if (!st.ok()) return StoreError(st);
+  if (!st.ok()) {
+    stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
+    return StoreError(st);
+  }
   for (Message& m : msgs) s->AppendLocked(std::move(m));
   s->updated_us = now;
   return json{{"session", s->id},
@@ -302,9 +317,14 @@ Service::Reply Service::ToolBegin(const Ctx& ctx) {
   if (tool.empty()) return Status::InvalidArgument("'tool' must not be empty");
   std::lock_guard<std::mutex> lock(s->mu);
   RETURN_IF_ERROR(UsableLocked(*s, /*allow_busy=*/true));
+  const auto bytes = static_cast<int64_t>(tool.size() + args.size());
+  RETURN_IF_ERROR(stored_bytes_.Charge(s->owner_uid, s->id, bytes));
   auto event_id =
       deps_.store->BeginToolEvent(s->owner_uid, s->id, tool, args, deps_.clock->WallMicros());
-  if (!event_id.ok()) return StoreError(event_id.status());
+  if (!event_id.ok()) {
+    stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
+    return StoreError(event_id.status());
+  }
   s->pending_tools.push_back({*event_id, tool, deps_.clock->NowMicros()});
   if (s->tool_events_loaded) {
     s->tool_events.push_back({*event_id, tool, args, deps_.clock->WallMicros()});
@@ -340,10 +360,15 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
   const int64_t end_us = deps_.clock->WallMicros();
   const int64_t duration_us = pending ? deps_.clock->NowMicros() - pending->begin_mono_us : 0;
   std::vector<Message> msgs = {std::move(msg)};
+  const int64_t bytes = StoredBytes::Of(msgs);
+  RETURN_IF_ERROR(stored_bytes_.Charge(s->owner_uid, s->id, bytes));
   Status st =
       deps_.store->EndToolEvent(s->owner_uid, s->id, pending ? pending->event_id : 0, tool, end_us,
                                 duration_us, s->ToStoredLocked(s->messages.size(), msgs));
-  if (!st.ok()) return StoreError(st);
+  if (!st.ok()) {
+    stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
+    return StoreError(st);
+  }
   if (pending) {
     s->pending_tools.pop_back();
     deps_.metrics->tool.Observe(duration_us / 1000.0);
@@ -384,11 +409,14 @@ Service::Reply Service::Fork(const Ctx& ctx) {
   child->messages = parent->messages;
   child->tokens = parent->tokens;
   std::lock_guard<std::mutex> clock(child->mu);
+  RETURN_IF_ERROR(stored_bytes_.Charge(child->owner_uid, id, StoredBytes::Of(child->messages)));
   if (Status st = sessions_.Insert(child, options_.limits.max_sessions_per_uid); !st.ok()) {
+    stored_bytes_.Forget(child->owner_uid, id);
     return st;
   }
   Status st = deps_.store->CopySession(parent->owner_uid, parent->id, id, child->created_us);
   if (!st.ok()) {
+    stored_bytes_.Forget(child->owner_uid, id);
     child->deleted = true;
     sessions_.Remove(child->owner_uid, id);
     sessions_.ReleaseOpen(child->owner_uid);
@@ -415,6 +443,7 @@ Service::Reply Service::Close(const Ctx& ctx) {
   if (!keep) {
     s->deleted = true;
     sessions_.Remove(s->owner_uid, s->id);
+    stored_bytes_.Forget(s->owner_uid, s->id);
   }
   if (was_open) sessions_.ReleaseOpen(s->owner_uid);
   deps_.engine->Hint({SessionHint::Kind::kClose, EngineSessionOf(s->owner_uid, s->id),

@@ -154,6 +154,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
                       : deps_.store->AppendMessages(s.owner_uid, s.id,
                                                     s.ToStoredLocked(s.messages.size(), msgs), now);
       if (st.ok()) {
+        stored_bytes_.ChargeAnyway(s.owner_uid, s.id, StoredBytes::Of(msgs));
         s.AppendLocked(std::move(msgs[0]));
         s.updated_us = now;
       } else {
