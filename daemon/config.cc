@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "daemon/cache_policy.h"
+#include "policy/policy_factory.h"
 
 namespace kvkeep {
 namespace {
@@ -179,6 +179,20 @@ std::string DaemonOptions::HttpSocketPath() const {
 
 namespace {
 
+Status ApplyTtl(const json& obj, DaemonTtlOptions* t) {
+  FieldReader r(obj, "ttl.");
+  r.Known({"max_ttl_s", "fixed_ttl_s", "prior_mean_s", "min_samples", "window_samples",
+           "retain_quota_blocks", "starvation_bound_s"});
+  r.Double("max_ttl_s", &t->max_ttl_s, 0, 86400);
+  r.Double("fixed_ttl_s", &t->fixed_ttl_s, 0, 86400);
+  r.Double("prior_mean_s", &t->prior_mean_s, 1e-3, 86400);
+  r.Int("min_samples", &t->min_samples, 1, 1 << 20);
+  r.Int("window_samples", &t->window_samples, 1, 1 << 20);
+  r.Int("retain_quota_blocks", &t->retain_quota_blocks, 0, kMaxI64);
+  r.Double("starvation_bound_s", &t->starvation_bound_s, 0, 86400);
+  return r.Finish();
+}
+
 Status ApplyHttp(const json& j, DaemonHttpOptions* h) {
   FieldReader r(j, "http.");
   r.Known({"socket", "socket_mode", "listen", "api_key_file", "max_body_bytes", "max_connections",
@@ -203,7 +217,7 @@ Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
   if (!doc.is_object()) return Status::InvalidArgument("configuration must be a JSON object");
   FieldReader r(doc, "");
   r.Known({"model", "socket", "state_dir", "socket_mode", "socket_group", "admin_group",
-           "log_level", "policy", "io_threads", "watchdog_interval_ms", "limits", "engine",
+           "log_level", "policy", "io_threads", "watchdog_interval_ms", "limits", "engine", "ttl",
            "http"});
   r.String("model", &o->model_dir);
   r.String("socket", &o->socket_path);
@@ -217,6 +231,7 @@ Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
   r.Int("watchdog_interval_ms", &o->watchdog_interval_ms, 0, kMaxI64);
   if (const json* limits = r.Object("limits")) RETURN_IF_ERROR(ApplyLimits(*limits, &o->limits));
   if (const json* engine = r.Object("engine")) RETURN_IF_ERROR(ApplyEngine(*engine, &o->engine));
+  if (const json* ttl = r.Object("ttl")) RETURN_IF_ERROR(ApplyTtl(*ttl, &o->ttl));
   if (const json* http = r.Object("http")) RETURN_IF_ERROR(ApplyHttp(*http, &o->http));
   return r.Finish();
 }
@@ -228,8 +243,7 @@ Status ValidateDaemonOptions(const DaemonOptions& o) {
     return Status::InvalidArgument("socket path longer than 107 bytes: " + o.socket_path);
   }
   if (o.state_dir.empty()) return Status::InvalidArgument("state_dir is empty");
-  auto policy = FindCachePolicy(o.policy);
-  if (!policy.ok()) return Status::InvalidArgument(policy.status().message());
+  RETURN_IF_ERROR(ValidatePolicyName(o.policy));
   static const std::set<std::string> kLevels = {"trace", "debug",    "info", "warn",
                                                 "error", "critical", "off"};
   if (kLevels.count(o.log_level) == 0) {
@@ -285,7 +299,17 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
   str("--socket-group", &f.socket_group, &o.socket_group, "group owning the socket");
   str("--admin-group", &f.admin_group, &o.admin_group, "group allowed to list all sessions");
   str("--log-level", &f.log_level, &o.log_level, "trace|debug|info|warn|error|critical|off");
-  str("--policy", &f.policy, &o.policy, "cache policy: lru|none");
+  str("--policy", &f.policy, &o.policy, "KV policy: ttl|ttl-fcfs|fixed-ttl|lru|none");
+  num("--max-ttl-s", &f.ttl.max_ttl_s, &o.ttl.max_ttl_s, "longest pin the TTL rule grants, s");
+  num("--fixed-ttl-s", &f.ttl.fixed_ttl_s, &o.ttl.fixed_ttl_s, "fixed-ttl's pin, s");
+  num("--tool-prior-mean-s", &f.ttl.prior_mean_s, &o.ttl.prior_mean_s,
+      "mean of the tool-duration prior with no samples, s");
+  num("--tool-min-samples", &f.ttl.min_samples, &o.ttl.min_samples,
+      "samples before a tool key's own CDF is used");
+  num("--tool-window-samples", &f.ttl.window_samples, &o.ttl.window_samples,
+      "newest tool-duration samples kept per key (ageing window)");
+  num("--retain-quota-blocks", &f.ttl.retain_quota_blocks, &o.ttl.retain_quota_blocks,
+      "KV blocks one uid may pin with session.retain");
   num("--io-threads", &f.io_threads, &o.io_threads, "Asio I/O threads");
   num("--max-line-bytes", &f.limits.max_line_bytes, &o.limits.max_line_bytes,
       "longest request line, bytes");
@@ -388,6 +412,14 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"num_threads", o.engine.num_threads},
         {"host_blocks", o.engine.host_blocks},
         {"disk_gib", o.engine.disk_gib}}},
+      {"ttl",
+       {{"max_ttl_s", o.ttl.max_ttl_s},
+        {"fixed_ttl_s", o.ttl.fixed_ttl_s},
+        {"prior_mean_s", o.ttl.prior_mean_s},
+        {"min_samples", o.ttl.min_samples},
+        {"window_samples", o.ttl.window_samples},
+        {"retain_quota_blocks", o.ttl.retain_quota_blocks},
+        {"starvation_bound_s", o.ttl.starvation_bound_s}}},
 
       {"http",
        {{"socket", o.http.socket_path},
@@ -399,6 +431,16 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_inflight", o.http.max_inflight}}},
   };
   return doc.dump(2);
+}
+
+void ToPolicyOptions(const DaemonOptions& o, PolicyOptions* p) {
+  p->name = o.policy;
+  p->ttl.max_ttl_s = o.ttl.max_ttl_s;
+  p->fixed_ttl.ttl_s = o.ttl.fixed_ttl_s;
+  p->tool_stats.prior_mean_s = o.ttl.prior_mean_s;
+  p->tool_stats.min_samples_per_key = o.ttl.min_samples;
+  p->tool_stats.window_samples = o.ttl.window_samples;
+  p->admission.starvation_bound_us = static_cast<int64_t>(o.ttl.starvation_bound_s * 1e6);
 }
 
 }  // namespace kvkeep

@@ -44,6 +44,18 @@ struct DaemonEngineOptions {
   double disk_gib = 0;  // disk KV tier under state_dir/kv, GiB; 0: none (needs host_blocks)
 };
 
+// The KV policy's knobs (docs/policy.md, docs/configuration.md "ttl"). The policy's name
+// is DaemonOptions::policy.
+struct DaemonTtlOptions {
+  double max_ttl_s = 30;                  // --max-ttl-s: longest learned pin
+  double fixed_ttl_s = 2;                 // --fixed-ttl-s: fixed-ttl's pin
+  double prior_mean_s = 5;                // --tool-prior-mean-s: exponential prior's mean
+  int32_t min_samples = 20;               // --tool-min-samples: before a key's own CDF
+  int32_t window_samples = 256;           // --tool-window-samples: newest samples kept
+  int64_t retain_quota_blocks = 1 << 20;  // --retain-quota-blocks: hint pins per uid
+  double starvation_bound_s = 30;         // program-aware admission's starvation bound
+};
+
 // The OpenAI-compatible HTTP front end (docs/openai.md).
 struct DaemonHttpOptions {
   std::string socket_path;  // "": kvkeep-http.sock next to the native socket; "none": off
@@ -66,11 +78,12 @@ struct DaemonOptions {
   std::string socket_group;  // chgrp the socket to this group; empty: leave it
   std::string admin_group;   // members may list all sessions; empty: root only
   std::string log_level = "info";
-  std::string policy = "lru";        // a name from the cache-policy registry
+  std::string policy = "lru";        // ttl | ttl-fcfs | fixed-ttl | lru | none
   int32_t io_threads = 2;            // Asio threads parsing requests and writing replies
   int64_t watchdog_interval_ms = 0;  // 0: half of systemd's WATCHDOG_USEC, or off
   DaemonLimits limits;
   DaemonEngineOptions engine;
+  DaemonTtlOptions ttl;
   DaemonHttpOptions http;
 
   std::string DatabasePath() const { return JoinPath(state_dir, "kvkeep.db"); }
@@ -110,5 +123,10 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
 // The options as a JSON document in the configuration file's format (for --check-config
 // and logs).
 std::string DaemonOptionsToJson(const DaemonOptions& options);
+
+struct PolicyOptions;
+// The engine's policy options from the daemon's (name, TTL knobs; the cost model is left
+// at its default).
+void ToPolicyOptions(const DaemonOptions& options, PolicyOptions* out);
 
 }  // namespace kvkeep

@@ -10,7 +10,6 @@
 
 #include "base/clock.h"
 #include "base/logging.h"
-#include "daemon/cache_policy.h"
 #include "daemon/http_server.h"
 #include "daemon/metrics.h"
 #include "daemon/openai_api.h"
@@ -122,8 +121,9 @@ Status Daemon::Impl::Assemble() {
 
   // The KV scope: the model's content, not its folder.
   EngineOptions eo = MakeEngineOptions(options, ModelIdentity(config, *weights));
-  ASSIGN_OR_RETURN(const CachePolicy* policy, FindCachePolicy(options.policy));
-  policy->configure(&eo);
+  ToPolicyOptions(options, &eo.policy);
+  eo.policy.cost_model = DefaultCostModel();
+  ASSIGN_OR_RETURN(eo.tool_samples, store->ToolSamples(options.ttl.window_samples));
   ASSIGN_OR_RETURN(auto backend,
                    CreateBackendForDevice(options.engine.device, *weights, eo.backend));
   const KvPoolShape shape = backend->kv_shape();
@@ -131,7 +131,7 @@ Status Daemon::Impl::Assemble() {
   RETURN_IF_ERROR(engine->Start());
   spdlog::info("model {} ({}, {} layers, vocab {}) on {}: {} KV blocks of {} tokens, policy {}",
                model_id, config.architecture, config.num_layers, config.vocab_size,
-               options.engine.device, shape.num_blocks, shape.block_size, policy->name);
+               options.engine.device, shape.num_blocks, shape.block_size, options.policy);
 
   ServiceOptions so;
   so.limits = options.limits;
@@ -142,7 +142,8 @@ Status Daemon::Impl::Assemble() {
         std::min<int64_t>(so.max_context_tokens, config.max_position_embeddings);
   }
   so.block_size = shape.block_size;
-  so.policy = policy->name;
+  so.policy = options.policy;
+  so.retain_quota_blocks = options.ttl.retain_quota_blocks;
   ServiceDeps deps{
       engine.get(), renderer.get(),
       store.get(),  clock,
@@ -297,9 +298,20 @@ void Daemon::Impl::Reload() {
         options.log_level = n.log_level;
       }
     }
-    if (n.policy != options.policy) {
-      // The policies registered today fix EngineOptions at engine creation.
-      spdlog::warn("SIGHUP: policy change {} -> {} needs a restart", options.policy, n.policy);
+    PolicyOptions now, next;
+    ToPolicyOptions(options, &now);
+    ToPolicyOptions(n, &next);
+    if (n.policy != options.policy || n.ttl.max_ttl_s != options.ttl.max_ttl_s ||
+        n.ttl.fixed_ttl_s != options.ttl.fixed_ttl_s ||
+        n.ttl.starvation_bound_s != options.ttl.starvation_bound_s) {
+      next.cost_model = DefaultCostModel();
+      if (Status ps = engine->SetPolicy(next); ps.ok()) {
+        spdlog::info("SIGHUP: policy {} -> {}", options.policy, n.policy);
+        options.policy = n.policy;
+        options.ttl = n.ttl;
+      } else {
+        spdlog::warn("SIGHUP: policy {} not applied: {}", n.policy, ps.message());
+      }
     }
     spdlog::info("SIGHUP: configuration reloaded");
   }

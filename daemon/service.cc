@@ -6,6 +6,7 @@
 
 #include "base/hash64.h"
 #include "daemon/engine_session.h"
+#include "policy/tool_key.h"
 
 namespace kvkeep {
 
@@ -63,7 +64,8 @@ Service::Service(ServiceOptions options, ServiceDeps deps)
     : options_(std::move(options)),
       deps_(std::move(deps)),
       stored_bytes_(options_.limits.max_stored_bytes_per_uid),
-      start_mono_us_(deps_.clock->NowMicros()) {}
+      start_mono_us_(deps_.clock->NowMicros()),
+      retention_(RetentionOptions{options_.retain_quota_blocks, 3600}, deps_.clock) {}
 
 Status Service::LoadSessions() {
   ASSIGN_OR_RETURN(auto stored, deps_.store->LoadAll());
@@ -129,6 +131,9 @@ void Service::Handle(const std::shared_ptr<Client>& client, const protocol::Requ
     case Verb::kCancel:
       reply = Cancel(ctx);
       break;
+    case Verb::kSessionRetain:
+      reply = RetainVerb(ctx);
+      break;
     case Verb::kSessionGenerate: {
       Status st = Generate(ctx);
       if (st.ok()) return;  // replies later
@@ -163,7 +168,7 @@ Service::Reply Service::Hello(const Ctx& ctx) {
         {"architecture", mc.architecture},
         {"vocab_size", mc.vocab_size},
         {"max_context_tokens", options_.max_context_tokens}}},
-      {"policy", options_.policy},
+      {"policy", deps_.engine->GetStats().policy},
       {"limits",
        {{"max_line_bytes", l.max_line_bytes},
         {"max_json_depth", l.max_json_depth},
@@ -203,6 +208,9 @@ Result<Message> Service::ParseMessage(const json& m,
 Service::Reply Service::Open(const Ctx& ctx) {
   ASSIGN_OR_RETURN(std::string id, ctx.params.StringOr("session", ""));
   ASSIGN_OR_RETURN(std::string system, ctx.params.StringOr("system", ""));
+  if (id.empty() && ctx.params.Has("session")) {  // "" is a bad name, not an absent one
+    return Status::InvalidArgument("'session' must not be empty (omit it for a new id)");
+  }
   if (id.empty()) {
     id = NewSessionId();
   } else {
@@ -310,6 +318,18 @@ Service::Reply Service::Append(const Ctx& ctx) {
               {"appended_tokens", added}};
 }
 
+// The tool key a duration is learned under: the command is the arguments' "command" (or
+// "cmd") string when they are a JSON object, else the arguments text itself.
+std::string Service::ToolKeyOf(const std::string& tool, const std::string& args) {
+  json a = json::parse(args, nullptr, /*allow_exceptions=*/false);
+  for (const char* field : {"command", "cmd"}) {
+    if (a.is_object() && a.contains(field) && a[field].is_string()) {
+      return ToolKey(tool, a[field].get<std::string>());
+    }
+  }
+  return ToolKey(tool, a.is_discarded() ? args : "");
+}
+
 Service::Reply Service::ToolBegin(const Ctx& ctx) {
   ASSIGN_OR_RETURN(auto s, FindSession(ctx));
   ASSIGN_OR_RETURN(std::string tool, ctx.params.String("tool"));
@@ -325,12 +345,15 @@ Service::Reply Service::ToolBegin(const Ctx& ctx) {
     stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
     return StoreError(event_id.status());
   }
-  s->pending_tools.push_back({*event_id, tool, deps_.clock->NowMicros()});
+  const std::string key = ToolKeyOf(tool, args);
+  s->pending_tools.push_back({*event_id, tool, deps_.clock->NowMicros(), key});
   if (s->tool_events_loaded) {
     s->tool_events.push_back({*event_id, tool, args, deps_.clock->WallMicros()});
   }
-  deps_.engine->Hint({SessionHint::Kind::kToolBegin, EngineSessionOf(s->owner_uid, s->id),
-                      deps_.clock->NowMicros(), 0, 0});
+  SessionHint hint{SessionHint::Kind::kToolBegin, EngineSessionOf(s->owner_uid, s->id),
+                   deps_.clock->NowMicros(), 0, 0};
+  hint.tool_key = key;
+  deps_.engine->Hint(hint);
   return json{{"session", s->id}, {"tool_event", *event_id}};
 }
 
@@ -362,9 +385,9 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
   std::vector<Message> msgs = {std::move(msg)};
   const int64_t bytes = StoredBytes::Of(msgs);
   RETURN_IF_ERROR(stored_bytes_.Charge(s->owner_uid, s->id, bytes));
-  Status st =
-      deps_.store->EndToolEvent(s->owner_uid, s->id, pending ? pending->event_id : 0, tool, end_us,
-                                duration_us, s->ToStoredLocked(s->messages.size(), msgs));
+  Status st = deps_.store->EndToolEvent(
+      s->owner_uid, s->id, pending ? pending->event_id : 0, tool, end_us, duration_us,
+      s->ToStoredLocked(s->messages.size(), msgs), pending ? pending->key : "");
   if (!st.ok()) {
     stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
     return StoreError(st);
@@ -381,8 +404,13 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
   }
   s->AppendLocked(std::move(msgs[0]));
   s->updated_us = end_us;
-  deps_.engine->Hint({SessionHint::Kind::kToolEnd, EngineSessionOf(s->owner_uid, s->id),
-                      deps_.clock->NowMicros(), 0, 0});
+  SessionHint hint{SessionHint::Kind::kToolEnd, EngineSessionOf(s->owner_uid, s->id),
+                   deps_.clock->NowMicros(), 0, 0};
+  if (pending) {
+    hint.tool_key = pending->key;
+    hint.duration_us = duration_us;
+  }
+  deps_.engine->Hint(hint);
   return json{{"session", s->id},
               {"tool_event", pending ? json(pending->event_id) : json(nullptr)},
               {"tool", tool},
@@ -394,6 +422,9 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
 Service::Reply Service::Fork(const Ctx& ctx) {
   ASSIGN_OR_RETURN(auto parent, FindSession(ctx));
   ASSIGN_OR_RETURN(std::string id, ctx.params.StringOr("new_session", ""));
+  if (id.empty() && ctx.params.Has("new_session")) {
+    return Status::InvalidArgument("'new_session' must not be empty (omit it for a new id)");
+  }
   if (id.empty()) {
     id = NewSessionId();
   } else {
@@ -446,8 +477,12 @@ Service::Reply Service::Close(const Ctx& ctx) {
     stored_bytes_.Forget(s->owner_uid, s->id);
   }
   if (was_open) sessions_.ReleaseOpen(s->owner_uid);
-  deps_.engine->Hint({SessionHint::Kind::kClose, EngineSessionOf(s->owner_uid, s->id),
-                      deps_.clock->NowMicros(), 0, 0});
+  const SessionId engine_session = EngineSessionOf(s->owner_uid, s->id);
+  {
+    std::lock_guard<std::mutex> rlock(retain_mu_);
+    retention_.Release(std::to_string(engine_session));
+  }
+  deps_.engine->Hint({SessionHint::Kind::kClose, engine_session, deps_.clock->NowMicros(), 0, 0});
   return json{{"session", s->id}, {"kept", keep}};
 }
 
@@ -482,6 +517,8 @@ Service::Reply Service::Info(const Ctx& ctx) {
     }
     out["messages"] = std::move(msgs);
   }
+  ASSIGN_OR_RETURN(bool with_tool_events, ctx.params.BoolOr("tool_events", true));
+  if (!with_tool_events) return out;
   if (!s->tool_events_loaded) {
     auto events = deps_.store->ListToolEvents(s->owner_uid, s->id);
     if (!events.ok()) return StoreError(events.status());

@@ -31,13 +31,15 @@
 #include "daemon/stored_bytes.h"
 #include "daemon/turn_renderer.h"
 #include "engine/engine.h"
+#include "policy/retention.h"
 
 namespace kvkeep {
 
 struct ServiceOptions {
   DaemonLimits limits;
-  std::string model_id;            // the model's name (directory basename)
-  int64_t max_context_tokens = 0;  // min(model positions, KV pool tokens)
+  int64_t retain_quota_blocks = 1 << 20;  // ttl.retain_quota_blocks: hint pins per uid
+  std::string model_id;                   // the model's name (directory basename)
+  int64_t max_context_tokens = 0;         // min(model positions, KV pool tokens)
   int32_t block_size = 16;
   std::string policy;
 };
@@ -68,6 +70,16 @@ class Service {
   // Generations in flight (for the shutdown drain and the watchdog).
   int64_t num_generating() const { return num_generating_.load(); }
 
+  // session.retain: keeps uid's session's KV on the device for ttl_s seconds with a
+  // retention priority (higher is kept longer among pinned sessions' peers), overriding
+  // the learned TTL; ttl_s 0 releases. The pin counts ceil(tokens / block_size) blocks
+  // against the uid's quota (ServiceOptions::retain_quota_blocks). NotFound for a session
+  // the uid does not own; ResourceExhausted naming the quota past it; InvalidArgument for
+  // ttl_s < 0, > 3600 or not finite. Returns {"session", "ttl_s", "priority",
+  // "pinned_blocks", "uid_pinned_blocks", "quota_blocks"}. Thread-safe.
+  Result<nlohmann::json> Retain(uint32_t uid, const std::string& session, double ttl_s,
+                                double priority = 0);
+
  private:
   struct Ctx {
     const std::shared_ptr<Client>& client;
@@ -91,12 +103,18 @@ class Service {
   Reply List(const Ctx& ctx);
   Reply Stats(const Ctx& ctx);
   Reply Cancel(const Ctx& ctx);
+  Reply RetainVerb(const Ctx& ctx);
+  // The optional `retain: {ttl_s, priority?}` of session.generate, applied before submit.
+  // REQUIRES: s.mu held (as are both below).
+  Status RetainField(const Ctx& ctx, const Session& s);
+  Result<nlohmann::json> RetainSession(const Session& s, double ttl_s, double priority);
   // OK when the engine accepted the request (it replies later); the refusal otherwise.
   Status Generate(const Ctx& ctx);
   void FinishGeneration(const std::shared_ptr<Generation>& gen, const GenerateEvent& event);
 
   // The caller's session named by the request's `session` (NotFound when absent).
   Result<std::shared_ptr<Session>> FindSession(const Ctx& ctx) const;
+  static std::string ToolKeyOf(const std::string& tool, const std::string& args);
   // Parses one message object of session.append / tool_end and renders its tokens.
   // `history` is the conversation before it (the chat template renders in context).
   Result<Message> ParseMessage(const nlohmann::json& m,
@@ -115,6 +133,8 @@ class Service {
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<uint64_t> id_counter_{0};
   const int64_t start_mono_us_;
+  mutable std::mutex retain_mu_;
+  RetentionBook retention_;  // guarded by retain_mu_
 };
 
 }  // namespace kvkeep

@@ -1,4 +1,5 @@
-// The stats verb: JSON and Prometheus text.
+// The stats verb: one list of metrics (MetricRows) feeds both the JSON reply and the
+// Prometheus text, so the two can never disagree or drift apart.
 #include <cstdio>
 
 #include "daemon/service.h"
@@ -9,11 +10,151 @@ using nlohmann::json;
 
 namespace {
 
-void Metric(std::string* out, const char* name, const char* type, const char* help, double v) {
-  char line[160];
-  std::snprintf(line, sizeof(line), "%.17g", v);
+// One scalar metric: where it sits in the stats JSON (a '/'-separated path), its
+// Prometheus name, type and help, and its value (an integer or a number).
+struct MetricRow {
+  const char* path;
+  const char* prom;
+  const char* type;  // "gauge" or "counter"
+  const char* help;
+  json value;
+};
+
+std::string PromNumber(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%.17g", v);
+  return buf;
+}
+
+void PromLine(std::string* out, const char* name, const char* type, const char* help,
+              const std::string& value) {
   *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" +
-          name + " " + line + "\n";
+          name + " " + value + "\n";
+}
+
+// A Prometheus label value: backslash, quote and newline escaped.
+std::string PromLabel(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+std::vector<MetricRow> MetricRows(const EngineStats& es, const DaemonMetrics& m, double uptime_s,
+                                  int64_t sessions_open, int64_t generating, int32_t block_size) {
+  const double hit = es.prompt_tokens > 0 ? static_cast<double>(es.cached_tokens) /
+                                                static_cast<double>(es.prompt_tokens)
+                                          : 0.0;
+  const int64_t bb = es.block_bytes;
+  return {
+      {"uptime_s", "kvkeep_uptime_seconds", "gauge", "Seconds since kvkeepd started.", uptime_s},
+      {"server/connections", "kvkeep_connections", "gauge", "Open client connections.",
+       m.connections.load()},
+      {"server/connections_total", "kvkeep_connections_accepted_total", "counter",
+       "Connections accepted.", m.connections_total.load()},
+      {"server/requests", "kvkeep_requests_total", "counter", "Requests received.",
+       m.requests.load()},
+      {"server/errors", "kvkeep_errors_total", "counter", "Requests answered with an error.",
+       m.errors.load()},
+      {"server/slow_readers_dropped", "kvkeep_slow_readers_dropped_total", "counter",
+       "Connections dropped as slow readers.", m.slow_readers_dropped.load()},
+      {"sessions/open", "kvkeep_sessions_open", "gauge", "Open sessions.", sessions_open},
+      {"sessions/generating", "kvkeep_generating", "gauge", "Generations in flight.", generating},
+      {"sessions/retained", "kvkeep_retained_sessions", "gauge",
+       "Sessions whose KV the engine keeps between turns.", es.retained_sessions},
+      {"sessions/retained_blocks", "kvkeep_retained_blocks", "gauge",
+       "Device KV blocks held by retained sessions.", es.retained_blocks},
+      {"sessions/reclaimed", "kvkeep_reclaimed_sessions_total", "counter",
+       "Retained sessions released for memory.", es.reclaimed_sessions},
+      {"pools/device/blocks_total", "kvkeep_pool_blocks_total", "gauge",
+       "KV blocks in the device pool.", es.blocks_total},
+      {"pools/device/blocks_used", "kvkeep_pool_blocks_used", "gauge",
+       "KV blocks referenced by requests.", es.blocks_used},
+      {"pools/device/blocks_cached", "kvkeep_pool_blocks_cached", "gauge",
+       "Free KV blocks holding reusable prefixes.", es.blocks_cached},
+      {"pools/device/blocks_shared", "kvkeep_pool_blocks_shared", "gauge",
+       "Device KV blocks held by several requests.", es.blocks_shared},
+      {"pools/device/block_size", "kvkeep_block_size_tokens", "gauge", "Tokens per KV block.",
+       block_size},
+      {"pools/host/blocks_total", "kvkeep_host_blocks_total", "gauge",
+       "Host KV tier capacity, blocks.", es.host_blocks_total},
+      {"pools/host/blocks_used", "kvkeep_host_blocks_used", "gauge", "Host KV tier blocks in use.",
+       es.host_blocks_used},
+      {"pools/disk/blocks_total", "kvkeep_disk_blocks_total", "gauge",
+       "Disk KV tier capacity, blocks.", es.disk_blocks_total},
+      {"pools/disk/blocks_used", "kvkeep_disk_blocks_used", "gauge", "Disk KV tier blocks stored.",
+       es.disk_blocks_used},
+      {"tiers/device/blocks", "kvkeep_tier_device_blocks", "gauge",
+       "Device blocks holding KV (in use or cached).", es.blocks_used + es.blocks_cached},
+      {"tiers/host/blocks", "kvkeep_tier_host_blocks", "gauge", "Host tier blocks holding KV.",
+       es.host_blocks_used},
+      {"tiers/disk/blocks", "kvkeep_tier_disk_blocks", "gauge", "Disk tier blocks holding KV.",
+       es.disk_blocks_used},
+      {"tiers/disk/read_failures", "kvkeep_disk_read_failures_total", "counter",
+       "Disk blocks missing or failing their checksum (recomputed).", es.disk_read_failures},
+      {"tiers/demoted_blocks", "kvkeep_demoted_blocks_total", "counter",
+       "KV blocks moved one tier down.", es.demoted_blocks},
+      {"tiers/demoted_bytes", "kvkeep_demoted_bytes_total", "counter",
+       "KV bytes moved one tier down.", es.demoted_blocks * bb},
+      {"tiers/promoted_blocks", "kvkeep_promoted_blocks_total", "counter",
+       "KV blocks moved one tier up.", es.promoted_blocks},
+      {"tiers/promoted_bytes", "kvkeep_promoted_bytes_total", "counter",
+       "KV bytes moved one tier up.", es.promoted_blocks * bb},
+      {"tiers/dropped_blocks", "kvkeep_dropped_blocks_total", "counter",
+       "KV blocks dropped from the bottom tier.", es.dropped_blocks},
+      {"tiers/transfer_s", "kvkeep_transfer_seconds_total", "counter",
+       "Time the engine spent in its transfer phase (promotions and demotions).",
+       es.transfer_us / 1e6},
+      {"engine/steps", "kvkeep_engine_steps_total", "counter", "Engine steps.", es.steps},
+      {"engine/running", "kvkeep_running", "gauge", "Sequences running.", es.running},
+      {"engine/waiting", "kvkeep_waiting", "gauge", "Sequences waiting for admission.", es.waiting},
+      {"engine/evicted_blocks", "kvkeep_evicted_blocks_total", "counter",
+       "Cached KV blocks evicted.", es.evicted_blocks},
+      {"pins/granted", "kvkeep_pins_granted_total", "counter", "Pins granted on tool_begin.",
+       es.pins_granted},
+      {"pins/used", "kvkeep_pins_used_total", "counter",
+       "Pins whose tool returned in time with the KV still held.", es.pins_used},
+      {"pins/expired", "kvkeep_pins_expired_total", "counter",
+       "Pins whose tool returned after the deadline.", es.pins_expired},
+      {"pins/violated", "kvkeep_pins_violated_total", "counter",
+       "Live pins reclaimed under hard memory pressure.", es.pin_violations},
+      {"pins/blocks", "kvkeep_pinned_blocks", "gauge", "Device KV blocks held by live pins.",
+       es.pinned_blocks},
+      {"tokens/prompt", "kvkeep_prompt_tokens_total", "counter",
+       "Context tokens of finished requests.", es.prompt_tokens},
+      {"tokens/cached", "kvkeep_cached_tokens_total", "counter",
+       "Context tokens served from cached KV.", es.cached_tokens},
+      {"tokens/cached_device", "kvkeep_cached_device_tokens_total", "counter",
+       "Context tokens served from device KV.", es.cached_device_tokens},
+      {"tokens/cached_host", "kvkeep_cached_host_tokens_total", "counter",
+       "Context tokens served from the host tier.", es.cached_host_tokens},
+      {"tokens/cached_disk", "kvkeep_cached_disk_tokens_total", "counter",
+       "Context tokens served from the disk tier.", es.cached_disk_tokens},
+      {"tokens/recomputed", "kvkeep_recomputed_tokens_total", "counter",
+       "Context tokens prefilled.", es.recomputed_tokens},
+      {"tokens/generated", "kvkeep_generated_tokens_total", "counter",
+       "Tokens generated or forced.", es.generated_tokens},
+      {"hit_ratio", "kvkeep_hit_ratio", "gauge", "Cached over prompt tokens since start.", hit},
+  };
+}
+
+json ToolKeysJson(const EngineStats& es) {
+  json keys = json::object();
+  for (const EngineStats::ToolKeyStats& k : es.tool_keys) {
+    keys[k.summary.key] = {{"samples", k.summary.num_samples},
+                           {"mean_s", k.summary.mean_s},
+                           {"p50_s", k.summary.p50_s},
+                           {"p90_s", k.summary.p90_s},
+                           {"p99_s", k.summary.p99_s},
+                           {"ttl_s", k.last_ttl_s >= 0 ? json(k.last_ttl_s) : json(nullptr)}};
+  }
+  return keys;
 }
 
 }  // namespace
@@ -26,95 +167,55 @@ Service::Reply Service::Stats(const Ctx& ctx) {
     return Status::InvalidArgument("'format' must be \"json\" or \"prometheus\"");
   }
   const DaemonMetrics& m = *deps_.metrics;
-  const double hit = es.prompt_tokens > 0 ? static_cast<double>(es.cached_tokens) /
-                                                static_cast<double>(es.prompt_tokens)
-                                          : 0.0;
-  return json{
-      {"uptime_s", (deps_.clock->NowMicros() - start_mono_us_) / 1e6},
-      {"policy", options_.policy},
-      {"server",
-       {{"connections", m.connections.load()},
-        {"connections_total", m.connections_total.load()},
-        {"requests", m.requests.load()},
-        {"errors", m.errors.load()},
-        {"slow_readers_dropped", m.slow_readers_dropped.load()}}},
-      {"sessions", {{"open", sessions_.NumOpen()}, {"generating", num_generating_.load()}}},
-      {"pools",
-       {{"device",
-         {{"blocks_total", es.blocks_total},
-          {"blocks_used", es.blocks_used},
-          {"blocks_cached", es.blocks_cached},
-          {"blocks_shared", es.blocks_shared},
-          {"block_size", options_.block_size}}},
-        {"host", {{"blocks_total", es.host_blocks_total}, {"blocks_used", es.host_blocks_used}}},
-        {"disk", {{"blocks_total", es.disk_blocks_total}, {"blocks_used", es.disk_blocks_used}}}}},
-      {"tiers",
-       {{"device", {{"blocks", es.blocks_used + es.blocks_cached}}},
-        {"host", {{"blocks", es.host_blocks_used}}},
-        {"disk", {{"blocks", es.disk_blocks_used}, {"read_failures", es.disk_read_failures}}},
-        {"demoted_blocks", es.demoted_blocks},
-        {"promoted_blocks", es.promoted_blocks},
-        {"dropped_blocks", es.dropped_blocks}}},
-      {"engine",
-       {{"steps", es.steps},
-        {"running", es.running},
-        {"waiting", es.waiting},
-        {"evicted_blocks", es.evicted_blocks}}},
-      {"tokens",
-       {{"prompt", es.prompt_tokens},
-        {"cached", es.cached_tokens},
-        {"recomputed", es.recomputed_tokens},
-        {"generated", es.generated_tokens}}},
-      {"hit_ratio", hit},
-      {"latency_ms",
-       {{"ttft", m.ttft.ToJson()},
-        {"decode_per_token", m.decode_per_token.ToJson()},
-        {"request", m.request.ToJson()},
-        {"tool", m.tool.ToJson()}}},
-  };
+  json out = json::object();
+  for (const MetricRow& row :
+       MetricRows(es, m, (deps_.clock->NowMicros() - start_mono_us_) / 1e6, sessions_.NumOpen(),
+                  num_generating_.load(), options_.block_size)) {
+    out[json::json_pointer(std::string("/") + row.path)] = row.value;
+  }
+  out["policy"] = es.policy;
+  out["tool_keys"] = ToolKeysJson(es);
+  out["latency_ms"] = {{"ttft", m.ttft.ToJson()},
+                       {"decode_per_token", m.decode_per_token.ToJson()},
+                       {"request", m.request.ToJson()},
+                       {"tool", m.tool.ToJson()}};
+  return out;
 }
 
 std::string Service::PrometheusText(const EngineStats& es) const {
   const DaemonMetrics& m = *deps_.metrics;
   std::string out;
-  Metric(&out, "kvkeep_uptime_seconds", "gauge", "Seconds since kvkeepd started.",
-         (deps_.clock->NowMicros() - start_mono_us_) / 1e6);
-  Metric(&out, "kvkeep_connections", "gauge", "Open client connections.", m.connections.load());
-  Metric(&out, "kvkeep_requests_total", "counter", "Requests received.", m.requests.load());
-  Metric(&out, "kvkeep_errors_total", "counter", "Requests answered with an error.",
-         m.errors.load());
-  Metric(&out, "kvkeep_sessions_open", "gauge", "Open sessions.", sessions_.NumOpen());
-  Metric(&out, "kvkeep_generating", "gauge", "Generations in flight.", num_generating_.load());
-  Metric(&out, "kvkeep_pool_blocks_total", "gauge", "KV blocks in the device pool.",
-         es.blocks_total);
-  Metric(&out, "kvkeep_pool_blocks_used", "gauge", "KV blocks referenced by requests.",
-         es.blocks_used);
-  Metric(&out, "kvkeep_pool_blocks_cached", "gauge", "Free KV blocks holding reusable prefixes.",
-         es.blocks_cached);
-  Metric(&out, "kvkeep_evicted_blocks_total", "counter", "Cached KV blocks evicted.",
-         es.evicted_blocks);
-  Metric(&out, "kvkeep_pool_blocks_shared", "gauge", "Device KV blocks held by several requests.",
-         es.blocks_shared);
-  Metric(&out, "kvkeep_host_blocks_total", "gauge", "Host KV tier capacity, blocks.",
-         es.host_blocks_total);
-  Metric(&out, "kvkeep_host_blocks_used", "gauge", "Host KV tier blocks in use.",
-         es.host_blocks_used);
-  Metric(&out, "kvkeep_disk_blocks_total", "gauge", "Disk KV tier capacity, blocks.",
-         es.disk_blocks_total);
-  Metric(&out, "kvkeep_disk_blocks_used", "gauge", "Disk KV tier blocks stored.",
-         es.disk_blocks_used);
-  Metric(&out, "kvkeep_demoted_blocks_total", "counter", "KV blocks moved one tier down.",
-         es.demoted_blocks);
-  Metric(&out, "kvkeep_promoted_blocks_total", "counter", "KV blocks moved one tier up.",
-         es.promoted_blocks);
-  Metric(&out, "kvkeep_prompt_tokens_total", "counter", "Context tokens of finished requests.",
-         es.prompt_tokens);
-  Metric(&out, "kvkeep_cached_tokens_total", "counter", "Context tokens served from cached KV.",
-         es.cached_tokens);
-  Metric(&out, "kvkeep_recomputed_tokens_total", "counter", "Context tokens prefilled.",
-         es.recomputed_tokens);
-  Metric(&out, "kvkeep_generated_tokens_total", "counter", "Tokens generated or forced.",
-         es.generated_tokens);
+  for (const MetricRow& row :
+       MetricRows(es, m, (deps_.clock->NowMicros() - start_mono_us_) / 1e6, sessions_.NumOpen(),
+                  num_generating_.load(), options_.block_size)) {
+    PromLine(&out, row.prom, row.type, row.help, PromNumber(row.value.get<double>()));
+  }
+  // Per tool key: one series per key and figure.
+  struct KeyFigure {
+    const char* name;
+    const char* help;
+    double (*get)(const EngineStats::ToolKeyStats&);
+  };
+  static const KeyFigure kFigures[] = {
+      {"kvkeep_tool_samples", "Tool duration samples held, per tool key.",
+       [](const EngineStats::ToolKeyStats& k) { return double(k.summary.num_samples); }},
+      {"kvkeep_tool_p50_seconds", "Median tool duration, per tool key.",
+       [](const EngineStats::ToolKeyStats& k) { return k.summary.p50_s; }},
+      {"kvkeep_tool_p90_seconds", "90th percentile tool duration, per tool key.",
+       [](const EngineStats::ToolKeyStats& k) { return k.summary.p90_s; }},
+      {"kvkeep_tool_p99_seconds", "99th percentile tool duration, per tool key.",
+       [](const EngineStats::ToolKeyStats& k) { return k.summary.p99_s; }},
+      {"kvkeep_tool_ttl_seconds", "The TTL the policy last chose, per tool key.",
+       [](const EngineStats::ToolKeyStats& k) { return k.last_ttl_s; }},
+  };
+  for (const KeyFigure& f : kFigures) {
+    if (es.tool_keys.empty()) break;
+    out += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " gauge\n";
+    for (const EngineStats::ToolKeyStats& k : es.tool_keys) {
+      out += std::string(f.name) + "{key=\"" + PromLabel(k.summary.key) + "\"} " +
+             PromNumber(f.get(k)) + "\n";
+    }
+  }
   m.ttft.AppendPrometheus("kvkeep_ttft_seconds", "Submit to first generated token.", &out);
   m.decode_per_token.AppendPrometheus("kvkeep_decode_token_seconds",
                                       "Decode time per generated token.", &out);

@@ -37,6 +37,7 @@ struct PendingTool {
   int64_t event_id = 0;
   std::string tool;
   int64_t begin_mono_us = 0;  // monotonic clock, for the duration
+  std::string key;            // policy/tool_key.h ToolKey(tool, command): what is learned
 };
 
 struct Session {

@@ -512,7 +512,7 @@ Result<int64_t> Store::BeginToolEvent(uint32_t uid, const std::string& session,
 
 Status Store::EndToolEvent(uint32_t uid, const std::string& session, int64_t event_id,
                            const std::string& tool, int64_t end_us, int64_t duration_us,
-                           const std::vector<StoredMessage>& messages) {
+                           const std::vector<StoredMessage>& messages, const std::string& key) {
   return Write([&](sqlite3* db) {
     if (event_id > 0) {
       RETURN_IF_ERROR(Stmt(db, "UPDATE tool_events SET end_us = ?, duration_us = ? WHERE id = ?")
@@ -521,10 +521,11 @@ Status Store::EndToolEvent(uint32_t uid, const std::string& session, int64_t eve
                           .Int(3, event_id)
                           .Run());
       RETURN_IF_ERROR(
-          Stmt(db, "INSERT INTO tool_latency (tool, duration_us, at_us) VALUES (?, ?, ?)")
+          Stmt(db, "INSERT INTO tool_latency (tool, key, duration_us, at_us) VALUES (?, ?, ?, ?)")
               .Text(1, tool)
-              .Int(2, duration_us)
-              .Int(3, end_us)
+              .Text(2, key.empty() ? tool : key)
+              .Int(3, duration_us)
+              .Int(4, end_us)
               .Run());
     }
     RETURN_IF_ERROR(InsertMessages(db, uid, session, messages));

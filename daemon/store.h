@@ -114,11 +114,11 @@ class Store {
   Result<int64_t> BeginToolEvent(uint32_t owner_uid, const std::string& session,
                                  const std::string& tool, const std::string& args,
                                  int64_t begin_us);
-  // Ends an event, records a latency sample for its tool, and appends the tool-result
-  // messages, in one transaction.
+  // Ends an event, records a latency sample for its tool under `key` (policy/tool_key.h;
+  // empty: the tool's name), and appends the tool-result messages, in one transaction.
   Status EndToolEvent(uint32_t owner_uid, const std::string& session, int64_t event_id,
                       const std::string& tool, int64_t end_us, int64_t duration_us,
-                      const std::vector<StoredMessage>& messages);
+                      const std::vector<StoredMessage>& messages, const std::string& key = "");
   Result<std::vector<ToolEvent>> ListToolEvents(uint32_t owner_uid, const std::string& session);
   // Latency samples of one tool, oldest first.
   Result<std::vector<int64_t>> ToolLatencySamples(const std::string& tool);

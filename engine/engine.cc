@@ -30,7 +30,7 @@ BlockPoolOptions PoolOptions(const Backend& backend, const EngineOptions& e,
   BlockPoolOptions o;
   o.num_blocks = backend.kv_shape().num_blocks;
   o.block_size = backend.kv_shape().block_size;
-  o.enable_prefix_caching = e.prefix_caching;
+  o.enable_prefix_caching = PolicyReusesKv(e.policy.name);
   o.num_host_blocks = e.num_host_blocks;
   o.num_disk_blocks = num_disk_blocks;
   return o;
@@ -63,12 +63,13 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
   if (options.disk_bytes > 0 && (options.num_host_blocks == 0 || options.disk_dir.empty())) {
     return Status::InvalidArgument("engine: a disk tier needs a host tier and a directory");
   }
+  RETURN_IF_ERROR(ValidatePolicyName(options.policy.name));
   if (options.num_host_blocks > 0)
     RETURN_IF_ERROR(backend->AllocateHostTier(options.num_host_blocks));
   std::unique_ptr<DiskBlockStore> store;
   std::vector<DiskBlockHeader> found;
   int32_t num_disk_blocks = 0;
-  if (options.disk_bytes > 0 && options.prefix_caching) {
+  if (options.disk_bytes > 0 && PolicyReusesKv(options.policy.name)) {
     store =
         std::make_unique<DiskBlockStore>(options.env ? options.env : DefaultEnv(), options.disk_dir,
                                          backend->kv_shape().block_size, backend->block_bytes());
@@ -96,9 +97,11 @@ EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> ba
       pool_(PoolOptions(*backend_, options, num_disk_blocks)),
       scheduler_(SchedOptions(options), &pool_),
       runner_(backend_.get()),
-      disk_store_(std::move(disk_store)) {
+      disk_store_(std::move(disk_store)),
+      tool_stats_(options.policy.tool_stats, clock) {
   if (disk_store_ != nullptr) disk_worker_ = std::make_unique<DiskWorker>(disk_store_.get());
-  reclaim_policy_ = options.prefix_caching ? NewLruReclaimPolicy() : NewNoneReclaimPolicy();
+  tool_stats_.Load(options.tool_samples);
+  SwitchPolicy(options.policy);
   scheduler_.set_reclaimer([this](int32_t shortfall) { return ReclaimSessions(shortfall); });
   const KvPoolShape& shape = backend_->kv_shape();
   const int32_t max_pos = backend_->config().max_position_embeddings;
@@ -177,6 +180,17 @@ void EngineImpl::Hint(const SessionHint& hint) {
   cv_.notify_one();
 }
 
+Status EngineImpl::SetPolicy(const PolicyOptions& options) {
+  RETURN_IF_ERROR(ValidatePolicyName(options.name));
+  if (PolicyReusesKv(options.name) != PolicyReusesKv(options_.policy.name)) {
+    return Status::InvalidArgument("switching the policy to or from 'none' needs a restart");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_policy_ = options;
+  cv_.notify_one();
+  return Status::OK();
+}
+
 void EngineImpl::Cancel(RequestId id) {
   std::lock_guard<std::mutex> lock(mu_);
   cancels_.push_back(id);
@@ -215,7 +229,8 @@ void EngineImpl::Stop() {
 }
 
 bool EngineImpl::HasWorkLocked() const {
-  return !inbox_.empty() || !cancels_.empty() || !hints_.empty() || has_work_;
+  return !inbox_.empty() || !cancels_.empty() || !hints_.empty() || pending_policy_.has_value() ||
+         has_work_;
 }
 
 void EngineImpl::ThreadMain() {

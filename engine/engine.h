@@ -23,7 +23,9 @@
 #include "base/status.h"
 #include "engine/backend.h"
 #include "engine/tokenizer.h"
+#include "policy/policy_factory.h"
 #include "policy/reclaim_policy.h"
+#include "policy/tool_stats.h"
 
 namespace kvkeep {
 
@@ -88,8 +90,13 @@ struct EngineOptions {
   int32_t max_batch_tokens = 512;      // token budget of one step (prefill + decode)
   int32_t prefill_chunk_tokens = 256;  // largest prefill chunk per sequence per step
   int32_t max_running = 64;            // sequences decoding at once
-  bool prefix_caching = true;          // false: no KV reuse across requests ("none" policy)
-  std::string model_id;                // part of every prefix hash (engine/model_identity.h)
+  // The KV policy (policy/policy_factory.h): lru | none | ttl | ttl-fcfs | fixed-ttl and
+  // its knobs. "none" turns prefix caching off.
+  PolicyOptions policy;
+  // Tool durations learned before (Store::ToolSamples at start-up), loaded into the tool
+  // latency statistics the TTL policies read.
+  std::vector<ToolSample> tool_samples;
+  std::string model_id;  // part of every prefix hash (engine/model_identity.h)
   // Tiers below the device pool (docs/kv_cache.md). Evicted blocks are demoted to the host
   // tier, and from there to the disk tier under disk_dir (which needs a host tier).
   int32_t num_host_blocks = 0;  // 0: no host tier
@@ -126,6 +133,21 @@ struct EngineStats {
   int64_t retained_blocks = 0;     // device blocks they hold
   int64_t reclaimed_sessions = 0;  // cumulative: retained sessions released for memory
   int64_t pin_violations = 0;      // cumulative: live pins reclaimed
+  // Pins (TTL policies): granted on tool_begin, used (the tool returned within the pin and
+  // the session's KV was still held), expired (the tool returned after the deadline).
+  int64_t pins_granted = 0;
+  int64_t pins_used = 0;
+  int64_t pins_expired = 0;
+  int64_t pinned_blocks = 0;  // device blocks held by live pins now
+  int64_t transfer_us = 0;    // cumulative: time in the transfer phase (swaps, disk I/O)
+  int64_t block_bytes = 0;    // bytes of one KV block (promotion/demotion bytes)
+  std::string policy;         // the running policy's name
+  // Per tool key: samples and quantiles, and the TTL the policy last chose for it.
+  struct ToolKeyStats {
+    ToolKeySummary summary;
+    double last_ttl_s = -1;  // < 0: the policy has not pinned for this key
+  };
+  std::vector<ToolKeyStats> tool_keys;
 };
 
 class Engine {
@@ -150,6 +172,13 @@ class Engine {
   // A session hint (tool wait begins/ends, session closed, retention): queued and applied
   // on the engine thread at the start of its next step, like cancels. Thread-safe.
   virtual void Hint(const SessionHint& hint) { (void)hint; }
+  // Switches the KV policy at the start of the next step, keeping retained sessions, their
+  // pins and the learned tool statistics (SIGHUP). InvalidArgument for an unknown name or
+  // a switch to or from "none" (prefix caching is fixed at start-up). Thread-safe.
+  virtual Status SetPolicy(const PolicyOptions& options) {
+    (void)options;
+    return Status::NotSupported("this engine has one policy");
+  }
   virtual EngineStats GetStats() const = 0;
 
   // Runs steps on the calling thread until no work is left (tests, the CLI).

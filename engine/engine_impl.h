@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -77,17 +78,27 @@ class EngineImpl final : public Engine {
   void EmitToken(Sequence* seq, int32_t token, std::string text);
   void Finish(Sequence* seq, FinishReason reason, Status error = Status::OK());
   void EmitEvents();
-  void PolicyTick() {}  // placeholder: TTL pinning and demotion hook in here
+  void PolicyTick() {}  // pins expire lazily: an expired pin is reclaim class 2
   // The transfer phase: runs the pool's planned swaps and hands disk I/O to the worker.
   Status RunTransfers();
+  Status RunTransferPlan();
   // Disk reads the worker finished: tells the pool; releases sequences waiting on them.
   void CollectDiskReads(bool wait);
   // Sessions: keep a finished turn's table; release a session's table; the scheduler's
   // reclaimer (frees retained sessions in the policy's order; returns blocks freed).
   void Retain(Sequence* seq);
   void ReleaseSession(SessionId session);
+  // A new turn of session arrived: marks seq's admission class, ends a learned pin and
+  // hands the retained blocks back to the cache.
+  void BeginTurn(SessionId session, Sequence* seq);
   int32_t ReclaimSessions(int32_t shortfall_blocks);
   void ApplyHints(std::vector<SessionHint> hints);
+  void ApplyHint(const SessionHint& hint, const EngineLoad& load);
+  EngineLoad CurrentLoad() const;
+  // Program-aware admission order (ttl, fixed-ttl): reorders the waiting queue.
+  void OrderWaiting();
+  void SwitchPolicy(const PolicyOptions& options);
+  Status SetPolicy(const PolicyOptions& options) override;
   void PublishStats();
   void ThreadMain();
 
@@ -131,7 +142,13 @@ class EngineImpl final : public Engine {
     BlockTable table;
     SessionReclaimInfo info{};
   };
+  ToolLatencyStats tool_stats_;
   std::unique_ptr<ReclaimPolicy> reclaim_policy_;
+  std::optional<PolicyOptions> pending_policy_;                // guarded by mu_: SetPolicy's switch
+  std::unordered_map<SessionId, int64_t> program_arrival_us_;  // a session's first submit
+  bool tool_stats_dirty_ = true;  // tool_keys in the stats need recomputing
+  std::vector<EngineStats::ToolKeyStats> tool_keys_;
+  int64_t pins_granted_ = 0, pins_used_ = 0, pins_expired_ = 0, transfer_us_ = 0;
   std::unordered_map<SessionId, RetainedSession> retained_;
   std::unordered_map<SessionId, SessionReclaimInfo> session_info_;  // hints before a turn ends
   std::vector<SessionHint> hints_;                                  // guarded by mu_

@@ -8,6 +8,7 @@ namespace kvkeep {
 Status EngineImpl::Step() {
   DrainInbox();             // 1. inbox: new requests (disk loads planned), cancels
   CollectDiskReads(false);  //    finished disk reads make blocks matchable
+  OrderWaiting();           //    program-aware admission order
   ScheduledBatch batch = scheduler_.Schedule();  // 2-3. schedule, reserve blocks
   if (Status t = RunTransfers(); !t.ok()) {      //    transfer phase: swaps, disk I/O
     for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, t);
@@ -48,24 +49,29 @@ void EngineImpl::DrainInbox() {
   std::vector<Pending> inbox;
   std::vector<RequestId> cancels;
   std::vector<SessionHint> hints;
+  std::optional<PolicyOptions> policy;
   {
     std::lock_guard<std::mutex> lock(mu_);
     inbox.swap(inbox_);
     cancels.swap(cancels_);
     hints.swap(hints_);
+    policy.swap(pending_policy_);
   }
+  if (policy) SwitchPolicy(*policy);
   ApplyHints(std::move(hints));
   const std::vector<int32_t>& eos = backend_->config().eos_token_ids;
   for (Pending& p : inbox) {
     HashScope scope = base_scope_;
     scope.tenant_salt = p.request.cache_salt;
     const RequestId id = p.request.id;
-    // The session's next turn: its retained blocks go back to the cache, where this
-    // request's MatchPrefix finds them.
-    if (p.request.session != 0) ReleaseSession(p.request.session);
+    const SessionId session = p.request.session;
     auto seq = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
                                           tokenizer_);
     seq->submit_us = p.submit_us;
+    seq->program_arrival_us = p.submit_us;
+    // The session's next turn: its retained blocks go back to the cache, where this
+    // request's MatchPrefix finds them.
+    if (session != 0) BeginTurn(session, seq.get());
     if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
       std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
       seq->disk_blocks_loaded = pool_.PlanDiskLoads(context, scope);
@@ -168,6 +174,16 @@ void EngineImpl::EmitEvents() {
 
 void EngineImpl::PublishStats() {
   const BlockPoolStats ps = pool_.stats();
+  if (tool_stats_dirty_) {
+    tool_stats_dirty_ = false;
+    tool_keys_.clear();
+    std::unordered_map<std::string, double> ttls;
+    for (const auto& [key, ttl] : reclaim_policy_->LastTtls()) ttls[key] = ttl;
+    for (ToolKeySummary& k : tool_stats_.Summaries()) {
+      auto it = ttls.find(k.key);
+      tool_keys_.push_back({std::move(k), it == ttls.end() ? -1.0 : it->second});
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   EngineStats& s = stats_;
   s = totals_;
@@ -192,6 +208,18 @@ void EngineImpl::PublishStats() {
   for (const auto& [id, r] : retained_) s.retained_blocks += r.table.num_blocks();
   s.reclaimed_sessions = reclaimed_sessions_;
   s.pin_violations = pin_violations_;
+  s.pins_granted = pins_granted_;
+  s.pins_used = pins_used_;
+  s.pins_expired = pins_expired_;
+  s.transfer_us = transfer_us_;
+  s.block_bytes = static_cast<int64_t>(backend_->block_bytes());
+  s.policy = std::string(reclaim_policy_->name());
+  const int64_t now = clock_->NowMicros();
+  s.pinned_blocks = 0;
+  for (const auto& [id, r] : retained_) {
+    if (r.info.pinned && r.info.pin_deadline_us > now) s.pinned_blocks += r.table.num_blocks();
+  }
+  s.tool_keys = tool_keys_;
   has_work_ = scheduler_.has_work() || !awaiting_disk_.empty();
 }
 
@@ -200,8 +228,15 @@ void EngineImpl::PublishStats() {
 namespace kvkeep {
 
 Status EngineImpl::RunTransfers() {
+  if (pool_.transfers().empty()) return Status::OK();
+  const int64_t start_us = clock_->NowMicros();
+  Status st = RunTransferPlan();
+  transfer_us_ += clock_->NowMicros() - start_us;
+  return st;
+}
+
+Status EngineImpl::RunTransferPlan() {
   const TransferPlan& plan = pool_.transfers();
-  if (plan.empty()) return Status::OK();
   using Kind = BlockTransfer::Kind;
   std::vector<std::pair<int32_t, int32_t>> run;  // consecutive swaps of one kind
   Kind run_kind = Kind::kSwapOut;
@@ -260,68 +295,6 @@ void EngineImpl::CollectDiskReads(bool wait) {
     for (Sequence* seq : awaiting_disk_) scheduler_.Add(seq);
     awaiting_disk_.clear();
   }
-}
-
-}  // namespace kvkeep
-
-namespace kvkeep {
-
-void EngineImpl::Retain(Sequence* seq) {
-  const SessionId session = seq->request.session;
-  if (session == 0 || !reclaim_policy_->retains_sessions() || !seq->table.num_blocks()) return;
-  ReleaseSession(session);  // a turn that raced another of the same session
-  RetainedSession r;
-  r.table = std::move(seq->table);
-  seq->table = BlockTable(pool_.block_size(), r.table.scope());
-  auto it = session_info_.find(session);
-  if (it != session_info_.end()) r.info = it->second;
-  r.info.session = session;
-  r.info.last_use_us = clock_->NowMicros();
-  retained_.emplace(session, std::move(r));
-}
-
-void EngineImpl::ReleaseSession(SessionId session) {
-  auto it = retained_.find(session);
-  if (it == retained_.end()) return;
-  pool_.Free(&it->second.table);  // its blocks become cached (and demotable)
-  session_info_[session] = it->second.info;
-  retained_.erase(it);
-}
-
-void EngineImpl::ApplyHints(std::vector<SessionHint> hints) {
-  for (const SessionHint& h : hints) {
-    if (h.kind == SessionHint::Kind::kClose) {
-      ReleaseSession(h.session);
-      session_info_.erase(h.session);
-      continue;
-    }
-    auto it = retained_.find(h.session);
-    SessionReclaimInfo* info = it != retained_.end() ? &it->second.info : &session_info_[h.session];
-    info->session = h.session;
-    reclaim_policy_->OnHint(h, info);
-  }
-}
-
-int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks) {
-  if (retained_.empty()) return 0;
-  std::vector<SessionReclaimInfo> candidates;
-  candidates.reserve(retained_.size());
-  for (auto& [id, r] : retained_) {
-    r.info.blocks_on_tier[0] = r.table.num_blocks();
-    r.info.blocks_on_tier[1] = r.info.blocks_on_tier[2] = 0;
-    candidates.push_back(r.info);
-  }
-  std::vector<ReclaimVictim> victims;
-  reclaim_policy_->Order({Tier::kDevice, shortfall_blocks, clock_->NowMicros()}, candidates,
-                         &victims);
-  const int32_t before = pool_.num_allocatable();
-  for (const ReclaimVictim& v : victims) {
-    if (pool_.num_allocatable() - before >= shortfall_blocks) break;
-    if (v.victim_class == VictimClass::kLivePin) ++pin_violations_;
-    ReleaseSession(v.session);
-    ++reclaimed_sessions_;
-  }
-  return pool_.num_allocatable() - before;
 }
 
 }  // namespace kvkeep

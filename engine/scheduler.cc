@@ -236,6 +236,16 @@ void Scheduler::OnStepDone(const ScheduledBatch& batch) {
   }
 }
 
+void Scheduler::SortWaiting(const std::function<bool(const Sequence*, const Sequence*)>& before) {
+  std::stable_sort(waiting_.begin(), waiting_.end(), before);
+}
+
+int64_t Scheduler::waiting_tokens() const {
+  int64_t n = 0;
+  for (const Sequence* seq : waiting_) n += seq->num_pending();
+  return n;
+}
+
 void Scheduler::Remove(Sequence* seq) {
   if (auto it = std::find(running_.begin(), running_.end(), seq); it != running_.end()) {
     running_.erase(it);

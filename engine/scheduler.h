@@ -93,6 +93,10 @@ class Scheduler {
   static uint64_t TenantOf(const Sequence* seq) { return seq->table.scope().tenant_salt; }
   // Each tenant's oldest first, then each tenant's second oldest, ...
   static std::vector<Sequence*> RoundRobinByTenant(const std::vector<Sequence*>& seqs);
+  // Reorders the waiting queue (stable) by `before` (program-aware admission).
+  void SortWaiting(const std::function<bool(const Sequence*, const Sequence*)>& before);
+  // Prefill tokens the waiting sequences still need (the policy's queueing estimate).
+  int64_t waiting_tokens() const;
 
   bool has_work() const { return !waiting_.empty() || !running_.empty(); }
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }

@@ -57,6 +57,8 @@ struct Sequence {
   StopChecker stop;
   Usage usage;
   int64_t submit_us = 0;
+  int64_t program_arrival_us = 0;  // its session's first submit (admission order)
+  bool returning_pinned = false;   // its session held a live pin when it arrived
   std::optional<int64_t> first_token_us;
 };
 

@@ -12,13 +12,16 @@
 //   pin        a retention promise with a deadline (a tool wait the TTL policy expects to
 //              end before pin_deadline_us). A live pin is reclaimed only as a last resort
 //              and each such victim is reported as a violation.
-//   priority   retention priority of an unpinned session: lower goes first. LRU uses the
-//              last use time; a Greedy-Dual-Size-Frequency policy uses its H value, which
-//              can fold in rebuild_cost_us and the session's size.
+//   priority   an unpinned session's order: retention_priority (session.retain hints,
+//              higher is kept longer), then gdsf_priority (a Greedy-Dual-Size-Frequency H
+//              value, GdsfClock), then last use; lower goes first.
 //
-// The canonical victim order, which ReclaimPolicy::Order must produce for a policy that
-// pins ("unpinned retained sessions by priority, then expired pins, then live pins"), is
-// provided as OrderByClass() so policies share one implementation of it.
+// The victim order every policy uses is OrderByClass() (docs/policy.md, "Reclaim order"):
+//   1. unpinned retained sessions by (retention_priority, gdsf_priority, last_use_us);
+//   2. expired pins, oldest deadline first;
+//   3. live pins, least pin_benefit_s per block first (then deadline): each a violation.
+// Ties break by session id, so the order is total. Policies differ only in the fields
+// they fill in (lru clears pins and priorities; ttl sets pins, benefits and H values).
 //
 // Thread-safety: implementations are called by the engine thread only; none is shared.
 #pragma once
@@ -28,6 +31,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "base/status.h"
@@ -51,6 +55,12 @@ struct SessionReclaimInfo {
   int64_t pin_deadline_us = 0;        // ... until this time (expired when <= now_us)
   double retention_priority = 0;      // higher = keep longer; set by the policy's hints
   double rebuild_cost_us = 0;         // estimated time to recompute its KV
+  double gdsf_priority = 0;           // H from GdsfClock at its last use (0: plain recency)
+  double pin_benefit_s = 0;           // a live pin's expected saving, F(ttl) * B
+  int64_t context_tokens = 0;         // KV tokens the session holds (prices a rebuild)
+  int64_t use_count = 0;              // turns it has finished (GDSF frequency)
+  bool pin_from_hint = false;         // the pin came from session.retain: a learned pin
+                                      // does not replace it while it is live
 };
 
 // One reclaim question: tier `tier` needs `shortfall_blocks` more free blocks at now_us.
@@ -76,6 +86,17 @@ struct SessionHint {
   int64_t at_us = 0;
   int64_t retain_until_us = 0;  // kRetain: pin until this time; kToolBegin: expected end
   double priority = 0;          // kRetain: retention priority
+  std::string tool_key;         // kToolBegin, kToolEnd: policy/tool_key.h ToolKey
+  int64_t duration_us = -1;     // kToolEnd: how long the tool ran (< 0: unknown)
+};
+
+// The engine's load as a policy sees it when a hint arrives.
+struct EngineLoad {
+  int64_t device_total_blocks = 0;
+  int64_t device_free_blocks = 0;     // free or cached (allocatable) device blocks
+  bool host_has_room = false;         // a demoted session would land in host memory
+  bool disk_has_room = false;         // ... else on disk
+  int64_t queued_prefill_tokens = 0;  // prefill tokens waiting for admission now
 };
 
 class ReclaimPolicy {
@@ -89,8 +110,20 @@ class ReclaimPolicy {
 
   // Called once per hint, in arrival order, on the engine thread. The policy may record
   // pins or priorities; the engine stores the outcome in the SessionReclaimInfo it passes
-  // to Order. *info is the session's current state; REQUIRES: info->session == hint.session.
-  virtual void OnHint(const SessionHint& hint, SessionReclaimInfo* info) = 0;
+  // to Order. *info is the session's current state (blocks_on_tier and context_tokens
+  // filled in); load is the engine's now. REQUIRES: info->session == hint.session.
+  virtual void OnHint(const SessionHint& hint, const EngineLoad& load,
+                      SessionReclaimInfo* info) = 0;
+  // A turn of the session finished and its table is retained (info->use_count, blocks and
+  // last_use_us already updated). Default: nothing.
+  virtual void OnRetain(SessionReclaimInfo* info) { (void)info; }
+  // A victim of Order was released. Default: nothing.
+  virtual void OnReclaimed(const SessionReclaimInfo& info) { (void)info; }
+  // Whether waiting turns are admitted in program order (policy/admission_order.h) rather
+  // than FCFS.
+  virtual bool program_aware_admission() const { return false; }
+  // The TTL the policy last chose per tool key (empty for policies that do not pin).
+  virtual std::vector<std::pair<std::string, double>> LastTtls() const { return {}; }
 
   // Appends to *victims the candidates in the order they should be reclaimed, until their
   // blocks on request.tier cover request.shortfall_blocks (or all are listed). Running
@@ -100,11 +133,26 @@ class ReclaimPolicy {
                      std::vector<ReclaimVictim>* victims) const = 0;
 };
 
-// The shared ordering: unpinned sessions by ascending (retention_priority, last_use_us),
-// then expired pins by ascending deadline, then live pins by ascending deadline (each
-// marked kLivePin). Stops once the listed blocks on request.tier cover the shortfall.
+// The one victim order (above). Stops once the listed blocks on request.tier cover the
+// shortfall.
 void OrderByClass(const ReclaimRequest& request, std::span<const SessionReclaimInfo> candidates,
                   std::vector<ReclaimVictim>* victims);
+const char* VictimClassName(VictimClass c);
+
+// The GDSF aging clock L: H = L + uses * rebuild_cost_s / blocks. L rises to the H of each
+// victim, so long-idle sessions age out while ones expensive to rebuild per block stay
+// longer than plain recency says. A value owned by one policy (engine thread).
+class GdsfClock {
+ public:
+  double value() const { return clock_; }
+  // A session's priority after a use: L + max(uses, 1) * rebuild_cost_s / max(blocks, 1).
+  double PriorityOnUse(int64_t use_count, double rebuild_cost_s, int64_t blocks) const;
+  // A victim was reclaimed: L rises to its priority (never falls).
+  void OnReclaim(double victim_priority);
+
+ private:
+  double clock_ = 0;
+};
 
 // "lru": retains sessions, ignores pins and priorities (every pin counts as unpinned), and
 // reclaims the least recently used session first. Blocks outside any session are
@@ -112,7 +160,7 @@ void OrderByClass(const ReclaimRequest& request, std::span<const SessionReclaimI
 std::unique_ptr<ReclaimPolicy> NewLruReclaimPolicy();
 // "none": no reuse across requests; nothing is retained, so Order never lists anyone.
 std::unique_ptr<ReclaimPolicy> NewNoneReclaimPolicy();
-// "lru" or "none"; InvalidArgument otherwise.
-Result<std::unique_ptr<ReclaimPolicy>> NewReclaimPolicy(std::string_view name);
+// The factory for every policy (lru, none, ttl, ttl-fcfs, fixed-ttl) is in
+// policy/policy_factory.h.
 
 }  // namespace kvkeep

@@ -41,7 +41,7 @@ class EngineTest : public ::testing::Test {
     EngineOptions o;
     o.max_batch_tokens = max_batch_tokens;
     o.prefill_chunk_tokens = chunk;
-    o.prefix_caching = prefix_caching;
+    o.policy.name = prefix_caching ? "lru" : "none";
     o.model_id = "tiny-test";
     auto backend = MakeBackend(*model_->weights, num_blocks, kBs);
     EXPECT_NE(backend, nullptr);

@@ -72,7 +72,7 @@ TEST(LruReclaimPolicy, IgnoresPinsAndOrdersByLastUse) {
   c[1].pin_deadline_us = 1'000'000;
   // A tool_end counts as a use: session 3 becomes the most recent.
   SessionHint hint{SessionHint::Kind::kToolEnd, 3, 400, 0, 0};
-  lru->OnHint(hint, &c[2]);
+  lru->OnHint(hint, EngineLoad{}, &c[2]);
   EXPECT_EQ(c[2].last_use_us, 400);
   std::vector<ReclaimVictim> v;
   lru->Order({Tier::kDevice, 6, 500}, c, &v);
@@ -88,14 +88,6 @@ TEST(NoneReclaimPolicy, RetainsNothing) {
   std::vector<ReclaimVictim> v;
   none->Order({Tier::kDevice, 2, 5}, c, &v);
   EXPECT_TRUE(v.empty());
-}
-
-TEST(NewReclaimPolicy, ByName) {
-  EXPECT_EQ((*NewReclaimPolicy("lru"))->name(), "lru");
-  EXPECT_EQ((*NewReclaimPolicy("none"))->name(), "none");
-  Result<std::unique_ptr<ReclaimPolicy>> bad = NewReclaimPolicy("fifo");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().ToString().find("fifo"), std::string::npos);
 }
 
 TEST(TierName, Names) {

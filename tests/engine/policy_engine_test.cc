@@ -1,0 +1,215 @@
+// The KV policies inside the engine, with a fake clock: a TTL pin keeps a session's KV
+// through a tool wait where lru loses it; pins are counted granted / used / expired; a
+// policy switch keeps pins; program-aware admission puts a returning pinned program ahead
+// of a newer one, where ttl-fcfs keeps FCFS.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "engine/engine_impl.h"
+#include "tests/engine/engine_fixture.h"
+
+namespace kvkeep {
+namespace {
+
+using enginetest::MakeBackend;
+using enginetest::MakeTestModel;
+using enginetest::RandomTokens;
+
+constexpr int32_t kBlockSize = 16;
+constexpr int64_t kSecond = 1'000'000;
+
+struct Outcome {
+  std::vector<int32_t> tokens;
+  Usage usage;
+  FinishReason reason = FinishReason::kNone;
+  int order = -1;  // finish order
+};
+
+class PolicyEngine {
+ public:
+  PolicyEngine(const enginetest::TestModel& model, const std::string& policy, int32_t device_blocks,
+               int32_t max_running = 64) {
+    EngineOptions o;
+    o.model_id = "policy-test";
+    o.policy.name = policy;
+    o.policy.cost_model = DefaultCostModel();
+    o.max_running = max_running;
+    auto e = Engine::Create(o, MakeBackend(*model.weights, device_blocks), model.tokenizer.get(),
+                            &clock);
+    EXPECT_TRUE(e.ok()) << e.status().ToString();
+    engine = std::move(e).value();
+  }
+  EngineImpl* impl() { return static_cast<EngineImpl*>(engine.get()); }
+  void Submit(RequestId id, SessionId session, std::vector<int32_t> prompt, Outcome* out) {
+    GenerateRequest r;
+    r.id = id;
+    r.session = session;
+    r.prompt = std::move(prompt);
+    r.stop.max_tokens = 4;
+    r.stop.use_model_eos = false;
+    r.on_event = [this, out](const GenerateEvent& ev) {
+      if (ev.kind == GenerateEvent::Kind::kToken) out->tokens.push_back(ev.token);
+      if (ev.kind == GenerateEvent::Kind::kFinished) {
+        out->usage = ev.usage;
+        out->reason = ev.finish_reason;
+        out->order = finished++;
+      }
+    };
+    EXPECT_TRUE(engine->Submit(std::move(r)).ok());
+  }
+  Outcome Run(RequestId id, SessionId session, std::vector<int32_t> prompt) {
+    Outcome out;
+    Submit(id, session, std::move(prompt), &out);
+    Drive();
+    return out;
+  }
+  void Drive() {
+    EXPECT_TRUE(engine->RunUntilIdle().ok());
+    EXPECT_TRUE(impl()->TEST_CheckPool().ok());
+  }
+  void Tool(SessionHint::Kind kind, SessionId session, const std::string& key,
+            int64_t duration_us = -1, bool drive = true) {
+    SessionHint h;
+    h.kind = kind;
+    h.session = session;
+    h.at_us = clock.NowMicros();
+    h.tool_key = key;
+    h.duration_us = duration_us;
+    engine->Hint(h);
+    if (drive) Drive();
+  }
+
+  FakeClock clock;
+  std::unique_ptr<Engine> engine;
+  int finished = 0;
+};
+
+// A's turn, then A waits on a tool; B's turn is more recent; then C needs most of the
+// pool. Returns A's next turn's cached tokens and the engine's stats.
+std::pair<int64_t, EngineStats> ToolWaitUnderPressure(const std::string& policy) {
+  auto model = MakeTestModel();
+  EXPECT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 11);
+  PolicyEngine e(*model, policy, 12);
+  std::vector<int32_t> a = RandomTokens(rng, 2 * kBlockSize + 3);
+  const Outcome a1 = e.Run(1, 1, a);
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "cat");
+  e.clock.AdvanceMicros(kSecond / 10);
+  e.Run(2, 2, RandomTokens(rng, 2 * kBlockSize + 3));  // B: used after A's tool began
+  e.clock.AdvanceMicros(kSecond / 10);
+  e.Run(3, 3, RandomTokens(rng, 8 * kBlockSize - 4));  // C: reclaims one session
+  e.clock.AdvanceMicros(kSecond / 10);
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "cat", 3 * kSecond / 10);
+  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
+  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  const Outcome a2 = e.Run(4, 1, a);
+  return {a2.usage.cached_tokens, e.impl()->GetStats()};
+}
+
+TEST(PolicyEngineTest, TtlPinKeepsKvThroughAToolWaitWhereLruLosesIt) {
+  const auto [ttl_cached, ttl] = ToolWaitUnderPressure("ttl");
+  const auto [lru_cached, lru] = ToolWaitUnderPressure("lru");
+  std::printf("A's next turn cached tokens: ttl %lld, lru %lld\n",
+              static_cast<long long>(ttl_cached), static_cast<long long>(lru_cached));
+  EXPECT_EQ(ttl_cached, 2 * kBlockSize);  // both full blocks kept on the device
+  EXPECT_LT(lru_cached, ttl_cached);
+  EXPECT_EQ(ttl.policy, "ttl");
+  EXPECT_EQ(ttl.pins_granted, 1);
+  EXPECT_EQ(ttl.pins_used, 1);
+  EXPECT_EQ(ttl.pin_violations, 0);
+  EXPECT_EQ(lru.pins_granted, 0);
+  EXPECT_GE(ttl.reclaimed_sessions, 1);
+  ASSERT_EQ(ttl.tool_keys.size(), 1u);
+  EXPECT_EQ(ttl.tool_keys[0].summary.key, "cat");
+  EXPECT_EQ(ttl.tool_keys[0].summary.num_samples, 1);
+  EXPECT_GT(ttl.tool_keys[0].last_ttl_s, 0);
+}
+
+TEST(PolicyEngineTest, PinsExpireOnTheClockAndAreCounted) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 12);
+  PolicyEngine e(*model, "fixed-ttl", 32);  // pins every unseen tool for 2 s
+  e.Run(1, 1, RandomTokens(rng, 2 * kBlockSize + 3));
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "grep");
+  EXPECT_EQ(e.impl()->GetStats().pinned_blocks, 3);
+  e.clock.AdvanceMicros(kSecond);
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "grep", kSecond);  // within the 2 s pin
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "grep");
+  e.clock.AdvanceMicros(3 * kSecond);
+  EXPECT_EQ(e.impl()->GetStats().pinned_blocks, 3);             // stats are from the last step
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "grep", 3 * kSecond);  // after the deadline
+  const EngineStats s = e.impl()->GetStats();
+  EXPECT_EQ(s.pins_granted, 2);
+  EXPECT_EQ(s.pins_used, 1);
+  EXPECT_EQ(s.pins_expired, 1);
+  EXPECT_EQ(s.pinned_blocks, 0);
+  EXPECT_EQ(s.retained_sessions, 1);  // an expired pin demotes lazily; it never drops
+}
+
+// A policy switch (SIGHUP) keeps retained sessions and their pins: a pinned session is
+// still reclaimed after an unpinned one under the new policy, and the pin is not
+// re-counted. Switching to or from "none" is refused.
+TEST(PolicyEngineTest, PolicySwitchKeepsPinsConsistent) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 13);
+  PolicyEngine e(*model, "ttl", 12);
+  e.Run(1, 1, RandomTokens(rng, 2 * kBlockSize + 3));
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "pytest");
+  const EngineStats before = e.impl()->GetStats();
+  EXPECT_EQ(before.pinned_blocks, 3);
+  PolicyOptions next;
+  next.name = "fixed-ttl";
+  next.cost_model = DefaultCostModel();
+  ASSERT_TRUE(e.engine->SetPolicy(next).ok());
+  e.clock.AdvanceMicros(kSecond / 10);
+  e.Run(2, 2, RandomTokens(rng, 2 * kBlockSize + 3));  // unpinned, more recent
+  EngineStats after = e.impl()->GetStats();
+  EXPECT_EQ(after.policy, "fixed-ttl");
+  EXPECT_EQ(after.pinned_blocks, 3);
+  EXPECT_EQ(after.pins_granted, 1);
+  e.Run(3, 3, RandomTokens(rng, 8 * kBlockSize - 4));  // reclaims session 2, not 1
+  after = e.impl()->GetStats();
+  EXPECT_EQ(after.pin_violations, 0);
+  EXPECT_EQ(after.pinned_blocks, 3);
+  EXPECT_GE(after.reclaimed_sessions, 1);
+  next.name = "none";
+  EXPECT_EQ(e.engine->SetPolicy(next).code(), StatusCode::kInvalidArgument);
+  next.name = "fifo";
+  EXPECT_EQ(e.engine->SetPolicy(next).code(), StatusCode::kInvalidArgument);
+}
+
+// Program-aware admission: a returning pinned program is admitted before a newer program
+// that arrived first in the queue; ttl-fcfs and lru keep FCFS.
+int NewcomerFinishOrder(const std::string& policy) {
+  auto model = MakeTestModel();
+  EXPECT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 14);
+  PolicyEngine e(*model, policy, 64, /*max_running=*/1);
+  std::vector<int32_t> a = RandomTokens(rng, 2 * kBlockSize + 3);
+  const Outcome a1 = e.Run(1, 1, a);
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "sed");
+  e.clock.AdvanceMicros(kSecond / 10);
+  Outcome newcomer, returning;
+  e.Submit(2, 2, RandomTokens(rng, 40), &newcomer);  // a new program, queued first
+  e.clock.AdvanceMicros(kSecond / 10);
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "sed", kSecond / 5, /*drive=*/false);
+  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
+  e.Submit(3, 1, a, &returning);
+  e.Drive();
+  EXPECT_EQ(newcomer.reason, FinishReason::kLength);
+  EXPECT_EQ(returning.reason, FinishReason::kLength);
+  return newcomer.order - returning.order;  // > 0: the returning program went first
+}
+
+TEST(PolicyEngineTest, ReturningPinnedProgramIsAdmittedFirstUnderTtlOnly) {
+  EXPECT_GT(NewcomerFinishOrder("ttl"), 0);
+  EXPECT_GT(NewcomerFinishOrder("fixed-ttl"), 0);
+  EXPECT_LT(NewcomerFinishOrder("ttl-fcfs"), 0);
+  EXPECT_LT(NewcomerFinishOrder("lru"), 0);
+}
+
+}  // namespace
+}  // namespace kvkeep
