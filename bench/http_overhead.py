@@ -7,9 +7,10 @@ over Unix sockets, with C concurrent connections each running T turns:
   HTTP:       POST /v1/chat/completions with the whole conversation, max_tokens=1 (1 request:
               session matching, append and generate inside the daemon)
 Both conversations are the same text (system prompt, user turns, 1-token replies), so
-the engine's work per turn is the same. R alternating rounds each (--rounds); printed per
-connection count: the median mean-turn latency of each front end, the ratio of the
-medians (HTTP / JSON-lines) and the spread of the per-round ratios (min-max).
+the engine's work per turn is the same. R alternating rounds each (--rounds); each round's
+figure is its median turn latency; printed per connection count: the median over rounds
+of each front end, their ratio (HTTP / JSON-lines) and the spread of the per-round
+ratios (min-max).
 
 A transport-only row isolates the front ends' plumbing from the engine and the store:
 JSON-lines `hello` against HTTP `GET /health`, 1 connection, 200 requests per round.
@@ -71,9 +72,16 @@ def lines_agent(path: str, turns: int, out: list, barrier: threading.Barrier, k:
     c.call("session.close", session=sid, keep=False)
 
 
-def http_agent(path: str, model: str, turns: int, out: list, barrier: threading.Barrier, k: int):
+_round = [0]
+
+
+def http_agent(path: str, lines_path: str, model: str, turns: int, out: list,
+               barrier: threading.Barrier, k: int):
     conn = UnixHTTPConnection(path)
-    messages = [{"role": "system", "content": f"You are a benchmark. Agent {k}."}]
+    # A conversation of its own each round (no fork from the last round's), deleted at the
+    # end as the JSON-lines agent deletes its session, so both leave the daemon the same.
+    messages = [{"role": "system", "content": f"You are a benchmark. Agent {k}, round {_round[0]}."}]
+    session = None
     barrier.wait()
     for t in range(turns):
         messages.append({"role": "user", "content": f"turn {t}"})
@@ -85,7 +93,9 @@ def http_agent(path: str, model: str, turns: int, out: list, barrier: threading.
         out.append(time.perf_counter() - t0)
         if r.status != 200:
             raise RuntimeError(reply)
+        session = reply["kvkeep"]["session"]
         messages.append(reply["choices"][0]["message"])
+    Lines(lines_path).call("session.close", session=session, keep=False)
 
 
 def lines_noop(path: str, turns: int, out: list, barrier: threading.Barrier, k: int):
@@ -119,7 +129,8 @@ def run(target, connections: int, *args) -> float:
         th.start()
     for th in threads:
         th.join()
-    return statistics.mean(latencies) * 1000
+    # The median turn: robust to the stalls a shared machine adds to a few turns.
+    return statistics.median(latencies) * 1000
 
 
 def main():
@@ -154,7 +165,7 @@ def main():
         for c in args.connections:
             turns = args.turns or max(8, 60 // c)
             rows.append((str(c), c, turns, lines_agent, (sock,), http_agent,
-                         (http_sock, "tiny")))
+                         (http_sock, sock, "tiny")))
         for label, c, turns, lines_fn, lines_args, http_fn, http_args in rows:
             run(lines_fn, c, *lines_args, 2)  # warm-up
             # Alternating rounds: the machine is shared and noisy.
@@ -162,6 +173,7 @@ def main():
             for _ in range(args.rounds):
                 lines_ms.append(run(lines_fn, c, *lines_args, turns))
                 http_ms.append(run(http_fn, c, *http_args, turns))
+                _round[0] += 1
             ratios = [h / j for h, j in zip(http_ms, lines_ms)]
             lm, hm = statistics.median(lines_ms), statistics.median(http_ms)
             print(f"| {label} | {turns} | {args.rounds} | {lm:.2f} | {hm:.2f} | {hm / lm:.2f}x "
