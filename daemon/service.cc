@@ -535,6 +535,35 @@ Service::Reply Service::Info(const Ctx& ctx) {
                    {"duration_ms", e.duration_us ? json(*e.duration_us / 1000.0) : json()}});
   }
   out["tool_events"] = std::move(jev);
+  out["retention"] = RetentionJsonLocked(*s);
+  return out;
+}
+
+json Service::RetentionJsonLocked(const Session& s) const {
+  json out = json::object();
+  {
+    std::lock_guard<std::mutex> lock(retain_mu_);
+    const std::optional<Pin> pin =
+        retention_.Get(std::to_string(EngineSessionOf(s.owner_uid, s.id)));
+    if (pin && pin->deadline_us > deps_.clock->NowMicros()) {
+      out["retain"] = {{"expires_in_s", (pin->deadline_us - deps_.clock->NowMicros()) / 1e6},
+                       {"priority", pin->priority},
+                       {"blocks", pin->blocks}};
+    }
+  }
+  if (!s.pending_tools.empty()) {
+    const PendingTool& t = s.pending_tools.back();
+    json tool = {{"tool", t.tool}, {"key", t.key}};
+    for (const EngineStats::ToolKeyStats& k : deps_.engine->GetStats().tool_keys) {
+      if (k.summary.key != t.key) continue;
+      tool["samples"] = k.summary.num_samples;
+      tool["p50_s"] = k.summary.p50_s;
+      tool["p90_s"] = k.summary.p90_s;
+      tool["p99_s"] = k.summary.p99_s;
+      tool["ttl_s"] = k.last_ttl_s >= 0 ? json(k.last_ttl_s) : json(nullptr);
+    }
+    out["pending_tool"] = std::move(tool);
+  }
   return out;
 }
 

@@ -122,6 +122,9 @@ class Service {
   std::string NewSessionId();
   uint64_t CacheSalt(uint32_t uid) const;
   nlohmann::json SessionSummaryLocked(const Session& s) const;
+  // session.info's "retention": the session.retain pin and the pending tool's key with its
+  // learned figures and the TTL the policy chose. REQUIRES: s.mu held.
+  nlohmann::json RetentionJsonLocked(const Session& s) const;
   std::string PrometheusText(const EngineStats& es) const;
 
   const ServiceOptions options_;

@@ -109,6 +109,7 @@ EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> ba
   if (max_pos > 0) max_context_tokens_ = std::min<int64_t>(max_context_tokens_, max_pos);
   base_scope_.model_id_hash = HashModelId(options.model_id);
   stats_.blocks_total = shape.num_blocks;
+  PublishStats();  // the policy's name and the loaded tool statistics, before any step
 }
 
 EngineImpl::~EngineImpl() {

@@ -25,11 +25,13 @@ std::string OtherUidChecks(const std::string& socket) {
   expect(hello["result"]["uid"] == kOtherUid, "hello uid: " + hello.dump());
   expect(hello["result"]["admin"] == false, "nobody must not be admin");
   // Every verb on root's session answers exactly like a missing session.
-  for (const char* verb : {"session.info", "session.append", "session.generate", "session.close",
-                           "session.fork", "session.tool_begin", "session.tool_end"}) {
+  for (const char* verb :
+       {"session.info", "session.append", "session.generate", "session.close", "session.fork",
+        "session.tool_begin", "session.tool_end", "session.retain"}) {
     json req = {
         {"id", 2},     {"verb", verb},   {"messages", {{{"role", "user"}, {"content", "x"}}}},
-        {"tool", "t"}, {"content", "x"}, {"keep", false}};
+        {"tool", "t"}, {"content", "x"}, {"keep", false},
+        {"ttl_s", 5}};
     req["session"] = "secret";
     json theirs = c.Terminal(req);
     req["session"] = "missing";

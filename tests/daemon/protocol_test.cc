@@ -38,9 +38,10 @@ TEST(ProtocolTest, ParsesAValidRequest) {
 }
 
 TEST(ProtocolTest, EveryVerbNameRoundTrips) {
-  for (const char* name : {"hello", "session.open", "session.append", "session.generate",
-                           "session.tool_begin", "session.tool_end", "session.fork",
-                           "session.close", "session.info", "sessions.list", "stats", "cancel"}) {
+  for (const char* name :
+       {"hello", "session.open", "session.append", "session.generate", "session.tool_begin",
+        "session.tool_end", "session.fork", "session.close", "session.info", "sessions.list",
+        "stats", "cancel", "session.retain"}) {
     auto verb = protocol::ParseVerb(name);
     ASSERT_TRUE(verb.has_value()) << name;
     EXPECT_EQ(protocol::VerbName(*verb), name);
