@@ -7,10 +7,15 @@ over Unix sockets, with C concurrent connections each running T turns:
   HTTP:       POST /v1/chat/completions with the whole conversation, max_tokens=1 (1 request:
               session matching, append and generate inside the daemon)
 Both conversations are the same text (system prompt, user turns, 1-token replies), so
-the engine's work per turn is the same. Two alternating rounds each; the best mean turn
-latency of each, and their ratio (HTTP / JSON-lines), are printed.
+the engine's work per turn is the same. R alternating rounds each (--rounds); each round's
+figure is its median turn latency; printed per connection count: the median over rounds
+of each front end, their ratio (HTTP / JSON-lines) and the spread of the per-round
+ratios (min-max).
 
-    python3 bench/http_overhead.py --bin-dir build --connections 1 64
+A transport-only row isolates the front ends' plumbing from the engine and the store:
+JSON-lines `hello` against HTTP `GET /health`, 1 connection, 200 requests per round.
+
+    python3 bench/http_overhead.py --bin-dir build --connections 1 64 --rounds 5
 """
 
 from __future__ import annotations
@@ -67,9 +72,16 @@ def lines_agent(path: str, turns: int, out: list, barrier: threading.Barrier, k:
     c.call("session.close", session=sid, keep=False)
 
 
-def http_agent(path: str, model: str, turns: int, out: list, barrier: threading.Barrier, k: int):
+_round = [0]
+
+
+def http_agent(path: str, lines_path: str, model: str, turns: int, out: list,
+               barrier: threading.Barrier, k: int):
     conn = UnixHTTPConnection(path)
-    messages = [{"role": "system", "content": f"You are a benchmark. Agent {k}."}]
+    # A conversation of its own each round (no fork from the last round's), deleted at the
+    # end as the JSON-lines agent deletes its session, so both leave the daemon the same.
+    messages = [{"role": "system", "content": f"You are a benchmark. Agent {k}, round {_round[0]}."}]
+    session = None
     barrier.wait()
     for t in range(turns):
         messages.append({"role": "user", "content": f"turn {t}"})
@@ -81,7 +93,31 @@ def http_agent(path: str, model: str, turns: int, out: list, barrier: threading.
         out.append(time.perf_counter() - t0)
         if r.status != 200:
             raise RuntimeError(reply)
+        session = reply["kvkeep"]["session"]
         messages.append(reply["choices"][0]["message"])
+    Lines(lines_path).call("session.close", session=session, keep=False)
+
+
+def lines_noop(path: str, turns: int, out: list, barrier: threading.Barrier, k: int):
+    c = Lines(path)
+    barrier.wait()
+    for _ in range(turns):
+        t0 = time.perf_counter()
+        c.call("hello")
+        out.append(time.perf_counter() - t0)
+
+
+def http_noop(path: str, turns: int, out: list, barrier: threading.Barrier, k: int):
+    conn = UnixHTTPConnection(path)
+    barrier.wait()
+    for _ in range(turns):
+        t0 = time.perf_counter()
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        r.read()
+        out.append(time.perf_counter() - t0)
+        if r.status != 200:
+            raise RuntimeError(r.status)
 
 
 def run(target, connections: int, *args) -> float:
@@ -93,7 +129,8 @@ def run(target, connections: int, *args) -> float:
         th.start()
     for th in threads:
         th.join()
-    return statistics.mean(latencies) * 1000
+    # The median turn: robust to the stalls a shared machine adds to a few turns.
+    return statistics.median(latencies) * 1000
 
 
 def main():
@@ -101,6 +138,7 @@ def main():
     ap.add_argument("--bin-dir", default="build")
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--turns", type=int, default=0, help="per connection (default: 60/C, min 8)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per row")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="kvkeep-bench-http-")
     model = os.path.join(tmp, "tiny")
@@ -119,18 +157,27 @@ def main():
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("kvkeepd did not start")
             time.sleep(0.05)
-        print("| connections | turns | JSON-lines ms/turn | HTTP ms/turn | HTTP / JSON-lines |")
-        print("| --- | --- | --- | --- | --- |")
+        print("| connections | turns | rounds | JSON-lines ms/turn | HTTP ms/turn "
+              "| HTTP / JSON-lines | per-round ratios (min-max) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        rows = [("transport (hello vs GET /health)", 1, 200, lines_noop, (sock,), http_noop,
+                 (http_sock,))]
         for c in args.connections:
             turns = args.turns or max(8, 60 // c)
-            run(lines_agent, c, sock, 2)  # warm-up
-            # Alternating rounds, best of each: the machine is shared and noisy.
-            lines_ms = http_ms = float("inf")
-            for _ in range(2):
-                lines_ms = min(lines_ms, run(lines_agent, c, sock, turns))
-                http_ms = min(http_ms, run(http_agent, c, http_sock, "tiny", turns))
-            print(f"| {c} | {turns} | {lines_ms:.2f} | {http_ms:.2f} | {http_ms / lines_ms:.2f}x |",
-                  flush=True)
+            rows.append((str(c), c, turns, lines_agent, (sock,), http_agent,
+                         (http_sock, sock, "tiny")))
+        for label, c, turns, lines_fn, lines_args, http_fn, http_args in rows:
+            run(lines_fn, c, *lines_args, 2)  # warm-up
+            # Alternating rounds: the machine is shared and noisy.
+            lines_ms, http_ms = [], []
+            for _ in range(args.rounds):
+                lines_ms.append(run(lines_fn, c, *lines_args, turns))
+                http_ms.append(run(http_fn, c, *http_args, turns))
+                _round[0] += 1
+            ratios = [h / j for h, j in zip(http_ms, lines_ms)]
+            lm, hm = statistics.median(lines_ms), statistics.median(http_ms)
+            print(f"| {label} | {turns} | {args.rounds} | {lm:.2f} | {hm:.2f} | {hm / lm:.2f}x "
+                  f"| {min(ratios):.2f}-{max(ratios):.2f} |", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

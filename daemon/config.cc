@@ -112,7 +112,8 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
   FieldReader r(obj, "limits.");
   r.Known({"max_line_bytes", "max_json_depth", "max_sessions_per_uid",
            "max_inflight_per_connection", "max_output_buffer_bytes", "max_tokens",
-           "max_output_bytes_total", "max_connections", "max_connections_per_uid"});
+           "max_output_bytes_total", "max_connections", "max_connections_per_uid",
+           "max_stored_bytes_per_uid"});
   r.Int("max_line_bytes", &l->max_line_bytes, 64, int64_t{1} << 32);
   r.Int("max_json_depth", &l->max_json_depth, 2, 10000);
   r.Int("max_sessions_per_uid", &l->max_sessions_per_uid, 1, kMaxI32);
@@ -122,6 +123,7 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
   r.Int("max_output_bytes_total", &l->max_output_bytes_total, 4096, kMaxI64);
   r.Int("max_connections", &l->max_connections, 1, kMaxI32);
   r.Int("max_connections_per_uid", &l->max_connections_per_uid, 1, kMaxI32);
+  r.Int("max_stored_bytes_per_uid", &l->max_stored_bytes_per_uid, 4096, kMaxI64);
   return r.Finish();
 }
 
@@ -340,6 +342,8 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
   num("--max-output-buffer-bytes", &f.limits.max_output_buffer_bytes,
       &o.limits.max_output_buffer_bytes, "unsent bytes per connection before it is dropped");
   num("--max-tokens", &f.limits.max_tokens, &o.limits.max_tokens, "max_tokens per generate");
+  num("--max-stored-bytes-per-uid", &f.limits.max_stored_bytes_per_uid,
+      &o.limits.max_stored_bytes_per_uid, "bytes of messages and tool events one uid may store");
   num("--max-output-bytes-total", &f.limits.max_output_bytes_total,
       &o.limits.max_output_bytes_total, "unsent bytes of all connections before slow readers go");
   num("--max-connections", &f.limits.max_connections, &o.limits.max_connections,
@@ -423,7 +427,8 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_tokens", o.limits.max_tokens},
         {"max_output_bytes_total", o.limits.max_output_bytes_total},
         {"max_connections", o.limits.max_connections},
-        {"max_connections_per_uid", o.limits.max_connections_per_uid}}},
+        {"max_connections_per_uid", o.limits.max_connections_per_uid},
+        {"max_stored_bytes_per_uid", o.limits.max_stored_bytes_per_uid}}},
       {"engine",
        {{"device", o.engine.device},
         {"kv_memory_bytes", o.engine.kv_memory_bytes},

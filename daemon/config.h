@@ -28,6 +28,7 @@ struct DaemonLimits {
   int32_t max_connections = 4096;                       // open connections (fd limit too)
   int32_t max_connections_per_uid = 1024;               // open connections of one uid
   int32_t max_tokens = 4096;                            // per session.generate
+  int64_t max_stored_bytes_per_uid = int64_t{1} << 30;  // messages, tool events, forks
 };
 
 struct DaemonEngineOptions {

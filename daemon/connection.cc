@@ -107,6 +107,20 @@ void Connection::Send(std::string line) {
   }
 }
 
+void Connection::SendResult(const nlohmann::json& id, nlohmann::json result) {
+  std::string line = protocol::ResultLine(id, std::move(result));
+  if (static_cast<int64_t>(line.size()) + 1 > limits_.max_output_buffer_bytes) {
+    SendError(
+        id, Status::ResourceExhausted(
+                "the reply is " + std::to_string(line.size()) + " bytes, over the output cap of " +
+                std::to_string(limits_.max_output_buffer_bytes) +
+                " (limits.max_output_buffer_bytes); for session.info ask with "
+                "\"messages\": false and/or \"tool_events\": false"));
+    return;
+  }
+  Send(std::move(line));
+}
+
 void Connection::Flush() {
   MutexLock lock(&out_mu_);
   flush_posted_ = false;

@@ -44,6 +44,10 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   void SetTicket(std::unique_ptr<ConnectionLimits::Ticket> ticket) { ticket_ = std::move(ticket); }
   void Start();
   void Send(std::string line) override;
+  // A result line that alone would pass the output cap (limits.max_output_buffer_bytes)
+  // is answered with a resource_exhausted error for its id instead (issue 11, defect 7):
+  // the client learns why and keeps its connection.
+  void SendResult(const nlohmann::json& id, nlohmann::json result) override;
   // Closes from any thread (shutdown).
   void CloseAsync();
 

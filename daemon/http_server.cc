@@ -216,7 +216,15 @@ MHD_Result OnRequest(void* cls, MHD_Connection* conn, const char* url, const cha
       }
       req.tenant_uid = cred->uid;
     }
-    resp = listener->server->Dispatch(req, listener->over_tcp);
+    // The last line of defence: a handler bug that throws is one 500, never the daemon.
+    try {
+      resp = listener->server->Dispatch(req, listener->over_tcp);
+    } catch (const std::exception& e) {
+      spdlog::error("http: {} {} threw: {}", req.method, req.path, e.what());
+      resp.status = 500;
+      resp.body = R"j({"error": {"message": "internal error (logged)", "type": "server_error", )j"
+                  R"j("param": null, "code": "internal"}})j";
+    }
   }
   return Queue(conn, resp, listener->server, fd);
 }

@@ -165,6 +165,20 @@ Status OpenAiApi::AppendNew(Turn& turn, const std::vector<openai::FlatMessage>& 
   return flush();
 }
 
+void OpenAiApi::ApplyRetention(Turn& turn) {
+  if (turn.retain_ttl_s <= 0) return;
+  json& echo = turn.kvkeep["retention_hints"];
+  auto r = service_->Retain(turn.uid, turn.session, turn.retain_ttl_s);
+  echo["applied"] = r.ok();
+  if (r.ok()) {
+    for (const char* k : {"pinned_blocks", "uid_pinned_blocks", "quota_blocks"}) {
+      echo[k] = (*r)[k];
+    }
+  } else {
+    echo["reason"] = r.status().message();
+  }
+}
+
 std::string OpenAiApi::ScriptedReply(const std::vector<openai::FlatMessage>& messages) const {
   size_t assistants = 0;
   for (const auto& m : messages) assistants += m.role == "assistant";
@@ -185,6 +199,10 @@ json OpenAiApi::Finish(Turn& turn, const Result<json>& result, int* http_status)
   openai::ParsedOutput out =
       turn.tools ? openai::ParseOutput(text, turn.id.substr(9)) : openai::ParsedOutput{text, {}};
   std::string finish = r["finish_reason"].get<std::string>();
+  if (finish == "context_limit") {  // OpenAI has no such reason: `length`, and say why
+    turn.kvkeep["finish_reason"] = finish;
+    finish = "length";
+  }
   int pending = 0;
   bool pending_text = false;
   auto begin_tool = [&](const std::string& key, const std::string& args) {
@@ -219,6 +237,7 @@ json OpenAiApi::Finish(Turn& turn, const Result<json>& result, int* http_status)
                     .get<std::string>();
   const uint64_t reply_key = openai::MatchKey("assistant", out.content, out.tool_calls);
   chain.push_back(openai::ChainNext(chain.empty() ? 0 : chain.back(), reply_key));
+  ApplyRetention(turn);
   matcher_.Release(turn.uid, turn.session, turn.name, std::move(chain), pending, pending_text);
 
   const json& u = r["usage"];

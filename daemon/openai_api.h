@@ -63,7 +63,8 @@ class OpenAiApi {
     bool tools = false;  // tools were offered: parse tool calls (and buffer the stream)
     bool stream = false;
     bool include_usage = false;
-    std::string id;  // chatcmpl-...
+    double retain_ttl_s = 0;  // the request's retention hint (0: none)
+    std::string id;           // chatcmpl-...
     int64_t created_s = 0;
     nlohmann::json kvkeep = nlohmann::json::object();  // the response's extension object
     std::shared_ptr<ServiceCall> call;
@@ -79,6 +80,9 @@ class OpenAiApi {
   Status AppendNew(Turn& turn, const std::vector<openai::FlatMessage>& messages, size_t from);
   // Builds the reply from the generation's result, records tool_begin, updates the matcher.
   nlohmann::json Finish(Turn& turn, const Result<nlohmann::json>& result, int* http_status);
+  // Applies the request's retention hint to the session through Service::Retain (within
+  // the uid's quota) and records the outcome in the reply's kvkeep.retention_hints.
+  void ApplyRetention(Turn& turn);
   std::string ScriptedReply(const std::vector<openai::FlatMessage>& messages) const;
 
   const OpenAiOptions options_;

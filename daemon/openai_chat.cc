@@ -2,6 +2,7 @@
 // (one JSON body, or an SSE stream of chunks ending in `data: [DONE]`).
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <ctime>
@@ -42,9 +43,14 @@ Result<json> GenerateParams(const json& body, int32_t max_tokens_limit) {
   return g;
 }
 
-// Validates the fields kvkeep reads but does not act on yet (docs/openai.md, "Hints").
+// The providers' retention hints (docs/openai.md, "Retention hints"), validated, as the
+// session.retain TTL they ask for: the longest of them, at most session.retain's 3600 s.
+//   prompt_cache_retention "in_memory" -> 300 s (OpenAI keeps in-memory prefixes 5-10
+//   minutes), "24h" -> 3600 s; cache_control ttl "5m" -> 300 s, "1h" -> 3600 s.
 Result<json> RetentionHints(const json& body, const std::vector<openai::FlatMessage>& flat) {
+  constexpr double kMaxRetainS = 3600;
   json hints = json::object();
+  double ttl_s = 0;
   protocol::Params p(body);
   ASSIGN_OR_RETURN(std::string retention, p.StringOr("prompt_cache_retention", ""));
   if (!retention.empty()) {
@@ -52,11 +58,14 @@ Result<json> RetentionHints(const json& body, const std::vector<openai::FlatMess
       return Status::InvalidArgument("'prompt_cache_retention' must be \"in_memory\" or \"24h\"");
     }
     hints["prompt_cache_retention"] = retention;
+    ttl_s = retention == "24h" ? kMaxRetainS : 300;
   }
   for (const auto& m : flat) {
-    if (m.cache_ttl) hints["cache_control_ttl"] = *m.cache_ttl;
+    if (!m.cache_ttl) continue;
+    hints["cache_control_ttl"] = *m.cache_ttl;
+    ttl_s = std::max(ttl_s, *m.cache_ttl == "1h" ? 3600.0 : 300.0);
   }
-  if (!hints.empty()) hints["applied"] = false;
+  if (!hints.empty()) hints["ttl_s"] = std::min(ttl_s, kMaxRetainS);
   return hints;
 }
 
@@ -122,7 +131,7 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
   if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
     const json& tc = body["tool_choice"];
     const bool ok = (tc.is_string() && (tc == "none" || tc == "auto" || tc == "required")) ||
-                    (tc.is_object() && tc.value("type", "") == "function");
+                    (tc.is_object() && openai::StringField(tc, "type") == "function");
     if (!ok) {
       return OpenAiError(400, "'tool_choice' must be none, auto, required or a function",
                          "invalid_request_error", "tool_choice");
@@ -145,7 +154,10 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
   std::snprintf(id, sizeof(id), "chatcmpl-%016llx",
                 static_cast<unsigned long long>(next_id_.fetch_add(1) * 0x9e3779b97f4a7c15ull));
   turn->id = id;
-  if (!hints->empty()) turn->kvkeep["retention_hints"] = *hints;
+  if (!hints->empty()) {
+    turn->retain_ttl_s = (*hints)["ttl_s"].get<double>();
+    turn->kvkeep["retention_hints"] = *hints;
+  }
   std::vector<uint64_t> keys;
   for (const auto& m : *flat) keys.push_back(m.key);
   turn->chain = openai::ChainKeys(keys);

@@ -43,13 +43,13 @@ Status ContentText(const json& m, const std::string& field, std::string* text,
   for (size_t i = 0; i < it->size(); ++i) {
     const json& part = (*it)[i];
     const std::string pf = field + ".content[" + std::to_string(i) + "]";
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+    if (!part.is_object() || StringField(part, "type") != "text" || !part.contains("text") ||
         !part["text"].is_string()) {
       return Invalid(pf, "must be {\"type\": \"text\", \"text\": string} (only text is served)");
     }
     *text += part["text"].get<std::string>();
     if (auto cc = part.find("cache_control"); cc != part.end() && !cc->is_null()) {
-      if (!cc->is_object() || cc->value("type", "") != "ephemeral") {
+      if (!cc->is_object() || StringField(*cc, "type") != "ephemeral") {
         return Invalid(pf + ".cache_control", "must be {\"type\": \"ephemeral\", \"ttl\"?}");
       }
       std::string t = "5m";
@@ -103,7 +103,7 @@ Status ValidateTools(const json& tools) {
   for (size_t i = 0; i < tools.size(); ++i) {
     const json& t = tools[i];
     const std::string f = "tools[" + std::to_string(i) + "]";
-    if (!t.is_object() || t.value("type", "") != "function") {
+    if (!t.is_object() || StringField(t, "type") != "function") {
       return Invalid(f + ".type", "must be \"function\"");
     }
     if (!t.contains("function") || !t["function"].is_object() || !t["function"].contains("name") ||
@@ -115,6 +115,12 @@ Status ValidateTools(const json& tools) {
 }
 
 }  // namespace
+
+std::string StringField(const json& obj, const char* key) {
+  if (!obj.is_object()) return "";
+  auto it = obj.find(key);
+  return it != obj.end() && it->is_string() ? it->get<std::string>() : "";
+}
 
 uint64_t MatchKey(const std::string& role, const std::string& content, const json& tool_calls) {
   std::string key = role + '\x1f' + Trim(content);

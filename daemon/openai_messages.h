@@ -31,6 +31,10 @@ struct FlatMessage {
   std::optional<std::string> cache_ttl;  // a content part's cache_control.ttl ("5m", "1h")
 };
 
+// obj[key] when obj is an object holding a string there, else "" (json::value throws on a
+// wrong type, and request bodies are untrusted).
+std::string StringField(const nlohmann::json& obj, const char* key);
+
 // Validates `messages` and `tools` and returns the flat conversation; the tools block is
 // merged into the first system message (one is added when there is none).
 // InvalidArgument names the offending field (messages[3].role, tools[0].function.name).

@@ -149,6 +149,11 @@ Result<Request> ParseRequest(std::string_view line, int max_depth, Error* error,
     if (!it->is_string() && !it->is_number_integer() && !it->is_null()) {
       return fail(ErrorCode::kInvalidArgument, "'id' must be a string or an integer");
     }
+    // Every reply and stream event echoes the id: a long one would multiply the output.
+    if (it->is_string() && it->get_ref<const std::string&>().size() > kMaxIdBytes) {
+      return fail(ErrorCode::kInvalidArgument,
+                  "'id' is longer than " + std::to_string(kMaxIdBytes) + " bytes");
+    }
     req.id = *it;
     *id_out = *it;
   }

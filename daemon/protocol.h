@@ -78,6 +78,9 @@ struct Request {
 // `limit` is exceeded (returns limit + 1). Malformed text is fine (the parser rejects it).
 int JsonDepth(std::string_view text, int limit);
 
+// The longest string request id (bytes); longer ids are refused (and not echoed).
+inline constexpr size_t kMaxIdBytes = 256;
+
 // Parses one line. On failure *id_out holds the request's id when it could be read.
 Result<Request> ParseRequest(std::string_view line, int max_depth, Error* error, json* id_out);
 

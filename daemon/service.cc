@@ -63,6 +63,7 @@ Status ValidSessionId(const std::string& id, const char* key) {
 Service::Service(ServiceOptions options, ServiceDeps deps)
     : options_(std::move(options)),
       deps_(std::move(deps)),
+      stored_bytes_(options_.limits.max_stored_bytes_per_uid),
       start_mono_us_(deps_.clock->NowMicros()),
       retention_(RetentionOptions{options_.retain_quota_blocks, 3600}, deps_.clock) {}
 
@@ -70,6 +71,10 @@ Status Service::LoadSessions() {
   ASSIGN_OR_RETURN(auto stored, deps_.store->LoadAll());
   spdlog::info("store: loaded {} sessions", stored.size());
   sessions_.Load(std::move(stored));
+  for (const auto& s : sessions_.List(std::nullopt)) {  // tool events of earlier runs: uncounted
+    std::lock_guard<std::mutex> lock(s->mu);
+    stored_bytes_.ChargeAnyway(s->owner_uid, s->id, StoredBytes::Of(s->messages));
+  }
   return Status::OK();
 }
 
@@ -170,7 +175,9 @@ Service::Reply Service::Hello(const Ctx& ctx) {
         {"max_sessions_per_uid", l.max_sessions_per_uid},
         {"max_inflight_per_connection", l.max_inflight_per_connection},
         {"max_output_buffer_bytes", l.max_output_buffer_bytes},
-        {"max_tokens", l.max_tokens}}},
+        {"max_tokens", l.max_tokens},
+        {"max_stored_bytes_per_uid", l.max_stored_bytes_per_uid}}},
+      {"stored_bytes", stored_bytes_.Used(ctx.uid())},
   };
 }
 
@@ -201,6 +208,9 @@ Result<Message> Service::ParseMessage(const json& m,
 Service::Reply Service::Open(const Ctx& ctx) {
   ASSIGN_OR_RETURN(std::string id, ctx.params.StringOr("session", ""));
   ASSIGN_OR_RETURN(std::string system, ctx.params.StringOr("system", ""));
+  if (id.empty() && ctx.params.Has("session")) {  // "" is a bad name, not an absent one
+    return Status::InvalidArgument("'session' must not be empty (omit it for a new id)");
+  }
   if (id.empty()) {
     id = NewSessionId();
   } else {
@@ -247,7 +257,10 @@ Service::Reply Service::Open(const Ctx& ctx) {
   }
   StoredSession stored{
       ctx.uid(), id, now, now, options_.model_id, false, session->ToStoredLocked(0, first)};
-  if (Status st = deps_.store->CreateSession(stored); !st.ok()) {
+  Status charged = stored_bytes_.Charge(ctx.uid(), id, StoredBytes::Of(first));
+  Status st = charged.ok() ? deps_.store->CreateSession(stored) : charged;
+  if (!st.ok()) {
+    if (charged.ok()) stored_bytes_.Forget(ctx.uid(), id);
     session->deleted = true;
     sessions_.Remove(ctx.uid(), id);
     sessions_.ReleaseOpen(ctx.uid());
@@ -289,9 +302,14 @@ Service::Reply Service::Append(const Ctx& ctx) {
         " tokens; max_context_tokens is " + std::to_string(options_.max_context_tokens));
   }
   const int64_t now = deps_.clock->WallMicros();
+  const int64_t bytes = StoredBytes::Of(msgs);
+  RETURN_IF_ERROR(stored_bytes_.Charge(s->owner_uid, s->id, bytes));
   Status st = deps_.store->AppendMessages(s->owner_uid, s->id,
                                           s->ToStoredLocked(s->messages.size(), msgs), now);
-  if (!st.ok()) return StoreError(st);
+  if (!st.ok()) {
+    stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
+    return StoreError(st);
+  }
   for (Message& m : msgs) s->AppendLocked(std::move(m));
   s->updated_us = now;
   return json{{"session", s->id},
@@ -319,9 +337,14 @@ Service::Reply Service::ToolBegin(const Ctx& ctx) {
   if (tool.empty()) return Status::InvalidArgument("'tool' must not be empty");
   std::lock_guard<std::mutex> lock(s->mu);
   RETURN_IF_ERROR(UsableLocked(*s, /*allow_busy=*/true));
+  const auto bytes = static_cast<int64_t>(tool.size() + args.size());
+  RETURN_IF_ERROR(stored_bytes_.Charge(s->owner_uid, s->id, bytes));
   auto event_id =
       deps_.store->BeginToolEvent(s->owner_uid, s->id, tool, args, deps_.clock->WallMicros());
-  if (!event_id.ok()) return StoreError(event_id.status());
+  if (!event_id.ok()) {
+    stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
+    return StoreError(event_id.status());
+  }
   const std::string key = ToolKeyOf(tool, args);
   s->pending_tools.push_back({*event_id, tool, deps_.clock->NowMicros(), key});
   if (s->tool_events_loaded) {
@@ -360,10 +383,15 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
   const int64_t end_us = deps_.clock->WallMicros();
   const int64_t duration_us = pending ? deps_.clock->NowMicros() - pending->begin_mono_us : 0;
   std::vector<Message> msgs = {std::move(msg)};
+  const int64_t bytes = StoredBytes::Of(msgs);
+  RETURN_IF_ERROR(stored_bytes_.Charge(s->owner_uid, s->id, bytes));
   Status st = deps_.store->EndToolEvent(
       s->owner_uid, s->id, pending ? pending->event_id : 0, tool, end_us, duration_us,
       s->ToStoredLocked(s->messages.size(), msgs), pending ? pending->key : "");
-  if (!st.ok()) return StoreError(st);
+  if (!st.ok()) {
+    stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
+    return StoreError(st);
+  }
   if (pending) {
     s->pending_tools.pop_back();
     deps_.metrics->tool.Observe(duration_us / 1000.0);
@@ -394,6 +422,9 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
 Service::Reply Service::Fork(const Ctx& ctx) {
   ASSIGN_OR_RETURN(auto parent, FindSession(ctx));
   ASSIGN_OR_RETURN(std::string id, ctx.params.StringOr("new_session", ""));
+  if (id.empty() && ctx.params.Has("new_session")) {
+    return Status::InvalidArgument("'new_session' must not be empty (omit it for a new id)");
+  }
   if (id.empty()) {
     id = NewSessionId();
   } else {
@@ -409,11 +440,14 @@ Service::Reply Service::Fork(const Ctx& ctx) {
   child->messages = parent->messages;
   child->tokens = parent->tokens;
   std::lock_guard<std::mutex> clock(child->mu);
+  RETURN_IF_ERROR(stored_bytes_.Charge(child->owner_uid, id, StoredBytes::Of(child->messages)));
   if (Status st = sessions_.Insert(child, options_.limits.max_sessions_per_uid); !st.ok()) {
+    stored_bytes_.Forget(child->owner_uid, id);
     return st;
   }
   Status st = deps_.store->CopySession(parent->owner_uid, parent->id, id, child->created_us);
   if (!st.ok()) {
+    stored_bytes_.Forget(child->owner_uid, id);
     child->deleted = true;
     sessions_.Remove(child->owner_uid, id);
     sessions_.ReleaseOpen(child->owner_uid);
@@ -440,6 +474,7 @@ Service::Reply Service::Close(const Ctx& ctx) {
   if (!keep) {
     s->deleted = true;
     sessions_.Remove(s->owner_uid, s->id);
+    stored_bytes_.Forget(s->owner_uid, s->id);
   }
   if (was_open) sessions_.ReleaseOpen(s->owner_uid);
   const SessionId engine_session = EngineSessionOf(s->owner_uid, s->id);
@@ -482,6 +517,8 @@ Service::Reply Service::Info(const Ctx& ctx) {
     }
     out["messages"] = std::move(msgs);
   }
+  ASSIGN_OR_RETURN(bool with_tool_events, ctx.params.BoolOr("tool_events", true));
+  if (!with_tool_events) return out;
   if (!s->tool_events_loaded) {
     auto events = deps_.store->ListToolEvents(s->owner_uid, s->id);
     if (!events.ok()) return StoreError(events.status());

@@ -28,6 +28,7 @@
 #include "daemon/protocol.h"
 #include "daemon/session.h"
 #include "daemon/store.h"
+#include "daemon/stored_bytes.h"
 #include "daemon/tenant_salt.h"
 #include "daemon/turn_renderer.h"
 #include "engine/engine.h"
@@ -131,6 +132,7 @@ class Service {
   const ServiceOptions options_;
   const ServiceDeps deps_;
   SessionTable sessions_;
+  StoredBytes stored_bytes_;  // limits.max_stored_bytes_per_uid
   std::atomic<bool> shutting_down_{false};
   std::atomic<int64_t> num_generating_{0};
   std::atomic<uint64_t> next_request_id_{1};

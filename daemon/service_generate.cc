@@ -20,6 +20,9 @@ struct Service::Generation {
   int64_t start_mono_us = 0;
   std::vector<int32_t> tokens;  // generated (or forced) tokens, in order
   std::string text;
+  // max_tokens was cut so that the stored reply fits max_context_tokens: a `length`
+  // finish is then reported as `context_limit` (issue 11, defect 8).
+  bool cut_by_context = false;
 };
 
 namespace {
@@ -104,10 +107,18 @@ Status Service::Generate(const Ctx& ctx) {
                                      ") exceed max_context_tokens " +
                                      std::to_string(options_.max_context_tokens));
   }
-  if (static_cast<int64_t>(req.prompt.size()) >= options_.max_context_tokens) {
+  // Room for the reply as it will be stored: its tokens and the tokens closing the turn,
+  // so the next turn can still be served.
+  const int64_t room = options_.max_context_tokens - static_cast<int64_t>(req.prompt.size()) -
+                       static_cast<int64_t>(deps_.renderer->CloseAssistantTurn({}).size());
+  if (room < 1) {
     return Status::ResourceExhausted("context of " + std::to_string(req.prompt.size()) +
                                      " tokens leaves no room under max_context_tokens " +
                                      std::to_string(options_.max_context_tokens));
+  }
+  if (req.forced.empty() && req.stop.max_tokens > room) {
+    req.stop.max_tokens = static_cast<int32_t>(room);
+    gen->cut_by_context = true;
   }
   RETURN_IF_ERROR(ctx.client->AddInflight(gen->inflight_key, gen->rid,
                                           options_.limits.max_inflight_per_connection));
@@ -155,6 +166,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
                       : deps_.store->AppendMessages(s.owner_uid, s.id,
                                                     s.ToStoredLocked(s.messages.size(), msgs), now);
       if (st.ok()) {
+        stored_bytes_.ChargeAnyway(s.owner_uid, s.id, StoredBytes::Of(msgs));
         s.AppendLocked(std::move(msgs[0]));
         s.updated_us = now;
       } else {
@@ -173,7 +185,9 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
       result = {{"session", s.id},
                 {"text", gen->text},
                 {"tokens", gen->tokens},
-                {"finish_reason", FinishReasonName(ev.finish_reason)},
+                {"finish_reason", gen->cut_by_context && ev.finish_reason == FinishReason::kLength
+                                      ? std::string("context_limit")
+                                      : std::string(FinishReasonName(ev.finish_reason))},
                 {"usage",
                  {{"prompt_tokens", u.prompt_tokens},
                   {"cached_tokens", u.cached_tokens},

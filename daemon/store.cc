@@ -391,6 +391,21 @@ Status Store::Write(WriteFn fn) {
   return w.status;
 }
 
+void Store::TEST_InjectFault(const StoreFault& fault) {
+  MutexLock lock(&db_mu_);
+  fault_ = fault;
+  writes_since_fault_ = 0;
+}
+
+Status Store::TakeFaultLocked() {
+  if (!fault_) return Status::OK();
+  const int64_t n = ++writes_since_fault_;
+  if (n < fault_->first_failing) return Status::OK();
+  const int code = fault_->sqlite_code;
+  if (n + 1 >= fault_->first_failing + fault_->count) fault_.reset();  // the last one
+  return Status::IOError(std::string("write: ") + sqlite3_errstr(code) + " (injected)");
+}
+
 void Store::CommitBatch(const std::vector<Writer*>& batch) {
   Transaction txn(db_);
   if (!txn.status().ok()) {
@@ -400,6 +415,7 @@ void Store::CommitBatch(const std::vector<Writer*>& batch) {
   if (batch.size() == 1) {  // alone: the transaction itself is the savepoint
     Writer* x = batch.front();
     x->status = x->fn(db_);
+    if (x->status.ok()) x->status = TakeFaultLocked();
     x->status = x->status.ok() ? txn.Commit() : x->status;  // else ~Transaction rolls back
     return;
   }
@@ -409,6 +425,7 @@ void Store::CommitBatch(const std::vector<Writer*>& batch) {
     x->status = ExecSql(db_, "SAVEPOINT w");
     if (!x->status.ok()) continue;
     x->status = x->fn(db_);
+    if (x->status.ok()) x->status = TakeFaultLocked();
     if (!x->status.ok()) (void)ExecSql(db_, "ROLLBACK TO w");
     (void)ExecSql(db_, "RELEASE w");
     any_ok = any_ok || x->status.ok();

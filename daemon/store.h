@@ -69,6 +69,16 @@ struct StoreOptions {
   bool quick_check = true;      // PRAGMA quick_check on open (cost: bench/store_bench.cc)
 };
 
+// TESTING ONLY (issue 11, fault injection): writes number first_failing, first_failing+1,
+// ... (counted from 1 over every mutating call after TEST_InjectFault) fail with the SQLite
+// result code `sqlite_code` (SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR, ...), `count` of them.
+// A failing write runs its statements, then is rolled back as a real failure would be.
+struct StoreFault {
+  int64_t first_failing = 1;
+  int64_t count = 1;
+  int sqlite_code = 13;  // SQLITE_FULL
+};
+
 struct StoreStats {
   int64_t num_writes = 0;   // mutating calls committed or failed
   int64_t num_commits = 0;  // transactions (fsyncs) they took
@@ -138,6 +148,8 @@ class Store {
   Result<std::vector<StoredSession>> LoadAll();
 
   StoreStats stats();
+  // TESTING ONLY: see StoreFault. Replaces any fault still pending.
+  void TEST_InjectFault(const StoreFault& fault);
 
  private:
   struct Writer;
@@ -157,6 +169,10 @@ class Store {
   StoreStats stats_ GUARDED_BY(queue_mu_);
   Mutex db_mu_;  // held by the leader of a batch and by readers
   sqlite3* db_ GUARDED_BY(db_mu_);
+  // The write's injected failure, if one is due (counts the write). TESTING ONLY.
+  Status TakeFaultLocked() REQUIRES(db_mu_);
+  std::optional<StoreFault> fault_ GUARDED_BY(db_mu_);
+  int64_t writes_since_fault_ GUARDED_BY(db_mu_) = 0;
 };
 
 }  // namespace kvkeep

@@ -3,8 +3,30 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <map>
 
 namespace kvkeep {
+
+namespace {
+
+// Orders sequences so that each tenant's oldest comes first, then each tenant's second
+// oldest, and so on (admission order within a tenant and within a round).
+std::vector<Sequence*> RoundRobinByTenantImpl(const std::vector<Sequence*>& seqs) {
+  std::map<uint64_t, int32_t> seen;
+  std::vector<std::pair<int32_t, Sequence*>> ranked;
+  for (Sequence* s : seqs) ranked.push_back({seen[Scheduler::TenantOf(s)]++, s});
+  std::stable_sort(ranked.begin(), ranked.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<Sequence*> out;
+  for (const auto& r : ranked) out.push_back(r.second);
+  return out;
+}
+
+}  // namespace
+
+std::vector<Sequence*> Scheduler::RoundRobinByTenant(const std::vector<Sequence*>& seqs) {
+  return RoundRobinByTenantImpl(seqs);
+}
 
 Scheduler::Scheduler(const SchedulerOptions& options, BlockPool* pool)
     : options_(options), pool_(pool) {}
@@ -90,13 +112,13 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
     if (running_.empty() && batch->seqs.empty() &&
         BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) >
             pool_->num_blocks()) {
-      waiting_.pop_front();
+      waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq));
       seq->status = SequenceStatus::kFinished;
       batch->failed.push_back(seq);
     }
     return false;
   }
-  waiting_.pop_front();
+  waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq));
   running_.push_back(seq);
   seq->status = SequenceStatus::kRunning;
   seq->prefill_end = seq->num_tokens();
@@ -115,13 +137,70 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   return true;
 }
 
+int32_t Scheduler::RunningOf(uint64_t tenant) const {
+  return static_cast<int32_t>(std::count_if(running_.begin(), running_.end(),
+                                            [&](Sequence* s) { return TenantOf(s) == tenant; }));
+}
+
+Sequence* Scheduler::NextToAdmit(bool only_idle_tenants) const {
+  Sequence* best = nullptr;
+  int32_t best_running = 0;
+  for (Sequence* seq : waiting_) {  // queue order breaks ties
+    const int32_t r = RunningOf(TenantOf(seq));
+    if (only_idle_tenants && r > 0) continue;
+    if (best == nullptr || r < best_running) {
+      best = seq;
+      best_running = r;
+    }
+    if (r == 0) break;
+  }
+  return best;
+}
+
+void Scheduler::MakeRoomForIdleTenant() {
+  if (num_running() < options_.max_running || NextToAdmit(true) == nullptr) return;
+  // The tenant running the most sequences gives up its newest one (recomputed later).
+  std::map<uint64_t, int32_t> counts;
+  for (Sequence* s : running_) ++counts[TenantOf(s)];
+  auto most = std::max_element(counts.begin(), counts.end(),
+                               [](const auto& a, const auto& b) { return a.second < b.second; });
+  if (most->second < 2) return;  // every tenant runs one: nothing fairer to do
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    if (TenantOf(*it) == most->first) {
+      Preempt(*it);
+      return;
+    }
+  }
+}
+
+bool Scheduler::AdmitOne(bool only_idle_tenants, int32_t* budget, ScheduledBatch* batch) {
+  while (*budget > 0 && batch->num_preempted == 0 && num_running() < options_.max_running) {
+    Sequence* seq = NextToAdmit(only_idle_tenants);
+    if (seq == nullptr) return false;
+    const size_t failed_before = batch->failed.size();
+    if (TryAdmit(seq, *budget, batch)) {
+      *budget -= batch->seqs.back().num_new_tokens;
+      return true;
+    }
+    if (batch->failed.size() == failed_before) return false;  // no blocks: wait
+  }
+  return false;
+}
+
 ScheduledBatch Scheduler::Schedule() {
   ScheduledBatch batch;
   int32_t budget = options_.max_batch_tokens;
+  MakeRoomForIdleTenant();
   // 1. decodes, then 2. prefill chunks of running sequences. Iterate over a snapshot:
-  // preemption edits running_.
+  // preemption edits running_. Between the two, tenants with nothing running are admitted
+  // first, so another tenant's long prefills cannot hold them back.
   for (bool decode_pass : {true, false}) {
-    const std::vector<Sequence*> snapshot = running_;
+    std::vector<Sequence*> snapshot = running_;
+    if (!decode_pass) {
+      while (AdmitOne(/*only_idle_tenants=*/true, &budget, &batch)) {
+      }
+      snapshot = RoundRobinByTenant(running_);
+    }
     for (Sequence* seq : snapshot) {
       if (budget <= 0) break;
       if (seq->status != SequenceStatus::kRunning || IsScheduled(seq, batch)) continue;
@@ -134,16 +213,8 @@ ScheduledBatch Scheduler::Schedule() {
       budget -= n;
     }
   }
-  // 3. admission.
-  while (budget > 0 && batch.num_preempted == 0 && !waiting_.empty() &&
-         num_running() < options_.max_running) {
-    Sequence* seq = waiting_.front();
-    const size_t failed_before = batch.failed.size();
-    if (!TryAdmit(seq, budget, &batch)) {
-      if (batch.failed.size() > failed_before) continue;  // dropped; try the next one
-      break;
-    }
-    budget -= batch.seqs.back().num_new_tokens;
+  // 3. admission: the tenant with the fewest running sequences first, then queue order.
+  while (AdmitOne(/*only_idle_tenants=*/false, &budget, &batch)) {
   }
   if (!batch.empty()) {
     spdlog::debug(

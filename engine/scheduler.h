@@ -7,8 +7,15 @@
 //      admission order (oldest first);
 //   2. prefill chunks of running sequences still prefilling, at most
 //      prefill_chunk_tokens each, oldest first;
-//   3. admission: waiting sequences, in queue order, while the budget lasts and fewer
-//      than max_running run. An admitted sequence first takes the longest cached prefix
+//   3. admission: waiting sequences while the budget lasts and fewer than max_running
+//      run, the tenant with the fewest running sequences first, then queue order.
+// Fairness between tenants (told apart by their cache salt, one per uid): a tenant with
+// nothing running is admitted before the prefill chunks of step 2 (after the decodes),
+// prefill chunks go round-robin over tenants, and when max_running sequences run, the
+// tenant running the most gives up its newest (preempted, recomputed later) for a tenant
+// with none. So another tenant's short request starts within one step of arriving, as
+// long as the pool has blocks for it, however many long requests one tenant runs. An admitted
+// sequence first takes the longest cached prefix
 //      of its context (BlockPool::MatchPrefix over all tokens but the last, so at least
 //      one token is computed and yields logits); its first chunk follows.
 // So a long prefill is split across steps and never stalls decoding.
@@ -82,6 +89,10 @@ class Scheduler {
   // Takes a sequence out of whichever queue holds it and frees its blocks.
   void Remove(Sequence* seq);
 
+  // The tenant of a sequence: its cache salt (daemon: one per uid; 0 for tests' default).
+  static uint64_t TenantOf(const Sequence* seq) { return seq->table.scope().tenant_salt; }
+  // Each tenant's oldest first, then each tenant's second oldest, ...
+  static std::vector<Sequence*> RoundRobinByTenant(const std::vector<Sequence*>& seqs);
   // Reorders the waiting queue (stable) by `before` (program-aware admission).
   void SortWaiting(const std::function<bool(const Sequence*, const Sequence*)>& before);
   // Prefill tokens the waiting sequences still need (the policy's queueing estimate).
@@ -99,6 +110,15 @@ class Scheduler {
   // seq itself was preempted or failed (then it is no longer running).
   bool ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batch);
   bool TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch);
+  // Admits the next waiting sequence (NextToAdmit) if budget and blocks allow.
+  bool AdmitOne(bool only_idle_tenants, int32_t* budget, ScheduledBatch* batch);
+  // The waiting sequence whose tenant runs the fewest sequences (queue order on ties);
+  // only_idle_tenants: only one whose tenant runs none. nullptr when there is none.
+  Sequence* NextToAdmit(bool only_idle_tenants) const;
+  int32_t RunningOf(uint64_t tenant) const;
+  // At max_running, preempts the newest sequence of the tenant running the most (if it
+  // runs two or more) when a tenant with nothing running waits.
+  void MakeRoomForIdleTenant();
   void Preempt(Sequence* seq);
   void Schedule(Sequence* seq, int32_t n, ScheduledBatch* batch);
   bool IsScheduled(const Sequence* seq, const ScheduledBatch& batch) const;

@@ -72,6 +72,25 @@ TEST(OpenAiMessagesTest, RejectsBadMessagesNamingTheField) {
       openai::FlattenRequest(json::array({{{"role", "user"}, {"content", "x"}}}), &tools).ok());
 }
 
+// Found by schemathesis (tests/openai/test_openapi_fuzz.py): a "type" that is not a string
+// threw out of json::value and ended the daemon. Each is a 400 naming the field.
+TEST(OpenAiMessagesTest, NonStringTypeFieldsAreRefusedNotThrown) {
+  json user = json::array({{{"role", "user"}, {"content", "x"}}});
+  json tools = json::array({{{"type", json::object()}, {"function", {{"name", "f"}}}}});
+  auto r = openai::FlattenRequest(user, &tools);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("tools[0].type"), std::string::npos);
+  json part = json::array({{{"role", "user"}, {"content", {{{"type", 1}, {"text", "a"}}}}}});
+  EXPECT_EQ(openai::FlattenRequest(part, nullptr).status().code(), StatusCode::kInvalidArgument);
+  json cc = json::array(
+      {{{"role", "user"},
+        {"content", {{{"type", "text"}, {"text", "a"}, {"cache_control", {{"type", {1}}}}}}}}});
+  EXPECT_EQ(openai::FlattenRequest(cc, nullptr).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(openai::StringField(json{{"type", {{"a", 1}}}}, "type"), "");
+  EXPECT_EQ(openai::StringField(json{{"type", "text"}}, "type"), "text");
+  EXPECT_EQ(openai::StringField(json("not an object"), "type"), "");
+}
+
 TEST(OpenAiMessagesTest, EchoedReplyMatchesWhatWasGenerated) {
   auto out = openai::ParseOutput(
       "ok\n<tool_call>\n{\"name\": \"bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>",

@@ -68,6 +68,18 @@ TEST(ProtocolTest, ErrorsCarryTheirCodeAndTheIdWhenReadable) {
   EXPECT_EQ(bad_id.error.code, ErrorCode::kInvalidArgument);
 }
 
+// Issue 11, defect 9: every reply and stream event echoes the id, so a 7 MB id multiplied
+// the output. Ids are capped at kMaxIdBytes; a longer one is refused and not echoed.
+TEST(ProtocolTest, LongIdsAreRefusedAndNotEchoed) {
+  const std::string ok_id(protocol::kMaxIdBytes, 'i');
+  EXPECT_TRUE(Parse(json{{"id", ok_id}, {"verb", "hello"}}.dump()).ok);
+  Parsed long_id = Parse(json{{"id", ok_id + "i"}, {"verb", "hello"}}.dump());
+  EXPECT_FALSE(long_id.ok);
+  EXPECT_EQ(long_id.error.code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(long_id.error.message.find("256"), std::string::npos);
+  EXPECT_TRUE(long_id.id.is_null());
+}
+
 TEST(ProtocolTest, DepthLimitIsEnforcedBeforeParsing) {
   std::string deep =
       R"({"id": 1, "verb": "hello", "x": )" + std::string(100, '[') + std::string(100, ']') + "}";

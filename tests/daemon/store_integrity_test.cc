@@ -236,5 +236,48 @@ TEST(StoreIntegrityTest, ConcurrentWritersAreAllCommittedAndBatched) {
   }
 }
 
+// Issue 11, fault injection: the Nth SQLite write fails (disk full, busy, I/O error). The
+// failing write leaves nothing behind, the writes around it are unaffected, the store is
+// consistent on reopen, and writing works again once the fault clears.
+TEST(StoreIntegrityTest, InjectedWriteFaultsLeaveTheStoreConsistentAndRecover) {
+  testing::TempDir dir;
+  const std::string path = dir.File("kvkeep.db");
+  {
+    auto store = Store::Open(path);
+    ASSERT_TRUE(store.ok());
+    Store* st = store->get();
+    ASSERT_TRUE(st->CreateSession(NewSession("f", 2)).ok());
+    int64_t seq = 2;
+    for (int code : {SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR}) {
+      st->TEST_InjectFault({.first_failing = 2, .count = 2, .sqlite_code = code});
+      ASSERT_TRUE(st->AppendMessages(1000, "f", {Msg(seq, "ok before")}, 1).ok());
+      ++seq;
+      for (int i = 0; i < 2; ++i) {
+        Status failed = st->AppendMessages(1000, "f", {Msg(seq, "lost")}, 1);
+        EXPECT_EQ(failed.code(), StatusCode::kIOError);
+        EXPECT_NE(failed.message().find(sqlite3_errstr(code)), std::string::npos)
+            << failed.ToString();
+      }
+      // Nothing of the failed writes is there: the same seq is free, and the fault is over.
+      ASSERT_TRUE(st->AppendMessages(1000, "f", {Msg(seq, "ok after")}, 1).ok()) << code;
+      ++seq;
+    }
+    // A failing CreateSession leaves no session row either.
+    st->TEST_InjectFault({.first_failing = 1, .count = 1, .sqlite_code = SQLITE_FULL});
+    EXPECT_FALSE(st->CreateSession(NewSession("g", 1)).ok());
+    ASSERT_TRUE(st->CreateSession(NewSession("g", 1)).ok());
+  }
+  auto store = Store::Open(path);
+  ASSERT_TRUE(store.ok());
+  auto all = (*store)->LoadAll();
+  ASSERT_TRUE(all.ok());
+  const StoredSession* f = FindStored(*all, "f");
+  ASSERT_NE(f, nullptr);
+  EXPECT_TRUE(f->damage.empty()) << f->damage;
+  ASSERT_EQ(f->messages.size(), 8u);  // 2 + 3 x (before, after)
+  for (const StoredMessage& m : f->messages) EXPECT_EQ(m.content.find("lost"), std::string::npos);
+  ASSERT_NE(FindStored(*all, "g"), nullptr);
+}
+
 }  // namespace
 }  // namespace kvkeep

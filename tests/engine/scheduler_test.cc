@@ -25,12 +25,13 @@ class SchedulerTest : public ::testing::Test {
     sched_ = std::make_unique<Scheduler>(options, pool_.get());
   }
 
-  Sequence* AddSeq(std::vector<int32_t> prompt) {
+  Sequence* AddSeq(std::vector<int32_t> prompt, uint64_t tenant_salt = 0) {
     GenerateRequest r;
     r.id = seqs_.size() + 1;
     r.prompt = std::move(prompt);
-    seqs_.push_back(std::make_unique<Sequence>(std::move(r), pool_->block_size(), HashScope{7, 0},
-                                               std::vector<int32_t>{}, nullptr));
+    seqs_.push_back(std::make_unique<Sequence>(std::move(r), pool_->block_size(),
+                                               HashScope{7, tenant_salt}, std::vector<int32_t>{},
+                                               nullptr));
     sched_->Add(seqs_.back().get());
     return seqs_.back().get();
   }
@@ -213,6 +214,45 @@ TEST_F(SchedulerTest, AdmissionThatCannotGetBlocksChangesNothing) {
   EXPECT_EQ(st.num_in_use, hog->table.num_blocks());
   EXPECT_EQ(st.num_cached, 2);
   EXPECT_EQ(pool_->CountCachedPrefix(shared, HashScope{7, 0}), 2);
+}
+
+// Issue 11, defect 3: one tenant's 16 long requests must not hold back another tenant's
+// short one. Without fairness (FIFO admission after the running prefills) the short
+// request waits for all 16 prefills: about 16 * 1024 / 64 = 256 steps here.
+TEST_F(SchedulerTest, AnotherTenantsShortRequestStartsWithinAStepOfManyLongOnes) {
+  Init(4096, 16, {.max_batch_tokens = 64, .prefill_chunk_tokens = 32, .max_running = 64});
+  for (int i = 0; i < 16; ++i) AddSeq(Tokens(1024), /*tenant_salt=*/1);
+  Step();
+  Step();
+  Sequence* other = AddSeq(Tokens(40), /*tenant_salt=*/2);
+  int steps = 0;
+  while (other->num_generated() == 0) {
+    Step();
+    ++steps;
+    ASSERT_LT(steps, 100) << "the short request is starved";
+  }
+  // Its 40-token prompt takes two chunks (the first as admitted, the second round-robin
+  // before the other tenant's 15 later prefills), then its first token is sampled.
+  EXPECT_LE(steps, 2);
+}
+
+TEST_F(SchedulerTest, AtMaxRunningTheBusiestTenantYieldsASlotToAnIdleOne) {
+  Init(4096, 16, {.max_batch_tokens = 64, .prefill_chunk_tokens = 32, .max_running = 4});
+  for (int i = 0; i < 6; ++i) AddSeq(Tokens(20), /*tenant_salt=*/1);
+  for (int i = 0; i < 4; ++i) Step();
+  ASSERT_EQ(sched_->num_running(), 4);
+  Sequence* other = AddSeq(Tokens(8), /*tenant_salt=*/2);
+  ScheduledBatch b = Step();
+  EXPECT_EQ(other->status, SequenceStatus::kRunning);
+  EXPECT_EQ(sched_->num_running(), 4);
+  EXPECT_EQ(sched_->num_preemptions(), 1);
+  // The preempted sequence is the busiest tenant's newest; the idle tenant runs now.
+  int32_t tenant1 = 0;
+  for (Sequence* s : sched_->running()) tenant1 += Scheduler::TenantOf(s) == 1;
+  EXPECT_EQ(tenant1, 3);
+  // One tenant alone keeps FIFO order and is never preempted for fairness.
+  EXPECT_EQ(Scheduler::RoundRobinByTenant({seqs_[0].get(), seqs_[1].get(), other}),
+            (std::vector<Sequence*>{seqs_[0].get(), other, seqs_[1].get()}));
 }
 
 }  // namespace

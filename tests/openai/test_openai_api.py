@@ -49,7 +49,7 @@ def setUpModule():
     # Reply 1 (the second assistant turn of a conversation) is a malformed tool call.
     _daemon = kvkeepd_http.Daemon(
         scripted=[TOOL_REPLY, "<tool_call>{not json</tool_call>", "done"],
-        extra_args=["--http-max-body-bytes", "65536"])
+        extra_args=["--http-max-body-bytes", "65536", "--retain-quota-blocks", "64"])
 
 
 def tearDownModule():
@@ -236,6 +236,58 @@ class SessionMatchingTest(unittest.TestCase):
         _, via_header = self.ask(msgs, extra_headers={"X-Session-Id": "conv-b"})
         self.assertEqual(via_header["matched"], "forked")
         self.assertEqual(via_header["forked_from"], b["session"])
+
+
+class RetentionHintTest(unittest.TestCase):
+    """The providers' retention hints become session.retain pins (daemon quota: 64 blocks)."""
+
+    def uid_pinned_blocks(self) -> int:
+        # Read back on the native socket, independent of the HTTP reply: a ttl 0 retain on
+        # a session of the same uid reports the uid's hint-pinned blocks.
+        probe = _daemon.call("session.open")["session"]
+        return _daemon.call("session.retain", session=probe, ttl_s=0)["uid_pinned_blocks"]
+
+    def test_openai_and_anthropic_hints_pin_within_the_quota(self):
+        c = client()
+        before = self.uid_pinned_blocks()
+        r = c.chat.completions.create(model=_daemon.model, messages=[user("keep me 24h")],
+                                      max_tokens=2, extra_body={"prompt_cache_retention": "24h"})
+        hints = r.model_extra["kvkeep"]["retention_hints"]
+        self.assertEqual(hints["prompt_cache_retention"], "24h")
+        self.assertEqual(hints["ttl_s"], 3600)  # session.retain's longest
+        self.assertTrue(hints["applied"], hints)
+        self.assertGreater(hints["pinned_blocks"], 0)
+        self.assertEqual(hints["quota_blocks"], 64)
+        self.assertEqual(self.uid_pinned_blocks(), before + hints["pinned_blocks"])
+
+        messages = [{"role": "system", "content": [
+            {"type": "text", "text": "a cached system prompt",
+             "cache_control": {"type": "ephemeral", "ttl": "5m"}}]}, user("hi")]
+        r = c.chat.completions.create(model=_daemon.model, messages=messages, max_tokens=2)
+        hints = r.model_extra["kvkeep"]["retention_hints"]
+        self.assertEqual((hints["cache_control_ttl"], hints["ttl_s"], hints["applied"]),
+                         ("5m", 300, True))
+
+        # Past the uid's quota: the completion is served, the hint is not applied, and why.
+        pinned = self.uid_pinned_blocks()
+        r = c.chat.completions.create(
+            model=_daemon.model, messages=[user("long " * 300)], max_tokens=2,
+            extra_body={"prompt_cache_retention": "in_memory"})
+        hints = r.model_extra["kvkeep"]["retention_hints"]
+        self.assertEqual(hints["ttl_s"], 300)
+        self.assertFalse(hints["applied"])
+        self.assertIn("quota", hints["reason"])
+        self.assertEqual(self.uid_pinned_blocks(), pinned)
+
+    def test_invalid_hints_are_400(self):
+        c = client()
+        with self.assertRaises(openai.BadRequestError):
+            c.chat.completions.create(model=_daemon.model, messages=[user("x")], max_tokens=1,
+                                      extra_body={"prompt_cache_retention": "forever"})
+        bad = [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control":
+                                             {"type": "ephemeral", "ttl": "2h"}}]}]
+        with self.assertRaises(openai.BadRequestError):
+            c.chat.completions.create(model=_daemon.model, messages=bad, max_tokens=1)
 
 
 class ErrorTest(unittest.TestCase):
