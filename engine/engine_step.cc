@@ -74,8 +74,9 @@ void EngineImpl::DrainInbox() {
     if (session != 0) BeginTurn(session, seq.get());
     if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
       std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
-      seq->disk_blocks_loaded = pool_.PlanDiskLoads(context, scope);
-      outstanding_disk_reads_ += seq->disk_blocks_loaded;
+      const int32_t planned = pool_.PlanDiskLoads(context, scope);
+      seq->disk_blocks_loaded += planned;  // plus any tool_end started (BeginTurn)
+      outstanding_disk_reads_ += planned;
     }
     if (seq->disk_blocks_loaded > 0) {
       awaiting_disk_.push_back(seq.get());
