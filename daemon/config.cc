@@ -50,6 +50,13 @@ class FieldReader {
     if (!it->is_string()) return Fail(key, "must be a string");
     *out = it->get<std::string>();
   }
+  void Bool(const char* key, bool* out) {
+    auto it = obj_.find(key);
+    if (it == obj_.end() || !status_.ok()) return;
+    seen_++;
+    if (!it->is_boolean()) return Fail(key, "must be true or false");
+    *out = it->get<bool>();
+  }
   // An octal file mode: a string like "0660" or an integer (taken as written in decimal
   // digits of octal, i.e. 660 means 0660).
   void Mode(const char* key, int32_t* out) {
@@ -183,7 +190,7 @@ namespace {
 Status ApplyTtl(const json& obj, DaemonTtlOptions* t) {
   FieldReader r(obj, "ttl.");
   r.Known({"max_ttl_s", "fixed_ttl_s", "prior_mean_s", "min_samples", "window_samples",
-           "retain_quota_blocks", "starvation_bound_s"});
+           "retain_quota_blocks", "starvation_bound_s", "calibrate"});
   r.Double("max_ttl_s", &t->max_ttl_s, 0, 86400);
   r.Double("fixed_ttl_s", &t->fixed_ttl_s, 0, 86400);
   r.Double("prior_mean_s", &t->prior_mean_s, 1e-3, 86400);
@@ -191,6 +198,7 @@ Status ApplyTtl(const json& obj, DaemonTtlOptions* t) {
   r.Int("window_samples", &t->window_samples, 1, 1 << 20);
   r.Int("retain_quota_blocks", &t->retain_quota_blocks, 0, kMaxI64);
   r.Double("starvation_bound_s", &t->starvation_bound_s, 0, 86400);
+  r.Bool("calibrate", &t->calibrate);
   return r.Finish();
 }
 
@@ -328,6 +336,9 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       "samples before a tool key's own CDF is used");
   num("--tool-window-samples", &f.ttl.window_samples, &o.ttl.window_samples,
       "newest tool-duration samples kept per key (ageing window)");
+  overrides.push_back({app.add_flag("--calibrate-cost-model", f.ttl.calibrate,
+                                    "time the engine at start-up, fit and save the cost model"),
+                       [&] { o.ttl.calibrate = f.ttl.calibrate; }});
   num("--retain-quota-blocks", &f.ttl.retain_quota_blocks, &o.ttl.retain_quota_blocks,
       "KV blocks one uid may pin with session.retain");
   num("--io-threads", &f.io_threads, &o.io_threads, "Asio I/O threads");
@@ -447,7 +458,8 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"min_samples", o.ttl.min_samples},
         {"window_samples", o.ttl.window_samples},
         {"retain_quota_blocks", o.ttl.retain_quota_blocks},
-        {"starvation_bound_s", o.ttl.starvation_bound_s}}},
+        {"starvation_bound_s", o.ttl.starvation_bound_s},
+        {"calibrate", o.ttl.calibrate}}},
 
       {"http",
        {{"socket", o.http.socket_path},

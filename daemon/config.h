@@ -54,6 +54,7 @@ struct DaemonTtlOptions {
   int32_t window_samples = 256;           // --tool-window-samples: newest samples kept
   int64_t retain_quota_blocks = 1 << 20;  // --retain-quota-blocks: hint pins per uid
   double starvation_bound_s = 30;         // program-aware admission's starvation bound
+  bool calibrate = false;  // --calibrate-cost-model: time the engine at start, save the fit
 };
 
 // The OpenAI-compatible HTTP front end (docs/openai.md).

@@ -20,6 +20,7 @@
 #include "daemon/state_dir.h"
 #include "daemon/store.h"
 #include "daemon/turn_renderer.h"
+#include "engine/cost_calibration.h"
 #include "engine/default_model.h"
 #include "engine/engine.h"
 #include "engine/gguf_file.h"
@@ -39,6 +40,7 @@ struct Daemon::Impl {
   std::unique_ptr<ModelWeights> weights;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Engine> engine;
+  CostModel cost_model = DefaultCostModel();  // prices a hit; calibrated or loaded at start
   std::unique_ptr<TurnRenderer> renderer;
   std::unique_ptr<Store> store;
   DaemonMetrics metrics;
@@ -58,6 +60,7 @@ struct Daemon::Impl {
   int64_t shutdown_started_us = 0;
 
   Status Assemble();
+  Status Calibrate(PolicyOptions policy, const std::string& path);
   Status StartHttp(int activated_fd);
   void WaitSignal();
   void Reload();
@@ -122,6 +125,19 @@ Result<std::optional<RemoteTierOptions>> MakeRemoteTierOptions(Env* env,
 
 }  // namespace
 
+// --calibrate-cost-model: times this engine (before its thread starts), fits the cost
+// model, saves it in the state directory and hands it to the policy.
+Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path) {
+  daemon::SdNotify("STATUS=calibrating the cost model", env);
+  const int64_t max_context = engine->GetStats().blocks_total * options.engine.block_size;
+  ASSIGN_OR_RETURN(CostFit fit, CalibrateCostModel(engine.get(), max_context));
+  spdlog::info("cost model calibrated:\n{}", FormatCostFit(fit));
+  cost_model = fit.model;
+  RETURN_IF_ERROR(SaveCostModel(env, path, cost_model).WithContext("saving the cost model"));
+  policy.cost_model = cost_model;
+  return engine->SetPolicy(policy);
+}
+
 // The composition root: store, model, engine and service, each built from the options.
 Status Daemon::Impl::Assemble() {
   daemon::SdNotify("STATUS=opening the store", env);
@@ -144,12 +160,18 @@ Status Daemon::Impl::Assemble() {
                      TenantSalt::FromSecretFile(env, options.cluster.cluster_secret_file));
   }
   ToPolicyOptions(options, &eo.policy);
-  eo.policy.cost_model = DefaultCostModel();
+  const std::string cost_path = JoinPath(options.state_dir, "cost_model.json");
+  if (!options.ttl.calibrate && env->FileExists(cost_path)) {
+    ASSIGN_OR_RETURN(cost_model, LoadCostModel(env, cost_path));
+    spdlog::info("cost model from {} ({})", cost_path, cost_model.source);
+  }
+  eo.policy.cost_model = cost_model;
   ASSIGN_OR_RETURN(eo.tool_samples, store->ToolSamples(options.ttl.window_samples));
   ASSIGN_OR_RETURN(auto backend,
                    CreateBackendForDevice(options.engine.device, *weights, eo.backend));
   const KvPoolShape shape = backend->kv_shape();
   ASSIGN_OR_RETURN(engine, Engine::Create(eo, std::move(backend), tokenizer.get(), clock));
+  if (options.ttl.calibrate) RETURN_IF_ERROR(Calibrate(eo.policy, cost_path));
   RETURN_IF_ERROR(engine->Start());
   spdlog::info("model {} ({}, {} layers, vocab {}) on {}: {} KV blocks of {} tokens, policy {}",
                model_id, config.architecture, config.num_layers, config.vocab_size,
@@ -327,7 +349,7 @@ void Daemon::Impl::Reload() {
     if (n.policy != options.policy || n.ttl.max_ttl_s != options.ttl.max_ttl_s ||
         n.ttl.fixed_ttl_s != options.ttl.fixed_ttl_s ||
         n.ttl.starvation_bound_s != options.ttl.starvation_bound_s) {
-      next.cost_model = DefaultCostModel();
+      next.cost_model = cost_model;
       if (Status ps = engine->SetPolicy(next); ps.ok()) {
         spdlog::info("SIGHUP: policy {} -> {}", options.policy, n.policy);
         options.policy = n.policy;

@@ -94,6 +94,8 @@ class EngineImpl final : public Engine {
   int32_t ReclaimSessions(int32_t shortfall_blocks);
   void ApplyHints(std::vector<SessionHint> hints);
   void ApplyHint(const SessionHint& hint, const EngineLoad& load);
+  // tool_end: plans disk -> host reads of the session's demoted blocks (issue 10, item 3).
+  void PromoteOnToolEnd(SessionId session);
   EngineLoad CurrentLoad() const;
   // Program-aware admission order (ttl, fixed-ttl): reorders the waiting queue.
   void OrderWaiting();
@@ -150,7 +152,15 @@ class EngineImpl final : public Engine {
   std::unique_ptr<ReclaimPolicy> reclaim_policy_;
   std::optional<PolicyOptions> pending_policy_;                // guarded by mu_: SetPolicy's switch
   std::unordered_map<SessionId, int64_t> program_arrival_us_;  // a session's first submit
-  bool tool_stats_dirty_ = true;  // tool_keys in the stats need recomputing
+  // A retained session's last context (tokens whose KV it had, and its scope), so that
+  // tool_end can read its disk blocks back up before its next turn (PromoteOnToolEnd).
+  struct LastContext {
+    std::vector<int32_t> tokens;
+    HashScope scope;
+  };
+  std::unordered_map<SessionId, LastContext> last_context_;
+  std::unordered_map<SessionId, int32_t> promoting_;  // disk reads tool_end planned
+  bool tool_stats_dirty_ = true;                      // tool_keys in the stats need recomputing
   std::vector<EngineStats::ToolKeyStats> tool_keys_;
   int64_t pins_granted_ = 0, pins_used_ = 0, pins_expired_ = 0, transfer_us_ = 0;
   std::unordered_map<SessionId, RetainedSession> retained_;

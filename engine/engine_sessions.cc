@@ -39,6 +39,12 @@ void EngineImpl::Retain(Sequence* seq) {
   const SessionId session = seq->request.session;
   if (session == 0 || !reclaim_policy_->retains_sessions() || !seq->table.num_blocks()) return;
   ReleaseSession(session);  // a turn that raced another of the same session
+  if (disk_worker_ != nullptr) {
+    const int64_t kv_tokens = seq->table.num_tokens();
+    last_context_[session] = {
+        std::vector<int32_t>(seq->tokens.begin(), seq->tokens.begin() + kv_tokens),
+        seq->table.scope()};
+  }
   RetainedSession r;
   r.table = std::move(seq->table);
   seq->table = BlockTable(pool_.block_size(), r.table.scope());
@@ -65,6 +71,11 @@ void EngineImpl::BeginTurn(SessionId session, Sequence* seq) {
   auto [arrival, first] = program_arrival_us_.try_emplace(session, seq->submit_us);
   seq->program_arrival_us = arrival->second;
   ReleaseSession(session);
+  // Disk reads tool_end started for this session: the turn waits for them like its own.
+  if (auto p = promoting_.find(session); p != promoting_.end()) {
+    if (outstanding_disk_reads_ > 0) seq->disk_blocks_loaded += p->second;
+    promoting_.erase(p);
+  }
   auto it = session_info_.find(session);
   if (it == session_info_.end()) return;
   SessionReclaimInfo& info = it->second;
@@ -84,6 +95,8 @@ void EngineImpl::ApplyHint(const SessionHint& h, const EngineLoad& load) {
     ReleaseSession(h.session);
     session_info_.erase(h.session);
     program_arrival_us_.erase(h.session);
+    last_context_.erase(h.session);
+    promoting_.erase(h.session);
     return;
   }
   auto it = retained_.find(h.session);
@@ -99,6 +112,7 @@ void EngineImpl::ApplyHint(const SessionHint& h, const EngineLoad& load) {
       tool_stats_.AddSample(h.tool_key, h.duration_us);
       tool_stats_dirty_ = true;
     }
+    if (!held) PromoteOnToolEnd(h.session);
     if (info->pinned && !info->pin_from_hint) {
       if (info->pin_deadline_us <= h.at_us) {
         ++pins_expired_;
@@ -112,6 +126,17 @@ void EngineImpl::ApplyHint(const SessionHint& h, const EngineLoad& load) {
     tool_stats_dirty_ = true;  // the policy's TTL for the key changed
     if (info->pinned && !info->pin_from_hint) ++pins_granted_;
   }
+}
+
+void EngineImpl::PromoteOnToolEnd(SessionId session) {
+  auto it = last_context_.find(session);
+  if (it == last_context_.end() || disk_worker_ == nullptr) return;
+  const int32_t planned = pool_.PlanDiskLoads(it->second.tokens, it->second.scope);
+  if (planned == 0) return;
+  outstanding_disk_reads_ += planned;
+  promoting_[session] += planned;
+  spdlog::debug("engine: tool_end of session {:x}: reading {} blocks up from disk", session,
+                planned);
 }
 
 void EngineImpl::OrderWaiting() {

@@ -80,8 +80,9 @@ void EngineImpl::DrainInbox() {
         seq->remote_blocks_loaded =
             StageRemotePrefix(context, scope, remote_.get(), &pool_, disk_worker_.get());
       }
-      seq->disk_blocks_loaded = pool_.PlanDiskLoads(context, scope);
-      outstanding_disk_reads_ += seq->disk_blocks_loaded;
+      const int32_t planned = pool_.PlanDiskLoads(context, scope);
+      seq->disk_blocks_loaded += planned;  // plus any tool_end started (BeginTurn)
+      outstanding_disk_reads_ += planned;
     }
     if (seq->disk_blocks_loaded > 0) {
       awaiting_disk_.push_back(seq.get());

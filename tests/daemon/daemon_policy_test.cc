@@ -90,7 +90,7 @@ TEST(DaemonPolicyTest, RetainPinsReleasesAndEnforcesAPerUidQuota) {
                  {"retain", {{"ttl_s", 60}, {"priority", 2}}}});
   ASSERT_TRUE(g.is_object());
   json stats = c.Ok({{"id", 7}, {"verb", "stats"}});
-  EXPECT_GT(stats["pins"]["blocks"].get<int64_t>(), 0) << stats.dump();
+  EXPECT_GT(stats["pools"]["device"]["blocks_pinned"].get<int64_t>(), 0) << stats.dump();
   json info = c.Ok({{"id", 8}, {"verb", "session.info"}, {"session", "c"}, {"messages", false}});
   EXPECT_EQ(info["retention"]["retain"]["priority"], 2) << info.dump();
   EXPECT_GT(info["retention"]["retain"]["expires_in_s"].get<double>(), 50);
@@ -151,7 +151,7 @@ TEST(DaemonPolicyTest, SighupSwitchesThePolicyAndKeepsPins) {
   json before = WaitForStats(c, [](const json& s) { return s["pins"]["granted"] == 1; });
   ASSERT_EQ(before["policy"], "ttl");
   ASSERT_EQ(before["pins"]["granted"], 1) << before.dump();
-  const int64_t pinned = before["pins"]["blocks"].get<int64_t>();
+  const int64_t pinned = before["pools"]["device"]["blocks_pinned"].get<int64_t>();
   EXPECT_GT(pinned, 0);
   json info = c.Ok({{"id", 6}, {"verb", "session.info"}, {"session", "a"}, {"messages", false}});
   EXPECT_EQ(info["retention"]["pending_tool"]["key"], "pytest") << info.dump();
@@ -160,7 +160,8 @@ TEST(DaemonPolicyTest, SighupSwitchesThePolicyAndKeepsPins) {
   d.Signal(SIGHUP);
   json after = WaitForStats(c, [](const json& s) { return s["policy"] == "fixed-ttl"; });
   EXPECT_EQ(after["policy"], "fixed-ttl") << d.Log();
-  EXPECT_EQ(after["pins"]["blocks"], pinned);  // the pin and its blocks carried over
+  EXPECT_EQ(after["pools"]["device"]["blocks_pinned"],
+            pinned);  // the pin and its blocks carried over
   EXPECT_EQ(after["pins"]["granted"], 1);
   EXPECT_EQ(after["pins"]["violated"], 0);
   EXPECT_EQ(c.Ok({{"id", 7}, {"verb", "hello"}})["policy"], "fixed-ttl");
@@ -220,6 +221,34 @@ TEST(DaemonPolicyTest, ToolDurationsAreLearnedPerKeyAndSurviveARestart) {
     EXPECT_NEAR(restarted[key]["p50_s"].get<double>(), keys[key]["p50_s"].get<double>(), 1e-6);
     EXPECT_NEAR(restarted[key]["p99_s"].get<double>(), keys[key]["p99_s"].get<double>(), 1e-6);
   }
+}
+
+// --calibrate-cost-model times the engine at start, logs the fit against the measured
+// samples and saves it; the next start loads it from the state directory.
+TEST(DaemonPolicyTest, CostModelIsCalibratedSavedAndLoaded) {
+  TempDir dir;
+  const std::string config = dir.File("kvkeepd.json");
+  ASSERT_TRUE(DefaultEnv()
+                  ->WriteFileAtomic(config, R"({"log_level": "info", "policy": "ttl",
+                                                "ttl": {"calibrate": true}})")
+                  .ok());
+  DaemonProcess d(dir.File("s.sock"), dir.File("state"), {"--config", config});
+  ASSERT_TRUE(d.Start()) << d.Log();
+  auto text = DefaultEnv()->ReadFile(dir.File("state") + "/cost_model.json");
+  ASSERT_TRUE(text.ok()) << d.Log();
+  const json model = json::parse(*text);
+  EXPECT_GT(model["prefill_per_token_s"].get<double>() + model["prefill_attention_s"].get<double>(),
+            0)
+      << *text;
+  EXPECT_GT(
+      model["decode_fixed_s"].get<double>() + model["decode_per_context_token_s"].get<double>(), 0);
+  EXPECT_NE(d.Log().find("cost model calibrated"), std::string::npos) << d.Log();
+  EXPECT_NE(d.Log().find("measured_s"), std::string::npos);
+  d.Kill(SIGTERM);
+  ASSERT_TRUE(
+      DefaultEnv()->WriteFileAtomic(config, R"({"log_level": "info", "policy": "ttl"})").ok());
+  ASSERT_TRUE(d.Start()) << d.Log();
+  EXPECT_NE(d.Log().find("cost model from"), std::string::npos) << d.Log();
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "engine/engine_impl.h"
 #include "tests/engine/engine_fixture.h"
+#include "tests/testlib/test_util.h"
 
 namespace kvkeep {
 namespace {
@@ -29,8 +30,12 @@ struct Outcome {
 class PolicyEngine {
  public:
   PolicyEngine(const enginetest::TestModel& model, const std::string& policy, int32_t device_blocks,
-               int32_t max_running = 64) {
+               int32_t max_running = 64, int32_t host_blocks = 0,
+               const std::string& disk_dir = "") {
     EngineOptions o;
+    o.num_host_blocks = host_blocks;
+    o.disk_dir = disk_dir;
+    o.disk_bytes = disk_dir.empty() ? 0 : int64_t{64} << 20;
     o.model_id = "policy-test";
     o.policy.name = policy;
     o.policy.cost_model = DefaultCostModel();
@@ -209,6 +214,32 @@ TEST(PolicyEngineTest, ReturningPinnedProgramIsAdmittedFirstUnderTtlOnly) {
   EXPECT_GT(NewcomerFinishOrder("fixed-ttl"), 0);
   EXPECT_LT(NewcomerFinishOrder("ttl-fcfs"), 0);
   EXPECT_LT(NewcomerFinishOrder("lru"), 0);
+}
+
+// tool_end starts reading a reclaimed session's blocks back up from disk before its next
+// turn is submitted (issue 10, item 3); the turn then finds them in host memory.
+TEST(PolicyEngineTest, ToolEndPromotesDemotedBlocksBeforeTheNextTurn) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 15);
+  testing::TempDir dir;
+  PolicyEngine e(*model, "lru", 10, 64, /*host_blocks=*/8, dir.path());
+  std::vector<int32_t> a = RandomTokens(rng, 5 * kBlockSize + 7);
+  const Outcome a1 = e.Run(1, 1, a);
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "pytest");
+  for (int i = 0; i < 3; ++i) e.Run(10 + i, 100 + i, RandomTokens(rng, 6 * kBlockSize + 3));
+  const EngineStats before = e.impl()->GetStats();
+  ASSERT_GT(before.disk_blocks_used, 0);
+  ASSERT_GE(before.reclaimed_sessions, 1);
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "pytest", kSecond);
+  e.Run(20, 200, RandomTokens(rng, 3));  // a step collects the finished reads
+  const EngineStats after = e.impl()->GetStats();
+  EXPECT_GT(after.promoted_blocks, before.promoted_blocks) << "tool_end read nothing up";
+  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
+  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  const Outcome a2 = e.Run(2, 1, a);
+  EXPECT_GT(a2.usage.cached_tokens, 0);
+  EXPECT_GT(a2.usage.cached_host_tokens + a2.usage.cached_disk_tokens, 0);
 }
 
 }  // namespace
