@@ -202,7 +202,9 @@ void CheckLogits(const std::string& model_path, const std::string& name, double 
         }
       }
       const bool hf_reference = check != LogitsCheck::kQuantVsQ8Reference;
-      if (hf_reference) EXPECT_EQ(rids[best], greedy[step]);  // the fixture is HF's own
+      if (hf_reference) {
+        EXPECT_EQ(rids[best], greedy[step]);  // the fixture is HF's own
+      }
       const int32_t mine = static_cast<int32_t>(std::max_element(ours, ours + vocab) - ours);
       const double gap = hf_reference ? gaps[step] : rvals[best] - rvals[second];
       if (gap < rel_tol * hf_absmax[row]) {
