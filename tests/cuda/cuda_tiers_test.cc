@@ -178,10 +178,7 @@ TEST(CudaTiersTest, SwapsInterleavedWithDecodeCorruptNeither) {
   }
 }
 
-struct Outcome {
-  std::vector<int32_t> tokens;
-  Usage usage;
-};
+using enginetest::Outcome;
 
 class CudaTieredEngine {
  public:
@@ -201,15 +198,7 @@ class CudaTieredEngine {
   Engine* engine() { return engine_.get(); }
   Outcome Run(RequestId id, const std::vector<int32_t>& prompt) {
     Outcome out;
-    GenerateRequest r;
-    r.id = id;
-    r.prompt = prompt;
-    r.stop.max_tokens = 6;
-    r.stop.use_model_eos = false;
-    r.on_event = [&out](const GenerateEvent& ev) {
-      if (ev.kind == GenerateEvent::Kind::kToken) out.tokens.push_back(ev.token);
-      if (ev.kind == GenerateEvent::Kind::kFinished) out.usage = ev.usage;
-    };
+    GenerateRequest r = enginetest::RequestInto(&out, id, prompt, 6);
     EXPECT_TRUE(engine_->Submit(std::move(r)).ok());
     EXPECT_TRUE(engine_->RunUntilIdle().ok());
     return out;

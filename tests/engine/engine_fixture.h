@@ -13,6 +13,7 @@
 
 #include "base/file.h"
 #include "engine/backend.h"
+#include "engine/engine.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
 #include "engine/synthetic_model.h"
@@ -62,6 +63,34 @@ inline std::unique_ptr<Backend> MakeBackend(const ModelWeights& weights, int32_t
   auto b = CreateCpuBackend(weights, o);
   EXPECT_TRUE(b.ok()) << b.status().ToString();
   return b.ok() ? std::move(b).value() : nullptr;
+}
+
+// What one request produced, as its events reported it.
+struct Outcome {
+  std::vector<int32_t> tokens;
+  Usage usage;
+  FinishReason reason = FinishReason::kNone;
+};
+
+// A request for `prompt` that stops after max_tokens (never at EOS) and records its events
+// into *out, which must outlive it.
+inline GenerateRequest RequestInto(Outcome* out, RequestId id, std::vector<int32_t> prompt,
+                                   int32_t max_tokens, SessionId session = 0, uint64_t salt = 0) {
+  GenerateRequest r;
+  r.id = id;
+  r.session = session;
+  r.cache_salt = salt;
+  r.prompt = std::move(prompt);
+  r.stop.max_tokens = max_tokens;
+  r.stop.use_model_eos = false;
+  r.on_event = [out](const GenerateEvent& ev) {
+    if (ev.kind == GenerateEvent::Kind::kToken) out->tokens.push_back(ev.token);
+    if (ev.kind == GenerateEvent::Kind::kFinished) {
+      out->usage = ev.usage;
+      out->reason = ev.finish_reason;
+    }
+  };
+  return r;
 }
 
 // Random ids among the tokenizer's byte tokens.

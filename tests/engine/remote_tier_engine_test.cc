@@ -23,10 +23,7 @@ using testing::RedisServer;
 
 constexpr int32_t kBlockSize = 16;
 
-struct Outcome {
-  std::vector<int32_t> tokens;
-  Usage usage;
-};
+using enginetest::Outcome;
 
 class Instance {
  public:
@@ -54,16 +51,7 @@ class Instance {
   }
   Outcome Run(RequestId id, const std::vector<int32_t>& prompt, uint64_t salt = 0) {
     Outcome out;
-    GenerateRequest r;
-    r.id = id;
-    r.cache_salt = salt;
-    r.prompt = prompt;
-    r.stop.max_tokens = 6;
-    r.stop.use_model_eos = false;
-    r.on_event = [&out](const GenerateEvent& ev) {
-      if (ev.kind == GenerateEvent::Kind::kToken) out.tokens.push_back(ev.token);
-      if (ev.kind == GenerateEvent::Kind::kFinished) out.usage = ev.usage;
-    };
+    GenerateRequest r = enginetest::RequestInto(&out, id, prompt, 6, 0, salt);
     EXPECT_TRUE(engine_->Submit(std::move(r)).ok());
     EXPECT_TRUE(engine_->RunUntilIdle().ok());
     EXPECT_TRUE(impl()->TEST_CheckPool().ok()) << impl()->TEST_CheckPool().ToString();

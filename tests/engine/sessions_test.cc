@@ -17,29 +17,11 @@ using enginetest::RandomTokens;
 
 constexpr int32_t kBlockSize = 16;
 
-struct Outcome {
-  std::vector<int32_t> tokens;
-  Usage usage;
-  FinishReason reason = FinishReason::kNone;
-};
+using enginetest::Outcome;
 
 GenerateRequest Request(RequestId id, SessionId session, std::vector<int32_t> prompt, Outcome* out,
                         uint64_t salt = 0) {
-  GenerateRequest r;
-  r.id = id;
-  r.session = session;
-  r.cache_salt = salt;
-  r.prompt = std::move(prompt);
-  r.stop.max_tokens = 4;
-  r.stop.use_model_eos = false;
-  r.on_event = [out](const GenerateEvent& ev) {
-    if (ev.kind == GenerateEvent::Kind::kToken) out->tokens.push_back(ev.token);
-    if (ev.kind == GenerateEvent::Kind::kFinished) {
-      out->usage = ev.usage;
-      out->reason = ev.finish_reason;
-    }
-  };
-  return r;
+  return enginetest::RequestInto(out, id, std::move(prompt), 4, session, salt);
 }
 
 class SessionEngine {

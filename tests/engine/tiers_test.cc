@@ -104,28 +104,11 @@ INSTANTIATE_TEST_SUITE_P(KvDTypes, TierRoundTrip, ::testing::Values(KvDType::kF3
 
 // ---- The engine with tiers ---------------------------------------------------------------
 
-struct Outcome {
-  std::vector<int32_t> tokens;
-  Usage usage;
-  FinishReason reason = FinishReason::kNone;
-};
+using enginetest::Outcome;
 
 GenerateRequest Request(RequestId id, std::vector<int32_t> prompt, Outcome* out,
                         uint64_t salt = 0) {
-  GenerateRequest r;
-  r.id = id;
-  r.cache_salt = salt;
-  r.prompt = std::move(prompt);
-  r.stop.max_tokens = 6;
-  r.stop.use_model_eos = false;
-  r.on_event = [out](const GenerateEvent& ev) {
-    if (ev.kind == GenerateEvent::Kind::kToken) out->tokens.push_back(ev.token);
-    if (ev.kind == GenerateEvent::Kind::kFinished) {
-      out->usage = ev.usage;
-      out->reason = ev.finish_reason;
-    }
-  };
-  return r;
+  return enginetest::RequestInto(out, id, std::move(prompt), 6, 0, salt);
 }
 
 class TieredEngine {
