@@ -10,7 +10,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstring>
 #include <functional>
 #include <random>
 #include <vector>
@@ -20,6 +19,7 @@
 #include "engine/engine.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/engine/engine_fixture.h"
+#include "tests/engine/tier_round_trip.h"
 
 namespace kvkeep {
 namespace {
@@ -63,49 +63,10 @@ TEST(CudaTiersTest, DeviceHostDiskDeviceIsBitIdenticalPerLayerAndGivesSameLogits
   const std::vector<int32_t> blocks = {0, 1, 2};
   RunBatch(backend.get(), MakeBatch({{&tokens, &blocks, 0, 3 * kBlockSize}}, kBlockSize, false));
 
-  // Device -> host (one batch, one fence), host -> disk, disk -> other host slots,
-  // host -> other device blocks (one batch).
-  std::vector<std::pair<int32_t, int32_t>> out, in;
-  for (int32_t i = 0; i < 3; ++i) out.emplace_back(blocks[i], i);
-  auto fence = backend->SwapOut(out);
-  ASSERT_TRUE(fence.ok()) << fence.status().ToString();
-  ASSERT_TRUE(backend->WaitFence(*fence).ok());
-  std::vector<int32_t> moved;
-  for (int32_t i = 0; i < 3; ++i) {
-    DiskBlockHeader h;
-    h.hash = BlockHash{500 + static_cast<uint64_t>(i)};
-    h.tokens.assign(tokens.begin() + i * kBlockSize, tokens.begin() + (i + 1) * kBlockSize);
-    ASSERT_TRUE(store.Write(h, backend->host_block(i)).ok());
-    std::memset(backend->host_block(i), 0xee, backend->block_bytes());
-    ASSERT_TRUE(store.Read(h.hash, backend->host_block(3 + i)).ok());
-    in.emplace_back(3 + i, 8 + i);
-    moved.push_back(8 + i);
-  }
-  ASSERT_TRUE(backend->SwapIn(in).ok());
-
-  const KvPoolShape& shape = backend->kv_shape();
-  const size_t layer_bytes = backend->block_bytes() / shape.num_layers;
-  for (int32_t i = 0; i < 3; ++i) {
-    const std::vector<uint8_t> a = ReadBlock(backend.get(), blocks[i]);
-    const std::vector<uint8_t> b = ReadBlock(backend.get(), moved[i]);
-    for (int32_t l = 0; l < shape.num_layers; ++l) {
-      EXPECT_EQ(std::memcmp(a.data() + l * layer_bytes, b.data() + l * layer_bytes, layer_bytes), 0)
-          << "block " << i << " layer " << l;
-    }
-  }
-  std::vector<int32_t> more = tokens;
-  const std::vector<int32_t> tail = RandomTokens(rng, 5);
-  more.insert(more.end(), tail.begin(), tail.end());
-  std::vector<int32_t> orig_blocks = blocks, moved_blocks = moved;
-  orig_blocks.push_back(3);
-  moved_blocks.push_back(4);
-  const int32_t n = static_cast<int32_t>(more.size());
-  const std::vector<float> want = RunBatch(
-      backend.get(), MakeBatch({{&more, &orig_blocks, 3 * kBlockSize, n}}, kBlockSize, true));
-  const std::vector<float> got = RunBatch(
-      backend.get(), MakeBatch({{&more, &moved_blocks, 3 * kBlockSize, n}}, kBlockSize, true));
-  ASSERT_FALSE(want.empty());
-  EXPECT_EQ(want, got);  // the same bytes through the same kernels
+  const std::vector<int32_t> moved =
+      enginetest::RoundTripThroughHostAndDisk(backend.get(), &store, blocks, 8, kBlockSize);
+  enginetest::ExpectSameKvAndNextLogits(backend.get(), tokens, blocks, moved, RandomTokens(rng, 5),
+                                        3, 4, kBlockSize);
 }
 
 // Session A decodes while session B's blocks go out to host and come back elsewhere, with

@@ -6,13 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstring>
 #include <numeric>
 #include <random>
 
 #include "cache/disk_tier.h"
 #include "engine/engine_impl.h"
 #include "tests/engine/engine_fixture.h"
+#include "tests/engine/tier_round_trip.h"
 
 namespace kvkeep {
 namespace {
@@ -33,29 +33,6 @@ void Prefill(Backend* backend, const std::vector<int32_t>& tokens,
                               kBlockSize, false));
 }
 
-// Device -> host -> disk -> host -> device through the real Backend and DiskBlockStore.
-std::vector<int32_t> RoundTrip(Backend* backend, DiskBlockStore* store,
-                               const std::vector<int32_t>& blocks, int32_t first_free) {
-  std::vector<std::pair<int32_t, int32_t>> out, in;
-  for (size_t i = 0; i < blocks.size(); ++i) out.emplace_back(blocks[i], static_cast<int32_t>(i));
-  EXPECT_TRUE(backend->SwapOut(out).ok());
-  std::vector<int32_t> moved;
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    DiskBlockHeader h;
-    h.hash = BlockHash{1000 + i};
-    h.tokens.assign(kBlockSize, static_cast<int32_t>(i));
-    EXPECT_TRUE(store->Write(h, backend->host_block(static_cast<int32_t>(i))).ok());
-    std::memset(backend->host_block(static_cast<int32_t>(i)), 0xee, backend->block_bytes());
-    // Read back into another host slot, then swap in to another device block.
-    const int32_t slot = static_cast<int32_t>(blocks.size() + i);
-    EXPECT_TRUE(store->Read(h.hash, backend->host_block(slot)).ok());
-    in.emplace_back(slot, first_free + static_cast<int32_t>(i));
-    moved.push_back(first_free + static_cast<int32_t>(i));
-  }
-  EXPECT_TRUE(backend->SwapIn(in).ok());
-  return moved;
-}
-
 class TierRoundTrip : public ::testing::TestWithParam<KvDType> {};
 
 TEST_P(TierRoundTrip, DeviceHostDiskDeviceIsBitIdenticalPerLayerAndGivesSameLogits) {
@@ -71,33 +48,10 @@ TEST_P(TierRoundTrip, DeviceHostDiskDeviceIsBitIdenticalPerLayerAndGivesSameLogi
   std::vector<int32_t> tokens = RandomTokens(rng, 3 * kBlockSize);
   const std::vector<int32_t> blocks = {0, 1, 2};
   Prefill(backend.get(), tokens, blocks);
-  const std::vector<int32_t> moved = RoundTrip(backend.get(), &store, blocks, 8);
-
-  const KvPoolShape& shape = backend->kv_shape();
-  const size_t layer_bytes = backend->block_bytes() / shape.num_layers;
-  std::vector<uint8_t> a(backend->block_bytes()), b(backend->block_bytes());
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    ASSERT_TRUE(backend->ReadBlock(blocks[i], a.data()).ok());
-    ASSERT_TRUE(backend->ReadBlock(moved[i], b.data()).ok());
-    for (int32_t l = 0; l < shape.num_layers; ++l) {
-      EXPECT_EQ(std::memcmp(a.data() + l * layer_bytes, b.data() + l * layer_bytes, layer_bytes), 0)
-          << "block " << i << " layer " << l;
-    }
-  }
-  // The next chunk's logits over the moved blocks equal those over the originals.
-  std::vector<int32_t> more = tokens;
-  const std::vector<int32_t> tail = RandomTokens(rng, 5);
-  more.insert(more.end(), tail.begin(), tail.end());
-  std::vector<int32_t> orig_blocks = blocks, moved_blocks = moved;
-  orig_blocks.push_back(3);
-  moved_blocks.push_back(4);
-  const int32_t n = static_cast<int32_t>(more.size());
-  const std::vector<float> want = RunBatch(
-      backend.get(), MakeBatch({{&more, &orig_blocks, 3 * kBlockSize, n}}, kBlockSize, true));
-  const std::vector<float> got = RunBatch(
-      backend.get(), MakeBatch({{&more, &moved_blocks, 3 * kBlockSize, n}}, kBlockSize, true));
-  ASSERT_FALSE(want.empty());
-  EXPECT_EQ(want, got);  // exactly: the same bytes through the same math
+  const std::vector<int32_t> moved =
+      enginetest::RoundTripThroughHostAndDisk(backend.get(), &store, blocks, 8, kBlockSize);
+  enginetest::ExpectSameKvAndNextLogits(backend.get(), tokens, blocks, moved, RandomTokens(rng, 5),
+                                        3, 4, kBlockSize);
 }
 
 INSTANTIATE_TEST_SUITE_P(KvDTypes, TierRoundTrip, ::testing::Values(KvDType::kF32, KvDType::kBF16));
