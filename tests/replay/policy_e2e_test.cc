@@ -7,15 +7,12 @@
 // is missed, and bench/RESULTS.md's policy benchmark shows why). Skips without
 // ../shared/data.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "tests/testlib/test_util.h"
 
@@ -24,17 +21,8 @@ namespace {
 
 using nlohmann::json;
 
-int Shell(const std::string& cmd) {
-  int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::Shell;
+using testing::Slurp;
 
 TEST(PolicyEndToEnd, TtlRecomputesLessThanFixedTtlAndLruAndLruLessThanNone) {
   KVKEEP_REQUIRE_SHARED_DATA();

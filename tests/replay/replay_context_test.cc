@@ -2,11 +2,9 @@
 // and counted (it still runs its turn), and a replay that runs no model turn at all is a
 // clear error saying why (not "gnuplot failed").
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "tests/testlib/test_util.h"
 
@@ -15,17 +13,8 @@ namespace {
 
 using nlohmann::json;
 
-int Shell(const std::string& cmd) {
-  int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::Shell;
+using testing::Slurp;
 
 json TraceSession(const std::string& id, json events) {
   return {{"format", "kvkeep-trace"},   {"version", 1},          {"session", id},

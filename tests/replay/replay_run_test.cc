@@ -2,7 +2,6 @@
 // synthetic model, replays a trace, and writes the report. Checks the report's token
 // accounting, that `lru` reuses KV across turns while `none` does not, and the plots.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <fstream>
 #include <map>
@@ -18,17 +17,8 @@ using nlohmann::json;
 
 constexpr int kBlockSize = 16;  // kvkeepd's default
 
-int Shell(const std::string& cmd) {
-  int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::Shell;
+using testing::Slurp;
 
 struct Turn {
   std::string session;

@@ -1,11 +1,14 @@
 #include "tests/testlib/test_util.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <sstream>
 
 namespace kvkeep::testing {
 
@@ -42,5 +45,17 @@ std::string SharedDataDir() {
 std::string SourceDir() { return KVKEEP_SOURCE_DIR; }
 std::string BinaryDir() { return KVKEEP_BINARY_DIR; }
 std::string FixturesDir() { return std::string(KVKEEP_SOURCE_DIR) + "/tests/fixtures"; }
+
+int Shell(const std::string& cmd) {
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 }  // namespace kvkeep::testing

@@ -30,6 +30,11 @@ std::string SourceDir();    // the repository root
 std::string BinaryDir();    // the build directory (kvkeep and kvkeepd live here)
 std::string FixturesDir();  // tests/fixtures
 
+// Runs cmd through /bin/sh; its exit status, or -1 when it did not exit normally.
+int Shell(const std::string& cmd);
+// The whole file, or "" when it cannot be read.
+std::string Slurp(const std::string& path);
+
 }  // namespace kvkeep::testing
 
 // Skips the current test when ../shared/data is missing.
