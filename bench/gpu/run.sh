@@ -2,7 +2,8 @@
 # bench/gpu/run.sh: one command on a GPU machine — build the CUDA backend, run `ctest -L gpu`,
 # run the GPU benchmarks and their anchors (PyTorch SDPA on dense KV, copy bandwidth; HF
 # transformers with KVKEEP_BENCH_HF=1), the host-tier swap bandwidth, and with KVKEEP_GGUF=FILE
-# parity and decode speed of a real GGUF model against HF transformers; print a short table
+# parity and decode speed of a real GGUF model against HF transformers, with
+# KVKEEP_AGENTS_TRACE=FILE the agents experiment (bench/gpu/agents.sh); print a short table
 # last (also $OUT/table.txt). KVKEEP_BENCH_ATTENTION=0 / KVKEEP_BENCH_MODEL=0 skip those parts.
 #
 #   bash bench/gpu/run.sh
@@ -64,6 +65,11 @@ if [ -n "${KVKEEP_GGUF:-}" ]; then
   echo "=== GGUF decode: kvkeep CUDA, then HF transformers"
   timeout 300 "$BUILD/bench/gguf_decode_bench" "$KVKEEP_GGUF" 2>&1 | tee "$OUT/gguf_decode_bench.log"
   timeout 400 python3 "$ROOT/bench/gpu/hf_gguf_anchor.py" "$KVKEEP_GGUF" > "$OUT/hf_gguf.log" 2>&1 || tail -5 "$OUT/hf_gguf.log"
+fi
+if [ -n "${KVKEEP_AGENTS_TRACE:-}" ]; then
+  # Issue 12: concurrent SWE-bench agents on the 8B-shape model under each policy.
+  echo "=== agents experiment on $KVKEEP_AGENTS_TRACE"
+  OUT=$OUT/agents bash "$ROOT/bench/gpu/agents.sh" "$BUILD" "$KVKEEP_AGENTS_TRACE"
 fi
 echo "=== summary (ctest rc $CTEST_RC)"
 grep -E "tests passed|tests failed|Failed|\*\*\*" "$OUT/ctest.log" | head -20 || true
