@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "base/file.h"
+#include "bench/gpu/check_ok.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
@@ -25,15 +26,6 @@ namespace {
 
 constexpr int kBlock = 16, kPrompt = 512, kSteps = 64;
 constexpr int kBlocksPerSeq = (kPrompt + kSteps + 16 + kBlock - 1) / kBlock;
-
-#define CHECK_OK(expr)                                                       \
-  do {                                                                       \
-    Status _s = (expr);                                                      \
-    if (!_s.ok()) {                                                          \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, _s.ToString().c_str()); \
-      std::exit(1);                                                          \
-    }                                                                        \
-  } while (0)
 
 struct Seq {
   std::vector<int32_t> tokens;

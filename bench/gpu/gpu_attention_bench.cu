@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpu/check_ok.h"
 #include "engine/cuda/cuda_device.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/prefill_attention.cuh"
@@ -32,14 +33,6 @@ namespace {
 
 using cuda::bf16_t;
 
-#define CHECK_OK(expr)                                                       \
-  do {                                                                       \
-    Status _s = (expr);                                                      \
-    if (!_s.ok()) {                                                          \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, _s.ToString().c_str()); \
-      std::exit(1);                                                          \
-    }                                                                        \
-  } while (0)
 #define CHECK_CUDA(expr)                                                      \
   do {                                                                        \
     cudaError_t _e = (expr);                                                  \

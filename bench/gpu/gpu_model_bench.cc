@@ -17,6 +17,7 @@
 #include <cuda_profiler_api.h>
 
 #include "base/file.h"
+#include "bench/gpu/check_ok.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/model_weights.h"
 #include "engine/sampler.h"
@@ -26,15 +27,6 @@ namespace kvkeep {
 namespace {
 
 constexpr int kBlock = 16;
-
-#define CHECK_OK(expr)                                                       \
-  do {                                                                       \
-    Status _s = (expr);                                                      \
-    if (!_s.ok()) {                                                          \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, _s.ToString().c_str()); \
-      std::exit(1);                                                          \
-    }                                                                        \
-  } while (0)
 
 // One sequence with blocks 0..max_blocks-1; processes tokens [start, start + n).
 ForwardBatch Batch(const std::vector<int32_t>& tokens, int start, int n, int max_blocks) {
