@@ -1,14 +1,18 @@
 // The OpenAI translation layer without sockets: request flattening and match keys,
 // tool-call parsing, mini-swe-agent's bash blocks, the session matcher, ToolKey, and the
-// mapping of Status codes to HTTP statuses and OpenAI error objects.
+// mapping of Status codes to HTTP statuses and OpenAI error objects, and request traces.
 #include <gtest/gtest.h>
 
 #include <iterator>
 #include <string>
 
+#include <spdlog/spdlog.h>
+
+#include "base/clock.h"
 #include "daemon/openai_api.h"
 #include "daemon/openai_messages.h"
 #include "daemon/openai_sessions.h"
+#include "daemon/request_trace.h"
 #include "policy/tool_key.h"
 
 namespace kvkeep {
@@ -288,6 +292,24 @@ TEST(OpenAiErrorsTest, TransportErrorsGetTheirTypes) {
   EXPECT_EQ(overloaded.headers[0].first, "Retry-After");
   EXPECT_EQ(json::parse(OpenAiError(413, "m", "request_too_large").body)["error"]["type"],
             "invalid_request_error");
+}
+
+TEST(RequestTraceTest, StepsAreTimesSinceThePreviousMarkAndOnlyAtDebug) {
+  FakeClock clock;
+  const auto level = spdlog::get_level();
+  spdlog::set_level(spdlog::level::info);
+  EXPECT_EQ(RequestTrace::StartIfDebug(&clock), nullptr);
+  TraceMark(nullptr, "ignored");  // tracing off: a no-op
+  spdlog::set_level(spdlog::level::debug);
+  auto trace = RequestTrace::StartIfDebug(&clock);
+  spdlog::set_level(level);
+  ASSERT_NE(trace, nullptr);
+  clock.AdvanceMicros(5);
+  TraceMark(trace, "read");
+  clock.AdvanceMicros(7);
+  TraceMark(trace, "parse");
+  TraceMark(trace, "match");
+  EXPECT_EQ(trace->Line(), "read=5us parse=7us match=0us total=12us");
 }
 
 }  // namespace
