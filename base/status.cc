@@ -36,6 +36,8 @@ std::string_view StatusCodeName(StatusCode code) {
       return "too_many_sessions";
     case StatusCode::kTooManyRequests:
       return "too_many_requests";
+    case StatusCode::kQuotaExceeded:
+      return "quota_exceeded";
   }
   return "unknown";
 }

@@ -35,6 +35,7 @@ enum class StatusCode : int {
   kBusy = 13,             // the object is in use (a session with a generate in flight)
   kTooManySessions = 14,  // the tenant's open-session quota is full
   kTooManyRequests = 15,  // the connection's in-flight quota is full
+  kQuotaExceeded = 16,    // a per-uid storage quota is full (JSON-lines: resource_exhausted)
 };
 
 // Stable lower-case name of a code, e.g. "invalid_argument". Used on the wire.
@@ -67,6 +68,7 @@ class [[nodiscard]] Status {
   static Status Busy(std::string_view m) { return {StatusCode::kBusy, m}; }
   static Status TooManySessions(std::string_view m) { return {StatusCode::kTooManySessions, m}; }
   static Status TooManyRequests(std::string_view m) { return {StatusCode::kTooManyRequests, m}; }
+  static Status QuotaExceeded(std::string_view m) { return {StatusCode::kQuotaExceeded, m}; }
 
   bool ok() const { return rep_ == nullptr; }
   StatusCode code() const { return rep_ ? rep_->code : StatusCode::kOk; }

@@ -109,10 +109,13 @@ Result<int> BindTcp(const std::string& listen, int* port_out) {
   return fd;
 }
 
-// Per-request state (the library's con_cls): the body as it arrives.
+// Per-request state (the library's con_cls): the body as it arrives, and the trace that
+// OnCompleted finishes once the response is written.
 struct RequestState {
   std::string body;
   bool too_large = false;
+  std::shared_ptr<RequestTrace> trace;  // null unless logging at debug
+  std::string what;                     // "METHOD PATH STATUS", for the trace line
 };
 
 // A streamed body being pulled by the library.
@@ -176,6 +179,7 @@ MHD_Result OnRequest(void* cls, MHD_Connection* conn, const char* url, const cha
   const HttpServerOptions& opts = listener->server->options();
   if (*con_cls == nullptr) {
     auto* state = new RequestState;
+    state->trace = RequestTrace::StartIfDebug(opts.clock);  // the headers are in
     *con_cls = state;
     const char* length = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
     if (length != nullptr && std::strtoll(length, nullptr, 10) > opts.max_body_bytes) {
@@ -203,6 +207,8 @@ MHD_Result OnRequest(void* cls, MHD_Connection* conn, const char* url, const cha
   MHD_get_connection_values(conn, MHD_HEADER_KIND, CollectHeader, &req.headers);
   HttpServer* server = listener->server;
   req.peer_connected = [fd, server] { return !server->stopping() && PeerConnected(fd); };
+  TraceMark(state->trace, "read");
+  req.trace = state->trace;
   HttpResponse resp;
   if (state->too_large) {
     resp = opts.refusal(413);
@@ -226,11 +232,19 @@ MHD_Result OnRequest(void* cls, MHD_Connection* conn, const char* url, const cha
                   R"j("param": null, "code": "internal"}})j";
     }
   }
+  if (state->trace) state->what = req.method + " " + req.path + " " + std::to_string(resp.status);
   return Queue(conn, resp, listener->server, fd);
 }
 
-void OnCompleted(void*, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode) {
-  delete static_cast<RequestState*>(*con_cls);
+void OnCompleted(void*, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode code) {
+  auto* state = static_cast<RequestState*>(*con_cls);
+  if (state != nullptr && state->trace) {
+    state->trace->Mark("write");  // the response is sent (or the connection ended)
+    spdlog::debug("trace http {}{}: {}", state->what,
+                  code == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (not completed)",
+                  state->trace->Line());
+  }
+  delete state;
   *con_cls = nullptr;
 }
 

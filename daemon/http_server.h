@@ -31,7 +31,9 @@
 #include <string>
 #include <vector>
 
+#include "base/clock.h"
 #include "base/status.h"
+#include "daemon/request_trace.h"
 
 struct MHD_Daemon;
 
@@ -46,6 +48,8 @@ struct HttpRequest {
   bool over_tcp = false;
   // True while the client is still connected (non-blocking check of the socket).
   std::function<bool()> peer_connected;
+  // The request's step timings (daemon/request_trace.h); null unless logging at debug.
+  std::shared_ptr<RequestTrace> trace;
 
   std::string Header(const std::string& lower_name) const {
     auto it = headers.find(lower_name);
@@ -96,6 +100,7 @@ struct HttpServerOptions {
   int32_t memory_limit_bytes = 64 << 10;  // request line + headers + buffers
   // The reply to a request refused before the handler (401, 413).
   std::function<HttpResponse(int status)> refusal;
+  Clock* clock = SystemClock();  // request traces (at log level debug)
 };
 
 // Reads an API key file: one `KEY TENANT` per line (# comments, blank lines ignored);

@@ -16,36 +16,73 @@ namespace kvkeep {
 using nlohmann::json;
 using protocol::Verb;
 
-namespace {}  // namespace
+namespace {
 
-int HttpStatusOf(const Status& st) {
-  switch (st.code()) {
-    case StatusCode::kInvalidArgument:
-    case StatusCode::kResourceExhausted:  // the context would not fit: a bad request
-      return 400;
-    case StatusCode::kNotFound:
-      return 404;
-    case StatusCode::kPermissionDenied:
-      return 403;
-    case StatusCode::kAlreadyExists:
-      return 409;
-    case StatusCode::kBusy:
-    case StatusCode::kTooManySessions:
-    case StatusCode::kTooManyRequests:
-      return 429;
-    case StatusCode::kUnavailable:
-      return 503;
-    case StatusCode::kCancelled:
-      return 499;
-    default:
-      return 500;
+// How a Status is answered over HTTP: the one mapping from the service's error codes to
+// HTTP statuses and OpenAI's error types (docs/openai.md, "Errors", is this table).
+struct HttpErrorRow {
+  StatusCode code;
+  int http_status;
+  const char* type;  // OpenAI's error.type
+  const char* wire;  // error.code; null: the Status code's name (StatusCodeName)
+  bool retry_after;  // a momentary refusal: Retry-After: 1
+};
+constexpr HttpErrorRow kHttpErrors[] = {
+    {StatusCode::kInvalidArgument, 400, "invalid_request_error", nullptr, false},
+    // The context would not fit max_context_tokens or the KV pool: the request's size.
+    {StatusCode::kResourceExhausted, 400, "invalid_request_error", "context_length_exceeded",
+     false},
+    // No such session for the tenant; another tenant's answers the same (no oracle).
+    {StatusCode::kNotFound, 404, "invalid_request_error", nullptr, false},
+    {StatusCode::kPermissionDenied, 403, "permission_error", nullptr, false},
+    {StatusCode::kAlreadyExists, 409, "invalid_request_error", nullptr, false},
+    {StatusCode::kBusy, 429, "rate_limit_error", nullptr, true},
+    {StatusCode::kTooManySessions, 429, "rate_limit_error", nullptr, true},
+    {StatusCode::kTooManyRequests, 429, "rate_limit_error", nullptr, true},
+    // limits.max_stored_bytes_per_uid: retrying soon does not help; OpenAI's shape for it.
+    {StatusCode::kQuotaExceeded, 429, "insufficient_quota", nullptr, false},
+    // Draining for shutdown, or a damaged session. (--http-max-inflight's `overloaded`,
+    // the HTTP layer's own refusal, is a 503 with Retry-After too.)
+    {StatusCode::kUnavailable, 503, "server_error", nullptr, true},
+    {StatusCode::kCancelled, 499, "invalid_request_error", nullptr, false},  // client left
+    {StatusCode::kDeadlineExceeded, 504, "server_error", nullptr, false},
+};
+constexpr HttpErrorRow kInternalError = {StatusCode::kInternal, 500, "server_error", nullptr,
+                                         false};
+
+const HttpErrorRow& RowOf(StatusCode code) {
+  for (const HttpErrorRow& row : kHttpErrors) {
+    if (row.code == code) return row;
   }
+  return kInternalError;  // Internal, IOError, Corruption, NotSupported
 }
 
+const char* TypeOfStatus(int status) {
+  for (const HttpErrorRow& row : kHttpErrors) {
+    if (row.http_status == status) return row.type;
+  }
+  return status == 401  ? "authentication_error"
+         : status < 500 ? "invalid_request_error"
+                        : "server_error";
+}
+
+}  // namespace
+
+int HttpStatusOf(const Status& st) { return RowOf(st.code()).http_status; }
+
 HttpResponse FromStatus(const Status& st) {
-  const int code = HttpStatusOf(st);
-  return OpenAiError(code, code == 500 ? st.ToString() : st.message(),
-                     std::string(StatusCodeName(st.code())));
+  const HttpErrorRow& row = RowOf(st.code());
+  HttpResponse r = JsonResponse(
+      row.http_status,
+      {{"error",
+        {{"message", row.http_status == 500 ? st.ToString() : st.message()},
+         {"type", row.type},
+         {"param", nullptr},
+         {"code", row.wire != nullptr ? row.wire : std::string(StatusCodeName(st.code()))}}}});
+  if (row.retry_after) r.headers.push_back({"Retry-After", "1"});
+  // The openai SDKs retry 429s on their own unless told not to; a full quota stays full.
+  if (!row.retry_after && row.http_status == 429) r.headers.push_back({"x-should-retry", "false"});
+  return r;
 }
 
 HttpResponse JsonResponse(int status, const json& body) {
@@ -57,16 +94,12 @@ HttpResponse JsonResponse(int status, const json& body) {
 
 HttpResponse OpenAiError(int status, const std::string& message, const std::string& code,
                          const std::string& param) {
-  std::string type = "invalid_request_error";
-  if (status == 401) type = "authentication_error";
-  if (status == 429) type = "rate_limit_error";
-  if (status >= 500) type = "server_error";
   HttpResponse r = JsonResponse(status, {{"error",
                                           {{"message", message},
-                                           {"type", type},
+                                           {"type", TypeOfStatus(status)},
                                            {"param", param.empty() ? json(nullptr) : json(param)},
                                            {"code", code}}}});
-  if (status == 429) r.headers.push_back({"Retry-After", "1"});
+  if (status == 429 || status == 503) r.headers.push_back({"Retry-After", "1"});
   return r;
 }
 
@@ -185,12 +218,22 @@ std::string OpenAiApi::ScriptedReply(const std::vector<openai::FlatMessage>& mes
   return assistants < options_.scripted_replies.size() ? options_.scripted_replies[assistants] : "";
 }
 
+HttpResponse OpenAiApi::Fail(Turn& turn, const Status& status) {
+  int unused = 0;
+  (void)Finish(turn, status, &unused);
+  return FromStatus(status);
+}
+
 json OpenAiApi::Finish(Turn& turn, const Result<json>& result, int* http_status) {
   inflight_.fetch_sub(1);
   if (!result.ok()) {
-    matcher_.Release(turn.uid, turn.session, turn.name,
-                     std::vector<uint64_t>(turn.chain.begin(), turn.chain.begin() + turn.appended),
-                     0, false);
+    if (result.status().IsNotFound()) {  // deleted behind our back: the next request starts anew
+      matcher_.Forget(turn.uid, turn.session);
+    } else {
+      matcher_.Release(
+          turn.uid, turn.session, turn.name,
+          std::vector<uint64_t>(turn.chain.begin(), turn.chain.begin() + turn.appended), 0, false);
+    }
     *http_status = HttpStatusOf(result.status());
     return json::parse(FromStatus(result.status()).body);
   }

@@ -29,7 +29,7 @@ struct OpenAiOptions {
   std::string model_id;
   int32_t max_tokens = 4096;    // the daemon's per-generate limit
   int32_t max_json_depth = 64;  // deeper request bodies are refused before parsing
-  int32_t max_inflight = 256;   // HTTP generations in flight; beyond: 429 + Retry-After
+  int32_t max_inflight = 256;   // HTTP generations in flight; beyond: 503 + Retry-After
   // TESTING ONLY (--testing-scripted-replies): the assistant replies of a conversation, in
   // order; reply i is forced when the request holds i assistant messages.
   std::vector<std::string> scripted_replies;
@@ -39,7 +39,11 @@ struct OpenAiOptions {
 HttpResponse OpenAiError(int status, const std::string& message, const std::string& code,
                          const std::string& param = "");
 
-// The HTTP status of a Status (400, 404, 429, 503, 500...) and its OpenAI-shaped error.
+// The HTTP status of a Status and its OpenAI-shaped error, from one table (openai_api.cc,
+// kHttpErrors; docs/openai.md "Errors"): 400 invalid argument or context too long, 403
+// permission, 404 not found, 409 exists, 429 busy / too many sessions or requests (with
+// Retry-After) / storage quota (type insufficient_quota, x-should-retry: false), 503
+// unavailable (with Retry-After), 499 cancelled, 504 deadline, 500 the rest.
 int HttpStatusOf(const Status& status);
 HttpResponse FromStatus(const Status& status);
 HttpResponse JsonResponse(int status, const nlohmann::json& body);
@@ -79,7 +83,10 @@ class OpenAiApi {
   // after a reply with tool calls goes through session.tool_end.
   Status AppendNew(Turn& turn, const std::vector<openai::FlatMessage>& messages, size_t from);
   // Builds the reply from the generation's result, records tool_begin, updates the matcher.
+  // An error gives its OpenAI error object (for a stream's error event) and its status.
   nlohmann::json Finish(Turn& turn, const Result<nlohmann::json>& result, int* http_status);
+  // Finish with an error, answered as FromStatus answers it (with its headers).
+  HttpResponse Fail(Turn& turn, const Status& status);
   // Applies the request's retention hint to the session through Service::Retain (within
   // the uid's quota) and records the outcome in the reply's kvkeep.retention_hints.
   void ApplyRetention(Turn& turn);

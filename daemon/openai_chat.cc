@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <ctime>
+#include <mutex>
 
 #include "daemon/openai_api.h"
 #include "daemon/protocol.h"
@@ -142,6 +143,8 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
   if (!flat.ok()) return BadRequest(flat.status(), "messages");
   auto hints = RetentionHints(body, *flat);
   if (!hints.ok()) return BadRequest(hints.status());
+  const std::shared_ptr<RequestTrace>& trace = request.trace;
+  TraceMark(trace, "parse");
 
   auto turn = std::make_shared<Turn>();
   turn->uid = request.tenant_uid;
@@ -165,13 +168,15 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
 
   if (inflight_.fetch_add(1) >= options_.max_inflight) {
     inflight_.fetch_sub(1);
-    return OpenAiError(429, "too many generations in flight; retry shortly", "overloaded");
+    // The daemon is at capacity, not this client over a rate: 503, as OpenAI's overload.
+    return OpenAiError(503, "too many generations in flight; retry shortly", "overloaded");
   }
   auto match = matcher_.Acquire(turn->uid, turn->name, turn->chain);
   if (!match) {
     inflight_.fetch_sub(1);
-    return OpenAiError(429, "session '" + turn->name + "' has a request in flight", "busy");
+    return FromStatus(Status::Busy("session '" + turn->name + "' has a request in flight"));
   }
+  TraceMark(trace, "match");
   size_t from = 0;
   if (match->kind == openai::Match::Kind::kContinue) {
     turn->session = match->session_id;
@@ -182,30 +187,32 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
     if (match->reopen) {
       auto r = turn->call->Call(Verb::kSessionOpen, {{"session", turn->session}});
       if (!r.ok()) {
-        matcher_.Abandon(turn->uid, turn->session);
+        if (r.status().IsNotFound()) {
+          matcher_.Forget(turn->uid, turn->session);  // deleted while closed
+        } else {
+          matcher_.Abandon(turn->uid, turn->session);
+        }
         inflight_.fetch_sub(1);
-        return OpenAiError(500, r.status().ToString(), "internal");
+        return FromStatus(r.status());
       }
+      TraceMark(trace, "open");
     }
   } else {
     auto opened = OpenSession(*turn);
     if (!opened.ok()) {
       inflight_.fetch_sub(1);
-      return OpenAiError(HttpStatusOf(opened.status()), opened.status().message(),
-                         std::string(StatusCodeName(opened.status().code())));
+      return FromStatus(opened.status());
     }
     turn->session = *opened;
+    TraceMark(trace, "open");
     turn->kvkeep["matched"] = match->kind == openai::Match::Kind::kFork ? "forked" : "new";
     if (match->kind == openai::Match::Kind::kFork) {
       turn->kvkeep["forked_from"] = match->session_id;
       turn->kvkeep["shared_messages"] = match->shared;
     }
   }
-  if (Status st = AppendNew(*turn, *flat, from); !st.ok()) {
-    int status = 0;
-    json err = Finish(*turn, st, &status);
-    return JsonResponse(status, err);
-  }
+  if (Status st = AppendNew(*turn, *flat, from); !st.ok()) return Fail(*turn, st);
+  TraceMark(trace, "append");
 
   json g = std::move(*gen);
   g["session"] = turn->session;
@@ -216,11 +223,14 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
     auto out = std::make_shared<HttpStream>();
     out->Write(Sse(Chunk(turn->id, turn->created_s, model_id,
                          {{"role", "assistant"}, {"content", ""}}, nullptr)));
-    auto on_token = [turn, out, model_id](const std::string& text) {
+    auto first = std::make_shared<std::once_flag>();
+    auto on_token = [turn, out, model_id, trace, first](const std::string& text) {
+      if (trace) std::call_once(*first, [&] { trace->Mark("first_token"); });
       if (turn->tools || text.empty()) return;  // tool calls are known only at the end
       out->Write(Sse(Chunk(turn->id, turn->created_s, model_id, {{"content", text}}, nullptr)));
     };
-    auto on_done = [this, turn, out, model_id](Result<json> result) {
+    auto on_done = [this, turn, out, model_id, trace](Result<json> result) {
+      TraceMark(trace, "generated");
       int status = 0;
       json fin = Finish(*turn, result, &status);
       if (status != 200) {
@@ -256,9 +266,7 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
       if (auto c = weak.lock()) c->Cancel();
     });
     if (Status st = turn->call->StartGenerate(std::move(g), on_token, on_done); !st.ok()) {
-      int status = 0;
-      json err = Finish(*turn, st, &status);
-      return JsonResponse(status, err);
+      return Fail(*turn, st);
     }
     HttpResponse r;
     r.content_type = "text/event-stream";
@@ -273,15 +281,21 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
     std::optional<Result<json>> done;  // guarded by mu
   };
   auto waiter = std::make_shared<Waiter>();
-  auto on_done = [waiter](Result<json> result) {
+  auto on_done = [waiter, trace](Result<json> result) {
+    TraceMark(trace, "generated");  // engine finished, reply stored (an I/O thread)
     std::lock_guard<std::mutex> lock(waiter->mu);
     waiter->done = std::move(result);
     waiter->cv.notify_all();
   };
-  if (Status st = turn->call->StartGenerate(std::move(g), nullptr, on_done); !st.ok()) {
-    int status = 0;
-    json err = Finish(*turn, st, &status);
-    return JsonResponse(status, err);
+  std::function<void(const std::string&)> on_first_token;
+  if (trace) {
+    auto first = std::make_shared<std::once_flag>();
+    on_first_token = [trace, first](const std::string&) {
+      std::call_once(*first, [&] { trace->Mark("first_token"); });  // the engine thread
+    };
+  }
+  if (Status st = turn->call->StartGenerate(std::move(g), on_first_token, on_done); !st.ok()) {
+    return Fail(*turn, st);
   }
   Result<json> done = Status::Unavailable("kvkeepd is shutting down");
   {
@@ -304,21 +318,24 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
     }
     if (waiter->done) done = std::move(*waiter->done);
   }
+  TraceMark(trace, "wake");  // this thread runs again
+  if (!done.ok()) return Fail(*turn, done.status());
   int status = 0;
   json fin = Finish(*turn, done, &status);
-  if (status != 200) return JsonResponse(status, fin);
-  return JsonResponse(200, {{"id", turn->id},
-                            {"object", "chat.completion"},
-                            {"created", turn->created_s},
-                            {"model", model_id},
-                            {"choices",
-                             {{{"index", 0},
-                               {"message", fin["message"]},
-                               {"logprobs", nullptr},
-                               {"finish_reason", fin["finish_reason"]}}}},
-                            {"usage", fin["usage"]},
-                            {"system_fingerprint", nullptr},
-                            {"kvkeep", turn->kvkeep}});
+  HttpResponse reply = JsonResponse(200, {{"id", turn->id},
+                                          {"object", "chat.completion"},
+                                          {"created", turn->created_s},
+                                          {"model", model_id},
+                                          {"choices",
+                                           {{{"index", 0},
+                                             {"message", fin["message"]},
+                                             {"logprobs", nullptr},
+                                             {"finish_reason", fin["finish_reason"]}}}},
+                                          {"usage", fin["usage"]},
+                                          {"system_fingerprint", nullptr},
+                                          {"kvkeep", turn->kvkeep}});
+  TraceMark(trace, "reply");  // tool_begin, retention, matcher, the JSON body
+  return reply;
 }
 
 }  // namespace kvkeep

@@ -1,5 +1,7 @@
 #include "daemon/openai_sessions.h"
 
+#include <iterator>
+
 #include "base/hash64.h"
 
 namespace kvkeep::openai {
@@ -112,6 +114,14 @@ void SessionMatcher::Abandon(uid_t uid, const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find({uid, id});
   if (it != entries_.end()) it->second.busy = false;
+}
+
+void SessionMatcher::Forget(uid_t uid, const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  entries_.erase({uid, id});
+  for (auto it = names_.begin(); it != names_.end();) {
+    it = it->first.first == uid && it->second == id ? names_.erase(it) : std::next(it);
+  }
 }
 
 std::optional<std::string> SessionMatcher::EvictionCandidate(uid_t uid) {

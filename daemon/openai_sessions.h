@@ -55,6 +55,10 @@ class SessionMatcher {
                std::vector<uint64_t> chain, int pending_tools, bool pending_text);
   // Marks session id idle without changing what it holds (a failed request).
   void Abandon(uid_t uid, const std::string& id);
+  // Drops session id and the names pointing at it (it was deleted behind the matcher's
+  // back, e.g. session.close keep=false on the native socket): its conversation's next
+  // request starts a new session.
+  void Forget(uid_t uid, const std::string& id);
   // The least recently used idle open session of uid, to close when its quota is full.
   std::optional<std::string> EvictionCandidate(uid_t uid);
   void MarkClosed(uid_t uid, const std::string& id);

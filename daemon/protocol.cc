@@ -70,6 +70,7 @@ ErrorCode WireCode(const Status& status) {
     case StatusCode::kNotFound:
       return ErrorCode::kNotFound;
     case StatusCode::kResourceExhausted:
+    case StatusCode::kQuotaExceeded:  // the wire code JSON-lines clients already know
       return ErrorCode::kResourceExhausted;
     case StatusCode::kUnavailable:
       return ErrorCode::kUnavailable;

@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/engine_session.h"
+#include "daemon/request_trace.h"
 #include "daemon/service.h"
 
 namespace kvkeep {
@@ -23,6 +24,7 @@ struct Service::Generation {
   // max_tokens was cut so that the stored reply fits max_context_tokens: a `length`
   // finish is then reported as `context_limit` (issue 11, defect 8).
   bool cut_by_context = false;
+  std::shared_ptr<RequestTrace> trace;  // step timings, at log level debug only
 };
 
 namespace {
@@ -49,6 +51,7 @@ Status ParseStop(const json& body, std::vector<std::string>* out) {
 
 Status Service::Generate(const Ctx& ctx) {
   if (shutting_down_.load()) return Status::Unavailable("kvkeepd is shutting down");
+  std::shared_ptr<RequestTrace> trace = RequestTrace::StartIfDebug(deps_.clock);
   ASSIGN_OR_RETURN(auto s, FindSession(ctx));
   const protocol::Params& p = ctx.params;
   GenerateRequest req;
@@ -80,6 +83,7 @@ Status Service::Generate(const Ctx& ctx) {
   }
 
   auto gen = std::make_shared<Generation>();
+  gen->trace = std::move(trace);
   gen->client = ctx.client;
   gen->wire_id = ctx.request.id;
   gen->inflight_key = ctx.request.id.dump();
@@ -124,6 +128,7 @@ Status Service::Generate(const Ctx& ctx) {
                                           options_.limits.max_inflight_per_connection));
   req.on_event = [this, gen](const GenerateEvent& ev) {
     if (ev.kind == GenerateEvent::Kind::kToken) {
+      if (gen->tokens.empty()) TraceMark(gen->trace, "first_token");
       gen->tokens.push_back(ev.token);
       gen->text += ev.text;
       if (gen->stream) {
@@ -131,8 +136,10 @@ Status Service::Generate(const Ctx& ctx) {
       }
       return;
     }
+    TraceMark(gen->trace, "engine_done");
     deps_.post([this, gen, ev] { FinishGeneration(gen, ev); });
   };
+  TraceMark(gen->trace, "validate");  // parameters checked, prompt built; next: Submit
   s->generating = true;
   num_generating_.fetch_add(1);
   if (Status st = deps_.engine->Submit(std::move(req)); !st.ok()) {
@@ -145,6 +152,7 @@ Status Service::Generate(const Ctx& ctx) {
 }
 
 void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const GenerateEvent& ev) {
+  TraceMark(gen->trace, "post");  // the hop from the engine thread to an I/O thread
   Session& s = *gen->session;
   json result;
   Status error;
@@ -180,6 +188,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
         error = Status::Cancelled("request cancelled");
     }
     s.generating = false;
+    TraceMark(gen->trace, "store");  // the reply appended and committed
     if (ok) {
       const Usage& u = ev.usage;
       result = {{"session", s.id},
@@ -217,6 +226,10 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
   } else {
     m.errors.fetch_add(1, std::memory_order_relaxed);
     gen->client->SendError(gen->wire_id, error);
+  }
+  if (gen->trace) {
+    gen->trace->Mark("reply");
+    spdlog::debug("trace generate {}: {}", s.id, gen->trace->Line());
   }
 }
 

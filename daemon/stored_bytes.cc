@@ -27,7 +27,7 @@ Status StoredBytes::Charge(uint32_t uid, const std::string& session, int64_t byt
   MutexLock lock(&mu_);
   const int64_t used = per_uid_[uid];
   if (bytes > 0 && used + bytes > limit_per_uid_) {
-    return Status::ResourceExhausted(
+    return Status::QuotaExceeded(
         "uid " + std::to_string(uid) + " stores " + std::to_string(used) + " bytes; " +
         std::to_string(bytes) + " more would pass limits.max_stored_bytes_per_uid (" +
         std::to_string(limit_per_uid_) + "); delete sessions (session.close keep=false)");

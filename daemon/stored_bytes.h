@@ -26,7 +26,7 @@ class StoredBytes {
   static int64_t Of(const Message& m);
   static int64_t Of(const std::vector<Message>& msgs);
 
-  // Counts `bytes` more for the uid's session, or ResourceExhausted (naming the limit,
+  // Counts `bytes` more for the uid's session, or QuotaExceeded (naming the limit,
   // the uid's usage and the request's bytes) when the uid would pass the limit; then
   // nothing is counted.
   [[nodiscard]] Status Charge(uint32_t uid, const std::string& session, int64_t bytes);

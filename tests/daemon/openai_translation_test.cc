@@ -1,9 +1,18 @@
 // The OpenAI translation layer without sockets: request flattening and match keys,
-// tool-call parsing, mini-swe-agent's bash blocks, the session matcher and ToolKey.
+// tool-call parsing, mini-swe-agent's bash blocks, the session matcher, ToolKey, and the
+// mapping of Status codes to HTTP statuses and OpenAI error objects, and request traces.
 #include <gtest/gtest.h>
 
+#include <iterator>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "base/clock.h"
+#include "daemon/openai_api.h"
 #include "daemon/openai_messages.h"
 #include "daemon/openai_sessions.h"
+#include "daemon/request_trace.h"
 #include "policy/tool_key.h"
 
 namespace kvkeep {
@@ -209,6 +218,98 @@ TEST(SessionMatcherTest, NamedSessionsRouteByNameAndRefuseWhenBusy) {
   auto reopened = m.Acquire(7, "conv", openai::ChainKeys({1, 2, 3}));
   ASSERT_TRUE(reopened);
   EXPECT_TRUE(reopened->reopen);
+}
+
+TEST(SessionMatcherTest, ForgetsADeletedSessionAndItsName) {
+  openai::SessionMatcher m;
+  m.Release(7, "gone", "conv", openai::ChainKeys({1, 2}), 0, false);
+  m.Forget(7, "gone");
+  auto next = m.Acquire(7, "conv", openai::ChainKeys({1, 2, 3}));
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->kind, Match::Kind::kNew);
+  EXPECT_FALSE(m.EvictionCandidate(7).has_value());
+}
+
+// Every Status code, written out here independently of the table in openai_api.cc: its
+// HTTP status, OpenAI error type, error code and retry headers (docs/openai.md, "Errors").
+TEST(OpenAiErrorsTest, EveryStatusCodeMapsToItsHttpStatus) {
+  struct Want {
+    Status status;
+    int http;
+    const char* type;
+    const char* code;
+    const char* retry_after;     // "" when absent
+    const char* x_should_retry;  // "" when absent
+  };
+  const Want wants[] = {
+      {Status::InvalidArgument("x"), 400, "invalid_request_error", "invalid_argument", "", ""},
+      {Status::ResourceExhausted("x"), 400, "invalid_request_error", "context_length_exceeded", "",
+       ""},
+      {Status::NotFound("x"), 404, "invalid_request_error", "not_found", "", ""},
+      {Status::PermissionDenied("x"), 403, "permission_error", "permission_denied", "", ""},
+      {Status::AlreadyExists("x"), 409, "invalid_request_error", "already_exists", "", ""},
+      {Status::Busy("x"), 429, "rate_limit_error", "busy", "1", ""},
+      {Status::TooManySessions("x"), 429, "rate_limit_error", "too_many_sessions", "1", ""},
+      {Status::TooManyRequests("x"), 429, "rate_limit_error", "too_many_requests", "1", ""},
+      {Status::QuotaExceeded("x"), 429, "insufficient_quota", "quota_exceeded", "", "false"},
+      {Status::Unavailable("x"), 503, "server_error", "unavailable", "1", ""},
+      {Status::Cancelled("x"), 499, "invalid_request_error", "cancelled", "", ""},
+      {Status::DeadlineExceeded("x"), 504, "server_error", "deadline_exceeded", "", ""},
+      {Status::Internal("x"), 500, "server_error", "internal", "", ""},
+      {Status::IOError("x"), 500, "server_error", "io_error", "", ""},
+      {Status::Corruption("x"), 500, "server_error", "corruption", "", ""},
+      {Status::NotSupported("x"), 500, "server_error", "not_supported", "", ""},
+  };
+  // Every code but kOk is listed once (a new code must be added here and to the table).
+  EXPECT_EQ(std::size(wants), static_cast<size_t>(StatusCode::kQuotaExceeded));
+  for (const Want& w : wants) {
+    SCOPED_TRACE(std::string(StatusCodeName(w.status.code())));
+    const HttpResponse r = FromStatus(w.status);
+    EXPECT_EQ(r.status, w.http);
+    EXPECT_EQ(HttpStatusOf(w.status), w.http);
+    const json body = json::parse(r.body);
+    EXPECT_EQ(body["error"]["type"], w.type);
+    EXPECT_EQ(body["error"]["code"], w.code);
+    EXPECT_TRUE(body["error"]["param"].is_null());
+    EXPECT_TRUE(body["error"]["message"].is_string());
+    auto header = [&](const std::string& name) {
+      for (const auto& [k, v] : r.headers) {
+        if (k == name) return v;
+      }
+      return std::string();
+    };
+    EXPECT_EQ(header("Retry-After"), w.retry_after);
+    EXPECT_EQ(header("x-should-retry"), w.x_should_retry);
+  }
+}
+
+TEST(OpenAiErrorsTest, TransportErrorsGetTheirTypes) {
+  EXPECT_EQ(json::parse(OpenAiError(401, "m", "invalid_api_key").body)["error"]["type"],
+            "authentication_error");
+  const HttpResponse overloaded = OpenAiError(503, "m", "overloaded");
+  EXPECT_EQ(json::parse(overloaded.body)["error"]["type"], "server_error");
+  ASSERT_EQ(overloaded.headers.size(), 1u);
+  EXPECT_EQ(overloaded.headers[0].first, "Retry-After");
+  EXPECT_EQ(json::parse(OpenAiError(413, "m", "request_too_large").body)["error"]["type"],
+            "invalid_request_error");
+}
+
+TEST(RequestTraceTest, StepsAreTimesSinceThePreviousMarkAndOnlyAtDebug) {
+  FakeClock clock;
+  const auto level = spdlog::get_level();
+  spdlog::set_level(spdlog::level::info);
+  EXPECT_EQ(RequestTrace::StartIfDebug(&clock), nullptr);
+  TraceMark(nullptr, "ignored");  // tracing off: a no-op
+  spdlog::set_level(spdlog::level::debug);
+  auto trace = RequestTrace::StartIfDebug(&clock);
+  spdlog::set_level(level);
+  ASSERT_NE(trace, nullptr);
+  clock.AdvanceMicros(5);
+  TraceMark(trace, "read");
+  clock.AdvanceMicros(7);
+  TraceMark(trace, "parse");
+  TraceMark(trace, "match");
+  EXPECT_EQ(trace->Line(), "read=5us parse=7us match=0us total=12us");
 }
 
 }  // namespace

@@ -121,6 +121,8 @@ TEST(ProtocolTest, EveryServiceStatusHasOneWireCode) {
   EXPECT_EQ(protocol::WireCode(Status::Busy("x")), ErrorCode::kBusy);
   EXPECT_EQ(protocol::WireCode(Status::TooManySessions("x")), ErrorCode::kTooManySessions);
   EXPECT_EQ(protocol::WireCode(Status::TooManyRequests("x")), ErrorCode::kTooManyRequests);
+  // A full storage quota keeps the code JSON-lines clients know (HTTP makes it a 429).
+  EXPECT_EQ(protocol::WireCode(Status::QuotaExceeded("x")), ErrorCode::kResourceExhausted);
   EXPECT_EQ(protocol::WireCode(Status::NotFound("x")), ErrorCode::kNotFound);
   EXPECT_EQ(protocol::WireCode(Status::IOError("disk")), ErrorCode::kInternal);
   // Internal errors carry the whole Status text; others only the message.

@@ -336,20 +336,100 @@ class ErrorTest(unittest.TestCase):
         self.assertFalse(huge.startswith("HTTP/1.1 200"), huge[:200])
         self.assert_serving()
 
-    def test_overload_gets_429_with_retry_after(self):
-        d = kvkeepd_http.Daemon(extra_args=["--http-max-inflight", "1", "--max-tokens", "4096"])
+    def test_busy_session_is_429_and_overload_is_503_with_retry_after(self):
+        d = kvkeepd_http.Daemon(extra_args=["--http-max-inflight", "2", "--max-tokens", "4096"])
+        streams = []
         try:
             c = openai.OpenAI(base_url=d.base_url, api_key=KEY_A, max_retries=0, timeout=120)
-            stream = c.chat.completions.create(model=d.model, messages=[user("long")],
-                                               max_tokens=4000, stream=True, temperature=1.0)
-            next(iter(stream))  # the first generation is in flight
+
+            def long_stream(messages, **extra):
+                s = c.chat.completions.create(model=d.model, messages=messages,
+                                              max_tokens=4000, stream=True, temperature=1.0,
+                                              **extra)
+                next(iter(s))  # the generation is in flight
+                streams.append(s)
+
+            # A name is known once its first turn is done; its next turn runs long.
+            named = {"prompt_cache_key": "busy-key"}
+            first = c.chat.completions.create(model=d.model, messages=[user("hi")],
+                                              max_tokens=1, extra_body=named)
+            turn2 = [user("hi"), first.choices[0].message.model_dump(exclude_none=True),
+                     user("long")]
+            long_stream(turn2, extra_body=named)
+            # The same named session while its request runs: this client's rate, 429.
             with self.assertRaises(openai.RateLimitError) as e:
-                c.chat.completions.create(model=d.model, messages=[user("second")],
-                                          max_tokens=2)
+                c.chat.completions.create(model=d.model, messages=turn2, max_tokens=2,
+                                          extra_body=named)
+            self.assertEqual(e.exception.body["code"], "busy")
+            self.assertEqual(e.exception.body["type"], "rate_limit_error")
             self.assertEqual(e.exception.response.headers.get("retry-after"), "1")
-            stream.close()
+            # --http-max-inflight generations in flight: the daemon is at capacity, 503.
+            long_stream([user("long")])
+            with self.assertRaises(openai.InternalServerError) as e:
+                c.chat.completions.create(model=d.model, messages=[user("third")],
+                                          max_tokens=2)
+            self.assertEqual(e.exception.status_code, 503)
+            self.assertEqual(e.exception.body["code"], "overloaded")
+            self.assertEqual(e.exception.response.headers.get("retry-after"), "1")
+        finally:
+            for s in streams:
+                s.close()
+            d.stop()
+
+    def test_storage_quota_is_429_insufficient_quota_and_context_is_400(self):
+        # 64 KV blocks of 16: a 1024-token context; 20,000 stored bytes per uid.
+        d = kvkeepd_http.Daemon(extra_args=["--max-stored-bytes-per-uid", "20000",
+                                            "--num-kv-blocks", "64"])
+        try:
+            sent = []
+            http = openai.DefaultHttpxClient(
+                event_hooks={"request": [lambda request: sent.append(request.url.path)]})
+            # max_retries=2: a 429 is retried by the SDK unless the daemon says not to.
+            c = openai.OpenAI(base_url=d.base_url, api_key=KEY_A, max_retries=2, timeout=60,
+                              http_client=http)
+            with self.assertRaises(openai.BadRequestError) as e:
+                c.chat.completions.create(model=d.model, messages=[user("y" * 1500)],
+                                          max_tokens=1)
+            self.assertEqual(e.exception.body["code"], "context_length_exceeded")
+            refused = None
+            for i in range(12):  # ~3.7 KB stored a conversation: the quota fills at ~5
+                before_bytes = d.call("hello")["stored_bytes"]
+                before_sent = len(sent)
+                try:
+                    c.chat.completions.create(
+                        model=d.model, max_tokens=1,
+                        messages=[user(f"conversation {i}: " + "x" * 700)])
+                except openai.RateLimitError as err:
+                    refused = err
+                    break
+            self.assertIsNotNone(refused, "the stored-bytes quota never refused")
+            self.assertGreater(i, 0)
+            self.assertEqual(refused.status_code, 429)
+            self.assertEqual(refused.body["type"], "insufficient_quota")
+            self.assertEqual(refused.body["code"], "quota_exceeded")
+            self.assertIn("max_stored_bytes_per_uid", refused.body["message"])
+            self.assertEqual(refused.response.headers.get("x-should-retry"), "false")
+            self.assertIsNone(refused.response.headers.get("retry-after"))
+            self.assertEqual(len(sent) - before_sent, 1, "the SDK retried a full quota")
+            self.assertEqual(d.call("hello")["stored_bytes"], before_bytes, "refused but stored")
+            self.assertEqual(len(c.models.list().data), 1)  # still serving
         finally:
             d.stop()
+
+    def test_deleted_session_is_404_once_then_a_new_session(self):
+        c = client()
+        messages = [user("a conversation deleted behind the daemon's matcher")]
+        r = c.chat.completions.create(model=_daemon.model, messages=messages, max_tokens=1,
+                                      extra_body={"prompt_cache_key": "deleted-key"})
+        _daemon.call("session.close", session=r.model_extra["kvkeep"]["session"], keep=False)
+        messages += [r.choices[0].message.model_dump(exclude_none=True), user("still there?")]
+        with self.assertRaises(openai.NotFoundError) as e:
+            c.chat.completions.create(model=_daemon.model, messages=messages, max_tokens=1,
+                                      extra_body={"prompt_cache_key": "deleted-key"})
+        self.assertEqual(e.exception.body["code"], "not_found")
+        again = c.chat.completions.create(model=_daemon.model, messages=messages, max_tokens=1,
+                                          extra_body={"prompt_cache_key": "deleted-key"})
+        self.assertEqual(again.model_extra["kvkeep"]["matched"], "new")
 
     def test_disconnect_mid_stream_cancels_generation(self):
         d = kvkeepd_http.Daemon(extra_args=["--max-tokens", "4096"])
