@@ -227,6 +227,29 @@ TEST_F(EpisodeCacheTest, DecoderGeneratesAndRefusesOverflow) {
   EXPECT_EQ(decoder.Append(too_long, true, &logits).code(), StatusCode::kResourceExhausted);
 }
 
+TEST_F(EpisodeCacheTest, BackendRejectsBadScoringAndCompaction) {
+  auto backend = MakeBackend(*model_->weights, 8, kBs);
+  ASSERT_NE(backend, nullptr);
+  std::vector<int32_t> a = RandomTokens(rng_, 20), b = RandomTokens(rng_, 20);
+  std::vector<int32_t> blocks_a = {0, 1}, blocks_b = {2, 3};
+  std::vector<float> logits, scores;
+  ForwardBatch two = MakeBatch({{&a, &blocks_a, 0, 20}, {&b, &blocks_b, 0, 20}}, kBs, false);
+  EXPECT_EQ(backend->ForwardScored(two, 5, &logits, &scores).code(), StatusCode::kInvalidArgument);
+  ForwardBatch one = MakeBatch({{&a, &blocks_a, 0, 20}}, kBs, false);
+  EXPECT_EQ(backend->ForwardScored(one, 21, &logits, &scores).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(backend->ForwardScored(one, 20, &logits, &scores).ok());
+  const ModelConfig& c = model_->config;
+  EXPECT_EQ(scores.size(), size_t(c.num_layers) * c.num_kv_heads * 20);
+  const int rows = c.num_layers * c.num_kv_heads;
+  std::vector<int32_t> keep(rows * 2, 0);
+  for (int r = 0; r < rows; ++r) keep[2 * r + 1] = 3;
+  EXPECT_TRUE(backend->CompactKv(blocks_a, 20, keep, 2).ok());
+  EXPECT_FALSE(backend->CompactKv(blocks_a, 20, std::vector<int32_t>(3, 0), 2).ok());  // size
+  EXPECT_FALSE(backend->CompactKv(std::vector<int32_t>{0}, 20, keep, 2).ok());      // short table
+  EXPECT_FALSE(backend->CompactKv(std::vector<int32_t>{0, 99}, 20, keep, 2).ok());  // bad id
+  keep[1] = 0;  // not increasing
+  EXPECT_FALSE(backend->CompactKv(blocks_a, 20, keep, 2).ok());
+}
 }  // namespace
 }  // namespace kvkeep::enginetest
 
