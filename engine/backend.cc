@@ -44,4 +44,13 @@ Result<TransferFence> Backend::SwapIn(std::span<const std::pair<int32_t, int32_t
 
 Status Backend::WaitFence(TransferFence) { return Status::OK(); }
 
+Status Backend::ForwardScored(const ForwardBatch&, int32_t, std::vector<float>*,
+                              std::vector<float>*) {
+  return Status::NotSupported(name() + " backend: no attention scoring");
+}
+
+Status Backend::CompactKv(std::span<const int32_t>, int32_t, std::span<const int32_t>, int32_t) {
+  return Status::NotSupported(name() + " backend: no per-head KV compaction");
+}
+
 }  // namespace kvkeep

@@ -99,6 +99,18 @@ class Backend {
   // Blocks until the fence's transfers are complete.
   virtual Status WaitFence(TransferFence fence);
 
+  // --- Compressed caches (engine/episode_cache.h) ----------------------------------------
+  // Forward, and also the attention scores of a one-sequence batch's new tokens over its
+  // first num_scored KV entries, in *scores as [num_layers][num_kv_heads][num_scored]
+  // (kernels/cpu/attention_scores.h defines a score). The default: NotSupported.
+  virtual Status ForwardScored(const ForwardBatch& batch, int32_t num_scored,
+                               std::vector<float>* logits, std::vector<float>* scores);
+  // Compaction of one sequence's KV (blocks `block_table`, num_entries entries): for each
+  // layer l and KV head h, entry keep[(l * num_kv_heads + h) * num_keep + i] moves to entry
+  // i. Each list strictly increasing. The default: NotSupported.
+  virtual Status CompactKv(std::span<const int32_t> block_table, int32_t num_entries,
+                           std::span<const int32_t> keep, int32_t num_keep);
+
  protected:
   // Set by AllocateHostTier (or a backend's own pinned allocation).
   uint8_t* host_arena_ = nullptr;

@@ -10,6 +10,8 @@
 #include "base/bf16.h"
 #include "engine/model_weights.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_scores.h"
+#include "kernels/cpu/kv_compact.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_matmul.h"
 
@@ -54,14 +56,25 @@ class CpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
   const ModelConfig& config() const override { return config_; }
   const KvPoolShape& kv_shape() const override { return shape_; }
-  Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override;
+  Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override {
+    return Run(batch, 0, logits, nullptr);
+  }
+  Status ForwardScored(const ForwardBatch& batch, int32_t num_scored, std::vector<float>* logits,
+                       std::vector<float>* scores) override;
+  Status CompactKv(std::span<const int32_t> block_table, int32_t num_entries,
+                   std::span<const int32_t> keep, int32_t num_keep) override;
   Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) override;
   size_t block_bytes() const override { return shape_.block_stride() * sizeof(KvT); }
   Status ReadBlock(int32_t block_id, void* dst) override;
   Status WriteBlock(int32_t block_id, const void* src) override;
 
  private:
-  Status Attention(const ForwardBatch& batch, int layer, bool all_decode);
+  // Forward; with scores != nullptr also the scores of layer l at
+  // scores[l * num_kv_heads * num_scored].
+  Status Run(const ForwardBatch& batch, int32_t num_scored, std::vector<float>* logits,
+             float* scores);
+  Status Attention(const ForwardBatch& batch, int layer, bool all_decode, int32_t num_scored,
+                   float* scores);
   void Layer(const ForwardBatch& batch, int layer, int64_t t);
   // y[m][out] = x[m][in] * w^T (+ bias).
   void Linear(const float* x, const LinearWeight& w, const float* bias, int64_t m, int64_t n,
@@ -139,7 +152,8 @@ Status CpuBackend<KvT>::LoadWeights(const ModelWeights& weights) {
 }
 
 template <typename KvT>
-Status CpuBackend<KvT>::Attention(const ForwardBatch& batch, int layer, bool all_decode) {
+Status CpuBackend<KvT>::Attention(const ForwardBatch& batch, int layer, bool all_decode,
+                                  int32_t num_scored, float* scores) {
   AttentionBatch ab;
   ab.num_seqs = batch.num_seqs();
   ab.q_start = batch.q_start.data();
@@ -152,8 +166,42 @@ Status CpuBackend<KvT>::Attention(const ForwardBatch& batch, int layer, bool all
   PagedKv<KvT> view = LayerView(pool_.data(), shape_, layer);
   RETURN_IF_ERROR(
       cpu::WriteKv(view, k_.data(), v_.data(), batch.slot_mapping.data(), batch.num_tokens()));
+  if (scores != nullptr) {
+    RETURN_IF_ERROR(
+        cpu::AttentionScores(ap, ab, view, q_.data(), num_scored,
+                             scores + int64_t{layer} * config_.num_kv_heads * num_scored));
+  }
   if (all_decode) return cpu::PagedDecodeAttention(ap, ab, view, q_.data(), attn_.data());
   return cpu::PagedAttention(ap, ab, view, q_.data(), attn_.data());
+}
+
+template <typename KvT>
+Status CpuBackend<KvT>::ForwardScored(const ForwardBatch& batch, int32_t num_scored,
+                                      std::vector<float>* logits, std::vector<float>* scores) {
+  if (batch.num_seqs() != 1 || num_scored < 0 || num_scored > batch.kv_len[0]) {
+    return InvalidBatch("scoring needs one sequence and 0 <= num_scored <= kv_len");
+  }
+  scores->assign(int64_t{config_.num_layers} * config_.num_kv_heads * num_scored, 0.0f);
+  return Run(batch, num_scored, logits, scores->data());
+}
+
+template <typename KvT>
+Status CpuBackend<KvT>::CompactKv(std::span<const int32_t> block_table, int32_t num_entries,
+                                  std::span<const int32_t> keep, int32_t num_keep) {
+  const int64_t per_layer = int64_t{shape_.num_kv_heads} * num_keep;
+  if (num_keep < 0 || static_cast<int64_t>(keep.size()) != shape_.num_layers * per_layer) {
+    return Status::InvalidArgument("compact kv: keep must be num_layers x num_kv_heads x num_keep");
+  }
+  const int64_t needed = (int64_t{num_entries} + shape_.block_size - 1) / shape_.block_size;
+  if (num_entries < 0 || static_cast<int64_t>(block_table.size()) < needed) {
+    return Status::InvalidArgument("compact kv: block table shorter than its entries");
+  }
+  for (int64_t b = 0; b < needed; ++b) RETURN_IF_ERROR(CheckBlockId(shape_, block_table[b]));
+  for (int l = 0; l < shape_.num_layers; ++l) {
+    RETURN_IF_ERROR(cpu::CompactKv(LayerView(pool_.data(), shape_, l), block_table.data(),
+                                   num_entries, keep.data() + l * per_layer, num_keep));
+  }
+  return Status::OK();
 }
 
 template <typename KvT>
@@ -189,7 +237,8 @@ void CpuBackend<KvT>::Layer(const ForwardBatch& batch, int layer, int64_t t) {
 }
 
 template <typename KvT>
-Status CpuBackend<KvT>::Forward(const ForwardBatch& batch, std::vector<float>* logits) {
+Status CpuBackend<KvT>::Run(const ForwardBatch& batch, int32_t num_scored,
+                            std::vector<float>* logits, float* scores) {
   RETURN_IF_ERROR(ValidateForwardBatch(batch, shape_, config_.vocab_size));
   // The OpenMP thread count is per calling thread: set it on the thread that runs steps.
   if (num_threads_ > 0) omp_set_num_threads(num_threads_);
@@ -212,7 +261,7 @@ Status CpuBackend<KvT>::Forward(const ForwardBatch& batch, std::vector<float>* l
   for (int l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
     Layer(batch, l, t);
-    RETURN_IF_ERROR(Attention(batch, l, all_decode));
+    RETURN_IF_ERROR(Attention(batch, l, all_decode, num_scored, scores));
     Linear(attn_.data(), w.wo, nullptr, t, h, qd, proj_.data());
     for (int64_t i = 0; i < t * h; ++i) x_[i] += proj_[i];
     cpu::RmsNorm(x_.data(), w.post_norm.data(), t, h, config_.rms_norm_eps, xn_.data());

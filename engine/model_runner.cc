@@ -23,7 +23,7 @@ void BuildForwardBatch(const ScheduledBatch& batch, ForwardBatch* out) {
     const int64_t end = start + batch.seqs[i].num_new_tokens;
     for (int64_t p = start; p < end; ++p) {
       out->token_ids.push_back(seq.tokens[p]);
-      out->positions.push_back(static_cast<int32_t>(p));
+      out->positions.push_back(seq.kv_view.PositionOf(p));
       out->slot_mapping.push_back(seq.table.Slot(p));
     }
     out->q_start.push_back(static_cast<int32_t>(out->token_ids.size()));

@@ -1,8 +1,8 @@
 // ModelRunner: turns a ScheduledBatch into one Backend::Forward call. It performs the
 // step's copy-on-write copies, lays the scheduled runs out as a varlen ForwardBatch
-// (token ids, positions, slots from each sequence's BlockTable, block tables padded to
-// the longest), and returns one row of logits per sequence that samples this step.
-// The ForwardBatch and logits buffers are reused across steps.
+// (token ids, positions from each sequence's KvView, slots from its BlockTable, block tables padded
+// to the longest), and returns one row of logits per sequence that samples this step. The
+// ForwardBatch and logits buffers are reused across steps.
 //
 // Thread-safety: none; engine thread only.
 #pragma once

@@ -18,6 +18,7 @@
 
 #include "cache/block_table.h"
 #include "engine/engine.h"
+#include "engine/kv_view.h"
 #include "engine/sampler.h"
 #include "engine/stop_checker.h"
 
@@ -47,6 +48,7 @@ struct Sequence {
   std::vector<int32_t> tokens;
   int64_t num_prompt_tokens = 0;
   BlockTable table;
+  KvView kv_view;  // RoPE positions of computed tokens (identity for full KV)
   SequenceStatus status = SequenceStatus::kWaiting;
   int64_t prefill_end = 0;
   int32_t num_preemptions = 0;

@@ -14,9 +14,13 @@
 #include "base/file.h"
 
 #include "base/logging.h"
+#include "engine/default_model.h"
 #include "engine/embedder_factory.h"
+#include "engine/model_config.h"
+#include "engine/model_weights.h"
 #include "tools/commands.h"
 #include "tools/episode_eval.h"
+#include "tools/episode_fidelity.h"
 
 namespace kvkeep::tools {
 namespace {
@@ -36,6 +40,10 @@ struct EvalArgs {
   std::vector<float> sweep_weights = {0.3f, 0.5f, 0.7f};
   std::vector<std::string> sweep_dates = {"off", "on"};
   bool sweep_split = false;
+  // --fidelity (tools/episode_fidelity.h)
+  bool fidelity = false;
+  std::string llm;  // empty: the default model (or the synthetic tiny one)
+  FidelityOptions fidelity_options;
 };
 
 Result<std::vector<LocomoConversation>> LoadData(Env* env, const std::string& path) {
@@ -166,10 +174,63 @@ Status RunSweep(Env* env, const EvalArgs& args, const std::vector<LocomoConversa
   return Status::OK();
 }
 
+Status RunFidelity(Env* env, const EvalArgs& args, const std::vector<LocomoConversation>& convs) {
+  ASSIGN_OR_RETURN(std::string model,
+                   ResolveModelPath(env, args.llm, DefaultSyntheticModelDir(env)));
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(env, model));
+  ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(env, model, config));
+  ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizer(env, model));
+  BackendOptions backend_options;
+  backend_options.num_kv_blocks = FidelityPoolBlocks(args.fidelity_options, 16);
+  ASSIGN_OR_RETURN(auto backend, CreateCpuBackend(*weights, backend_options));
+  EmbedderSpec spec;
+  spec.name = args.embedder;
+  spec.model_dir = args.model_dir;
+  std::string embedder_name;
+  auto make = [&]() { return MakeEmbedder(env, spec, &embedder_name); };
+  ASSIGN_OR_RETURN(FidelityReport r,
+                   EvaluateFidelity(convs, backend.get(), *tokenizer, make, args.fidelity_options));
+  nlohmann::ordered_json methods = nlohmann::ordered_json::array();
+  for (const MethodFidelity& m : r.methods) {
+    methods.push_back({{"method", m.method},
+                       {"fraction", m.fraction},
+                       {"mean_nll", m.mean_nll},
+                       {"gap_closed", m.gap_closed},
+                       {"kv_bytes", m.kv_bytes},
+                       {"build_s", m.build_s},
+                       {"score_s", m.score_s},
+                       {"caches", m.num_caches}});
+  }
+  if (args.json) {
+    nlohmann::ordered_json out = {{"model", model},
+                                  {"embedder", embedder_name},
+                                  {"conversations", r.conversations},
+                                  {"questions", r.questions},
+                                  {"answer_tokens", r.answer_tokens},
+                                  {"history_tokens", r.history_tokens},
+                                  {"methods", methods}};
+    std::printf("%s\n", out.dump().c_str());
+    return Status::OK();
+  }
+  std::printf(
+      "model %s, embedder %s: %d conversation(s), %d questions, %lld answer tokens, "
+      "%lld history tokens\n",
+      model.c_str(), embedder_name.c_str(), r.conversations, r.questions,
+      static_cast<long long>(r.answer_tokens), static_cast<long long>(r.history_tokens));
+  std::printf("%-9s %8s %9s %8s %12s %9s %9s\n", "method", "budget", "nll/token", "gap", "kv_bytes",
+              "build_s", "score_s");
+  for (const MethodFidelity& m : r.methods) {
+    std::printf("%-9s %8.3f %9.4f %8.3f %12lld %9.1f %9.1f\n", m.method.c_str(), m.fraction,
+                m.mean_nll, m.gap_closed, static_cast<long long>(m.kv_bytes), m.build_s, m.score_s);
+  }
+  return Status::OK();
+}
+
 Status Run(const EvalArgs& args) {
   Env* env = DefaultEnv();
   ASSIGN_OR_RETURN(std::vector<LocomoConversation> convs, LoadData(env, args.data));
   if (args.sweep) return RunSweep(env, args, convs);
+  if (args.fidelity) return RunFidelity(env, args, convs);
   index::SegmenterOptions seg;
   if (!args.dates.empty()) {
     if (args.dates != "on" && args.dates != "off") {
@@ -263,6 +324,22 @@ void AddEvalEpisodesCommand(CLI::App& app) {
   cmd->add_option("--sweep-dates", args->sweep_dates, "--sweep: on, off or both")->delimiter(',');
   cmd->add_flag("--sweep-split", args->sweep_split,
                 "--sweep: also cluster on bert or hashed alone while routing on hybrid");
+  cmd->add_flag("--fidelity", args->fidelity,
+                "answer NLL under full, recent-window, SnapKV and episodic KV (an LLM)");
+  cmd->add_option("--llm", args->llm, "--fidelity: model (default: the installed default)");
+  FidelityOptions& f = args->fidelity_options;
+  cmd->add_option("--context", f.context_tokens, "--fidelity: context tokens")
+      ->check(CLI::Range(64, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--block", f.block_tokens, "--fidelity: compressor block B")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--fractions", f.fractions, "--fidelity: budgets M / history")
+      ->delimiter(',')
+      ->check(CLI::Range(1e-6, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--max-questions", f.max_questions, "--fidelity: per conversation, 0: all")
+      ->capture_default_str();
   cmd->callback([args] {
     for (int32_t e : args->episodes) {
       if (e < 1) throw CLI::ValidationError("--episodes", "each E must be >= 1");

@@ -67,6 +67,11 @@ Result<LocomoConversation> ParseOne(const json& item, size_t position) {
       LocomoQuestion q;
       q.question = qa["question"].get<std::string>();
       q.category = qa.value("category", 0);
+      if (qa.contains("answer") && qa["answer"].is_string()) {
+        q.answer = qa["answer"].get<std::string>();
+      } else if (qa.contains("answer") && qa["answer"].is_number()) {
+        q.answer = qa["answer"].dump();
+      }
       if (qa.contains("evidence") && qa["evidence"].is_array()) {
         for (const json& e : qa["evidence"]) {
           if (!e.is_string()) continue;

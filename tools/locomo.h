@@ -1,8 +1,8 @@
 // LoCoMo conversations (snap-research/LoCoMo's locomo10.json format), as the episode
 // evaluation reads them:
 //   [{"sample_id", "conversation": {"session_N": [{"speaker", "dia_id", "text",
-//     "blip_caption"?}], "session_N_date_time": "..."}, "qa": [{"question", "evidence":
-//     ["D1:3", ...], "category"}]}]
+//     "blip_caption"?}], "session_N_date_time": "..."}, "qa": [{"question", "answer"?,
+//     "evidence": ["D1:3", ...], "category"}]}]
 // Sessions are taken in numeric order; an image's caption is appended to its turn's text
 // as "[image: caption]". Evidence ids are parsed defensively ("D8:6; D9:17" is two ids).
 #pragma once
@@ -20,6 +20,7 @@ struct LocomoQuestion {
   std::string question;
   int32_t category = 0;
   std::vector<std::string> evidence;  // dia ids
+  std::string answer;                 // the gold answer (numbers as text); may be empty
 };
 
 struct LocomoConversation {

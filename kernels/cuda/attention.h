@@ -87,4 +87,18 @@ Status TEST_PagedPrefillAttentionSm90(const AttentionParams& params, const Atten
                                       const PagedKv<bf16_t>& kv, const AttentionIo& io,
                                       int32_t max_q_len, int block_n, cudaStream_t stream);
 
+// ---- attention scoring (the EpiCache compressor, engine/episode_cache.h) ---------------
+// The output of kernels/cpu/attention_scores.h for one sequence: its n_new query tokens sit
+// at the end of a context of kv_len entries (block_table, device) and attend causally;
+// scores[h][j] (fp32, [num_kv_heads][num_scored]) is the largest softmax probability any
+// query token of any query head of KV head h's GQA group pays entry j < num_scored.
+// Two launches: a log-sum-exp per (query token, query head) into workspace, then one
+// thread per (entry, KV head). head_dim <= 256; any GQA group. Not tuned: it runs once per
+// compressed block, beside a prefill of B tokens.
+size_t AttentionScoresWorkspaceBytes(int32_t n_new, int32_t num_q_heads);
+Status AttentionScores(const AttentionParams& params, const PagedKv<bf16_t>& kv,
+                       const int32_t* block_table, int32_t kv_len, int32_t n_new, const bf16_t* q,
+                       int64_t q_token_stride, int32_t num_scored, float* scores, float* workspace,
+                       cudaStream_t stream);
+
 }  // namespace kvkeep::cuda

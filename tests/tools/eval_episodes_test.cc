@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <set>
 #include <string>
@@ -15,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/file.h"
+#include "engine/synthetic_model.h"
 #include "tests/testlib/test_util.h"
 
 namespace kvkeep {
@@ -119,6 +121,39 @@ TEST(EvalEpisodes, BadInputGetsAClearError) {
   EXPECT_NE(o.out.find("router"), std::string::npos) << o.out;
   o = RunEval("--data " + Fixture() + " --embedder nonsense");
   EXPECT_EQ(o.exit_code, 1);
+}
+
+// --fidelity on the tiny random-weight model, for mechanics only: with a budget that covers
+// the history every method equals full KV exactly; at a quarter, each cache holds a
+// quarter of the entries and every NLL is a finite positive number.
+TEST(EvalEpisodes, FidelityMechanicsOnTheTinyModel) {
+  testing::TempDir dir;
+  const std::string model = dir.path() + "/tiny";
+  ASSERT_TRUE(MakeSyntheticModel("tiny", 7, model).ok());
+  Output o = RunEval("--fidelity --json --embedder hashed --llm " + model + " --data " + Fixture() +
+                     " --context 1280 --block 128 --fractions 1,0.25");
+  ASSERT_EQ(o.exit_code, 0) << o.out;
+  const nlohmann::json j = nlohmann::json::parse(o.out.substr(o.out.rfind("\n{") + 1));
+  EXPECT_EQ(j["conversations"].get<int>(), 1);
+  EXPECT_EQ(j["questions"].get<int>(), 4);  // evidence inside the first 1024 bytes
+  const auto& methods = j["methods"];
+  ASSERT_EQ(methods.size(), 7u);
+  ASSERT_EQ(methods[0]["method"], "full");
+  const double full = methods[0]["mean_nll"].get<double>();
+  const int64_t full_bytes = methods[0]["kv_bytes"].get<int64_t>();
+  EXPECT_GT(full, 0.0);
+  for (size_t i = 1; i < methods.size(); ++i) {
+    const auto& m = methods[i];
+    SCOPED_TRACE(m.dump());
+    const double nll = m["mean_nll"].get<double>();
+    EXPECT_TRUE(std::isfinite(nll) && nll > 0.0);
+    if (m["fraction"].get<double>() == 1.0) {
+      EXPECT_NEAR(nll, full, 1e-9 * full);  // same per-question NLLs, summed in another order
+      EXPECT_EQ(m["kv_bytes"].get<int64_t>(), full_bytes);
+    } else {
+      EXPECT_NEAR(m["kv_bytes"].get<double>() / full_bytes, 0.25, 0.01);
+    }
+  }
 }
 
 }  // namespace

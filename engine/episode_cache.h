@@ -1,0 +1,123 @@
+// EpisodeCache: a compressed KV of one conversation history under a fixed token budget,
+// built by EpiCache's block-wise prefill (arXiv 2509.17396), and the decoder that runs new
+// tokens on top of it.
+//
+// Build (EpisodeCompressor::Build) walks the history in blocks of B tokens. After each
+// block it appends the episode's medoid prompt P_e, scores every cached entry by the
+// largest attention probability any of P_e's queries of the KV head's GQA group pays it
+// (Backend::ForwardScored), keeps the top M entries of each layer and KV head, drops P_e,
+// and packs the survivors to the front (Backend::CompactKv). So at most M + B + |P_e|
+// entries are ever live. Keys are stored after RoPE, so a survivor keeps its original
+// position; tokens decoded on top continue at the history's length (KvView).
+//
+// Kept sets differ per layer and per KV head (the pool keeps heads apart, so one block
+// table serves them all); the count M is the same for every layer, because the attention
+// kernels take one context length per sequence. Per-layer budgets would need per-layer
+// lengths in the kernels (not done).
+//
+// The same loop gives the baselines of the fidelity evaluation at the same budget:
+// StreamingLLM's sinks plus recent window, and SnapKV's scores from the history's own
+// last window of queries (query-agnostic).
+//
+// The KV lives in backend blocks the caller allocates and owns (a BlockPool's, or a range
+// of a bare backend's pool); the cache records which. It is its own object (session,
+// episode, version) and is never matched through the prefix hash chain.
+//
+// Thread-safety: none; call from the thread that owns the backend.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/backend.h"
+#include "engine/kv_view.h"
+
+namespace kvkeep {
+
+struct EpisodeCacheId {
+  uint64_t session = 0;
+  int32_t episode = 0;
+  uint64_t version = 0;  // bumps when the session's episodes are re-clustered
+};
+
+enum class KeepMethod {
+  kEpisode,    // scores from the episode prompt's queries (EpiCache)
+  kSnapKv,     // scores from each block's last snap_window tokens (SnapKV, query-agnostic)
+  kStreaming,  // the first sink_tokens plus the most recent entries (StreamingLLM)
+};
+
+struct CompressOptions {
+  int32_t budget_tokens = 0;    // M: entries kept per layer and KV head
+  int32_t block_tokens = 2048;  // B
+  KeepMethod method = KeepMethod::kEpisode;
+  int32_t snap_window = 32;  // kSnapKv: queries per block (always kept)
+  int32_t sink_tokens = 4;   // kStreaming
+};
+
+struct EpisodeCache {
+  EpisodeCacheId id;
+  std::vector<int32_t> blocks;     // backend block ids holding entries [0, num_kept)
+  int32_t num_kept = 0;            // entries per layer and KV head
+  int32_t history_tokens = 0;      // the history's length: the next token's position
+  std::vector<int32_t> positions;  // [num_layers][num_kv_heads][num_kept] original positions
+  int64_t peak_entries = 0;        // the most entries live at once while building
+
+  // The view a sequence decoding on top of this cache uses.
+  KvView view() const { return KvView{num_kept, history_tokens}; }
+};
+
+// Blocks a build needs: room for M + B + |P_e| entries (M + B for the baselines).
+int32_t CompressBlocksNeeded(const CompressOptions& options, int32_t query_tokens,
+                             int32_t block_size);
+
+class EpisodeCompressor {
+ public:
+  explicit EpisodeCompressor(Backend* backend) : backend_(backend) {}
+
+  // Builds the cache of `history` into `blocks` (overwritten). query is P_e (kEpisode
+  // only; ignored otherwise). InvalidArgument for an empty history or query (kEpisode),
+  // a budget < 1, too few blocks (CompressBlocksNeeded), or a bad option.
+  Result<EpisodeCache> Build(std::span<const int32_t> history, std::span<const int32_t> query,
+                             const CompressOptions& options, std::vector<int32_t> blocks,
+                             EpisodeCacheId id = {});
+
+ private:
+  // Forwards tokens at `entry`.. (positions first_position..) over the first entry + n.
+  Status ForwardAt(std::span<const int32_t> tokens, int32_t entry, int32_t first_position,
+                   const std::vector<int32_t>& blocks, int32_t num_scored,
+                   std::vector<float>* scores);
+
+  Backend* backend_;
+  ForwardBatch batch_;
+  std::vector<float> logits_;
+};
+
+// Runs tokens on top of a built cache: the cache's entries stay as they are (new tokens
+// go after them), so Reset() makes it ready for the next message.
+class EpisodeDecoder {
+ public:
+  // REQUIRES: cache outlives the decoder, and its blocks stay allocated.
+  EpisodeDecoder(Backend* backend, const EpisodeCache& cache)
+      : backend_(backend), cache_(cache), num_entries_(cache.num_kept) {}
+
+  // Prefills tokens on top; *logits gets [tokens.size()][vocab] (every row: teacher-forced
+  // scoring) or, with last_only, the last row. ResourceExhausted when the cache's blocks
+  // have no room.
+  Status Append(std::span<const int32_t> tokens, bool last_only, std::vector<float>* logits);
+  // Prefills message and decodes greedily up to max_new_tokens, stopping after an id in
+  // stop_ids. Returns the generated tokens.
+  Result<std::vector<int32_t>> Generate(std::span<const int32_t> message, int32_t max_new_tokens,
+                                        std::span<const int32_t> stop_ids);
+  void Reset() { num_entries_ = cache_.num_kept; }
+  int32_t num_entries() const { return num_entries_; }
+
+ private:
+  Backend* backend_;
+  const EpisodeCache& cache_;
+  int32_t num_entries_;
+  ForwardBatch batch_;
+};
+
+}  // namespace kvkeep
