@@ -74,6 +74,14 @@ Status Service::LoadSessions() {
   for (const auto& s : sessions_.List(std::nullopt)) {  // tool events of earlier runs: uncounted
     std::lock_guard<std::mutex> lock(s->mu);
     stored_bytes_.ChargeAnyway(s->owner_uid, s->id, StoredBytes::Of(s->messages));
+    if (deps_.episodes && s->damage.empty()) {
+      std::vector<IndexedMessage> msgs;
+      for (size_t i = 0; i < s->messages.size(); ++i) {
+        msgs.push_back({static_cast<int64_t>(i), s->messages[i].role, s->messages[i].content});
+      }
+      deps_.episodes->Load(s->owner_uid, s->id, std::move(msgs),
+                           static_cast<int64_t>(s->tokens.size()));
+    }
   }
   return Status::OK();
 }
@@ -133,6 +141,9 @@ void Service::Handle(const std::shared_ptr<Client>& client, const protocol::Requ
       break;
     case Verb::kSessionRetain:
       reply = RetainVerb(ctx);
+      break;
+    case Verb::kSessionQuery:
+      reply = Query(ctx);
       break;
     case Verb::kSessionGenerate: {
       Status st = Generate(ctx);
@@ -208,6 +219,8 @@ Result<Message> Service::ParseMessage(const json& m,
 Service::Reply Service::Open(const Ctx& ctx) {
   ASSIGN_OR_RETURN(std::string id, ctx.params.StringOr("session", ""));
   ASSIGN_OR_RETURN(std::string system, ctx.params.StringOr("system", ""));
+  ASSIGN_OR_RETURN(const int64_t episode_budget,
+                   ctx.params.IntOr("episode_budget_tokens", -1, -1, INT64_MAX));
   if (id.empty() && ctx.params.Has("session")) {  // "" is a bad name, not an absent one
     return Status::InvalidArgument("'session' must not be empty (omit it for a new id)");
   }
@@ -231,6 +244,9 @@ Service::Reply Service::Open(const Ctx& ctx) {
       }
       existing->closed = false;
       existing->updated_us = now;
+      if (deps_.episodes && ctx.params.Has("episode_budget_tokens")) {
+        deps_.episodes->SetBudget(ctx.uid(), id, episode_budget);
+      }
       return json{{"session", id},
                   {"created", false},
                   {"num_messages", existing->messages.size()},
@@ -267,6 +283,10 @@ Service::Reply Service::Open(const Ctx& ctx) {
     return StoreError(st);
   }
   for (Message& m : first) session->AppendLocked(std::move(m));
+  if (deps_.episodes && ctx.params.Has("episode_budget_tokens")) {
+    deps_.episodes->SetBudget(ctx.uid(), id, episode_budget);
+  }
+  IndexNewLocked(*session, 0);
   return json{{"session", id},
               {"created", true},
               {"num_messages", session->messages.size()},
@@ -310,8 +330,10 @@ Service::Reply Service::Append(const Ctx& ctx) {
     stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
     return StoreError(st);
   }
+  const size_t first = s->messages.size();
   for (Message& m : msgs) s->AppendLocked(std::move(m));
   s->updated_us = now;
+  IndexNewLocked(*s, first);
   return json{{"session", s->id},
               {"num_messages", s->messages.size()},
               {"num_tokens", s->tokens.size()},
@@ -404,6 +426,7 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
   }
   s->AppendLocked(std::move(msgs[0]));
   s->updated_us = end_us;
+  IndexNewLocked(*s, s->messages.size() - 1);
   SessionHint hint{SessionHint::Kind::kToolEnd, EngineSessionOf(s->owner_uid, s->id),
                    deps_.clock->NowMicros(), 0, 0};
   if (pending) {
@@ -453,6 +476,7 @@ Service::Reply Service::Fork(const Ctx& ctx) {
     sessions_.ReleaseOpen(child->owner_uid);
     return StoreError(st);
   }
+  IndexNewLocked(*child, 0);  // the fork's own index, rebuilt from its messages
   return json{{"session", id},
               {"parent", parent->id},
               {"num_messages", child->messages.size()},
@@ -475,6 +499,7 @@ Service::Reply Service::Close(const Ctx& ctx) {
     s->deleted = true;
     sessions_.Remove(s->owner_uid, s->id);
     stored_bytes_.Forget(s->owner_uid, s->id);
+    if (deps_.episodes) deps_.episodes->Forget(s->owner_uid, s->id);
   }
   if (was_open) sessions_.ReleaseOpen(s->owner_uid);
   const SessionId engine_session = EngineSessionOf(s->owner_uid, s->id);
@@ -536,6 +561,7 @@ Service::Reply Service::Info(const Ctx& ctx) {
   }
   out["tool_events"] = std::move(jev);
   out["retention"] = RetentionJsonLocked(*s);
+  if (deps_.episodes) out["episodes"] = deps_.episodes->InfoJson(s->owner_uid, s->id);
   return out;
 }
 

@@ -23,6 +23,7 @@ struct Service::Generation {
   // max_tokens was cut so that the stored reply fits max_context_tokens: a `length`
   // finish is then reported as `context_limit` (issue 11, defect 8).
   bool cut_by_context = false;
+  json episode;  // the turn's route in an over-budget session (null: not routed)
 };
 
 namespace {
@@ -133,6 +134,7 @@ Status Service::Generate(const Ctx& ctx) {
     }
     deps_.post([this, gen, ev] { FinishGeneration(gen, ev); });
   };
+  gen->episode = RouteTurnLocked(*s, &req);  // recorded only for a turn that is submitted
   s->generating = true;
   num_generating_.fetch_add(1);
   if (Status st = deps_.engine->Submit(std::move(req)); !st.ok()) {
@@ -169,6 +171,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
         stored_bytes_.ChargeAnyway(s.owner_uid, s.id, StoredBytes::Of(msgs));
         s.AppendLocked(std::move(msgs[0]));
         s.updated_us = now;
+        IndexNewLocked(s, s.messages.size() - 1);
       } else {
         ok = false;
         error = st;
@@ -202,6 +205,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
                   {"decode_ms", u.decode_ms}}},
                 {"num_messages", s.messages.size()},
                 {"num_tokens", s.tokens.size()}};
+      if (!gen->episode.is_null()) result["episode"] = gen->episode;
     }
   }
   num_generating_.fetch_sub(1);
