@@ -145,6 +145,10 @@ void EpisodeIndex::Forget(uint32_t uid, const std::string& session) {
   Enqueue(Job{Job::Kind::kForget, {uid, session}});
 }
 
+void EpisodeIndex::Unload(uint32_t uid, const std::string& session) {
+  Enqueue(Job{Job::Kind::kUnload, {uid, session}});
+}
+
 void EpisodeIndex::WaitIdle() {
   std::unique_lock<std::mutex> lock(queue_mu_);
   idle_cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
@@ -171,6 +175,13 @@ void EpisodeIndex::RunJob(Job& job) {
   const Key& key = job.key;
   switch (job.kind) {
     case Job::Kind::kForget: {
+      std::lock_guard<std::mutex> lock(states_mu_);
+      states_.erase(key);
+      open_windows_.erase(key);
+      return;
+    }
+    case Job::Kind::kUnload: {
+      SaveSession(key, /*force=*/true);
       std::lock_guard<std::mutex> lock(states_mu_);
       states_.erase(key);
       open_windows_.erase(key);

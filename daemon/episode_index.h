@@ -114,6 +114,9 @@ class EpisodeIndex {
   void SetBudget(uint32_t uid, const std::string& session, int64_t budget_tokens);
   // The session was deleted: its state goes (the store deletes its row with the session).
   void Forget(uint32_t uid, const std::string& session);
+  // The session was closed and kept: its state is saved and leaves memory (Load brings it
+  // back when the session is reopened), so only open sessions' indexes are held.
+  void Unload(uint32_t uid, const std::string& session);
   // Blocks until the queue is empty and the worker idle (tests, shutdown).
   void WaitIdle();
 
@@ -135,7 +138,7 @@ class EpisodeIndex {
  private:
   using Key = std::pair<uint32_t, std::string>;
   struct Job {  // one unit of the worker's queue
-    enum class Kind { kLoad, kAppend, kBudget, kForget, kSave } kind = Kind::kAppend;
+    enum class Kind { kLoad, kAppend, kBudget, kForget, kUnload, kSave } kind = Kind::kAppend;
     Key key;
     std::vector<IndexedMessage> messages;
     int64_t total_tokens = 0;

@@ -127,18 +127,47 @@ Status EpisodeIndex::IndexMessages(const Key& key, const std::vector<IndexedMess
   ASSIGN_OR_RETURN(std::vector<float> seg_vectors, EmbedFor(key.first, texts, observe));
   ASSIGN_OR_RETURN(std::vector<float> win_vectors, EmbedFor(key.first, window_texts, false));
 
+  // The worker is the only writer of a session's segments and index, so they cannot move
+  // between the two locked sections below. When this add passes the HNSW threshold, the
+  // one-time rebuild (seconds to minutes: bench/RESULTS.md) runs on a copy without the
+  // lock, and queries use the flat index meanwhile.
+  std::vector<int64_t> ids;
+  std::unique_ptr<index::VectorIndex> switched;
+  if (!segs.empty()) {
+    std::string flat_bytes;
+    {
+      std::lock_guard<std::mutex> lock(states_mu_);
+      auto it = states_.find(key);
+      if (it == states_.end()) return Status::OK();
+      const index::VectorIndex& vi = *it->second.segment_index;
+      for (size_t i = 0; i < segs.size(); ++i) ids.push_back(vi.size() + static_cast<int64_t>(i));
+      if (!vi.is_hnsw() &&
+          vi.size() + static_cast<int64_t>(ids.size()) > options_.vectors.hnsw_threshold) {
+        ASSIGN_OR_RETURN(flat_bytes, vi.Serialize());
+      }
+    }
+    if (!flat_bytes.empty()) {
+      ASSIGN_OR_RETURN(switched, index::VectorIndex::Restore(flat_bytes, options_.vectors));
+      RETURN_IF_ERROR(switched->Add(ids, seg_vectors));
+      spdlog::info("episodes: session '{}' switched to HNSW at {} segments", key.second,
+                   switched->size());
+    }
+  }
+
   std::lock_guard<std::mutex> lock(states_mu_);
   auto it = states_.find(key);
   if (it == states_.end()) return Status::OK();
   SessionEpisodes& s = it->second;
-  std::vector<int64_t> ids;
-  for (const auto& seg : segs) {
-    ids.push_back(static_cast<int64_t>(s.segments.size()));
+  if (switched) {
+    s.segment_index = std::move(switched);
+  } else if (!ids.empty()) {
+    RETURN_IF_ERROR(s.segment_index->Add(ids, seg_vectors));
+  }
+  for (const auto& seg : segs) {  // only once their vectors are in
     s.segments.push_back({static_cast<int32_t>(fresh_seq[seg.first_message]),
                           static_cast<int32_t>(fresh_seq[seg.end_message - 1] + 1), seg.begin_byte,
                           seg.end_byte});
   }
-  if (!ids.empty()) RETURN_IF_ERROR(s.segment_index->Add(ids, seg_vectors));
   s.window_vectors.insert(s.window_vectors.end(), win_vectors.begin(), win_vectors.end());
   if (capped && !s.capped) {
     spdlog::warn("episodes: session '{}' reached {} indexed segments; later ones are not indexed",

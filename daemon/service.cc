@@ -74,14 +74,7 @@ Status Service::LoadSessions() {
   for (const auto& s : sessions_.List(std::nullopt)) {  // tool events of earlier runs: uncounted
     std::lock_guard<std::mutex> lock(s->mu);
     stored_bytes_.ChargeAnyway(s->owner_uid, s->id, StoredBytes::Of(s->messages));
-    if (deps_.episodes && s->damage.empty()) {
-      std::vector<IndexedMessage> msgs;
-      for (size_t i = 0; i < s->messages.size(); ++i) {
-        msgs.push_back({static_cast<int64_t>(i), s->messages[i].role, s->messages[i].content});
-      }
-      deps_.episodes->Load(s->owner_uid, s->id, std::move(msgs),
-                           static_cast<int64_t>(s->tokens.size()));
-    }
+    if (!s->closed) LoadEpisodesLocked(*s);  // closed ones' stay in the store until reopened
   }
   return Status::OK();
 }
@@ -244,6 +237,7 @@ Service::Reply Service::Open(const Ctx& ctx) {
       }
       existing->closed = false;
       existing->updated_us = now;
+      LoadEpisodesLocked(*existing);
       if (deps_.episodes && ctx.params.Has("episode_budget_tokens")) {
         deps_.episodes->SetBudget(ctx.uid(), id, episode_budget);
       }
@@ -500,6 +494,8 @@ Service::Reply Service::Close(const Ctx& ctx) {
     sessions_.Remove(s->owner_uid, s->id);
     stored_bytes_.Forget(s->owner_uid, s->id);
     if (deps_.episodes) deps_.episodes->Forget(s->owner_uid, s->id);
+  } else if (deps_.episodes && was_open) {
+    deps_.episodes->Unload(s->owner_uid, s->id);
   }
   if (was_open) sessions_.ReleaseOpen(s->owner_uid);
   const SessionId engine_session = EngineSessionOf(s->owner_uid, s->id);

@@ -117,6 +117,8 @@ class Service {
   Reply Query(const Ctx& ctx);
   // Hands messages [first, end) of s to the episode index. REQUIRES: s.mu held.
   void IndexNewLocked(const Session& s, size_t first) const;
+  // Brings s's episode state into memory (daemon start, reopen). REQUIRES: s.mu held.
+  void LoadEpisodesLocked(const Session& s) const;
   // Routes the turn about to be generated when s is over its episode budget and its last
   // message is the user's; may let serve_episode rewrite req. Returns the route for the
   // reply's "episode" ({"episode", "num_episodes", "served_by"}), null when not routed.

@@ -20,6 +20,15 @@ void Service::IndexNewLocked(const Session& s, size_t first) const {
   deps_.episodes->Append(s.owner_uid, s.id, std::move(msgs), static_cast<int64_t>(s.tokens.size()));
 }
 
+void Service::LoadEpisodesLocked(const Session& s) const {
+  if (!deps_.episodes || !s.damage.empty()) return;
+  std::vector<IndexedMessage> msgs;
+  for (size_t i = 0; i < s.messages.size(); ++i) {
+    msgs.push_back({static_cast<int64_t>(i), s.messages[i].role, s.messages[i].content});
+  }
+  deps_.episodes->Load(s.owner_uid, s.id, std::move(msgs), static_cast<int64_t>(s.tokens.size()));
+}
+
 Service::Reply Service::Query(const Ctx& ctx) {
   if (!deps_.episodes) return Status::Unavailable("the episode index is off in this daemon");
   ASSIGN_OR_RETURN(auto s, FindSession(ctx));
@@ -30,6 +39,9 @@ Service::Reply Service::Query(const Ctx& ctx) {
   {
     std::lock_guard<std::mutex> lock(s->mu);
     if (s->deleted) return Status::NotFound("no session '" + s->id + "'");
+    if (s->closed) {  // its index waits in the store
+      return Status::InvalidArgument("session '" + s->id + "' is closed (reopen it to query)");
+    }
   }
   // Searched without the session's lock: embedding the query may take tens of ms.
   ASSIGN_OR_RETURN(std::vector<QueryHit> hits,

@@ -107,6 +107,19 @@ TEST(DaemonEpisodesTest, QueryRouteRestartAndRebuild) {
         c.ErrorCode(
             {{"id", 12}, {"verb", "session.query"}, {"session", "nope"}, {"text", "x"}, {"k", 2}}),
         "not_found");
+    // Closed and kept: its index waits in the store; reopened, it answers as before.
+    c.Ok({{"id", 13}, {"verb", "session.close"}, {"session", "e"}, {"keep", true}});
+    EXPECT_EQ(
+        c.ErrorCode(
+            {{"id", 14}, {"verb", "session.query"}, {"session", "e"}, {"text", "x"}, {"k", 2}}),
+        "invalid_argument");
+    c.Ok({{"id", 15}, {"verb", "session.open"}, {"session", "e"}});
+    json again = QueryWhenIndexed(c, "e", "crampons on the glacier ice", 3);
+    ASSERT_EQ(again["hits"].size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(again["hits"][i]["segment"], before["hits"][i]["segment"]) << i;
+      EXPECT_EQ(again["hits"][i]["score"], before["hits"][i]["score"]) << i;
+    }
   }
   f.daemon.Signal(SIGTERM);
   ASSERT_EQ(f.daemon.WaitExit(60000), 0) << f.daemon.Log();

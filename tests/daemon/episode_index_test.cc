@@ -220,6 +220,22 @@ TEST(EpisodeIndexTest, SurvivesARestartAndIndexesWhatCameAfterTheLastSave) {
   EXPECT_EQ(f.index->InfoJson(7, "s1")["indexed_messages"], 34);
 }
 
+TEST(EpisodeIndexTest, UnloadedSessionsLeaveMemoryAndComeBack) {
+  Fixture f;
+  f.Open(HashedOptions());
+  auto msgs = Conversation();
+  f.index->Append(7, "s1", msgs, TokensOf(msgs));
+  f.index->WaitIdle();
+  const auto before = QueryOrDie(*f.index, "glacier lagoon icebergs");
+  f.index->Unload(7, "s1");  // closed, kept
+  f.index->WaitIdle();
+  EXPECT_EQ(f.index->Query(7, "s1", "glacier", 3).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(f.index->InfoJson(7, "s1")["indexed_messages"], 0);
+  f.index->Load(7, "s1", msgs, TokensOf(msgs));  // reopened
+  f.index->WaitIdle();
+  ExpectSameHits(QueryOrDie(*f.index, "glacier lagoon icebergs"), before);
+}
+
 TEST(EpisodeIndexTest, CorruptBlobIsRebuiltFromTheMessages) {
   Fixture f;
   f.Open(HashedOptions());
@@ -316,6 +332,35 @@ TEST(EpisodeIndexTest, PerSessionBudgetOverridesTheGlobalOne) {
   auto r2 = f.index->Route(7, "s2", 32, "tax", tokens);
   ASSERT_TRUE(r2.ok());
   EXPECT_FALSE(r2->has_value());
+}
+
+TEST(EpisodeIndexTest, SwitchesToHnswPastTheThresholdAndStillFindsTheNearest) {
+  Fixture f;
+  EpisodeOptions o = HashedOptions();
+  o.vectors.hnsw_threshold = 20;
+  f.Open(o);
+  auto msgs = Conversation();
+  f.index->Append(7, "s1", {msgs.begin(), msgs.begin() + 8}, 0);  // 16 segments
+  f.index->WaitIdle();
+  EXPECT_FALSE(f.index->InfoJson(7, "s1")["hnsw"].get<bool>());
+  f.index->Append(7, "s1", {msgs.begin() + 8, msgs.end()}, TokensOf(msgs));
+  f.index->WaitIdle();
+  auto info = f.index->InfoJson(7, "s1");
+  EXPECT_TRUE(info["hnsw"].get<bool>());
+  EXPECT_EQ(info["segments"], 64);
+  for (const std::string& q :
+       std::vector<std::string>{"the linker and the backtrace", "glacier crampons", "tax refund"}) {
+    auto hits = f.index->Query(7, "s1", q, 1);
+    ASSERT_TRUE(hits.ok()) << hits.status().ToString();
+    auto ref = Reference(msgs, {8, msgs.size()}, q, 1);
+    EXPECT_EQ((*hits)[0].segment, ref[0].first) << q;
+    EXPECT_NEAR((*hits)[0].score, ref[0].second, 1e-5) << q;
+  }
+  // And it is stored and restored as HNSW.
+  f.Open(o);
+  f.index->Load(7, "s1", msgs, TokensOf(msgs));
+  f.index->WaitIdle();
+  EXPECT_TRUE(f.index->InfoJson(7, "s1")["hnsw"].get<bool>());
 }
 
 TEST(EpisodeIndexTest, CapsVectorsPerSession) {
