@@ -65,6 +65,8 @@ TEST(DaemonEpisodesTest, QueryRouteRestartAndRebuild) {
             {"messages", {{{"role", "user"}, {"content", "Do I need crampons on the glacier?"}}}}});
       c.Ok({{"id", 5}, {"verb", "session.generate"}, {"session", s}, {"forced", "yes"}});
     }
+    // Both sessions indexed first: they share the uid's IDF, which a query vector uses.
+    QueryWhenIndexed(c, "u", "crampons", 1);
     before = QueryWhenIndexed(c, "e", "crampons on the glacier ice", 3);
     ASSERT_EQ(before["hits"].size(), 3u) << before.dump();
     EXPECT_EQ(before["hits"][0]["first_message"], 16);  // the user's question itself
