@@ -4,7 +4,10 @@
 //     same bytes (the floor any embedder pays to read its input);
 //   FAISS: add (per vector) and top-10 search latency at 1k, 10k and 100k vectors of
 //     dim 384, flat below VectorIndex's HNSW threshold (10k) and HNSW above it; anchor:
-//     a brute-force inner-product scan over the same vectors.
+//     a brute-force inner-product scan over the same vectors;
+//   clustering: one full ClusterEpisodes (E = 4, 5 restarts, 25 iterations) over n hashed
+//     window vectors (dim 4096), what the daemon pays at each full re-clustering; anchor:
+//     embedding the same n windows with hashed (BM_EmbedHashedN).
 // bert needs the model scripts/setup installs (skipped with a message when absent).
 #include <benchmark/benchmark.h>
 
@@ -13,6 +16,7 @@
 #include "engine/bert_encoder.h"
 #include "engine/embedder_factory.h"
 #include "index/embedder.h"
+#include "index/episodes.h"
 #include "index/hashed_embedder.h"
 #include "index/vector_index.h"
 
@@ -103,6 +107,7 @@ void BM_FaissAdd(benchmark::State& state) {
 BENCHMARK(BM_FaissAdd)
     ->Arg(1000)
     ->Arg(10000)
+    ->Arg(20000)  // the first size past the HNSW threshold that builds in minutes when loaded
     ->Arg(100000)
     ->Unit(benchmark::kMillisecond)
     ->Iterations(1);
@@ -137,6 +142,28 @@ void BM_BruteScanAnchor(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_BruteScanAnchor)->Arg(1000)->Arg(10000)->Arg(100000)->Unit(benchmark::kMicrosecond);
+
+void BM_EmbedHashedN(benchmark::State& state) {
+  const auto texts = Windows(static_cast<int>(state.range(0)));
+  for (auto _ : state) {
+    index::HashedEmbedder e;
+    e.Observe(texts);
+    benchmark::DoNotOptimize(e.Embed(texts));
+  }
+}
+BENCHMARK(BM_EmbedHashedN)->Arg(100)->Arg(400)->Arg(1600)->Unit(benchmark::kMillisecond);
+
+void BM_ClusterEpisodes(benchmark::State& state) {
+  const auto n = static_cast<int32_t>(state.range(0));
+  const auto texts = Windows(n);
+  index::HashedEmbedder e;
+  e.Observe(texts);
+  const auto vectors = e.Embed(texts);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(index::ClusterEpisodes(*vectors, n, e.dim(), {}));
+  }
+}
+BENCHMARK(BM_ClusterEpisodes)->Arg(100)->Arg(400)->Arg(1600)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace kvkeep

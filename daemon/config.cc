@@ -228,6 +228,16 @@ Status ApplyCluster(const json& j, DaemonClusterOptions* c) {
   return r.Finish();
 }
 
+Status ApplyEpisodes(const json& j, DaemonEpisodeOptions* e) {
+  FieldReader r(j, "episodes.");
+  r.Known({"index", "embedder", "budget_tokens", "num_episodes"});
+  r.Bool("index", &e->index);
+  r.String("embedder", &e->embedder);
+  r.Int("budget_tokens", &e->budget_tokens, 0, kMaxI64);
+  r.Int("num_episodes", &e->num_episodes, 1, 1024);
+  return r.Finish();
+}
+
 }  // namespace
 
 Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
@@ -237,7 +247,7 @@ Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
   FieldReader r(doc, "");
   r.Known({"model", "socket", "state_dir", "socket_mode", "socket_group", "admin_group",
            "log_level", "policy", "io_threads", "watchdog_interval_ms", "limits", "engine", "ttl",
-           "http", "cluster"});
+           "http", "cluster", "episodes"});
   r.String("model", &o->model_dir);
   r.String("socket", &o->socket_path);
   r.String("state_dir", &o->state_dir);
@@ -253,6 +263,7 @@ Status ApplyConfigJson(std::string_view json_text, DaemonOptions* o) {
   if (const json* ttl = r.Object("ttl")) RETURN_IF_ERROR(ApplyTtl(*ttl, &o->ttl));
   if (const json* http = r.Object("http")) RETURN_IF_ERROR(ApplyHttp(*http, &o->http));
   if (const json* c = r.Object("cluster")) RETURN_IF_ERROR(ApplyCluster(*c, &o->cluster));
+  if (const json* e = r.Object("episodes")) RETURN_IF_ERROR(ApplyEpisodes(*e, &o->episodes));
   return r.Finish();
 }
 
@@ -387,6 +398,16 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       "bound on each Redis connect, send and receive, ms");
   str("--cluster-secret-file", &f.cluster.cluster_secret_file, &o.cluster.cluster_secret_file,
       "secret shared by the instances of one cluster: tenant salts = HMAC(secret, tenant)");
+  str("--embedder", &f.episodes.embedder, &o.episodes.embedder,
+      "segment embedder: hashed|bert|hybrid|default (hybrid when MiniLM is installed)");
+  num("--episode-budget-tokens", &f.episodes.budget_tokens, &o.episodes.budget_tokens,
+      "a session's KV budget before its history is clustered into episodes; 0: never");
+  num("--episodes", &f.episodes.num_episodes, &o.episodes.num_episodes,
+      "episodes per over-budget session (E)");
+  std::string index_text;
+  overrides.push_back({app.add_option("--episode-index", index_text,
+                                      "on|off: index appended messages for session.query"),
+                       [&] { o.episodes.index = index_text != "off"; }});
   str("--testing-scripted-replies", &f.http.testing_scripted_replies,
       &o.http.testing_scripted_replies, "TESTING ONLY: JSON array of forced assistant replies");
 
@@ -474,6 +495,11 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"remote_auth_file", o.cluster.remote_auth_file},
         {"remote_timeout_ms", o.cluster.remote_timeout_ms},
         {"cluster_secret_file", o.cluster.cluster_secret_file}}},
+      {"episodes",
+       {{"index", o.episodes.index},
+        {"embedder", o.episodes.embedder},
+        {"budget_tokens", o.episodes.budget_tokens},
+        {"num_episodes", o.episodes.num_episodes}}},
   };
   return doc.dump(2);
 }

@@ -79,6 +79,14 @@ struct DaemonClusterOptions {
   std::string cluster_secret_file;  // tenant salts shared by instances; "": per instance
 };
 
+// The per-session segment index and episodes (docs/episodes.md "In the daemon").
+struct DaemonEpisodeOptions {
+  bool index = true;                 // --episode-index on|off: index appended messages
+  std::string embedder = "default";  // --embedder hashed|bert|hybrid|default
+  int64_t budget_tokens = 0;         // --episode-budget-tokens: global budget; 0: no episodes
+  int32_t num_episodes = 4;          // --episodes: E
+};
+
 struct DaemonOptions {
   std::string model_dir;    // empty: the installed default model, else the tiny one
   std::string socket_path;  // Unix socket to listen on
@@ -95,6 +103,7 @@ struct DaemonOptions {
   DaemonTtlOptions ttl;
   DaemonHttpOptions http;
   DaemonClusterOptions cluster;
+  DaemonEpisodeOptions episodes;
 
   std::string DatabasePath() const { return JoinPath(state_dir, "kvkeep.db"); }
   std::string DefaultModelDir() const { return JoinPath(state_dir, "models/tiny"); }

@@ -10,6 +10,7 @@
 
 #include "base/clock.h"
 #include "base/logging.h"
+#include "daemon/episode_index.h"
 #include "daemon/http_server.h"
 #include "daemon/metrics.h"
 #include "daemon/openai_api.h"
@@ -43,6 +44,7 @@ struct Daemon::Impl {
   CostModel cost_model = DefaultCostModel();  // prices a hit; calibrated or loaded at start
   std::unique_ptr<TurnRenderer> renderer;
   std::unique_ptr<Store> store;
+  std::unique_ptr<EpisodeIndex> episodes;  // null when options.episodes.index is off
   DaemonMetrics metrics;
   std::string model_id;
   asio::io_context io;
@@ -189,10 +191,15 @@ Status Daemon::Impl::Assemble() {
   so.policy = options.policy;
   so.retain_quota_blocks = options.ttl.retain_quota_blocks;
   so.tenant_salt = tenant_salt;
+  if (options.episodes.index) {
+    ASSIGN_OR_RETURN(episodes, EpisodeIndex::Create(MakeEpisodeOptions(options.episodes), env,
+                                                    store.get(), clock));
+  }
   ServiceDeps deps{
       engine.get(), renderer.get(),
       store.get(),  clock,
       &metrics,     [this](std::function<void()> task) { asio::post(io, std::move(task)); }};
+  deps.episodes = episodes.get();
   service = std::make_unique<Service>(so, std::move(deps));
   return service->LoadSessions();
 }
@@ -441,7 +448,8 @@ Status Daemon::Run() {
   d.openai.reset();
   d.server.reset();
   d.service.reset();
-  d.store.reset();  // closes SQLite (checkpoints the WAL)
+  d.episodes.reset();  // finishes its job in hand and saves what is unsaved
+  d.store.reset();     // closes SQLite (checkpoints the WAL)
   spdlog::info("kvkeepd stopped");
   return Status::OK();
 }

@@ -19,6 +19,7 @@ constexpr std::pair<Verb, std::string_view> kVerbs[] = {
     {Verb::kStats, "stats"},
     {Verb::kCancel, "cancel"},
     {Verb::kSessionRetain, "session.retain"},
+    {Verb::kSessionQuery, "session.query"},
 };
 
 Status Invalid(const char* key, std::string_view what) {

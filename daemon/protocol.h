@@ -64,6 +64,7 @@ enum class Verb {
   kStats,
   kCancel,
   kSessionRetain,
+  kSessionQuery,
 };
 std::optional<Verb> ParseVerb(std::string_view name);
 std::string_view VerbName(Verb verb);

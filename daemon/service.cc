@@ -74,6 +74,7 @@ Status Service::LoadSessions() {
   for (const auto& s : sessions_.List(std::nullopt)) {  // tool events of earlier runs: uncounted
     std::lock_guard<std::mutex> lock(s->mu);
     stored_bytes_.ChargeAnyway(s->owner_uid, s->id, StoredBytes::Of(s->messages));
+    if (!s->closed) LoadEpisodesLocked(*s);  // closed ones' stay in the store until reopened
   }
   return Status::OK();
 }
@@ -133,6 +134,9 @@ void Service::Handle(const std::shared_ptr<Client>& client, const protocol::Requ
       break;
     case Verb::kSessionRetain:
       reply = RetainVerb(ctx);
+      break;
+    case Verb::kSessionQuery:
+      reply = Query(ctx);
       break;
     case Verb::kSessionGenerate: {
       Status st = Generate(ctx);
@@ -208,6 +212,8 @@ Result<Message> Service::ParseMessage(const json& m,
 Service::Reply Service::Open(const Ctx& ctx) {
   ASSIGN_OR_RETURN(std::string id, ctx.params.StringOr("session", ""));
   ASSIGN_OR_RETURN(std::string system, ctx.params.StringOr("system", ""));
+  ASSIGN_OR_RETURN(const int64_t episode_budget,
+                   ctx.params.IntOr("episode_budget_tokens", -1, -1, INT64_MAX));
   if (id.empty() && ctx.params.Has("session")) {  // "" is a bad name, not an absent one
     return Status::InvalidArgument("'session' must not be empty (omit it for a new id)");
   }
@@ -231,6 +237,10 @@ Service::Reply Service::Open(const Ctx& ctx) {
       }
       existing->closed = false;
       existing->updated_us = now;
+      LoadEpisodesLocked(*existing);
+      if (deps_.episodes && ctx.params.Has("episode_budget_tokens")) {
+        deps_.episodes->SetBudget(ctx.uid(), id, episode_budget);
+      }
       return json{{"session", id},
                   {"created", false},
                   {"num_messages", existing->messages.size()},
@@ -267,6 +277,10 @@ Service::Reply Service::Open(const Ctx& ctx) {
     return StoreError(st);
   }
   for (Message& m : first) session->AppendLocked(std::move(m));
+  if (deps_.episodes && ctx.params.Has("episode_budget_tokens")) {
+    deps_.episodes->SetBudget(ctx.uid(), id, episode_budget);
+  }
+  IndexNewLocked(*session, 0);
   return json{{"session", id},
               {"created", true},
               {"num_messages", session->messages.size()},
@@ -310,8 +324,10 @@ Service::Reply Service::Append(const Ctx& ctx) {
     stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
     return StoreError(st);
   }
+  const size_t first = s->messages.size();
   for (Message& m : msgs) s->AppendLocked(std::move(m));
   s->updated_us = now;
+  IndexNewLocked(*s, first);
   return json{{"session", s->id},
               {"num_messages", s->messages.size()},
               {"num_tokens", s->tokens.size()},
@@ -404,6 +420,7 @@ Service::Reply Service::ToolEnd(const Ctx& ctx) {
   }
   s->AppendLocked(std::move(msgs[0]));
   s->updated_us = end_us;
+  IndexNewLocked(*s, s->messages.size() - 1);
   SessionHint hint{SessionHint::Kind::kToolEnd, EngineSessionOf(s->owner_uid, s->id),
                    deps_.clock->NowMicros(), 0, 0};
   if (pending) {
@@ -453,6 +470,7 @@ Service::Reply Service::Fork(const Ctx& ctx) {
     sessions_.ReleaseOpen(child->owner_uid);
     return StoreError(st);
   }
+  IndexNewLocked(*child, 0);  // the fork's own index, rebuilt from its messages
   return json{{"session", id},
               {"parent", parent->id},
               {"num_messages", child->messages.size()},
@@ -475,6 +493,9 @@ Service::Reply Service::Close(const Ctx& ctx) {
     s->deleted = true;
     sessions_.Remove(s->owner_uid, s->id);
     stored_bytes_.Forget(s->owner_uid, s->id);
+    if (deps_.episodes) deps_.episodes->Forget(s->owner_uid, s->id);
+  } else if (deps_.episodes && was_open) {
+    deps_.episodes->Unload(s->owner_uid, s->id);
   }
   if (was_open) sessions_.ReleaseOpen(s->owner_uid);
   const SessionId engine_session = EngineSessionOf(s->owner_uid, s->id);
@@ -536,6 +557,7 @@ Service::Reply Service::Info(const Ctx& ctx) {
   }
   out["tool_events"] = std::move(jev);
   out["retention"] = RetentionJsonLocked(*s);
+  if (deps_.episodes) out["episodes"] = deps_.episodes->InfoJson(s->owner_uid, s->id);
   return out;
 }
 

@@ -24,6 +24,8 @@
 #include "base/clock.h"
 #include "daemon/client.h"
 #include "daemon/config.h"
+#include "daemon/episode_index.h"
+#include "daemon/episode_serve.h"
 #include "daemon/metrics.h"
 #include "daemon/protocol.h"
 #include "daemon/session.h"
@@ -54,6 +56,11 @@ struct ServiceDeps {
   DaemonMetrics* metrics = nullptr;
   // Runs a task on an I/O thread (asio::post onto the io_context).
   std::function<void(std::function<void()>)> post;
+  // The per-session segment index and episodes (daemon/episode_index.h); null: off
+  // (session.query answers unavailable).
+  EpisodeIndex* episodes = nullptr;
+  // The KV half's entry point for a routed turn (daemon/episode_serve.h); unset: full KV.
+  EpisodeServeFn serve_episode;
 };
 
 class Service {
@@ -106,6 +113,17 @@ class Service {
   Reply Stats(const Ctx& ctx);
   Reply Cancel(const Ctx& ctx);
   Reply RetainVerb(const Ctx& ctx);
+  // session.query {session, text, k}: the top segments of the session's index.
+  Reply Query(const Ctx& ctx);
+  // Hands messages [first, end) of s to the episode index. REQUIRES: s.mu held.
+  void IndexNewLocked(const Session& s, size_t first) const;
+  // Brings s's episode state into memory (daemon start, reopen). REQUIRES: s.mu held.
+  void LoadEpisodesLocked(const Session& s) const;
+  // Routes the turn about to be generated when s is over its episode budget and its last
+  // message is the user's; may let serve_episode rewrite req. Returns the route for the
+  // reply's "episode" ({"episode", "num_episodes", "served_by"}), null when not routed.
+  // REQUIRES: s.mu held.
+  nlohmann::json RouteTurnLocked(const Session& s, GenerateRequest* req);
   // The optional `retain: {ttl_s, priority?}` of session.generate, applied before submit.
   // REQUIRES: s.mu held (as are both below).
   Status RetainField(const Ctx& ctx, const Session& s);

@@ -25,6 +25,7 @@ struct Service::Generation {
   // finish is then reported as `context_limit` (issue 11, defect 8).
   bool cut_by_context = false;
   std::shared_ptr<RequestTrace> trace;  // step timings, at log level debug only
+  json episode;  // the turn's route in an over-budget session (null: not routed)
 };
 
 namespace {
@@ -139,6 +140,7 @@ Status Service::Generate(const Ctx& ctx) {
     TraceMark(gen->trace, "engine_done");
     deps_.post([this, gen, ev] { FinishGeneration(gen, ev); });
   };
+  gen->episode = RouteTurnLocked(*s, &req);  // recorded only for a turn that is submitted
   TraceMark(gen->trace, "validate");  // parameters checked, prompt built; next: Submit
   s->generating = true;
   num_generating_.fetch_add(1);
@@ -177,6 +179,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
         stored_bytes_.ChargeAnyway(s.owner_uid, s.id, StoredBytes::Of(msgs));
         s.AppendLocked(std::move(msgs[0]));
         s.updated_us = now;
+        IndexNewLocked(s, s.messages.size() - 1);
       } else {
         ok = false;
         error = st;
@@ -211,6 +214,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
                   {"decode_ms", u.decode_ms}}},
                 {"num_messages", s.messages.size()},
                 {"num_tokens", s.tokens.size()}};
+      if (!gen->episode.is_null()) result["episode"] = gen->episode;
     }
   }
   num_generating_.fetch_sub(1);

@@ -56,6 +56,13 @@ const char* const kMigrations[] = {
       mean_s REAL NOT NULL, p50_s REAL NOT NULL, p90_s REAL NOT NULL, p99_s REAL NOT NULL,
       updated_us INTEGER NOT NULL);
     )sql",
+    // 5: episode state (daemon/episode_state.h): a session's segment index, window vectors
+    // and routed turns; session_id '' holds the tenant's hashed IDF.
+    R"sql(
+    CREATE TABLE episode_blobs (
+      owner_uid INTEGER NOT NULL, session_id TEXT NOT NULL, blob BLOB NOT NULL,
+      updated_us INTEGER NOT NULL, PRIMARY KEY (owner_uid, session_id));
+    )sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
@@ -121,6 +128,12 @@ class Stmt {
     const unsigned char* t = sqlite3_column_text(stmt_, c);
     return t ? std::string(reinterpret_cast<const char*>(t), sqlite3_column_bytes(stmt_, c))
              : std::string();
+  }
+  std::string ColBlob(int c) {
+    const void* p = sqlite3_column_blob(stmt_, c);
+    int n = sqlite3_column_bytes(stmt_, c);
+    return p && n ? std::string(static_cast<const char*>(p), static_cast<size_t>(n))
+                  : std::string();
   }
   std::vector<int32_t> ColTokens(int c) {
     const void* p = sqlite3_column_blob(stmt_, c);
@@ -474,6 +487,7 @@ Status Store::DeleteSession(uint32_t uid, const std::string& id) {
   return Write([&](sqlite3* db) {
     for (const char* sql : {"DELETE FROM messages WHERE owner_uid = ? AND session_id = ?",
                             "DELETE FROM tool_events WHERE owner_uid = ? AND session_id = ?",
+                            "DELETE FROM episode_blobs WHERE owner_uid = ? AND session_id = ?",
                             "DELETE FROM sessions WHERE owner_uid = ? AND id = ?"}) {
       RETURN_IF_ERROR(Stmt(db, sql).Int(1, uid).Text(2, id).Run());
     }
@@ -567,6 +581,30 @@ Result<std::vector<ToolEvent>> Store::ListToolEvents(uint32_t uid, const std::st
     if (!q.ColIsNull(5)) e.duration_us = q.ColInt(5);
     out.push_back(std::move(e));
   }
+  RETURN_IF_ERROR(q.status());
+  return out;
+}
+
+Status Store::PutEpisodeBlob(uint32_t uid, const std::string& session, const std::string& blob,
+                             int64_t updated_us) {
+  return Write([&](sqlite3* db) {
+    return Stmt(db,
+                "INSERT OR REPLACE INTO episode_blobs (owner_uid, session_id, blob, updated_us) "
+                "VALUES (?, ?, ?, ?)")
+        .Int(1, uid)
+        .Text(2, session)
+        .Blob(3, blob.data(), blob.size())
+        .Int(4, updated_us)
+        .Run();
+  });
+}
+
+Result<std::optional<std::string>> Store::GetEpisodeBlob(uint32_t uid, const std::string& session) {
+  MutexLock lock(&db_mu_);
+  Stmt q(db_, "SELECT blob FROM episode_blobs WHERE owner_uid = ? AND session_id = ?");
+  q.Int(1, uid).Text(2, session);
+  std::optional<std::string> out;
+  if (q.Next()) out = q.ColBlob(0);
   RETURN_IF_ERROR(q.status());
   return out;
 }

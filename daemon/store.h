@@ -23,6 +23,8 @@
 //   tool_latency(tool, duration_us, at_us, key)      per-tool samples; key: the tool key
 //                                                     (policy/tool_key.h), NULL: use tool
 //   tool_stats(key, num_samples, effective_samples, mean_s, p50_s, p90_s, p99_s, updated_us)
+//   episode_blobs(owner_uid, session_id, blob, updated_us)  daemon/episode_state.h's bytes;
+//                                                     session_id '': the tenant's IDF
 // Session ids are scoped to their owner uid. Timestamps are wall-clock microseconds.
 //
 // Thread-safety: all methods are thread-safe; one SQLite connection guarded by a mutex.
@@ -142,6 +144,12 @@ class Store {
   // The fitted per-key figures, replaced key by key, in one transaction.
   Status SaveToolStats(const std::vector<ToolKeySummary>& stats, int64_t updated_us);
   Result<std::vector<ToolKeySummary>> LoadToolStats();
+
+  // Episode state (migration 5): opaque bytes per (uid, session), session '' for the
+  // tenant's own. Deleted with the session. Get returns nullopt when none is stored.
+  Status PutEpisodeBlob(uint32_t owner_uid, const std::string& session, const std::string& blob,
+                        int64_t updated_us);
+  Result<std::optional<std::string>> GetEpisodeBlob(uint32_t owner_uid, const std::string& session);
 
   // Every session with its messages (daemon start). A session whose message rows fail
   // their checksum comes back with `damage` set (and is logged as an error).

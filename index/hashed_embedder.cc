@@ -60,6 +60,23 @@ float HashedEmbedder::Idf(int32_t bucket) const {
       std::log((1.0 + static_cast<double>(num_observed_)) / (1.0 + doc_freq_[bucket])) + 1.0);
 }
 
+Status HashedEmbedder::SetIdfState(int64_t num_observed, std::vector<int64_t> doc_freq) {
+  if (doc_freq.size() != doc_freq_.size()) {
+    return Status::InvalidArgument("hashed IDF state has " + std::to_string(doc_freq.size()) +
+                                   " buckets; the embedder has " +
+                                   std::to_string(doc_freq_.size()));
+  }
+  if (num_observed < 0) return Status::InvalidArgument("hashed IDF state: negative count");
+  for (int64_t df : doc_freq) {
+    if (df < 0 || df > num_observed) {
+      return Status::InvalidArgument("hashed IDF state: a document frequency out of range");
+    }
+  }
+  doc_freq_ = std::move(doc_freq);
+  num_observed_ = num_observed;
+  return Status::OK();
+}
+
 void HashedEmbedder::Observe(const std::vector<std::string>& texts) {
   for (const std::string& text : texts) {
     std::vector<Feature> features = Features(text);

@@ -37,6 +37,12 @@ class HashedEmbedder final : public Embedder {
   void Observe(const std::vector<std::string>& texts) override;
 
   int64_t num_observed() const { return num_observed_; }
+  // The learned IDF state (texts observed, document frequency per bucket), so a tenant's
+  // IDF survives a restart (daemon/episode_codec.h persists it).
+  const std::vector<int64_t>& doc_freq() const { return doc_freq_; }
+  // Replaces the learned state. InvalidArgument when doc_freq.size() != dim(), a count is
+  // negative or above num_observed.
+  Status SetIdfState(int64_t num_observed, std::vector<int64_t> doc_freq);
   // The lower-cased words of text, as the embedder sees them (exposed for tests).
   static std::vector<std::string> Words(std::string_view text);
 

@@ -258,6 +258,11 @@ class Run {
           } else {
             t.cached_device = t.cached_tokens;
           }
+          if (const auto ep = r->find("episode"); ep != r->end() && ep->is_object()) {
+            const auto e = ep->find("episode");  // null: over budget, nothing clustered yet
+            t.episode = e != ep->end() && e->is_number() ? e->get<int>() : -1;
+            if ((*ep)["served_by"].is_string()) t.episode_served_by = (*ep)["served_by"];
+          }
           const TurnTokens split = AccountTurn(usage, context, after_reply);
           t.context_tokens = split.context_tokens;
           t.first_prefill_tokens = split.first_prefill_tokens;

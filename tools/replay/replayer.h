@@ -60,6 +60,10 @@ struct TurnRecord {
   double latency_ms = 0;  // client-side round trip of the generate call
   std::string tool;       // the tool the agent waited on before this turn ("" if none)
   double tool_wait_s = 0;
+  // The episode the daemon routed the turn to (session over its episode budget; -1: not
+  // routed) and what served it ("full_kv" or "episode_cache"; "" when not routed).
+  int episode = -1;
+  std::string episode_served_by;
 };
 
 struct SessionRecord {

@@ -80,7 +80,8 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
   std::ostringstream turns, sessions, occupancy;
   turns << "policy,session,turn,start_s,prompt_tokens,cached_tokens,cached_device,cached_host,"
            "cached_disk,recomputed_tokens,generated_tokens,ttft_ms,decode_ms,latency_ms,tool,"
-           "tool_wait_s,context_tokens,first_prefill_tokens,reprefill_tokens\n";
+           "tool_wait_s,context_tokens,first_prefill_tokens,reprefill_tokens,episode,"
+           "episode_served_by\n";
   sessions << "policy,session,turns,arrival_s,jct_s,error\n";
   occupancy << "policy,t_s,blocks_total,blocks_used,blocks_cached,blocks_pinned\n";
   for (const std::string& p : in.policies) {
@@ -110,7 +111,9 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
             << t.cached_host << ',' << t.cached_disk << ',' << t.recomputed_tokens << ','
             << t.generated_tokens << ',' << t.ttft_ms << ',' << t.decode_ms << ',' << t.latency_ms
             << ',' << CsvField(t.tool) << ',' << t.tool_wait_s << ',' << t.context_tokens << ','
-            << t.first_prefill_tokens << ',' << t.reprefill_tokens << '\n';
+            << t.first_prefill_tokens << ',' << t.reprefill_tokens << ','
+            << (t.episode >= 0 ? std::to_string(t.episode) : std::string()) << ','
+            << CsvField(t.episode_served_by) << '\n';
     }
     for (const SessionRecord& sr : r.sessions) {
       sessions << CsvField(p) << ',' << CsvField(sr.session) << ',' << sr.turns << ','
