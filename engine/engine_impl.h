@@ -31,7 +31,7 @@
 
 namespace kvkeep {
 
-class EngineImpl final : public Engine {
+class EngineImpl final : public Engine, private TierVictimChooser {
  public:
   // disk_store: the opened disk tier (nullptr: none) holding up to num_disk_blocks.
   EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> backend,
@@ -60,6 +60,7 @@ class EngineImpl final : public Engine {
   int64_t idle_steps() const { return idle_steps_; }
   // Tests: the pool's invariant check (engine thread only).
   Status TEST_CheckPool() const { return pool_.TEST_CheckInvariants(); }
+  const BlockPool& TEST_pool() const { return pool_; }
 
  private:
   struct Pending {
@@ -92,6 +93,10 @@ class EngineImpl final : public Engine {
   // hands the retained blocks back to the cache.
   void BeginTurn(SessionId session, Sequence* seq);
   int32_t ReclaimSessions(int32_t shortfall_blocks);
+  // The host and disk tiers' victims (engine_tiers.cc): sessions the engine no longer
+  // knows (closed) first, then the policy's order; a session with a turn in flight never.
+  void ChooseTierVictims(const ReclaimRequest& request, std::span<const TierHolder> holders,
+                         std::vector<SessionId>* victims) override;
   void ApplyHints(std::vector<SessionHint> hints);
   void ApplyHint(const SessionHint& hint, const EngineLoad& load);
   // tool_end: plans disk -> host reads of the session's demoted blocks (issue 10, item 3).

@@ -62,7 +62,8 @@ void EngineImpl::Retain(Sequence* seq) {
 void EngineImpl::ReleaseSession(SessionId session) {
   auto it = retained_.find(session);
   if (it == retained_.end()) return;
-  pool_.Free(&it->second.table);  // its blocks become cached (and demotable)
+  pool_.SetOwner(it->second.table, session);  // lower tiers reclaim it as one
+  pool_.Free(&it->second.table);              // its blocks become cached (and demotable)
   session_info_[session] = it->second.info;
   retained_.erase(it);
 }
