@@ -225,6 +225,8 @@ class BlockPool {
   int32_t CountCachedPrefix(std::span<const int32_t> tokens, HashScope scope) const;
   // The leading verified run per tier, through disk records, changing nothing.
   TierCounts ProbePrefix(std::span<const int32_t> tokens, HashScope scope) const;
+  // Blocks of that run whose disk read (PlanDiskLoads) has not finished yet.
+  int32_t CountLoadingPrefix(std::span<const int32_t> tokens, HashScope scope) const;
 
   // --- Tiers --------------------------------------------------------------------------
   // Plans reads of the disk records in the leading verified run of tokens into host slots

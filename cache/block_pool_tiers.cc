@@ -167,6 +167,23 @@ int32_t BlockPool::PlanDiskLoads(std::span<const int32_t> tokens, HashScope scop
   return planned;
 }
 
+int32_t BlockPool::CountLoadingPrefix(std::span<const int32_t> tokens, HashScope scope) const {
+  if (!prefix_caching_) return 0;
+  int32_t loading = 0;
+  BlockHash parent_hash = kRootParentHash;
+  RecordLink parent = kRootLink;
+  for (size_t i = 0; i < tokens.size() / block_size_; ++i) {
+    const auto chunk = tokens.subspan(i * block_size_, block_size_);
+    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
+    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
+    if (r < 0) break;
+    loading += loading_[r];
+    parent_hash = hash;
+    parent = index_.LinkOf(r);
+  }
+  return loading;
+}
+
 void BlockPool::FinishDiskRead(BlockHash hash, bool ok) {
   const int32_t r = index_.Owner(hash);
   if (r < 0 || !loading_[r]) return;

@@ -61,6 +61,7 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   // Tests: the pool's invariant check (engine thread only).
   Status TEST_CheckPool() const { return pool_.TEST_CheckInvariants(); }
   const BlockPool& TEST_pool() const { return pool_; }
+  int64_t TEST_disk_read_timeouts() const { return disk_read_timeouts_; }
 
  private:
   struct Pending {
@@ -83,8 +84,11 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   // The transfer phase: runs the pool's planned swaps and hands disk I/O to the worker.
   Status RunTransfers();
   Status RunTransferPlan();
-  // Disk reads the worker finished: tells the pool; releases sequences waiting on them.
+  // Disk reads the worker finished: tells the pool; admits each waiting sequence whose own
+  // prefix is no longer loading, or whose deadline has passed. wait: first block for a
+  // completed read, at most kDiskPollUs (the engine thread never waits on file I/O longer).
   void CollectDiskReads(bool wait);
+  static constexpr int64_t kDiskPollUs = 5000;
   // Sessions: keep a finished turn's table; release a session's table; the scheduler's
   // reclaimer (frees retained sessions in the policy's order; returns blocks freed).
   void Retain(Sequence* seq);
@@ -146,8 +150,16 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   std::unique_ptr<RemoteBlockStore> remote_;
   int32_t outstanding_disk_reads_ = 0;
   TransferFence swap_out_fence_;  // the last swap-out not yet waited for
+  TransferFence swap_in_fence_;   // the last swap-in not yet waited for
   int64_t disk_read_failures_ = 0;
-  std::vector<Sequence*> awaiting_disk_;  // new sequences whose prefix is being read up
+  int64_t disk_read_timeouts_ = 0;  // turns admitted with disk reads still in flight
+  // New sequences whose prefix is being read up from disk, until their reads are in or
+  // their deadline (EngineOptions::disk_read_deadline_us) passes.
+  struct AwaitingDisk {
+    Sequence* seq;
+    int64_t deadline_us;
+  };
+  std::vector<AwaitingDisk> awaiting_disk_;
   // Sessions retained between turns, and the policy that orders their reclaim.
   struct RetainedSession {
     BlockTable table;
