@@ -177,6 +177,7 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   };
   std::unordered_map<SessionId, LastContext> last_context_;
   std::unordered_map<SessionId, int32_t> promoting_;  // disk reads tool_end planned
+  SessionId planning_session_ = 0;                    // PromoteOnToolEnd is planning its reads
   bool tool_stats_dirty_ = true;                      // tool_keys in the stats need recomputing
   std::vector<EngineStats::ToolKeyStats> tool_keys_;
   int64_t pins_granted_ = 0, pins_used_ = 0, pins_expired_ = 0, transfer_us_ = 0;

@@ -67,13 +67,15 @@ void EngineImpl::DrainInbox() {
     scope.tenant_salt = p.request.cache_salt;
     const RequestId id = p.request.id;
     const SessionId session = p.request.session;
-    auto seq = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
-                                          tokenizer_);
+    auto owned = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
+                                            tokenizer_);
+    Sequence* seq = owned.get();
+    seqs_[id] = std::move(owned);  // in flight from here: the lower tiers spare its session
     seq->submit_us = p.submit_us;
     seq->program_arrival_us = p.submit_us;
     // The session's next turn: its retained blocks go back to the cache, where this
     // request's MatchPrefix finds them.
-    if (session != 0) BeginTurn(session, seq.get());
+    if (session != 0) BeginTurn(session, seq);
     if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
       std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
       if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
@@ -85,11 +87,10 @@ void EngineImpl::DrainInbox() {
       outstanding_disk_reads_ += planned;
     }
     if (seq->disk_blocks_loaded > 0) {
-      awaiting_disk_.push_back({seq.get(), seq->submit_us + options_.disk_read_deadline_us});
+      awaiting_disk_.push_back({seq, seq->submit_us + options_.disk_read_deadline_us});
     } else {
-      scheduler_.Add(seq.get());
+      scheduler_.Add(seq);
     }
-    seqs_[id] = std::move(seq);
   }
   for (RequestId id : cancels) {
     auto it = seqs_.find(id);

@@ -10,10 +10,12 @@ namespace kvkeep {
 void EngineImpl::ChooseTierVictims(const ReclaimRequest& request,
                                    std::span<const TierHolder> holders,
                                    std::vector<SessionId>* victims) {
-  std::unordered_set<SessionId> in_flight;  // a turn waiting, loading or running
+  // A turn waiting, loading or running, or tool_end reads being planned.
+  std::unordered_set<SessionId> in_flight;
   for (const auto& [id, seq] : seqs_) {
     if (seq->request.session != 0) in_flight.insert(seq->request.session);
   }
+  if (planning_session_ != 0) in_flight.insert(planning_session_);
   const int tier = static_cast<int>(request.tier);
   std::vector<SessionReclaimInfo> known;
   for (const TierHolder& h : holders) {
