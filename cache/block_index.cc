@@ -59,6 +59,7 @@ int32_t BlockIndex::Insert(BlockHash hash, BlockHash parent_hash, std::span<cons
   r.tier = tier;
   r.location = location;
   r.live = true;
+  r.owner = 0;
   std::ranges::copy(tokens, tokens_.begin() + static_cast<ptrdiff_t>(id) * block_size_);
   owners_.Insert(hash, id);
   ++on_tier_[static_cast<int>(tier)];

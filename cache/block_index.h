@@ -78,12 +78,17 @@ class BlockIndex {
   Tier tier(int32_t record) const { return records_[record].tier; }
   int32_t location(int32_t record) const { return records_[record].location; }
   std::span<const int32_t> tokens(int32_t record) const;
+  // The session that last released the block (BlockPool::SetOwner); 0: none. Insert
+  // clears it; tier moves keep it.
+  SessionId owner(int32_t record) const { return records_[record].owner; }
+  void set_owner(int32_t record, SessionId session) { records_[record].owner = session; }
 
   // Per-tier LRU lists of evictable records (host and disk; head = least recent).
   void LruPushBack(int32_t record);  // on its current tier's list
   void LruRemove(int32_t record);    // REQUIRES: on a list
   bool on_lru(int32_t record) const { return records_[record].on_lru; }
   int32_t LruHead(Tier tier) const { return lru_head_[static_cast<int>(tier)]; }
+  int32_t LruNext(int32_t record) const { return records_[record].lru_next; }  // -1 at tail
   int32_t LruSize(Tier tier) const { return lru_size_[static_cast<int>(tier)]; }
 
   // OK iff the hash map, free ids, per-tier counts and LRU lists agree with the records.
@@ -101,6 +106,7 @@ class BlockIndex {
     BlockHash parent_hash;
     HashScope scope;
     RecordLink parent = kNoLink;
+    SessionId owner = 0;
     uint32_t generation = 0;
     Tier tier = Tier::kDevice;
     int32_t location = -1;

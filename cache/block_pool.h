@@ -28,8 +28,13 @@
 //
 // Tiers (num_host_blocks > 0, and num_disk_blocks > 0 with a host tier):
 //   device cached --Allocate needs the slot--> host (swap-out device slot -> host slot)
-//   host LRU head --host needs the slot-->     disk (write the host slot to a file)
-//   disk LRU head --disk full-->               dropped (delete the file)
+//   host victim   --host needs a slot-->       disk (write the host slot to a file)
+//   disk victim   --disk full-->               dropped (delete the file)
+// The lower tiers reclaim by session (ReclaimLowerTier): a block without an owner (no
+// session released it, or SetOwner was never called) goes first, least recently used
+// first; then the TierVictimChooser names a victim session and all of that session's
+// evictable blocks on the tier move down (host) or are dropped (disk) together. Without a
+// chooser, or when it names nobody (every holder is running), the tier's LRU head goes.
 //   MatchPrefix: a host record is promoted into a fresh device slot (swap-in host slot ->
 //     device slot); a disk record ends the match: PlanDiskLoads reads it into a host slot
 //     on the disk worker, and FinishDiskRead makes it matchable.
@@ -111,6 +116,24 @@ struct TransferPlan {
     for (const BlockTransfer& op : ops) n += op.kind == kind;
     return n;
   }
+};
+
+// The sessions holding evictable blocks on one lower tier, as BlockPool sees them.
+struct TierHolder {
+  SessionId session = 0;
+  int32_t blocks = 0;
+};
+
+// Decides which sessions a lower tier reclaims; the engine implements it with its reclaim
+// policy (policy/reclaim_policy.h, OrderByClass), so the host and disk tiers reclaim in
+// the device tier's order. Called on the pool's (engine) thread.
+class TierVictimChooser {
+ public:
+  virtual ~TierVictimChooser() = default;
+  // Appends to *victims, in reclaim order, sessions among holders (never one it does not
+  // list) until their blocks cover request.shortfall_blocks.
+  virtual void ChooseTierVictims(const ReclaimRequest& request, std::span<const TierHolder> holders,
+                                 std::vector<SessionId>* victims) = 0;
 };
 
 struct BlockPoolStats {
@@ -202,6 +225,8 @@ class BlockPool {
   int32_t CountCachedPrefix(std::span<const int32_t> tokens, HashScope scope) const;
   // The leading verified run per tier, through disk records, changing nothing.
   TierCounts ProbePrefix(std::span<const int32_t> tokens, HashScope scope) const;
+  // Blocks of that run whose disk read (PlanDiskLoads) has not finished yet.
+  int32_t CountLoadingPrefix(std::span<const int32_t> tokens, HashScope scope) const;
 
   // --- Tiers --------------------------------------------------------------------------
   // Plans reads of the disk records in the leading verified run of tokens into host slots
@@ -217,6 +242,12 @@ class BlockPool {
   // if the hash is owned or if the disk tier is full.
   bool AdoptDiskBlock(BlockHash hash, BlockHash parent_hash, std::span<const int32_t> tokens,
                       HashScope scope);
+  // Stamps every hashed block of table with session (0: none), the owner its lower-tier
+  // reclaim goes by. Call when the session lets the table go (before Free).
+  void SetOwner(const BlockTable& table, SessionId session);
+  // The chooser the host and disk tiers ask for victim sessions; nullptr: block LRU only.
+  // REQUIRES: chooser outlives the pool or is reset first.
+  void SetTierVictimChooser(TierVictimChooser* chooser) { chooser_ = chooser; }
   // Transfers planned since the last FinishTransfers.
   const TransferPlan& transfers() const { return plan_; }
   // The plan has run: host slots read by swap-ins become reusable, blocks demoted by it
@@ -277,8 +308,13 @@ class BlockPool {
   void LruPushBack(int32_t block);
   void LruRemove(int32_t block);
   // Tiers.
-  void DemoteFromDevice(int32_t record);    // REQUIRES: on device, its slot about to be reused
-  int32_t AcquireHostSlot();                // a free host slot, demoting the host LRU head; -1
+  void DemoteFromDevice(int32_t record);  // REQUIRES: on device, its slot about to be reused
+  int32_t AcquireHostSlot();              // a free host slot, reclaiming the host tier; -1
+  // Frees room on a lower tier (host: demote to disk; disk: drop): the least recent
+  // unowned block, else every evictable block of the chooser's first victim session, else
+  // the tier's LRU head. False if nothing there is evictable.
+  bool ReclaimLowerTier(Tier tier);
+  void EvictFromLowerTier(int32_t record);  // REQUIRES: on tier's LRU
   void DemoteToDisk(int32_t record);        // REQUIRES: on host, off the LRU
   void DropRecord(int32_t record);          // frees its lower-tier location, erases it
   void LeaveLowerTier(int32_t record);      // off its LRU; host slot deferred, disk count - 1
@@ -302,6 +338,7 @@ class BlockPool {
   std::vector<int32_t> host_pending_;   // records demoted to host by the pending plan
   std::vector<uint8_t> loading_;        // per record: a disk read into host is in flight
   TransferPlan plan_;
+  TierVictimChooser* chooser_ = nullptr;
   BlockHashFn hash_fn_;  // HashBlock, except in tests
 };
 

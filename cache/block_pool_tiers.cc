@@ -22,23 +22,74 @@ void BlockPool::DemoteFromDevice(int32_t record) {
 
 int32_t BlockPool::AcquireHostSlot() {
   if (num_host_blocks_ == 0) return -1;
-  if (host_free_.empty()) {
-    const int32_t victim = index_.LruHead(Tier::kHost);
-    if (victim < 0) return -1;  // every host slot is busy with pending transfers
-    index_.LruRemove(victim);
-    DemoteToDisk(victim);
-  }
+  // Every evictable host block busy with pending transfers: no slot this plan.
+  if (host_free_.empty() && !ReclaimLowerTier(Tier::kHost)) return -1;
   if (host_free_.empty()) return -1;
   const int32_t slot = host_free_.back();
   host_free_.pop_back();
   return slot;
 }
 
+bool BlockPool::ReclaimLowerTier(Tier tier) {
+  const int32_t head = index_.LruHead(tier);
+  if (head < 0) return false;
+  // A block no session owns goes first, least recently used first: it is nobody's
+  // retained context.
+  std::vector<SessionId> owners;
+  owners.reserve(index_.LruSize(tier));
+  for (int32_t r = head; r >= 0; r = index_.LruNext(r)) {
+    if (index_.owner(r) == 0) {
+      EvictFromLowerTier(r);
+      return true;
+    }
+    owners.push_back(index_.owner(r));
+  }
+  if (chooser_ != nullptr) {
+    std::sort(owners.begin(), owners.end());
+    std::vector<TierHolder> holders;
+    for (size_t i = 0; i < owners.size();) {
+      size_t j = i;
+      while (j < owners.size() && owners[j] == owners[i]) ++j;
+      holders.push_back({owners[i], static_cast<int32_t>(j - i)});
+      i = j;
+    }
+    std::vector<SessionId> victims;
+    chooser_->ChooseTierVictims({tier, 1, 0}, holders, &victims);
+    for (SessionId victim : victims) {
+      // The whole session leaves the tier together (collected first: eviction edits the
+      // list).
+      std::vector<int32_t> records;
+      for (int32_t r = head; r >= 0; r = index_.LruNext(r)) {
+        if (index_.owner(r) == victim) records.push_back(r);
+      }
+      if (records.empty()) continue;  // not a holder
+      for (int32_t r : records) EvictFromLowerTier(r);
+      return true;
+    }
+  }
+  EvictFromLowerTier(head);  // no chooser, or every holder is running
+  return true;
+}
+
+void BlockPool::EvictFromLowerTier(int32_t record) {
+  if (index_.tier(record) == Tier::kHost) {
+    index_.LruRemove(record);
+    DemoteToDisk(record);
+  } else {
+    DropRecord(record);
+  }
+}
+
+void BlockPool::SetOwner(const BlockTable& table, SessionId session) {
+  for (int32_t b : table.block_ids()) {
+    if (meta_[b].record >= 0) index_.set_owner(meta_[b].record, session);
+  }
+}
+
 void BlockPool::DemoteToDisk(int32_t record) {
   const int32_t host_slot = index_.location(record);
   if (num_disk_blocks_ > 0 && index_.num_on_tier(Tier::kDisk) >= num_disk_blocks_) {
-    const int32_t victim = index_.LruHead(Tier::kDisk);
-    if (victim >= 0) DropRecord(victim);
+    ReclaimLowerTier(Tier::kDisk);
   }
   if (num_disk_blocks_ > 0 && index_.num_on_tier(Tier::kDisk) < num_disk_blocks_) {
     // The write reads host_slot before any swap-out of this plan overwrites it.
@@ -114,6 +165,23 @@ int32_t BlockPool::PlanDiskLoads(std::span<const int32_t> tokens, HashScope scop
     parent = index_.LinkOf(r);
   }
   return planned;
+}
+
+int32_t BlockPool::CountLoadingPrefix(std::span<const int32_t> tokens, HashScope scope) const {
+  if (!prefix_caching_) return 0;
+  int32_t loading = 0;
+  BlockHash parent_hash = kRootParentHash;
+  RecordLink parent = kRootLink;
+  for (size_t i = 0; i < tokens.size() / block_size_; ++i) {
+    const auto chunk = tokens.subspan(i * block_size_, block_size_);
+    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
+    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
+    if (r < 0) break;
+    loading += loading_[r];
+    parent_hash = hash;
+    parent = index_.LinkOf(r);
+  }
+  return loading;
 }
 
 void BlockPool::FinishDiskRead(BlockHash hash, bool ok) {

@@ -53,6 +53,12 @@ void DiskWorker::WaitIdle() {
   idle_cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
 }
 
+void DiskWorker::WaitForCompletedRead(std::chrono::microseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_cv_.wait_for(lock, timeout,
+                    [&] { return !completed_.empty() || (queue_.empty() && !busy_); });
+}
+
 bool DiskWorker::idle() const {
   std::lock_guard<std::mutex> lock(mu_);
   return queue_.empty() && !busy_;
@@ -95,7 +101,7 @@ void DiskWorker::ThreadMain() {
     } else if (job.kind == Job::Kind::kWrite) {
       ++stats_.blocks_written;
     }
-    if (queue_.empty()) idle_cv_.notify_all();
+    if (queue_.empty() || job.kind == Job::Kind::kRead) idle_cv_.notify_all();
   }
 }
 

@@ -1,5 +1,7 @@
 // DiskWorker: the disk tier's I/O thread. The engine thread queues writes (with the block's
-// bytes copied out of the host tier), reads (into a reserved host-tier slot) and removals;
+// bytes copied out of the host tier), reads (straight into a reserved host-tier slot, which
+// is pinned memory on CUDA: the swap-in that follows copies from it with no staging step)
+// and removals;
 // the worker runs them in FIFO order, so a read or removal queued after a write of the same
 // hash sees it. Completed reads are collected by the engine thread with TakeCompletedReads
 // and handed to BlockPool::FinishDiskRead. A failed write or removal is logged and counted:
@@ -9,6 +11,7 @@
 // Thread-safety: every public method is thread-safe. The destructor finishes the queue.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -45,6 +48,9 @@ class DiskWorker {
   std::vector<std::pair<BlockHash, bool>> TakeCompletedReads();
   // Blocks until the queue is empty (shutdown, tests).
   void WaitIdle();
+  // Blocks until a completed read waits to be taken, the queue is empty, or timeout passes:
+  // a bounded wait for the engine thread, which has nothing else to do.
+  void WaitForCompletedRead(std::chrono::microseconds timeout);
   bool idle() const;
   DiskWorkerStats stats() const;
 
@@ -61,7 +67,7 @@ class DiskWorker {
   DiskBlockStore* store_;
   mutable std::mutex mu_;
   std::condition_variable cv_;                         // work queued, or stop
-  std::condition_variable idle_cv_;                    // queue drained
+  std::condition_variable idle_cv_;                    // queue drained, or a read completed
   std::deque<Job> queue_;                              // guarded by mu_
   bool busy_ = false;                                  // guarded by mu_: a job is running
   bool stop_ = false;                                  // guarded by mu_

@@ -110,6 +110,9 @@ struct EngineOptions {
   // is fetched from there before admission.
   std::optional<RemoteTierOptions> remote_tier;
   Env* env = nullptr;  // for the disk tier; nullptr: DefaultEnv()
+  // A turn whose prefix is still being read up from disk waits for the reads this long
+  // (Clock time from its submission), then runs and recomputes what has not arrived.
+  int64_t disk_read_deadline_us = 2'000'000;
 };
 
 struct EngineStats {

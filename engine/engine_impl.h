@@ -31,7 +31,7 @@
 
 namespace kvkeep {
 
-class EngineImpl final : public Engine {
+class EngineImpl final : public Engine, private TierVictimChooser {
  public:
   // disk_store: the opened disk tier (nullptr: none) holding up to num_disk_blocks.
   EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> backend,
@@ -60,6 +60,8 @@ class EngineImpl final : public Engine {
   int64_t idle_steps() const { return idle_steps_; }
   // Tests: the pool's invariant check (engine thread only).
   Status TEST_CheckPool() const { return pool_.TEST_CheckInvariants(); }
+  const BlockPool& TEST_pool() const { return pool_; }
+  int64_t TEST_disk_read_timeouts() const { return disk_read_timeouts_; }
 
  private:
   struct Pending {
@@ -82,8 +84,11 @@ class EngineImpl final : public Engine {
   // The transfer phase: runs the pool's planned swaps and hands disk I/O to the worker.
   Status RunTransfers();
   Status RunTransferPlan();
-  // Disk reads the worker finished: tells the pool; releases sequences waiting on them.
+  // Disk reads the worker finished: tells the pool; admits each waiting sequence whose own
+  // prefix is no longer loading, or whose deadline has passed. wait: first block for a
+  // completed read, at most kDiskPollUs (the engine thread never waits on file I/O longer).
   void CollectDiskReads(bool wait);
+  static constexpr int64_t kDiskPollUs = 5000;
   // Sessions: keep a finished turn's table; release a session's table; the scheduler's
   // reclaimer (frees retained sessions in the policy's order; returns blocks freed).
   void Retain(Sequence* seq);
@@ -92,6 +97,10 @@ class EngineImpl final : public Engine {
   // hands the retained blocks back to the cache.
   void BeginTurn(SessionId session, Sequence* seq);
   int32_t ReclaimSessions(int32_t shortfall_blocks);
+  // The host and disk tiers' victims (engine_tiers.cc): sessions the engine no longer
+  // knows (closed) first, then the policy's order; a session with a turn in flight never.
+  void ChooseTierVictims(const ReclaimRequest& request, std::span<const TierHolder> holders,
+                         std::vector<SessionId>* victims) override;
   void ApplyHints(std::vector<SessionHint> hints);
   void ApplyHint(const SessionHint& hint, const EngineLoad& load);
   // tool_end: plans disk -> host reads of the session's demoted blocks (issue 10, item 3).
@@ -141,8 +150,16 @@ class EngineImpl final : public Engine {
   std::unique_ptr<RemoteBlockStore> remote_;
   int32_t outstanding_disk_reads_ = 0;
   TransferFence swap_out_fence_;  // the last swap-out not yet waited for
+  TransferFence swap_in_fence_;   // the last swap-in not yet waited for
   int64_t disk_read_failures_ = 0;
-  std::vector<Sequence*> awaiting_disk_;  // new sequences whose prefix is being read up
+  int64_t disk_read_timeouts_ = 0;  // turns admitted with disk reads still in flight
+  // New sequences whose prefix is being read up from disk, until their reads are in or
+  // their deadline (EngineOptions::disk_read_deadline_us) passes.
+  struct AwaitingDisk {
+    Sequence* seq;
+    int64_t deadline_us;
+  };
+  std::vector<AwaitingDisk> awaiting_disk_;
   // Sessions retained between turns, and the policy that orders their reclaim.
   struct RetainedSession {
     BlockTable table;
@@ -160,6 +177,7 @@ class EngineImpl final : public Engine {
   };
   std::unordered_map<SessionId, LastContext> last_context_;
   std::unordered_map<SessionId, int32_t> promoting_;  // disk reads tool_end planned
+  SessionId planning_session_ = 0;                    // PromoteOnToolEnd is planning its reads
   bool tool_stats_dirty_ = true;                      // tool_keys in the stats need recomputing
   std::vector<EngineStats::ToolKeyStats> tool_keys_;
   int64_t pins_granted_ = 0, pins_used_ = 0, pins_expired_ = 0, transfer_us_ = 0;

@@ -62,7 +62,8 @@ void EngineImpl::Retain(Sequence* seq) {
 void EngineImpl::ReleaseSession(SessionId session) {
   auto it = retained_.find(session);
   if (it == retained_.end()) return;
-  pool_.Free(&it->second.table);  // its blocks become cached (and demotable)
+  pool_.SetOwner(it->second.table, session);  // lower tiers reclaim it as one
+  pool_.Free(&it->second.table);              // its blocks become cached (and demotable)
   session_info_[session] = it->second.info;
   retained_.erase(it);
 }
@@ -131,7 +132,9 @@ void EngineImpl::ApplyHint(const SessionHint& h, const EngineLoad& load) {
 void EngineImpl::PromoteOnToolEnd(SessionId session) {
   auto it = last_context_.find(session);
   if (it == last_context_.end() || disk_worker_ == nullptr) return;
+  planning_session_ = session;  // the lower tiers spare it while its reads are planned
   const int32_t planned = pool_.PlanDiskLoads(it->second.tokens, it->second.scope);
+  planning_session_ = 0;
   if (planned == 0) return;
   outstanding_disk_reads_ += planned;
   promoting_[session] += planned;

@@ -35,7 +35,7 @@ Status EngineImpl::Step() {
     }
   } else if (outstanding_disk_reads_ > 0) {
     ++idle_steps_;
-    CollectDiskReads(true);  // nothing else to run: wait on the transfer, not a spin
+    CollectDiskReads(true);  // nothing else to run: wait (bounded) on a read, not a spin
   } else if (scheduler_.has_work() && batch.failed.empty()) {
     ++idle_steps_;
     status = Status::Internal("scheduler made no progress");
@@ -67,13 +67,15 @@ void EngineImpl::DrainInbox() {
     scope.tenant_salt = p.request.cache_salt;
     const RequestId id = p.request.id;
     const SessionId session = p.request.session;
-    auto seq = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
-                                          tokenizer_);
+    auto owned = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
+                                            tokenizer_);
+    Sequence* seq = owned.get();
+    seqs_[id] = std::move(owned);  // in flight from here: the lower tiers spare its session
     seq->submit_us = p.submit_us;
     seq->program_arrival_us = p.submit_us;
     // The session's next turn: its retained blocks go back to the cache, where this
     // request's MatchPrefix finds them.
-    if (session != 0) BeginTurn(session, seq.get());
+    if (session != 0) BeginTurn(session, seq);
     if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
       std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
       if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
@@ -85,11 +87,10 @@ void EngineImpl::DrainInbox() {
       outstanding_disk_reads_ += planned;
     }
     if (seq->disk_blocks_loaded > 0) {
-      awaiting_disk_.push_back(seq.get());
+      awaiting_disk_.push_back({seq, seq->submit_us + options_.disk_read_deadline_us});
     } else {
-      scheduler_.Add(seq.get());
+      scheduler_.Add(seq);
     }
-    seqs_[id] = std::move(seq);
   }
   for (RequestId id : cancels) {
     auto it = seqs_.find(id);
@@ -142,7 +143,7 @@ void EngineImpl::EmitToken(Sequence* seq, int32_t token, std::string text) {
 }
 
 void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
-  std::erase(awaiting_disk_, seq);
+  std::erase_if(awaiting_disk_, [&](const AwaitingDisk& a) { return a.seq == seq; });
   if (reason == FinishReason::kStop || reason == FinishReason::kLength) Retain(seq);
   scheduler_.Remove(seq);
   seq->usage.prompt_tokens = seq->usage.cached_tokens + seq->usage.recomputed_tokens;
@@ -250,8 +251,10 @@ Status EngineImpl::RunTransferPlan() {
   using Kind = BlockTransfer::Kind;
   std::vector<std::pair<int32_t, int32_t>> run;  // consecutive swaps of one kind
   Kind run_kind = Kind::kSwapOut;
-  TransferFence& last_out = swap_out_fence_;  // may be from an earlier step's plan
-  TransferFence last_in;
+  // Both may be from an earlier step's plan: the forward pass orders itself after the swaps
+  // it needs (Backend::SwapIn), so only the disk tier's host-side access waits on them.
+  TransferFence& last_out = swap_out_fence_;
+  TransferFence& last_in = swap_in_fence_;
   auto flush = [&]() -> Status {
     if (run.empty()) return Status::OK();
     if (run_kind == Kind::kSwapOut) {
@@ -271,10 +274,12 @@ Status EngineImpl::RunTransferPlan() {
       continue;
     }
     RETURN_IF_ERROR(flush());
-    // A host slot the disk touches may still be filling from a swap-out (this step's or,
-    // on an asynchronous backend, an earlier one's).
+    // A host slot the disk touches may still be filling from a swap-out, or be read by a
+    // swap-in whose slot was freed (this step's or, on an asynchronous backend, an earlier
+    // one's).
     RETURN_IF_ERROR(backend_->WaitFence(last_out));
-    last_out = TransferFence{};
+    RETURN_IF_ERROR(backend_->WaitFence(last_in));
+    last_out = last_in = TransferFence{};
     if (op.kind == Kind::kDiskWrite) {
       const DiskWrite& w = plan.disk_writes[op.write];
       const uint8_t* bytes = backend_->host_block(op.host_slot);
@@ -288,24 +293,35 @@ Status EngineImpl::RunTransferPlan() {
     }
   }
   RETURN_IF_ERROR(flush());
-  // Host slots that swap-ins read are reused once FinishTransfers frees them.
-  RETURN_IF_ERROR(backend_->WaitFence(last_in));
+  // The host slots swap-ins read are free for the next plan without a wait: a later swap
+  // into one runs after them on the copy stream, and disk I/O waits on last_in first.
   pool_.FinishTransfers();
   return Status::OK();
 }
 
 void EngineImpl::CollectDiskReads(bool wait) {
   if (disk_worker_ == nullptr) return;
-  if (wait) disk_worker_->WaitIdle();
+  if (wait) disk_worker_->WaitForCompletedRead(std::chrono::microseconds(kDiskPollUs));
   for (auto [hash, ok] : disk_worker_->TakeCompletedReads()) {
     pool_.FinishDiskRead(hash, ok);
     --outstanding_disk_reads_;
     if (!ok) ++disk_read_failures_;
   }
-  if (outstanding_disk_reads_ == 0 && !awaiting_disk_.empty()) {
-    for (Sequence* seq : awaiting_disk_) scheduler_.Add(seq);
-    awaiting_disk_.clear();
-  }
+  if (awaiting_disk_.empty()) return;
+  const int64_t now_us = clock_->NowMicros();
+  std::erase_if(awaiting_disk_, [&](const AwaitingDisk& a) {
+    Sequence* seq = a.seq;
+    const std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
+    const int32_t loading = pool_.CountLoadingPrefix(context, seq->table.scope());
+    if (loading > 0 && now_us < a.deadline_us) return false;  // keep waiting, not recomputing
+    if (loading > 0) {
+      spdlog::debug("engine: request {}: {} disk blocks not read after {} us; recomputing them",
+                    seq->id(), loading, now_us - seq->submit_us);
+      ++disk_read_timeouts_;
+    }
+    scheduler_.Add(seq);
+    return true;
+  });
 }
 
 // Write-through: a block is in the remote tier as soon as it is committed, so another

@@ -11,6 +11,7 @@
 #include "base/bf16.h"
 #include "engine/cpu_backend.h"
 #include "engine/cuda/cuda_device.h"
+#include "engine/cuda/cuda_swaps.h"
 #include "engine/model_weights.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/attention.h"
@@ -69,7 +70,9 @@ struct CudaLayer {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(std::unique_ptr<CudaDevice> device, const ModelConfig& config)
-      : device_(std::move(device)), config_(config) {
+      : device_(std::move(device)),
+        config_(config),
+        swaps_(device_->compute_stream(), device_->swap_stream()) {
     for (DeviceBuffer* b : {&meta_, &hidden_, &xn_, &qkv_, &attn_, &proj_, &gate_up_, &act_, &rows_,
                             &logits_, &workspace_, &pairs_, &gemm_workspace_}) {
       b->Bind(device_.get());
@@ -83,7 +86,6 @@ class CudaBackend final : public Backend {
     device_->FreePinned(staging_);
     device_->FreePinned(logits_host_);
     device_->FreePinned(host_arena_);
-    for (cudaEvent_t e : swap_events_) cudaEventDestroy(e);
   }
 
   Status Init(const ModelWeights& weights, const BackendOptions& options);
@@ -96,8 +98,8 @@ class CudaBackend final : public Backend {
   size_t block_bytes() const override { return shape_.block_stride() * sizeof(bf16_t); }
   Status ReadBlock(int32_t block_id, void* dst) override;
   Status WriteBlock(int32_t block_id, const void* src) override;
-  // The host tier in pinned memory; swaps on the copy stream, ordered against the compute
-  // stream with events (no device-wide synchronise).
+  // The host tier in pinned memory; swaps on the copy stream, one event per batch
+  // (engine/cuda/cuda_swaps.h): compute waits only for the batches its blocks need.
   Status AllocateHostTier(int32_t num_blocks) override;
   Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host) override;
   Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) override;
@@ -106,6 +108,9 @@ class CudaBackend final : public Backend {
  private:
   Result<TransferFence> Swap(std::span<const std::pair<int32_t, int32_t>> pairs,
                              cuda::SwapDirection dir);
+  // Orders the compute stream after the pending swaps that touch the batch's blocks (each
+  // sequence's first ceil(kv_len / block_size) table entries: what it reads and writes).
+  Status OrderAfterSwaps(const ForwardBatch& batch);
   // Uploads the concatenation of `names` (rows stacked) as one bf16 matrix.
   Result<bf16_t*> Upload(const ModelWeights& weights, const std::vector<std::string>& names);
   Status Reserve(int64_t num_tokens, int64_t num_seqs, int64_t num_rows,
@@ -141,6 +146,7 @@ class CudaBackend final : public Backend {
 
   std::unique_ptr<CudaDevice> device_;
   ModelConfig config_;
+  CudaSwapQueue swaps_;  // after device_: its streams outlive it
   KvPoolShape shape_;
   std::unique_ptr<cuda::Gemm> gemm_;
   bf16_t* pool_ = nullptr;
@@ -159,10 +165,6 @@ class CudaBackend final : public Backend {
       pairs_, gemm_workspace_;
   std::vector<std::unique_ptr<DecodeGraph>> graphs_;
   bool graphs_enabled_ = true;
-  // Fence i is swap_events_[(i - 1) % size] (a ring: waiting on a reused event waits for a
-  // later swap, which is conservative); 0 is the completed fence.
-  std::vector<cudaEvent_t> swap_events_;
-  uint64_t next_fence_ = 1;
 };
 
 Result<bf16_t*> CudaBackend::Upload(const ModelWeights& weights,
@@ -486,6 +488,7 @@ Status CudaBackend::ForwardDecodeGraph(const ForwardBatch& batch, std::vector<fl
     h[5 * bucket + 1 + size_t(bucket) * width + i] = i;
   }
   h[3 * bucket + bucket] = bucket;
+  RETURN_IF_ERROR(OrderAfterSwaps(batch));  // outside any capture
   KVKEEP_CUDA_RETURN(cudaGraphLaunch(graph->exec, s));
   std::vector<float> all;
   RETURN_IF_ERROR(ReadLogits(n, &all));
@@ -557,8 +560,21 @@ Status CudaBackend::Forward(const ForwardBatch& batch, std::vector<float>* logit
     RETURN_IF_ERROR(workspace_.Reserve(
         cuda::DecodeWorkspaceBytes(n, config_.num_q_heads, config_.head_dim, st.plan)));
   }
+  RETURN_IF_ERROR(OrderAfterSwaps(batch));
   RETURN_IF_ERROR(Enqueue(st));
   return ReadLogits(r, logits);
+}
+
+Status CudaBackend::OrderAfterSwaps(const ForwardBatch& batch) {
+  if (swaps_.num_pending() == 0) return Status::OK();
+  std::vector<int32_t> blocks;
+  const int32_t bs = shape_.block_size;
+  for (int32_t i = 0; i < batch.num_seqs(); ++i) {
+    const int32_t used = std::min((batch.kv_len[i] + bs - 1) / bs, batch.max_blocks_per_seq);
+    const auto row = batch.block_tables.begin() + size_t(i) * batch.max_blocks_per_seq;
+    blocks.insert(blocks.end(), row, row + used);
+  }
+  return swaps_.OrderCompute(blocks);
 }
 
 Status CudaBackend::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) {
@@ -574,19 +590,24 @@ Status CudaBackend::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& s
   RETURN_IF_ERROR(pairs_.Reserve(flat.size() * sizeof(int32_t)));
   RETURN_IF_ERROR(
       device_->CopyHostToDevice(pairs_.as<int32_t>(), flat.data(), flat.size() * sizeof(int32_t)));
+  RETURN_IF_ERROR(swaps_.OrderCompute(flat));  // a swapped-in source, a swapped-out target
   RETURN_IF_ERROR(cuda::CopyBlocks(pool_, shape_, pairs_.as<int32_t>(),
                                    static_cast<int32_t>(flat.size() / 2),
                                    device_->compute_stream()));
-  return device_->Synchronize();
+  // The compute stream only: a device-wide synchronise would wait for unrelated swaps.
+  KVKEEP_CUDA_RETURN(cudaStreamSynchronize(device_->compute_stream()));
+  return Status::OK();
 }
 
 Status CudaBackend::ReadBlock(int32_t block_id, void* dst) {
   RETURN_IF_ERROR(CheckBlockId(shape_, block_id));
+  RETURN_IF_ERROR(swaps_.OrderCompute(std::span<const int32_t>(&block_id, 1)));
   return device_->CopyDeviceToHost(dst, pool_ + block_id * shape_.block_stride(), block_bytes());
 }
 
 Status CudaBackend::WriteBlock(int32_t block_id, const void* src) {
   RETURN_IF_ERROR(CheckBlockId(shape_, block_id));
+  RETURN_IF_ERROR(swaps_.OrderCompute(std::span<const int32_t>(&block_id, 1)));
   return device_->CopyHostToDevice(pool_ + block_id * shape_.block_stride(), src, block_bytes());
 }
 
@@ -598,10 +619,6 @@ Status CudaBackend::AllocateHostTier(int32_t num_blocks) {
   ASSIGN_OR_RETURN(void* pinned, device_->AllocatePinned(size_t(num_blocks) * block_bytes()));
   host_arena_ = static_cast<uint8_t*>(pinned);
   num_host_blocks_ = num_blocks;
-  swap_events_.resize(64);
-  for (cudaEvent_t& e : swap_events_) {
-    KVKEEP_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  }
   return Status::OK();
 }
 
@@ -609,25 +626,16 @@ Result<TransferFence> CudaBackend::Swap(std::span<const std::pair<int32_t, int32
                                         cuda::SwapDirection dir) {
   if (pairs.empty()) return TransferFence{};
   const bool out = dir == cuda::SwapDirection::kDeviceToHost;
-  std::vector<std::pair<int32_t, int32_t>> src_dst(pairs.begin(), pairs.end());
-  for (const auto& [src, dst] : src_dst) {
+  for (const auto& [src, dst] : pairs) {
     RETURN_IF_ERROR(CheckBlockId(shape_, out ? src : dst));
     const int32_t host = out ? dst : src;
     if (host < 0 || host >= num_host_blocks_) {
       return Status::InvalidArgument("host slot " + std::to_string(host) + " outside the tier");
     }
   }
-  const cudaStream_t compute = device_->compute_stream(), copy = device_->swap_stream();
-  cudaEvent_t& event = swap_events_[(next_fence_ - 1) % swap_events_.size()];
-  // The copy stream starts after the compute work queued so far (it wrote these blocks)...
-  KVKEEP_CUDA_RETURN(cudaEventRecord(event, compute));
-  KVKEEP_CUDA_RETURN(cudaStreamWaitEvent(copy, event, 0));
-  RETURN_IF_ERROR(cuda::SwapBlocks(pool_, host_arena_, block_bytes(), src_dst, dir, copy));
-  // ... and later compute (which may overwrite a swapped-out block or read a swapped-in
-  // one) starts after the copies.
-  KVKEEP_CUDA_RETURN(cudaEventRecord(event, copy));
-  KVKEEP_CUDA_RETURN(cudaStreamWaitEvent(compute, event, 0));
-  return TransferFence{next_fence_++};
+  ASSIGN_OR_RETURN(const uint64_t fence,
+                   swaps_.Enqueue(pool_, host_arena_, block_bytes(), pairs, dir));
+  return TransferFence{fence};
 }
 
 Result<TransferFence> CudaBackend::SwapOut(
@@ -640,11 +648,7 @@ Result<TransferFence> CudaBackend::SwapIn(
   return Swap(host_device, cuda::SwapDirection::kHostToDevice);
 }
 
-Status CudaBackend::WaitFence(TransferFence fence) {
-  if (fence.id == 0 || swap_events_.empty()) return Status::OK();
-  KVKEEP_CUDA_RETURN(cudaEventSynchronize(swap_events_[(fence.id - 1) % swap_events_.size()]));
-  return Status::OK();
-}
+Status CudaBackend::WaitFence(TransferFence fence) { return swaps_.Wait(fence.id); }
 
 }  // namespace
 

@@ -1,7 +1,9 @@
 // Tests of BlockPool's tiers: demotion to host and disk, promotion back, disk loads and
-// failed reads, start-up adoption, and the invariants across all of it.
+// failed reads, start-up adoption, session-level reclaim on the host and disk tiers, and
+// the invariants across all of it.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <numeric>
 #include <vector>
 
@@ -159,6 +161,137 @@ TEST(BlockPoolTiersTest, RecomputedBlockTakesOverItsHostRecord) {
   EXPECT_LE(pool.stats().host_used, host_before);
   ASSERT_TRUE(pool.TEST_CheckInvariants().ok());
   pool.Free(&c);
+}
+
+// The engine's TierVictimChooser in miniature: OrderByClass over per-session infos the test
+// sets, recording each question.
+class PolicyChooser : public TierVictimChooser {
+ public:
+  std::map<SessionId, SessionReclaimInfo> infos;
+  std::vector<std::pair<Tier, std::vector<TierHolder>>> calls;
+  void ChooseTierVictims(const ReclaimRequest& request, std::span<const TierHolder> holders,
+                         std::vector<SessionId>* victims) override {
+    calls.emplace_back(request.tier, std::vector<TierHolder>(holders.begin(), holders.end()));
+    std::vector<SessionReclaimInfo> candidates;
+    for (const TierHolder& h : holders) {
+      SessionReclaimInfo c = infos[h.session];
+      c.session = h.session;
+      for (int32_t& b : c.blocks_on_tier) b = 0;
+      c.blocks_on_tier[static_cast<int>(request.tier)] = h.blocks;
+      candidates.push_back(c);
+    }
+    std::vector<ReclaimVictim> ordered;
+    OrderByClass(request, candidates, &ordered);
+    for (const ReclaimVictim& v : ordered) victims->push_back(v.session);
+  }
+};
+
+// A session's prefill, its hashes, then its release to the cache as `session`'s.
+std::vector<BlockHash> RunSession(BlockPool& pool, SimKv& kv, const std::vector<int32_t>& tokens,
+                                  SessionId session) {
+  BlockTable t = Prefill(pool, kv, tokens);
+  std::vector<BlockHash> hashes(t.block_hashes().begin(), t.block_hashes().end());
+  if (session != 0) pool.SetOwner(t, session);
+  pool.Free(&t);
+  return hashes;
+}
+
+std::vector<Tier> TiersOf(const BlockPool& pool, const std::vector<BlockHash>& hashes) {
+  std::vector<Tier> tiers;
+  for (BlockHash h : hashes) {
+    Tier tier = Tier::kDevice;
+    int32_t loc = -1;
+    tiers.push_back(pool.TEST_Locate(h, &tier, &loc) ? tier : static_cast<Tier>(99));
+  }
+  return tiers;
+}
+
+const std::vector<Tier> kBothOnHost{Tier::kHost, Tier::kHost};
+const std::vector<Tier> kBothOnDisk{Tier::kDisk, Tier::kDisk};
+
+// Host full of sessions 1 (older blocks) and 2; session 2 is the least recently used
+// session, so the policy names it and both its blocks go to disk, while per-block LRU
+// would have taken session 1's two oldest blocks.
+TEST(BlockPoolTiersTest, HostOverflowDemotesThePolicysVictimSessionWhole) {
+  BlockPool pool(
+      {.num_blocks = 4, .block_size = kBlockSize, .num_host_blocks = 4, .num_disk_blocks = 8});
+  PolicyChooser chooser;
+  pool.SetTierVictimChooser(&chooser);
+  chooser.infos[1].last_use_us = 200;
+  chooser.infos[2].last_use_us = 100;
+  chooser.infos[3].last_use_us = 300;
+  SimKv kv(4, kBlockSize, 4);
+  const std::vector<BlockHash> a = RunSession(pool, kv, Iota(8), 1);
+  const std::vector<BlockHash> b = RunSession(pool, kv, Iota(8, 100), 2);
+  RunSession(pool, kv, Iota(16, 200), 3);  // a's then b's blocks go to the host: it is full
+  EXPECT_EQ(TiersOf(pool, a), kBothOnHost);
+  EXPECT_EQ(TiersOf(pool, b), kBothOnHost);
+  EXPECT_TRUE(chooser.calls.empty());
+  BlockTable d = Prefill(pool, kv, Iota(8, 300));  // two of session 3's blocks need host slots
+  EXPECT_EQ(TiersOf(pool, a), kBothOnHost);
+  EXPECT_EQ(TiersOf(pool, b), kBothOnDisk);
+  ASSERT_EQ(chooser.calls.size(), 1u);  // one session covered both slots
+  EXPECT_EQ(chooser.calls[0].first, Tier::kHost);
+  ASSERT_EQ(chooser.calls[0].second.size(), 2u);
+  EXPECT_EQ(chooser.calls[0].second[0].blocks, 2);
+  EXPECT_EQ(pool.stats().disk_used, 2);
+  ASSERT_TRUE(pool.TEST_CheckInvariants().ok());
+  pool.Free(&d);
+}
+
+// Blocks no session owns leave the host first, even the most recently used ones, and
+// without asking the policy.
+TEST(BlockPoolTiersTest, UnownedBlocksLeaveALowerTierBeforeAnySession) {
+  BlockPool pool(
+      {.num_blocks = 4, .block_size = kBlockSize, .num_host_blocks = 4, .num_disk_blocks = 8});
+  PolicyChooser chooser;
+  pool.SetTierVictimChooser(&chooser);
+  SimKv kv(4, kBlockSize, 4);
+  const std::vector<BlockHash> owned = RunSession(pool, kv, Iota(8), 2);
+  const std::vector<BlockHash> unowned = RunSession(pool, kv, Iota(8, 100), 0);
+  RunSession(pool, kv, Iota(16, 200), 3);
+  BlockTable d = Prefill(pool, kv, Iota(8, 300));
+  EXPECT_EQ(TiersOf(pool, owned), kBothOnHost);
+  EXPECT_EQ(TiersOf(pool, unowned), kBothOnDisk);
+  EXPECT_TRUE(chooser.calls.empty());
+  ASSERT_TRUE(pool.TEST_CheckInvariants().ok());
+  pool.Free(&d);
+}
+
+// Disk full of sessions 1 (oldest blocks, kept by a retention priority) and 2: a third
+// session's demotion drops all of session 2 and nothing of session 1; per-block LRU would
+// have dropped session 1's blocks.
+TEST(BlockPoolTiersTest, DiskOverflowDropsThePolicysVictimSessionWhole) {
+  BlockPool pool(
+      {.num_blocks = 2, .block_size = kBlockSize, .num_host_blocks = 2, .num_disk_blocks = 4});
+  PolicyChooser chooser;
+  pool.SetTierVictimChooser(&chooser);
+  chooser.infos[1].retention_priority = 5;
+  SimKv kv(2, kBlockSize, 2);
+  const std::vector<BlockHash> a = RunSession(pool, kv, Iota(8), 1);
+  const std::vector<BlockHash> b = RunSession(pool, kv, Iota(8, 100), 2);  // a -> host
+  const std::vector<BlockHash> c = RunSession(pool, kv, Iota(8, 200), 3);  // a -> disk
+  RunSession(pool, kv, Iota(8, 300), 4);                                   // b -> disk
+  EXPECT_EQ(TiersOf(pool, a), kBothOnDisk);
+  EXPECT_EQ(TiersOf(pool, b), kBothOnDisk);
+  EXPECT_EQ(pool.stats().num_dropped, 0);
+  chooser.calls.clear();
+  BlockTable e = Prefill(pool, kv, Iota(8, 400));  // c -> disk, which is full
+  EXPECT_EQ(TiersOf(pool, a), kBothOnDisk);
+  EXPECT_EQ(TiersOf(pool, c), kBothOnDisk);
+  for (BlockHash h : b) {
+    Tier tier;
+    int32_t loc;
+    EXPECT_FALSE(pool.TEST_Locate(h, &tier, &loc)) << "session 2 was not dropped whole";
+  }
+  EXPECT_EQ(pool.stats().num_dropped, 2);
+  int disk_calls = 0;
+  for (const auto& [tier, holders] : chooser.calls) disk_calls += tier == Tier::kDisk;
+  EXPECT_EQ(disk_calls, 1);  // one victim session covered both blocks
+  kv.RunTransfers(pool);
+  EXPECT_EQ(kv.num_disk_blocks(), 4u);  // the files follow the records
+  ASSERT_TRUE(pool.TEST_CheckInvariants().ok());
+  pool.Free(&e);
 }
 
 }  // namespace

@@ -4,12 +4,15 @@
 //    those over the originals.
 //  - Swaps of one session's blocks interleaved with decode steps of another do not change
 //    the other's logits (against the same steps run with no swaps).
+//  - A step right behind a swap its blocks need waits for it: a decode over blocks a
+//    pending swap-in writes, a prefill over blocks a pending swap-out still reads.
 //  - The engine on CUDA with host and disk tiers: a session pushed to host and disk and
 //    back gives the same greedy tokens as one that never left the device, and reports
 //    where its prefix came from.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <vector>
@@ -136,6 +139,87 @@ TEST(CudaTiersTest, SwapsInterleavedWithDecodeCorruptNeither) {
   EXPECT_EQ(got, want) << "A's logits changed while B's blocks moved";
   for (int32_t i = 0; i < 4; ++i) {
     EXPECT_EQ(ReadBlock(busy.get(), b_where[i]), b_bytes[i]) << "B's block " << i;
+  }
+}
+
+// Queues copy-stream work that no step waits on (swap-outs of blocks 10..39, which the
+// steps below never touch; every other block, so each is its own copy), so that a swap
+// queued after it completes well after the next forward pass has been launched.
+void QueueCopyBacklog(Backend* backend, int rounds) {
+  std::vector<std::pair<int32_t, int32_t>> pairs;
+  for (int32_t blk = 39; blk >= 10; blk -= 2) pairs.emplace_back(blk, blk);
+  for (int r = 0; r < rounds; ++r) {
+    auto f = backend->SwapOut(pairs);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+  }
+}
+
+// The waits the overlap must keep: a step that reads blocks a pending swap-in writes, and
+// a step that overwrites blocks a pending swap-out still reads, each queued right behind
+// the swap (no WaitFence) and behind a backlog on the copy stream, so a missing wait shows.
+TEST(CudaTiersTest, StepsWaitForThePendingSwapsTheirBlocksNeed) {
+  testing::GpuArena probe;
+  KVKEEP_REQUIRE_GPU(probe);
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 5);
+  const std::vector<int32_t> b_prompt = RandomTokens(rng, 4 * kBlockSize - 1);
+  const std::vector<int32_t> c_prompt = RandomTokens(rng, 4 * kBlockSize);
+  const std::vector<int32_t> home = {0, 1, 2, 3};
+  const int32_t len = 4 * kBlockSize;  // B's decode token lands in its last block
+
+  // Reference: B's decode step over blocks that never moved.
+  auto quiet = MakeCudaBackend(*model->weights, 64);
+  ASSERT_NE(quiet, nullptr);
+  std::vector<int32_t> b = b_prompt;
+  const std::vector<float> first =
+      RunBatch(quiet.get(), MakeBatch({{&b, &home, 0, len - 1}}, kBlockSize, false));
+  b.push_back(static_cast<int32_t>(std::max_element(first.begin(), first.end()) - first.begin()));
+  const std::vector<float> want =
+      RunBatch(quiet.get(), MakeBatch({{&b, &home, len - 1, len}}, kBlockSize, false));
+
+  auto busy = MakeCudaBackend(*model->weights, 64);
+  ASSERT_NE(busy, nullptr);
+  ASSERT_TRUE(busy->AllocateHostTier(64).ok());
+  RunBatch(busy.get(), MakeBatch({{&b, &home, 0, len - 1}}, kBlockSize, false));
+  std::vector<std::vector<uint8_t>> b_bytes;
+  for (int32_t blk : home) b_bytes.push_back(ReadBlock(busy.get(), blk));
+
+  for (int round = 0; round < 3; ++round) {
+    // 1. Swap-in, then at once a decode step over the swapped-in blocks (their old
+    //    contents poisoned first).
+    std::vector<std::pair<int32_t, int32_t>> out, in;
+    const std::vector<int32_t> moved = {40, 41, 42, 43};
+    for (int32_t i = 0; i < 4; ++i) {
+      out.emplace_back(home[i], i);
+      in.emplace_back(i, moved[i]);
+    }
+    auto f = busy->SwapOut(out);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    ASSERT_TRUE(busy->WaitFence(*f).ok());
+    const std::vector<uint8_t> poison(busy->block_bytes(), 0x7f);
+    for (int32_t blk : moved) ASSERT_TRUE(busy->WriteBlock(blk, poison.data()).ok());
+    QueueCopyBacklog(busy.get(), 50);
+    ASSERT_TRUE(busy->SwapIn(in).ok());
+    const std::vector<float> got =
+        RunBatch(busy.get(), MakeBatch({{&b, &moved, len - 1, len}}, kBlockSize, false));
+    EXPECT_EQ(got, want) << "round " << round << ": the decode step read blocks before swap-in";
+
+    // 2. Swap-out, then at once a prefill that overwrites the swapped-out blocks: the host
+    //    copies must still be B's.
+    std::vector<std::pair<int32_t, int32_t>> away;
+    for (int32_t i = 0; i < 4; ++i) away.emplace_back(home[i], 50 + i);
+    QueueCopyBacklog(busy.get(), 50);
+    auto g = busy->SwapOut(away);
+    ASSERT_TRUE(g.ok()) << g.status().ToString();
+    RunBatch(busy.get(), MakeBatch({{&c_prompt, &home, 0, len}}, kBlockSize, false));
+    ASSERT_TRUE(busy->WaitFence(*g).ok());
+    for (int32_t i = 0; i < 4; ++i) {
+      EXPECT_EQ(0, std::memcmp(busy->host_block(50 + i), b_bytes[i].data(), busy->block_bytes()))
+          << "round " << round << ": block " << i << " was overwritten before its swap-out read it";
+    }
+    // B home again for the next round.
+    for (int32_t i = 0; i < 4; ++i) ASSERT_TRUE(busy->WriteBlock(home[i], b_bytes[i].data()).ok());
   }
 }
 
