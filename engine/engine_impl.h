@@ -91,7 +91,8 @@ class EngineImpl final : public Engine {
   // A new turn of session arrived: marks seq's admission class, ends a learned pin and
   // hands the retained blocks back to the cache.
   void BeginTurn(SessionId session, Sequence* seq);
-  int32_t ReclaimSessions(int32_t shortfall_blocks);
+  // break_live_pins false: live pins are not reclaimed (Scheduler::Reclaimer).
+  int32_t ReclaimSessions(int32_t shortfall_blocks, bool break_live_pins);
   void ApplyHints(std::vector<SessionHint> hints);
   void ApplyHint(const SessionHint& hint, const EngineLoad& load);
   // tool_end: plans disk -> host reads of the session's demoted blocks (issue 10, item 3).

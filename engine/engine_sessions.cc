@@ -158,7 +158,7 @@ void EngineImpl::OrderWaiting() {
   });
 }
 
-int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks) {
+int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks, bool break_live_pins) {
   if (retained_.empty()) return 0;
   std::vector<SessionReclaimInfo> candidates;
   candidates.reserve(retained_.size());
@@ -173,7 +173,10 @@ int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks) {
   const int32_t before = pool_.num_allocatable();
   for (const ReclaimVictim& v : victims) {
     if (pool_.num_allocatable() - before >= shortfall_blocks) break;
-    if (v.victim_class == VictimClass::kLivePin) ++pin_violations_;
+    if (v.victim_class == VictimClass::kLivePin) {
+      if (!break_live_pins) break;  // the order lists live pins last: none is left before
+      ++pin_violations_;
+    }
     auto it = retained_.find(v.session);
     if (it == retained_.end()) continue;
     reclaim_policy_->OnReclaimed(it->second.info);
