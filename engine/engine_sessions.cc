@@ -31,6 +31,9 @@ EngineLoad EngineImpl::CurrentLoad() const {
   load.device_free_blocks = pool_.num_allocatable();
   load.host_has_room = options_.num_host_blocks > 0;
   load.disk_has_room = disk_store_ != nullptr;
+  const BlockPoolStats pool = pool_.stats();
+  load.host_free_blocks = pool.host_total - pool.host_used;
+  load.disk_free_blocks = pool.disk_total - pool.disk_used;
   load.queued_prefill_tokens = scheduler_.waiting_tokens();
   return load;
 }
