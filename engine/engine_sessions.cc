@@ -20,8 +20,10 @@ void EngineImpl::SwitchPolicy(const PolicyOptions& options) {
                  reclaim_policy_->name(), options.name, retained_.size());
   }
   // Retained sessions, their pins and priorities live in the engine's SessionReclaimInfo
-  // records, not in the policy, so they carry over unchanged.
+  // records, not in the policy, so they carry over unchanged. The samples stay; the tool
+  // statistics' knobs (prior, min samples, window) are the new options'.
   reclaim_policy_ = std::move(*policy);
+  tool_stats_.SetOptions(options.tool_stats);
   tool_stats_dirty_ = true;
 }
 

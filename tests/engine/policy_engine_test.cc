@@ -240,6 +240,38 @@ TEST(PolicyEngineTest, PinIsBrokenOnlyWhenNothingElseCanRun) {
   EXPECT_EQ(s.pinned_blocks, 0);
 }
 
+// A policy switch (SIGHUP) also applies the tool statistics' knobs: a smaller window
+// drops old samples, and with min samples lowered a key's own CDF replaces the prior.
+TEST(PolicyEngineTest, PolicySwitchAppliesToolStatsKnobs) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 18);
+  PolicyEngine e(*model, "ttl", 64);
+  e.Run(1, 1, RandomTokens(rng, 2 * kBlockSize + 3));
+  for (int i = 0; i < 5; ++i) {
+    e.Tool(SessionHint::Kind::kToolBegin, 1, "grep");
+    e.Tool(SessionHint::Kind::kToolEnd, 1, "grep", kSecond);
+  }
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "grep");
+  EngineStats s = e.impl()->GetStats();
+  ASSERT_EQ(s.tool_keys.size(), 1u);
+  EXPECT_EQ(s.tool_keys[0].summary.num_samples, 5);
+  const double prior_ttl = s.tool_keys[0].last_ttl_s;  // 5 < 20 samples: the 5 s prior
+  EXPECT_GT(prior_ttl, 5.0);
+  PolicyOptions next;
+  next.name = "ttl";
+  next.cost_model = DefaultCostModel();
+  next.tool_stats.window_samples = 2;
+  next.tool_stats.min_samples_per_key = 2;
+  ASSERT_TRUE(e.engine->SetPolicy(next).ok());
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "grep", kSecond);
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "grep");
+  s = e.impl()->GetStats();
+  ASSERT_EQ(s.tool_keys.size(), 1u);
+  EXPECT_EQ(s.tool_keys[0].summary.num_samples, 2);
+  EXPECT_NEAR(s.tool_keys[0].last_ttl_s, 1.0, 1e-6);  // grep's own samples: all 1 s
+}
+
 // Program-aware admission: a returning pinned program is admitted before a newer program
 // that arrived first in the queue; ttl-fcfs and lru keep FCFS.
 int NewcomerFinishOrder(const std::string& policy) {
