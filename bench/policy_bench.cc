@@ -51,6 +51,7 @@ struct Args {
   int max_turns = 0;
   uint64_t seed = 1;
   int jobs = 1;  // simulations run at once
+  TtlOptions ttl;
   std::string python = ".venv/bin/python", plot_script = "bench/policy_bench_plot.py";
 };
 
@@ -61,11 +62,10 @@ int32_t Blocks(double gib, int64_t block_bytes) {
 // The TTL the rule picks per key for a session of the trace's mean context, as the
 // device pool fills, next to fixed-ttl's.
 void PrintTtlTable(int64_t pool_blocks, int block_tokens, const ToolLatencyStats& stats,
-                   const CostModel& model, int64_t mean_context) {
+                   const CostModel& model, int64_t mean_context, const TtlOptions& options) {
   PinCandidate session;
   session.context_tokens = mean_context;
   session.device_blocks = (mean_context + block_tokens - 1) / block_tokens;
-  const TtlOptions options;
   const double free_fractions[] = {0.5, 0.2, 0.1, 0.05, 0.0};
   std::printf(
       "\nTTL (s) for a session of %lld tokens (%lld of %lld device blocks), B = %.3f s "
@@ -174,8 +174,9 @@ Status Run(const Args& a) {
   options.device_blocks = Blocks(a.kv_gib, block_bytes);
   options.host_blocks = Blocks(a.host_gib, block_bytes);
   options.host_bytes_per_s = a.host_gbps * 1e9;
+  options.ttl = a.ttl;
   PrintTtlTable(options.device_blocks, a.block_tokens, stats, fit.model,
-                context_tokens / static_cast<int64_t>(programs.size()));
+                context_tokens / static_cast<int64_t>(programs.size()), a.ttl);
   std::printf(
       "\nsimulated H100: %d device blocks (%.0f GiB of KV), host tier %d blocks (%.0f GiB) at "
       "%.0f GB/s, %d-token blocks of %lld bytes; batch %d tokens, chunk %d, %d running\n",
@@ -313,6 +314,11 @@ int main(int argc, char** argv) {
   app.add_option("--kv-gib", a.kv_gib, "device KV pool")->check(CLI::PositiveNumber);
   app.add_option("--host-gib", a.host_gib, "host tier (0: none)")->check(CLI::NonNegativeNumber);
   app.add_option("--host-gbps", a.host_gbps, "host <-> device GB/s")->check(CLI::PositiveNumber);
+  app.add_option("--max-ttl-s", a.ttl.max_ttl_s, "the TTL rule's cap")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--ttl-cost-s-per-block-s", a.ttl.full_pressure_cost_s_per_block_s,
+                 "the TTL rule's cost of a held block per second at full pressure")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--python", a.python, "Python with matplotlib for the PNG");
   app.add_option("--plot-script", a.plot_script, "the plotting script");
   CLI11_PARSE(app, argc, argv);

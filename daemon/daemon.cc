@@ -355,7 +355,10 @@ void Daemon::Impl::Reload() {
     ToPolicyOptions(n, &next);
     if (n.policy != options.policy || n.ttl.max_ttl_s != options.ttl.max_ttl_s ||
         n.ttl.fixed_ttl_s != options.ttl.fixed_ttl_s ||
-        n.ttl.starvation_bound_s != options.ttl.starvation_bound_s) {
+        n.ttl.starvation_bound_s != options.ttl.starvation_bound_s ||
+        n.ttl.prior_mean_s != options.ttl.prior_mean_s ||
+        n.ttl.min_samples != options.ttl.min_samples ||
+        n.ttl.window_samples != options.ttl.window_samples) {
       next.cost_model = cost_model;
       if (Status ps = engine->SetPolicy(next); ps.ok()) {
         spdlog::info("SIGHUP: policy {} -> {}", options.policy, n.policy);

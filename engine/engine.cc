@@ -109,7 +109,9 @@ EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> ba
   }
   tool_stats_.Load(options.tool_samples);
   SwitchPolicy(options.policy);
-  scheduler_.set_reclaimer([this](int32_t shortfall) { return ReclaimSessions(shortfall); });
+  scheduler_.set_reclaimer([this](int32_t shortfall, bool break_live_pins) {
+    return ReclaimSessions(shortfall, break_live_pins);
+  });
   pool_.SetTierVictimChooser(this);
   const KvPoolShape& shape = backend_->kv_shape();
   const int32_t max_pos = backend_->config().max_position_embeddings;

@@ -96,7 +96,8 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   // A new turn of session arrived: marks seq's admission class, ends a learned pin and
   // hands the retained blocks back to the cache.
   void BeginTurn(SessionId session, Sequence* seq);
-  int32_t ReclaimSessions(int32_t shortfall_blocks);
+  // break_live_pins false: live pins are not reclaimed (Scheduler::Reclaimer).
+  int32_t ReclaimSessions(int32_t shortfall_blocks, bool break_live_pins);
   // The host and disk tiers' victims (engine_tiers.cc): sessions the engine no longer
   // knows (closed) first, then the policy's order; a session with a turn in flight never.
   void ChooseTierVictims(const ReclaimRequest& request, std::span<const TierHolder> holders,

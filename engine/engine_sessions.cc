@@ -20,8 +20,10 @@ void EngineImpl::SwitchPolicy(const PolicyOptions& options) {
                  reclaim_policy_->name(), options.name, retained_.size());
   }
   // Retained sessions, their pins and priorities live in the engine's SessionReclaimInfo
-  // records, not in the policy, so they carry over unchanged.
+  // records, not in the policy, so they carry over unchanged. The samples stay; the tool
+  // statistics' knobs (prior, min samples, window) are the new options'.
   reclaim_policy_ = std::move(*policy);
+  tool_stats_.SetOptions(options.tool_stats);
   tool_stats_dirty_ = true;
 }
 
@@ -31,6 +33,9 @@ EngineLoad EngineImpl::CurrentLoad() const {
   load.device_free_blocks = pool_.num_allocatable();
   load.host_has_room = options_.num_host_blocks > 0;
   load.disk_has_room = disk_store_ != nullptr;
+  const BlockPoolStats pool = pool_.stats();
+  load.host_free_blocks = pool.host_total - pool.host_used;
+  load.disk_free_blocks = pool.disk_total - pool.disk_used;
   load.queued_prefill_tokens = scheduler_.waiting_tokens();
   return load;
 }
@@ -161,7 +166,7 @@ void EngineImpl::OrderWaiting() {
   });
 }
 
-int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks) {
+int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks, bool break_live_pins) {
   if (retained_.empty()) return 0;
   std::vector<SessionReclaimInfo> candidates;
   candidates.reserve(retained_.size());
@@ -176,7 +181,10 @@ int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks) {
   const int32_t before = pool_.num_allocatable();
   for (const ReclaimVictim& v : victims) {
     if (pool_.num_allocatable() - before >= shortfall_blocks) break;
-    if (v.victim_class == VictimClass::kLivePin) ++pin_violations_;
+    if (v.victim_class == VictimClass::kLivePin) {
+      if (!break_live_pins) break;  // the order lists live pins last: none is left before
+      ++pin_violations_;
+    }
     auto it = retained_.find(v.session);
     if (it == retained_.end()) continue;
     reclaim_policy_->OnReclaimed(it->second.info);

@@ -60,15 +60,16 @@ void Scheduler::Preempt(Sequence* seq) {
   waiting_.push_front(seq);
 }
 
-bool Scheduler::Reclaim(const BlockTable& table, int64_t n) {
+bool Scheduler::Reclaim(const BlockTable& table, int64_t n, bool break_live_pins) {
   if (!reclaimer_) return false;
   const int32_t need = table.NumNewBlocksFor(n) + 1;  // + a possible copy-on-write block
-  return reclaimer_(std::max(1, need - pool_->num_allocatable())) > 0;
+  return reclaimer_(std::max(1, need - pool_->num_allocatable()), break_live_pins) > 0;
 }
 
 bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batch) {
   while (!pool_->PrepareAppend(&seq->table, n, &batch->copies).ok()) {
-    if (Reclaim(seq->table, n)) continue;  // retained sessions go before running sequences
+    // Unpinned retained sessions go before running sequences; live pins after them.
+    if (Reclaim(seq->table, n, /*break_live_pins=*/false)) continue;
     // The newest running sequence that is neither seq nor already scheduled this step.
     Sequence* victim = nullptr;
     for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
@@ -87,6 +88,8 @@ bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batc
       ++batch->num_preempted;
       return false;
     }
+    // Alone: nothing else can make progress, so pins give way (each a violation).
+    if (Reclaim(seq->table, n, /*break_live_pins=*/true)) continue;
     // Alone with the whole pool and still short: this context can never fit.
     Remove(seq);
     batch->failed.push_back(seq);
@@ -103,8 +106,10 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   const int64_t cached = seq->num_computed();
   const int32_t n = static_cast<int32_t>(
       std::min<int64_t>({seq->num_pending(), options_.prefill_chunk_tokens, budget}));
+  // Live pins are broken for an admission only when nothing else would run this step.
+  const bool break_live_pins = running_.empty() && batch->seqs.empty();
   bool reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
-  while (!reserved && Reclaim(seq->table, n)) {
+  while (!reserved && Reclaim(seq->table, n, break_live_pins)) {
     reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
   }
   if (!reserved) {

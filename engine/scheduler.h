@@ -23,14 +23,19 @@
 // Blocks: each scheduled run reserves its blocks with BlockPool::PrepareAppend (check,
 // then act: a failed reservation changes nothing). Copy-on-write pairs from it are
 // returned in ScheduledBatch::copies for Backend::CopyBlocks before the forward step.
-// When the pool runs dry for a running sequence, the newest running sequence not yet
-// scheduled this step is preempted: its blocks are released (full, committed blocks stay
-// cached and can be matched again on resume) and it goes back to the front of the waiting
-// queue, to be recomputed from its whole context (prompt + generated tokens) when
-// re-admitted. With no one left to preempt, the sequence preempts itself if others hold
-// blocks this step, else its context can never fit and it is returned in `failed`.
-// A waiting sequence that cannot get blocks is simply not admitted this step (its matched
-// prefix is handed back). No admission happens in a step that preempted.
+// When the pool runs dry for a running sequence, the reclaimer first frees retained
+// sessions that hold no live pin; then the newest running sequence not yet scheduled this
+// step is preempted: its blocks are released (full, committed blocks stay cached and can
+// be matched again on resume) and it goes back to the front of the waiting queue, to be
+// recomputed from its whole context (prompt + generated tokens) when re-admitted. With no
+// one left to preempt, the sequence preempts itself if others hold blocks this step;
+// only when it runs alone are live pins broken (each a violation), and if that is still
+// not enough its context can never fit and it is returned in `failed`.
+// Pinned blocks count as taken at admission too: a waiting sequence is admitted only with
+// blocks the pool has or that unpinned retained sessions give up, unless nothing runs and
+// nothing is scheduled (then a pin is all that stands in the way, and it is broken). A
+// sequence that cannot get blocks is simply not admitted this step (its matched prefix is
+// handed back). No admission happens in a step that preempted.
 //
 // After the forward step, OnStepDone advances each table and commits newly full blocks to
 // the prefix cache (their chained hashes are computed by the pool under the table's
@@ -75,9 +80,12 @@ class Scheduler {
   // REQUIRES: pool outlives the scheduler.
   Scheduler(const SchedulerOptions& options, BlockPool* pool);
 
-  // Called when the pool is short of `shortfall` blocks, before any preemption: frees
-  // blocks held outside the scheduler (retained sessions) and returns how many it freed.
-  using Reclaimer = std::function<int32_t(int32_t shortfall_blocks)>;
+  // Called when the pool is short of `shortfall` blocks: frees blocks held outside the
+  // scheduler (retained sessions) and returns how many it freed. With break_live_pins
+  // false it must leave live pins alone: a pinned session's blocks count as taken, so
+  // neither admission nor the growth of running work reclaims them. The scheduler passes
+  // true only when nothing else can make progress (see the class comment).
+  using Reclaimer = std::function<int32_t(int32_t shortfall_blocks, bool break_live_pins)>;
   void set_reclaimer(Reclaimer reclaimer) { reclaimer_ = std::move(reclaimer); }
 
   // Appends a new sequence to the waiting queue. REQUIRES: status kWaiting, empty table.
@@ -130,7 +138,7 @@ class Scheduler {
   int64_t num_preemptions_ = 0;
   Reclaimer reclaimer_;
   // Asks the reclaimer for room for n more tokens of table (false: nothing freed).
-  bool Reclaim(const BlockTable& table, int64_t n);
+  bool Reclaim(const BlockTable& table, int64_t n, bool break_live_pins);
 };
 
 }  // namespace kvkeep

@@ -70,8 +70,11 @@ class PinningReclaimPolicy final : public ReclaimPolicy {
     PinCandidate c;
     c.context_tokens = info.context_tokens;
     c.device_blocks = info.blocks_on_tier[0];
-    c.host_has_room = load.host_has_room;
-    c.disk_has_room = load.disk_has_room;
+    const int64_t blocks = info.blocks_on_tier[0];
+    c.host_has_room =
+        load.host_has_room && (load.host_free_blocks < 0 || load.host_free_blocks >= blocks);
+    c.disk_has_room =
+        load.disk_has_room && (load.disk_free_blocks < 0 || load.disk_free_blocks >= blocks);
     c.queued_prefill_tokens = load.queued_prefill_tokens;
     return ComputeHitBenefit(options_.cost_model, c);
   }

@@ -93,9 +93,13 @@ struct SessionHint {
 // The engine's load as a policy sees it when a hint arrives.
 struct EngineLoad {
   int64_t device_total_blocks = 0;
-  int64_t device_free_blocks = 0;     // free or cached (allocatable) device blocks
-  bool host_has_room = false;         // a demoted session would land in host memory
-  bool disk_has_room = false;         // ... else on disk
+  int64_t device_free_blocks = 0;  // free or cached (allocatable) device blocks
+  bool host_has_room = false;      // the engine has a host tier ...
+  bool disk_has_room = false;      // ... a disk tier
+  // Free slots on each tier (< 0: unknown). A session is priced as reloadable from a tier
+  // only if its blocks fit there without pushing other sessions' KV down.
+  int64_t host_free_blocks = -1;
+  int64_t disk_free_blocks = -1;
   int64_t queued_prefill_tokens = 0;  // prefill tokens waiting for admission now
 };
 

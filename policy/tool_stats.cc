@@ -89,6 +89,12 @@ void ToolLatencyStats::AddSampleAt(const std::string& key, int64_t duration_us, 
   Age(&pooled_);
 }
 
+void ToolLatencyStats::SetOptions(const ToolStatsOptions& options) {
+  options_ = options;
+  for (auto& [key, samples] : by_key_) Age(&samples);
+  Age(&pooled_);
+}
+
 void ToolLatencyStats::Load(const std::vector<ToolSample>& samples) {
   const int64_t wall_to_mono = clock_->NowMicros() - clock_->WallMicros();
   for (const ToolSample& s : samples) AddSampleAt(s.key, s.duration_us, s.at_us + wall_to_mono);

@@ -100,6 +100,9 @@ class ToolLatencyStats {
   std::vector<ToolKeySummary> Summaries() const;
   ToolKeySummary Summary(const std::string& key) const;
   const ToolStatsOptions& options() const { return options_; }
+  // New knobs (SIGHUP): the prior, min samples and ageing apply from now on; a smaller
+  // window drops the oldest samples at once (a larger one cannot bring them back).
+  void SetOptions(const ToolStatsOptions& options);
 
  private:
   struct Sample {

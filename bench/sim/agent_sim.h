@@ -44,6 +44,7 @@ struct SimOptions {
   int32_t max_running = 256;
   int32_t max_position_tokens = 131072;  // Llama-3.1-8B
   CostModel cost;                        // with kv_bytes_per_token set
+  TtlOptions ttl;                        // the TTL rule's knobs (ttl, ttl-fcfs)
   // Called about every progress_every_sim_s of simulated time (may be empty).
   double progress_every_sim_s = 10;
   std::function<void(double sim_s, int agents_done, int agents, int64_t turns_done)> progress;

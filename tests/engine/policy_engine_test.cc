@@ -1,6 +1,7 @@
 // The KV policies inside the engine, with a fake clock: a TTL pin keeps a session's KV
 // through a tool wait where lru loses it; pins are counted granted / used / expired; a
-// policy switch keeps pins; program-aware admission puts a returning pinned program ahead
+// policy switch keeps pins; admission counts pinned blocks as taken and breaks a pin only
+// when nothing else can run; program-aware admission puts a returning pinned program ahead
 // of a newer one, where ttl-fcfs keeps FCFS.
 #include <gtest/gtest.h>
 
@@ -184,6 +185,91 @@ TEST(PolicyEngineTest, PolicySwitchKeepsPinsConsistent) {
   EXPECT_EQ(e.engine->SetPolicy(next).code(), StatusCode::kInvalidArgument);
   next.name = "fifo";
   EXPECT_EQ(e.engine->SetPolicy(next).code(), StatusCode::kInvalidArgument);
+}
+
+// Admission respects pins: A is pinned through a tool wait; B and C then arrive together
+// and need more than the pool has besides A's blocks. C waits for B (no live pin is
+// reclaimed while other work can run), then takes B's retained blocks; A comes back to
+// all its full blocks. C's greedy output matches C run alone on a large pool.
+TEST(PolicyEngineTest, PinnedBlocksSurviveALaterAdmissionThatNeedsThem) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 16);
+  PolicyEngine e(*model, "ttl", 12);
+  std::vector<int32_t> a = RandomTokens(rng, 2 * kBlockSize + 3);  // 3 blocks with output
+  const Outcome a1 = e.Run(1, 1, a);
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "cat");
+  ASSERT_EQ(e.impl()->GetStats().pinned_blocks, 3);
+  const std::vector<int32_t> b = RandomTokens(rng, 4 * kBlockSize + 8);  // 5 blocks each
+  const std::vector<int32_t> c = RandomTokens(rng, 4 * kBlockSize + 8);
+  Outcome b1, c1;
+  e.Submit(2, 2, b, &b1);
+  e.Submit(3, 3, c, &c1);
+  e.Drive();
+  EXPECT_EQ(b1.reason, FinishReason::kLength);
+  EXPECT_EQ(c1.reason, FinishReason::kLength);
+  EXPECT_GT(c1.order, b1.order) << "C could only run once B's blocks were free";
+  EngineStats s = e.impl()->GetStats();
+  EXPECT_EQ(s.pin_violations, 0);
+  EXPECT_EQ(s.pinned_blocks, 3);
+  e.clock.AdvanceMicros(kSecond / 10);
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "cat", kSecond / 10);
+  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
+  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  const Outcome a2 = e.Run(4, 1, a);
+  EXPECT_EQ(a2.usage.cached_tokens, 2 * kBlockSize);
+  EXPECT_EQ(e.impl()->GetStats().pins_used, 1);
+
+  PolicyEngine alone(*model, "ttl", 64);
+  EXPECT_EQ(alone.Run(1, 3, c).tokens, c1.tokens);
+}
+
+// A pin gives way when nothing else can make progress: the only waiting request needs the
+// pinned blocks, nothing runs, so the pin is reclaimed and counted as a violation.
+TEST(PolicyEngineTest, PinIsBrokenOnlyWhenNothingElseCanRun) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 17);
+  PolicyEngine e(*model, "ttl", 12);
+  e.Run(1, 1, RandomTokens(rng, 2 * kBlockSize + 3));
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "cat");
+  const Outcome big = e.Run(2, 2, RandomTokens(rng, 10 * kBlockSize + 8));  // 11 blocks
+  EXPECT_EQ(big.reason, FinishReason::kLength);
+  const EngineStats s = e.impl()->GetStats();
+  EXPECT_EQ(s.pin_violations, 1);
+  EXPECT_EQ(s.pinned_blocks, 0);
+}
+
+// A policy switch (SIGHUP) also applies the tool statistics' knobs: a smaller window
+// drops old samples, and with min samples lowered a key's own CDF replaces the prior.
+TEST(PolicyEngineTest, PolicySwitchAppliesToolStatsKnobs) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 18);
+  PolicyEngine e(*model, "ttl", 64);
+  e.Run(1, 1, RandomTokens(rng, 2 * kBlockSize + 3));
+  for (int i = 0; i < 5; ++i) {
+    e.Tool(SessionHint::Kind::kToolBegin, 1, "grep");
+    e.Tool(SessionHint::Kind::kToolEnd, 1, "grep", kSecond);
+  }
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "grep");
+  EngineStats s = e.impl()->GetStats();
+  ASSERT_EQ(s.tool_keys.size(), 1u);
+  EXPECT_EQ(s.tool_keys[0].summary.num_samples, 5);
+  const double prior_ttl = s.tool_keys[0].last_ttl_s;  // 5 < 20 samples: the 5 s prior
+  EXPECT_GT(prior_ttl, 5.0);
+  PolicyOptions next;
+  next.name = "ttl";
+  next.cost_model = DefaultCostModel();
+  next.tool_stats.window_samples = 2;
+  next.tool_stats.min_samples_per_key = 2;
+  ASSERT_TRUE(e.engine->SetPolicy(next).ok());
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "grep", kSecond);
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "grep");
+  s = e.impl()->GetStats();
+  ASSERT_EQ(s.tool_keys.size(), 1u);
+  EXPECT_EQ(s.tool_keys[0].summary.num_samples, 2);
+  EXPECT_NEAR(s.tool_keys[0].last_ttl_s, 1.0, 1e-6);  // grep's own samples: all 1 s
 }
 
 // Program-aware admission: a returning pinned program is admitted before a newer program

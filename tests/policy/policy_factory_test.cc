@@ -121,6 +121,58 @@ TEST(FixedTtlReclaimPolicy, ContinuumsRule) {
   EXPECT_FALSE(s.pinned);
 }
 
+// Where ttl and fixed-ttl part: fixed-ttl looks only at the tool's mean; ttl weighs the
+// session's rebuild cost against the memory it holds. On a full pool, a long tool (mean
+// 10 s) is pinned for a big session (64k tokens) and not for a small one (160 tokens);
+// fixed-ttl pins neither. A short tool is pinned by both, by ttl only for its p99.
+TEST(TtlReclaimPolicy, DiffersFromFixedTtlBySessionSize) {
+  Fixture f;
+  for (int i = 0; i < 40; ++i) f.stats.AddSample("pytest", 8 * kSecond + i * kSecond / 10);
+  for (int i = 0; i < 40; ++i) f.stats.AddSample("cat", kSecond / 10 + i * kSecond / 200);
+  auto ttl = f.Make("ttl");
+  auto fixed = f.Make("fixed-ttl");
+  auto pin_s = [&](ReclaimPolicy* p, const char* key, int64_t tokens) {
+    SessionReclaimInfo s = Session(1, static_cast<int32_t>(tokens / 16), tokens);
+    p->OnHint(ToolBegin(1, f.clock.NowMicros(), key), Load(10000, 0), &s);
+    return s.pinned ? static_cast<double>(s.pin_deadline_us - f.clock.NowMicros()) / kSecond : 0.0;
+  };
+  EXPECT_GE(pin_s(ttl.get(), "pytest", 64000), 8.0);
+  EXPECT_EQ(pin_s(ttl.get(), "pytest", 160), 0.0);
+  EXPECT_EQ(pin_s(fixed.get(), "pytest", 64000), 0.0);
+  EXPECT_EQ(pin_s(fixed.get(), "pytest", 160), 0.0);
+  const double cat_p99 = f.stats.ForKey("cat").Quantile(0.99);
+  EXPECT_NEAR(pin_s(ttl.get(), "cat", 64000), cat_p99, 1e-6);
+  EXPECT_EQ(pin_s(fixed.get(), "cat", 64000), 2.0);
+  EXPECT_EQ(pin_s(fixed.get(), "cat", 160), 2.0);
+}
+
+// The benefit of a pin is a host reload only while the host tier has room for the
+// session's blocks; with the host full, a hit saves a prefill, so the TTL is longer.
+TEST(TtlReclaimPolicy, FullHostTierPricesAHitAsAPrefill) {
+  Fixture f;
+  for (int i = 0; i < 40; ++i) f.stats.AddSample("pytest", 2 * kSecond + i * kSecond / 5);
+  f.options.name = "ttl";
+  f.options.cost_model = DefaultCostModel();
+  f.options.cost_model.kv_bytes_per_token = 131072;
+  f.options.cost_model.host_to_device_bytes_per_s = 25e9;
+  auto made = NewReclaimPolicy(f.options, &f.stats);
+  ASSERT_TRUE(made.ok());
+  std::unique_ptr<ReclaimPolicy> ttl = std::move(made).value();
+  auto pin_s = [&](int64_t host_free_blocks) {
+    SessionReclaimInfo s = Session(1, 2000, 32000);
+    EngineLoad load = Load(10000, 0);
+    load.host_has_room = true;
+    load.host_free_blocks = host_free_blocks;
+    ttl->OnHint(ToolBegin(1, f.clock.NowMicros(), "pytest"), load, &s);
+    return s.pinned ? static_cast<double>(s.pin_deadline_us - f.clock.NowMicros()) / kSecond : 0.0;
+  };
+  const double host_room = pin_s(5000), host_full = pin_s(100);
+  std::printf("pytest TTL for 2000 blocks on a full pool: host has room %.2f s, full %.2f s\n",
+              host_room, host_full);
+  EXPECT_GT(host_full, host_room);
+  EXPECT_EQ(pin_s(-1), host_room);  // unknown free slots: the tier's presence decides
+}
+
 // A session.retain hint pins with its priority, a learned pin does not replace it while
 // it is live, and ttl_s 0 (retain_until_us <= at_us) releases it.
 TEST(TtlReclaimPolicy, RetainHintOverridesLearnedPinAndReleases) {

@@ -83,5 +83,23 @@ TEST(Accounting, SummaryHitRatioIsCachedOverContext) {
   EXPECT_EQ(b.reprefill_tokens, 3 + 3700);
 }
 
+// The report's pin columns are the daemon's counters over the run: the last occupancy
+// sample minus the first (a daemon that served earlier runs starts above zero).
+TEST(Accounting, SummaryPinsAreTheRunsShareOfTheCounters) {
+  ReplayResult r;
+  OccupancySample first, mid, last;
+  first.pins_granted = 10, first.pins_used = 7, first.pins_expired = 2, first.pins_violated = 1;
+  mid = first;
+  mid.pins_granted = 15;
+  last.pins_granted = 30, last.pins_used = 20, last.pins_expired = 5, last.pins_violated = 1;
+  r.occupancy = {first, mid, last};
+  const PolicySummary s = Summarize(r);
+  EXPECT_EQ(s.pins_granted, 20);
+  EXPECT_EQ(s.pins_used, 13);
+  EXPECT_EQ(s.pins_expired, 3);
+  EXPECT_EQ(s.pins_violated, 0);
+  EXPECT_EQ(Summarize(ReplayResult{}).pins_granted, 0);  // no sample: nothing known
+}
+
 }  // namespace
 }  // namespace kvkeep::replay

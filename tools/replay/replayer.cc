@@ -308,7 +308,8 @@ class Run {
   void Monitor() {
     auto conn = client::DaemonClient::Connect(o_.socket_path);
     auto last_progress = SteadyClock::now();
-    while (!finished_) {
+    for (bool last = false; !last;) {
+      last = finished_;  // one more sample after the sessions end: the final pin counters
       if (conn.ok()) {
         Result<json> stats = (*conn)->Call("stats");
         if (stats.ok()) {
@@ -322,6 +323,11 @@ class Run {
           sample.blocks_used = IntField(pool, "blocks_used");
           sample.blocks_cached = IntField(pool, "blocks_cached");
           sample.blocks_pinned = IntField(pool, "blocks_pinned");
+          const json pins = stats->contains("pins") ? (*stats)["pins"] : json::object();
+          sample.pins_granted = IntField(pins, "granted");
+          sample.pins_used = IntField(pins, "used");
+          sample.pins_expired = IntField(pins, "expired");
+          sample.pins_violated = IntField(pins, "violated");
           std::lock_guard<std::mutex> lock(mu_);
           result_.occupancy.push_back(sample);
         }
@@ -334,7 +340,7 @@ class Run {
                       Since());
         o_.on_progress(line);
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::max(10, o_.sample_ms)));
+      if (!last) std::this_thread::sleep_for(std::chrono::milliseconds(std::max(10, o_.sample_ms)));
     }
   }
 

@@ -84,6 +84,8 @@ struct OccupancySample {
   int64_t blocks_used = 0;
   int64_t blocks_cached = 0;
   int64_t blocks_pinned = 0;
+  // The daemon's pin counters so far (stats: pins/*).
+  int64_t pins_granted = 0, pins_used = 0, pins_expired = 0, pins_violated = 0;
 };
 
 struct ReplayResult {

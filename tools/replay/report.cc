@@ -71,6 +71,13 @@ PolicySummary Summarize(const ReplayResult& r) {
   s.hit_ratio = s.context_tokens
                     ? static_cast<double>(hit_tokens) / static_cast<double>(s.context_tokens)
                     : 0;
+  if (!r.occupancy.empty()) {
+    const OccupancySample &first = r.occupancy.front(), &last = r.occupancy.back();
+    s.pins_granted = last.pins_granted - first.pins_granted;
+    s.pins_used = last.pins_used - first.pins_used;
+    s.pins_expired = last.pins_expired - first.pins_expired;
+    s.pins_violated = last.pins_violated - first.pins_violated;
+  }
   s.wall_s = r.wall_s;
   return s;
 }
@@ -104,6 +111,10 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
                    {"failed_sessions", s.failed_sessions},
                    {"clipped_sessions", s.clipped_sessions},
                    {"skipped_sessions", s.skipped_sessions},
+                   {"pins_granted", s.pins_granted},
+                   {"pins_used", s.pins_used},
+                   {"pins_expired", s.pins_expired},
+                   {"pins_violated", s.pins_violated},
                    {"wall_s", s.wall_s}};
     for (const TurnRecord& t : r.turns) {
       turns << CsvField(p) << ',' << CsvField(t.session) << ',' << t.turn << ',' << t.start_s << ','
@@ -134,18 +145,22 @@ Status WriteReport(const std::string& out_dir, const ReportInput& in) {
 std::string SummaryTable(const ReportInput& in) {
   std::ostringstream out;
   char line[512];
-  std::snprintf(line, sizeof(line), "%-10s %8s %6s %10s %10s %10s %10s %9s %12s %12s %12s\n",
+  std::snprintf(line, sizeof(line), "%-10s %8s %6s %10s %10s %10s %10s %9s %12s %12s %12s %18s\n",
                 "policy", "sessions", "turns", "ttft mean", "ttft p50", "ttft p99", "JCT mean",
-                "hit ratio", "context tok", "first pf", "re-prefill");
+                "hit ratio", "context tok", "first pf", "re-prefill", "pins used/exp/vio");
   out << line;
   for (const std::string& p : in.policies) {
     PolicySummary s = Summarize(in.results.at(p));
     std::snprintf(line, sizeof(line),
-                  "%-10s %8d %6d %8.1fms %8.1fms %8.1fms %9.2fs %9.3f %12lld %12lld %12lld\n",
+                  "%-10s %8d %6d %8.1fms %8.1fms %8.1fms %9.2fs %9.3f %12lld %12lld %12lld "
+                  "%18s\n",
                   p.c_str(), s.sessions, s.turns, s.mean_ttft_ms, s.p50_ttft_ms, s.p99_ttft_ms,
                   s.mean_jct_s, s.hit_ratio, static_cast<long long>(s.context_tokens),
                   static_cast<long long>(s.first_prefill_tokens),
-                  static_cast<long long>(s.reprefill_tokens));
+                  static_cast<long long>(s.reprefill_tokens),
+                  (std::to_string(s.pins_used) + "/" + std::to_string(s.pins_expired) + "/" +
+                   std::to_string(s.pins_violated))
+                      .c_str());
     out << line;
     if (s.failed_sessions > 0) {
       out << "           (" << s.failed_sessions << " sessions failed: see sessions.csv)\n";

@@ -30,6 +30,8 @@ struct PolicySummary {
   int64_t cached_tokens = 0;
   int64_t recomputed_tokens = 0;
   int64_t generated_tokens = 0;
+  // Pins during the run (the daemon's counters, last sample minus first).
+  int64_t pins_granted = 0, pins_used = 0, pins_expired = 0, pins_violated = 0;
   double wall_s = 0;
 };
 
