@@ -437,7 +437,11 @@ int Main(int argc, char** argv) {
     }
   }
   const RemoteTierStats st = remote.stats();
-  nlohmann::json out = {{"model", args.model == "tiny" ? "tiny (synthetic)" : model_path},
+  // The machine is shared: the load at the end says how busy it was while this ran.
+  std::string loadavg;
+  if (auto l = env->ReadFile("/proc/loadavg"); l.ok()) loadavg = l->substr(0, l->find('\n'));
+  nlohmann::json out = {{"loadavg_at_end", loadavg},
+                        {"model", args.model == "tiny" ? "tiny (synthetic)" : model_path},
                         {"kv_block_bytes", block_bytes},
                         {"value_bytes", value_bytes},
                         {"anchor",
