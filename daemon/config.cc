@@ -120,7 +120,7 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
   r.Known({"max_line_bytes", "max_json_depth", "max_sessions_per_uid",
            "max_inflight_per_connection", "max_output_buffer_bytes", "max_tokens",
            "max_output_bytes_total", "max_connections", "max_connections_per_uid",
-           "max_stored_bytes_per_uid"});
+           "max_stored_bytes_per_uid", "max_stored_sessions_per_uid"});
   r.Int("max_line_bytes", &l->max_line_bytes, 64, int64_t{1} << 32);
   r.Int("max_json_depth", &l->max_json_depth, 2, 10000);
   r.Int("max_sessions_per_uid", &l->max_sessions_per_uid, 1, kMaxI32);
@@ -131,6 +131,7 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
   r.Int("max_connections", &l->max_connections, 1, kMaxI32);
   r.Int("max_connections_per_uid", &l->max_connections_per_uid, 1, kMaxI32);
   r.Int("max_stored_bytes_per_uid", &l->max_stored_bytes_per_uid, 4096, kMaxI64);
+  r.Int("max_stored_sessions_per_uid", &l->max_stored_sessions_per_uid, 1, kMaxI32);
   return r.Finish();
 }
 
@@ -366,6 +367,8 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
   num("--max-tokens", &f.limits.max_tokens, &o.limits.max_tokens, "max_tokens per generate");
   num("--max-stored-bytes-per-uid", &f.limits.max_stored_bytes_per_uid,
       &o.limits.max_stored_bytes_per_uid, "bytes of messages and tool events one uid may store");
+  num("--max-stored-sessions-per-uid", &f.limits.max_stored_sessions_per_uid,
+      &o.limits.max_stored_sessions_per_uid, "sessions one uid may keep, open or closed");
   num("--max-output-bytes-total", &f.limits.max_output_bytes_total,
       &o.limits.max_output_bytes_total, "unsent bytes of all connections before slow readers go");
   num("--max-connections", &f.limits.max_connections, &o.limits.max_connections,
@@ -460,7 +463,8 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_output_bytes_total", o.limits.max_output_bytes_total},
         {"max_connections", o.limits.max_connections},
         {"max_connections_per_uid", o.limits.max_connections_per_uid},
-        {"max_stored_bytes_per_uid", o.limits.max_stored_bytes_per_uid}}},
+        {"max_stored_bytes_per_uid", o.limits.max_stored_bytes_per_uid},
+        {"max_stored_sessions_per_uid", o.limits.max_stored_sessions_per_uid}}},
       {"engine",
        {{"device", o.engine.device},
         {"kv_memory_bytes", o.engine.kv_memory_bytes},

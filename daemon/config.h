@@ -22,6 +22,7 @@ struct DaemonLimits {
   int64_t max_line_bytes = 8 << 20;                     // longest request line
   int32_t max_json_depth = 64;                          // nesting of objects/arrays
   int32_t max_sessions_per_uid = 256;                   // open sessions of one uid
+  int32_t max_stored_sessions_per_uid = 4096;           // sessions of one uid, open or closed
   int32_t max_inflight_per_connection = 64;             // generates in flight per conn
   int64_t max_output_buffer_bytes = int64_t{64} << 20;  // unsent bytes per connection
   int64_t max_output_bytes_total = int64_t{1} << 30;    // unsent bytes, all connections

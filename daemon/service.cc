@@ -180,7 +180,8 @@ Service::Reply Service::Hello(const Ctx& ctx) {
         {"max_inflight_per_connection", l.max_inflight_per_connection},
         {"max_output_buffer_bytes", l.max_output_buffer_bytes},
         {"max_tokens", l.max_tokens},
-        {"max_stored_bytes_per_uid", l.max_stored_bytes_per_uid}}},
+        {"max_stored_bytes_per_uid", l.max_stored_bytes_per_uid},
+        {"max_stored_sessions_per_uid", l.max_stored_sessions_per_uid}}},
       {"stored_bytes", stored_bytes_.Used(ctx.uid())},
   };
 }
@@ -259,7 +260,8 @@ Service::Reply Service::Open(const Ctx& ctx) {
     first.push_back(std::move(msg));
   }
   std::lock_guard<std::mutex> lock(session->mu);  // held until durable: no one sees it half-made
-  if (Status st = sessions_.Insert(session, max_open); !st.ok()) {
+  if (Status st = sessions_.Insert(session, max_open, options_.limits.max_stored_sessions_per_uid);
+      !st.ok()) {
     if (st.code() == StatusCode::kAlreadyExists) {
       return Status::AlreadyExists("session '" + id + "' is open");
     }
@@ -458,7 +460,9 @@ Service::Reply Service::Fork(const Ctx& ctx) {
   child->tokens = parent->tokens;
   std::lock_guard<std::mutex> clock(child->mu);
   RETURN_IF_ERROR(stored_bytes_.Charge(child->owner_uid, id, StoredBytes::Of(child->messages)));
-  if (Status st = sessions_.Insert(child, options_.limits.max_sessions_per_uid); !st.ok()) {
+  if (Status st = sessions_.Insert(child, options_.limits.max_sessions_per_uid,
+                                   options_.limits.max_stored_sessions_per_uid);
+      !st.ok()) {
     stored_bytes_.Forget(child->owner_uid, id);
     return st;
   }

@@ -30,6 +30,7 @@ void SessionTable::Load(std::vector<StoredSession> stored) {
                              std::move(m.tool_call_id), std::move(m.tokens)});
     }
     if (!s.closed) open_count_[s.owner_uid]++;
+    stored_count_[s.owner_uid]++;
     sessions_[{s.owner_uid, s.id}] = std::move(session);
   }
 }
@@ -40,7 +41,8 @@ std::shared_ptr<Session> SessionTable::Find(uint32_t uid, const std::string& id)
   return it == sessions_.end() ? nullptr : it->second;
 }
 
-Status SessionTable::Insert(std::shared_ptr<Session> session, int32_t max_open) {
+Status SessionTable::Insert(std::shared_ptr<Session> session, int32_t max_open,
+                            int32_t max_stored) {
   std::lock_guard<std::mutex> lock(mu_);
   Key key{session->owner_uid, session->id};
   if (sessions_.count(key)) return Status::AlreadyExists("session '" + session->id + "' exists");
@@ -49,7 +51,14 @@ Status SessionTable::Insert(std::shared_ptr<Session> session, int32_t max_open) 
     return Status::TooManySessions("uid has " + std::to_string(open) +
                                    " open sessions (max_sessions_per_uid)");
   }
+  int32_t& stored = stored_count_[session->owner_uid];
+  if (stored >= max_stored) {
+    return Status::TooManySessions("uid keeps " + std::to_string(stored) +
+                                   " sessions, open or closed (max_stored_sessions_per_uid); "
+                                   "delete some with session.close keep=false");
+  }
   ++open;
+  ++stored;
   sessions_[key] = std::move(session);
   return Status::OK();
 }
@@ -72,7 +81,7 @@ void SessionTable::ReleaseOpen(uint32_t uid) {
 
 void SessionTable::Remove(uint32_t uid, const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
-  sessions_.erase({uid, id});
+  if (sessions_.erase({uid, id}) > 0 && stored_count_[uid] > 0) stored_count_[uid]--;
 }
 
 std::vector<std::shared_ptr<Session>> SessionTable::List(std::optional<uint32_t> uid) const {

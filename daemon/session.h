@@ -80,8 +80,9 @@ class SessionTable {
   // The session, or nullptr when absent (other uids' sessions are absent).
   std::shared_ptr<Session> Find(uint32_t uid, const std::string& id) const;
   // Inserts a new open session. AlreadyExists if the id is taken for this uid;
-  // ResourceExhausted when the uid already has max_open open sessions.
-  Status Insert(std::shared_ptr<Session> session, int32_t max_open);
+  // TooManySessions when the uid already has max_open open sessions, or keeps max_stored
+  // sessions (open or closed).
+  Status Insert(std::shared_ptr<Session> session, int32_t max_open, int32_t max_stored);
   // Reserves an open slot for uid (reopen); ResourceExhausted at the limit.
   Status ReserveOpen(uint32_t uid, int32_t max_open);
   void ReleaseOpen(uint32_t uid);
@@ -96,6 +97,7 @@ class SessionTable {
   mutable std::mutex mu_;
   std::map<Key, std::shared_ptr<Session>> sessions_;  // guarded by mu_
   std::map<uint32_t, int32_t> open_count_;            // guarded by mu_
+  std::map<uint32_t, int32_t> stored_count_;          // guarded by mu_: open and closed
 };
 
 }  // namespace kvkeep

@@ -3,6 +3,9 @@
 // may override them with pinned memory and a copy stream).
 #include "engine/backend.h"
 
+#include <new>
+#include <string>
+
 namespace kvkeep {
 namespace {
 
@@ -20,7 +23,14 @@ Status Backend::AllocateHostTier(int32_t num_blocks) {
   if (num_blocks < 0 || host_arena_ != nullptr) {
     return Status::InvalidArgument("host tier: allocated twice or negative size");
   }
-  default_host_arena_.assign(static_cast<size_t>(num_blocks) * block_bytes(), 0);
+  // A size the machine cannot give is an error for the caller, not a bad_alloc.
+  const size_t bytes = static_cast<size_t>(num_blocks) * block_bytes();
+  try {
+    default_host_arena_.assign(bytes, 0);
+  } catch (const std::bad_alloc&) {
+    return Status::ResourceExhausted("host tier: cannot allocate " + std::to_string(num_blocks) +
+                                     " blocks (" + std::to_string(bytes >> 20) + " MiB)");
+  }
   host_arena_ = default_host_arena_.data();
   num_host_blocks_ = num_blocks;
   return Status::OK();

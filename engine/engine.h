@@ -136,6 +136,8 @@ struct EngineStats {
   int64_t promoted_blocks = 0;     // cumulative: moved one tier up
   int64_t dropped_blocks = 0;      // cumulative: dropped from the bottom tier
   int64_t disk_read_failures = 0;  // missing files and bad checksums (recomputed)
+  // Failed block writes and removals (ENOSPC, EIO); those blocks are recomputed.
+  int64_t disk_write_failures = 0;
   int64_t cached_device_tokens = 0;
   int64_t cached_host_tokens = 0;
   int64_t cached_disk_tokens = 0;

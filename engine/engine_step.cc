@@ -213,6 +213,7 @@ void EngineImpl::PublishStats() {
   s.promoted_blocks = ps.num_promotions;
   s.dropped_blocks = ps.num_dropped;
   s.disk_read_failures = disk_read_failures_;
+  s.disk_write_failures = disk_worker_ ? disk_worker_->stats().write_failures : 0;
   s.remote = remote_stats;
   s.retained_sessions = static_cast<int64_t>(retained_.size());
   s.retained_blocks = 0;

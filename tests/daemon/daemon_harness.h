@@ -222,6 +222,7 @@ class DaemonProcess {
     return -1;
   }
   bool Alive() const { return pid_ > 0 && ::kill(pid_, 0) == 0; }
+  pid_t pid() const { return pid_; }
   std::string Log() const {
     auto text = DefaultEnv()->ReadFile(log_path_);
     return text.ok() ? *text : "";
