@@ -392,7 +392,7 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
   num("--http-max-body-bytes", &f.http.max_body_bytes, &o.http.max_body_bytes,
       "largest HTTP request body (413 beyond)");
   num("--http-max-inflight", &f.http.max_inflight, &o.http.max_inflight,
-      "HTTP generations in flight (503 beyond)");
+      "HTTP generations in flight (429 beyond)");
   str("--remote-tier", &f.cluster.remote_tier, &o.cluster.remote_tier,
       "shared KV tier: redis://HOST:PORT/DB or unix:PATH (needs --disk-gib)");
   str("--remote-auth-file", &f.cluster.remote_auth_file, &o.cluster.remote_auth_file,

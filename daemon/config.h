@@ -67,7 +67,7 @@ struct DaemonHttpOptions {
   int64_t max_body_bytes = 8 << 20;
   int32_t max_connections = 256;  // per listener
   int32_t idle_timeout_s = 30;
-  int32_t max_inflight = 256;  // HTTP generations in flight; beyond: 503
+  int32_t max_inflight = 256;  // HTTP generations in flight; beyond: 429
   // TESTING ONLY: a JSON array of assistant replies forced in order (docs/openai.md).
   std::string testing_scripted_replies;
 };

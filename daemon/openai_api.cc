@@ -42,7 +42,7 @@ constexpr HttpErrorRow kHttpErrors[] = {
     // limits.max_stored_bytes_per_uid: retrying soon does not help; OpenAI's shape for it.
     {StatusCode::kQuotaExceeded, 429, "insufficient_quota", nullptr, false},
     // Draining for shutdown, or a damaged session. (--http-max-inflight's `overloaded`,
-    // the HTTP layer's own refusal, is a 503 with Retry-After too.)
+    // the HTTP layer's own refusal, is a 429 with Retry-After, as issue 17 asks.)
     {StatusCode::kUnavailable, 503, "server_error", nullptr, true},
     {StatusCode::kCancelled, 499, "invalid_request_error", nullptr, false},  // client left
     {StatusCode::kDeadlineExceeded, 504, "server_error", nullptr, false},

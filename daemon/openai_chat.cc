@@ -168,8 +168,8 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
 
   if (inflight_.fetch_add(1) >= options_.max_inflight) {
     inflight_.fetch_sub(1);
-    // The daemon is at capacity, not this client over a rate: 503, as OpenAI's overload.
-    return OpenAiError(503, "too many generations in flight; retry shortly", "overloaded");
+    // Issue 17: overload is a 429 with Retry-After, which OpenAI clients back off on.
+    return OpenAiError(429, "too many generations in flight; retry shortly", "overloaded");
   }
   auto match = matcher_.Acquire(turn->uid, turn->name, turn->chain);
   if (!match) {

@@ -286,8 +286,8 @@ TEST(OpenAiErrorsTest, EveryStatusCodeMapsToItsHttpStatus) {
 TEST(OpenAiErrorsTest, TransportErrorsGetTheirTypes) {
   EXPECT_EQ(json::parse(OpenAiError(401, "m", "invalid_api_key").body)["error"]["type"],
             "authentication_error");
-  const HttpResponse overloaded = OpenAiError(503, "m", "overloaded");
-  EXPECT_EQ(json::parse(overloaded.body)["error"]["type"], "server_error");
+  const HttpResponse overloaded = OpenAiError(429, "m", "overloaded");
+  EXPECT_EQ(json::parse(overloaded.body)["error"]["type"], "rate_limit_error");
   ASSERT_EQ(overloaded.headers.size(), 1u);
   EXPECT_EQ(overloaded.headers[0].first, "Retry-After");
   EXPECT_EQ(json::parse(OpenAiError(413, "m", "request_too_large").body)["error"]["type"],

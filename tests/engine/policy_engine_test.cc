@@ -5,7 +5,9 @@
 // of a newer one, where ttl-fcfs keeps FCFS.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <random>
+#include <thread>
 
 #include "engine/engine_impl.h"
 #include "tests/engine/engine_fixture.h"
@@ -318,8 +320,14 @@ TEST(PolicyEngineTest, ToolEndPromotesDemotedBlocksBeforeTheNextTurn) {
   ASSERT_GT(before.disk_blocks_used, 0);
   ASSERT_GE(before.reclaimed_sessions, 1);
   e.Tool(SessionHint::Kind::kToolEnd, 1, "pytest", kSecond);
-  e.Run(20, 200, RandomTokens(rng, 3));  // a step collects the finished reads
-  const EngineStats after = e.impl()->GetStats();
+  // The reads run on the disk worker; steps collect those that have landed. Under load
+  // one step can come too early, so step until some land (bounded: 5 s).
+  EngineStats after = e.impl()->GetStats();
+  for (int i = 0; i < 500 && after.promoted_blocks == before.promoted_blocks; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    e.Run(20 + i, 200 + i, RandomTokens(rng, 3));
+    after = e.impl()->GetStats();
+  }
   EXPECT_GT(after.promoted_blocks, before.promoted_blocks) << "tool_end read nothing up";
   a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
   for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);

@@ -336,7 +336,7 @@ class ErrorTest(unittest.TestCase):
         self.assertFalse(huge.startswith("HTTP/1.1 200"), huge[:200])
         self.assert_serving()
 
-    def test_busy_session_is_429_and_overload_is_503_with_retry_after(self):
+    def test_busy_session_and_overload_are_429_with_retry_after(self):
         d = kvkeepd_http.Daemon(extra_args=["--http-max-inflight", "2", "--max-tokens", "4096"])
         streams = []
         try:
@@ -363,12 +363,12 @@ class ErrorTest(unittest.TestCase):
             self.assertEqual(e.exception.body["code"], "busy")
             self.assertEqual(e.exception.body["type"], "rate_limit_error")
             self.assertEqual(e.exception.response.headers.get("retry-after"), "1")
-            # --http-max-inflight generations in flight: the daemon is at capacity, 503.
+            # --http-max-inflight generations in flight: the daemon is at capacity, 429.
             long_stream([user("long")])
-            with self.assertRaises(openai.InternalServerError) as e:
+            with self.assertRaises(openai.RateLimitError) as e:
                 c.chat.completions.create(model=d.model, messages=[user("third")],
                                           max_tokens=2)
-            self.assertEqual(e.exception.status_code, 503)
+            self.assertEqual(e.exception.status_code, 429)
             self.assertEqual(e.exception.body["code"], "overloaded")
             self.assertEqual(e.exception.response.headers.get("retry-after"), "1")
         finally:
