@@ -141,7 +141,7 @@ Status Service::Generate(const Ctx& ctx) {
     deps_.post([this, gen, ev] { FinishGeneration(gen, ev); });
   };
   gen->episode = RouteTurnLocked(*s, &req);  // recorded only for a turn that is submitted
-  TraceMark(gen->trace, "validate");  // parameters checked, prompt built; next: Submit
+  TraceMark(gen->trace, "validate");         // parameters checked, prompt built; next: Submit
   s->generating = true;
   num_generating_.fetch_add(1);
   if (Status st = deps_.engine->Submit(std::move(req)); !st.ok()) {
