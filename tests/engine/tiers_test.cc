@@ -156,7 +156,9 @@ TEST(TieredEngineTest, SessionsMoveHostToDiskWholeAndComeBackUnchanged) {
   for (int i = 0; i < kSessions; ++i) {
     e.clock()->AdvanceMicros(1000);
     const Outcome t = e.Run(10 + i, turn1[i], first - i);
-    if (i == 0) EXPECT_EQ(t.tokens, r1.tokens);
+    if (i == 0) {
+      EXPECT_EQ(t.tokens, r1.tokens);
+    }
   }
   const BlockPool& pool = e.impl()->TEST_pool();
   const HashScope scope{HashModelId("tiers-test"), 0};
