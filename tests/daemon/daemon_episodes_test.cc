@@ -63,6 +63,8 @@ TEST(DaemonEpisodesTest, QueryRouteRestartAndRebuild) {
             {"verb", "session.append"},
             {"session", s},
             {"messages", {{{"role", "user"}, {"content", "Do I need crampons on the glacier?"}}}}});
+      // Routing reads the index: a turn is routed only once its history is indexed.
+      QueryWhenIndexed(c, s, "crampons", 1);
       c.Ok({{"id", 5}, {"verb", "session.generate"}, {"session", s}, {"forced", "yes"}});
     }
     // Both sessions indexed first: they share the uid's IDF, which a query vector uses.
