@@ -4,7 +4,16 @@
 //                [--policies ttl,ttl-fcfs,fixed-ttl,lru,none] [--window-s 60 | --rate R]
 //                [--max-turns N] [--seed S] [--jobs J] [--kv-gib 60] [--host-gib 64] [--host-gbps
 //                25]
-//                [--timings bench/data/h100_8b_timings.json]
+//                [--timings bench/data/h100_8b_timings.json | --cost-model FILE]
+//                [--model DIR] [--kv-blocks N] [--host-blocks N] [--arrivals poisson|recorded]
+//                [--max-batch-tokens N] [--prefill-chunk-tokens N] [--max-running N]
+//
+// To predict a real run (bench/gpu/agents.sh): --model is the directory kvkeepd served
+// (every message is re-tokenized with its tokenizer and chat template, as the daemon
+// counts it: bench/sim/served_tokens.h), --cost-model the daemon's calibration file
+// (state dir's cost_model.json), --kv-blocks/--host-blocks and the engine flags the
+// daemon's, --arrivals recorded with --window-s ignored (the trace's arrival times, as
+// `kvkeep replay run` uses them by default).
 //
 // The canonical trace (`kvkeep replay import` output) becomes agent programs
 // (tools/replay/agent_workload.h); for each load, N agents arrive as a seeded Poisson
@@ -28,6 +37,8 @@
 #include "base/clock.h"
 #include "base/file.h"
 #include "bench/sim/agent_sim.h"
+#include "bench/sim/served_tokens.h"
+#include "engine/model_config.h"
 #include "policy/cost_model.h"
 #include "policy/tool_key.h"
 #include "policy/tool_stats.h"
@@ -52,6 +63,13 @@ struct Args {
   uint64_t seed = 1;
   int jobs = 1;  // simulations run at once
   TtlOptions ttl;
+  std::string cost_model;     // a calibration file (kvkeepd's state dir); overrides timings
+  std::string model;          // re-tokenize with this model (kvkeepd's --model)
+  int64_t max_tokens = 4096;  // the daemon's limits.max_tokens (the replayer's output cap)
+  int32_t kv_blocks = 0, host_blocks = -1;  // override --kv-gib / --host-gib
+  std::string arrivals = "poisson";
+  double time_scale = 1;
+  sim::SimOptions engine;  // max_batch_tokens, prefill_chunk_tokens, max_running
   std::string python = ".venv/bin/python", plot_script = "bench/policy_bench_plot.py";
 };
 
@@ -148,17 +166,64 @@ nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
           {"wall_s", wall_s}};
 }
 
-Status Run(const Args& a) {
-  ASSIGN_OR_RETURN(std::vector<replay::Session> sessions, replay::ReadTraceFile(a.trace));
-  replay::WorkloadOptions workload;
-  workload.max_turns = a.max_turns;
-  ASSIGN_OR_RETURN(std::vector<replay::AgentProgram> programs,
-                   replay::ProgramsFromTrace(sessions, workload));
+// The cost model: the daemon's calibration file as is, or a fit of timing samples.
+Result<CostFit> LoadCost(const Args& a) {
+  if (!a.cost_model.empty()) {
+    CostFit fit;
+    ASSIGN_OR_RETURN(fit.model, LoadCostModel(DefaultEnv(), a.cost_model));
+    if (fit.model.host_to_device_bytes_per_s <= 0) {
+      fit.model.host_to_device_bytes_per_s = a.host_gbps * 1e9;
+    }
+    return fit;
+  }
   ASSIGN_OR_RETURN(auto timing, LoadTimingSamples(DefaultEnv(), a.timings));
   CostModel base = timing.second;
   if (base.host_to_device_bytes_per_s <= 0) base.host_to_device_bytes_per_s = a.host_gbps * 1e9;
-  ASSIGN_OR_RETURN(CostFit fit, FitCostModel(timing.first, base));
-  std::printf("cost model (%s):\n%s\n", timing.second.source.c_str(), FormatCostFit(fit).c_str());
+  return FitCostModel(timing.first, base);
+}
+
+Status Run(const Args& a) {
+  ASSIGN_OR_RETURN(std::vector<replay::Session> sessions, replay::ReadTraceFile(a.trace));
+  ASSIGN_OR_RETURN(CostFit fit, LoadCost(a));
+  std::printf("cost model (%s):\n%s\n", fit.model.source.c_str(), FormatCostFit(fit).c_str());
+  if (fit.model.kv_bytes_per_token < 1) {
+    return Status::InvalidArgument("the cost model has no kv_bytes_per_token");
+  }
+  const int64_t block_bytes = fit.model.kv_bytes_per_token * a.block_tokens;
+  sim::SimOptions options = a.engine;
+  options.cost = fit.model;
+  options.block_size = a.block_tokens;
+  options.device_blocks = a.kv_blocks > 0 ? a.kv_blocks : Blocks(a.kv_gib, block_bytes);
+  options.host_blocks = a.host_blocks >= 0 ? a.host_blocks : Blocks(a.host_gib, block_bytes);
+  // A calibration file's measured bandwidth; with timing samples, --host-gbps as before.
+  options.host_bytes_per_s =
+      a.cost_model.empty() ? a.host_gbps * 1e9 : fit.model.host_to_device_bytes_per_s;
+  options.ttl = a.ttl;
+
+  replay::WorkloadOptions workload;
+  workload.max_turns = a.max_turns;
+  workload.time_scale = a.time_scale;
+  std::vector<std::vector<replay::ServedEventTokens>> served;
+  if (!a.model.empty()) {
+    // The daemon's context limit: its device pool, or the model's positions if fewer.
+    ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(DefaultEnv(), a.model));
+    sim::ServedTokenOptions so;
+    so.max_context_tokens = int64_t{options.device_blocks} * a.block_tokens;
+    if (config.max_position_embeddings > 0) {
+      so.max_context_tokens =
+          std::min<int64_t>(so.max_context_tokens, config.max_position_embeddings);
+    }
+    so.max_tokens = a.max_tokens;
+    so.max_turns = a.max_turns;
+    ASSIGN_OR_RETURN(auto counter, sim::ServedTokenCounter::Create(DefaultEnv(), a.model));
+    ASSIGN_OR_RETURN(served, counter->CountAll(sessions, so));
+    workload.served_tokens = &served;
+    options.max_position_tokens = static_cast<int32_t>(so.max_context_tokens);
+    std::printf("tokens as %s serves them (context limit %lld)\n", a.model.c_str(),
+                static_cast<long long>(so.max_context_tokens));
+  }
+  ASSIGN_OR_RETURN(std::vector<replay::AgentProgram> programs,
+                   replay::ProgramsFromTrace(sessions, workload));
 
   FakeClock clock;
   ToolStatsOptions stats_options;
@@ -167,22 +232,17 @@ Status Run(const Args& a) {
   const nlohmann::json keys = DescribeTools(programs, &stats);
   int64_t context_tokens = 0;
   for (const replay::AgentProgram& p : programs) context_tokens += p.ContextTokens();
-  const int64_t block_bytes = fit.model.kv_bytes_per_token * a.block_tokens;
-  sim::SimOptions options;
-  options.cost = fit.model;
-  options.block_size = a.block_tokens;
-  options.device_blocks = Blocks(a.kv_gib, block_bytes);
-  options.host_blocks = Blocks(a.host_gib, block_bytes);
-  options.host_bytes_per_s = a.host_gbps * 1e9;
-  options.ttl = a.ttl;
   PrintTtlTable(options.device_blocks, a.block_tokens, stats, fit.model,
                 context_tokens / static_cast<int64_t>(programs.size()), a.ttl);
   std::printf(
-      "\nsimulated H100: %d device blocks (%.0f GiB of KV), host tier %d blocks (%.0f GiB) at "
-      "%.0f GB/s, %d-token blocks of %lld bytes; batch %d tokens, chunk %d, %d running\n",
-      options.device_blocks, a.kv_gib, options.host_blocks, a.host_gib, a.host_gbps, a.block_tokens,
-      static_cast<long long>(block_bytes), options.max_batch_tokens, options.prefill_chunk_tokens,
-      options.max_running);
+      "\nsimulated device: %d device blocks (%.1f GiB of KV), host tier %d blocks (%.1f GiB) at "
+      "%.1f GB/s, %d-token blocks of %lld bytes; batch %d tokens, chunk %d, %d running\n",
+      options.device_blocks,
+      static_cast<double>(options.device_blocks) * static_cast<double>(block_bytes) / (1 << 30),
+      options.host_blocks,
+      static_cast<double>(options.host_blocks) * static_cast<double>(block_bytes) / (1 << 30),
+      options.host_bytes_per_s / 1e9, a.block_tokens, static_cast<long long>(block_bytes),
+      options.max_batch_tokens, options.prefill_chunk_tokens, options.max_running);
 
   nlohmann::json loads = nlohmann::json::array(), arrivals_json = nlohmann::json::array();
   std::printf("\n%6s %-10s %9s %9s %8s %8s %6s %12s %12s %9s %6s %7s\n", "agents", "policy",
@@ -201,7 +261,10 @@ Status Run(const Args& a) {
   for (int n : a.agents) {
     const double rate = a.rate_per_s > 0 ? a.rate_per_s : n / a.window_s;
     ASSIGN_OR_RETURN(auto arrivals, replay::MakeArrivals(programs.size(), n, rate, a.seed));
-    arrivals_json.push_back({{"agents", n}, {"rate_per_s", rate}});
+    if (a.arrivals == "recorded") {  // agent i runs program i at its recorded arrival
+      for (auto& arrival : arrivals) arrival.arrival_s = programs[arrival.program].arrival_s;
+    }
+    arrivals_json.push_back({{"agents", n}, {"arrivals", a.arrivals}, {"rate_per_s", rate}});
     for (const std::string& policy : a.policies) jobs.push_back({n, policy, arrivals, {}, {}});
   }
   std::vector<size_t> order(jobs.size());  // the largest loads first: the last runs are short
@@ -311,6 +374,27 @@ int main(int argc, char** argv) {
   app.add_option("--seed", a.seed, "arrival seed");
   app.add_option("--jobs", a.jobs, "simulations run at once (threads)")->check(CLI::Range(1, 64));
   app.add_option("--timings", a.timings, "timing samples for the cost model");
+  app.add_option("--cost-model", a.cost_model,
+                 "a cost model file (kvkeepd's state dir cost_model.json) instead of --timings");
+  app.add_option("--model", a.model,
+                 "count tokens as kvkeepd serving this model directory does (its --model)");
+  app.add_option("--max-tokens", a.max_tokens, "the daemon's max_tokens (with --model)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--kv-blocks", a.kv_blocks, "device pool in blocks (overrides --kv-gib)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--host-blocks", a.host_blocks, "host tier in blocks (overrides --host-gib)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--arrivals", a.arrivals,
+                 "poisson (over --window-s or at --rate) or recorded (the trace's times)")
+      ->check(CLI::IsMember({"poisson", "recorded"}));
+  app.add_option("--time-scale", a.time_scale, "multiplies tool times, think gaps, arrivals")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-batch-tokens", a.engine.max_batch_tokens, "engine step token budget")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--prefill-chunk-tokens", a.engine.prefill_chunk_tokens, "largest prefill chunk")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-running", a.engine.max_running, "sequences decoding at once")
+      ->check(CLI::PositiveNumber);
   app.add_option("--kv-gib", a.kv_gib, "device KV pool")->check(CLI::PositiveNumber);
   app.add_option("--host-gib", a.host_gib, "host tier (0: none)")->check(CLI::NonNegativeNumber);
   app.add_option("--host-gbps", a.host_gbps, "host <-> device GB/s")->check(CLI::PositiveNumber);

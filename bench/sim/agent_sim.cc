@@ -35,7 +35,7 @@ ModelConfig SimModelConfig(const SimOptions& o) {
 }
 
 struct Event {
-  enum class Kind { kSubmit, kToolEnd };
+  enum class Kind { kSubmit, kToolEnd, kEnd };
   int64_t at_us = 0;
   int64_t order = 0;  // FIFO among equal times
   Kind kind = Kind::kSubmit;
@@ -190,12 +190,18 @@ class Simulation {
     while (!events_.empty() && events_.top().at_us <= clock_.NowMicros()) {
       const Event ev = events_.top();
       events_.pop();
+      if (ev.kind == Event::Kind::kEnd) {
+        EndAgent(ev.agent, /*truncated=*/false, /*failed=*/false);
+        continue;
+      }
       if (ev.kind == Event::Kind::kToolEnd) {
         const AgentState& a = agents_[ev.agent];
         SendHint(
             ToolHint(SessionHint::Kind::kToolEnd, ev.agent, a.program->steps[a.next_step - 1]));
-        Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s),
-                 Event::Kind::kSubmit, ev.agent);
+        const bool last = a.next_step >= static_cast<int32_t>(a.program->steps.size());
+        Schedule(clock_.NowMicros() +
+                     ToMicros(last ? a.program->tail_s : a.program->steps[a.next_step].think_s),
+                 last ? Event::Kind::kEnd : Event::Kind::kSubmit, ev.agent);
         continue;
       }
       RETURN_IF_ERROR(Submit(ev.agent));
@@ -294,8 +300,13 @@ class Simulation {
       a.after_previous = a.context_tokens;
       const replay::AgentStep& step = a.program->steps[a.next_step];
       ++a.next_step;
-      if (a.next_step >= static_cast<int32_t>(a.program->steps.size())) {
-        EndAgent(agent, false, false);
+      const bool last = a.next_step >= static_cast<int32_t>(a.program->steps.size());
+      if (last && step.tool.empty()) {  // the replay's trailing waits, then close
+        if (a.program->tail_s > 0) {
+          Schedule(clock_.NowMicros() + ToMicros(a.program->tail_s), Event::Kind::kEnd, agent);
+        } else {
+          EndAgent(agent, false, false);
+        }
         continue;
       }
       if (!step.tool.empty()) {

@@ -11,7 +11,8 @@
 // engine and the recorded tool duration starts; at its end a tool_end hint goes in and,
 // after the recorded think time, the next turn is submitted with the whole context
 // (previous context + the forced output + the appended tool result). After the last turn
-// a close hint releases the session. Token ids are synthetic (a function of the
+// the agent still waits out that turn's tool and the program's tail_s, as `kvkeep replay
+// run` does, then a close hint releases the session. Token ids are synthetic (a function of the
 // position); each agent has its own cache salt, so agents running the same program do
 // not share KV.
 //

@@ -35,28 +35,46 @@ Result<std::vector<AgentProgram>> ProgramsFromTrace(const std::vector<Session>& 
   if (!(options.bytes_per_token > 0)) {
     return Status::InvalidArgument("bytes_per_token must be positive");
   }
+  if (!(options.time_scale >= 0)) return Status::InvalidArgument("time_scale must be >= 0");
+  const auto* served = options.served_tokens;
+  if (served != nullptr && served->size() != sessions.size()) {
+    return Status::InvalidArgument("served_tokens has " + std::to_string(served->size()) +
+                                   " sessions, the trace " + std::to_string(sessions.size()));
+  }
+  const double scale = options.time_scale;
   std::vector<AgentProgram> out;
-  for (const Session& s : sessions) {
+  for (size_t si = 0; si < sessions.size(); ++si) {
+    const Session& s = sessions[si];
+    if (served != nullptr && (*served)[si].size() != s.events.size()) {
+      return Status::InvalidArgument("served_tokens of session " + s.id +
+                                     " does not match its events");
+    }
     AgentProgram p;
     p.id = s.id;
+    p.arrival_s = s.arrival_s * scale;
     int64_t pending_tokens = 0;
     double pending_think_s = 0;
-    for (const Event& e : s.events) {
+    for (size_t ei = 0; ei < s.events.size() && !p.cut; ++ei) {
+      const Event& e = s.events[ei];
+      const ServedEventTokens* st = served != nullptr ? &(*served)[si][ei] : nullptr;
+      if (st != nullptr && st->stop) break;
       switch (e.type) {
         case EventType::kSystem:
         case EventType::kUser:
-          pending_tokens +=
-              e.tokens ? e.tokens->count : TextTokens(e.text, options.bytes_per_token);
+          pending_tokens += st != nullptr ? st->before
+                            : e.tokens    ? e.tokens->count
+                                          : TextTokens(e.text, options.bytes_per_token);
           break;
         case EventType::kToolEnd:
-          pending_tokens += TextTokens(e.text, options.bytes_per_token);
+          pending_tokens +=
+              st != nullptr ? st->before : TextTokens(e.text, options.bytes_per_token);
           if (!p.steps.empty() && !p.steps.back().tool.empty() && !p.steps.back().tool_timed) {
-            p.steps.back().tool_s = std::max(0.0, e.duration_s);
+            p.steps.back().tool_s = std::max(0.0, e.duration_s) * scale;
             p.steps.back().tool_timed = e.timing != Timing::kNone;
           }
           break;
         case EventType::kThink:
-          pending_think_s += std::max(0.0, e.duration_s);
+          pending_think_s += std::max(0.0, e.duration_s) * scale;
           break;
         case EventType::kToolBegin:
           if (!p.steps.empty() && p.steps.back().tool.empty()) {
@@ -66,19 +84,21 @@ Result<std::vector<AgentProgram>> ProgramsFromTrace(const std::vector<Session>& 
           break;
         case EventType::kModel: {
           if (options.max_turns > 0 && static_cast<int>(p.steps.size()) >= options.max_turns) {
+            p.cut = true;
             break;
           }
           AgentStep step;
-          step.appended_tokens = pending_tokens;
-          step.output_tokens = ModelTokens(e, options.bytes_per_token);
+          step.appended_tokens = pending_tokens + (st != nullptr ? st->before : 0);
+          step.output_tokens = st != nullptr ? st->output : ModelTokens(e, options.bytes_per_token);
           step.think_s = pending_think_s;
-          pending_tokens = 0;
+          pending_tokens = st != nullptr ? st->after : 0;
           pending_think_s = 0;
           p.steps.push_back(std::move(step));
           break;
         }
       }
     }
+    p.tail_s = pending_think_s;  // the replay sleeps these before it closes the session
     if (!p.steps.empty()) out.push_back(std::move(p));
   }
   if (out.empty()) return Status::InvalidArgument("the trace has no session with a model turn");

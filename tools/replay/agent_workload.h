@@ -7,7 +7,9 @@
 // tokenizer of the 8B model it prices, so text is counted as ceil(bytes / bytes_per_token):
 // 3.4 by default, the median over the 1,860 turns of the 25 mini-swe-agent deepseek traces
 // of (message bytes so far) / (recorded usage.prompt_tokens), p10-p90 3.13-3.66.
-// completion_tokens is used when the trace recorded it.
+// completion_tokens is used when the trace recorded it. A served model's own counts (its
+// tokenizer and chat template, as kvkeepd adds them to the session) can be given instead:
+// WorkloadOptions::served_tokens (bench/sim/served_tokens.h computes them).
 //
 // Thread-safety: pure functions over values.
 #pragma once
@@ -36,12 +38,30 @@ struct AgentStep {
 struct AgentProgram {
   std::string id;
   std::vector<AgentStep> steps;
+  double arrival_s = 0;  // the session's recorded arrival (x time_scale)
+  // After the last step `kvkeep replay run` still replays the trace up to the next model
+  // turn (or the session's end): the last step's tool, then these think gaps, then it
+  // closes the session. cut: max_turns ended the program before the trace did.
+  double tail_s = 0;
+  bool cut = false;
   int64_t ContextTokens() const;  // the context after the last turn
+};
+
+// Tokens one event of a trace adds to its session when a served model replays it.
+struct ServedEventTokens {
+  int64_t before = 0;  // appended before the event (a model turn: its generation prompt)
+  int64_t output = 0;  // a model turn: its (forced) output
+  int64_t after = 0;   // a model turn: the tokens closing it (counted in the next context)
+  bool stop = false;   // the replay stops before this event (the context is full)
 };
 
 struct WorkloadOptions {
   double bytes_per_token = 3.4;
-  int max_turns = 0;  // per program; 0: all
+  int max_turns = 0;        // per program; 0: all
+  double time_scale = 1.0;  // multiplies tool times, think gaps and arrivals
+  // served_tokens[s][e]: event e of session s as served (same shape as the sessions);
+  // null: counted from bytes. Not owned; outlives the call.
+  const std::vector<std::vector<ServedEventTokens>>* served_tokens = nullptr;
 };
 
 // One program per session with at least one model turn; InvalidArgument if none has.

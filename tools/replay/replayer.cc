@@ -31,28 +31,6 @@ double NumField(const json& j, const char* key) {
   return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
 }
 
-// A model turn's recorded output as text: the assistant text, then each tool call.
-std::string ForcedText(const Event& e) {
-  std::string text = e.text;
-  for (const ToolCall& c : e.tool_calls) {
-    json args = json::parse(c.arguments, nullptr, false);
-    json call = {{"name", c.name}, {"arguments", args.is_discarded() ? json(c.arguments) : args}};
-    text += "\n<tool_call>\n" + call.dump(-1, ' ', false, json::error_handler_t::replace) +
-            "\n</tool_call>";
-  }
-  return text;
-}
-
-// Cuts text to at most max_bytes without splitting a UTF-8 sequence. Every token of a
-// byte-level tokenizer covers at least one byte, so max_bytes bounds the token count.
-std::string ClipUtf8(std::string text, int64_t max_bytes) {
-  if (max_bytes < 0 || static_cast<int64_t>(text.size()) <= max_bytes) return text;
-  size_t n = static_cast<size_t>(max_bytes);
-  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
-  text.resize(n);
-  return text;
-}
-
 class Run {
  public:
   Run(const std::vector<Session>& trace, const ReplayOptions& o) : trace_(trace), o_(o) {}
@@ -360,6 +338,28 @@ class Run {
 };
 
 }  // namespace
+
+// A model turn's recorded output as text: the assistant text, then each tool call.
+std::string ForcedText(const Event& e) {
+  std::string text = e.text;
+  for (const ToolCall& c : e.tool_calls) {
+    json args = json::parse(c.arguments, nullptr, false);
+    json call = {{"name", c.name}, {"arguments", args.is_discarded() ? json(c.arguments) : args}};
+    text += "\n<tool_call>\n" + call.dump(-1, ' ', false, json::error_handler_t::replace) +
+            "\n</tool_call>";
+  }
+  return text;
+}
+
+// Cuts text to at most max_bytes without splitting a UTF-8 sequence. Every token of a
+// byte-level tokenizer covers at least one byte, so max_bytes bounds the token count.
+std::string ClipUtf8(std::string text, int64_t max_bytes) {
+  if (max_bytes < 0 || static_cast<int64_t>(text.size()) <= max_bytes) return text;
+  size_t n = static_cast<size_t>(max_bytes);
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  text.resize(n);
+  return text;
+}
 
 std::string DaemonSessionId(size_t index, const std::string& trace_id) {
   std::string id = "r" + std::to_string(index) + "-";

@@ -98,6 +98,14 @@ struct ReplayResult {
 
 Result<ReplayResult> RunReplay(const std::vector<Session>& trace, const ReplayOptions& options);
 
+// A recorded model turn's output as the replay forces it: the assistant text, then each
+// tool call as "\n<tool_call>\n{name, arguments}\n</tool_call>".
+std::string ForcedText(const Event& e);
+// text cut to at most max_bytes without splitting a UTF-8 sequence (max_bytes < 0: all of
+// it). Every token of a byte-level tokenizer covers at least one byte, so max_bytes bounds
+// the token count.
+std::string ClipUtf8(std::string text, int64_t max_bytes);
+
 // The id a trace session gets in the daemon: "r<index>-" plus its id with characters
 // outside [A-Za-z0-9._:-] replaced, at most 128 characters.
 std::string DaemonSessionId(size_t index, const std::string& trace_id);
