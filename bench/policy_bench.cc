@@ -67,6 +67,8 @@ struct Args {
   std::string model;          // re-tokenize with this model (kvkeepd's --model)
   int64_t max_tokens = 4096;  // the daemon's limits.max_tokens (the replayer's output cap)
   int32_t kv_blocks = 0, host_blocks = -1;  // override --kv-gib / --host-gib
+  int64_t kv_bytes_per_token = 0;           // override the cost model's
+  int kv_dtype_bytes = 2;                   // with --model, when the cost model has none
   std::string arrivals = "poisson";
   double time_scale = 1;
   sim::SimOptions engine;  // max_batch_tokens, prefill_chunk_tokens, max_running
@@ -185,6 +187,13 @@ Result<CostFit> LoadCost(const Args& a) {
 Status Run(const Args& a) {
   ASSIGN_OR_RETURN(std::vector<replay::Session> sessions, replay::ReadTraceFile(a.trace));
   ASSIGN_OR_RETURN(CostFit fit, LoadCost(a));
+  if (a.kv_bytes_per_token > 0) fit.model.kv_bytes_per_token = a.kv_bytes_per_token;
+  if (fit.model.kv_bytes_per_token < 1 && !a.model.empty()) {
+    // A calibration file may not say: K and V of every layer, in the served dtype.
+    ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(DefaultEnv(), a.model));
+    fit.model.kv_bytes_per_token =
+        int64_t{2} * c.num_layers * c.num_kv_heads * c.head_dim * a.kv_dtype_bytes;
+  }
   std::printf("cost model (%s):\n%s\n", fit.model.source.c_str(), FormatCostFit(fit).c_str());
   if (fit.model.kv_bytes_per_token < 1) {
     return Status::InvalidArgument("the cost model has no kv_bytes_per_token");
@@ -380,6 +389,11 @@ int main(int argc, char** argv) {
                  "count tokens as kvkeepd serving this model directory does (its --model)");
   app.add_option("--max-tokens", a.max_tokens, "the daemon's max_tokens (with --model)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--kv-bytes-per-token", a.kv_bytes_per_token, "KV bytes a token (all layers)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--kv-dtype-bytes", a.kv_dtype_bytes,
+                 "with --model and no kv_bytes_per_token in the cost model: 2 (bf16) or 4 (f32)")
+      ->check(CLI::IsMember({2, 4}));
   app.add_option("--kv-blocks", a.kv_blocks, "device pool in blocks (overrides --kv-gib)")
       ->check(CLI::PositiveNumber);
   app.add_option("--host-blocks", a.host_blocks, "host tier in blocks (overrides --host-gib)")

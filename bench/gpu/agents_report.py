@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
-"""Table, JSON and PNG of bench/gpu/agents.sh's runs (issue 12).
+"""bench/gpu/agents.sh's helpers (issue 12): the run-time estimate, the held-out tool trace
+that seeds a daemon's tool statistics, and the report.
 
-Reads OUT/n<N>/<policy>/{sessions.csv,turns.csv,stats.json,gpu_util.csv} and writes
-OUT/agents.json, OUT/agents.txt (the table it prints) and OUT/agents_jct_cdf.png (job
-completion time CDF per policy, one panel per load).
+  agents_report.py estimate TRACE --loads 4 8 --turns 4 --policies ttl lru ...
+  agents_report.py seed-trace SEED_TRACE --exclude TRACE --exclude-first N --out FILE
+  agents_report.py report RUNS --out OUT [--sim policy_bench.json] ...
+
+`report` reads RUNS/n<N>/<policy>/{sessions.csv,turns.csv,stats.json,gpu_util.csv} and
+writes OUT/agents.json, OUT/agents.txt (the table it prints) and OUT/agents_jct_cdf.png
+(job completion time CDF per policy, one panel per load). With --sim (bench/policy_bench's
+JSON for the same sessions, loads, policies and turn cap) each run gets the simulator's
+mean JCT and its error against the measured one.
 """
 import argparse
 import csv
@@ -92,47 +99,164 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("--turns", type=int)
-    ap.add_argument("--time-scale", type=float)
-    ap.add_argument("--kv-blocks", type=int)
-    ap.add_argument("--host-blocks", type=int)
-    a = ap.parse_args()
+def read_trace(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def session_timing(session, turns):
+    """Tool time and think time a replay of the first `turns` model turns waits through
+    (the waits after the last turn included, as the replayer runs up to the next one)."""
+    waits, seen, outputs = 0.0, 0, 0
+    for e in session["events"]:
+        if e["type"] == "model":
+            if turns and seen >= turns:
+                break
+            seen += 1
+            outputs += len(e.get("text", "")) + sum(len(c.get("arguments", ""))
+                                                     for c in e.get("tool_calls", []))
+        elif e["type"] in ("tool_end", "think"):
+            waits += max(0.0, e.get("duration_s", 0.0))
+    return waits, seen, outputs
+
+
+def estimate(a):
+    trace = read_trace(a.trace)
+    total = 0.0
+    print(f"estimate: {len(a.policies)} policies"
+          + (f" + {len(a.seed_policies)} seeded" if a.seed_policies else "")
+          + f" at loads {a.loads}, {a.turns} turns, {a.start_s:.0f} s a daemon start")
+    for n in a.loads:
+        sessions = trace[:n]
+        longest = 0.0
+        for s in sessions:
+            waits, seen, _ = session_timing(s, a.turns)
+            # ~1 s of forced decode a turn on the 8B shape, slower as the batch grows.
+            longest = max(longest, waits * a.time_scale + seen * 1.0 * max(1.0, n / 8))
+        runs = len(a.policies) + len(a.seed_policies)
+        run_s = a.start_s + longest + 3
+        total += runs * run_s
+        print(f"  {n:>3} agents: ~{run_s:.0f} s a run, {runs} runs")
+    total += 2 * a.start_s + (a.seed_lane_s + a.start_s if a.seed_policies else 0)
+    print(f"estimated total: ~{total:.0f} s (budget {a.budget_s:.0f} s: runs past it are skipped"
+          f"{'; OVER BUDGET' if total > a.budget_s else ''})")
+
+
+def seed_trace(a):
+    measured = {s["session"] for s in read_trace(a.exclude)[: a.exclude_first]}
+    calls = []
+    for s in read_trace(a.seed_trace):
+        if s["session"] in measured:
+            continue
+        begin = None
+        for e in s["events"]:
+            if e["type"] == "tool_begin":
+                begin = e
+            elif e["type"] == "tool_end" and begin is not None:
+                d = e.get("duration_s", 0.0)
+                if e.get("timing", "none") != "none" and 0 <= d <= a.lane_s:
+                    calls.append((begin, d))
+                begin = None
+    lanes = []  # first fit, longest first: few lanes of at most lane_s each
+    for begin, d in sorted(calls, key=lambda c: -c[1]):
+        for lane in lanes:
+            if lane["s"] + d <= a.lane_s:
+                break
+        else:
+            lane = {"s": 0.0, "events": []}
+            lanes.append(lane)
+        lane["s"] += d
+        lane["events"] += [
+            {"type": "tool_begin", "tool": begin["tool"], "command": begin.get("command", ""),
+             "call_id": begin.get("call_id", "")},
+            {"type": "tool_end", "tool": begin["tool"], "call_id": begin.get("call_id", ""),
+             "text": "ok", "duration_s": d, "timing": "recorded"}]
+    with open(a.out, "w") as f:
+        for i, lane in enumerate(lanes):
+            f.write(json.dumps({"version": 1, "session": f"seed-{i}", "source": "seed",
+                                "arrival_s": 0.0, "events": lane["events"]}) + "\n")
+    print(f"seed: {len(calls)} tool calls from {a.seed_trace} (the first {a.exclude_first} "
+          f"sessions of the measured trace left out) in {len(lanes)} lanes of <= {a.lane_s} s",
+          file=sys.stderr)
+    if not lanes:
+        sys.exit("seed: no held-out tool calls")
+
+
+def sim_figures(path):
+    """{(agents, policy): mean JCT} from bench/policy_bench's JSON."""
+    out = {}
+    if not path or not pathlib.Path(path).exists():
+        return out
+    doc = json.loads(pathlib.Path(path).read_text())
+    for load in doc.get("loads", []):
+        for policy, fig in load.get("policies", {}).items():
+            out[(int(load["agents"]), policy)] = fig
+    return out
+
+
+def report(a):
+    runs_dir = pathlib.Path(a.runs)
     out = pathlib.Path(a.out)
-    loads = sorted((int(d.name[1:]), d) for d in out.glob("n*") if d.name[1:].isdigit())
-    result = {"params": {"turns": a.turns, "time_scale": a.time_scale,
-                         "kv_blocks": a.kv_blocks, "host_blocks": a.host_blocks},
+    out.mkdir(parents=True, exist_ok=True)
+    sim = sim_figures(a.sim)
+    loads = sorted((int(d.name[1:]), d) for d in runs_dir.glob("n*") if d.name[1:].isdigit())
+    result = {"params": {"turns": a.turns, "time_scale": a.time_scale, "kv_blocks": a.kv_blocks,
+                         "host_blocks": a.host_blocks, "device": a.device, "model": a.model},
               "loads": {}}
     lines = []
-    header = (f"{'agents':>6} {'policy':<10} {'JCT mean':>9} {'JCT p99':>8} {'TTFT mean':>10} "
+    header = (f"{'agents':>6} {'policy':<14} {'JCT mean':>9} {'JCT p99':>8} {'TTFT mean':>10} "
               f"{'TTFT p99':>9} {'recomputed':>10} {'dev tok':>9} {'host tok':>9} {'disk tok':>8} "
-              f"{'pins g/u/e/v':>16} {'GPU %':>6}")
+              f"{'pins g/u/e/v':>16} {'GPU %':>6} {'sim JCT':>8} {'sim err':>8}")
     lines.append(header)
+    errors = []
     for n, d in loads:
         result["loads"][n] = {}
         for run in sorted(p for p in d.iterdir() if p.is_dir()):
             s = summarise(run)
+            fig = sim.get((n, run.name))
+            if fig and s["mean_jct_s"]:
+                s["sim_mean_jct_s"] = fig["mean_jct_s"]
+                s["sim_p99_jct_s"] = fig["p99_jct_s"]
+                s["sim_recomputed_tokens"] = fig["recomputed_tokens"]
+                s["sim_error"] = fig["mean_jct_s"] / s["mean_jct_s"] - 1
+                errors.append(abs(s["sim_error"]))
             result["loads"][n][run.name] = s
             pins = "/".join("-" if s[k] is None else str(int(s[k])) for k in
                             ("pins_granted", "pins_used", "pins_expired", "pins_violated"))
-            lines.append(f"{n:>6} {run.name:<10} {fmt(s['mean_jct_s'], '9.2f')} "
+            err = s.get("sim_error")
+            lines.append(f"{n:>6} {run.name:<14} {fmt(s['mean_jct_s'], '9.2f')} "
                          f"{fmt(s['p99_jct_s'], '8.2f')} {fmt(s['mean_ttft_ms'], '10.1f')} "
                          f"{fmt(s['p99_ttft_ms'], '9.1f')} {s['recomputed_tokens']:>10} "
                          f"{s['cached_device_tokens']:>9} {s['cached_host_tokens']:>9} "
                          f"{s['cached_disk_tokens']:>8} {pins:>16} "
-                         f"{fmt(s['gpu_util_mean_pct'], '6.1f')}")
+                         f"{fmt(s['gpu_util_mean_pct'], '6.1f')} "
+                         f"{fmt(s.get('sim_mean_jct_s'), '8.2f')} "
+                         f"{'-' if err is None else format(100 * err, '+7.1f') + '%':>8}")
         runs = result["loads"][n]
-        for other in ("lru", "fixed-ttl"):
-            if "ttl" in runs and other in runs and runs["ttl"]["mean_jct_s"]:
-                ratio = runs[other]["mean_jct_s"] / runs["ttl"]["mean_jct_s"]
-                runs["ttl"][f"jct_ratio_{other}_over_ttl"] = ratio
-                lines.append(f"{'':>6} {other} mean JCT / ttl mean JCT = {ratio:.3f}")
+        for base in sorted(r for r in runs if not r.endswith("+seed")):
+            if base + "+seed" in runs and runs[base]["mean_jct_s"]:
+                ratio = runs[base]["mean_jct_s"] / runs[base + "+seed"]["mean_jct_s"]
+                runs[base + "+seed"]["jct_ratio_unseeded_over_seeded"] = ratio
+                lines.append(f"{'':>6} {base} mean JCT / {base}+seed mean JCT = {ratio:.3f}")
+        for ttl in ("ttl", "ttl+seed"):
+            for other in ("lru", "fixed-ttl"):
+                if ttl in runs and other in runs and runs[ttl]["mean_jct_s"]:
+                    ratio = runs[other]["mean_jct_s"] / runs[ttl]["mean_jct_s"]
+                    runs[ttl][f"jct_ratio_{other}_over_{ttl}"] = ratio
+                    lines.append(f"{'':>6} {other} mean JCT / {ttl} mean JCT = {ratio:.3f}")
+    if errors:
+        result["sim_max_abs_error"] = max(errors)
+        lines.append(f"simulator (bench/policy_bench, this run's cost model and tokens): "
+                     f"|error| of mean JCT at most {100 * max(errors):.1f}%, "
+                     f"mean {100 * sum(errors) / len(errors):.1f}% over {len(errors)} runs")
     text = "\n".join(lines)
     print(text)
     (out / "agents.txt").write_text(text + "\n")
     (out / "agents.json").write_text(json.dumps(result, indent=1))
+    plot(result, loads, out)
+
+
+def plot(result, loads, out):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -154,6 +278,39 @@ def main():
     fig.tight_layout()
     fig.savefig(out / "agents_jct_cdf.png", dpi=110)
     print(f"plot: {out / 'agents_jct_cdf.png'}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("estimate")
+    e.add_argument("trace")
+    e.add_argument("--loads", type=int, nargs="+", required=True)
+    e.add_argument("--turns", type=int, default=0)
+    e.add_argument("--policies", nargs="+", required=True)
+    e.add_argument("--seed-policies", type=lambda v: v.split(), default=[])
+    e.add_argument("--seed-lane-s", type=float, default=20)
+    e.add_argument("--start-s", type=float, default=20)
+    e.add_argument("--time-scale", type=float, default=1)
+    e.add_argument("--budget-s", type=float, default=540)
+    t = sub.add_parser("seed-trace")
+    t.add_argument("seed_trace")
+    t.add_argument("--exclude", required=True, help="the measured trace")
+    t.add_argument("--exclude-first", type=int, required=True, help="its sessions measured")
+    t.add_argument("--lane-s", type=float, default=20)
+    t.add_argument("--out", required=True)
+    r = sub.add_parser("report")
+    r.add_argument("runs")
+    r.add_argument("--out", required=True)
+    r.add_argument("--sim")
+    r.add_argument("--turns", type=int)
+    r.add_argument("--time-scale", type=float)
+    r.add_argument("--kv-blocks", type=int)
+    r.add_argument("--host-blocks", type=int)
+    r.add_argument("--device")
+    r.add_argument("--model")
+    a = ap.parse_args()
+    {"estimate": estimate, "seed-trace": seed_trace, "report": report}[a.cmd](a)
 
 
 if __name__ == "__main__":
