@@ -228,6 +228,8 @@ Status Run(const Args& a) {
     ASSIGN_OR_RETURN(served, counter->CountAll(sessions, so));
     workload.served_tokens = &served;
     options.max_position_tokens = static_cast<int32_t>(so.max_context_tokens);
+    options.vocab_size = config.vocab_size;
+    options.shared_cache_salt = true;  // one uid's sessions, as `kvkeep replay run` sends them
     std::printf("tokens as %s serves them (context limit %lld)\n", a.model.c_str(),
                 static_cast<long long>(so.max_context_tokens));
   }

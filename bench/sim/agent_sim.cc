@@ -24,7 +24,7 @@ ModelConfig SimModelConfig(const SimOptions& o) {
   ModelConfig c;  // the 8B shape (Llama-3-8B) as the engine sees it
   c.architecture = "LlamaForCausalLM";
   c.model_type = "llama";
-  c.vocab_size = kVocab;
+  c.vocab_size = std::max(kVocab, o.vocab_size);
   c.num_layers = 32;
   c.num_q_heads = 32;
   c.num_kv_heads = 8;
@@ -52,6 +52,8 @@ struct AgentState {
   int64_t context_tokens = 0;   // tokens of the session after the last reply
   int64_t after_previous = 0;   // the same, as AccountTurn wants it
   int64_t first_token_us = -1;  // of the running turn
+  bool use_ids = false;         // the program carries served token ids
+  std::vector<int32_t> tokens;  // the session's ids so far (use_ids)
   bool finished_this_step = false;
   GenerateEvent finish;  // of the running turn
 };
@@ -59,6 +61,17 @@ struct AgentState {
 constexpr int64_t kPinSampleUs = 10'000;  // idle hops while pins hold blocks
 
 int64_t ToMicros(double s) { return static_cast<int64_t>(std::llround(s * 1e6)); }
+
+// Every step carries exactly as many served ids as it counts tokens (a non-empty output).
+bool HasServedIds(const replay::AgentProgram& p) {
+  for (const replay::AgentStep& s : p.steps) {
+    if (static_cast<int64_t>(s.appended_ids.size()) != s.appended_tokens ||
+        static_cast<int64_t>(s.output_ids.size()) != s.output_tokens || s.output_ids.empty()) {
+      return false;
+    }
+  }
+  return !p.steps.empty();
+}
 
 class Simulation {
  public:
@@ -146,6 +159,7 @@ class Simulation {
         return Status::InvalidArgument("sim: an arrival names a program that does not exist");
       }
       agents_[i].program = &programs_[arrivals_[i].program];
+      agents_[i].use_ids = HasServedIds(*agents_[i].program);
       result_.agents[i].arrival_s = arrivals_[i].arrival_s;
       Schedule(ToMicros(arrivals_[i].arrival_s), Event::Kind::kSubmit, static_cast<int32_t>(i));
     }
@@ -221,20 +235,28 @@ class Simulation {
   Status Submit(int32_t agent) {
     AgentState& a = agents_[agent];
     const replay::AgentStep& step = a.program->steps[a.next_step];
-    const int64_t prompt_tokens = a.context_tokens + std::max<int64_t>(1, step.appended_tokens);
+    const int64_t prompt_tokens =
+        a.use_ids ? static_cast<int64_t>(a.tokens.size() + step.appended_ids.size())
+                  : a.context_tokens + std::max<int64_t>(1, step.appended_tokens);
     const int64_t output_tokens = std::max<int64_t>(1, step.output_tokens);
-    if (prompt_tokens + output_tokens > o_.max_position_tokens) {
+    if (prompt_tokens + output_tokens > o_.max_position_tokens || prompt_tokens < 1) {
       EndAgent(agent, /*truncated=*/true, /*failed=*/false);
       return Status::OK();
     }
     GenerateRequest r;
     r.id = next_request_++;
     r.session = static_cast<SessionId>(agent) + 1;
-    r.cache_salt = static_cast<uint64_t>(agent) + 1;
-    r.prompt.resize(static_cast<size_t>(prompt_tokens));
-    for (int64_t p = 0; p < prompt_tokens; ++p) r.prompt[p] = TokenAt(p);
-    r.forced.resize(static_cast<size_t>(output_tokens));
-    for (int64_t p = 0; p < output_tokens; ++p) r.forced[p] = TokenAt(prompt_tokens + p);
+    r.cache_salt = o_.shared_cache_salt ? 1 : static_cast<uint64_t>(agent) + 1;
+    if (a.use_ids) {
+      a.tokens.insert(a.tokens.end(), step.appended_ids.begin(), step.appended_ids.end());
+      r.prompt = a.tokens;
+      r.forced = step.output_ids;
+    } else {
+      r.prompt.resize(static_cast<size_t>(prompt_tokens));
+      for (int64_t p = 0; p < prompt_tokens; ++p) r.prompt[p] = TokenAt(p);
+      r.forced.resize(static_cast<size_t>(output_tokens));
+      for (int64_t p = 0; p < output_tokens; ++p) r.forced[p] = TokenAt(prompt_tokens + p);
+    }
     r.stop.max_tokens = static_cast<int32_t>(output_tokens);
     r.stop.use_model_eos = false;
     r.on_event = [this, agent](const GenerateEvent& ev) {
@@ -299,6 +321,8 @@ class Simulation {
       a.context_tokens = t.context_tokens + u.generated_tokens;
       a.after_previous = a.context_tokens;
       const replay::AgentStep& step = a.program->steps[a.next_step];
+      if (a.use_ids)
+        a.tokens.insert(a.tokens.end(), step.output_ids.begin(), step.output_ids.end());
       ++a.next_step;
       const bool last = a.next_step >= static_cast<int32_t>(a.program->steps.size());
       if (last && step.tool.empty()) {  // the replay's trailing waits, then close

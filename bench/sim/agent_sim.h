@@ -44,8 +44,14 @@ struct SimOptions {
   int32_t prefill_chunk_tokens = 2048;
   int32_t max_running = 256;
   int32_t max_position_tokens = 131072;  // Llama-3.1-8B
-  CostModel cost;                        // with kv_bytes_per_token set
-  TtlOptions ttl;                        // the TTL rule's knobs (ttl, ttl-fcfs)
+  // Programs with served token ids (AgentStep::appended_ids) replay those ids, which need
+  // the served model's vocabulary; the others use synthetic ids.
+  int32_t vocab_size = 256;
+  // One cache salt for every agent, as for the sessions of one uid in kvkeepd: agents
+  // whose token ids agree share that prefix's KV. false: each agent its own salt.
+  bool shared_cache_salt = false;
+  CostModel cost;  // with kv_bytes_per_token set
+  TtlOptions ttl;  // the TTL rule's knobs (ttl, ttl-fcfs)
   // Called about every progress_every_sim_s of simulated time (may be empty).
   double progress_every_sim_s = 10;
   std::function<void(double sim_s, int agents_done, int agents, int64_t turns_done)> progress;

@@ -49,6 +49,7 @@ Result<std::vector<ServedEventTokens>> ServedTokenCounter::Count(
     ASSIGN_OR_RETURN(std::vector<int32_t> ids, renderer_->RenderMessage(history, m));
     t->before = Size(ids);
     context += t->before;
+    t->ids = std::move(ids);
     history.push_back(std::move(m));
     return Status::OK();
   };
@@ -71,7 +72,9 @@ Result<std::vector<ServedEventTokens>> ServedTokenCounter::Count(
       case EventType::kUser: {
         const std::string role = e.type == EventType::kUser ? "user" : "system";
         if (e.tokens) {  // sent as token ids, not rendered
-          t.before = std::min<int64_t>(e.tokens->count, room());
+          t.ids = replay::SyntheticTokenIds(*e.tokens, kOrdinaryIds);
+          if (Size(t.ids) > room()) t.ids.resize(static_cast<size_t>(std::max<int64_t>(0, room())));
+          t.before = Size(t.ids);
           context += t.before;
           history.push_back({role, "", "", ""});
         } else {
@@ -97,8 +100,15 @@ Result<std::vector<ServedEventTokens>> ServedTokenCounter::Count(
         // No forced output: the daemon generates up to the recorded length.
         t.output = generated.empty() ? std::clamp<int64_t>(e.completion_tokens.value_or(16), 1, cap)
                                      : Size(generated);
-        t.before = Size(renderer_->generation_prompt());
-        t.after = Size(renderer_->CloseAssistantTurn(generated));
+        const std::vector<int32_t>& prompt = renderer_->generation_prompt();
+        const std::vector<int32_t> close = renderer_->CloseAssistantTurn(generated);
+        t.before = Size(prompt);
+        t.after = Size(close);
+        if (!generated.empty()) {  // unknown ids for a free generation: counts only
+          t.ids = prompt;
+          t.ids.insert(t.ids.end(), generated.begin(), generated.end());
+          t.ids.insert(t.ids.end(), close.begin(), close.end());
+        }
         if (max_context > 0 && !generated.empty() && context + t.before + t.output > max_context) {
           t = ServedEventTokens{};  // the daemon refuses the turn: the replay ends here
           t.stop = true;

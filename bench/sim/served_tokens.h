@@ -8,7 +8,8 @@
 // encoded without special tokens) and the tokens closing the turn. Every message is
 // rendered with the model's chat template against the session's history, exactly as the
 // daemon's TurnRenderer does; text is clipped to the room left under the context limit
-// with the replayer's rules, and the walk stops where the replayer would.
+// with the replayer's rules, and the walk stops where the replayer would. The token ids
+// come with the counts, so the simulator's sessions share prefixes as the daemon's do.
 //
 // Thread-safety: ServedTokenCounter is immutable after Create; Count is const and safe to
 // call concurrently.

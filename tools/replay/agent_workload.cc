@@ -53,19 +53,26 @@ Result<std::vector<AgentProgram>> ProgramsFromTrace(const std::vector<Session>& 
     p.id = s.id;
     p.arrival_s = s.arrival_s * scale;
     int64_t pending_tokens = 0;
+    std::vector<int32_t> pending_ids;
+    bool have_ids = served != nullptr;  // every event of the session carries its ids
     double pending_think_s = 0;
     for (size_t ei = 0; ei < s.events.size() && !p.cut; ++ei) {
       const Event& e = s.events[ei];
       const ServedEventTokens* st = served != nullptr ? &(*served)[si][ei] : nullptr;
       if (st != nullptr && st->stop) break;
+      if (st != nullptr && have_ids) {
+        have_ids = static_cast<int64_t>(st->ids.size()) == st->before + st->output + st->after;
+      }
       switch (e.type) {
         case EventType::kSystem:
         case EventType::kUser:
+          if (have_ids) pending_ids.insert(pending_ids.end(), st->ids.begin(), st->ids.end());
           pending_tokens += st != nullptr ? st->before
                             : e.tokens    ? e.tokens->count
                                           : TextTokens(e.text, options.bytes_per_token);
           break;
         case EventType::kToolEnd:
+          if (have_ids) pending_ids.insert(pending_ids.end(), st->ids.begin(), st->ids.end());
           pending_tokens +=
               st != nullptr ? st->before : TextTokens(e.text, options.bytes_per_token);
           if (!p.steps.empty() && !p.steps.back().tool.empty() && !p.steps.back().tool_timed) {
@@ -91,6 +98,16 @@ Result<std::vector<AgentProgram>> ProgramsFromTrace(const std::vector<Session>& 
           step.appended_tokens = pending_tokens + (st != nullptr ? st->before : 0);
           step.output_tokens = st != nullptr ? st->output : ModelTokens(e, options.bytes_per_token);
           step.think_s = pending_think_s;
+          if (have_ids) {
+            const auto out_begin = st->ids.begin() + st->before;
+            const auto out_end = out_begin + st->output;
+            pending_ids.insert(pending_ids.end(), st->ids.begin(), out_begin);
+            step.appended_ids = std::move(pending_ids);
+            step.output_ids.assign(out_begin, out_end);
+            pending_ids.assign(out_end, st->ids.end());
+          } else {
+            step.appended_ids.clear();
+          }
           pending_tokens = st != nullptr ? st->after : 0;
           pending_think_s = 0;
           p.steps.push_back(std::move(step));

@@ -33,6 +33,8 @@ struct AgentStep {
   std::string command;      // its shell command (policy/tool_key.h keys it)
   double tool_s = 0;        // recorded duration (0 when the trace has none)
   bool tool_timed = false;  // the duration was recorded or synthesised by the importer
+  // The served token ids (WorkloadOptions::served_tokens with ids); empty: not known.
+  std::vector<int32_t> appended_ids, output_ids;
 };
 
 struct AgentProgram {
@@ -53,6 +55,9 @@ struct ServedEventTokens {
   int64_t output = 0;  // a model turn: its (forced) output
   int64_t after = 0;   // a model turn: the tokens closing it (counted in the next context)
   bool stop = false;   // the replay stops before this event (the context is full)
+  // The token ids themselves: before, output and after, in order; empty when only the
+  // counts are known.
+  std::vector<int32_t> ids;
 };
 
 struct WorkloadOptions {
