@@ -173,7 +173,8 @@ def seed_trace(a):
              "text": "ok", "duration_s": d, "timing": "recorded"}]
     with open(a.out, "w") as f:
         for i, lane in enumerate(lanes):
-            f.write(json.dumps({"version": 1, "session": f"seed-{i}", "source": "seed",
+            f.write(json.dumps({"format": "kvkeep-trace", "version": 1, "session": f"seed-{i}",
+                                "source": "seed", "source_file": a.seed_trace, "model": "",
                                 "arrival_s": 0.0, "events": lane["events"]}) + "\n")
     print(f"seed: {len(calls)} tool calls from {a.seed_trace} (the first {a.exclude_first} "
           f"sessions of the measured trace left out) in {len(lanes)} lanes of <= {a.lane_s} s",
