@@ -216,15 +216,9 @@ BlockTable BlockPool::MatchPrefix(std::span<const int32_t> tokens, HashScope sco
   BlockTable table(block_size_, scope);
   TierCounts counts;
   if (prefix_caching_) {
-    const size_t num_full = tokens.size() / block_size_;
-    num_queried_ += static_cast<int64_t>(num_full);
-    BlockHash parent_hash = kRootParentHash;
-    RecordLink parent = kRootLink;
-    for (size_t i = 0; i < num_full; ++i) {
-      const auto chunk = tokens.subspan(i * block_size_, block_size_);
-      const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
-      const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
-      if (r < 0 || loading_[r]) break;
+    num_queried_ += static_cast<int64_t>(tokens.size() / block_size_);
+    ForEachVerifiedPrefixRecord(tokens, scope, [&](int32_t r, BlockHash hash) {
+      if (loading_[r]) return false;
       int32_t b;
       if (index_.tier(r) == Tier::kDevice) {
         b = index_.location(r);
@@ -234,13 +228,12 @@ BlockTable BlockPool::MatchPrefix(std::span<const int32_t> tokens, HashScope sco
         b = PromoteToDevice(r);
         ++counts.host;
       } else {
-        break;  // on disk (PlanDiskLoads brings it up), or no device slot left
+        return false;  // on disk (PlanDiskLoads brings it up), or no device slot left
       }
       table.AppendBlock(b);
       table.AppendHash(hash);
-      parent_hash = hash;
-      parent = index_.LinkOf(r);
-    }
+      return true;
+    });
     table.AdvanceTokens(table.capacity_tokens());
     num_hit_blocks_ += table.num_blocks();
   }
@@ -250,15 +243,8 @@ BlockTable BlockPool::MatchPrefix(std::span<const int32_t> tokens, HashScope sco
 
 TierCounts BlockPool::ProbePrefix(std::span<const int32_t> tokens, HashScope scope) const {
   TierCounts counts;
-  if (!prefix_caching_) return counts;
-  const size_t num_full = tokens.size() / block_size_;
-  BlockHash parent_hash = kRootParentHash;
-  RecordLink parent = kRootLink;
-  for (size_t i = 0; i < num_full; ++i) {
-    const auto chunk = tokens.subspan(i * block_size_, block_size_);
-    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
-    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
-    if (r < 0 || loading_[r]) break;
+  ForEachVerifiedPrefixRecord(tokens, scope, [&](int32_t r, BlockHash) {
+    if (loading_[r]) return false;
     switch (index_.tier(r)) {
       case Tier::kDevice:
         ++counts.device;
@@ -270,28 +256,19 @@ TierCounts BlockPool::ProbePrefix(std::span<const int32_t> tokens, HashScope sco
         ++counts.disk;
         break;
     }
-    parent_hash = hash;
-    parent = index_.LinkOf(r);
-  }
+    return true;
+  });
   return counts;
 }
 
 int32_t BlockPool::CountCachedPrefix(std::span<const int32_t> tokens, HashScope scope) const {
-  const TierCounts counts = ProbePrefix(tokens, scope);
-  // MatchPrefix stops at the first disk block.
-  if (counts.disk == 0) return counts.device + counts.host;
+  // What MatchPrefix would take: it stops at the first loading or disk block.
   int32_t n = 0;
-  BlockHash parent_hash = kRootParentHash;
-  RecordLink parent = kRootLink;
-  for (size_t i = 0; i < tokens.size() / block_size_; ++i) {
-    const auto chunk = tokens.subspan(i * block_size_, block_size_);
-    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
-    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
-    if (r < 0 || loading_[r] || index_.tier(r) == Tier::kDisk) break;
+  ForEachVerifiedPrefixRecord(tokens, scope, [&](int32_t r, BlockHash) {
+    if (loading_[r] || index_.tier(r) == Tier::kDisk) return false;
     ++n;
-    parent_hash = hash;
-    parent = index_.LinkOf(r);
-  }
+    return true;
+  });
   return n;
 }
 

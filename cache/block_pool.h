@@ -300,6 +300,24 @@ class BlockPool {
   };
 
   bool is_hashed(int32_t block) const { return meta_[block].record >= 0; }
+  // Walks the leading full blocks of tokens while each is in the index (hash chain and
+  // tokens verified, on any tier): fn(record, hash) for each in order, which returns false
+  // to stop. The walk also stops at the first block not found. fn may move its record
+  // between tiers (the next lookup follows the record's link after fn returns).
+  template <typename Fn>
+  void ForEachVerifiedPrefixRecord(std::span<const int32_t> tokens, HashScope scope, Fn fn) const {
+    if (!prefix_caching_) return;
+    BlockHash parent_hash = kRootParentHash;
+    RecordLink parent = kRootLink;
+    for (size_t i = 0; i < tokens.size() / block_size_; ++i) {
+      const auto chunk = tokens.subspan(i * block_size_, block_size_);
+      const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
+      const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
+      if (r < 0 || !fn(r, hash)) return;
+      parent_hash = hash;
+      parent = index_.LinkOf(r);
+    }
+  }
   RecordLink CanonicalOf(int32_t block) const;  // its record, its live alias, or kNoLink
   void CommitBlock(int32_t block, BlockHash hash, BlockHash parent_hash,
                    std::span<const int32_t> tokens, HashScope scope, RecordLink parent);

@@ -140,47 +140,30 @@ int32_t BlockPool::PromoteToDevice(int32_t record) {
 }
 
 int32_t BlockPool::PlanDiskLoads(std::span<const int32_t> tokens, HashScope scope) {
-  if (!prefix_caching_) return 0;
   int32_t planned = 0;
-  BlockHash parent_hash = kRootParentHash;
-  RecordLink parent = kRootLink;
-  for (size_t i = 0; i < tokens.size() / block_size_; ++i) {
-    const auto chunk = tokens.subspan(i * block_size_, block_size_);
-    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
-    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
-    if (r < 0) break;
-    if (index_.tier(r) == Tier::kDisk) {
-      index_.LruRemove(r);  // not evictable while we look for a host slot
-      const int32_t host_slot = AcquireHostSlot();
-      if (host_slot < 0) {
-        index_.LruPushBack(r);
-        break;
-      }
-      index_.Move(r, Tier::kHost, host_slot);
-      loading_[r] = 1;
-      plan_.ops.push_back({BlockTransfer::Kind::kDiskRead, -1, host_slot, hash, -1});
-      ++planned;
+  ForEachVerifiedPrefixRecord(tokens, scope, [&](int32_t r, BlockHash hash) {
+    if (index_.tier(r) != Tier::kDisk) return true;
+    index_.LruRemove(r);  // not evictable while we look for a host slot
+    const int32_t host_slot = AcquireHostSlot();
+    if (host_slot < 0) {
+      index_.LruPushBack(r);
+      return false;
     }
-    parent_hash = hash;
-    parent = index_.LinkOf(r);
-  }
+    index_.Move(r, Tier::kHost, host_slot);
+    loading_[r] = 1;
+    plan_.ops.push_back({BlockTransfer::Kind::kDiskRead, -1, host_slot, hash, -1});
+    ++planned;
+    return true;
+  });
   return planned;
 }
 
 int32_t BlockPool::CountLoadingPrefix(std::span<const int32_t> tokens, HashScope scope) const {
-  if (!prefix_caching_) return 0;
   int32_t loading = 0;
-  BlockHash parent_hash = kRootParentHash;
-  RecordLink parent = kRootLink;
-  for (size_t i = 0; i < tokens.size() / block_size_; ++i) {
-    const auto chunk = tokens.subspan(i * block_size_, block_size_);
-    const BlockHash hash = hash_fn_(parent_hash, chunk, scope);
-    const int32_t r = index_.LookupVerified(hash, chunk, scope, parent);
-    if (r < 0) break;
+  ForEachVerifiedPrefixRecord(tokens, scope, [&](int32_t r, BlockHash) {
     loading += loading_[r];
-    parent_hash = hash;
-    parent = index_.LinkOf(r);
-  }
+    return true;
+  });
   return loading;
 }
 
