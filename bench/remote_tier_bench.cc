@@ -4,8 +4,9 @@
 //
 //   reload(n):    RemoteBlockStore::GetPrefix of the n/16 blocks of an n-token history (MGET
 //                 batches, checksums and parent links checked: what the engine's remote hit
-//                 does) plus Backend::WriteBlock of each into the CPU backend's KV pool.
-//   recompute(n): the CPU backend's prefill of the same n tokens in the engine's 256-token
+//                 does) plus Backend::WriteBlock of each into the backend's KV pool (on
+//                 --device cuda a host-to-device copy into device blocks).
+//   recompute(n): the backend's prefill of the same n tokens in the engine's 256-token
 //                 chunks (what a miss costs). Measured up to --recompute-max tokens; longer
 //                 histories use the fit a*n + b*n^2 of the measured points (marked "fit").
 //   anchor:       redis-benchmark GET and SET of values of the block's size, one connection,
@@ -13,9 +14,13 @@
 //   break-even:   the shortest history (whole blocks) whose recompute costs at least its
 //                 reload, between measured points (a one-block probe of each included).
 //
-// Usage: remote_tier_bench [--model tiny|default|PATH] [--lengths 4096,16384,32768]
+// Usage: remote_tier_bench [--model tiny|small|llama3-8b-shape|default|PATH]
+//                          [--device cpu|cuda] [--lengths 4096,16384,32768]
 //                          [--recompute-max N] [--repeats 3] [--recompute-repeats 1]
 //                          [--json FILE]
+// A preset name makes that synthetic model in a temp directory (llama3-8b-shape writes
+// 16 GB: on the GPU machine pass the directory bench/gpu/agents.sh or run.sh made).
+// redis-server and redis-benchmark are found on PATH (bench/gpu/prebuild.sh carries them).
 // Run with OMP_WAIT_POLICY=passive (set here when unset; docs/engine.md says why).
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -42,6 +47,7 @@
 #include "cache/disk_tier.h"
 #include "cache/prefix_hash.h"
 #include "cache/remote_tier.h"
+#include "daemon/backend_factory.h"
 #include "engine/backend.h"
 #include "engine/default_model.h"
 #include "engine/model_config.h"
@@ -68,6 +74,7 @@ double Since(SteadyClock::time_point t0) {
 
 struct Args {
   std::string model = "tiny";
+  std::string device = "cpu";
   std::vector<int32_t> lengths = {4096, 16384, 32768};
   int32_t recompute_max = 32768;
   int repeats = 3;            // reloads per length (the median is reported)
@@ -83,6 +90,8 @@ Args ParseArgs(int argc, char** argv) {
     const std::string v = argv[++i];
     if (flag == "--model") {
       a.model = v;
+    } else if (flag == "--device") {
+      a.device = v;
     } else if (flag == "--lengths") {
       a.lengths.clear();
       std::stringstream ss(v);
@@ -246,29 +255,68 @@ std::vector<DiskBlockHeader> History(int32_t n, HashScope scope) {
   return headers;
 }
 
-// Seconds to fetch the history and write every block into the backend's pool.
-double Reload(RemoteBlockStore* remote, Backend* backend, int32_t pool_blocks,
-              const std::vector<DiskBlockHeader>& headers, HashScope scope) {
+// One reload, split: fetch_s in GetPrefix (MGET round trips, decode, checksum, parent
+// check), write_s in Backend::WriteBlock.
+struct ReloadTime {
+  double total_s = 0, fetch_s = 0, write_s = 0;
+};
+
+// Fetches the history and writes every block into the backend's pool.
+ReloadTime Reload(RemoteBlockStore* remote, Backend* backend, int32_t pool_blocks,
+                  const std::vector<DiskBlockHeader>& headers, HashScope scope) {
   std::vector<BlockHash> hashes;
   for (const auto& h : headers) hashes.push_back(h.hash);
+  ReloadTime t;
   const auto t0 = SteadyClock::now();
   size_t got = 0;
   BlockHash parent = kRootParentHash;
   for (size_t at = 0; at < hashes.size(); at += kFetchBlocks) {
     const size_t end = std::min(hashes.size(), at + kFetchBlocks);
     std::vector<BlockHash> part(hashes.begin() + at, hashes.begin() + end);
+    const auto f0 = SteadyClock::now();
     std::vector<RemoteBlock> blocks = remote->GetPrefix(part, scope, parent);
+    t.fetch_s += Since(f0);
+    const auto w0 = SteadyClock::now();
     for (const RemoteBlock& b : blocks) {
       const int32_t slot = static_cast<int32_t>(got++ % pool_blocks);
       if (Status st = backend->WriteBlock(slot, b.bytes.data()); !st.ok()) Die(st.ToString());
     }
+    t.write_s += Since(w0);
     if (blocks.size() != part.size()) break;
     parent = part.back();
   }
-  const double s = Since(t0);
+  t.total_s = Since(t0);
   if (got != hashes.size())
     Die("remote tier returned " + std::to_string(got) + " of " + std::to_string(hashes.size()) +
         " blocks");
+  return t;
+}
+
+// Seconds for the same MGETs (batch keys each, one connection) with nothing decoded or
+// copied out of hiredis's replies: what Redis and the client library alone cost.
+double RawMget(const std::string& socket, const std::vector<DiskBlockHeader>& headers,
+               HashScope scope, size_t batch) {
+  redisContext* c = redisConnectUnix(socket.c_str());
+  if (c == nullptr || c->err != 0) Die("raw MGET: cannot connect");
+  const auto t0 = SteadyClock::now();
+  for (size_t at = 0; at < headers.size(); at += batch) {
+    const size_t n = std::min(batch, headers.size() - at);
+    std::vector<std::string> keys;
+    std::vector<const char*> argv{"MGET"};
+    std::vector<size_t> lens{4};
+    keys.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      keys.push_back(RemoteBlockStore::KeyOf(headers[at + i].hash, scope));
+      argv.push_back(keys.back().data());
+      lens.push_back(keys.back().size());
+    }
+    auto* r = static_cast<redisReply*>(
+        redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lens.data()));
+    if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements != n) Die("raw MGET failed");
+    freeReplyObject(r);
+  }
+  const double s = Since(t0);
+  redisFree(c);
   return s;
 }
 
@@ -301,10 +349,12 @@ int Main(int argc, char** argv) {
   // The model.
   std::string model_path = args.model;
   std::filesystem::path synthetic_dir;
-  if (args.model == "tiny") {
+  const bool preset =
+      args.model == "tiny" || args.model == "small" || args.model == "llama3-8b-shape";
+  if (preset) {
     synthetic_dir = std::filesystem::temp_directory_path() /
                     ("kvkeep-remote-bench-model-" + std::to_string(::getpid()));
-    if (Status st = MakeSyntheticModel("tiny", 1, synthetic_dir.string()); !st.ok()) {
+    if (Status st = MakeSyntheticModel(args.model, 1, synthetic_dir.string()); !st.ok()) {
       Die(st.ToString());
     }
     model_path = synthetic_dir.string();
@@ -335,14 +385,14 @@ int Main(int argc, char** argv) {
   BackendOptions bo;
   bo.num_kv_blocks = pool_blocks;
   bo.block_size = kBlockSize;
-  auto backend_or = CreateCpuBackend(**weights, bo);
+  auto backend_or = CreateBackendForDevice(args.device, **weights, bo);
   if (!backend_or.ok()) Die(backend_or.status().ToString());
   std::unique_ptr<Backend> backend = std::move(backend_or).value();
   const size_t block_bytes = backend->block_bytes();
   DiskBlockStore codec(env, "/nonexistent", kBlockSize, block_bytes);
   const size_t value_bytes = codec.file_bytes();
-  std::fprintf(stderr, "model %s: %zu KV bytes per 16-token block (%zu per value)\n",
-               model_path.c_str(), block_bytes, value_bytes);
+  std::fprintf(stderr, "model %s on %s: %zu KV bytes per 16-token block (%zu per value)\n",
+               model_path.c_str(), backend->name().c_str(), block_bytes, value_bytes);
 
   Redis redis;
   // The anchor: about 256 MiB each way, at least 64 requests.
@@ -389,9 +439,13 @@ int Main(int argc, char** argv) {
       if ((i + 1) % kPutBatchBlocks == 0) remote.Flush();
     }
     remote.Flush();
-    std::vector<double> runs;
+    std::vector<double> runs, fetches, writes, raws;
     for (int r = 0; r < args.repeats; ++r) {
-      runs.push_back(Reload(&remote, backend.get(), pool_blocks, headers, scope));
+      const ReloadTime t = Reload(&remote, backend.get(), pool_blocks, headers, scope);
+      runs.push_back(t.total_s);
+      fetches.push_back(t.fetch_s);
+      writes.push_back(t.write_s);
+      raws.push_back(RawMget(redis.socket(), headers, scope, size_t(ro.max_batch_blocks)));
     }
     const double reload_s = Median(runs);
     rl_n.push_back(n);
@@ -410,6 +464,9 @@ int Main(int argc, char** argv) {
                     {"reload_s", reload_s},
                     {"reload_GBps", reload_gbps},
                     {"reload_vs_redis_get", reload_gbps / get_gbps},
+                    {"reload_fetch_s", Median(fetches)},
+                    {"reload_write_s", Median(writes)},
+                    {"raw_mget_s", Median(raws)},
                     {"recompute_s", recompute_s},
                     {"recompute_from_fit", fit},
                     {"recompute_over_reload", recompute_s / reload_s}});
@@ -441,7 +498,8 @@ int Main(int argc, char** argv) {
   std::string loadavg;
   if (auto l = env->ReadFile("/proc/loadavg"); l.ok()) loadavg = l->substr(0, l->find('\n'));
   nlohmann::json out = {{"loadavg_at_end", loadavg},
-                        {"model", args.model == "tiny" ? "tiny (synthetic)" : model_path},
+                        {"model", preset ? args.model + " (synthetic)" : model_path},
+                        {"device", backend->name()},
                         {"kv_block_bytes", block_bytes},
                         {"value_bytes", value_bytes},
                         {"anchor",
@@ -473,6 +531,14 @@ int Main(int argc, char** argv) {
                 r["reload_vs_redis_get"].get<double>(), r["recompute_s"].get<double>(),
                 r["recompute_from_fit"].get<bool>() ? " (fit)" : "",
                 r["recompute_over_reload"].get<double>());
+  }
+  std::printf(
+      "\nwhere a reload's time goes (median): GetPrefix (MGET, decode, checksum) | "
+      "WriteBlock | the same MGETs raw (hiredis, nothing decoded)\n");
+  for (const auto& r : rows) {
+    std::printf("  %6d tokens: %.4f s | %.4f s | %.4f s\n", r["tokens"].get<int>(),
+                r["reload_fetch_s"].get<double>(), r["reload_write_s"].get<double>(),
+                r["raw_mget_s"].get<double>());
   }
   std::printf("one block (16 tokens): reload %.6f s, recompute %.6f s\n", rl_s.front(),
               rc_s.front());

@@ -3,6 +3,9 @@
 # configured and built BUILD_DIR (-DKVKEEP_CUDA=ON), its CTest files and the shared
 # libraries they need that a bare CUDA image lacks, into DEST, for
 # KVKEEP_GPU_PREBUILT=DEST bash bench/gpu/run.sh on a machine without kvkeep's -dev packages.
+# Also this machine's redis-server and redis-benchmark (remote_tier_bench's server and
+# anchor), in DEST/redis/bin as wrappers that load their own libraries from DEST/redis/lib
+# (kept apart from DEST/lib so they never shadow the device's libssl for other programs).
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
 DEST=$2
@@ -27,7 +30,10 @@ for t in "$(dirname "$0")"/../../tests/cuda/*_test.cc; do
   [ -x "$BUILD/tests/$stem" ] && cp "$BUILD/tests/$stem" "$DEST/tests/"
 done
 for b in "$BUILD"/bench/*_bench; do
-  case "$(basename "$b")" in gpu_attention_bench|gpu_model_bench|tiers_swap_bench|gguf_decode_bench) cp "$b" "$DEST/bench/" ;; esac
+  case "$(basename "$b")" in
+    gpu_attention_bench|gpu_model_bench|tiers_swap_bench|gguf_decode_bench|policy_bench|remote_tier_bench)
+      cp "$b" "$DEST/bench/" ;;
+  esac
 done
 # The binaries themselves, for the end-to-end checks (bench/gpu/e2e.sh) and the CPU
 # prefill benchmark.
@@ -41,4 +47,17 @@ for f in "$DEST"/tests/* "$DEST"/bench/* "$DEST"/bin/*; do
   ldd "$f" | awk '/=> \//{print $3}'
 done | sort -u | grep -vE 'libc\.so|libm\.so|libdl|libpthread|librt|ld-linux|libcuda|libcublas|libcudart|libgcc_s|libstdc\+\+' |
   while read -r lib; do cp -L "$lib" "$DEST/lib/"; done
+# redis-server is a link to redis-check-rdb, which picks its mode from argv[0]: the copy
+# is named redis-server.
+mkdir -p "$DEST/redis/bin" "$DEST/redis/libexec" "$DEST/redis/lib"
+for b in redis-server redis-benchmark; do
+  src=$(command -v "$b") || { echo "prebuild: $b not found (scripts/setup installs redis-server)"; exit 1; }
+  cp -L "$src" "$DEST/redis/libexec/$b"
+  ldd "$src" | awk '/=> \//{print $3}' | grep -vE 'libc\.so|libm\.so|libdl|libpthread|librt|ld-linux' |
+    while read -r lib; do cp -L "$lib" "$DEST/redis/lib/"; done
+  printf '#!/bin/sh\nd=$(cd "$(dirname "$0")/.." && pwd)\nLD_LIBRARY_PATH="$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$d/libexec/%s" "$@"\n' \
+    "$b" > "$DEST/redis/bin/$b"
+  chmod +x "$DEST/redis/bin/$b"
+done
+strip --strip-debug "$DEST"/redis/libexec/* 2>/dev/null || true
 du -sh "$DEST"
