@@ -190,10 +190,11 @@ namespace {
 
 Status ApplyTtl(const json& obj, DaemonTtlOptions* t) {
   FieldReader r(obj, "ttl.");
-  r.Known({"max_ttl_s", "fixed_ttl_s", "prior_mean_s", "min_samples", "window_samples",
-           "retain_quota_blocks", "starvation_bound_s", "calibrate"});
+  r.Known({"max_ttl_s", "fixed_ttl_s", "fixed_ttl_mean_threshold_s", "prior_mean_s", "min_samples",
+           "window_samples", "retain_quota_blocks", "starvation_bound_s", "calibrate"});
   r.Double("max_ttl_s", &t->max_ttl_s, 0, 86400);
   r.Double("fixed_ttl_s", &t->fixed_ttl_s, 0, 86400);
+  r.Double("fixed_ttl_mean_threshold_s", &t->fixed_ttl_mean_threshold_s, 0, 86400);
   r.Double("prior_mean_s", &t->prior_mean_s, 1e-3, 86400);
   r.Int("min_samples", &t->min_samples, 1, 1 << 20);
   r.Int("window_samples", &t->window_samples, 1, 1 << 20);
@@ -342,6 +343,8 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
   str("--policy", &f.policy, &o.policy, "KV policy: ttl|ttl-fcfs|fixed-ttl|lru|none");
   num("--max-ttl-s", &f.ttl.max_ttl_s, &o.ttl.max_ttl_s, "longest pin the TTL rule grants, s");
   num("--fixed-ttl-s", &f.ttl.fixed_ttl_s, &o.ttl.fixed_ttl_s, "fixed-ttl's pin, s");
+  num("--fixed-ttl-mean-threshold-s", &f.ttl.fixed_ttl_mean_threshold_s,
+      &o.ttl.fixed_ttl_mean_threshold_s, "fixed-ttl pins tools whose mean is at most this, s");
   num("--tool-prior-mean-s", &f.ttl.prior_mean_s, &o.ttl.prior_mean_s,
       "mean of the tool-duration prior with no samples, s");
   num("--tool-min-samples", &f.ttl.min_samples, &o.ttl.min_samples,
@@ -479,6 +482,7 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
       {"ttl",
        {{"max_ttl_s", o.ttl.max_ttl_s},
         {"fixed_ttl_s", o.ttl.fixed_ttl_s},
+        {"fixed_ttl_mean_threshold_s", o.ttl.fixed_ttl_mean_threshold_s},
         {"prior_mean_s", o.ttl.prior_mean_s},
         {"min_samples", o.ttl.min_samples},
         {"window_samples", o.ttl.window_samples},
@@ -512,6 +516,7 @@ void ToPolicyOptions(const DaemonOptions& o, PolicyOptions* p) {
   p->name = o.policy;
   p->ttl.max_ttl_s = o.ttl.max_ttl_s;
   p->fixed_ttl.ttl_s = o.ttl.fixed_ttl_s;
+  p->fixed_ttl.mean_threshold_s = o.ttl.fixed_ttl_mean_threshold_s;
   p->tool_stats.prior_mean_s = o.ttl.prior_mean_s;
   p->tool_stats.min_samples_per_key = o.ttl.min_samples;
   p->tool_stats.window_samples = o.ttl.window_samples;

@@ -50,6 +50,7 @@ struct DaemonEngineOptions {
 struct DaemonTtlOptions {
   double max_ttl_s = 30;                  // --max-ttl-s: longest learned pin
   double fixed_ttl_s = 2;                 // --fixed-ttl-s: fixed-ttl's pin
+  double fixed_ttl_mean_threshold_s = 2;  // fixed-ttl pins keys whose mean is at most this
   double prior_mean_s = 5;                // --tool-prior-mean-s: exponential prior's mean
   int32_t min_samples = 20;               // --tool-min-samples: before a key's own CDF
   int32_t window_samples = 256;           // --tool-window-samples: newest samples kept

@@ -62,7 +62,7 @@ struct Daemon::Impl {
   int64_t shutdown_started_us = 0;
 
   Status Assemble();
-  Status Calibrate(PolicyOptions policy, const std::string& path);
+  Status Calibrate(PolicyOptions policy, const std::string& path, const TierBandwidths& tiers);
   Status StartHttp(int activated_fd);
   void WaitSignal();
   void Reload();
@@ -129,11 +129,24 @@ Result<std::optional<RemoteTierOptions>> MakeRemoteTierOptions(Env* env,
 
 // --calibrate-cost-model: times this engine (before its thread starts), fits the cost
 // model, saves it in the state directory and hands it to the policy.
-Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path) {
+Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path,
+                               const TierBandwidths& tiers) {
   daemon::SdNotify("STATUS=calibrating the cost model", env);
   const int64_t max_context = engine->GetStats().blocks_total * options.engine.block_size;
-  ASSIGN_OR_RETURN(CostFit fit, CalibrateCostModel(engine.get(), max_context));
-  spdlog::info("cost model calibrated:\n{}", FormatCostFit(fit));
+  CalibrationOptions co;
+  co.base.kv_bytes_per_token = tiers.kv_bytes_per_token;
+  if (options.engine.host_blocks > 0) {
+    co.base.host_to_device_bytes_per_s = tiers.host_to_device_bytes_per_s;
+  }
+  if (options.engine.disk_gib > 0) {
+    co.base.disk_to_device_bytes_per_s = tiers.disk_to_device_bytes_per_s;
+  }
+  ASSIGN_OR_RETURN(CostFit fit, CalibrateCostModel(engine.get(), max_context, co));
+  spdlog::info(
+      "cost model calibrated:\n{}host -> device {:.3g} GB/s, disk -> device {:.3g} GB/s "
+      "({} bytes timed)",
+      FormatCostFit(fit), tiers.host_to_device_bytes_per_s / 1e9,
+      tiers.disk_to_device_bytes_per_s / 1e9, tiers.bytes_timed);
   cost_model = fit.model;
   RETURN_IF_ERROR(SaveCostModel(env, path, cost_model).WithContext("saving the cost model"));
   policy.cost_model = cost_model;
@@ -172,8 +185,14 @@ Status Daemon::Impl::Assemble() {
   ASSIGN_OR_RETURN(auto backend,
                    CreateBackendForDevice(options.engine.device, *weights, eo.backend));
   const KvPoolShape shape = backend->kv_shape();
+  TierBandwidths tiers;
+  if (options.ttl.calibrate) {  // before the engine owns the pool: the probe overwrites it
+    TierBandwidthOptions to;
+    if (options.engine.disk_gib > 0) to.scratch_dir = options.state_dir;
+    ASSIGN_OR_RETURN(tiers, MeasureTierBandwidths(backend.get(), env, clock, to));
+  }
   ASSIGN_OR_RETURN(engine, Engine::Create(eo, std::move(backend), tokenizer.get(), clock));
-  if (options.ttl.calibrate) RETURN_IF_ERROR(Calibrate(eo.policy, cost_path));
+  if (options.ttl.calibrate) RETURN_IF_ERROR(Calibrate(eo.policy, cost_path, tiers));
   RETURN_IF_ERROR(engine->Start());
   spdlog::info("model {} ({}, {} layers, vocab {}) on {}: {} KV blocks of {} tokens, policy {}",
                model_id, config.architecture, config.num_layers, config.vocab_size,
@@ -355,6 +374,7 @@ void Daemon::Impl::Reload() {
     ToPolicyOptions(n, &next);
     if (n.policy != options.policy || n.ttl.max_ttl_s != options.ttl.max_ttl_s ||
         n.ttl.fixed_ttl_s != options.ttl.fixed_ttl_s ||
+        n.ttl.fixed_ttl_mean_threshold_s != options.ttl.fixed_ttl_mean_threshold_s ||
         n.ttl.starvation_bound_s != options.ttl.starvation_bound_s ||
         n.ttl.prior_mean_s != options.ttl.prior_mean_s ||
         n.ttl.min_samples != options.ttl.min_samples ||

@@ -7,8 +7,12 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
+#include "base/clock.h"
+#include "base/file.h"
 #include "base/status.h"
+#include "engine/backend.h"
 #include "engine/engine.h"
 #include "policy/cost_model.h"
 
@@ -17,11 +21,38 @@ namespace kvkeep {
 struct CalibrationOptions {
   int64_t max_prompt_tokens = 1024;  // largest prefill timed (clamped to the pool / model)
   int32_t decode_tokens = 17;        // tokens per decode sample (16 timed steps)
+  // Bandwidths and kv_bytes_per_token kept in the fit (MeasureTierBandwidths).
+  CostModel base;
 };
 
 // REQUIRES: engine not started; its pool empty enough for one max_prompt_tokens request.
 // The calibration prompts stay in the prefix cache under a salt no tenant uses.
 Result<CostFit> CalibrateCostModel(Engine* engine, int64_t max_context_tokens,
                                    const CalibrationOptions& options = {});
+
+// The reload bandwidths of the tiers below the device pool, timed on `clock`:
+//   host: Backend::WriteBlock of `blocks` blocks from host memory into the device pool,
+//         the copy a promotion from the host tier makes (the CUDA backend's SwapIn batches
+//         from pinned memory, so this is a lower bound there);
+//   disk: the same bytes read back block by block (RandomRWFile::ReadAt, as the disk tier
+//         reads) from a file written in scratch_dir, then copied to the device:
+//         1 / (1 / disk_read + 1 / host). A file just written may be read from the page
+//         cache, so this is an upper bound for a cold disk.
+// A figure whose timed interval is 0 us is left at 0 ("not measured"; CostModel never
+// prices a reload from it).
+struct TierBandwidthOptions {
+  int32_t blocks = 64;      // blocks timed (clamped to the pool)
+  std::string scratch_dir;  // where the disk probe file goes; empty: disk not measured
+};
+struct TierBandwidths {
+  double host_to_device_bytes_per_s = 0;
+  double disk_to_device_bytes_per_s = 0;
+  int64_t kv_bytes_per_token = 0;  // block_bytes / block_size
+  int64_t bytes_timed = 0;
+};
+// REQUIRES: backend's device pool not yet in use (its first blocks are overwritten), as
+// before Engine::Create; env and clock outlive the call. The probe file is removed.
+Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const Clock* clock,
+                                             const TierBandwidthOptions& options);
 
 }  // namespace kvkeep

@@ -61,9 +61,24 @@ void Scheduler::Preempt(Sequence* seq) {
 }
 
 bool Scheduler::Reclaim(const BlockTable& table, int64_t n, bool break_live_pins) {
-  if (!reclaimer_) return false;
   const int32_t need = table.NumNewBlocksFor(n) + 1;  // + a possible copy-on-write block
-  return reclaimer_(std::max(1, need - pool_->num_allocatable()), break_live_pins) > 0;
+  return ReclaimBlocks(std::max(1, need - pool_->num_allocatable()), break_live_pins);
+}
+
+bool Scheduler::ReclaimBlocks(int64_t shortfall_blocks, bool break_live_pins) {
+  if (!reclaimer_) return false;
+  const int64_t capped = std::min<int64_t>(shortfall_blocks, pool_->num_blocks());
+  return reclaimer_(static_cast<int32_t>(std::max<int64_t>(1, capped)), break_live_pins) > 0;
+}
+
+int64_t Scheduler::PrefillBlocksStillNeeded() const {
+  int64_t n = 0;
+  for (const Sequence* s : running_) {
+    if (!s->is_prefilling()) continue;
+    n += std::max<int64_t>(0, BlockTable::NumBlocksForTokens(s->prefill_end, pool_->block_size()) -
+                                  s->table.num_blocks());
+  }
+  return n;
 }
 
 bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batch) {
@@ -108,9 +123,20 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
       std::min<int64_t>({seq->num_pending(), options_.prefill_chunk_tokens, budget}));
   // Live pins are broken for an admission only when nothing else would run this step.
   const bool break_live_pins = running_.empty() && batch->seqs.empty();
-  bool reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
-  while (!reserved && Reclaim(seq->table, n, break_live_pins)) {
+  // The whole prefill must fit beside what the running prefills still need, so that no
+  // admission preempts a turn admitted before it (vLLM's can_allocate on the whole prompt).
+  // Only the first chunk's blocks are taken now; the rest stay allocatable, counted here.
+  const int64_t must_fit =
+      int64_t{seq->table.NumNewBlocksFor(seq->num_pending())} + PrefillBlocksStillNeeded();
+  bool reserved = true;
+  while (reserved && pool_->num_allocatable() < must_fit) {
+    reserved = ReclaimBlocks(must_fit - pool_->num_allocatable(), break_live_pins);
+  }
+  if (reserved) {
     reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
+    while (!reserved && Reclaim(seq->table, n, break_live_pins)) {
+      reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
+    }
   }
   if (!reserved) {
     pool_->Free(&seq->table);  // hand the matched prefix back; nothing else changed

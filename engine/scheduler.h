@@ -35,7 +35,10 @@
 // blocks the pool has or that unpinned retained sessions give up, unless nothing runs and
 // nothing is scheduled (then a pin is all that stands in the way, and it is broken). A
 // sequence that cannot get blocks is simply not admitted this step (its matched prefix is
-// handed back). No admission happens in a step that preempted.
+// handed back). An admission needs room for its whole prefill, not just its first chunk,
+// beside the blocks the running prefills still need (vLLM-style), so a turn admitted
+// later never preempts one still prefilling; only the growth of running work can. No
+// admission happens in a step that preempted.
 //
 // After the forward step, OnStepDone advances each table and commits newly full blocks to
 // the prefix cache (their chained hashes are computed by the pool under the table's
@@ -139,6 +142,11 @@ class Scheduler {
   Reclaimer reclaimer_;
   // Asks the reclaimer for room for n more tokens of table (false: nothing freed).
   bool Reclaim(const BlockTable& table, int64_t n, bool break_live_pins);
+  // Asks the reclaimer for shortfall_blocks more allocatable blocks (false: nothing freed).
+  bool ReclaimBlocks(int64_t shortfall_blocks, bool break_live_pins);
+  // Blocks the running sequences still need to reach the end of their prefill: the part
+  // of each admission's whole-prefill reservation not yet in its table.
+  int64_t PrefillBlocksStillNeeded() const;
 };
 
 }  // namespace kvkeep

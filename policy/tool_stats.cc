@@ -10,6 +10,8 @@ const char* DistributionSourceName(DistributionSource s) {
   switch (s) {
     case DistributionSource::kKey:
       return "key";
+    case DistributionSource::kBlended:
+      return "blended";
     case DistributionSource::kPooled:
       return "pooled";
     case DistributionSource::kPrior:
@@ -73,6 +75,23 @@ double DurationDistribution::Mean() const {
   return sum / total_weight_;
 }
 
+void DurationDistribution::AppendPoints(double total_weight, std::vector<double>* values,
+                                        std::vector<double>* weights) const {
+  if (values_s_.empty()) {
+    for (int i = 0; i < kPriorPoints; ++i) {
+      values->push_back(Quantile((i + 0.5) / kPriorPoints));
+      weights->push_back(total_weight / kPriorPoints);
+    }
+    return;
+  }
+  double prev = 0;
+  for (size_t i = 0; i < values_s_.size(); ++i) {
+    values->push_back(values_s_[i]);
+    weights->push_back((cum_weight_[i] - prev) / total_weight_ * total_weight);
+    prev = cum_weight_[i];
+  }
+}
+
 ToolLatencyStats::ToolLatencyStats(const ToolStatsOptions& options, const Clock* clock)
     : options_(options), clock_(clock) {}
 
@@ -132,17 +151,32 @@ DurationDistribution ToolLatencyStats::Build(const std::deque<Sample>& samples,
   return DurationDistribution::Empirical(std::move(values), std::move(weights), src);
 }
 
-DurationDistribution ToolLatencyStats::ForKey(const std::string& key) const {
+DurationDistribution ToolLatencyStats::Shrink(const std::deque<Sample>& samples,
+                                              DistributionSource src,
+                                              const DurationDistribution& parent) const {
   const double need = static_cast<double>(std::max(options_.min_samples_per_key, 1));
-  if (auto it = by_key_.find(key); it != by_key_.end()) {
-    DurationDistribution d = Build(it->second, DistributionSource::kKey);
-    if (d.source() == DistributionSource::kKey && d.effective_samples() >= need - 1e-9) return d;
-  }
-  DurationDistribution pooled = Build(pooled_, DistributionSource::kPooled);
-  if (pooled.source() == DistributionSource::kPooled && pooled.effective_samples() >= need - 1e-9) {
-    return pooled;
-  }
-  return DurationDistribution::Exponential(options_.prior_mean_s);
+  DurationDistribution own = Build(samples, src);
+  if (own.source() != src) return parent;  // no sample (or all aged out)
+  const double n = own.effective_samples();
+  if (n >= need - 1e-9) return own;
+  std::vector<double> values, weights;
+  own.AppendPoints(n, &values, &weights);
+  parent.AppendPoints(need - n, &values, &weights);
+  return DurationDistribution::Empirical(
+      std::move(values), std::move(weights),
+      src == DistributionSource::kKey ? DistributionSource::kBlended : DistributionSource::kPooled);
+}
+
+DurationDistribution ToolLatencyStats::Pooled() const {
+  return Shrink(pooled_, DistributionSource::kPooled,
+                DurationDistribution::Exponential(options_.prior_mean_s));
+}
+
+DurationDistribution ToolLatencyStats::ForKey(const std::string& key) const {
+  const DurationDistribution pooled = Pooled();
+  auto it = by_key_.find(key);
+  if (it == by_key_.end()) return pooled;
+  return Shrink(it->second, DistributionSource::kKey, pooled);
 }
 
 DurationDistribution ToolLatencyStats::KeyOnly(const std::string& key) const {

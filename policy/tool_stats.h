@@ -1,10 +1,15 @@
 // Tool latency statistics: what the TTL policy knows about how long a tool call lasts.
 //
 // Samples (duration, time taken) are kept per tool key and pooled over all keys. The
-// distribution used for a key is, in order of preference:
-//   1. the key's own empirical CDF, once it holds min_samples_per_key effective samples;
-//   2. else the pooled CDF over every key, once that holds min_samples_per_key;
-//   3. else an exponential prior with mean prior_mean_s.
+// distribution used for a key (k = min_samples_per_key, n = the key's effective samples):
+//   1. n >= k: the key's own empirical CDF;
+//   2. 0 < n < k: the key's samples shrunk toward the parent, which weighs k - n:
+//      F = (n F_key + (k - n) F_parent) / k ("blended");
+//   3. n = 0: the parent.
+// The parent is the pooled CDF over every key, built by the same rule one level up: the
+// pooled samples alone once they reach k, else shrunk toward the exponential prior with
+// mean prior_mean_s (the prior alone with no sample at all). So a key's first samples
+// count at once, and its tail comes from what the other tools did, not from the prior.
 // Old samples age out in one of two ways (ToolStatsOptions::ageing):
 //   - kWindow: only the newest window_samples samples per key (and pooled) count;
 //   - kDecay:  a sample taken at t weighs 0.5^((now - t) / half_life_s); samples below
@@ -36,7 +41,7 @@ struct ToolStatsOptions {
 };
 
 // Where a distribution came from.
-enum class DistributionSource { kKey, kPooled, kPrior };
+enum class DistributionSource { kKey, kBlended, kPooled, kPrior };
 const char* DistributionSourceName(DistributionSource s);
 
 // A duration distribution: a weighted empirical CDF, or the exponential prior.
@@ -55,6 +60,11 @@ class DurationDistribution {
   double Quantile(double q) const;
   double Mean() const;
   double effective_samples() const { return total_weight_; }
+  // Appends this distribution as weighted points whose weights sum to total_weight: an
+  // empirical CDF's own points, or the prior's quantiles at (i + 0.5) / kPriorPoints.
+  void AppendPoints(double total_weight, std::vector<double>* values,
+                    std::vector<double>* weights) const;
+  static constexpr int kPriorPoints = 64;
 
  private:
   DistributionSource source_ = DistributionSource::kPrior;
@@ -111,6 +121,10 @@ class ToolLatencyStats {
   };
   void Age(std::deque<Sample>* samples) const;
   DurationDistribution Build(const std::deque<Sample>& samples, DistributionSource src) const;
+  // samples shrunk toward parent (rules 1-3 above); src names the result when it is pure.
+  DurationDistribution Shrink(const std::deque<Sample>& samples, DistributionSource src,
+                              const DurationDistribution& parent) const;
+  DurationDistribution Pooled() const;
 
   ToolStatsOptions options_;
   const Clock* clock_;

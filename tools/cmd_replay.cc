@@ -2,11 +2,13 @@
 // format (docs/trace-format.md).
 #include <stdlib.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
 #include "base/file.h"
+#include "daemon/config.h"
 #include "tools/commands.h"
 #include "tools/replay/daemon_process.h"
 #include "tools/replay/importers.h"
@@ -97,6 +99,27 @@ Result<std::vector<double>> ReadArrivalFile(const std::string& path) {
   return out;
 }
 
+// The policy's time knobs in the spawned daemon's seconds. --time-scale shrinks tool waits,
+// so the rules' thresholds shrink with them: a tool that fixed-ttl would pin unscaled is
+// pinned scaled, and the TTL rule's cap and prior keep their place among the durations.
+// A knob given after `--` wins.
+std::vector<std::string> ScaledPolicyArgs(double time_scale,
+                                          const std::vector<std::string>& daemon_args) {
+  if (time_scale == 1.0) return {};
+  const DaemonTtlOptions d;
+  std::vector<std::string> out;
+  for (const auto& [flag, unscaled_s] : std::vector<std::pair<std::string, double>>{
+           {"--fixed-ttl-s", d.fixed_ttl_s},
+           {"--fixed-ttl-mean-threshold-s", d.fixed_ttl_mean_threshold_s},
+           {"--max-ttl-s", d.max_ttl_s},
+           {"--tool-prior-mean-s", d.prior_mean_s}}) {
+    if (std::find(daemon_args.begin(), daemon_args.end(), flag) != daemon_args.end()) continue;
+    out.push_back(flag);
+    out.push_back(std::to_string(std::max(unscaled_s * time_scale, 1e-3)));
+  }
+  return out;
+}
+
 Status RunReplayCommand(const RunArgs& a) {
   if (a.spawn == !a.socket.empty()) {
     return Status::InvalidArgument("give exactly one of --socket PATH or --spawn");
@@ -154,6 +177,8 @@ Status RunReplayCommand(const RunArgs& a) {
       spawn.log_path = JoinPath(dir, "kvkeepd.log");
       spawn.extra_args = {"--policy", policy};
       if (!a.model.empty()) spawn.extra_args.insert(spawn.extra_args.end(), {"--model", a.model});
+      const std::vector<std::string> scaled = ScaledPolicyArgs(a.time_scale, a.daemon_args);
+      spawn.extra_args.insert(spawn.extra_args.end(), scaled.begin(), scaled.end());
       spawn.extra_args.insert(spawn.extra_args.end(), a.daemon_args.begin(), a.daemon_args.end());
       std::cerr << "[" << policy << "] starting kvkeepd (log: " << spawn.log_path << ")\n";
       ASSIGN_OR_RETURN(daemon, replay::DaemonProcess::Start(spawn));

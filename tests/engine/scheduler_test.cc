@@ -216,6 +216,55 @@ TEST_F(SchedulerTest, AdmissionThatCannotGetBlocksChangesNothing) {
   EXPECT_EQ(pool_->CountCachedPrefix(shared, HashScope{7, 0}), 2);
 }
 
+// Issue 15: an admission reserves its whole prefill, not only its first chunk. Here 16
+// blocks of 4; A's 40-token prompt (10 blocks) prefills in 8-token chunks. B's 32-token
+// prompt arrives one step later: its first chunk fits beside A's, but A's remaining
+// prefill and B's together need 18 blocks. Admitting B then (first-chunk reservation)
+// preempts one of them mid-prefill; with the whole prefill reserved B waits until A no
+// longer needs the blocks, and nothing is preempted.
+TEST_F(SchedulerTest, AdmissionReservesTheWholePrefillSoNoLaterTurnPreemptsIt) {
+  Init(16, 4, {.max_batch_tokens = 16, .prefill_chunk_tokens = 8, .max_running = 8});
+  Sequence* a = AddSeq(Tokens(40));
+  Step();
+  ASSERT_EQ(a->status, SequenceStatus::kRunning);
+  ASSERT_TRUE(a->is_prefilling());
+  Sequence* b = AddSeq(Tokens(32));
+  ScheduledBatch next = Step();
+  EXPECT_EQ(b->status, SequenceStatus::kWaiting) << "B's prefill does not fit beside A's";
+  EXPECT_EQ(next.seqs.size(), 1u);
+  int64_t preemptions = 0;
+  for (int i = 0; i < 60 && (a->num_tokens() < 44 || b->num_tokens() < 34); ++i) {
+    ScheduledBatch s = Step();
+    preemptions += s.num_preempted;
+    ASSERT_TRUE(s.failed.empty());
+    if (a->num_tokens() >= 44 && a->status == SequenceStatus::kRunning) sched_->Remove(a);
+  }
+  EXPECT_EQ(preemptions, 0);
+  EXPECT_EQ(sched_->num_preemptions(), 0);
+  EXPECT_EQ(a->num_preemptions, 0);
+  EXPECT_EQ(b->num_preemptions, 0);
+  EXPECT_GE(b->num_tokens(), 34) << "B runs once A no longer needs the blocks";
+}
+
+// A running prefill still needs blocks that are free now; a later admission may use only
+// what is left beyond them. Two short prompts that fit beside A's whole prefill are
+// admitted at once.
+TEST_F(SchedulerTest, AdmissionUsesWhatIsLeftBesideRunningPrefills) {
+  Init(16, 4, {.max_batch_tokens = 32, .prefill_chunk_tokens = 8, .max_running = 8});
+  Sequence* a = AddSeq(Tokens(40));  // 10 blocks
+  Step();
+  Sequence* b = AddSeq(Tokens(8));  // 2 blocks
+  Sequence* c = AddSeq(Tokens(8));  // 2 blocks: 14 of 16 with A's
+  Step();
+  EXPECT_EQ(a->status, SequenceStatus::kRunning);
+  EXPECT_EQ(b->status, SequenceStatus::kRunning);
+  EXPECT_EQ(c->status, SequenceStatus::kRunning);
+  Sequence* d = AddSeq(Tokens(16));  // 4 more blocks: 18 > 16 while A prefills
+  Step();
+  EXPECT_EQ(d->status, SequenceStatus::kWaiting);
+  EXPECT_EQ(sched_->num_preemptions(), 0);
+}
+
 // Issue 11, defect 3: one tenant's 16 long requests must not hold back another tenant's
 // short one. Without fairness (FIFO admission after the running prefills) the short
 // request waits for all 16 prefills: about 16 * 1024 / 64 = 256 steps here.

@@ -29,21 +29,61 @@ TEST(ToolStats, PriorWithNoSamplesIsExponential) {
   EXPECT_FALSE(stats.HasSamples("pytest"));
 }
 
-TEST(ToolStats, KeyNeedsMinSamplesElsePooled) {
+TEST(ToolStats, KeyNeedsMinSamplesElseShrinksTowardPooled) {
   FakeClock clock;
   ToolStatsOptions o;
   o.min_samples_per_key = 20;
   ToolLatencyStats stats(o, &clock);
   for (int i = 0; i < 30; ++i) stats.AddSample("cat", 100'000);  // 0.1 s
   for (int i = 0; i < 19; ++i) stats.AddSample("pytest", 20 * kSecond);
+  // 19 < 20: pytest's 19 samples, and the pooled CDF (49 samples) with weight 20 - 19.
   DurationDistribution pytest = stats.ForKey("pytest");
-  EXPECT_EQ(pytest.source(), DistributionSource::kPooled);  // 19 < 20: pooled over 49
-  EXPECT_NEAR(pytest.Mean(), (30 * 0.1 + 19 * 20.0) / 49, 1e-9);
+  EXPECT_EQ(pytest.source(), DistributionSource::kBlended);
+  const double pooled_mean = (30 * 0.1 + 19 * 20.0) / 49;
+  EXPECT_NEAR(pytest.Mean(), (19 * 20.0 + 1 * pooled_mean) / 20, 1e-9);
+  EXPECT_NEAR(pytest.effective_samples(), 20, 1e-9);
+  EXPECT_NEAR(pytest.Quantile(0.5), 20.0, 1e-9) << "the key's own samples count at once";
+  EXPECT_NEAR(pytest.Cdf(0.1), 1.0 / 20 * 30 / 49, 1e-9);
   stats.AddSample("pytest", 20 * kSecond);
   EXPECT_EQ(stats.ForKey("pytest").source(), DistributionSource::kKey);
   EXPECT_NEAR(stats.ForKey("pytest").Quantile(0.5), 20.0, 1e-9);
+  EXPECT_NEAR(stats.ForKey("pytest").Mean(), 20.0, 1e-9);
   EXPECT_EQ(stats.ForKey("cat").source(), DistributionSource::kKey);
-  EXPECT_EQ(stats.ForKey("never-seen").source(), DistributionSource::kPooled);
+  DurationDistribution unseen = stats.ForKey("never-seen");
+  EXPECT_EQ(unseen.source(), DistributionSource::kPooled);
+  EXPECT_NEAR(unseen.Mean(), (30 * 0.1 + 20 * 20.0) / 50, 1e-9);
+}
+
+// Before the pooled CDF has min_samples_per_key samples it is shrunk toward the prior, so
+// the first samples count at once and the prior keeps the tail.
+TEST(ToolStats, FewPooledSamplesShrinkTowardThePrior) {
+  FakeClock clock;
+  ToolStatsOptions o;
+  o.min_samples_per_key = 20;
+  o.prior_mean_s = 5.0;
+  ToolLatencyStats stats(o, &clock);
+  for (int i = 0; i < 5; ++i) stats.AddSample("cat", 200'000);  // 0.2 s
+  DurationDistribution d = stats.ForKey("grep");
+  EXPECT_EQ(d.source(), DistributionSource::kPooled);
+  EXPECT_NEAR(d.effective_samples(), 20, 1e-9);
+  // A quarter of the mass at 0.2 s, plus the prior's three points below it (its quantiles
+  // at 0.5/64, 1.5/64 and 2.5/64 are 0.039, 0.118 and 0.199 s).
+  EXPECT_NEAR(d.Cdf(0.2), 5.0 / 20 + 15.0 / 20 * 3 / 64, 1e-9);
+  // The prior's points: its quantiles at (i + 0.5) / 64, so its mean is close to 5 s.
+  const double prior_points_mean = [] {
+    double m = 0;
+    for (int i = 0; i < DurationDistribution::kPriorPoints; ++i) {
+      m += DurationDistribution::Exponential(5.0).Quantile((i + 0.5) /
+                                                           DurationDistribution::kPriorPoints);
+    }
+    return m / DurationDistribution::kPriorPoints;
+  }();
+  EXPECT_NEAR(d.Mean(), (5 * 0.2 + 15 * prior_points_mean) / 20, 1e-9);
+  EXPECT_GT(d.Quantile(0.99), 10.0) << "the tail is the prior's";
+  // "cat" itself: its 5 samples shrunk toward that pooled distribution.
+  DurationDistribution cat = stats.ForKey("cat");
+  EXPECT_EQ(cat.source(), DistributionSource::kBlended);
+  EXPECT_NEAR(cat.Mean(), (5 * 0.2 + 15 * d.Mean()) / 20, 1e-9);
 }
 
 TEST(ToolStats, QuantilesMatchASortedReference) {

@@ -1,11 +1,12 @@
 // End to end, issue 15: 8 real mini-swe-agent (deepseek) traces replayed concurrently on
 // kvkeepd with the tiny model, tool times scaled down, under a device pool too small for
-// every agent at once, once per policy (`kvkeep replay run --spawn`). Every policy that
-// reuses KV must recompute far fewer tokens than none. The learned TTL policy's figures
-// against lru and Continuum's fixed-ttl rule are printed, not asserted: on this workload
-// the three differ by a few percent either way from run to run (ttl lost to lru in 1 of 5
-// runs and to fixed-ttl in 3 of 5). Issue 15 asks for ttl < fixed-ttl and ttl < lru; that
-// target is missed, and bench/RESULTS.md's policy benchmark shows why. Skips without
+// every agent at once, once per policy (`kvkeep replay run --spawn`). `--time-scale`
+// scales the policies' time knobs with the tool waits (fixed-ttl's 2 s pin and 2 s mean
+// threshold, the TTL rule's 30 s cap and 5 s prior), so both rules see the same workload
+// in the same units. Asserts that the learned TTL policy recomputes fewer tokens than lru
+// and lru fewer than none (9 of 9 runs, docs/policy.md). Issue 15 also asks for ttl <
+// fixed-ttl: it held in 5 of 6 runs (7 of 9 over this session), by 10% on average, so it
+// is printed, not asserted, rather than fail CI one run in six. Skips without
 // ../shared/data.
 #include <gtest/gtest.h>
 
@@ -25,7 +26,7 @@ using nlohmann::json;
 using testing::Shell;
 using testing::Slurp;
 
-TEST(PolicyEndToEnd, EveryReusingPolicyRecomputesFarLessThanNone) {
+TEST(PolicyEndToEnd, TtlRecomputesLessThanLruAndLruLessThanNone) {
   KVKEEP_REQUIRE_SHARED_DATA();
   const std::string bin = testing::BinaryDir();
   if (access((bin + "/kvkeepd").c_str(), X_OK) != 0) GTEST_SKIP() << "kvkeepd is not built";
@@ -46,13 +47,13 @@ TEST(PolicyEndToEnd, EveryReusingPolicyRecomputesFarLessThanNone) {
             0);
   const std::string out = dir.File("out");
   // 8 agents of up to 1500 context tokens each need about 8 * 1500 / 16 = 750 blocks;
-  // the pool has 250. Recorded tool waits are scaled by 0.1. (2-core dev machine,
-  // 2026-12-05, shared with three builds: ttl 22,198 recomputed tokens, fixed-ttl 24,408,
-  // lru 23,667, none 143,965; 14.5 minutes in all.)
+  // the pool has 250, about four agents' worth. Recorded tool waits are scaled by 0.1, and
+  // with them the policies' time knobs. Five runs on the 2-core dev machine (load 12-15,
+  // 2026-12-06), recomputed tokens ttl / fixed-ttl / lru / none: see docs/policy.md.
   const std::string cmd = kvkeep + " replay run " + dir.File("trace.jsonl") + " --out " + out +
                           " --spawn --model " + dir.File("model") +
                           " --policy ttl,fixed-ttl,lru,none --agents 8 --max-turns 4"
-                          " --max-prompt-tokens 1500 --time-scale 0.1 --no-plots"
+                          " --max-prompt-tokens 1500 --time-scale 0.1 --seed 1 --no-plots"
                           " -- --num-kv-blocks 250";
   ASSERT_EQ(Shell(cmd + " > " + dir.File("stdout.txt") + " 2> " + dir.File("stderr.txt")), 0)
       << Slurp(dir.File("stderr.txt"));
@@ -68,12 +69,14 @@ TEST(PolicyEndToEnd, EveryReusingPolicyRecomputesFarLessThanNone) {
                 static_cast<long long>(s["cached_tokens"].get<int64_t>()),
                 s["hit_ratio"].get<double>());
   }
-  std::printf("ttl / fixed-ttl recomputed: %.3f, ttl / lru: %.3f (not asserted; see the header)\n",
-              double(recomputed["ttl"]) / double(recomputed["fixed-ttl"]),
-              double(recomputed["ttl"]) / double(recomputed["lru"]));
-  for (const char* p : {"ttl", "fixed-ttl", "lru"}) {
-    EXPECT_LT(2 * recomputed[p], recomputed["none"]) << p;
-  }
+  std::printf(
+      "ttl / fixed-ttl recomputed: %.3f (not asserted; see the header), ttl / lru: %.3f, "
+      "lru / none: %.3f\n",
+      double(recomputed["ttl"]) / double(recomputed["fixed-ttl"]),
+      double(recomputed["ttl"]) / double(recomputed["lru"]),
+      double(recomputed["lru"]) / double(recomputed["none"]));
+  EXPECT_LT(recomputed["ttl"], recomputed["lru"]);
+  EXPECT_LT(recomputed["lru"], recomputed["none"]);
 }
 
 }  // namespace

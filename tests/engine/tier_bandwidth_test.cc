@@ -1,0 +1,175 @@
+// MeasureTierBandwidths (engine/cost_calibration.h) with a fake clock: a backend whose
+// WriteBlock and a file whose ReadAt advance the clock by bytes / a known bandwidth, so the
+// measured figures must equal those bandwidths; the fitted cost model then prices a reload
+// from them.
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "base/clock.h"
+#include "base/file.h"
+#include "engine/cost_calibration.h"
+#include "policy/ttl_policy.h"
+#include "tests/testlib/test_util.h"
+
+namespace kvkeep {
+namespace {
+
+constexpr double kHostBytesPerS = 8.192e9;  // 4 us a 32 KiB block: whole micros
+constexpr double kDiskBytesPerS = 2.048e9;  // 16 us a block
+
+int64_t Micros(size_t bytes, double bytes_per_s) {
+  return static_cast<int64_t>(static_cast<double>(bytes) * 1e6 / bytes_per_s);
+}
+
+// A device pool that only counts: WriteBlock costs block_bytes at kHostBytesPerS.
+class TimedBackend final : public Backend {
+ public:
+  explicit TimedBackend(FakeClock* clock) : clock_(clock) {
+    shape_.num_blocks = 128;
+    shape_.num_layers = 4;
+    shape_.num_kv_heads = 2;
+    shape_.block_size = 16;
+    shape_.head_dim = 64;
+  }
+  std::string name() const override { return "timed"; }
+  const ModelConfig& config() const override { return config_; }
+  const KvPoolShape& kv_shape() const override { return shape_; }
+  Status Forward(const ForwardBatch&, std::vector<float>*) override {
+    return Status::Internal("not a model");
+  }
+  Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>&) override {
+    return Status::OK();
+  }
+  size_t block_bytes() const override { return shape_.block_stride() * sizeof(uint16_t); }
+  Status ReadBlock(int32_t, void*) override { return Status::OK(); }
+  Status WriteBlock(int32_t block_id, const void*) override {
+    if (block_id < 0 || block_id >= shape_.num_blocks) return Status::InvalidArgument("block");
+    ++writes;
+    clock_->AdvanceMicros(Micros(block_bytes(), kHostBytesPerS));
+    return Status::OK();
+  }
+  int writes = 0;
+
+ private:
+  FakeClock* clock_;
+  ModelConfig config_;
+  KvPoolShape shape_;
+};
+
+// The real filesystem, with reads that cost their bytes at kDiskBytesPerS on the clock.
+class TimedReadFile final : public RandomRWFile {
+ public:
+  TimedReadFile(std::unique_ptr<RandomRWFile> file, FakeClock* clock)
+      : file_(std::move(file)), clock_(clock) {}
+  Status ReadAt(uint64_t offset, void* dst, size_t n) override {
+    clock_->AdvanceMicros(Micros(n, kDiskBytesPerS));
+    return file_->ReadAt(offset, dst, n);
+  }
+  Status WriteAt(uint64_t offset, const void* src, size_t n) override {
+    return file_->WriteAt(offset, src, n);
+  }
+  Result<uint64_t> Size() override { return file_->Size(); }
+
+ private:
+  std::unique_ptr<RandomRWFile> file_;
+  FakeClock* clock_;
+};
+
+class TimedEnv final : public Env {
+ public:
+  explicit TimedEnv(FakeClock* clock) : clock_(clock) {}
+  Result<std::string> ReadFile(const std::string& p) override { return base_->ReadFile(p); }
+  Status WriteFileAtomic(const std::string& p, std::string_view c) override {
+    return base_->WriteFileAtomic(p, c);
+  }
+  Result<std::unique_ptr<MappedFile>> MapFile(const std::string& p) override {
+    return base_->MapFile(p);
+  }
+  bool FileExists(const std::string& p) override { return base_->FileExists(p); }
+  Status CreateDirs(const std::string& p, int mode) override { return base_->CreateDirs(p, mode); }
+  Result<std::vector<std::string>> ListDir(const std::string& p) override {
+    return base_->ListDir(p);
+  }
+  Status RemoveFile(const std::string& p) override { return base_->RemoveFile(p); }
+  std::string GetEnvVar(const char* name) override { return base_->GetEnvVar(name); }
+  Result<std::unique_ptr<RandomRWFile>> OpenRandomRWFile(const std::string& p,
+                                                         bool create) override {
+    ASSIGN_OR_RETURN(std::unique_ptr<RandomRWFile> f, base_->OpenRandomRWFile(p, create));
+    return std::unique_ptr<RandomRWFile>(new TimedReadFile(std::move(f), clock_));
+  }
+
+ private:
+  Env* base_ = DefaultEnv();
+  FakeClock* clock_;
+};
+
+TEST(TierBandwidth, MeasuresHostAndDiskReloadBandwidthsOnTheClock) {
+  FakeClock clock;
+  TimedBackend backend(&clock);
+  TimedEnv env(&clock);
+  testing::TempDir dir;
+  TierBandwidthOptions o;
+  o.blocks = 32;
+  o.scratch_dir = dir.File("state");
+  Result<TierBandwidths> r = MeasureTierBandwidths(&backend, &env, &clock, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const TierBandwidths& bw = *r;
+  EXPECT_EQ(backend.writes, 32);
+  EXPECT_EQ(bw.bytes_timed, 32 * static_cast<int64_t>(backend.block_bytes()));
+  EXPECT_EQ(bw.kv_bytes_per_token, static_cast<int64_t>(backend.block_bytes()) / 16);
+  EXPECT_NEAR(bw.host_to_device_bytes_per_s / kHostBytesPerS, 1.0, 1e-3);
+  // Disk to device is the disk read, then the host copy.
+  const double disk_then_host = 1.0 / (1.0 / kDiskBytesPerS + 1.0 / kHostBytesPerS);
+  EXPECT_NEAR(bw.disk_to_device_bytes_per_s / disk_then_host, 1.0, 1e-3);
+  EXPECT_FALSE(DefaultEnv()->FileExists(o.scratch_dir + "/bandwidth_probe.tmp"))
+      << "the probe file is removed";
+
+  // The TTL rule prices a host reload of 4,096 tokens of KV at
+  // the measured bandwidth; from disk when the host tier has no room.
+  CostModel m;
+  m.prefill_per_token_s = 1e-4;
+  m.kv_bytes_per_token = bw.kv_bytes_per_token;
+  m.host_to_device_bytes_per_s = bw.host_to_device_bytes_per_s;
+  m.disk_to_device_bytes_per_s = bw.disk_to_device_bytes_per_s;
+  PinCandidate c;
+  c.context_tokens = 4096;
+  c.host_has_room = true;
+  const HitBenefit host = ComputeHitBenefit(m, c);
+  EXPECT_EQ(host.rebuild_from, RebuildSource::kHost);
+  EXPECT_NEAR(host.rebuild_s, 4096.0 * bw.kv_bytes_per_token / kHostBytesPerS, 1e-9);
+  c.host_has_room = false;
+  c.disk_has_room = true;
+  const HitBenefit disk = ComputeHitBenefit(m, c);
+  EXPECT_EQ(disk.rebuild_from, RebuildSource::kDisk);
+  EXPECT_NEAR(disk.rebuild_s, 4096.0 * bw.kv_bytes_per_token / disk_then_host, 1e-9);
+}
+
+TEST(TierBandwidth, WithoutAScratchDirTheDiskIsNotMeasured) {
+  FakeClock clock;
+  TimedBackend backend(&clock);
+  TimedEnv env(&clock);
+  Result<TierBandwidths> r = MeasureTierBandwidths(&backend, &env, &clock, {});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const TierBandwidths& bw = *r;
+  EXPECT_GT(bw.host_to_device_bytes_per_s, 0);
+  EXPECT_EQ(bw.disk_to_device_bytes_per_s, 0) << "0: not measured, never used to price";
+}
+
+TEST(TierBandwidth, AClockThatDoesNotMoveMeasuresNothing) {
+  FakeClock clock;
+  FakeClock frozen;  // the probe's clock never moves
+  TimedBackend backend(&clock);
+  TimedEnv env(&clock);
+  testing::TempDir dir;
+  TierBandwidthOptions o;
+  o.scratch_dir = dir.path();
+  Result<TierBandwidths> r = MeasureTierBandwidths(&backend, &env, &frozen, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const TierBandwidths& bw = *r;
+  EXPECT_EQ(bw.host_to_device_bytes_per_s, 0);
+  EXPECT_EQ(bw.disk_to_device_bytes_per_s, 0);
+}
+
+}  // namespace
+}  // namespace kvkeep
