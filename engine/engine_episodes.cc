@@ -13,12 +13,15 @@
 // write (PrepareAppend), so turns never change the cache.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "engine/engine_impl.h"
 
 namespace kvkeep {
 namespace {
 
-Status ValidateEpisode(const GenerateRequest& r, int32_t block_size, bool prefix_caching) {
+Status ValidateEpisode(const GenerateRequest& r, int32_t block_size, bool prefix_caching,
+                       int32_t vocab) {
   const EpisodeServeRequest& e = *r.episode;
   if (r.session == 0) return Status::InvalidArgument("an episode turn needs a session");
   if (!prefix_caching) {
@@ -33,6 +36,9 @@ Status ValidateEpisode(const GenerateRequest& r, int32_t block_size, bool prefix
   if (e.query.empty() || e.budget_tokens < 1 || e.block_tokens < 1) {
     return Status::InvalidArgument("episode turn: empty P_e, or budget or block below 1");
   }
+  if (std::any_of(e.query.begin(), e.query.end(), [&](int32_t t) { return t < 0 || t >= vocab; })) {
+    return Status::InvalidArgument("episode turn: P_e has a token outside the vocabulary");
+  }
   return Status::OK();
 }
 
@@ -44,7 +50,8 @@ bool EngineImpl::ServeFromEpisode(Sequence* seq) {
   const int32_t bs = pool_.block_size();
   const HashScope scope = EpisodeCacheDirectory::EpisodeScope(seq->table.scope());
   Status st = [&]() -> Status {
-    RETURN_IF_ERROR(ValidateEpisode(r, bs, pool_.prefix_caching_enabled()));
+    RETURN_IF_ERROR(
+        ValidateEpisode(r, bs, pool_.prefix_caching_enabled(), backend_->config().vocab_size));
     const int64_t tail_limit = e.rebuild_tail_tokens >= 0 ? e.rebuild_tail_tokens : e.block_tokens;
     const EpisodeCacheRecord* rec = episodes_.Find(r.session, e.episode);
     bool usable = rec != nullptr && rec->id.version == e.version &&

@@ -220,6 +220,16 @@ TEST_F(EpisodeServeTest, BuildThatCannotGetItsBlocksFallsBackToFullKv) {
   EXPECT_EQ(out.reason, FinishReason::kLength);
   EXPECT_FALSE(out.usage.from_episode_cache);
   EXPECT_EQ(engine->GetStats().episode_fallbacks, 2);
+  // So is one whose P_e is outside the vocabulary.
+  Outcome oov;
+  r = RequestInto(&oov, 3, bad.prompt(), kMaxTokens, 8);
+  r.episode = EpisodeServeRequest{
+      .history_tokens = 300, .query = {model_->config.vocab_size}, .budget_tokens = 8};
+  ASSERT_TRUE(engine->Submit(std::move(r)).ok());
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  EXPECT_EQ(oov.reason, FinishReason::kLength);
+  EXPECT_FALSE(oov.usage.from_episode_cache);
+  EXPECT_EQ(engine->GetStats().episode_fallbacks, 3);
 }
 
 }  // namespace
