@@ -232,11 +232,16 @@ Status ApplyCluster(const json& j, DaemonClusterOptions* c) {
 
 Status ApplyEpisodes(const json& j, DaemonEpisodeOptions* e) {
   FieldReader r(j, "episodes.");
-  r.Known({"index", "embedder", "budget_tokens", "num_episodes"});
+  r.Known({"index", "embedder", "budget_tokens", "num_episodes", "serve", "cache_budget_tokens",
+           "cache_block_tokens", "route_wait_ms"});
   r.Bool("index", &e->index);
   r.String("embedder", &e->embedder);
   r.Int("budget_tokens", &e->budget_tokens, 0, kMaxI64);
   r.Int("num_episodes", &e->num_episodes, 1, 1024);
+  r.Bool("serve", &e->serve);
+  r.Int("cache_budget_tokens", &e->cache_budget_tokens, 0, kMaxI64);
+  r.Int("cache_block_tokens", &e->cache_block_tokens, 1, 1 << 20);
+  r.Int("route_wait_ms", &e->route_wait_ms, 0, 600'000);
   return r.Finish();
 }
 
@@ -303,6 +308,11 @@ Status ValidateDaemonOptions(const DaemonOptions& o) {
           "cluster.remote_tier needs a disk tier (engine.disk_gib > 0): remote blocks stage "
           "through it");
     }
+  }
+  if (o.episodes.cache_block_tokens < 1 || o.episodes.cache_budget_tokens < 0 ||
+      o.episodes.route_wait_ms < 0) {
+    return Status::InvalidArgument(
+        "episodes: cache_block_tokens must be >= 1, cache_budget_tokens and route_wait_ms >= 0");
   }
   if (o.engine.prefill_chunk_tokens > o.engine.max_batch_tokens) {
     return Status::InvalidArgument("engine.prefill_chunk_tokens exceeds engine.max_batch_tokens");
@@ -414,6 +424,16 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
   overrides.push_back({app.add_option("--episode-index", index_text,
                                       "on|off: index appended messages for session.query"),
                        [&] { o.episodes.index = index_text != "off"; }});
+  std::string serve_text;
+  overrides.push_back({app.add_option("--episode-cache", serve_text,
+                                      "on|off: decode routed turns from episode caches"),
+                       [&] { o.episodes.serve = serve_text != "off"; }});
+  num("--episode-cache-budget-tokens", &f.episodes.cache_budget_tokens,
+      &o.episodes.cache_budget_tokens, "KV entries an episode cache keeps (M); 0: the budget");
+  num("--episode-cache-block-tokens", &f.episodes.cache_block_tokens,
+      &o.episodes.cache_block_tokens, "block of an episode cache's block-wise build (B)");
+  num("--episode-route-wait-ms", &f.episodes.route_wait_ms, &o.episodes.route_wait_ms,
+      "how long a routed turn waits for its history to be indexed, ms");
   str("--testing-scripted-replies", &f.http.testing_scripted_replies,
       &o.http.testing_scripted_replies, "TESTING ONLY: JSON array of forced assistant replies");
 
@@ -507,7 +527,11 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
        {{"index", o.episodes.index},
         {"embedder", o.episodes.embedder},
         {"budget_tokens", o.episodes.budget_tokens},
-        {"num_episodes", o.episodes.num_episodes}}},
+        {"num_episodes", o.episodes.num_episodes},
+        {"serve", o.episodes.serve},
+        {"cache_budget_tokens", o.episodes.cache_budget_tokens},
+        {"cache_block_tokens", o.episodes.cache_block_tokens},
+        {"route_wait_ms", o.episodes.route_wait_ms}}},
   };
   return doc.dump(2);
 }

@@ -83,10 +83,14 @@ struct DaemonClusterOptions {
 
 // The per-session segment index and episodes (docs/episodes.md "In the daemon").
 struct DaemonEpisodeOptions {
-  bool index = true;                 // --episode-index on|off: index appended messages
-  std::string embedder = "default";  // --embedder hashed|bert|hybrid|default
-  int64_t budget_tokens = 0;         // --episode-budget-tokens: global budget; 0: no episodes
-  int32_t num_episodes = 4;          // --episodes: E
+  bool index = true;                  // --episode-index on|off: index appended messages
+  std::string embedder = "default";   // --embedder hashed|bert|hybrid|default
+  int64_t budget_tokens = 0;          // --episode-budget-tokens: global budget; 0: no episodes
+  int32_t num_episodes = 4;           // --episodes: E
+  bool serve = true;                  // --episode-cache on|off: routed turns decode from caches
+  int64_t cache_budget_tokens = 0;    // --episode-cache-budget-tokens: M; 0: the session budget
+  int32_t cache_block_tokens = 2048;  // --episode-cache-block-tokens: B of a cache's build
+  int64_t route_wait_ms = 5000;       // --episode-route-wait-ms: wait for indexing before routing
 };
 
 struct DaemonOptions {

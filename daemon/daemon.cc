@@ -11,6 +11,7 @@
 #include "base/clock.h"
 #include "base/logging.h"
 #include "daemon/episode_index.h"
+#include "daemon/episode_serve.h"
 #include "daemon/http_server.h"
 #include "daemon/metrics.h"
 #include "daemon/openai_api.h"
@@ -219,6 +220,10 @@ Status Daemon::Impl::Assemble() {
       store.get(),  clock,
       &metrics,     [this](std::function<void()> task) { asio::post(io, std::move(task)); }};
   deps.episodes = episodes.get();
+  if (episodes != nullptr && options.episodes.serve) {  // routed turns decode from caches
+    deps.serve_episode = MakeEpisodeServeFn(
+        {options.episodes.cache_budget_tokens, options.episodes.cache_block_tokens});
+  }
   service = std::make_unique<Service>(so, std::move(deps));
   return service->LoadSessions();
 }

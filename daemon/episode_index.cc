@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 
 #include "index/embedder.h"
 
@@ -64,6 +65,7 @@ EpisodeOptions MakeEpisodeOptions(const DaemonEpisodeOptions& daemon) {
   o.embedder.name = daemon.embedder;
   o.budget_tokens = daemon.budget_tokens;
   o.clustering.cluster.num_episodes = daemon.num_episodes;
+  o.route_wait_ms = daemon.route_wait_ms;
   return o;
 }
 
@@ -162,11 +164,13 @@ void EpisodeIndex::WorkerLoop() {
     Job job = std::move(queue_.front());
     queue_.pop_front();
     busy_ = true;
+    busy_key_ = job.key;
     lock.unlock();
     RunJob(job);
     lock.lock();
     if (!stopping_) queued_bytes_ -= job.bytes;
     busy_ = false;
+    job_done_cv_.notify_all();
     if (queue_.empty()) idle_cv_.notify_all();
   }
 }
@@ -261,6 +265,40 @@ void EpisodeIndex::RunJob(Job& job) {
       SaveSession(key, /*force=*/false);
       return;
     }
+  }
+}
+
+void EpisodeIndex::WaitForSessionJobs(const Key& key) {
+  bool own_budget = false;
+  {
+    std::lock_guard<std::mutex> lock(states_mu_);
+    auto it = states_.find(key);
+    own_budget = it != states_.end() && it->second.budget_tokens > 0;
+  }
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  auto of_key = [&](const Job& j) { return j.key == key; };
+  const bool budget_queued = std::any_of(queue_.begin(), queue_.end(), [&](const Job& j) {
+    return j.key == key && j.kind == Job::Kind::kBudget;
+  });
+  // No budget anywhere: the turn is not routed, whatever the index says.
+  if (options_.budget_tokens <= 0 && !own_budget && !budget_queued) return;
+  auto pending = [&] {
+    return (busy_ && busy_key_ == key) || std::any_of(queue_.begin(), queue_.end(), of_key);
+  };
+  if (!pending()) return;
+  const auto start = std::chrono::steady_clock::now();
+  const bool done = job_done_cv_.wait_for(lock, std::chrono::milliseconds(options_.route_wait_ms),
+                                          [&] { return stopping_ || !pending(); });
+  const double waited_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  if (!done) {
+    spdlog::warn(
+        "episodes: session '{}': its messages are not indexed after {:.0f} ms; routing "
+        "with what is",
+        key.second, waited_ms);
+  } else {
+    spdlog::debug("episodes: session '{}': waited {:.1f} ms for indexing before routing",
+                  key.second, waited_ms);
   }
 }
 

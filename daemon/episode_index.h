@@ -61,6 +61,9 @@ struct EpisodeOptions {
   int64_t max_vectors_per_session = 20000;
   int64_t max_queued_bytes = int64_t{64} << 20;
   int64_t save_every_messages = 16;
+  // A turn routed before the worker has indexed the messages before it waits for them this
+  // long (then routes with what is indexed).
+  int64_t route_wait_ms = 5000;
 };
 
 // The daemon's knobs (DaemonOptions::episodes) as EpisodeOptions.
@@ -84,6 +87,8 @@ struct EpisodeRoute {
   int32_t episode = 0;
   int32_t num_episodes = 0;
   float score = 0.0f;
+  uint64_t version = 0;       // full clusterings so far: a new one changes the episodes
+  int64_t budget_tokens = 0;  // the session's budget M
   // The medoid windows' message ranges [first, end), in history order: P_e is their text.
   std::vector<std::pair<int64_t, int64_t>> medoid_messages;
 };
@@ -127,6 +132,9 @@ class EpisodeIndex {
   // For a new user message (seq message_seq, text) in a session of total_tokens tokens:
   // nullopt when the session is within its budget (full KV serves it, unchanged); else the
   // routed episode, recorded as the turn's route. Clusters first if the worker has not yet.
+  // When a budget may apply, first waits (route_wait_ms at most) for the session's queued
+  // messages, so a turn that arrives before the worker has indexed its history is routed.
+  // REQUIRES: the caller may hold a Session::mu (the worker never takes one).
   Result<std::optional<EpisodeRoute>> Route(uint32_t uid, const std::string& session,
                                             int64_t message_seq, const std::string& text,
                                             int64_t total_tokens);
@@ -165,6 +173,10 @@ class EpisodeIndex {
   Status IndexMessages(const Key& key, const std::vector<IndexedMessage>& messages, size_t from,
                        bool observe);
   void SaveSession(const Key& key, bool force);
+  // Waits (at most options_.route_wait_ms) until no job of key is queued or running, so a
+  // turn that arrives before its history is indexed is routed on all of it. Returns at once
+  // when no budget could apply to the session. REQUIRES: no lock of this object held.
+  void WaitForSessionJobs(const Key& key);
   int64_t BudgetOf(const SessionEpisodes& s) const;
 
   const EpisodeOptions options_;
@@ -188,6 +200,8 @@ class EpisodeIndex {
   std::deque<Job> queue_;
   int64_t queued_bytes_ = 0;
   bool busy_ = false;
+  Key busy_key_;                         // the job the worker runs while busy_
+  std::condition_variable job_done_cv_;  // after every job
   bool stopping_ = false;
   std::map<Key, bool> behind_;  // guarded by queue_mu_: appends dropped (queue full)
   std::thread worker_;

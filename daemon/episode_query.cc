@@ -244,6 +244,7 @@ Result<std::optional<EpisodeRoute>> EpisodeIndex::Route(uint32_t uid, const std:
                                                         const std::string& text,
                                                         int64_t total_tokens) {
   const Key key{uid, session};
+  WaitForSessionJobs(key);  // a turn racing the worker is routed on its whole history
   {
     std::lock_guard<std::mutex> lock(states_mu_);
     auto [it, fresh] = states_.try_emplace(key);
@@ -275,6 +276,8 @@ Result<std::optional<EpisodeRoute>> EpisodeIndex::Route(uint32_t uid, const std:
       route.score = -2.0f;
       for (int32_t w : e.members) route.score = std::max(route.score, scores[w]);
       route.num_episodes = static_cast<int32_t>(set.episodes.size());
+      route.version = static_cast<uint64_t>(s.num_reclusters);
+      route.budget_tokens = BudgetOf(s);
       const int64_t wm = s.window_messages;
       for (int32_t w : e.medoid_windows) route.medoid_messages.push_back({w * wm, (w + 1) * wm});
     }

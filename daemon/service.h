@@ -124,6 +124,9 @@ class Service {
   // reply's "episode" ({"episode", "num_episodes", "served_by"}), null when not routed.
   // REQUIRES: s.mu held.
   nlohmann::json RouteTurnLocked(const Session& s, GenerateRequest* req);
+  // The routed turn finished (its reply not yet appended): served_by from what the engine
+  // reports. REQUIRES: s.mu held.
+  void EpisodeServedLocked(const Session& s, const Usage& usage, nlohmann::json* route);
   // The optional `retain: {ttl_s, priority?}` of session.generate, applied before submit.
   // REQUIRES: s.mu held (as are both below).
   Status RetainField(const Ctx& ctx, const Session& s);

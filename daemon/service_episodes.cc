@@ -92,6 +92,9 @@ json Service::RouteTurnLocked(const Session& s, GenerateRequest* req) {
   turn.engine_session = EngineSessionOf(s.owner_uid, s.id);
   turn.episode = (*route)->episode;
   turn.num_episodes = (*route)->num_episodes;
+  turn.version = (*route)->version;
+  turn.budget_tokens = (*route)->budget_tokens;
+  turn.history_tokens = static_cast<int64_t>(s.tokens.size() - user.tokens.size());
   for (const auto& [first, end] : (*route)->medoid_messages) {
     for (int64_t i = first; i < std::min<int64_t>(end, seq); ++i) {
       const Message& m = s.messages[static_cast<size_t>(i)];
@@ -108,11 +111,17 @@ json Service::RouteTurnLocked(const Session& s, GenerateRequest* req) {
                   turn.episode, served.status().ToString());
     return out;
   }
-  if (*served) {
-    deps_.episodes->MarkServedFromEpisode(s.owner_uid, s.id, seq);
-    out["served_by"] = "episode_cache";
-  }
+  // served_by stays full_kv until the finished turn says the cache served it
+  // (EpisodeServedLocked): the engine falls back to full KV when it cannot build it.
   return out;
+}
+
+void Service::EpisodeServedLocked(const Session& s, const Usage& usage, json* route) {
+  if (route->is_null() || !usage.from_episode_cache || !deps_.episodes) return;
+  (*route)["served_by"] = "episode_cache";
+  (*route)["kv_blocks"] = usage.kv_blocks;
+  deps_.episodes->MarkServedFromEpisode(s.owner_uid, s.id,
+                                        static_cast<int64_t>(s.messages.size()) - 1);
 }
 
 }  // namespace kvkeep

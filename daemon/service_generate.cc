@@ -162,6 +162,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
   {
     std::lock_guard<std::mutex> lock(s.mu);
     if (ok) {
+      EpisodeServedLocked(s, ev.usage, &gen->episode);  // before the reply is appended
       Message msg;
       msg.role = "assistant";
       msg.content = gen->text;

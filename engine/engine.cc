@@ -102,7 +102,8 @@ EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> ba
       scheduler_(SchedOptions(options), &pool_),
       runner_(backend_.get()),
       disk_store_(std::move(disk_store)),
-      tool_stats_(options.policy.tool_stats, clock) {
+      tool_stats_(options.policy.tool_stats, clock),
+      episodes_(static_cast<uint64_t>(clock->WallMicros())) {
   if (disk_store_ != nullptr) disk_worker_ = std::make_unique<DiskWorker>(disk_store_.get());
   if (disk_store_ != nullptr && options.remote_tier) {
     remote_ = std::make_unique<RemoteBlockStore>(*options.remote_tier, disk_store_.get());

@@ -56,6 +56,8 @@ struct Usage {
   int64_t generated_tokens = 0;      // sampled or forced tokens decoded
   double ttft_ms = 0;                // submit -> first generated token
   double decode_ms = 0;              // first -> last generated token
+  bool from_episode_cache = false;   // decoded on top of an episode's compressed KV
+  int64_t kv_blocks = 0;             // device blocks the turn held when it ended
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
@@ -73,6 +75,24 @@ struct GenerateEvent {
 
 using RequestId = uint64_t;
 
+// A turn of a session over its KV budget, served from one episode's compressed KV
+// (issue 13; docs/episodes.md "Serving from episode caches"). The engine keeps one cache
+// per (session, episode), built with EpisodeCompressor from the history prompt[0,
+// history_tokens) and P_e under budget M, and prefills the rest of the prompt on top of it
+// at positions continuing the history. The cache is reused while the version is the same
+// and the history past it is at most rebuild_tail_tokens; otherwise it is rebuilt first.
+// If it cannot be built or found (pool exhausted, the backend cannot score), the turn is
+// served from full KV as if this were unset, with a log line (Usage::from_episode_cache).
+struct EpisodeServeRequest {
+  int32_t episode = 0;
+  uint64_t version = 0;              // the session's clustering; a new one rebuilds
+  int64_t history_tokens = 0;        // the prompt's history part; REQUIRES 0 < it < prompt
+  std::vector<int32_t> query;        // P_e
+  int32_t budget_tokens = 0;         // M; REQUIRES >= 1
+  int32_t block_tokens = 2048;       // B
+  int32_t rebuild_tail_tokens = -1;  // -1: B
+};
+
 struct GenerateRequest {
   RequestId id = 0;  // unique among in-flight requests
   // The conversation this turn belongs to (0: none). After the turn the engine keeps the
@@ -82,6 +102,7 @@ struct GenerateRequest {
   uint64_t cache_salt = 0;      // tenant salt in prefix hashes: tenants never share KV
   std::vector<int32_t> prompt;  // the whole context
   std::vector<int32_t> forced;  // teacher forcing: decoded as if generated, then stop
+  std::optional<EpisodeServeRequest> episode;  // serve from an episode cache (needs session)
   SamplingParams sampling;
   StopConditions stop;
   // Called on the engine thread; exactly one kFinished event ends every request.
@@ -154,8 +175,15 @@ struct EngineStats {
   int64_t pins_expired = 0;
   int64_t pinned_blocks = 0;  // device blocks held by live pins now
   int64_t transfer_us = 0;    // cumulative: time in the transfer phase (swaps, disk I/O)
-  int64_t block_bytes = 0;    // bytes of one KV block (promotion/demotion bytes)
-  std::string policy;         // the running policy's name
+  // Episode caches (issue 13): the engine's records of built caches now, and cumulative
+  // builds, their time on the engine thread, turns served from one, and fallbacks.
+  int64_t episode_caches = 0;
+  int64_t episode_builds = 0;
+  int64_t episode_build_us = 0;
+  int64_t episode_turns = 0;
+  int64_t episode_fallbacks = 0;
+  int64_t block_bytes = 0;  // bytes of one KV block (promotion/demotion bytes)
+  std::string policy;       // the running policy's name
   // Per tool key: samples and quantiles, and the TTL the policy last chose for it.
   struct ToolKeyStats {
     ToolKeySummary summary;

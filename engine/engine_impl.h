@@ -25,6 +25,7 @@
 #include "cache/disk_tier.h"
 #include "cache/disk_worker.h"
 #include "engine/engine.h"
+#include "engine/episode_cache_directory.h"
 #include "engine/model_runner.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
@@ -115,6 +116,13 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   // Copies each sequence's newly committed full blocks to the remote tier (write-through).
   void WriteThroughRemote(const ScheduledBatch& batch);
   void ThreadMain();
+  // Episode turns (engine_episodes.cc). ServeFromEpisode: false leaves seq a full-KV turn
+  // (logged); true: it is queued (or waits for its cache's disk reads) as an episode turn.
+  bool ServeFromEpisode(Sequence* seq);
+  // Matches the cache's blocks, rewrites seq to decode on top of them, queues it.
+  Status AdmitEpisodeTurn(Sequence* seq);
+  Result<const EpisodeCacheRecord*> BuildEpisodeCache(Sequence* seq, HashScope scope);
+  void FinishEpisodeTurn(Sequence* seq);  // before its table is freed
 
   const EngineOptions options_;
   const Tokenizer* tokenizer_;
@@ -186,6 +194,8 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   std::unordered_map<SessionId, SessionReclaimInfo> session_info_;  // hints before a turn ends
   std::vector<SessionHint> hints_;                                  // guarded by mu_
   int64_t reclaimed_sessions_ = 0, pin_violations_ = 0;
+  EpisodeCacheDirectory episodes_;
+  int64_t episode_builds_ = 0, episode_build_us_ = 0, episode_turns_ = 0, episode_fallbacks_ = 0;
 };
 
 }  // namespace kvkeep

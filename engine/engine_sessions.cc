@@ -103,6 +103,7 @@ void EngineImpl::ApplyHint(const SessionHint& h, const EngineLoad& load) {
     program_arrival_us_.erase(h.session);
     last_context_.erase(h.session);
     promoting_.erase(h.session);
+    episodes_.Forget(h.session);
     return;
   }
   auto it = retained_.find(h.session);

@@ -19,8 +19,10 @@ Status EngineImpl::Step() {
   }
   for (Sequence* seq : batch.failed) {
     Finish(seq, FinishReason::kError,
-           Status::ResourceExhausted("context of " + std::to_string(seq->num_tokens()) +
-                                     " tokens can never fit the KV pool"));
+           seq->kv_view.num_restored > 0
+               ? Status::ResourceExhausted("episode turn preempted: its cache entries are gone")
+               : Status::ResourceExhausted("context of " + std::to_string(seq->num_tokens()) +
+                                           " tokens can never fit the KV pool"));
   }
   Status status;
   if (!batch.empty()) {
@@ -76,6 +78,7 @@ void EngineImpl::DrainInbox() {
     // The session's next turn: its retained blocks go back to the cache, where this
     // request's MatchPrefix finds them.
     if (session != 0) BeginTurn(session, seq);
+    if (seq->request.episode && ServeFromEpisode(seq)) continue;
     if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
       std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
       if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
@@ -144,7 +147,12 @@ void EngineImpl::EmitToken(Sequence* seq, int32_t token, std::string text) {
 
 void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
   std::erase_if(awaiting_disk_, [&](const AwaitingDisk& a) { return a.seq == seq; });
-  if (reason == FinishReason::kStop || reason == FinishReason::kLength) Retain(seq);
+  seq->usage.kv_blocks = seq->table.num_blocks();
+  if (!seq->episode_key.empty()) {  // an episode turn: its cache goes back, not retained
+    FinishEpisodeTurn(seq);
+  } else if (reason == FinishReason::kStop || reason == FinishReason::kLength) {
+    Retain(seq);
+  }
   scheduler_.Remove(seq);
   seq->usage.prompt_tokens = seq->usage.cached_tokens + seq->usage.recomputed_tokens;
   totals_.prompt_tokens += seq->usage.prompt_tokens;
@@ -224,6 +232,11 @@ void EngineImpl::PublishStats() {
   s.pins_used = pins_used_;
   s.pins_expired = pins_expired_;
   s.transfer_us = transfer_us_;
+  s.episode_caches = episodes_.size();
+  s.episode_builds = episode_builds_;
+  s.episode_build_us = episode_build_us_;
+  s.episode_turns = episode_turns_;
+  s.episode_fallbacks = episode_fallbacks_;
   s.block_bytes = static_cast<int64_t>(backend_->block_bytes());
   s.policy = std::string(reclaim_policy_->name());
   const int64_t now = clock_->NowMicros();
@@ -312,13 +325,25 @@ void EngineImpl::CollectDiskReads(bool wait) {
   const int64_t now_us = clock_->NowMicros();
   std::erase_if(awaiting_disk_, [&](const AwaitingDisk& a) {
     Sequence* seq = a.seq;
-    const std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
-    const int32_t loading = pool_.CountLoadingPrefix(context, seq->table.scope());
+    const bool episode = !seq->episode_key.empty();  // its cache's blocks, not its context
+    const std::span<const int32_t> context =
+        episode ? std::span<const int32_t>(seq->episode_key)
+                : std::span<const int32_t>(seq->tokens.data(), seq->tokens.size() - 1);
+    const int32_t loading = pool_.CountLoadingPrefix(
+        context,
+        episode ? EpisodeCacheDirectory::EpisodeScope(seq->table.scope()) : seq->table.scope());
     if (loading > 0 && now_us < a.deadline_us) return false;  // keep waiting, not recomputing
     if (loading > 0) {
       spdlog::debug("engine: request {}: {} disk blocks not read after {} us; recomputing them",
                     seq->id(), loading, now_us - seq->submit_us);
       ++disk_read_timeouts_;
+    }
+    if (episode) {
+      const Status st = AdmitEpisodeTurn(seq);
+      if (st.ok()) return true;
+      spdlog::warn("engine: request {}: {}; full KV serves it", seq->id(), st.ToString());
+      ++episode_fallbacks_;
+      seq->episode_key.clear();
     }
     scheduler_.Add(seq);
     return true;

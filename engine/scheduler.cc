@@ -114,6 +114,12 @@ bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batc
 }
 
 bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
+  if (seq->table.empty() && seq->kv_view.num_restored > 0) {           // a preempted episode turn:
+    waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq));  // its restored
+    seq->status = SequenceStatus::kFinished;  // entries cannot be recomputed from tokens
+    batch->failed.push_back(seq);
+    return false;
+  }
   if (seq->table.empty() && pool_->prefix_caching_enabled()) {
     std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
     seq->table = pool_->MatchPrefix(context, seq->table.scope(), &seq->matched_tiers);
@@ -265,7 +271,8 @@ void Scheduler::OnStepDone(const ScheduledBatch& batch) {
         std::clamp<int64_t>(seq->prefill_end - start, 0, s.num_new_tokens);
     seq->usage.recomputed_tokens += prefill_tokens;
     seq->table.AdvanceTokens(s.num_new_tokens);
-    pool_->CommitFullBlocks(&seq->table, seq->tokens);
+    // An episode turn's tokens do not describe its restored entries: nothing to share.
+    if (seq->kv_view.num_restored == 0) pool_->CommitFullBlocks(&seq->table, seq->tokens);
   }
 }
 

@@ -49,6 +49,10 @@ struct Sequence {
   int64_t num_prompt_tokens = 0;
   BlockTable table;
   KvView kv_view;  // RoPE positions of computed tokens (identity for full KV)
+  // An episode turn (engine/engine_episodes.cc): its cache's key in the pool, and the view
+  // it decodes with once admitted (kv_view then equals it). Empty key: a full-KV turn.
+  std::vector<int32_t> episode_key;
+  KvView episode_view;
   SequenceStatus status = SequenceStatus::kWaiting;
   int64_t prefill_end = 0;
   int32_t num_preemptions = 0;

@@ -84,7 +84,7 @@ TEST(DaemonEpisodesTest, QueryRouteRestartAndRebuild) {
     ASSERT_EQ(ep["turns"].size(), 1u) << ep.dump();
     EXPECT_EQ(ep["turns"][0]["message_seq"], 16);
     EXPECT_FALSE(ep["turns"][0]["episode"].is_null());
-    EXPECT_EQ(ep["turns"][0]["served_by"], "full_kv");
+    EXPECT_EQ(ep["turns"][0]["served_by"], "episode_cache");  // the engine's cache served it
     json under = c.Ok({{"id", 7}, {"verb", "session.info"}, {"session", "u"}})["episodes"];
     EXPECT_FALSE(under["over_budget"].get<bool>());
     EXPECT_EQ(under["turns"].size(), 0u);

@@ -10,16 +10,7 @@
 namespace kvkeep::enginetest {
 namespace {
 
-class DecodeTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    model_ = MakeTestModel("tiny");
-    ASSERT_NE(model_, nullptr);
-    rng_.seed(model_->seed);
-  }
-  std::unique_ptr<TestModel> model_;
-  std::mt19937_64 rng_;
-};
+using DecodeTest = TinyModelTest;
 
 TEST_F(DecodeTest, StepwiseDecodeMatchesFullPrefill) {
   const int kBs = 16, kPrompt = 45, kDecode = 30, kTotal = kPrompt + kDecode;

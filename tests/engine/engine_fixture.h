@@ -1,5 +1,6 @@
-// Shared helpers for the engine tests: a fresh synthetic model in a temp dir (seeded by
-// TestSeed(), logged), a batch builder for driving a Backend by hand, and tolerances.
+// Shared helpers for the engine tests: requests that record their events, a batch builder
+// for driving a Backend by hand, and tolerances. The synthetic model and its fixture are
+// tests/testlib/tiny_model.h.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -19,51 +20,15 @@
 #include "engine/synthetic_model.h"
 #include "engine/tokenizer.h"
 #include "tests/testlib/test_util.h"
+#include "tests/testlib/tiny_model.h"
 
 namespace kvkeep::enginetest {
 
-struct TestModel {
-  testing::TempDir dir;
-  uint64_t seed = 0;
-  ModelConfig config;
-  std::unique_ptr<ModelWeights> weights;
-  std::unique_ptr<Tokenizer> tokenizer;
-};
-
-// Writes preset into a new temp dir with the test seed and loads it. Fails the test on error.
-inline std::unique_ptr<TestModel> MakeTestModel(const std::string& preset = "tiny") {
-  auto m = std::make_unique<TestModel>();
-  m->seed = testing::TestSeed();
-  SCOPED_TRACE("model seed " + std::to_string(m->seed));
-  Status st = MakeSyntheticModel(preset, m->seed, m->dir.path());
-  EXPECT_TRUE(st.ok()) << st.ToString();
-  if (!st.ok()) return nullptr;
-  auto config = LoadModelConfig(DefaultEnv(), m->dir.path());
-  EXPECT_TRUE(config.ok()) << config.status().ToString();
-  if (!config.ok()) return nullptr;
-  m->config = *config;
-  auto weights = ModelWeights::Load(DefaultEnv(), m->dir.path(), m->config);
-  EXPECT_TRUE(weights.ok()) << weights.status().ToString();
-  if (!weights.ok()) return nullptr;
-  m->weights = std::move(weights).value();
-  auto tok = LoadTokenizer(DefaultEnv(), m->dir.path());
-  EXPECT_TRUE(tok.ok()) << tok.status().ToString();
-  if (!tok.ok()) return nullptr;
-  m->tokenizer = std::move(tok).value();
-  return m;
-}
-
-inline std::unique_ptr<Backend> MakeBackend(const ModelWeights& weights, int32_t num_blocks,
-                                            int32_t block_size = 16,
-                                            KvDType dtype = KvDType::kF32) {
-  BackendOptions o;
-  o.num_kv_blocks = num_blocks;
-  o.block_size = block_size;
-  o.kv_dtype = dtype;
-  auto b = CreateCpuBackend(weights, o);
-  EXPECT_TRUE(b.ok()) << b.status().ToString();
-  return b.ok() ? std::move(b).value() : nullptr;
-}
+// The tiny model, its backend and the fixture over them live in tests/testlib.
+using testing::MakeBackend;
+using testing::MakeTestModel;
+using testing::TestModel;
+using testing::TinyModelTest;
 
 // What one request produced, as its events reported it.
 struct Outcome {

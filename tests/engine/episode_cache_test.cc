@@ -21,16 +21,7 @@ namespace {
 
 constexpr int kBs = 16;
 
-class EpisodeCacheTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    model_ = MakeTestModel("tiny");
-    ASSERT_NE(model_, nullptr);
-    rng_.seed(model_->seed);
-  }
-  std::unique_ptr<TestModel> model_;
-  std::mt19937_64 rng_;
-};
+using EpisodeCacheTest = TinyModelTest;
 
 // K (kv = 0) or V (kv = 1) of entry j, layer l, head h, from a pool read block by block.
 std::vector<float> ReadEntry(Backend* backend, const std::vector<int32_t>& blocks, int32_t j,

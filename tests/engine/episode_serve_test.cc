@@ -1,0 +1,236 @@
+// Episode turns in the engine (issue 13, serving): a cache built by the engine from
+// BlockPool blocks and decoded through the scheduler gives the tokens of the reference
+// (EpisodeCompressor + EpisodeDecoder on a bare backend); with a budget covering the
+// history it gives full KV's; demoted to the host or disk tier and promoted back it gives
+// the tokens of one that never left the device; a fresh engine over the same disk tier
+// (a restart) rebuilds it and gives the same tokens; and a build that cannot get its
+// blocks falls back to full KV without failing the turn.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "engine/engine_impl.h"
+#include "engine/episode_cache.h"
+#include "tests/engine/engine_fixture.h"
+
+namespace kvkeep::enginetest {
+namespace {
+
+constexpr int32_t kBs = 16;
+constexpr int32_t kMaxTokens = 12;
+
+struct Turn {
+  std::vector<int32_t> history, query, message;
+  int32_t budget = 64, block = 96;
+  int32_t episode = 1;
+  uint64_t version = 1;
+  std::vector<int32_t> prompt() const {
+    std::vector<int32_t> p = history;
+    p.insert(p.end(), message.begin(), message.end());
+    return p;
+  }
+};
+
+class EpisodeServeTest : public TinyModelTest {
+ protected:
+  std::unique_ptr<Engine> NewEngine(int32_t device_blocks, EngineOptions o = {}) {
+    o.model_id = "episode-serve-test";
+    auto e = Engine::Create(o, MakeBackend(*model_->weights, device_blocks, kBs),
+                            model_->tokenizer.get(), &clock_);
+    EXPECT_TRUE(e.ok()) << e.status().ToString();
+    return e.ok() ? std::move(e).value() : nullptr;
+  }
+  Turn MakeTurn(int n_history = 300) {
+    Turn t;
+    t.history = RandomTokens(rng_, n_history);
+    t.query = RandomTokens(rng_, 20);
+    t.message = RandomTokens(rng_, 10);
+    return t;
+  }
+  // Runs one request to completion (episode or full KV) on engine.
+  Outcome Run(Engine* engine, RequestId id, SessionId session, const Turn& t, bool episode) {
+    Outcome out;
+    GenerateRequest r = RequestInto(&out, id, t.prompt(), kMaxTokens, session);
+    if (episode) {
+      EpisodeServeRequest e;
+      e.episode = t.episode;
+      e.version = t.version;
+      e.history_tokens = static_cast<int64_t>(t.history.size());
+      e.query = t.query;
+      e.budget_tokens = t.budget;
+      e.block_tokens = t.block;
+      r.episode = std::move(e);
+    }
+    EXPECT_TRUE(engine->Submit(std::move(r)).ok());
+    EXPECT_TRUE(engine->RunUntilIdle().ok());
+    EXPECT_TRUE(static_cast<EngineImpl*>(engine)->TEST_CheckPool().ok());
+    EXPECT_EQ(out.reason, FinishReason::kLength);
+    return out;
+  }
+  // The reference: EpisodeCompressor + EpisodeDecoder on a bare backend of its own.
+  std::vector<int32_t> Reference(const Turn& t) {
+    CompressOptions o;
+    o.budget_tokens = t.budget;
+    o.block_tokens = t.block;
+    const int32_t needed = CompressBlocksNeeded(o, static_cast<int32_t>(t.query.size()), kBs);
+    const int32_t room = needed + 4;  // the message and the reply on top
+    auto backend = MakeBackend(*model_->weights, room, kBs);
+    EpisodeCompressor compressor(backend.get());
+    auto cache = compressor.Build(t.history, t.query, o, Iota(room));
+    EXPECT_TRUE(cache.ok()) << cache.status().ToString();
+    if (!cache.ok()) return {};
+    EpisodeDecoder decoder(backend.get(), *cache);
+    auto out = decoder.Generate(t.message, kMaxTokens, {});
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    return out.ok() ? *out : std::vector<int32_t>{};
+  }
+  FakeClock clock_;
+};
+
+TEST_F(EpisodeServeTest, EngineCacheDecodesLikeTheBareCompressorAndDecoder) {
+  Turn t = MakeTurn();
+  const std::vector<int32_t> want = Reference(t);
+  ASSERT_EQ(want.size(), static_cast<size_t>(kMaxTokens));
+  auto engine = NewEngine(64);
+  Outcome got = Run(engine.get(), 1, 7, t, /*episode=*/true);
+  EXPECT_EQ(got.tokens, want);
+  EXPECT_TRUE(got.usage.from_episode_cache);
+  EXPECT_EQ(got.usage.cached_tokens, t.budget);  // the cache's entries
+  EXPECT_EQ(got.usage.recomputed_tokens, static_cast<int64_t>(t.message.size()));
+  // The cache's 4 blocks plus the message and reply on top, against full KV's 21.
+  EXPECT_EQ(got.usage.kv_blocks, 6);
+  Outcome full = Run(NewEngine(64).get(), 1, 7, t, /*episode=*/false);
+  EXPECT_EQ(full.usage.kv_blocks, 21);
+  EXPECT_FALSE(full.usage.from_episode_cache);
+  // The comparison can fail: compressed KV decodes differently from full KV here.
+  EXPECT_NE(got.tokens, full.tokens);
+
+  // The next turn of the same episode and history reuses the cache, unchanged by the last.
+  Outcome again = Run(engine.get(), 2, 7, t, true);
+  EXPECT_EQ(again.tokens, want);
+  EngineStats s = engine->GetStats();
+  EXPECT_EQ(s.episode_builds, 1);
+  EXPECT_EQ(s.episode_turns, 2);
+  EXPECT_EQ(s.episode_caches, 1);
+  // A re-cluster (a new version) rebuilds; so does another P_e.
+  t.version = 2;
+  EXPECT_EQ(Run(engine.get(), 3, 7, t, true).tokens, want);
+  EXPECT_EQ(engine->GetStats().episode_builds, 2);
+  t.query = RandomTokens(rng_, 20);
+  EXPECT_EQ(Run(engine.get(), 4, 7, t, true).tokens, Reference(t));
+  EXPECT_EQ(engine->GetStats().episode_builds, 3);
+  // History past the cache goes on top; past B tokens of it, the cache is rebuilt.
+  Turn longer = t;
+  longer.history.insert(longer.history.end(), t.message.begin(), t.message.end());
+  Run(engine.get(), 5, 7, longer, true);
+  EXPECT_EQ(engine->GetStats().episode_builds, 3);
+  const std::vector<int32_t> extra = RandomTokens(rng_, t.block);
+  longer.history.insert(longer.history.end(), extra.begin(), extra.end());
+  EXPECT_EQ(Run(engine.get(), 6, 7, longer, true).tokens, Reference(longer));
+  EXPECT_EQ(engine->GetStats().episode_builds, 4);
+  // A closed session forgets its caches.
+  engine->Hint({.kind = SessionHint::Kind::kClose, .session = 7});
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  EXPECT_EQ(engine->GetStats().episode_caches, 0);
+}
+
+TEST_F(EpisodeServeTest, BudgetCoveringTheHistoryEqualsFullKv) {
+  Turn t = MakeTurn(150);  // not a whole number of blocks: the cache's last block is partial
+  t.budget = 200;
+  Outcome full = Run(NewEngine(64).get(), 1, 7, t, false);
+  auto engine = NewEngine(64);
+  Outcome got = Run(engine.get(), 1, 7, t, true);
+  EXPECT_TRUE(got.usage.from_episode_cache);
+  EXPECT_EQ(got.tokens, full.tokens);
+  EXPECT_EQ(Run(engine.get(), 2, 7, t, true).tokens, full.tokens);  // its tail was copied
+}
+
+// Fillers of other sessions push the cache's blocks off the device; the next turn promotes
+// them (host: swapped in; disk: read up, then swapped in) instead of rebuilding.
+TEST_F(EpisodeServeTest, DemotedToHostOrDiskAndPromotedBackDecodesTheSame) {
+  for (bool disk : {false, true}) {
+    SCOPED_TRACE(disk ? "host and disk" : "host");
+    testing::TempDir dir;
+    EngineOptions o;
+    o.num_host_blocks = disk ? 6 : 128;  // host alone: room for every filler
+    if (disk) {
+      o.disk_bytes = int64_t{1} << 24;
+      o.disk_dir = dir.path() + "/kv";
+    }
+    Turn t = MakeTurn();
+    const std::vector<int32_t> want = Run(NewEngine(64).get(), 1, 7, t, true).tokens;
+    auto engine = NewEngine(24, o);
+    EXPECT_EQ(Run(engine.get(), 1, 7, t, true).tokens, want);
+    for (int i = 0; i < 4; ++i) {
+      Turn filler = MakeTurn(300);
+      Run(engine.get(), 10 + i, 100 + i, filler, false);
+    }
+    Outcome back = Run(engine.get(), 2, 7, t, true);
+    EXPECT_EQ(back.tokens, want);
+    EXPECT_TRUE(back.usage.from_episode_cache);
+    EngineStats s = engine->GetStats();
+    EXPECT_EQ(s.episode_builds, 1) << "rebuilt instead of promoted";
+    EXPECT_EQ(back.usage.cached_device_tokens, 0);
+    if (disk) {
+      EXPECT_GT(back.usage.cached_disk_tokens, 0);
+    } else {
+      EXPECT_GT(back.usage.cached_host_tokens, 0);
+    }
+  }
+}
+
+TEST_F(EpisodeServeTest, RestartOverTheSameDiskTierRebuildsTheSameCache) {
+  testing::TempDir dir;
+  EngineOptions o;
+  o.num_host_blocks = 8;
+  o.disk_bytes = int64_t{1} << 24;
+  o.disk_dir = dir.path() + "/kv";
+  Turn t = MakeTurn();
+  std::vector<int32_t> before;
+  {
+    auto engine = NewEngine(24, o);
+    before = Run(engine.get(), 1, 7, t, true).tokens;
+    for (int i = 0; i < 3; ++i) Run(engine.get(), 10 + i, 100 + i, MakeTurn(300), false);
+    EXPECT_GT(engine->GetStats().disk_blocks_used, 0);
+  }
+  clock_.AdvanceMicros(1);  // generations never repeat, also with a clock that stood still
+  auto engine = NewEngine(24, o);
+  Outcome after = Run(engine.get(), 1, 7, t, true);
+  EXPECT_TRUE(after.usage.from_episode_cache);
+  EXPECT_EQ(after.tokens, before);
+  EXPECT_EQ(engine->GetStats().episode_builds, 1);
+}
+
+TEST_F(EpisodeServeTest, BuildThatCannotGetItsBlocksFallsBackToFullKv) {
+  Turn t = MakeTurn();
+  t.block = 512;  // M + B + |P_e| = 596 entries: 38 blocks; full KV needs 21
+  Outcome full = Run(NewEngine(64).get(), 1, 7, t, false);
+  auto engine = NewEngine(24);
+  Outcome got = Run(engine.get(), 1, 7, t, true);
+  EXPECT_FALSE(got.usage.from_episode_cache);
+  EXPECT_EQ(got.tokens, full.tokens);
+  EXPECT_EQ(engine->GetStats().episode_fallbacks, 1);
+  // A malformed episode turn (history past the prompt) is served from full KV too.
+  Turn bad = MakeTurn();
+  Outcome out;
+  GenerateRequest r = RequestInto(&out, 2, bad.prompt(), kMaxTokens, 8);
+  r.episode = EpisodeServeRequest{.history_tokens = 1000, .query = bad.query, .budget_tokens = 8};
+  ASSERT_TRUE(engine->Submit(std::move(r)).ok());
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  EXPECT_EQ(out.reason, FinishReason::kLength);
+  EXPECT_FALSE(out.usage.from_episode_cache);
+  EXPECT_EQ(engine->GetStats().episode_fallbacks, 2);
+  // So is one whose P_e is outside the vocabulary.
+  Outcome oov;
+  r = RequestInto(&oov, 3, bad.prompt(), kMaxTokens, 8);
+  r.episode = EpisodeServeRequest{
+      .history_tokens = 300, .query = {model_->config.vocab_size}, .budget_tokens = 8};
+  ASSERT_TRUE(engine->Submit(std::move(r)).ok());
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  EXPECT_EQ(oov.reason, FinishReason::kLength);
+  EXPECT_FALSE(oov.usage.from_episode_cache);
+  EXPECT_EQ(engine->GetStats().episode_fallbacks, 3);
+}
+
+}  // namespace
+}  // namespace kvkeep::enginetest
