@@ -59,7 +59,15 @@ Status Backend::ForwardScored(const ForwardBatch&, int32_t, std::vector<float>*,
   return Status::NotSupported(name() + " backend: no attention scoring");
 }
 
-Status Backend::CompactKv(std::span<const int32_t>, int32_t, std::span<const int32_t>, int32_t) {
+Status Backend::CompactKv(std::span<const int32_t> block_table, int32_t num_entries,
+                          std::span<const int32_t> keep, int32_t num_keep) {
+  const std::vector<int32_t> entries(kv_shape().num_layers, num_entries);
+  const std::vector<int32_t> kept(kv_shape().num_layers, num_keep);
+  return CompactKvLayers(block_table, entries, keep, kept);
+}
+
+Status Backend::CompactKvLayers(std::span<const int32_t>, std::span<const int32_t>,
+                                std::span<const int32_t>, std::span<const int32_t>) {
   return Status::NotSupported(name() + " backend: no per-head KV compaction");
 }
 

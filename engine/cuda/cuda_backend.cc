@@ -504,6 +504,9 @@ Status CudaBackend::ForwardDecodeGraph(const ForwardBatch& batch, std::vector<fl
 
 Status CudaBackend::Forward(const ForwardBatch& batch, std::vector<float>* logits) {
   RETURN_IF_ERROR(ValidateForwardBatch(batch, shape_, config_.vocab_size));
+  if (!batch.layer_kv_trim.empty()) {
+    return Status::NotSupported("cuda backend: per-layer KV lengths (layer_kv_trim)");
+  }
   const int32_t t = batch.num_tokens(), n = batch.num_seqs();
   const int32_t r = static_cast<int32_t>(batch.logit_rows.size());
   const bool all_decode = t == n;
