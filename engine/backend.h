@@ -142,6 +142,13 @@ inline Status CheckBlockId(const KvPoolShape& shape, int32_t block_id) {
   return Status::OK();
 }
 
+// Validates CompactKvLayers' arguments against a pool of `shape`: one count per layer,
+// keep of the right size, each head's list strictly increasing below its layer's entries,
+// and the block table long enough with ids in the pool. InvalidArgument otherwise.
+Status CheckCompactKvLayers(const KvPoolShape& shape, std::span<const int32_t> block_table,
+                            std::span<const int32_t> num_entries, std::span<const int32_t> keep,
+                            std::span<const int32_t> num_keep);
+
 Result<std::unique_ptr<Backend>> CreateCpuBackend(const ModelWeights& weights,
                                                   const BackendOptions& options);
 

@@ -220,27 +220,8 @@ Status CpuBackend<KvT>::CompactKvLayers(std::span<const int32_t> block_table,
                                         std::span<const int32_t> num_entries,
                                         std::span<const int32_t> keep,
                                         std::span<const int32_t> num_keep) {
+  RETURN_IF_ERROR(CheckCompactKvLayers(shape_, block_table, num_entries, keep, num_keep));
   const int32_t layers = shape_.num_layers;
-  if (static_cast<int32_t>(num_entries.size()) != layers ||
-      static_cast<int32_t>(num_keep.size()) != layers) {
-    return Status::InvalidArgument("compact kv: one entry and keep count per layer");
-  }
-  int64_t total_keep = 0, max_entries = 0;
-  for (int l = 0; l < layers; ++l) {
-    if (num_keep[l] < 0 || num_entries[l] < 0) {
-      return Status::InvalidArgument("compact kv: negative count");
-    }
-    total_keep += int64_t{shape_.num_kv_heads} * num_keep[l];
-    max_entries = std::max<int64_t>(max_entries, num_entries[l]);
-  }
-  if (static_cast<int64_t>(keep.size()) != total_keep) {
-    return Status::InvalidArgument("compact kv: keep must be num_kv_heads x num_keep per layer");
-  }
-  const int64_t needed = (max_entries + shape_.block_size - 1) / shape_.block_size;
-  if (static_cast<int64_t>(block_table.size()) < needed) {
-    return Status::InvalidArgument("compact kv: block table shorter than its entries");
-  }
-  for (int64_t b = 0; b < needed; ++b) RETURN_IF_ERROR(CheckBlockId(shape_, block_table[b]));
   const int32_t* k = keep.data();
   for (int l = 0; l < layers; ++l) {
     RETURN_IF_ERROR(cpu::CompactKv(LayerView(pool_.data(), shape_, l), block_table.data(),
