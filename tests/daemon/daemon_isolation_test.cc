@@ -219,7 +219,13 @@ TEST(DaemonIsolationTest, StatsShowsAnotherUidOnlyItsOwnActivity) {
            {"args", "--target prod"}});
   root.Ok({{"id", 3}, {"verb", "session.tool_end"}, {"session", "s"}, {"content", "the plan"}});
   // Control: the daemon's own uid (root) sees the daemon, the tool command included.
-  json all = root.Ok({{"id", 4}, {"verb", "stats"}});
+  // (the engine learns the tool's duration on its own thread: wait until it has)
+  json all;
+  for (int i = 0; i < 200; ++i) {
+    all = root.Ok({{"id", 4}, {"verb", "stats"}});
+    if (all.dump().find("secret-project") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
   ASSERT_NE(all.dump().find("secret-project"), std::string::npos) << all.dump();
   EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidStatsChecks), "");
 }
