@@ -120,7 +120,8 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
   r.Known({"max_line_bytes", "max_json_depth", "max_sessions_per_uid",
            "max_inflight_per_connection", "max_output_buffer_bytes", "max_tokens",
            "max_output_bytes_total", "max_connections", "max_connections_per_uid",
-           "max_stored_bytes_per_uid", "max_stored_sessions_per_uid"});
+           "max_stored_bytes_per_uid", "max_stored_sessions_per_uid", "max_messages_per_append",
+           "max_inflight_per_uid"});
   r.Int("max_line_bytes", &l->max_line_bytes, 64, int64_t{1} << 32);
   r.Int("max_json_depth", &l->max_json_depth, 2, 10000);
   r.Int("max_sessions_per_uid", &l->max_sessions_per_uid, 1, kMaxI32);
@@ -132,6 +133,8 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
   r.Int("max_connections_per_uid", &l->max_connections_per_uid, 1, kMaxI32);
   r.Int("max_stored_bytes_per_uid", &l->max_stored_bytes_per_uid, 4096, kMaxI64);
   r.Int("max_stored_sessions_per_uid", &l->max_stored_sessions_per_uid, 1, kMaxI32);
+  r.Int("max_messages_per_append", &l->max_messages_per_append, 1, kMaxI32);
+  r.Int("max_inflight_per_uid", &l->max_inflight_per_uid, 1, kMaxI32);
   return r.Finish();
 }
 
@@ -288,6 +291,10 @@ Status ValidateDaemonOptions(const DaemonOptions& o) {
     return Status::InvalidArgument("unknown log_level '" + o.log_level +
                                    "' (trace, debug, info, warn, error, critical, off)");
   }
+  if (o.limits.max_messages_per_append < 1 || o.limits.max_inflight_per_uid < 1) {
+    return Status::InvalidArgument(
+        "limits.max_messages_per_append and limits.max_inflight_per_uid must be >= 1");
+  }
   if (o.engine.device != "cpu" && o.engine.device != "cuda") {
     return Status::InvalidArgument("engine.device must be cpu or cuda, not '" + o.engine.device +
                                    "'");
@@ -382,6 +389,10 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       &o.limits.max_stored_bytes_per_uid, "bytes of messages and tool events one uid may store");
   num("--max-stored-sessions-per-uid", &f.limits.max_stored_sessions_per_uid,
       &o.limits.max_stored_sessions_per_uid, "sessions one uid may keep, open or closed");
+  num("--max-messages-per-append", &f.limits.max_messages_per_append,
+      &o.limits.max_messages_per_append, "messages in one session.append");
+  num("--max-inflight-per-uid", &f.limits.max_inflight_per_uid, &o.limits.max_inflight_per_uid,
+      "in-flight generates of one uid, all connections");
   num("--max-output-bytes-total", &f.limits.max_output_bytes_total,
       &o.limits.max_output_bytes_total, "unsent bytes of all connections before slow readers go");
   num("--max-connections", &f.limits.max_connections, &o.limits.max_connections,
@@ -434,6 +445,8 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       &o.episodes.cache_block_tokens, "block of an episode cache's block-wise build (B)");
   num("--episode-route-wait-ms", &f.episodes.route_wait_ms, &o.episodes.route_wait_ms,
       "how long a routed turn waits for its history to be indexed, ms");
+  str("--testing-store-fault", &f.testing_store_fault, &o.testing_store_fault,
+      "TESTING ONLY: N:full|busy|ioerr[:COUNT], fail the store's Nth write");
   str("--testing-scripted-replies", &f.http.testing_scripted_replies,
       &o.http.testing_scripted_replies, "TESTING ONLY: JSON array of forced assistant replies");
 
@@ -487,7 +500,9 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_connections", o.limits.max_connections},
         {"max_connections_per_uid", o.limits.max_connections_per_uid},
         {"max_stored_bytes_per_uid", o.limits.max_stored_bytes_per_uid},
-        {"max_stored_sessions_per_uid", o.limits.max_stored_sessions_per_uid}}},
+        {"max_stored_sessions_per_uid", o.limits.max_stored_sessions_per_uid},
+        {"max_messages_per_append", o.limits.max_messages_per_append},
+        {"max_inflight_per_uid", o.limits.max_inflight_per_uid}}},
       {"engine",
        {{"device", o.engine.device},
         {"kv_memory_bytes", o.engine.kv_memory_bytes},

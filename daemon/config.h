@@ -30,6 +30,8 @@ struct DaemonLimits {
   int32_t max_connections_per_uid = 1024;               // open connections of one uid
   int32_t max_tokens = 4096;                            // per session.generate
   int64_t max_stored_bytes_per_uid = int64_t{1} << 30;  // messages, tool events, forks
+  int32_t max_messages_per_append = 4096;               // messages of one session.append
+  int32_t max_inflight_per_uid = 256;                   // generates in flight, all conns
 };
 
 struct DaemonEngineOptions {
@@ -110,6 +112,10 @@ struct DaemonOptions {
   DaemonHttpOptions http;
   DaemonClusterOptions cluster;
   DaemonEpisodeOptions episodes;
+  // TESTING ONLY (--testing-store-fault N:CODE[:COUNT], no configuration key): the store's
+  // Nth mutating write after start, and the COUNT-1 after it, fail with CODE (full, busy or
+  // ioerr): docs/reliability.md, "Injected faults". Empty (the default): no fault.
+  std::string testing_store_fault;
 
   std::string DatabasePath() const { return JoinPath(state_dir, "kvkeep.db"); }
   std::string DefaultModelDir() const { return JoinPath(state_dir, "models/tiny"); }

@@ -158,6 +158,12 @@ Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path,
 Status Daemon::Impl::Assemble() {
   daemon::SdNotify("STATUS=opening the store", env);
   ASSIGN_OR_RETURN(store, Store::Open(options.DatabasePath()));
+  if (!options.testing_store_fault.empty()) {  // TESTING ONLY (daemon/config.h)
+    ASSIGN_OR_RETURN(const StoreFault fault, ParseStoreFault(options.testing_store_fault));
+    spdlog::warn("TESTING ONLY: the store's write {} fails ({})", fault.first_failing,
+                 options.testing_store_fault);
+    store->TEST_InjectFault(fault);
+  }
   daemon::SdNotify("STATUS=loading the model", env);
   ASSIGN_OR_RETURN(const std::string dir,
                    ResolveModelPath(env, options.model_dir, options.DefaultModelDir()));

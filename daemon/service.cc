@@ -33,9 +33,12 @@ Status UsableLocked(const Session& s, bool allow_busy) {
 }
 
 // Store failures reach the client as `internal` (WireCode), with the store's message.
+// A write the store could not commit (disk full, database busy, I/O error): it was rolled
+// back whole, so the client may retry it once the fault clears.
 Status StoreError(const Status& st) {
   spdlog::error("store: {}", st.ToString());
-  return Status::Internal("store: " + st.ToString());
+  return Status::Unavailable("the store could not commit this request (" + st.ToString() +
+                             "); nothing of it was stored: retry later");
 }
 
 // REQUIRES: s.mu held.
@@ -64,6 +67,7 @@ Service::Service(ServiceOptions options, ServiceDeps deps)
     : options_(std::move(options)),
       deps_(std::move(deps)),
       stored_bytes_(options_.limits.max_stored_bytes_per_uid),
+      uid_inflight_(options_.limits.max_inflight_per_uid),
       start_mono_us_(deps_.clock->NowMicros()),
       retention_(RetentionOptions{options_.retain_quota_blocks, 3600}, deps_.clock) {}
 
@@ -181,7 +185,9 @@ Service::Reply Service::Hello(const Ctx& ctx) {
         {"max_output_buffer_bytes", l.max_output_buffer_bytes},
         {"max_tokens", l.max_tokens},
         {"max_stored_bytes_per_uid", l.max_stored_bytes_per_uid},
-        {"max_stored_sessions_per_uid", l.max_stored_sessions_per_uid}}},
+        {"max_stored_sessions_per_uid", l.max_stored_sessions_per_uid},
+        {"max_messages_per_append", l.max_messages_per_append},
+        {"max_inflight_per_uid", l.max_inflight_per_uid}}},
       {"stored_bytes", stored_bytes_.Used(ctx.uid())},
   };
 }
@@ -301,6 +307,11 @@ Service::Reply Service::Append(const Ctx& ctx) {
   auto it = ctx.request.body.find("messages");
   if (it == ctx.request.body.end() || !it->is_array() || it->empty()) {
     return Status::InvalidArgument("'messages' must be a non-empty array");
+  }
+  if (const int32_t cap = options_.limits.max_messages_per_append; it->size() > size_t(cap)) {
+    return Status::InvalidArgument("'messages' has " + std::to_string(it->size()) +
+                                   " messages; limits.max_messages_per_append is " +
+                                   std::to_string(cap) + " (append them in several calls)");
   }
   std::lock_guard<std::mutex> lock(s->mu);
   RETURN_IF_ERROR(UsableLocked(*s, /*allow_busy=*/false));

@@ -33,6 +33,7 @@
 #include "daemon/stored_bytes.h"
 #include "daemon/tenant_salt.h"
 #include "daemon/turn_renderer.h"
+#include "daemon/uid_inflight.h"
 #include "engine/engine.h"
 #include "policy/retention.h"
 
@@ -154,6 +155,7 @@ class Service {
   const ServiceDeps deps_;
   SessionTable sessions_;
   StoredBytes stored_bytes_;  // limits.max_stored_bytes_per_uid
+  UidInflight uid_inflight_;  // limits.max_inflight_per_uid
   std::atomic<bool> shutting_down_{false};
   std::atomic<int64_t> num_generating_{0};
   std::atomic<uint64_t> next_request_id_{1};

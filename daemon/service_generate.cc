@@ -16,6 +16,7 @@ struct Service::Generation {
   json wire_id;
   std::string inflight_key;
   RequestId rid = 0;
+  uint32_t uid = 0;  // the caller's, counted in uid_inflight_ while in flight
   std::shared_ptr<Session> session;
   bool stream = false;
   int64_t start_mono_us = 0;
@@ -127,6 +128,11 @@ Status Service::Generate(const Ctx& ctx) {
   }
   RETURN_IF_ERROR(ctx.client->AddInflight(gen->inflight_key, gen->rid,
                                           options_.limits.max_inflight_per_connection));
+  if (Status st = uid_inflight_.Acquire(ctx.uid()); !st.ok()) {
+    ctx.client->RemoveInflight(gen->inflight_key);
+    return st;
+  }
+  gen->uid = ctx.uid();
   req.on_event = [this, gen](const GenerateEvent& ev) {
     if (ev.kind == GenerateEvent::Kind::kToken) {
       if (gen->tokens.empty()) TraceMark(gen->trace, "first_token");
@@ -148,6 +154,7 @@ Status Service::Generate(const Ctx& ctx) {
     s->generating = false;
     num_generating_.fetch_sub(1);
     ctx.client->RemoveInflight(gen->inflight_key);
+    uid_inflight_.Release(gen->uid);
     return st;
   }
   return Status::OK();
@@ -220,6 +227,7 @@ void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const Gen
   }
   num_generating_.fetch_sub(1);
   gen->client->RemoveInflight(gen->inflight_key);
+  uid_inflight_.Release(gen->uid);
   DaemonMetrics& m = *deps_.metrics;
   m.request.Observe((deps_.clock->NowMicros() - gen->start_mono_us) / 1000.0);
   if (ok) {

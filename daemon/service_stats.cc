@@ -1,5 +1,7 @@
 // The stats verb: one list of metrics (MetricRows) feeds both the JSON reply and the
 // Prometheus text, so the two can never disagree or drift apart.
+#include <unistd.h>
+
 #include <cstdio>
 
 #include "daemon/service.h"
@@ -121,6 +123,8 @@ std::vector<MetricRow> MetricRows(const EngineStats& es, const DaemonMetrics& m,
       {"engine/waiting", "kvkeep_waiting", "gauge", "Sequences waiting for admission.", es.waiting},
       {"engine/evicted_blocks", "kvkeep_evicted_blocks_total", "counter",
        "Cached KV blocks evicted.", es.evicted_blocks},
+      {"engine/preemptions", "kvkeep_preemptions_total", "counter",
+       "Running sequences preempted for KV blocks or a slot (recomputed later).", es.preemptions},
       {"pins/granted", "kvkeep_pins_granted_total", "counter", "Pins granted on tool_begin.",
        es.pins_granted},
       {"pins/used", "kvkeep_pins_used_total", "counter",
@@ -184,15 +188,69 @@ json ToolKeysJson(const EngineStats& es) {
   return keys;
 }
 
+// The daemon-wide figures (other uids' activity, tool commands in `tool_keys`) are for
+// the admin group, root and the daemon's own uid (which can read the database anyway);
+// every other uid sees only its own activity (issue 11, defect 9; docs/protocol.md).
+bool SeesDaemonStats(const Client& client) {
+  return client.is_admin() || client.peer().uid == 0 || client.peer().uid == ::geteuid();
+}
+
+// The figures a uid that does not see the daemon's sees: its own.
+struct UidFigures {
+  uint32_t uid = 0;
+  double uptime_s = 0;
+  int64_t open = 0, stored = 0, generating = 0, stored_bytes = 0;
+};
+
+std::vector<MetricRow> UidMetricRows(const UidFigures& f) {
+  return {
+      {"uptime_s", "kvkeep_uptime_seconds", "gauge", "Seconds since kvkeepd started.", f.uptime_s},
+      {"uid", "kvkeep_uid", "gauge", "The uid these figures are of.", f.uid},
+      {"sessions/open", "kvkeep_uid_sessions_open", "gauge", "This uid's open sessions.", f.open},
+      {"sessions/stored", "kvkeep_uid_sessions_stored", "gauge",
+       "This uid's sessions, open or closed.", f.stored},
+      {"sessions/generating", "kvkeep_uid_generating", "gauge",
+       "This uid's session.generate requests in flight.", f.generating},
+      {"stored_bytes", "kvkeep_uid_stored_bytes", "gauge",
+       "Bytes this uid stores (limits.max_stored_bytes_per_uid).", f.stored_bytes},
+  };
+}
+
 }  // namespace
 
 Service::Reply Service::Stats(const Ctx& ctx) {
   ASSIGN_OR_RETURN(std::string format, ctx.params.StringOr("format", "json"));
-  const EngineStats es = deps_.engine->GetStats();
-  if (format == "prometheus") return json{{"text", PrometheusText(es)}};
-  if (format != "json") {
+  if (format != "json" && format != "prometheus") {
     return Status::InvalidArgument("'format' must be \"json\" or \"prometheus\"");
   }
+  if (!SeesDaemonStats(*ctx.client)) {
+    UidFigures f;
+    f.uid = ctx.uid();
+    f.uptime_s = (deps_.clock->NowMicros() - start_mono_us_) / 1e6;
+    for (const auto& sess : sessions_.List(f.uid)) {
+      std::lock_guard<std::mutex> lock(sess->mu);
+      if (sess->deleted) continue;
+      ++f.stored;
+      if (!sess->closed) ++f.open;
+    }
+    f.generating = uid_inflight_.InFlight(f.uid);
+    f.stored_bytes = stored_bytes_.Used(f.uid);
+    const std::vector<MetricRow> rows = UidMetricRows(f);
+    if (format == "prometheus") {
+      std::string text;
+      for (const MetricRow& row : rows) {
+        PromLine(&text, row.prom, row.type, row.help, PromNumber(row.value.get<double>()));
+      }
+      return json{{"text", std::move(text)}};
+    }
+    json out = {{"scope", "uid"}, {"policy", deps_.engine->GetStats().policy}};
+    for (const MetricRow& row : rows) {
+      out[json::json_pointer(std::string("/") + row.path)] = row.value;
+    }
+    return out;
+  }
+  const EngineStats es = deps_.engine->GetStats();
+  if (format == "prometheus") return json{{"text", PrometheusText(es)}};
   const DaemonMetrics& m = *deps_.metrics;
   json out = json::object();
   for (const MetricRow& row :

@@ -36,6 +36,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/status.h"
@@ -80,6 +81,11 @@ struct StoreFault {
   int64_t count = 1;
   int sqlite_code = 13;  // SQLITE_FULL
 };
+
+// TESTING ONLY: parses kvkeepd's --testing-store-fault, "N:CODE[:COUNT]" with CODE one of
+// full, busy, ioerr (SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR) and COUNT 1 by default.
+// InvalidArgument naming the expected form otherwise.
+Result<StoreFault> ParseStoreFault(std::string_view spec);
 
 struct StoreStats {
   int64_t num_writes = 0;   // mutating calls committed or failed

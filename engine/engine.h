@@ -149,6 +149,7 @@ struct EngineStats {
   int64_t recomputed_tokens = 0;
   int64_t generated_tokens = 0;
   int64_t evicted_blocks = 0;
+  int64_t preemptions = 0;  // cumulative: running sequences preempted (recomputed later)
   int64_t host_blocks_total = 0;
   int64_t host_blocks_used = 0;
   int64_t disk_blocks_total = 0;

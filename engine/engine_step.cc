@@ -213,6 +213,7 @@ void EngineImpl::PublishStats() {
   s.blocks_cached = ps.num_cached;
   s.blocks_shared = ps.num_shared;
   s.evicted_blocks = ps.num_evictions;
+  s.preemptions = scheduler_.num_preemptions();
   s.host_blocks_total = ps.host_total;
   s.host_blocks_used = ps.host_used;
   s.disk_blocks_total = ps.disk_total;

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,69 +28,30 @@ import kvkeep_client
 from kvkeep_client import (AlreadyExists, AsyncClient, Cancelled, Client, GenerateResult,
                            InvalidArgument, KvkeepError, NotFound, TokenEvent)
 
-BIN_DIR = os.environ.get("KVKEEP_BIN_DIR", "")
-KVKEEPD = os.path.join(BIN_DIR, "kvkeepd")
-KVKEEP = os.path.join(BIN_DIR, "kvkeep")
-STARTUP_TIMEOUT_S = 120
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "testlib"))
+from kvkeepd_process import (KVKEEP, KVKEEPD, STARTUP_TIMEOUT_S, KvkeepdProcess,  # noqa: E402
+                             binaries_missing)
+
 # Seed of the tiny model's weights; random per run unless KVKEEP_TEST_SEED is set.
 SEED = int(os.environ.get("KVKEEP_TEST_SEED", random.randrange(1 << 31)))
 
 _daemon = None  # the module's Daemon
 
 
-class Daemon:
+class Daemon(KvkeepdProcess):
     """A kvkeepd process on a temporary socket and state directory."""
 
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="kvkeep-pyclient-")
-        self.socket_path = os.path.join(self.dir, "kvkeep.sock")
-        self.model_dir = os.path.join(self.dir, "model")
-        self.log_path = os.path.join(self.dir, "kvkeepd.log")
-        subprocess.run([KVKEEP, "make-model", "--preset", "tiny", "--seed", str(SEED), "--out",
-                        self.model_dir], check=True, capture_output=True, timeout=300)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [KVKEEPD, "--model", self.model_dir, "--socket", self.socket_path, "--state-dir",
-             os.path.join(self.dir, "state"), "--log-level", "info"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self._accepts():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"kvkeepd did not come up (exit {self.proc.returncode}):\n"
-                                   + self.log_tail())
-            time.sleep(0.05)
-
-    def _accepts(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(self.socket_path)
-                return True
-            except OSError:
-                return False
-
-    def log_tail(self) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read()[-4000:].decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__("kvkeep-pyclient-", model_name="model", seed=SEED)
+        self.start(["--log-level", "info"])
 
 
 def setUpModule():
     global _daemon
-    if not BIN_DIR or not os.access(KVKEEPD, os.X_OK) or not os.access(KVKEEP, os.X_OK):
-        raise unittest.SkipTest(
-            f"needs the kvkeepd and kvkeep binaries in $KVKEEP_BIN_DIR (now '{BIN_DIR}'); "
-            "build them and run through ctest, or set KVKEEP_BIN_DIR")
+    missing = binaries_missing()
+    if missing:
+        raise unittest.SkipTest(missing)
     print(f"test_kvkeep_client: model seed {SEED} (set KVKEEP_TEST_SEED to replay)",
           file=sys.stderr)
     _daemon = Daemon()

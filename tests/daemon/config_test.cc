@@ -8,35 +8,22 @@
 #include <cstdio>
 #include <map>
 
+#include "tests/testlib/env_wrapper.h"
 #include "tests/testlib/test_util.h"
 
 namespace kvkeep {
 namespace {
 
 // An Env whose environment variables come from a map (files go to the real Env).
-class MapEnv final : public Env {
+class MapEnv final : public kvkeep::testing::EnvWrapper {
  public:
   explicit MapEnv(std::map<std::string, std::string> vars) : vars_(std::move(vars)) {}
-  Result<std::string> ReadFile(const std::string& p) override { return base_->ReadFile(p); }
-  Status WriteFileAtomic(const std::string& p, std::string_view c) override {
-    return base_->WriteFileAtomic(p, c);
-  }
-  Result<std::unique_ptr<MappedFile>> MapFile(const std::string& p) override {
-    return base_->MapFile(p);
-  }
-  bool FileExists(const std::string& p) override { return base_->FileExists(p); }
-  Status CreateDirs(const std::string& p, int mode) override { return base_->CreateDirs(p, mode); }
-  Result<std::vector<std::string>> ListDir(const std::string& p) override {
-    return base_->ListDir(p);
-  }
-  Status RemoveFile(const std::string& p) override { return base_->RemoveFile(p); }
   std::string GetEnvVar(const char* name) override {
     auto it = vars_.find(name);
     return it == vars_.end() ? "" : it->second;
   }
 
  private:
-  Env* base_ = DefaultEnv();
   std::map<std::string, std::string> vars_;
 };
 

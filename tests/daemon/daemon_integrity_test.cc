@@ -1,6 +1,8 @@
 // The daemon over a store in trouble: concurrent appenders killed with -9 lose no
 // acknowledged message (group commit), and a tampered row makes its session damaged
-// (reported, refused) while the others are served.
+// (reported, refused) while the others are served; a SQLite write that fails under a
+// running daemon (--testing-store-fault) is a clear error, loses nothing acknowledged and
+// lets writes succeed once the fault clears.
 #include <sqlite3.h>
 
 #include <atomic>
@@ -97,6 +99,84 @@ TEST(DaemonIntegrityTest, ATamperedRowIsReportedAndItsSessionRefusedNotServed) {
   json fine = c.Ok({{"id", 4}, {"verb", "session.info"}, {"session", "fine"}});
   EXPECT_FALSE(fine.contains("damaged"));
   c.Ok({{"id", 5}, {"verb", "session.generate"}, {"session", "fine"}, {"max_tokens", 2}});
+}
+
+struct StoreFaultCase {
+  const char* code;     // --testing-store-fault's CODE
+  const char* message;  // sqlite3_errstr of it, which the client's error names
+};
+
+class DaemonStoreFaultTest : public ::testing::TestWithParam<StoreFaultCase> {};
+
+json AppendText(int id, const std::string& session, const std::string& text) {
+  return {{"id", id},
+          {"verb", "session.append"},
+          {"session", session},
+          {"messages", {{{"role", "user"}, {"content", text}}}}};
+}
+
+// Issue 11, item 6, through a real socket: the daemon's 3rd, 4th and 5th store writes fail.
+// Writes (no episode index, no tool events, so nothing else writes): 1 open f, 2 append
+// a0, 3 append a1 (fails), 4 open g (fails), 5 append a1 again (fails), 6 append a1.
+TEST_P(DaemonStoreFaultTest, AFailedWriteIsAClearErrorLosesNothingAndWritesResume) {
+  const StoreFaultCase& fault = GetParam();
+  DaemonFixture f(
+      {"--episode-index", "off", "--testing-store-fault", std::string("3:") + fault.code + ":3"});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient c(f.daemon.socket_path());
+  c.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "f"}});
+  c.Ok(AppendText(2, "f", "a0"));
+  const auto expect_fault = [&](const json& request) {
+    json t = c.Terminal(request);
+    ASSERT_TRUE(t.contains("error")) << request.dump() << " -> " << t.dump();
+    EXPECT_EQ(t["error"]["code"], "unavailable") << t.dump();
+    const std::string msg = t["error"]["message"];
+    EXPECT_NE(msg.find(fault.message), std::string::npos) << msg;
+    EXPECT_NE(msg.find("nothing of it was stored"), std::string::npos) << msg;
+  };
+  expect_fault(AppendText(3, "f", "a1"));
+  expect_fault({{"id", 4}, {"verb", "session.open"}, {"session", "g"}});
+  EXPECT_EQ(c.ErrorCode({{"id", 5}, {"verb", "session.info"}, {"session", "g"}}), "not_found");
+  expect_fault(AppendText(6, "f", "a1"));
+  ASSERT_TRUE(f.daemon.Alive()) << f.daemon.Log();
+  // The fault cleared: the same write succeeds, and so does a generation's reply.
+  c.Ok(AppendText(7, "f", "a1"));
+  json gen = c.Ok({{"id", 8}, {"verb", "session.generate"}, {"session", "f"}, {"max_tokens", 2}});
+  ASSERT_TRUE(gen.is_object());
+  json info = c.Ok({{"id", 9}, {"verb", "session.info"}, {"session", "f"}});
+  ASSERT_EQ(info["num_messages"], 3) << info.dump();
+  EXPECT_EQ(info["messages"][0]["content"], "a0");
+  EXPECT_EQ(info["messages"][1]["content"], "a1");
+  EXPECT_EQ(info["messages"][2]["role"], "assistant");
+  const std::string reply = gen["text"];
+  EXPECT_NE(f.daemon.Log().find("TESTING ONLY"), std::string::npos);
+
+  // Everything acknowledged survives kill -9, and a daemon without the flag serves it.
+  c.Close();
+  ASSERT_EQ(WTERMSIG(f.daemon.Kill(SIGKILL)), SIGKILL);
+  DaemonProcess again(f.dir.File("s.sock"), f.dir.File("state"), {"--episode-index", "off"});
+  ASSERT_TRUE(again.Start()) << again.Log();
+  LineClient d(again.socket_path());
+  json after = d.Ok({{"id", 10}, {"verb", "session.info"}, {"session", "f"}});
+  ASSERT_EQ(after["num_messages"], 3) << after.dump();
+  EXPECT_EQ(after["messages"][1]["content"], "a1");
+  EXPECT_EQ(after["messages"][2]["content"], reply);
+  EXPECT_FALSE(after.contains("damaged")) << after.dump();
+  EXPECT_EQ(d.ErrorCode({{"id", 11}, {"verb", "session.info"}, {"session", "g"}}), "not_found");
+  d.Ok(AppendText(12, "f", "a2"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Faults, DaemonStoreFaultTest,
+                         ::testing::Values(StoreFaultCase{"full", "database or disk is full"},
+                                           StoreFaultCase{"busy", "database is locked"},
+                                           StoreFaultCase{"ioerr", "disk I/O error"}),
+                         [](const auto& info) { return std::string(info.param.code); });
+
+TEST(DaemonStoreFaultTest, AMalformedFaultSpecIsRefusedAtStart) {
+  DaemonFixture f({"--testing-store-fault", "0:full"});
+  EXPECT_FALSE(f.daemon.Start());
+  EXPECT_NE(f.daemon.Log().find("--testing-store-fault must be"), std::string::npos)
+      << f.daemon.Log();
 }
 
 }  // namespace

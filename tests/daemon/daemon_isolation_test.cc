@@ -139,5 +139,96 @@ TEST(DaemonIsolationTest, SecondUidCannotSeeOrTouchSessions) {
   EXPECT_EQ(owners, (std::set<uint32_t>{0, kOtherUid}));
 }
 
+// Runs checks(socket) as uid 65534 in a forked child; returns its failures.
+std::string RunAsOtherUid(const std::string& socket,
+                          std::string (*checks)(const std::string& socket)) {
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) return "pipe failed";
+  pid_t child = fork();
+  if (child < 0) return "fork failed";
+  if (child == 0) {
+    close(pipe_fds[0]);
+    std::string failures;
+    if (setgroups(0, nullptr) != 0 || setresgid(kOtherGid, kOtherGid, kOtherGid) != 0 ||
+        setresuid(kOtherUid, kOtherUid, kOtherUid) != 0) {
+      failures = "dropping privileges failed";
+    } else {
+      failures = checks(socket);
+    }
+    (void)!write(pipe_fds[1], failures.data(), failures.size());
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  std::string failures;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(pipe_fds[0], buf, sizeof(buf))) > 0) failures.append(buf, n);
+  close(pipe_fds[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  if (!WIFEXITED(status)) failures += "the child did not exit\n";
+  return failures;
+}
+
+// What uid 65534 may learn from `stats`: its own activity only.
+std::string OtherUidStatsChecks(const std::string& socket) {
+  std::string failures;
+  auto expect = [&](bool ok, const std::string& what) {
+    if (!ok) failures += what + "\n";
+  };
+  LineClient c;
+  if (!c.Connect(socket)) return "could not connect as uid 65534";
+  json stats = c.Terminal({{"id", 1}, {"verb", "stats"}});
+  const std::string text = stats.dump();
+  expect(stats["result"]["scope"] == "uid" && stats["result"]["uid"] == kOtherUid,
+         "stats is not the uid's own: " + text);
+  expect(text.find("secret-project") == std::string::npos, "root's tool command leaks: " + text);
+  for (const char* key : {"tool_keys", "server", "tokens", "engine", "latency_ms", "pools"}) {
+    expect(!stats["result"].contains(key), std::string("daemon-wide '") + key + "': " + text);
+  }
+  expect(stats["result"]["sessions"]["open"] == 0, "sessions before open: " + text);
+  c.Terminal({{"id", 2}, {"verb", "session.open"}, {"session", "mine"}});
+  stats = c.Terminal({{"id", 3}, {"verb", "stats"}});
+  expect(stats["result"]["sessions"]["open"] == 1 && stats["result"]["sessions"]["stored"] == 1,
+         "own session not counted: " + stats.dump());
+  json prom = c.Terminal({{"id", 4}, {"verb", "stats"}, {"format", "prometheus"}});
+  const std::string prom_text = prom["result"].value("text", "");
+  expect(prom_text.find("kvkeep_uid_sessions_open 1") != std::string::npos,
+         "prometheus: own figures missing: " + prom_text);
+  expect(prom_text.find("kvkeep_requests_total") == std::string::npos &&
+             prom_text.find("secret-project") == std::string::npos,
+         "prometheus: daemon-wide figures leak: " + prom_text);
+  return failures;
+}
+
+// Issue 11, defect 9: `stats` showed the whole daemon's activity, tool commands included,
+// to every uid.
+TEST(DaemonIsolationTest, StatsShowsAnotherUidOnlyItsOwnActivity) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a client as a second uid (setresuid to 65534)";
+  }
+  DaemonFixture f({"--socket-mode", "0666"});
+  ASSERT_EQ(chmod(f.dir.path().c_str(), 0755), 0);
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient root(f.daemon.socket_path());
+  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "s"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.tool_begin"},
+           {"session", "s"},
+           {"tool", "secret-project-deploy"},
+           {"args", "--target prod"}});
+  root.Ok({{"id", 3}, {"verb", "session.tool_end"}, {"session", "s"}, {"content", "the plan"}});
+  // Control: the daemon's own uid (root) sees the daemon, the tool command included.
+  // (the engine learns the tool's duration on its own thread: wait until it has)
+  json all;
+  for (int i = 0; i < 200; ++i) {
+    all = root.Ok({{"id", 4}, {"verb", "stats"}});
+    if (all.dump().find("secret-project") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_NE(all.dump().find("secret-project"), std::string::npos) << all.dump();
+  EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidStatsChecks), "");
+}
+
 }  // namespace
 }  // namespace kvkeep::testing

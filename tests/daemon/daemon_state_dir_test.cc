@@ -2,6 +2,8 @@
 // everything the daemon creates in it, and a loose pre-existing directory tightened.
 #include <sys/stat.h>
 
+#include <csignal>
+
 #include "daemon/state_dir.h"
 #include "tests/daemon/daemon_harness.h"
 
@@ -88,6 +90,28 @@ TEST(DaemonStateDirTest, EverythingTheDaemonCreatesIsPrivate) {
   }
   EXPECT_NE(d.Log().find("changed to 0700"), std::string::npos) << d.Log();
   EXPECT_EQ(d.Kill(SIGTERM), 0);
+}
+
+// Issue 11, defect 9: a 0-byte database started empty in silence (every session gone).
+TEST(DaemonStateDirTest, AZeroByteDatabaseStartsEmptyWithAWarning) {
+  TempDir dir;
+  const std::string state = dir.File("state");
+  {  // control: a fresh state directory says nothing of the kind
+    DaemonProcess fresh(dir.File("f.sock"), dir.File("fresh"));
+    ASSERT_TRUE(fresh.Start()) << fresh.Log();
+    fresh.Kill(SIGTERM);
+    EXPECT_EQ(fresh.Log().find("is empty (0 bytes)"), std::string::npos) << fresh.Log();
+  }
+  ASSERT_EQ(::mkdir(state.c_str(), 0700), 0);
+  ASSERT_TRUE(DefaultEnv()->WriteFileAtomic(state + "/kvkeep.db", "").ok());
+  ASSERT_EQ(::chmod((state + "/kvkeep.db").c_str(), 0600), 0);
+  DaemonProcess d(dir.File("s.sock"), state);
+  ASSERT_TRUE(d.Start()) << d.Log();
+  EXPECT_NE(d.Log().find("kvkeep.db is empty (0 bytes): starting with no sessions"),
+            std::string::npos)
+      << d.Log();
+  LineClient c(d.socket_path());
+  EXPECT_TRUE(c.Ok({{"id", 1}, {"verb", "sessions.list"}})["sessions"].empty());
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 //                caller cannot see: only the block's checksums can catch it);
 //   kReadEio     ReadAt fails with "Input/output error" (EIO).
 // A fault hits the Nth matching call (1-based) and, when sticky, every later one, until
-// Clear(). Everything else passes through.
+// Clear(). Everything else passes through (EnvWrapper).
 //
 // Thread-safety: every method is thread-safe (the disk worker calls from its own thread).
 #pragma once
@@ -17,14 +17,15 @@
 #include <string>
 
 #include "base/file.h"
+#include "tests/testlib/env_wrapper.h"
 
 namespace kvkeep::testing {
 
 enum class DiskFault { kNone, kNoSpace, kShortWrite, kReadEio };
 
-class DiskFaultEnv final : public Env {
+class DiskFaultEnv final : public EnvWrapper {
  public:
-  DiskFaultEnv() : base_(DefaultEnv()) {}
+  DiskFaultEnv() = default;
 
   void Inject(DiskFault fault, int nth, bool sticky) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -36,26 +37,9 @@ class DiskFaultEnv final : public Env {
   void Clear() { Inject(DiskFault::kNone, 0, false); }
   int injected() const { return injected_.load(); }
 
-  Result<std::string> ReadFile(const std::string& p) override { return base_->ReadFile(p); }
-  Status WriteFileAtomic(const std::string& p, std::string_view c) override {
-    return base_->WriteFileAtomic(p, c);
-  }
-  Result<std::unique_ptr<MappedFile>> MapFile(const std::string& p) override {
-    return base_->MapFile(p);
-  }
-  bool FileExists(const std::string& p) override { return base_->FileExists(p); }
-  Status CreateDirs(const std::string& p, int mode) override { return base_->CreateDirs(p, mode); }
-  Result<std::vector<std::string>> ListDir(const std::string& p) override {
-    return base_->ListDir(p);
-  }
-  Status RemoveFile(const std::string& p) override { return base_->RemoveFile(p); }
-  std::string GetEnvVar(const char* name) override { return base_->GetEnvVar(name); }
-  Status RenameFile(const std::string& from, const std::string& to) override {
-    return base_->RenameFile(from, to);
-  }
   Result<std::unique_ptr<RandomRWFile>> OpenRandomRWFile(const std::string& path,
                                                          bool create) override {
-    ASSIGN_OR_RETURN(std::unique_ptr<RandomRWFile> file, base_->OpenRandomRWFile(path, create));
+    ASSIGN_OR_RETURN(std::unique_ptr<RandomRWFile> file, target()->OpenRandomRWFile(path, create));
     return std::unique_ptr<RandomRWFile>(new File(this, std::move(file)));
   }
 
@@ -100,7 +84,6 @@ class DiskFaultEnv final : public Env {
     return DiskFault::kNone;
   }
 
-  Env* base_;
   std::mutex mu_;
   DiskFault fault_ = DiskFault::kNone;  // guarded by mu_
   int nth_ = 0;                         // guarded by mu_
