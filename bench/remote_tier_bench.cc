@@ -12,7 +12,8 @@
 //   anchor:       redis-benchmark GET and SET of values of the block's size, one connection,
 //                 pipeline 32 (the remote tier's batch): GB/s = requests/s * value bytes.
 //   break-even:   the shortest history (whole blocks) whose recompute costs at least its
-//                 reload, between measured points (a one-block probe of each included).
+//                 reload, between measured points (a one-block probe of each included),
+//                 and the first longer one where recompute is cheaper again, if any.
 //
 // Usage: remote_tier_bench [--model tiny|small|llama3-8b-shape|default|PATH]
 //                          [--device cpu|cuda] [--lengths 4096,16384,32768]
@@ -404,7 +405,9 @@ int Main(int argc, char** argv) {
   std::fprintf(stderr, "anchor: redis-benchmark GET %.3f GB/s, SET %.3f GB/s (%d requests)\n",
                get_gbps, set_gbps, requests);
 
-  // Recompute.
+  // Recompute. One untimed block first: the first forward pays one-off start-up costs
+  // (kernel loading, library handles) that would land on the one-block point.
+  Recompute(backend.get(), kBlockSize);
   std::vector<double> rc_n, rc_s;
   for (int32_t n : recompute_lengths) {
     std::vector<double> runs;
@@ -484,12 +487,18 @@ int Main(int argc, char** argv) {
     return ys.back() +
            (ys.back() - ys[ys.size() - 2]) / (xs.back() - xs[xs.size() - 2]) * (x - xs.back());
   };
+  // Reload can win over a bounded range only: on a GPU a short recompute is bound by launch
+  // overhead and a long one by FLOPs, while a reload grows with bytes. So report where
+  // reload stops being cheaper too (-1: it stays cheaper up to the longest history).
   double break_even = -1;
+  double break_even_end = -1;
   for (int32_t n = kBlockSize; n <= rl_n.back(); n += kBlockSize) {
     const double recompute =
         n <= rc_n.back() ? interp(rc_n, rc_s, n) : rc_a * n + rc_b * double(n) * n;
-    if (recompute >= interp(rl_n, rl_s, n)) {
-      break_even = n;
+    const bool reload_cheaper = recompute >= interp(rl_n, rl_s, n);
+    if (break_even < 0 && reload_cheaper) break_even = n;
+    if (break_even > 0 && !reload_cheaper) {
+      break_even_end = n;
       break;
     }
   }
@@ -514,6 +523,7 @@ int Main(int argc, char** argv) {
                         {"reload_measured", {{"tokens", rl_n}, {"seconds", rl_s}}},
                         {"reload_fit_s", {{"c", rl_c}, {"r_per_token", rl_r}}},
                         {"break_even_tokens", break_even},
+                        {"reload_cheaper_below_tokens", break_even_end},
                         {"remote_stats",
                          {{"hits", st.hits},
                           {"misses", st.misses},
@@ -542,7 +552,10 @@ int Main(int argc, char** argv) {
   }
   std::printf("one block (16 tokens): reload %.6f s, recompute %.6f s\n", rl_s.front(),
               rc_s.front());
-  if (break_even > 0) {
+  if (break_even > 0 && break_even_end > 0) {
+    std::printf("break-even history: reload is cheaper from %lld to %lld tokens only\n",
+                static_cast<long long>(break_even), static_cast<long long>(break_even_end));
+  } else if (break_even > 0) {
     std::printf("break-even history: %lld tokens (reload is cheaper from there on)\n",
                 static_cast<long long>(break_even));
   } else {
