@@ -154,7 +154,7 @@ Status EpisodeIndex::IndexMessages(const Key& key, const std::vector<IndexedMess
     }
   }
 
-  std::lock_guard<std::mutex> lock(states_mu_);
+  std::unique_lock<std::mutex> lock(states_mu_);
   auto it = states_.find(key);
   if (it == states_.end()) return Status::OK();
   SessionEpisodes& s = it->second;
@@ -178,11 +178,24 @@ Status EpisodeIndex::IndexMessages(const Key& key, const std::vector<IndexedMess
   s.unsaved_messages += static_cast<int64_t>(fresh.size());
   s.dirty = true;
   open_windows_[key] = std::move(window_buf);
-  ASSIGN_OR_RETURN(bool reclustered, UpdateEpisodes(&s, BudgetOf(s), options_.clustering));
-  if (reclustered) {
-    spdlog::info("episodes: session '{}': {} windows into {} episodes in {:.1f} ms", key.second,
-                 s.num_windows(), s.episodes.episodes.size(), s.last_cluster_ms);
+  if (!FullClusteringDue(s, BudgetOf(s), options_.clustering)) {
+    return UpdateEpisodes(&s, BudgetOf(s), options_.clustering).status();
   }
+  // A full clustering (seconds on a long session: bench/RESULTS.md) runs on a copy of the
+  // window vectors without the lock, so queries and routes do not wait for it.
+  std::vector<float> vectors = s.window_vectors;
+  const int32_t dim = s.dim;
+  lock.unlock();
+  ASSIGN_OR_RETURN(ClusteredWindows clustered,
+                   ClusterWindows(std::move(vectors), dim, options_.clustering));
+  lock.lock();
+  it = states_.find(key);
+  if (it == states_.end()) return Status::OK();
+  InstallEpisodes(&it->second, std::move(clustered));
+  RETURN_IF_ERROR(UpdateEpisodes(&it->second, BudgetOf(it->second), options_.clustering).status());
+  spdlog::info("episodes: session '{}': {} windows into {} episodes in {:.1f} ms", key.second,
+               it->second.num_windows(), it->second.episodes.episodes.size(),
+               it->second.last_cluster_ms);
   return Status::OK();
 }
 

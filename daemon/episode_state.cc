@@ -158,6 +158,34 @@ Result<IdfState> DecodeIdf(const std::string& bytes) {
   return idf;
 }
 
+bool FullClusteringDue(const SessionEpisodes& s, int64_t budget_tokens,
+                       const EpisodeClusterPolicy& policy) {
+  const int32_t n = s.num_windows();
+  if (budget_tokens <= 0 || s.total_tokens <= budget_tokens || n == 0) return false;
+  return s.episodes.episodes.empty() ||
+         (n > s.clustered_windows &&
+          n >= static_cast<double>(s.clustered_windows) * policy.regrow_factor);
+}
+
+Result<ClusteredWindows> ClusterWindows(std::vector<float> window_vectors, int32_t dim,
+                                        const EpisodeClusterPolicy& policy) {
+  ClusteredWindows out;
+  out.num_windows = dim > 0 ? static_cast<int32_t>(window_vectors.size() / dim) : 0;
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(out.episodes,
+                   index::ClusterEpisodes(window_vectors, out.num_windows, dim, policy.cluster));
+  out.cluster_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+void InstallEpisodes(SessionEpisodes* s, ClusteredWindows clustered) {
+  s->episodes = std::move(clustered.episodes);
+  s->clustered_windows = clustered.num_windows;
+  s->last_cluster_ms = clustered.cluster_ms;
+  s->num_reclusters++;
+}
+
 Result<bool> UpdateEpisodes(SessionEpisodes* s, int64_t budget_tokens,
                             const EpisodeClusterPolicy& policy) {
   const int32_t n = s->num_windows();
@@ -167,17 +195,9 @@ Result<bool> UpdateEpisodes(SessionEpisodes* s, int64_t budget_tokens,
     return false;
   }
   const auto have = static_cast<int32_t>(s->episodes.assignment.size());
-  const bool full = s->episodes.episodes.empty() ||
-                    (n > s->clustered_windows &&
-                     n >= static_cast<double>(s->clustered_windows) * policy.regrow_factor);
-  if (full) {
-    const auto start = std::chrono::steady_clock::now();
-    ASSIGN_OR_RETURN(s->episodes,
-                     index::ClusterEpisodes(s->window_vectors, n, s->dim, policy.cluster));
-    s->last_cluster_ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    s->clustered_windows = n;
-    s->num_reclusters++;
+  if (FullClusteringDue(*s, budget_tokens, policy)) {
+    ASSIGN_OR_RETURN(ClusteredWindows c, ClusterWindows(s->window_vectors, s->dim, policy));
+    InstallEpisodes(s, std::move(c));
     return true;
   }
   // Incremental: new windows join their nearest centroid.

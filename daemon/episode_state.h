@@ -95,4 +95,20 @@ struct EpisodeClusterPolicy {
 Result<bool> UpdateEpisodes(SessionEpisodes* state, int64_t budget_tokens,
                             const EpisodeClusterPolicy& policy);
 
+// The same decision and clustering in three steps, so the caller can cluster without its
+// lock (the worker is the only writer of window vectors): FullClusteringDue under the
+// lock, ClusterWindows on a copy of the vectors without it, InstallEpisodes under it again
+// (then UpdateEpisodes assigns any window added since, and clears episodes if the session
+// fell under budget meanwhile).
+struct ClusteredWindows {
+  index::EpisodeSet episodes;
+  int32_t num_windows = 0;
+  double cluster_ms = 0.0;
+};
+bool FullClusteringDue(const SessionEpisodes& state, int64_t budget_tokens,
+                       const EpisodeClusterPolicy& policy);
+Result<ClusteredWindows> ClusterWindows(std::vector<float> window_vectors, int32_t dim,
+                                        const EpisodeClusterPolicy& policy);
+void InstallEpisodes(SessionEpisodes* state, ClusteredWindows clustered);
+
 }  // namespace kvkeep

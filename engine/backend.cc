@@ -3,6 +3,7 @@
 // may override them with pinned memory and a copy stream).
 #include "engine/backend.h"
 
+#include <algorithm>
 #include <new>
 #include <string>
 
@@ -59,7 +60,52 @@ Status Backend::ForwardScored(const ForwardBatch&, int32_t, std::vector<float>*,
   return Status::NotSupported(name() + " backend: no attention scoring");
 }
 
-Status Backend::CompactKv(std::span<const int32_t>, int32_t, std::span<const int32_t>, int32_t) {
+Status Backend::CompactKv(std::span<const int32_t> block_table, int32_t num_entries,
+                          std::span<const int32_t> keep, int32_t num_keep) {
+  const std::vector<int32_t> entries(kv_shape().num_layers, num_entries);
+  const std::vector<int32_t> kept(kv_shape().num_layers, num_keep);
+  return CompactKvLayers(block_table, entries, keep, kept);
+}
+
+Status CheckCompactKvLayers(const KvPoolShape& shape, std::span<const int32_t> block_table,
+                            std::span<const int32_t> num_entries, std::span<const int32_t> keep,
+                            std::span<const int32_t> num_keep) {
+  const int32_t layers = shape.num_layers, heads = shape.num_kv_heads;
+  if (static_cast<int32_t>(num_entries.size()) != layers ||
+      static_cast<int32_t>(num_keep.size()) != layers) {
+    return Status::InvalidArgument("compact kv: one entry and keep count per layer");
+  }
+  int64_t total_keep = 0, max_entries = 0;
+  for (int32_t l = 0; l < layers; ++l) {
+    if (num_keep[l] < 0 || num_entries[l] < 0) {
+      return Status::InvalidArgument("compact kv: negative count");
+    }
+    total_keep += int64_t{heads} * num_keep[l];
+    max_entries = std::max<int64_t>(max_entries, num_entries[l]);
+  }
+  if (static_cast<int64_t>(keep.size()) != total_keep) {
+    return Status::InvalidArgument("compact kv: keep must be num_kv_heads x num_keep per layer");
+  }
+  const int64_t needed = (max_entries + shape.block_size - 1) / shape.block_size;
+  if (static_cast<int64_t>(block_table.size()) < needed) {
+    return Status::InvalidArgument("compact kv: block table shorter than its entries");
+  }
+  for (int64_t b = 0; b < needed; ++b) RETURN_IF_ERROR(CheckBlockId(shape, block_table[b]));
+  const int32_t* k = keep.data();
+  for (int32_t l = 0; l < layers; ++l) {
+    for (int32_t h = 0; h < heads; ++h, k += num_keep[l]) {
+      for (int32_t i = 0; i < num_keep[l]; ++i) {
+        if (k[i] >= num_entries[l] || (i > 0 ? k[i] <= k[i - 1] : k[i] < 0)) {
+          return Status::InvalidArgument("compact kv: keep lists must increase below the entries");
+        }
+      }
+    }
+  }
+  return Status::OK();
+}
+
+Status Backend::CompactKvLayers(std::span<const int32_t>, std::span<const int32_t>,
+                                std::span<const int32_t>, std::span<const int32_t>) {
   return Status::NotSupported(name() + " backend: no per-head KV compaction");
 }
 

@@ -33,6 +33,13 @@ struct ForwardBatch {
   int32_t max_blocks_per_seq = 0;
   // Token indexes whose logits are returned, in order (usually each sequence's last).
   std::vector<int32_t> logit_rows;
+  // Per-layer budgets of a compressed cache (engine/episode_cache.h): empty, or
+  // [num_layers][num_seqs]. Layer l of sequence i holds layer_kv_trim[l * num_seqs + i]
+  // fewer restored entries than kv_len counts, so in that layer its context is
+  // kv_len[i] - trim and its new tokens sit at KV index kv_len[i] - trim - n_new + j of the
+  // same block table (their slots shift by trim; positions are unchanged). Each trim is
+  // >= 0 and <= kv_len[i] - n_new. The layers' pools are apart, so one table serves all.
+  std::vector<int32_t> layer_kv_trim;
 
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   int32_t num_seqs() const { return static_cast<int32_t>(kv_len.size()); }
@@ -110,6 +117,12 @@ class Backend {
   // i. Each list strictly increasing. The default: NotSupported.
   virtual Status CompactKv(std::span<const int32_t> block_table, int32_t num_entries,
                            std::span<const int32_t> keep, int32_t num_keep);
+  // The same with per-layer counts: layer l has num_entries[l] entries and keeps
+  // num_keep[l] per KV head; keep holds, layer after layer, [num_kv_heads][num_keep[l]].
+  // The default: NotSupported.
+  virtual Status CompactKvLayers(std::span<const int32_t> block_table,
+                                 std::span<const int32_t> num_entries,
+                                 std::span<const int32_t> keep, std::span<const int32_t> num_keep);
 
  protected:
   // Set by AllocateHostTier (or a backend's own pinned allocation).
@@ -128,6 +141,13 @@ inline Status CheckBlockId(const KvPoolShape& shape, int32_t block_id) {
   }
   return Status::OK();
 }
+
+// Validates CompactKvLayers' arguments against a pool of `shape`: one count per layer,
+// keep of the right size, each head's list strictly increasing below its layer's entries,
+// and the block table long enough with ids in the pool. InvalidArgument otherwise.
+Status CheckCompactKvLayers(const KvPoolShape& shape, std::span<const int32_t> block_table,
+                            std::span<const int32_t> num_entries, std::span<const int32_t> keep,
+                            std::span<const int32_t> num_keep);
 
 Result<std::unique_ptr<Backend>> CreateCpuBackend(const ModelWeights& weights,
                                                   const BackendOptions& options);

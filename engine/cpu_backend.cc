@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -61,8 +62,8 @@ class CpuBackend final : public Backend {
   }
   Status ForwardScored(const ForwardBatch& batch, int32_t num_scored, std::vector<float>* logits,
                        std::vector<float>* scores) override;
-  Status CompactKv(std::span<const int32_t> block_table, int32_t num_entries,
-                   std::span<const int32_t> keep, int32_t num_keep) override;
+  Status CompactKvLayers(std::span<const int32_t> block_table, std::span<const int32_t> num_entries,
+                         std::span<const int32_t> keep, std::span<const int32_t> num_keep) override;
   Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) override;
   size_t block_bytes() const override { return shape_.block_stride() * sizeof(KvT); }
   Status ReadBlock(int32_t block_id, void* dst) override;
@@ -90,8 +91,9 @@ class CpuBackend final : public Backend {
   std::vector<LayerWeights> layers_;
   std::vector<float> inv_freq_;
   // Activations, [num_tokens][...], grown on demand.
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, rows_;
-  cpu::Q8Rows q8_;  // quantised activations
+  std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, rows_, layer_scores_;
+  std::vector<int32_t> layer_kv_len_, layer_slots_;  // one layer's, under layer_kv_trim
+  cpu::Q8Rows q8_;                                   // quantised activations
 };
 
 template <typename KvT>
@@ -160,16 +162,44 @@ Status CpuBackend<KvT>::Attention(const ForwardBatch& batch, int layer, bool all
   ab.kv_len = batch.kv_len.data();
   ab.block_tables = batch.block_tables.data();
   ab.max_blocks_per_seq = batch.max_blocks_per_seq;
+  const int32_t* slots = batch.slot_mapping.data();
+  int32_t trim0 = 0;                   // sequence 0's trim in this layer (scoring has one sequence)
+  if (!batch.layer_kv_trim.empty()) {  // this layer's own context lengths and slots
+    const int32_t n = batch.num_seqs(), bs = shape_.block_size;
+    const int32_t* trim = batch.layer_kv_trim.data() + int64_t{layer} * n;
+    trim0 = trim[0];
+    layer_kv_len_.resize(n);
+    layer_slots_.resize(batch.num_tokens());
+    for (int32_t i = 0; i < n; ++i) {
+      layer_kv_len_[i] = batch.kv_len[i] - trim[i];
+      const int32_t* table = &batch.block_tables[int64_t{i} * batch.max_blocks_per_seq];
+      const int32_t n_new = batch.q_start[i + 1] - batch.q_start[i];
+      for (int32_t j = 0; j < n_new; ++j) {
+        const int32_t e = layer_kv_len_[i] - n_new + j;
+        layer_slots_[batch.q_start[i] + j] = table[e / bs] * bs + e % bs;
+      }
+    }
+    ab.kv_len = layer_kv_len_.data();
+    slots = layer_slots_.data();
+  }
   AttentionParams ap;
   ap.num_q_heads = config_.num_q_heads;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
   PagedKv<KvT> view = LayerView(pool_.data(), shape_, layer);
-  RETURN_IF_ERROR(
-      cpu::WriteKv(view, k_.data(), v_.data(), batch.slot_mapping.data(), batch.num_tokens()));
+  RETURN_IF_ERROR(cpu::WriteKv(view, k_.data(), v_.data(), slots, batch.num_tokens()));
   if (scores != nullptr) {
-    RETURN_IF_ERROR(
-        cpu::AttentionScores(ap, ab, view, q_.data(), num_scored,
-                             scores + int64_t{layer} * config_.num_kv_heads * num_scored));
+    // This layer scores its own first num_scored - trim entries; the rest stay 0.
+    const int32_t h = config_.num_kv_heads, own = num_scored - trim0;
+    float* out = scores + int64_t{layer} * h * num_scored;
+    if (trim0 == 0) {
+      RETURN_IF_ERROR(cpu::AttentionScores(ap, ab, view, q_.data(), own, out));
+    } else {
+      Grow(layer_scores_, int64_t{h} * own);
+      RETURN_IF_ERROR(cpu::AttentionScores(ap, ab, view, q_.data(), own, layer_scores_.data()));
+      for (int32_t r = 0; r < h; ++r) {
+        std::copy_n(layer_scores_.data() + int64_t{r} * own, own, out + int64_t{r} * num_scored);
+      }
+    }
   }
   if (all_decode) return cpu::PagedDecodeAttention(ap, ab, view, q_.data(), attn_.data());
   return cpu::PagedAttention(ap, ab, view, q_.data(), attn_.data());
@@ -186,20 +216,17 @@ Status CpuBackend<KvT>::ForwardScored(const ForwardBatch& batch, int32_t num_sco
 }
 
 template <typename KvT>
-Status CpuBackend<KvT>::CompactKv(std::span<const int32_t> block_table, int32_t num_entries,
-                                  std::span<const int32_t> keep, int32_t num_keep) {
-  const int64_t per_layer = int64_t{shape_.num_kv_heads} * num_keep;
-  if (num_keep < 0 || static_cast<int64_t>(keep.size()) != shape_.num_layers * per_layer) {
-    return Status::InvalidArgument("compact kv: keep must be num_layers x num_kv_heads x num_keep");
-  }
-  const int64_t needed = (int64_t{num_entries} + shape_.block_size - 1) / shape_.block_size;
-  if (num_entries < 0 || static_cast<int64_t>(block_table.size()) < needed) {
-    return Status::InvalidArgument("compact kv: block table shorter than its entries");
-  }
-  for (int64_t b = 0; b < needed; ++b) RETURN_IF_ERROR(CheckBlockId(shape_, block_table[b]));
-  for (int l = 0; l < shape_.num_layers; ++l) {
+Status CpuBackend<KvT>::CompactKvLayers(std::span<const int32_t> block_table,
+                                        std::span<const int32_t> num_entries,
+                                        std::span<const int32_t> keep,
+                                        std::span<const int32_t> num_keep) {
+  RETURN_IF_ERROR(CheckCompactKvLayers(shape_, block_table, num_entries, keep, num_keep));
+  const int32_t layers = shape_.num_layers;
+  const int32_t* k = keep.data();
+  for (int l = 0; l < layers; ++l) {
     RETURN_IF_ERROR(cpu::CompactKv(LayerView(pool_.data(), shape_, l), block_table.data(),
-                                   num_entries, keep.data() + l * per_layer, num_keep));
+                                   num_entries[l], k, num_keep[l]));
+    k += int64_t{shape_.num_kv_heads} * num_keep[l];
   }
   return Status::OK();
 }
@@ -361,6 +388,18 @@ Status ValidateForwardBatch(const ForwardBatch& b, const KvPoolShape& shape, int
   }
   for (int32_t row : b.logit_rows) {
     if (row < 0 || row >= t) return InvalidBatch("logit row outside the batch");
+  }
+  if (!b.layer_kv_trim.empty()) {
+    if (b.layer_kv_trim.size() != static_cast<size_t>(shape.num_layers) * n) {
+      return InvalidBatch("layer_kv_trim must be num_layers x num_seqs");
+    }
+    for (size_t j = 0; j < b.layer_kv_trim.size(); ++j) {
+      const int32_t i = static_cast<int32_t>(j % n);
+      const int32_t restored = b.kv_len[i] - (b.q_start[i + 1] - b.q_start[i]);
+      if (b.layer_kv_trim[j] < 0 || b.layer_kv_trim[j] > restored) {
+        return InvalidBatch("layer_kv_trim outside 0..kv_len - n_new");
+      }
+    }
   }
   return Status::OK();
 }

@@ -7,10 +7,11 @@
 namespace kvkeep {
 namespace {
 
-// Fills the step's token layout: tokens at entries entry.. with the given positions.
+// Fills the step's token layout: tokens at entries entry.. with the given positions; layer
+// l's tokens sit trims[l] entries earlier (empty: none).
 void LayoutBatch(std::span<const int32_t> tokens, int32_t entry, const KvView& view,
                  const std::vector<int32_t>& blocks, int32_t block_size, bool all_rows,
-                 ForwardBatch* b) {
+                 std::span<const int32_t> trims, ForwardBatch* b) {
   const int32_t n = static_cast<int32_t>(tokens.size());
   b->token_ids.assign(tokens.begin(), tokens.end());
   b->positions.resize(n);
@@ -26,39 +27,59 @@ void LayoutBatch(std::span<const int32_t> tokens, int32_t entry, const KvView& v
   b->kv_len = {entry + n};
   b->block_tables = blocks;
   b->max_blocks_per_seq = static_cast<int32_t>(blocks.size());
+  b->layer_kv_trim.assign(trims.begin(), trims.end());
 }
 
-// For each (layer, head) row of scores [rows][total], the budget highest-scoring entries
-// (ties to the later entry), ascending, into keep [rows][budget].
-void SelectTop(const std::vector<float>& scores, int32_t rows, int32_t total, int32_t budget,
+// For each of `rows` rows of scores (row r at scores + r * stride, `total` entries), the
+// budget highest-scoring entries (ties to the later entry), ascending, appended to *keep.
+void SelectTop(const float* scores, int32_t rows, int64_t stride, int32_t total, int32_t budget,
                std::vector<int32_t>* keep) {
-  keep->resize(static_cast<size_t>(rows) * budget);
   std::vector<int32_t> order(total);
   for (int32_t r = 0; r < rows; ++r) {
-    const float* s = scores.data() + static_cast<int64_t>(r) * total;
+    const float* s = scores + r * stride;
     std::iota(order.begin(), order.end(), 0);
     std::nth_element(order.begin(), order.begin() + (budget - 1), order.end(),
                      [s](int32_t a, int32_t b) { return s[a] != s[b] ? s[a] > s[b] : a > b; });
     std::sort(order.begin(), order.begin() + budget);
-    std::copy(order.begin(), order.begin() + budget,
-              keep->begin() + static_cast<int64_t>(r) * budget);
+    keep->insert(keep->end(), order.begin(), order.begin() + budget);
   }
+}
+
+// Per layer trims: max(counts) - counts[l]; empty when every layer holds the same count.
+void TrimsOf(const std::vector<int32_t>& counts, std::vector<int32_t>* trims) {
+  const int32_t top = *std::max_element(counts.begin(), counts.end());
+  trims->clear();
+  if (std::all_of(counts.begin(), counts.end(), [top](int32_t c) { return c == top; })) return;
+  for (int32_t c : counts) trims->push_back(top - c);
 }
 
 }  // namespace
 
+std::span<const int32_t> EpisodeCache::PositionsOf(int layer, int head, int num_kv_heads) const {
+  int64_t offset = 0;
+  for (int l = 0; l < layer; ++l) offset += int64_t{num_kv_heads} * KeptIn(l);
+  offset += int64_t{head} * KeptIn(layer);
+  return std::span<const int32_t>(positions).subspan(offset, KeptIn(layer));
+}
+
 int32_t CompressBlocksNeeded(const CompressOptions& options, int32_t query_tokens,
                              int32_t block_size) {
-  const int64_t entries = int64_t{options.budget_tokens} + options.block_tokens +
-                          (options.method == KeepMethod::kEpisode ? query_tokens : 0);
+  int64_t budget = options.budget_tokens;
+  if (!options.layer_budget_tokens.empty()) {
+    budget =
+        *std::max_element(options.layer_budget_tokens.begin(), options.layer_budget_tokens.end());
+  }
+  const int64_t entries =
+      budget + options.block_tokens + (options.method == KeepMethod::kEpisode ? query_tokens : 0);
   return static_cast<int32_t>((entries + block_size - 1) / block_size);
 }
 
 Status EpisodeCompressor::ForwardAt(std::span<const int32_t> tokens, int32_t entry,
                                     int32_t first_position, const std::vector<int32_t>& blocks,
-                                    int32_t num_scored, std::vector<float>* scores) {
+                                    std::span<const int32_t> trims, int32_t num_scored,
+                                    std::vector<float>* scores) {
   LayoutBatch(tokens, entry, KvView{entry, first_position}, blocks, backend_->kv_shape().block_size,
-              /*all_rows=*/false, &batch_);
+              /*all_rows=*/false, trims, &batch_);
   if (scores != nullptr) return backend_->ForwardScored(batch_, num_scored, &logits_, scores);
   return backend_->Forward(batch_, &logits_);
 }
@@ -70,10 +91,17 @@ Result<EpisodeCache> EpisodeCompressor::Build(std::span<const int32_t> history,
   const KvPoolShape& shape = backend_->kv_shape();
   const bool episodic = options.method == KeepMethod::kEpisode;
   const int32_t q = episodic ? static_cast<int32_t>(query.size()) : 0;
+  const int32_t layers = shape.num_layers, heads = shape.num_kv_heads;
   if (history.empty()) return Status::InvalidArgument("compress: empty history");
   if (episodic && query.empty()) return Status::InvalidArgument("compress: empty episode prompt");
-  if (options.budget_tokens < 1 || options.block_tokens < 1 || options.snap_window < 1 ||
-      options.sink_tokens < 0) {
+  std::vector<int32_t> budget = options.layer_budget_tokens;  // M_l
+  if (budget.empty()) budget.assign(layers, options.budget_tokens);
+  if (static_cast<int32_t>(budget.size()) != layers) {
+    return Status::InvalidArgument("compress: " + std::to_string(budget.size()) +
+                                   " layer budgets for " + std::to_string(layers) + " layers");
+  }
+  if (*std::min_element(budget.begin(), budget.end()) < 1 || options.block_tokens < 1 ||
+      options.snap_window < 1 || options.sink_tokens < 0) {
     return Status::InvalidArgument("compress: budget, block and snap window must be positive");
   }
   const int32_t needed = CompressBlocksNeeded(options, q, shape.block_size);
@@ -81,69 +109,97 @@ Result<EpisodeCache> EpisodeCompressor::Build(std::span<const int32_t> history,
     return Status::InvalidArgument("compress: " + std::to_string(blocks.size()) +
                                    " blocks given, " + std::to_string(needed) + " needed");
   }
-  const int32_t rows = shape.num_layers * shape.num_kv_heads;
+  const int32_t rows = layers * heads;
   const int32_t cap = needed * shape.block_size;
-  const int32_t budget = options.budget_tokens;
   std::vector<int32_t> pos(static_cast<size_t>(rows) * cap);  // [rows][cap]
   std::vector<float> scores;
-  std::vector<int32_t> keep;
+  std::vector<int32_t> keep, trims, totals(layers), kept(layers);
+  std::vector<int32_t> count(layers, 0);  // live entries per layer
   EpisodeCache cache;
   cache.id = id;
-  int32_t count = 0;  // live entries
   const int32_t n = static_cast<int32_t>(history.size());
   for (int32_t s = 0; s < n; s += options.block_tokens) {
     const int32_t b = std::min(options.block_tokens, n - s);
-    const int32_t total = count + b;
-    for (int32_t r = 0; r < rows; ++r) {
-      std::iota(pos.begin() + int64_t{r} * cap + count, pos.begin() + int64_t{r} * cap + total, s);
+    const int32_t top = *std::max_element(count.begin(), count.end());
+    const int32_t total = top + b;  // entries of the fullest layer: the block's layout
+    bool evict = false;
+    for (int32_t l = 0; l < layers; ++l) {
+      totals[l] = count[l] + b;
+      evict = evict || totals[l] > budget[l];
+      for (int32_t h = 0; h < heads; ++h) {
+        int32_t* p = pos.data() + int64_t{l * heads + h} * cap;
+        std::iota(p + count[l], p + totals[l], s);
+      }
     }
-    const bool evict = total > budget;
+    TrimsOf(count, &trims);
     cache.peak_entries = std::max<int64_t>(cache.peak_entries, total + (evict ? q : 0));
     std::span<const int32_t> block = history.subspan(s, b);
     if (!evict || options.method == KeepMethod::kStreaming) {
-      RETURN_IF_ERROR(ForwardAt(block, count, s, blocks, 0, nullptr));
+      RETURN_IF_ERROR(ForwardAt(block, top, s, blocks, trims, 0, nullptr));
     } else if (episodic) {
-      RETURN_IF_ERROR(ForwardAt(block, count, s, blocks, 0, nullptr));
-      RETURN_IF_ERROR(ForwardAt(query, total, s + b, blocks, total, &scores));
+      RETURN_IF_ERROR(ForwardAt(block, top, s, blocks, trims, 0, nullptr));
+      RETURN_IF_ERROR(ForwardAt(query, total, s + b, blocks, trims, total, &scores));
     } else {  // kSnapKv: the block's last window scores everything; the window is kept
       const int32_t w = std::min(options.snap_window, b);
-      if (b > w) RETURN_IF_ERROR(ForwardAt(block.first(b - w), count, s, blocks, 0, nullptr));
-      RETURN_IF_ERROR(ForwardAt(block.last(w), total - w, s + b - w, blocks, total, &scores));
-      for (int32_t r = 0; r < rows; ++r) {
-        std::fill_n(scores.begin() + int64_t{r} * total + (total - w), w, 2.0f);
-      }
-    }
-    if (!evict) {
-      count = total;
-      continue;
-    }
-    if (options.method == KeepMethod::kStreaming) {
-      scores.resize(static_cast<size_t>(rows) * total);
-      for (int32_t r = 0; r < rows; ++r) {
-        for (int32_t j = 0; j < total; ++j) {
-          scores[int64_t{r} * total + j] =
-              j < options.sink_tokens ? 2.0f : static_cast<float>(j) / total;
+      if (b > w) RETURN_IF_ERROR(ForwardAt(block.first(b - w), top, s, blocks, trims, 0, nullptr));
+      RETURN_IF_ERROR(
+          ForwardAt(block.last(w), total - w, s + b - w, blocks, trims, total, &scores));
+      for (int32_t l = 0; l < layers; ++l) {
+        for (int32_t h = 0; h < heads; ++h) {
+          std::fill_n(scores.begin() + int64_t{l * heads + h} * total + (totals[l] - w), w, 2.0f);
         }
       }
     }
-    SelectTop(scores, rows, total, budget, &keep);
-    RETURN_IF_ERROR(backend_->CompactKv(blocks, total, keep, budget));
-    for (int32_t r = 0; r < rows; ++r) {
-      int32_t* p = pos.data() + int64_t{r} * cap;
-      const int32_t* k = keep.data() + int64_t{r} * budget;
-      for (int32_t i = 0; i < budget; ++i) p[i] = p[k[i]];  // k[i] >= i: safe in place
+    if (!evict) {
+      count = totals;
+      continue;
     }
-    count = budget;
+    if (options.method == KeepMethod::kStreaming) {
+      scores.assign(static_cast<size_t>(rows) * total, 0.0f);
+      for (int32_t l = 0; l < layers; ++l) {
+        for (int32_t h = 0; h < heads; ++h) {
+          float* row = scores.data() + int64_t{l * heads + h} * total;
+          for (int32_t j = 0; j < totals[l]; ++j) {
+            row[j] = j < options.sink_tokens ? 2.0f : static_cast<float>(j) / totals[l];
+          }
+        }
+      }
+    }
+    keep.clear();
+    for (int32_t l = 0; l < layers; ++l) {  // layer l's rows of scores: stride `total`
+      kept[l] = std::min(budget[l], totals[l]);
+      SelectTop(scores.data() + int64_t{l} * heads * total, heads, total, totals[l], kept[l],
+                &keep);
+    }
+    RETURN_IF_ERROR(backend_->CompactKvLayers(blocks, totals, keep, kept));
+    const int32_t* k = keep.data();
+    for (int32_t l = 0; l < layers; ++l) {
+      for (int32_t h = 0; h < heads; ++h, k += kept[l]) {
+        int32_t* p = pos.data() + int64_t{l * heads + h} * cap;
+        for (int32_t i = 0; i < kept[l]; ++i) p[i] = p[k[i]];  // k[i] >= i: safe in place
+      }
+    }
+    count = kept;
   }
-  cache.num_kept = count;
+  cache.num_kept = *std::max_element(count.begin(), count.end());
+  TrimsOf(count, &trims);
+  if (!trims.empty()) cache.layer_kept = count;
   cache.history_tokens = n;
-  cache.positions.resize(static_cast<size_t>(rows) * count);
-  for (int32_t r = 0; r < rows; ++r) {
-    std::copy_n(pos.begin() + int64_t{r} * cap, count,
-                cache.positions.begin() + int64_t{r} * count);
+  for (int32_t l = 0; l < layers; ++l) {
+    for (int32_t h = 0; h < heads; ++h) {
+      const int32_t* p = pos.data() + int64_t{l * heads + h} * cap;
+      cache.positions.insert(cache.positions.end(), p, p + count[l]);
+    }
   }
   cache.blocks = std::move(blocks);
   return cache;
+}
+
+EpisodeDecoder::EpisodeDecoder(Backend* backend, const EpisodeCache& cache)
+    : backend_(backend), cache_(cache), num_entries_(cache.num_kept) {
+  for (size_t l = 0; l < cache.layer_kept.size(); ++l) {
+    trims_.push_back(cache.num_kept - cache.layer_kept[l]);
+  }
 }
 
 Status EpisodeDecoder::Append(std::span<const int32_t> tokens, bool last_only,
@@ -155,7 +211,7 @@ Status EpisodeDecoder::Append(std::span<const int32_t> tokens, bool last_only,
     return Status::ResourceExhausted("episode decode: " + std::to_string(tokens.size()) +
                                      " tokens do not fit on top of the cache's blocks");
   }
-  LayoutBatch(tokens, num_entries_, cache_.view(), cache_.blocks, bs, !last_only, &batch_);
+  LayoutBatch(tokens, num_entries_, cache_.view(), cache_.blocks, bs, !last_only, trims_, &batch_);
   if (last_only) batch_.logit_rows = {static_cast<int32_t>(tokens.size()) - 1};
   RETURN_IF_ERROR(backend_->Forward(batch_, logits));
   num_entries_ += static_cast<int32_t>(tokens.size());

@@ -11,9 +11,11 @@
 // position; tokens decoded on top continue at the history's length (KvView).
 //
 // Kept sets differ per layer and per KV head (the pool keeps heads apart, so one block
-// table serves them all); the count M is the same for every layer, because the attention
-// kernels take one context length per sequence. Per-layer budgets would need per-layer
-// lengths in the kernels (not done).
+// table serves them all). By default every layer keeps M entries; with per-layer budgets
+// (CompressOptions::layer_budget_tokens, engine/layer_budget.h) layer l keeps its own M_l.
+// The layers share one block table, so the cache occupies max M_l slots in every layer;
+// layer l's new tokens follow its own M_l kept entries (ForwardBatch::layer_kv_trim), so
+// the attention kernels see per-layer context lengths without a change.
 //
 // The same loop gives the baselines of the fidelity evaluation at the same budget:
 // StreamingLLM's sinks plus recent window, and SnapKV's scores from the history's own
@@ -54,18 +56,28 @@ struct CompressOptions {
   KeepMethod method = KeepMethod::kEpisode;
   int32_t snap_window = 32;  // kSnapKv: queries per block (always kept)
   int32_t sink_tokens = 4;   // kStreaming
+  // M_l per layer (engine/layer_budget.h computes them); empty: budget_tokens in every
+  // layer. Each >= 1; the build's peak is max M_l + B + |P_e| entries.
+  std::vector<int32_t> layer_budget_tokens;
 };
 
 struct EpisodeCache {
   EpisodeCacheId id;
-  std::vector<int32_t> blocks;     // backend block ids holding entries [0, num_kept)
-  int32_t num_kept = 0;            // entries per layer and KV head
-  int32_t history_tokens = 0;      // the history's length: the next token's position
-  std::vector<int32_t> positions;  // [num_layers][num_kv_heads][num_kept] original positions
-  int64_t peak_entries = 0;        // the most entries live at once while building
+  std::vector<int32_t> blocks;  // backend block ids holding entries [0, num_kept)
+  int32_t num_kept = 0;         // entries per KV head (the largest layer's, per-layer budgets)
+  int32_t history_tokens = 0;   // the history's length: the next token's position
+  // Original positions, layer after layer: [num_kv_heads][KeptIn(l)] per layer l (so
+  // [num_layers][num_kv_heads][num_kept] without per-layer budgets).
+  std::vector<int32_t> positions;
+  int64_t peak_entries = 0;  // the most entries live at once while building
+  // [num_layers] entries kept per KV head when the layers differ; empty: num_kept in all.
+  std::vector<int32_t> layer_kept;
 
+  int32_t KeptIn(int layer) const { return layer_kept.empty() ? num_kept : layer_kept[layer]; }
+  // Layer l, KV head h's original positions (KeptIn(l) of them).
+  std::span<const int32_t> PositionsOf(int layer, int head, int num_kv_heads) const;
   // The view a sequence decoding on top of this cache uses.
-  KvView view() const { return KvView{num_kept, history_tokens}; }
+  KvView view() const { return KvView{num_kept, history_tokens, layer_kept}; }
 };
 
 // Blocks a build needs: room for M + B + |P_e| entries (M + B for the baselines).
@@ -84,10 +96,11 @@ class EpisodeCompressor {
                              EpisodeCacheId id = {});
 
  private:
-  // Forwards tokens at `entry`.. (positions first_position..) over the first entry + n.
+  // Forwards tokens at `entry`.. (positions first_position..) over the first entry + n;
+  // layer l's tokens sit trims[l] entries earlier (empty: none).
   Status ForwardAt(std::span<const int32_t> tokens, int32_t entry, int32_t first_position,
-                   const std::vector<int32_t>& blocks, int32_t num_scored,
-                   std::vector<float>* scores);
+                   const std::vector<int32_t>& blocks, std::span<const int32_t> trims,
+                   int32_t num_scored, std::vector<float>* scores);
 
   Backend* backend_;
   ForwardBatch batch_;
@@ -99,8 +112,7 @@ class EpisodeCompressor {
 class EpisodeDecoder {
  public:
   // REQUIRES: cache outlives the decoder, and its blocks stay allocated.
-  EpisodeDecoder(Backend* backend, const EpisodeCache& cache)
-      : backend_(backend), cache_(cache), num_entries_(cache.num_kept) {}
+  EpisodeDecoder(Backend* backend, const EpisodeCache& cache);
 
   // Prefills tokens on top; *logits gets [tokens.size()][vocab] (every row: teacher-forced
   // scoring) or, with last_only, the last row. ResourceExhausted when the cache's blocks
@@ -117,6 +129,7 @@ class EpisodeDecoder {
   Backend* backend_;
   const EpisodeCache& cache_;
   int32_t num_entries_;
+  std::vector<int32_t> trims_;  // per layer: num_kept - KeptIn(l); empty when uniform
   ForwardBatch batch_;
 };
 

@@ -32,6 +32,22 @@ void BuildForwardBatch(const ScheduledBatch& batch, ForwardBatch* out) {
     std::copy(ids.begin(), ids.end(), out->block_tables.begin() + i * max_blocks);
     if (batch.seqs[i].sample) out->logit_rows.push_back(out->q_start.back() - 1);
   }
+  // Per-layer kept counts (a cache built with per-layer budgets): each layer's trim.
+  out->layer_kv_trim.clear();
+  size_t num_layers = 0;
+  for (const ScheduledSeq& s : batch.seqs) {
+    num_layers = std::max(num_layers, s.seq->kv_view.layer_kept.size());
+  }
+  if (num_layers == 0) return;
+  const size_t n = batch.seqs.size();
+  out->layer_kv_trim.assign(num_layers * n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    const KvView& view = batch.seqs[i].seq->kv_view;
+    if (view.layer_kept.empty()) continue;
+    for (size_t l = 0; l < num_layers; ++l) {
+      out->layer_kv_trim[l * n + i] = view.LayerTrim(static_cast<int>(l));
+    }
+  }
 }
 
 Status ModelRunner::Run(const ScheduledBatch& batch) {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,9 @@
 #include "base/logging.h"
 #include "engine/default_model.h"
 #include "engine/embedder_factory.h"
+#include "engine/layer_budget.h"
 #include "engine/model_config.h"
+#include "engine/model_identity.h"
 #include "engine/model_weights.h"
 #include "tools/commands.h"
 #include "tools/episode_eval.h"
@@ -44,6 +47,9 @@ struct EvalArgs {
   bool fidelity = false;
   std::string llm;  // empty: the default model (or the synthetic tiny one)
   FidelityOptions fidelity_options;
+  std::string calibration = "tests/fixtures/corpus/mini_swe_agent_messages.txt";
+  int32_t calibration_tokens = 2048;
+  std::string state_dir;  // empty: the daemon's default
 };
 
 Result<std::vector<LocomoConversation>> LoadData(Env* env, const std::string& path) {
@@ -188,8 +194,27 @@ Status RunFidelity(Env* env, const EvalArgs& args, const std::vector<LocomoConve
   spec.model_dir = args.model_dir;
   std::string embedder_name;
   auto make = [&]() { return MakeEmbedder(env, spec, &embedder_name); };
+  FidelityOptions options = args.fidelity_options;
+  if (options.layer_alpha > 0) {  // the model's layer profile, cached in the state dir
+    ASSIGN_OR_RETURN(std::string text, env->ReadFile(args.calibration));
+    ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer->Encode(text, false));
+    tokens.resize(std::min<size_t>(tokens.size(), args.calibration_tokens));
+    std::string state = args.state_dir;
+    if (state.empty()) {
+      const std::string xdg = env->GetEnvVar("XDG_STATE_HOME");
+      state =
+          JoinPath(xdg.empty() ? JoinPath(env->GetEnvVar("HOME"), ".local/state") : xdg, "kvkeep");
+    }
+    std::vector<int32_t> blocks(backend->kv_shape().num_blocks);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    ASSIGN_OR_RETURN(
+        LayerProfile profile,
+        LoadOrMeasureLayerProfile(env, state, ModelIdentity(config, *weights), backend.get(),
+                                  tokens, options.block_tokens, blocks));
+    options.layer_similarity = profile.similarity;
+  }
   ASSIGN_OR_RETURN(FidelityReport r,
-                   EvaluateFidelity(convs, backend.get(), *tokenizer, make, args.fidelity_options));
+                   EvaluateFidelity(convs, backend.get(), *tokenizer, make, options));
   nlohmann::ordered_json methods = nlohmann::ordered_json::array();
   for (const MethodFidelity& m : r.methods) {
     methods.push_back({{"method", m.method},
@@ -340,6 +365,18 @@ void AddEvalEpisodesCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-questions", f.max_questions, "--fidelity: per conversation, 0: all")
       ->capture_default_str();
+  cmd->add_option("--layer-alpha", f.layer_alpha,
+                  "--fidelity: per-layer budgets for episodic KV (0: uniform)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  cmd->add_option("--calibration", args->calibration, "--layer-alpha: calibration text file")
+      ->capture_default_str();
+  cmd->add_option("--calibration-tokens", args->calibration_tokens,
+                  "--layer-alpha: calibration tokens")
+      ->check(CLI::Range(2, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--state-dir", args->state_dir,
+                  "--layer-alpha: where the layer profile is cached (default: kvkeepd's)");
   cmd->callback([args] {
     for (int32_t e : args->episodes) {
       if (e < 1) throw CLI::ValidationError("--episodes", "each E must be >= 1");

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "engine/episode_cache.h"
+#include "engine/layer_budget.h"
 #include "index/episodes.h"
 #include "tools/episode_eval.h"
 
@@ -34,10 +35,13 @@ double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
-int64_t CacheBytes(Backend& backend, int32_t entries) {
+// The bytes of the entries a cache keeps (each layer its own count).
+int64_t CacheBytes(Backend& backend, const EpisodeCache& cache) {
   const KvPoolShape& s = backend.kv_shape();
   const int64_t elem = static_cast<int64_t>(backend.block_bytes()) / s.block_stride();
-  return int64_t{entries} * s.num_layers * 2 * s.num_kv_heads * s.head_dim * elem;
+  int64_t entries = 0;
+  for (int32_t l = 0; l < s.num_layers; ++l) entries += cache.KeptIn(l);
+  return entries * 2 * s.num_kv_heads * s.head_dim * elem;
 }
 
 // Teacher-forced NLL of each question's answer (those routed to `episode`, or all with -1)
@@ -89,6 +93,10 @@ Result<FidelityReport> EvaluateFidelity(const std::vector<LocomoConversation>& c
                                         const FidelityOptions& options) {
   if (options.context_tokens <= options.reserve_tokens || options.block_tokens < 1) {
     return Status::InvalidArgument("fidelity: context must exceed the reserve; block >= 1");
+  }
+  if (options.layer_alpha > 0 &&
+      static_cast<int32_t>(options.layer_similarity.size()) != backend->kv_shape().num_layers) {
+    return Status::InvalidArgument("fidelity: layer alpha > 0 needs the model's layer profile");
   }
   const int32_t bs = backend->kv_shape().block_size;
   if (backend->kv_shape().num_blocks < FidelityPoolBlocks(options, bs)) {
@@ -182,13 +190,18 @@ Result<FidelityReport> EvaluateFidelity(const std::vector<LocomoConversation>& c
       o.budget_tokens = std::max(1, static_cast<int32_t>(std::lround(n * fraction)));
       o.block_tokens = options.block_tokens;
       o.method = method;
+      if (method == KeepMethod::kEpisode && options.layer_alpha > 0) {
+        ASSIGN_OR_RETURN(o.layer_budget_tokens, LayerBudgets(options.layer_similarity,
+                                                             o.budget_tokens, options.layer_alpha));
+        for (int32_t& m : o.layer_budget_tokens) m = std::min(m, n);
+      }
       std::span<const int32_t> query;
       if (episode >= 0) query = medoid_prompts[episode];
       const auto start = std::chrono::steady_clock::now();
       ASSIGN_OR_RETURN(EpisodeCache cache, compressor.Build(history, query, o, blocks));
       Tally& t = tallies[{name, fraction}];
       t.build_s += Seconds(start);
-      t.kv_bytes += CacheBytes(*backend, cache.num_kept);
+      t.kv_bytes += CacheBytes(*backend, cache);
       ++t.caches;
       RETURN_IF_ERROR(Score(backend, cache, questions, episode, &t));
       spdlog::info("fidelity: {}: {} at {:.3f}: {} entries, {:.1f} s", conv.sample_id, name,

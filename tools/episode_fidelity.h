@@ -41,6 +41,10 @@ struct FidelityOptions {
   int32_t max_prompt_tokens = 1024;  // P_e is cut to this
   std::vector<double> fractions = {0.25, 0.125};
   int32_t max_questions = 0;  // per conversation; 0 = all
+  // Per-layer budgets for the episodic caches (engine/layer_budget.h): alpha 0 = uniform;
+  // layer_similarity is the model's profile, needed when layer_alpha > 0.
+  double layer_alpha = 0.0;
+  std::vector<double> layer_similarity;
 };
 
 struct MethodFidelity {

@@ -74,7 +74,8 @@ class CudaBackend final : public Backend {
         config_(config),
         swaps_(device_->compute_stream(), device_->swap_stream()) {
     for (DeviceBuffer* b : {&meta_, &hidden_, &xn_, &qkv_, &attn_, &proj_, &gate_up_, &act_, &rows_,
-                            &logits_, &workspace_, &pairs_, &gemm_workspace_}) {
+                            &logits_, &workspace_, &pairs_, &gemm_workspace_, &scores_,
+                            &score_workspace_, &rows_offsets_, &compact_scratch_}) {
       b->Bind(device_.get());
     }
   }
@@ -93,7 +94,16 @@ class CudaBackend final : public Backend {
   std::string name() const override { return device_->name(); }
   const ModelConfig& config() const override { return config_; }
   const KvPoolShape& kv_shape() const override { return shape_; }
-  Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override;
+  Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override {
+    return Run(batch, logits, 0, nullptr);
+  }
+  // cuda::AttentionScores after each layer's KV write, copied back after the step.
+  Status ForwardScored(const ForwardBatch& batch, int32_t num_scored, std::vector<float>* logits,
+                       std::vector<float>* scores) override;
+  // Per-head compaction with two row moves (pool -> scratch -> pool): the kept entries of
+  // a head move towards the front, so a direct parallel move could overwrite a source.
+  Status CompactKvLayers(std::span<const int32_t> block_table, std::span<const int32_t> num_entries,
+                         std::span<const int32_t> keep, std::span<const int32_t> num_keep) override;
   Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) override;
   size_t block_bytes() const override { return shape_.block_stride() * sizeof(bf16_t); }
   Status ReadBlock(int32_t block_id, void* dst) override;
@@ -108,6 +118,9 @@ class CudaBackend final : public Backend {
  private:
   Result<TransferFence> Swap(std::span<const std::pair<int32_t, int32_t>> pairs,
                              cuda::SwapDirection dir);
+  // Forward; with scores != nullptr also the attention scores (ForwardScored).
+  Status Run(const ForwardBatch& batch, std::vector<float>* logits, int32_t num_scored,
+             std::vector<float>* scores);
   // Orders the compute stream after the pending swaps that touch the batch's blocks (each
   // sequence's first ceil(kv_len / block_size) table entries: what it reads and writes).
   Status OrderAfterSwaps(const ForwardBatch& batch);
@@ -125,6 +138,9 @@ class CudaBackend final : public Backend {
     bool all_decode = false;
     cuda::DecodePlan plan;
     int32_t max_q_len = 0;
+    // Scoring (one sequence): scores [num_layers][num_kv_heads][num_scored] on the device.
+    float* scores = nullptr;
+    int32_t num_scored = 0, score_kv_len = 0;
   };
   // Queues the whole forward of a step on the compute stream (no host sync); the logits
   // of the step's rows end up in logits_.
@@ -162,7 +178,7 @@ class CudaBackend final : public Backend {
   float* logits_host_ = nullptr;  // pinned
   size_t logits_host_bytes_ = 0;
   DeviceBuffer meta_, hidden_, xn_, qkv_, attn_, proj_, gate_up_, act_, rows_, logits_, workspace_,
-      pairs_, gemm_workspace_;
+      pairs_, gemm_workspace_, scores_, score_workspace_, rows_offsets_, compact_scratch_;
   std::vector<std::unique_ptr<DecodeGraph>> graphs_;
   bool graphs_enabled_ = true;
 };
@@ -325,6 +341,12 @@ Status CudaBackend::Enqueue(const Step& st) {
     // One launch: RoPE on the q and k heads of the fused row, then k and v into the pool.
     RETURN_IF_ERROR(cuda::RopeWriteKv(view, qkv, qkv_stride, t, c.num_q_heads, rotary, st.positions,
                                       inv_freq_, st.slots, s));
+    if (st.scores != nullptr) {  // the rotated queries over this layer's paged K
+      RETURN_IF_ERROR(cuda::AttentionScores(ap, view, st.attn.block_tables, st.score_kv_len, t, qkv,
+                                            qkv_stride, st.num_scored,
+                                            st.scores + int64_t{l} * c.num_kv_heads * st.num_scored,
+                                            score_workspace_.as<float>(), s));
+    }
     cuda::AttentionIo io;
     io.q = qkv;
     io.q_token_stride = qkv_stride;
@@ -502,12 +524,26 @@ Status CudaBackend::ForwardDecodeGraph(const ForwardBatch& batch, std::vector<fl
   return Status::OK();
 }
 
-Status CudaBackend::Forward(const ForwardBatch& batch, std::vector<float>* logits) {
+Status CudaBackend::ForwardScored(const ForwardBatch& batch, int32_t num_scored,
+                                  std::vector<float>* logits, std::vector<float>* scores) {
+  if (batch.num_seqs() != 1 || batch.kv_len.size() != 1 || num_scored < 0 ||
+      num_scored > batch.kv_len[0]) {
+    return Status::InvalidArgument(
+        "forward batch: scoring needs one sequence and 0 <= num_scored <= kv_len");
+  }
+  return Run(batch, logits, num_scored, scores);
+}
+
+Status CudaBackend::Run(const ForwardBatch& batch, std::vector<float>* logits, int32_t num_scored,
+                        std::vector<float>* scores) {
   RETURN_IF_ERROR(ValidateForwardBatch(batch, shape_, config_.vocab_size));
+  if (!batch.layer_kv_trim.empty()) {
+    return Status::NotSupported("cuda backend: per-layer KV lengths (layer_kv_trim)");
+  }
   const int32_t t = batch.num_tokens(), n = batch.num_seqs();
   const int32_t r = static_cast<int32_t>(batch.logit_rows.size());
   const bool all_decode = t == n;
-  if (all_decode && graphs_enabled_) {
+  if (all_decode && graphs_enabled_ && scores == nullptr) {
     Status st = ForwardDecodeGraph(batch, logits);
     if (st.ok()) return st;
     spdlog::warn("cuda backend: {}; decode steps run without CUDA graphs from now on",
@@ -560,9 +596,69 @@ Status CudaBackend::Forward(const ForwardBatch& batch, std::vector<float>* logit
     RETURN_IF_ERROR(workspace_.Reserve(
         cuda::DecodeWorkspaceBytes(n, config_.num_q_heads, config_.head_dim, st.plan)));
   }
+  const int64_t num_score_values = int64_t{config_.num_layers} * config_.num_kv_heads * num_scored;
+  if (scores != nullptr) {
+    RETURN_IF_ERROR(scores_.Reserve(std::max<int64_t>(num_score_values, 1) * sizeof(float)));
+    RETURN_IF_ERROR(
+        score_workspace_.Reserve(cuda::AttentionScoresWorkspaceBytes(t, config_.num_q_heads)));
+    st.scores = scores_.as<float>();
+    st.num_scored = num_scored;
+    st.score_kv_len = batch.kv_len[0];
+  }
   RETURN_IF_ERROR(OrderAfterSwaps(batch));
   RETURN_IF_ERROR(Enqueue(st));
-  return ReadLogits(r, logits);
+  RETURN_IF_ERROR(ReadLogits(r, logits));  // synchronises the compute stream
+  if (scores == nullptr) return Status::OK();
+  scores->resize(num_score_values);
+  if (num_score_values == 0) return Status::OK();
+  return device_->CopyDeviceToHost(scores->data(), scores_.get(), num_score_values * sizeof(float));
+}
+
+Status CudaBackend::CompactKvLayers(std::span<const int32_t> block_table,
+                                    std::span<const int32_t> num_entries,
+                                    std::span<const int32_t> keep,
+                                    std::span<const int32_t> num_keep) {
+  RETURN_IF_ERROR(CheckCompactKvLayers(shape_, block_table, num_entries, keep, num_keep));
+  // Element offsets of every (layer, K/V, head, kept entry) row that moves: source, then
+  // destination; entries that stay put are skipped.
+  const int32_t bs = shape_.block_size, heads = shape_.num_kv_heads;
+  auto row = [&](int32_t l, int32_t kv, int32_t h, int32_t entry) {
+    return int64_t{block_table[entry / bs]} * shape_.block_stride() + l * shape_.layer_stride() +
+           kv * shape_.kv_stride() + (int64_t{h} * bs + entry % bs) * shape_.head_dim;
+  };
+  std::vector<int64_t> src, dst;
+  const int32_t* k = keep.data();
+  for (int32_t l = 0; l < shape_.num_layers; ++l) {
+    for (int32_t h = 0; h < heads; ++h, k += num_keep[l]) {
+      for (int32_t i = 0; i < num_keep[l]; ++i) {
+        if (k[i] == i) continue;
+        for (int32_t kv = 0; kv < 2; ++kv) {
+          src.push_back(row(l, kv, h, k[i]));
+          dst.push_back(row(l, kv, h, i));
+        }
+      }
+    }
+  }
+  const int32_t rows = static_cast<int32_t>(src.size());
+  if (rows == 0) return Status::OK();
+  src.insert(src.end(), dst.begin(), dst.end());
+  RETURN_IF_ERROR(rows_offsets_.Reserve(src.size() * sizeof(int64_t)));
+  RETURN_IF_ERROR(compact_scratch_.Reserve(size_t(rows) * shape_.head_dim * sizeof(bf16_t)));
+  cudaStream_t s = device_->compute_stream();
+  // Stream-ordered after the previous step, and synchronous: src may go out of scope.
+  RETURN_IF_ERROR(
+      device_->CopyHostToDevice(rows_offsets_.get(), src.data(), src.size() * sizeof(int64_t)));
+  const int64_t* d_src = rows_offsets_.as<int64_t>();
+  const int64_t* d_dst = d_src + rows;
+  std::vector<int32_t> used(
+      block_table.begin(),
+      block_table.begin() +
+          (*std::max_element(num_entries.begin(), num_entries.end()) + bs - 1) / bs);
+  RETURN_IF_ERROR(swaps_.OrderCompute(used));
+  RETURN_IF_ERROR(cuda::CopyRows(pool_, d_src, compact_scratch_.as<bf16_t>(), nullptr, rows,
+                                 shape_.head_dim, s));
+  return cuda::CopyRows(compact_scratch_.as<bf16_t>(), nullptr, pool_, d_dst, rows, shape_.head_dim,
+                        s);
 }
 
 Status CudaBackend::OrderAfterSwaps(const ForwardBatch& batch) {

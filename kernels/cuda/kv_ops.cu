@@ -111,7 +111,36 @@ __global__ void GatherSlotsKernel(bf16_t* pool, PoolStrides st, const int32_t* s
   }
 }
 
+// One 16-byte chunk of one row per thread: row r (row_elems bf16) moves from
+// src + src_offsets[r] (or src + r * row_elems when src_offsets is null) to dst likewise.
+__global__ void CopyRowsKernel(const bf16_t* src, const int64_t* src_offsets, bf16_t* dst,
+                               const int64_t* dst_offsets, int64_t num_chunks,
+                               int32_t chunks_per_row) {
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c >= num_chunks) return;
+  const int64_t r = c / chunks_per_row, cc = c % chunks_per_row;
+  const int64_t row_elems = int64_t{chunks_per_row} * 8;
+  const int64_t s = src_offsets != nullptr ? src_offsets[r] : r * row_elems;
+  const int64_t d = dst_offsets != nullptr ? dst_offsets[r] : r * row_elems;
+  *reinterpret_cast<uint4*>(dst + d + cc * 8) = *reinterpret_cast<const uint4*>(src + s + cc * 8);
+}
+
 }  // namespace
+
+Status CopyRows(const bf16_t* src, const int64_t* src_offsets, bf16_t* dst,
+                const int64_t* dst_offsets, int32_t num_rows, int32_t row_elems,
+                cudaStream_t stream) {
+  if (num_rows == 0) return Status::OK();
+  if (row_elems % 8 != 0) return Status::NotSupported("CopyRows: row_elems % 8 != 0");
+  constexpr int kThreads = 256;
+  const int64_t chunks = int64_t{num_rows} * (row_elems / 8);
+  const int64_t blocks = (chunks + kThreads - 1) / kThreads;
+  if (blocks > 0x7fffffff) return Status::InvalidArgument("CopyRows: too many rows");
+  CopyRowsKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      src, src_offsets, dst, dst_offsets, chunks, row_elems / 8);
+  KVKEEP_CUDA_LAUNCH_CHECK();
+  return Status::OK();
+}
 
 Status WriteKv(const PagedKv<bf16_t>& kv, const bf16_t* k, int64_t k_token_stride, const bf16_t* v,
                int64_t v_token_stride, const int32_t* slot_mapping, int32_t num_tokens,

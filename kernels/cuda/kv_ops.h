@@ -47,6 +47,15 @@ Status CopyBlocks(bf16_t* pool, const KvPoolShape& shape, const int32_t* src_dst
 Status GatherSlots(bf16_t* pool, const KvPoolShape& shape, const int32_t* src_slots,
                    const int32_t* dst_slots, int32_t num_slots, cudaStream_t stream);
 
+// Row moves for per-head compaction (Backend::CompactKvLayers): row r of row_elems bf16
+// elements moves from src + src_offsets[r] to dst + dst_offsets[r] (element offsets; a null
+// offset array means r * row_elems, a packed scratch buffer). Rows run in parallel, so the
+// caller stages through scratch when a source row may be another row's destination.
+// REQUIRES: row_elems % 8 == 0, every row 16-byte aligned.
+Status CopyRows(const bf16_t* src, const int64_t* src_offsets, bf16_t* dst,
+                const int64_t* dst_offsets, int32_t num_rows, int32_t row_elems,
+                cudaStream_t stream);
+
 enum class SwapDirection { kDeviceToHost, kHostToDevice };
 
 // Copies whole blocks between the device pool and a pinned host pool of the same block size:

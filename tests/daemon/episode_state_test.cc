@@ -151,5 +151,39 @@ TEST(EpisodeStateTest, UpdateEpisodesClustersOverBudgetAndGrowsIncrementally) {
   EXPECT_EQ(s.num_reclusters, 2);
 }
 
+// The three-step form the index uses to cluster outside its lock gives the same episodes
+// as UpdateEpisodes, and a window added while clustering ran is assigned incrementally.
+TEST(EpisodeStateTest, ClusteringOutsideTheLockEqualsUpdateEpisodes) {
+  EpisodeClusterPolicy policy;
+  SessionEpisodes a, b;
+  for (SessionEpisodes* s : {&a, &b}) {
+    s->dim = kDim;
+    s->window_vectors = Windows(16);
+    s->total_tokens = 100;
+  }
+  EXPECT_FALSE(FullClusteringDue(a, 100, policy));  // at budget
+  EXPECT_FALSE(FullClusteringDue(a, 0, policy));    // no budget
+  ASSERT_TRUE(FullClusteringDue(a, 99, policy));
+  ASSERT_TRUE(UpdateEpisodes(&a, 99, policy).ok());
+  auto clustered = ClusterWindows(b.window_vectors, kDim, policy);
+  ASSERT_TRUE(clustered.ok());
+  EXPECT_EQ(clustered->num_windows, 16);
+  b.window_vectors = Windows(17);  // appended while the clustering ran
+  InstallEpisodes(&b, std::move(clustered).value());
+  auto ran = UpdateEpisodes(&b, 99, policy);
+  ASSERT_TRUE(ran.ok());
+  EXPECT_FALSE(*ran);  // 17 < 16 * 1.25: incremental
+  EXPECT_EQ(b.num_reclusters, a.num_reclusters);
+  EXPECT_EQ(b.clustered_windows, 16);
+  ASSERT_EQ(b.episodes.assignment.size(), 17u);
+  EXPECT_EQ(std::vector<int32_t>(b.episodes.assignment.begin(), b.episodes.assignment.end() - 1),
+            a.episodes.assignment);
+  EXPECT_EQ(b.episodes.assignment[16], b.episodes.assignment[12]);  // same direction
+  for (size_t e = 0; e < a.episodes.episodes.size(); ++e) {
+    EXPECT_EQ(b.episodes.episodes[e].centroid, a.episodes.episodes[e].centroid);
+  }
+  EXPECT_FALSE(FullClusteringDue(b, 99, policy));
+}
+
 }  // namespace
 }  // namespace kvkeep
