@@ -1,5 +1,7 @@
 #include "engine/model_embedder.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 #include "base/bf16.h"
@@ -79,15 +81,52 @@ Status ModelKeyEmbedder::EmbedTokens(const std::vector<int32_t>& tokens, float* 
   return Status::OK();
 }
 
+Result<const std::vector<float>*> ModelKeyEmbedder::Pooled(const std::string& text) {
+  if (auto it = pooled_.find(text); it != pooled_.end()) return &it->second;
+  std::vector<float> v(dim_, 0.0f);
+  ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer_->Encode(text, false));
+  if (tokens.size() > static_cast<size_t>(options_.max_tokens)) {
+    tokens.resize(options_.max_tokens);
+  }
+  if (!tokens.empty()) RETURN_IF_ERROR(EmbedTokens(tokens, v.data()));
+  return &pooled_.emplace(text, std::move(v)).first->second;
+}
+
+void ModelKeyEmbedder::Observe(const std::vector<std::string>& texts) {
+  observed_sum_.resize(dim_, 0.0);
+  for (const std::string& t : texts) {
+    auto v = Pooled(t);
+    if (!v.ok()) {
+      spdlog::warn("model embedder: observe: {}", v.status().ToString());
+      continue;
+    }
+    const std::vector<float>& row = **v;
+    if (std::all_of(row.begin(), row.end(), [](float x) { return x == 0.0f; })) continue;
+    for (int32_t d = 0; d < dim_; ++d) observed_sum_[d] += row[d];
+    ++num_observed_;
+  }
+}
+
 Result<std::vector<float>> ModelKeyEmbedder::Embed(const std::vector<std::string>& texts) {
   std::vector<float> rows(texts.size() * static_cast<size_t>(dim_), 0.0f);
   for (size_t i = 0; i < texts.size(); ++i) {
-    ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer_->Encode(texts[i], false));
-    if (tokens.empty()) continue;  // nothing to embed: a zero row
-    if (tokens.size() > static_cast<size_t>(options_.max_tokens)) {
-      tokens.resize(options_.max_tokens);
+    float* row = rows.data() + i * dim_;
+    if (pooled_.count(texts[i])) {
+      const std::vector<float>& v = pooled_.at(texts[i]);
+      std::copy(v.begin(), v.end(), row);
+    } else {
+      ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer_->Encode(texts[i], false));
+      if (tokens.empty()) continue;  // nothing to embed: a zero row
+      if (tokens.size() > static_cast<size_t>(options_.max_tokens)) {
+        tokens.resize(options_.max_tokens);
+      }
+      RETURN_IF_ERROR(EmbedTokens(tokens, row));
     }
-    RETURN_IF_ERROR(EmbedTokens(tokens, rows.data() + i * dim_));
+    if (num_observed_ > 0 && std::any_of(row, row + dim_, [](float x) { return x != 0.0f; })) {
+      for (int32_t d = 0; d < dim_; ++d) {
+        row[d] -= static_cast<float>(observed_sum_[d] / num_observed_);
+      }
+    }
   }
   index::NormalizeRows(rows.data(), static_cast<int64_t>(texts.size()), dim_);
   return rows;

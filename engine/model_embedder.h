@@ -8,6 +8,11 @@
 // Layers used: [first_layer, num_layers); by default the last half, whose keys carry the
 // most semantic and least positional/lexical signal (SentenceKV pools deep layers too).
 //
+// Centring: Observe(texts) adds the texts' pooled keys to a running mean (the history's
+// mean key, like the hashed IDF it learns per conversation); once anything is observed,
+// Embed subtracts that mean before normalising, removing the direction every text shares.
+// Pooled vectors of observed texts are kept so a later Embed of the same text is free.
+//
 // Thread-safety: none (one backend, reused across calls). Owns its weights, tokenizer
 // and backend.
 #pragma once
@@ -15,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "base/file.h"
@@ -43,8 +49,11 @@ class ModelKeyEmbedder final : public index::Embedder {
   int32_t dim() const override { return dim_; }
   int32_t first_layer() const { return first_layer_; }
   Result<std::vector<float>> Embed(const std::vector<std::string>& texts) override;
+  void Observe(const std::vector<std::string>& texts) override;
 
  private:
+  // The un-normalised mean of text's keys (zeros when it has no token), cached.
+  Result<const std::vector<float>*> Pooled(const std::string& text);
   ModelKeyEmbedder() = default;
   // Mean-pools the keys of tokens (already cut to max_tokens) into out[0, dim).
   Status EmbedTokens(const std::vector<int32_t>& tokens, float* out);
@@ -55,6 +64,9 @@ class ModelKeyEmbedder final : public index::Embedder {
   std::unique_ptr<Backend> backend_;
   std::vector<int32_t> blocks_;  // the scratch blocks, 0..num_blocks-1
   std::vector<uint8_t> raw_;     // one block's bytes
+  std::unordered_map<std::string, std::vector<float>> pooled_;  // observed texts
+  std::vector<double> observed_sum_;                            // [dim]
+  int64_t num_observed_ = 0;
   int32_t first_layer_ = 0;
   int32_t dim_ = 0;
 };

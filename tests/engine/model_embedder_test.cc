@@ -17,7 +17,7 @@ using testing::TinyModelTest;
 
 // The reference: mean over tokens of K[l][h][:] for layers >= first_layer, L2-normalised.
 std::vector<float> ReferenceVector(const ModelWeights& weights, const std::vector<int32_t>& tokens,
-                                   int32_t first_layer) {
+                                   int32_t first_layer, bool normalize = true) {
   constexpr int32_t kBlockSize = 4;
   const int32_t n = static_cast<int32_t>(tokens.size());
   const int32_t num_blocks = (n + kBlockSize - 1) / kBlockSize;
@@ -56,7 +56,7 @@ std::vector<float> ReferenceVector(const ModelWeights& weights, const std::vecto
   }
   double norm = 0.0;
   for (double x : sum) norm += x * x;
-  norm = std::sqrt(norm);
+  norm = normalize ? std::sqrt(norm) : n;
   std::vector<float> out(sum.size());
   for (size_t i = 0; i < sum.size(); ++i) out[i] = static_cast<float>(sum[i] / norm);
   return out;
@@ -119,6 +119,39 @@ TEST_F(ModelEmbedderTest, ChosenLayersAndTruncation) {
   const std::vector<float> want = ReferenceVector(*model_->weights, *tokens, 0);
   ASSERT_EQ(want.size(), rows->size());
   for (size_t d = 0; d < want.size(); ++d) ASSERT_NEAR((*rows)[d], want[d], 1e-4) << d;
+}
+
+// After Observe(history), a row is (mean keys of the text - mean over the history's texts
+// of their mean keys), normalised.
+TEST_F(ModelEmbedderTest, ObserveCentresOnTheHistorysMeanKey) {
+  auto e = ModelKeyEmbedder::Load(DefaultEnv(), model_->dir.path());
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  const int32_t first = (*e)->first_layer(), dim = (*e)->dim();
+  const std::vector<std::string> history = {"the cat sat on the mat by the door",
+                                            "a storm rolled in over the harbour at dusk",
+                                            "she practised the violin every single morning"};
+  (*e)->Observe(history);
+  const std::string text = "we painted the fence blue on a sunny afternoon";
+  auto rows = (*e)->Embed({text, history[1]});
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  std::vector<double> mean(dim, 0.0);
+  for (const std::string& h : history) {
+    auto tokens = model_->tokenizer->Encode(h, false);
+    ASSERT_TRUE(tokens.ok());
+    const std::vector<float> v = ReferenceVector(*model_->weights, *tokens, first, false);
+    ASSERT_EQ(v.size(), static_cast<size_t>(dim));
+    for (int32_t d = 0; d < dim; ++d) mean[d] += v[d] / history.size();
+  }
+  for (size_t t = 0; t < 2; ++t) {
+    auto tokens = model_->tokenizer->Encode(t == 0 ? text : history[1], false);
+    ASSERT_TRUE(tokens.ok());
+    std::vector<float> want = ReferenceVector(*model_->weights, *tokens, first, false);
+    for (int32_t d = 0; d < dim; ++d) want[d] -= static_cast<float>(mean[d]);
+    index::NormalizeRows(want.data(), 1, dim);
+    for (int32_t d = 0; d < dim; ++d) {
+      ASSERT_NEAR((*rows)[t * dim + d], want[d], 1e-4) << "text " << t << " dim " << d;
+    }
+  }
 }
 
 TEST_F(ModelEmbedderTest, BadOptionsAndPathsAreErrors) {
