@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "engine/bert_encoder.h"
+#include "engine/default_model.h"
+#include "engine/model_embedder.h"
 
 namespace kvkeep {
 
@@ -49,8 +51,17 @@ Result<std::unique_ptr<index::Embedder>> MakeEmbedder(Env* env, const EmbedderSp
     return std::unique_ptr<index::Embedder>(
         std::make_unique<index::CombinedEmbedder>(std::move(parts), "hybrid"));
   }
+  if (name == "model") {
+    const std::string llm = spec.llm_path.empty() ? DefaultModelPath(env) : spec.llm_path;
+    auto model = ModelKeyEmbedder::Load(env, llm);
+    if (!model.ok()) {
+      return model.status().WithContext("model embedder: LLM " + llm +
+                                        " (install the default with scripts/setup)");
+    }
+    return std::unique_ptr<index::Embedder>(std::move(*model));
+  }
   return Status::InvalidArgument("unknown embedder '" + spec.name +
-                                 "' (hashed, bert, hybrid, default)");
+                                 "' (hashed, bert, hybrid, model, default)");
 }
 
 }  // namespace kvkeep

@@ -4,6 +4,8 @@
 //   "bert":   BertEncoder from the model directory.
 //   "hybrid": index::CombinedEmbedder of bert (weight options.dense_weight) and hashed
 //             (1 - dense_weight): one inner product mixes dense and lexical similarity.
+//   "model":  ModelKeyEmbedder over the LLM at llm_path (engine/model_embedder.h): the
+//             served model's mean-pooled post-RoPE keys (SentenceKV).
 //   "default": what the daemon uses: hybrid when the model directory is installed,
 //             hashed otherwise (never a download).
 //
@@ -22,8 +24,9 @@ namespace kvkeep {
 inline constexpr const char* kDefaultSentenceModel = "all-MiniLM-L6-v2";
 
 struct EmbedderSpec {
-  std::string name = "default";  // hashed | bert | hybrid | default
+  std::string name = "default";  // hashed | bert | hybrid | model | default
   std::string model_dir;         // empty: DefaultSentenceModelDir(env)
+  std::string llm_path;          // "model" only; empty: DefaultModelPath(env)
   float dense_weight = 0.3f;     // hybrid only (chosen on LoCoMo: docs/episodes.md)
   index::HashedEmbedderOptions hashed;
 };

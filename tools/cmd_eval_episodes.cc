@@ -271,6 +271,7 @@ Status Run(const EvalArgs& args) {
   spec.name = args.embedder;
   spec.model_dir = args.model_dir;
   spec.dense_weight = args.dense_weight;
+  spec.llm_path = args.llm;
   std::string resolved;
   std::vector<EmbeddedConversation> embedded;
   int32_t skipped = 0;
@@ -327,7 +328,8 @@ void AddEvalEpisodesCommand(CLI::App& app) {
       "Episode routing on LoCoMo-format conversations: hit@1, chance, medoid coverage");
   cmd->add_option("--data", args->data, "LoCoMo JSON file, or a directory of them")
       ->capture_default_str();
-  cmd->add_option("--embedder", args->embedder, "hashed, bert, hybrid, or default (the daemon's)")
+  cmd->add_option("--embedder", args->embedder,
+                  "hashed, bert, hybrid, model (the LLM's keys), or default (the daemon's)")
       ->capture_default_str();
   cmd->add_option("--model-dir", args->model_dir, "sentence model directory (default: installed)");
   cmd->add_option("--router", args->router, "centroid or top:K (default: the daemon's)");
@@ -351,7 +353,8 @@ void AddEvalEpisodesCommand(CLI::App& app) {
                 "--sweep: also cluster on bert or hashed alone while routing on hybrid");
   cmd->add_flag("--fidelity", args->fidelity,
                 "answer NLL under full, recent-window, SnapKV and episodic KV (an LLM)");
-  cmd->add_option("--llm", args->llm, "--fidelity: model (default: the installed default)");
+  cmd->add_option("--llm", args->llm,
+                  "--fidelity, --embedder model: LLM (default: the installed default)");
   FidelityOptions& f = args->fidelity_options;
   cmd->add_option("--context", f.context_tokens, "--fidelity: context tokens")
       ->check(CLI::Range(64, 1 << 20))
