@@ -33,7 +33,9 @@ TEST(LayerBudgetsTest, SumFloorAndOrder) {
     // More sensitive (lower s) never gets less.
     for (size_t a = 0; a < sim.size(); ++a) {
       for (size_t b = 0; b < sim.size(); ++b) {
-        if (sim[a] < sim[b]) EXPECT_GE((*m)[a], (*m)[b]) << a << " vs " << b;
+        if (sim[a] < sim[b]) {
+          EXPECT_GE((*m)[a], (*m)[b]) << a << " vs " << b;
+        }
       }
     }
   }
