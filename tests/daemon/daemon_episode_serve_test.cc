@@ -19,26 +19,6 @@ constexpr int32_t kBudget = 48;  // the session's budget M
 constexpr int32_t kBlock = 64;   // --episode-cache-block-tokens B
 constexpr int32_t kMaxTokens = 8;
 
-const std::vector<std::string>& Texts() {
-  static const std::vector<std::string> texts = {"My sourdough starter smells of acetone.",
-                                                 "Feed it twice a day with rye flour.",
-                                                 "The dough did not rise overnight.",
-                                                 "Proof it longer somewhere warm, near the oven.",
-                                                 "The tomcat compiler crashed with a segfault.",
-                                                 "Run it under gdb and print the backtrace.",
-                                                 "The backtrace points into the linker.",
-                                                 "Try linking with lld instead of gold.",
-                                                 "We hiked the glacier trail in Iceland.",
-                                                 "Did you need crampons on the ice?",
-                                                 "Yes, and a guide for the crevasses.",
-                                                 "The glacier lagoon had floating icebergs.",
-                                                 "My tax return shows a refund this year.",
-                                                 "Did you claim the home office deduction?",
-                                                 "Yes, and the pension contributions too.",
-                                                 "The refund arrives in six weeks."};
-  return texts;
-}
-
 // The conversation rendered as kvkeepd renders it, each message with its token slice.
 struct Rendered {
   json messages = json::array();
@@ -122,7 +102,7 @@ json Generate(LineClient& c, const std::string& session) {
 }
 
 TEST_F(DaemonEpisodeServeTest, RoutedTurnDecodesFromItsEpisodeCache) {
-  std::vector<std::string> texts = Texts();
+  std::vector<std::string> texts = FourTopicConversation();
   texts.push_back("Do I need crampons on the glacier?");
   const Rendered r = Render(texts);
   int64_t history_tokens = 0;
@@ -215,7 +195,7 @@ TEST_F(DaemonEpisodeServeTest, RoutedTurnDecodesFromItsEpisodeCache) {
 }
 
 TEST_F(DaemonEpisodeServeTest, CacheThatCannotBeBuiltFallsBackToFullKv) {
-  std::vector<std::string> texts = Texts();
+  std::vector<std::string> texts = FourTopicConversation();
   texts.push_back("Do I need crampons on the glacier?");
   const Rendered r = Render(texts);
   // B past the whole pool: the build can never get its blocks.

@@ -8,22 +8,7 @@ namespace kvkeep::testing {
 namespace {
 
 json Conversation() {
-  const std::vector<std::string> texts = {"My sourdough starter smells of acetone.",
-                                          "Feed it twice a day with rye flour.",
-                                          "The dough did not rise overnight.",
-                                          "Proof it longer somewhere warm, near the oven.",
-                                          "The tomcat compiler crashed with a segfault.",
-                                          "Run it under gdb and print the backtrace.",
-                                          "The backtrace points into the linker.",
-                                          "Try linking with lld instead of gold.",
-                                          "We hiked the glacier trail in Iceland.",
-                                          "Did you need crampons on the ice?",
-                                          "Yes, and a guide for the crevasses.",
-                                          "The glacier lagoon had floating icebergs.",
-                                          "My tax return shows a refund this year.",
-                                          "Did you claim the home office deduction?",
-                                          "Yes, and the pension contributions too.",
-                                          "The refund arrives in six weeks."};
+  const std::vector<std::string>& texts = FourTopicConversation();
   json msgs = json::array();
   for (size_t i = 0; i < texts.size(); ++i) {
     msgs.push_back({{"role", i % 2 ? "assistant" : "user"}, {"content", texts[i]}});

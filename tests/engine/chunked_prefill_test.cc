@@ -10,16 +10,7 @@
 namespace kvkeep::enginetest {
 namespace {
 
-class ChunkedPrefillTest : public ::testing::TestWithParam<int> {
- protected:
-  void SetUp() override {
-    model_ = MakeTestModel("tiny");
-    ASSERT_NE(model_, nullptr);
-    rng_.seed(model_->seed);
-  }
-  std::unique_ptr<TestModel> model_;
-  std::mt19937_64 rng_;
-};
+using ChunkedPrefillTest = testing::TinyModelFixture<::testing::TestWithParam<int>>;
 
 TEST_P(ChunkedPrefillTest, ChunksMatchOneShotPrefill) {
   const int kBs = 16, kChunk = GetParam();

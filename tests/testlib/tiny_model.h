@@ -63,8 +63,10 @@ inline std::unique_ptr<Backend> MakeBackend(const ModelWeights& weights, int32_t
   return b.ok() ? std::move(b).value() : nullptr;
 }
 
-// The tiny model (model_) and a generator seeded like it (rng_), for each test.
-class TinyModelTest : public ::testing::Test {
+// The tiny model (model_) and a generator seeded like it (rng_), for each test. Base is
+// ::testing::Test or a ::testing::TestWithParam<T> (TinyModelTest is the plain one).
+template <typename Base>
+class TinyModelFixture : public Base {
  protected:
   void SetUp() override {
     model_ = MakeTestModel("tiny");
@@ -74,5 +76,6 @@ class TinyModelTest : public ::testing::Test {
   std::unique_ptr<TestModel> model_;
   std::mt19937_64 rng_;
 };
+using TinyModelTest = TinyModelFixture<::testing::Test>;
 
 }  // namespace kvkeep::testing
