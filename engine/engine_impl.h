@@ -63,6 +63,10 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   Status TEST_CheckPool() const { return pool_.TEST_CheckInvariants(); }
   const BlockPool& TEST_pool() const { return pool_; }
   int64_t TEST_disk_read_timeouts() const { return disk_read_timeouts_; }
+  // Blocks until the disk tier's queued writes are on disk (they are asynchronous).
+  void TEST_WaitForDiskWrites() {
+    if (disk_worker_ != nullptr) disk_worker_->WaitIdle();
+  }
 
  private:
   struct Pending {

@@ -188,6 +188,7 @@ TEST(TieredEngineTest, FlippedDiskByteIsDetectedAndRecomputedCorrectly) {
   TieredEngine e(*model, 10, 8, dir.path());
   e.Run(1, prompt);
   Churn(e, rng, 3, 100);
+  e.impl()->TEST_WaitForDiskWrites();  // the disk tier writes on its own thread
   // Flip one payload byte in the block file of the prompt's first block.
   DiskBlockStore probe(DefaultEnv(), dir.path(), kBlockSize, 1);
   const BlockHash first = HashBlock(kRootParentHash, std::span(prompt).first(kBlockSize),
