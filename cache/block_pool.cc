@@ -261,6 +261,31 @@ TierCounts BlockPool::ProbePrefix(std::span<const int32_t> tokens, HashScope sco
   return counts;
 }
 
+BlockPool::MatchPlan BlockPool::PlanMatch(std::span<const int32_t> tokens, HashScope scope) const {
+  // The same walk and stopping rules as MatchPrefix.
+  MatchPlan plan;
+  int32_t allocatable = num_allocatable();
+  ForEachVerifiedPrefixRecord(tokens, scope, [&](int32_t r, BlockHash) {
+    if (loading_[r]) return false;
+    if (index_.tier(r) == Tier::kDevice) {
+      ++plan.tiers.device;
+      if (meta_[index_.location(r)].state == State::kCached) {
+        ++plan.slots_taken;
+        --allocatable;
+      }
+      return true;
+    }
+    if (index_.tier(r) == Tier::kHost && allocatable > 0) {
+      ++plan.tiers.host;
+      ++plan.slots_taken;
+      --allocatable;
+      return true;
+    }
+    return false;
+  });
+  return plan;
+}
+
 int32_t BlockPool::CountCachedPrefix(std::span<const int32_t> tokens, HashScope scope) const {
   // What MatchPrefix would take: it stops at the first loading or disk block.
   int32_t n = 0;

@@ -223,6 +223,14 @@ class BlockPool {
   // How many leading full blocks MatchPrefix would return now, changing nothing (with an
   // unbounded device pool).
   int32_t CountCachedPrefix(std::span<const int32_t> tokens, HashScope scope) const;
+  // What MatchPrefix would do now, changing nothing: the blocks it would return per tier
+  // (host ones promoted) and how many allocatable device slots it would take (each
+  // promotion, and each cached device block it moves back to in use).
+  struct MatchPlan {
+    TierCounts tiers;
+    int32_t slots_taken = 0;
+  };
+  MatchPlan PlanMatch(std::span<const int32_t> tokens, HashScope scope) const;
   // The leading verified run per tier, through disk records, changing nothing.
   TierCounts ProbePrefix(std::span<const int32_t> tokens, HashScope scope) const;
   // Blocks of that run whose disk read (PlanDiskLoads) has not finished yet.

@@ -81,6 +81,27 @@ int64_t Scheduler::PrefillBlocksStillNeeded() const {
   return n;
 }
 
+bool Scheduler::PromotionFits(const Sequence* seq, std::span<const int32_t> context,
+                              bool break_live_pins) {
+  // Without host hits a match takes nothing a failed admission would not hand back as it
+  // was. With them, promoting a prefix for a turn that then cannot be admitted swaps it in
+  // for nothing, and the device blocks it then sits in as cached are evicted (demoted
+  // again) before the turn's next try, which recomputes it: so promote only when the
+  // whole admission fits (the check below, made before the match).
+  const BlockPool::MatchPlan plan = pool_->PlanMatch(context, seq->table.scope());
+  if (plan.tiers.host == 0 || break_live_pins) return true;  // alone: try as before
+  const int64_t new_blocks =
+      BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) - plan.tiers.device -
+      plan.tiers.host;
+  const int64_t must_fit = new_blocks + plan.slots_taken + PrefillBlocksStillNeeded();
+  while (pool_->num_allocatable() < must_fit) {
+    if (!ReclaimBlocks(must_fit - pool_->num_allocatable(), /*break_live_pins=*/false)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batch) {
   while (!pool_->PrepareAppend(&seq->table, n, &batch->copies).ok()) {
     // Unpinned retained sessions go before running sequences; live pins after them.
@@ -120,15 +141,16 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
     batch->failed.push_back(seq);
     return false;
   }
+  // Live pins are broken for an admission only when nothing else would run this step.
+  const bool break_live_pins = running_.empty() && batch->seqs.empty();
   if (seq->table.empty() && pool_->prefix_caching_enabled()) {
     std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
+    if (!PromotionFits(seq, context, break_live_pins)) return false;
     seq->table = pool_->MatchPrefix(context, seq->table.scope(), &seq->matched_tiers);
   }
   const int64_t cached = seq->num_computed();
   const int32_t n = static_cast<int32_t>(
       std::min<int64_t>({seq->num_pending(), options_.prefill_chunk_tokens, budget}));
-  // Live pins are broken for an admission only when nothing else would run this step.
-  const bool break_live_pins = running_.empty() && batch->seqs.empty();
   // The whole prefill must fit beside what the running prefills still need, so that no
   // admission preempts a turn admitted before it (vLLM's can_allocate on the whole prompt).
   // Only the first chunk's blocks are taken now; the rest stay allocatable, counted here.

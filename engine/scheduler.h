@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <span>
 #include <vector>
 
 #include "cache/block_pool.h"
@@ -147,6 +148,9 @@ class Scheduler {
   // Blocks the running sequences still need to reach the end of their prefill: the part
   // of each admission's whole-prefill reservation not yet in its table.
   int64_t PrefillBlocksStillNeeded() const;
+  // Whether seq's whole admission fits once its prefix is matched, reclaiming for it if
+  // needed; checked before a match that would promote host blocks (TryAdmit).
+  bool PromotionFits(const Sequence* seq, std::span<const int32_t> context, bool break_live_pins);
 };
 
 }  // namespace kvkeep

@@ -16,11 +16,12 @@ namespace {
 class SchedulerTest : public ::testing::Test {
  protected:
   void Init(int32_t num_blocks, int32_t block_size, SchedulerOptions options,
-            bool prefix_caching = true) {
+            bool prefix_caching = true, int32_t host_blocks = 0) {
     BlockPoolOptions po;
     po.num_blocks = num_blocks;
     po.block_size = block_size;
     po.enable_prefix_caching = prefix_caching;
+    po.num_host_blocks = host_blocks;
     pool_ = std::make_unique<BlockPool>(po);
     sched_ = std::make_unique<Scheduler>(options, pool_.get());
   }
@@ -41,6 +42,7 @@ class SchedulerTest : public ::testing::Test {
   ScheduledBatch Step() {
     ScheduledBatch b = sched_->Schedule();
     sched_->OnStepDone(b);
+    pool_->FinishTransfers();  // the engine runs the planned swaps before the next step
     for (const ScheduledSeq& s : b.seqs) {
       if (s.sample) s.seq->tokens.push_back(static_cast<int32_t>(rng_() % 256));
     }
@@ -214,6 +216,43 @@ TEST_F(SchedulerTest, AdmissionThatCannotGetBlocksChangesNothing) {
   EXPECT_EQ(st.num_in_use, hog->table.num_blocks());
   EXPECT_EQ(st.num_cached, 2);
   EXPECT_EQ(pool_->CountCachedPrefix(shared, HashScope{7, 0}), 2);
+}
+
+// A turn whose prefix is on the host tier and that cannot be admitted yet must not promote
+// it: the swap-in would be wasted (the blocks wait as cached device blocks, first in line
+// to be demoted again), and when the turn is admitted later its prefix would be counted
+// as a device hit. 16 blocks of 4 and a 16-block host tier.
+TEST_F(SchedulerTest, WaitingTurnDoesNotPromoteItsHostPrefixUntilItIsAdmitted) {
+  Init(16, 4, {.max_batch_tokens = 128, .prefill_chunk_tokens = 128, .max_running = 8},
+       /*prefix_caching=*/true, /*host_blocks=*/16);
+  const HashScope scope{7, 0};
+  std::vector<int32_t> prefix = Tokens(16);
+  Sequence* a = AddSeq(prefix);
+  Step();
+  sched_->Remove(a);                      // 4 cached blocks hold `prefix`
+  Sequence* big = AddSeq(Tokens(38));     // 10 blocks
+  Sequence* filler = AddSeq(Tokens(22));  // 6 blocks: with big's, 12 free + the 4 cached
+  Step();
+  ASSERT_EQ(big->status, SequenceStatus::kRunning);
+  ASSERT_EQ(pool_->ProbePrefix(prefix, scope).host, 4) << "prefix demoted to the host tier";
+  sched_->Remove(filler);  // 6 allocatable again
+  const int64_t promotions_before = pool_->stats().num_promotions;
+
+  std::vector<int32_t> c_tokens = prefix;
+  for (int32_t t : Tokens(12)) c_tokens.push_back(t);  // 7 blocks: 4 promoted + 3 new > 6
+  Sequence* c = AddSeq(c_tokens);
+  Step();
+  EXPECT_EQ(c->status, SequenceStatus::kWaiting);
+  EXPECT_EQ(pool_->stats().num_promotions, promotions_before) << "no swap-in for a waiting turn";
+  EXPECT_EQ(pool_->ProbePrefix(prefix, scope).host, 4);
+
+  sched_->Remove(big);
+  Step();
+  ASSERT_EQ(c->status, SequenceStatus::kRunning);
+  EXPECT_EQ(pool_->stats().num_promotions, promotions_before + 4);
+  EXPECT_EQ(c->usage.cached_host_tokens, 16);
+  EXPECT_EQ(c->usage.cached_device_tokens, 0);
+  EXPECT_EQ(c->usage.cached_tokens, 16);
 }
 
 // Issue 15: an admission reserves its whole prefill, not only its first chunk. Here 16
