@@ -52,6 +52,7 @@ class Xxh64State {
       : seed_(seed), v_{seed + kPrime1 + kPrime2, seed + kPrime2, seed, seed - kPrime1} {}
 
   void Update(const uint8_t* p, size_t n) {
+    if (n == 0) return;  // p may be null (an empty span); memcpy forbids it even for 0 bytes
     total_ += n;
     if (buffered_ + n < 32) {
       std::memcpy(buf_ + buffered_, p, n);
