@@ -216,6 +216,24 @@ std::vector<MetricRow> UidMetricRows(const UidFigures& f) {
   };
 }
 
+// The rows as Prometheus text, and as the stats JSON (each value at its path): the
+// daemon-wide and the per-uid views both go through these two.
+std::string PromText(const std::vector<MetricRow>& rows) {
+  std::string text;
+  for (const MetricRow& row : rows) {
+    PromLine(&text, row.prom, row.type, row.help, PromNumber(row.value.get<double>()));
+  }
+  return text;
+}
+
+json RowsJson(const std::vector<MetricRow>& rows) {
+  json out = json::object();
+  for (const MetricRow& row : rows) {
+    out[json::json_pointer(std::string("/") + row.path)] = row.value;
+  }
+  return out;
+}
+
 }  // namespace
 
 Service::Reply Service::Stats(const Ctx& ctx) {
@@ -223,10 +241,12 @@ Service::Reply Service::Stats(const Ctx& ctx) {
   if (format != "json" && format != "prometheus") {
     return Status::InvalidArgument("'format' must be \"json\" or \"prometheus\"");
   }
+  const EngineStats es = deps_.engine->GetStats();
+  const double uptime_s = (deps_.clock->NowMicros() - start_mono_us_) / 1e6;
   if (!SeesDaemonStats(*ctx.client)) {
     UidFigures f;
     f.uid = ctx.uid();
-    f.uptime_s = (deps_.clock->NowMicros() - start_mono_us_) / 1e6;
+    f.uptime_s = uptime_s;
     for (const auto& sess : sessions_.List(f.uid)) {
       std::lock_guard<std::mutex> lock(sess->mu);
       if (sess->deleted) continue;
@@ -236,28 +256,16 @@ Service::Reply Service::Stats(const Ctx& ctx) {
     f.generating = uid_inflight_.InFlight(f.uid);
     f.stored_bytes = stored_bytes_.Used(f.uid);
     const std::vector<MetricRow> rows = UidMetricRows(f);
-    if (format == "prometheus") {
-      std::string text;
-      for (const MetricRow& row : rows) {
-        PromLine(&text, row.prom, row.type, row.help, PromNumber(row.value.get<double>()));
-      }
-      return json{{"text", std::move(text)}};
-    }
-    json out = {{"scope", "uid"}, {"policy", deps_.engine->GetStats().policy}};
-    for (const MetricRow& row : rows) {
-      out[json::json_pointer(std::string("/") + row.path)] = row.value;
-    }
+    if (format == "prometheus") return json{{"text", PromText(rows)}};
+    json out = RowsJson(rows);
+    out["scope"] = "uid";
+    out["policy"] = es.policy;
     return out;
   }
-  const EngineStats es = deps_.engine->GetStats();
   if (format == "prometheus") return json{{"text", PrometheusText(es)}};
   const DaemonMetrics& m = *deps_.metrics;
-  json out = json::object();
-  for (const MetricRow& row :
-       MetricRows(es, m, (deps_.clock->NowMicros() - start_mono_us_) / 1e6, sessions_.NumOpen(),
-                  num_generating_.load(), options_.block_size)) {
-    out[json::json_pointer(std::string("/") + row.path)] = row.value;
-  }
+  json out = RowsJson(MetricRows(es, m, uptime_s, sessions_.NumOpen(), num_generating_.load(),
+                                 options_.block_size));
   out["policy"] = es.policy;
   out["tool_keys"] = ToolKeysJson(es);
   out["latency_ms"] = {{"ttft", m.ttft.ToJson()},
@@ -269,12 +277,9 @@ Service::Reply Service::Stats(const Ctx& ctx) {
 
 std::string Service::PrometheusText(const EngineStats& es) const {
   const DaemonMetrics& m = *deps_.metrics;
-  std::string out;
-  for (const MetricRow& row :
-       MetricRows(es, m, (deps_.clock->NowMicros() - start_mono_us_) / 1e6, sessions_.NumOpen(),
-                  num_generating_.load(), options_.block_size)) {
-    PromLine(&out, row.prom, row.type, row.help, PromNumber(row.value.get<double>()));
-  }
+  std::string out =
+      PromText(MetricRows(es, m, (deps_.clock->NowMicros() - start_mono_us_) / 1e6,
+                          sessions_.NumOpen(), num_generating_.load(), options_.block_size));
   // Per tool key: one series per key and figure.
   struct KeyFigure {
     const char* name;

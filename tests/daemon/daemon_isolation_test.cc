@@ -71,74 +71,6 @@ std::string OtherUidChecks(const std::string& socket) {
   return failures;
 }
 
-TEST(DaemonIsolationTest, SecondUidCannotSeeOrTouchSessions) {
-  if (geteuid() != 0) {
-    GTEST_SKIP() << "needs root to run a client as a second uid (setresuid to 65534); "
-                    "run the suite as root (e.g. in CI's container) to cover isolation";
-  }
-  DaemonFixture f({"--socket-mode", "0666"});
-  ASSERT_EQ(chmod(f.dir.path().c_str(), 0755), 0);  // let nobody reach the socket
-  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
-  LineClient root(f.daemon.socket_path());
-  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "secret"}, {"system", "root only"}});
-  root.Ok({{"id", 2},
-           {"verb", "session.append"},
-           {"session", "secret"},
-           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
-  json warm =
-      root.Ok({{"id", 2}, {"verb", "session.generate"}, {"session", "secret"}, {"max_tokens", 1}});
-  ASSERT_TRUE(warm.is_object());
-  // Control: the same uid does reuse that KV from another session.
-  root.Ok({{"id", 2}, {"verb", "session.open"}, {"session", "root-same"}, {"system", "root only"}});
-  root.Ok({{"id", 2},
-           {"verb", "session.append"},
-           {"session", "root-same"},
-           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
-  json again = root.Ok(
-      {{"id", 2}, {"verb", "session.generate"}, {"session", "root-same"}, {"max_tokens", 1}});
-  EXPECT_GT(again["usage"]["cached_tokens"].get<int64_t>(), 0);
-  root.Ok({{"id", 2}, {"verb", "session.close"}, {"session", "root-same"}, {"keep", false}});
-
-  int pipe_fds[2];
-  ASSERT_EQ(pipe(pipe_fds), 0);
-  pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    close(pipe_fds[0]);
-    std::string failures;
-    if (setgroups(0, nullptr) != 0 || setresgid(kOtherGid, kOtherGid, kOtherGid) != 0 ||
-        setresuid(kOtherUid, kOtherUid, kOtherUid) != 0) {
-      failures = "dropping privileges failed";
-    } else {
-      failures = OtherUidChecks(f.daemon.socket_path());
-    }
-    (void)!write(pipe_fds[1], failures.data(), failures.size());
-    _exit(0);
-  }
-  close(pipe_fds[1]);
-  std::string failures;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(pipe_fds[0], buf, sizeof(buf))) > 0) failures.append(buf, n);
-  close(pipe_fds[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(failures, "");
-
-  // Root's session is untouched; root (admin) lists both uids' sessions with all: true,
-  // and only its own without.
-  json info = root.Ok({{"id", 3}, {"verb", "session.info"}, {"session", "secret"}});
-  EXPECT_EQ(info["num_messages"], 3);
-  json own = root.Ok({{"id", 4}, {"verb", "sessions.list"}});
-  ASSERT_EQ(own["sessions"].size(), 1u);
-  EXPECT_EQ(own["sessions"][0]["owner_uid"], 0);
-  json all = root.Ok({{"id", 5}, {"verb", "sessions.list"}, {"all", true}});
-  std::set<uint32_t> owners;
-  for (const json& s : all["sessions"]) owners.insert(s["owner_uid"].get<uint32_t>());
-  EXPECT_EQ(owners, (std::set<uint32_t>{0, kOtherUid}));
-}
-
 // Runs checks(socket) as uid 65534 in a forked child; returns its failures.
 std::string RunAsOtherUid(const std::string& socket,
                           std::string (*checks)(const std::string& socket)) {
@@ -168,6 +100,49 @@ std::string RunAsOtherUid(const std::string& socket,
   waitpid(child, &status, 0);
   if (!WIFEXITED(status)) failures += "the child did not exit\n";
   return failures;
+}
+
+TEST(DaemonIsolationTest, SecondUidCannotSeeOrTouchSessions) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a client as a second uid (setresuid to 65534); "
+                    "run the suite as root (e.g. in CI's container) to cover isolation";
+  }
+  DaemonFixture f({"--socket-mode", "0666"});
+  ASSERT_EQ(chmod(f.dir.path().c_str(), 0755), 0);  // let nobody reach the socket
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient root(f.daemon.socket_path());
+  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "secret"}, {"system", "root only"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.append"},
+           {"session", "secret"},
+           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
+  json warm =
+      root.Ok({{"id", 2}, {"verb", "session.generate"}, {"session", "secret"}, {"max_tokens", 1}});
+  ASSERT_TRUE(warm.is_object());
+  // Control: the same uid does reuse that KV from another session.
+  root.Ok({{"id", 2}, {"verb", "session.open"}, {"session", "root-same"}, {"system", "root only"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.append"},
+           {"session", "root-same"},
+           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
+  json again = root.Ok(
+      {{"id", 2}, {"verb", "session.generate"}, {"session", "root-same"}, {"max_tokens", 1}});
+  EXPECT_GT(again["usage"]["cached_tokens"].get<int64_t>(), 0);
+  root.Ok({{"id", 2}, {"verb", "session.close"}, {"session", "root-same"}, {"keep", false}});
+
+  EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidChecks), "");
+
+  // Root's session is untouched; root (admin) lists both uids' sessions with all: true,
+  // and only its own without.
+  json info = root.Ok({{"id", 3}, {"verb", "session.info"}, {"session", "secret"}});
+  EXPECT_EQ(info["num_messages"], 3);
+  json own = root.Ok({{"id", 4}, {"verb", "sessions.list"}});
+  ASSERT_EQ(own["sessions"].size(), 1u);
+  EXPECT_EQ(own["sessions"][0]["owner_uid"], 0);
+  json all = root.Ok({{"id", 5}, {"verb", "sessions.list"}, {"all", true}});
+  std::set<uint32_t> owners;
+  for (const json& s : all["sessions"]) owners.insert(s["owner_uid"].get<uint32_t>());
+  EXPECT_EQ(owners, (std::set<uint32_t>{0, kOtherUid}));
 }
 
 // What uid 65534 may learn from `stats`: its own activity only.
