@@ -305,6 +305,16 @@ TEST(Importers, UnknownFormatIsRefused) {
   EXPECT_NE(st.message().find("mini-swe-agent"), std::string::npos);
 }
 
+// Found by fuzz_trace: a tool event with "tool": "" was read, then written without its
+// tool, and that no longer read back.
+TEST(Trace, AToolEventWithAnEmptyToolIsRefused) {
+  const std::string line = R"({"format":"kvkeep-trace","version":1,"session":"s","events":[)"
+                           R"({"type":"user","text":"hi"},{"type":"tool_begin","tool":""}]})";
+  auto s = SessionFromJson(line);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("tool"), std::string::npos) << s.status().ToString();
+}
+
 TEST(Trace, WriteThenReadIsIdentical) {
   std::vector<Session> sessions;
   ImportReport report;
