@@ -63,7 +63,14 @@ int32_t BlockIndex::Insert(BlockHash hash, BlockHash parent_hash, std::span<cons
   std::ranges::copy(tokens, tokens_.begin() + static_cast<ptrdiff_t>(id) * block_size_);
   owners_.Insert(hash, id);
   ++on_tier_[static_cast<int>(tier)];
+  CountTenant(scope.tenant_salt, tier, +1);
   return id;
+}
+
+void BlockIndex::CountTenant(uint64_t tenant, Tier tier, int32_t delta) {
+  auto& counts = tenant_on_tier_[tenant];
+  counts[static_cast<int>(tier)] += delta;
+  if (counts == std::array<int32_t, kNumTiers>{}) tenant_on_tier_.erase(tenant);
 }
 
 void BlockIndex::Erase(int32_t record) {
@@ -72,6 +79,7 @@ void BlockIndex::Erase(int32_t record) {
                      r.on_lru);
   owners_.Erase(r.hash);
   --on_tier_[static_cast<int>(r.tier)];
+  CountTenant(r.scope.tenant_salt, r.tier, -1);
   r.live = false;
   r.location = -1;
   ++r.generation;
@@ -83,6 +91,8 @@ void BlockIndex::Move(int32_t record, Tier tier, int32_t location) {
   KVKEEP_CACHE_CHECK(r.live && !r.on_lru, "move of record {}", record);
   --on_tier_[static_cast<int>(r.tier)];
   ++on_tier_[static_cast<int>(tier)];
+  CountTenant(r.scope.tenant_salt, r.tier, -1);
+  CountTenant(r.scope.tenant_salt, tier, +1);
   r.tier = tier;
   r.location = location;
 }
@@ -114,6 +124,7 @@ Status BlockIndex::CheckInvariants() const {
   auto fail = [](const std::string& what) { return Status::Internal("BlockIndex: " + what); };
   int32_t live = 0;
   int32_t per_tier[kNumTiers] = {0, 0, 0};
+  TenantTierCounts per_tenant;
   for (int32_t id = 0; id < capacity(); ++id) {
     const Record& r = records_[id];
     if (!r.live) {
@@ -122,10 +133,12 @@ Status BlockIndex::CheckInvariants() const {
     }
     ++live;
     ++per_tier[static_cast<int>(r.tier)];
+    ++per_tenant[r.scope.tenant_salt][static_cast<int>(r.tier)];
     if (owners_.Find(r.hash) != id)
       return fail("record " + std::to_string(id) + " not its hash's owner");
   }
   if (live != owners_.size()) return fail("hash map size disagrees with live records");
+  if (per_tenant != tenant_on_tier_) return fail("per-tenant counts disagree");
   if (live + static_cast<int32_t>(free_ids_.size()) != capacity()) return fail("records leaked");
   for (int t = 0; t < kNumTiers; ++t) {
     if (per_tier[t] != on_tier_[t]) return fail("per-tier counts disagree");

@@ -13,12 +13,15 @@
 // The index also keeps one LRU list per lower tier (host, disk) of the records that may be
 // evicted there; BlockPool keeps the device tier's LRU over slots.
 //
-// Nothing allocates after construction. Thread-safety: none (owned by BlockPool).
+// Nothing allocates after construction, but the per-tenant counts (an entry per tenant).
+// Thread-safety: none (owned by BlockPool).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "base/status.h"
@@ -49,6 +52,11 @@ class BlockIndex {
   int32_t capacity() const { return static_cast<int32_t>(records_.size()); }
   int32_t size() const { return owners_.size(); }
   int32_t num_on_tier(Tier tier) const { return on_tier_[static_cast<int>(tier)]; }
+  // Live records per tenant (scope.tenant_salt) and tier, indexed by Tier; tenants with
+  // none are absent. Kept by Insert, Erase and Move (the one map that may allocate after
+  // construction: an entry per tenant holding blocks).
+  using TenantTierCounts = std::unordered_map<uint64_t, std::array<int32_t, kNumTiers>>;
+  const TenantTierCounts& tenant_counts() const { return tenant_on_tier_; }
 
   // The live record owning hash, or -1.
   int32_t Owner(BlockHash hash) const { return owners_.Find(hash); }
@@ -120,7 +128,10 @@ class BlockIndex {
   std::vector<int32_t> tokens_;    // [capacity][block_size]
   std::vector<int32_t> free_ids_;  // stack
   BlockHashMap owners_;
+  // Adds delta to tenant's count on tier (erasing the tenant at all zero).
+  void CountTenant(uint64_t tenant, Tier tier, int32_t delta);
   int32_t on_tier_[kNumTiers] = {0, 0, 0};
+  TenantTierCounts tenant_on_tier_;
   int32_t lru_head_[kNumTiers] = {-1, -1, -1};
   int32_t lru_tail_[kNumTiers] = {-1, -1, -1};
   int32_t lru_size_[kNumTiers] = {0, 0, 0};

@@ -273,6 +273,10 @@ class BlockPool {
 
   // --- Accounting ---------------------------------------------------------------------
   BlockPoolStats stats() const;
+  // Full blocks holding each tenant's KV (by scope.tenant_salt), per tier (indexed by Tier:
+  // device in use or cached, host, disk). Unhashed blocks (a sequence's partial last
+  // block) are not in it.
+  const BlockIndex::TenantTierCounts& tenant_blocks() const { return index_.tenant_counts(); }
   // Slots allocated to the given tables but not holding a token; a block shared by
   // several tables counts once, as filled as its fullest holder.
   int64_t WastedSlots(std::span<const BlockTable* const> tables) const;

@@ -32,6 +32,7 @@ struct DaemonLimits {
   int64_t max_stored_bytes_per_uid = int64_t{1} << 30;  // messages, tool events, forks
   int32_t max_messages_per_append = 4096;               // messages of one session.append
   int32_t max_inflight_per_uid = 256;                   // generates in flight, all conns
+  int32_t max_device_blocks_per_uid = 0;                // device KV blocks held; 0: no cap
 };
 
 struct DaemonEngineOptions {

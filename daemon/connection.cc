@@ -5,7 +5,8 @@
 namespace kvkeep {
 
 Connection::Connection(Socket socket, PeerCred peer, bool is_admin, const DaemonLimits& limits,
-                       Service* service, DaemonMetrics* metrics, ConnectionLimits* conn_limits)
+                       Service* service, DaemonMetrics* metrics, ConnectionLimits* conn_limits,
+                       asio::any_io_executor bulk)
     : Client(peer, is_admin),
       socket_(std::move(socket)),
       strand_(asio::make_strand(socket_.get_executor())),
@@ -13,6 +14,7 @@ Connection::Connection(Socket socket, PeerCred peer, bool is_admin, const Daemon
       service_(service),
       metrics_(metrics),
       conn_limits_(conn_limits),
+      bulk_(std::move(bulk)),
       framer_(static_cast<size_t>(limits.max_line_bytes)),
       linger_timer_(strand_) {
   metrics_->connections.fetch_add(1);
@@ -48,16 +50,55 @@ void Connection::ReadMore() {
         }
         self->framer_.Feed(
             std::string_view(self->read_buf_.data(), n),
-            [&](std::string_view line) { self->OnLine(line); },
-            [&] {
-              self->metrics_->requests.fetch_add(1, std::memory_order_relaxed);
-              self->metrics_->errors.fetch_add(1, std::memory_order_relaxed);
-              self->Send(protocol::ErrorLine(nullptr, protocol::ErrorCode::kLineTooLong,
-                                             "line longer than max_line_bytes " +
-                                                 std::to_string(self->limits_.max_line_bytes)));
-            });
-        self->ReadMore();
+            [&](std::string_view line) { self->Accept(line, /*too_long=*/false); },
+            [&] { self->Accept({}, /*too_long=*/true); });
+        if (self->bulk_running_) {
+          self->read_paused_ = true;  // BulkDone reads on
+        } else {
+          self->ReadMore();
+        }
       }));
+}
+
+void Connection::Accept(std::string_view line, bool too_long) {
+  if (bulk_running_) {  // keep the order: after the bulk line
+    backlog_.push_back({std::string(too_long ? std::string_view() : line), too_long});
+    return;
+  }
+  if (too_long) {
+    SendLineTooLong();
+    return;
+  }
+  if (line.size() < kBulkLineBytes) {
+    OnLine(line);
+    return;
+  }
+  bulk_running_ = true;
+  asio::post(bulk_, [self = shared_from_this(), text = std::string(line)] {
+    self->OnLine(text);
+    asio::post(self->strand_, [self] { self->BulkDone(); });
+  });
+}
+
+void Connection::BulkDone() {
+  bulk_running_ = false;
+  while (!bulk_running_ && !backlog_.empty()) {
+    Input next = std::move(backlog_.front());
+    backlog_.pop_front();
+    Accept(next.line, next.too_long);
+  }
+  if (!bulk_running_ && read_paused_) {
+    read_paused_ = false;
+    ReadMore();
+  }
+}
+
+void Connection::SendLineTooLong() {
+  metrics_->requests.fetch_add(1, std::memory_order_relaxed);
+  metrics_->errors.fetch_add(1, std::memory_order_relaxed);
+  Send(protocol::ErrorLine(
+      nullptr, protocol::ErrorCode::kLineTooLong,
+      "line longer than max_line_bytes " + std::to_string(limits_.max_line_bytes)));
 }
 
 void Connection::OnLine(std::string_view line) {

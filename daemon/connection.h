@@ -1,8 +1,14 @@
 // Connection: one client on the Unix socket (Redis networking.c's client, in Asio).
 //
 // Reading: bytes go through a LineFramer (max line length, resync after an over-long
-// line); each complete line is parsed and handed to the Service on this connection's
-// strand, in order. A bad line gets an error reply and never drops the connection.
+// line); each complete line is parsed and handed to the Service in order. A bad line gets
+// an error reply and never drops the connection. Small lines are handled on this
+// connection's strand (an I/O thread). A line of kBulkLineBytes or more (a large append:
+// its parse, checksum and store write take time in proportion to its size) is handed to
+// the bulk executor instead, so it never holds the I/O threads that answer every other
+// connection's control verbs (issue 11, defect 9). Order is kept: while a bulk line is
+// handled, the lines after it wait in a backlog and the socket is not read (its own
+// backpressure), and they are handled once it is done.
 // Writing: Send() (any thread) appends to an output buffer; a flush is posted to the
 // strand, so the lines queued meanwhile go out in one write (deferred, coalesced).
 // Slow readers: if the unsent output exceeds max_output_buffer_bytes, or the daemon's unsent
@@ -17,6 +23,7 @@
 #pragma once
 
 #include <array>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -35,9 +42,14 @@ namespace kvkeep {
 class Connection final : public Client, public std::enable_shared_from_this<Connection> {
  public:
   using Socket = asio::local::stream_protocol::socket;
+  // Lines of this many bytes or more are handled on the bulk executor.
+  static constexpr size_t kBulkLineBytes = 64 * 1024;
+
   // conn_limits outlives the connection; it is told of this connection's unsent bytes.
+  // bulk runs the handling of large lines (a thread pool other than the I/O threads').
   Connection(Socket socket, PeerCred peer, bool is_admin, const DaemonLimits& limits,
-             Service* service, DaemonMetrics* metrics, ConnectionLimits* conn_limits);
+             Service* service, DaemonMetrics* metrics, ConnectionLimits* conn_limits,
+             asio::any_io_executor bulk);
   ~Connection() override;
 
   // The admission ticket, released when the connection is destroyed.
@@ -52,8 +64,20 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   void CloseAsync();
 
  private:
+  // One framed input in arrival order: a line, or the mark of an over-long one.
+  struct Input {
+    std::string line;
+    bool too_long = false;
+  };
   void ReadMore();
+  // Strand only. Handles an input now, hands it to the bulk executor, or queues it
+  // behind the bulk line in progress.
+  void Accept(std::string_view line, bool too_long);
+  // Strand only. The bulk line finished: handles the backlog, then reads again.
+  void BulkDone();
+  // Parses one line and hands it to the service (the strand, or a bulk thread).
   void OnLine(std::string_view line);
+  void SendLineTooLong();
   void Flush();
   void OnEof();
   void Close();
@@ -67,10 +91,14 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   DaemonMetrics* const metrics_;
   ConnectionLimits* const conn_limits_;
   std::unique_ptr<ConnectionLimits::Ticket> ticket_;
+  const asio::any_io_executor bulk_;
   LineFramer framer_;
   static constexpr int kLingerMs = 20;
   std::array<char, 64 * 1024> read_buf_;  // strand only
   bool socket_closed_ = false;            // strand only
+  bool bulk_running_ = false;             // strand only: a bulk line is being handled
+  bool read_paused_ = false;              // strand only: ReadMore waits for BulkDone
+  std::deque<Input> backlog_;             // strand only: inputs after the bulk line
   asio::steady_timer linger_timer_;       // strand only: the close after EOF
 
   Mutex out_mu_;

@@ -53,6 +53,9 @@ struct Daemon::Impl {
   std::unique_ptr<Server> server;
   std::unique_ptr<OpenAiApi> openai;
   std::unique_ptr<HttpServer> http;
+  // Handles the native socket's large lines (a large append) off the I/O threads; as many
+  // threads as io_threads. Destroyed first: its jobs use the server and the service.
+  std::unique_ptr<asio::thread_pool> bulk;
   asio::signal_set signals{io};
   asio::steady_timer watchdog{io};
   asio::steady_timer shutdown_timer{io};
@@ -103,6 +106,7 @@ EngineOptions MakeEngineOptions(const DaemonOptions& options, const std::string&
   eo.max_batch_tokens = e.max_batch_tokens;
   eo.prefill_chunk_tokens = e.prefill_chunk_tokens;
   eo.max_running = e.max_running;
+  eo.max_device_blocks_per_tenant = options.limits.max_device_blocks_per_uid;  // salt = uid
   eo.num_host_blocks = e.host_blocks;
   eo.disk_bytes = static_cast<int64_t>(e.disk_gib * double(int64_t{1} << 30));
   eo.disk_dir = JoinPath(options.state_dir, "kv");
@@ -332,7 +336,9 @@ Status Daemon::Init() {
   if (!d.options.admin_group.empty()) {
     ASSIGN_OR_RETURN(so.admin_gid, LookupGroup(d.options.admin_group));
   }
-  d.server = std::make_unique<Server>(d.io, so, d.service.get(), &d.metrics);
+  d.bulk = std::make_unique<asio::thread_pool>(static_cast<size_t>(d.options.io_threads));
+  d.server =
+      std::make_unique<Server>(d.io, so, d.service.get(), &d.metrics, d.bulk->get_executor());
   if (activated_fd) {
     RETURN_IF_ERROR(d.server->Adopt(*activated_fd));
     spdlog::info("listening on the socket-activated fd {}", *activated_fd);
@@ -477,6 +483,7 @@ Status Daemon::Run() {
   for (int i = 1; i < d.options.io_threads; ++i) threads.emplace_back([&d] { d.io.run(); });
   d.io.run();
   for (std::thread& t : threads) t.join();
+  d.bulk->join();  // the large lines in hand finish (their replies go nowhere now)
   d.engine->Stop();
   d.http.reset();  // joins the connection threads (their waits end: peers read as gone)
   d.openai.reset();

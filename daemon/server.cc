@@ -14,11 +14,12 @@ namespace kvkeep {
 using asio::local::stream_protocol;
 
 Server::Server(asio::io_context& io, ServerOptions options, Service* service,
-               DaemonMetrics* metrics)
+               DaemonMetrics* metrics, asio::any_io_executor bulk)
     : io_(io),
       options_(std::move(options)),
       service_(service),
       metrics_(metrics),
+      bulk_(std::move(bulk)),
       conn_limits_(ConnectionLimits::FromLimits(options_.limits)),
       acceptor_(io),
       retry_timer_(io) {}
@@ -87,7 +88,7 @@ void Server::AcceptNext() {
         } else {
           bool admin = IsAdmin(*cred, options_.admin_gid);
           auto conn = std::make_shared<Connection>(std::move(socket), *cred, admin, options_.limits,
-                                                   service_, metrics_, &conn_limits_);
+                                                   service_, metrics_, &conn_limits_, bulk_);
           conn->SetTicket(std::move(ticket).value());
           spdlog::debug("connection from pid {} uid {} gid {}{}", cred->pid, cred->uid, cred->gid,
                         admin ? " (admin)" : "");

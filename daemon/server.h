@@ -35,7 +35,11 @@ struct ServerOptions {
 
 class Server {
  public:
-  Server(asio::io_context& io, ServerOptions options, Service* service, DaemonMetrics* metrics);
+  // bulk handles the connections' large lines (Connection::kBulkLineBytes and more) off
+  // the I/O threads; it must outlive every connection's work (join it before the service
+  // goes).
+  Server(asio::io_context& io, ServerOptions options, Service* service, DaemonMetrics* metrics,
+         asio::any_io_executor bulk);
 
   // Binds socket_path (replacing a stale socket file; Unavailable if another daemon
   // answers on it), listens, and applies mode and group.
@@ -59,6 +63,7 @@ class Server {
   const ServerOptions options_;
   Service* const service_;
   DaemonMetrics* const metrics_;
+  const asio::any_io_executor bulk_;
   ConnectionLimits conn_limits_;
   std::atomic<int64_t> num_refused_{0};
   asio::local::stream_protocol::acceptor acceptor_;

@@ -126,6 +126,18 @@ Status Service::Generate(const Ctx& ctx) {
     req.stop.max_tokens = static_cast<int32_t>(room);
     gen->cut_by_context = true;
   }
+  if (const int64_t cap = options_.limits.max_device_blocks_per_uid; cap > 0) {
+    const int64_t tokens = static_cast<int64_t>(req.prompt.size()) +
+                           std::max<int64_t>(req.stop.max_tokens, req.forced.size());
+    const int64_t blocks = (tokens + options_.block_size - 1) / options_.block_size;
+    if (blocks > cap) {
+      return Status::ResourceExhausted(
+          "this turn may hold " + std::to_string(blocks) + " KV blocks (context " +
+          std::to_string(req.prompt.size()) + " + max_tokens " +
+          std::to_string(req.stop.max_tokens) + " tokens, " + std::to_string(options_.block_size) +
+          " a block); limits.max_device_blocks_per_uid is " + std::to_string(cap));
+    }
+  }
   RETURN_IF_ERROR(ctx.client->AddInflight(gen->inflight_key, gen->rid,
                                           options_.limits.max_inflight_per_connection));
   if (Status st = uid_inflight_.Acquire(ctx.uid()); !st.ok()) {

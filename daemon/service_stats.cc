@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <set>
 
 #include "daemon/service.h"
 
@@ -74,6 +75,9 @@ std::vector<MetricRow> MetricRows(const EngineStats& es, const DaemonMetrics& m,
        "Device KV blocks held by retained sessions.", es.retained_blocks},
       {"sessions/reclaimed", "kvkeep_reclaimed_sessions_total", "counter",
        "Retained sessions released for memory.", es.reclaimed_sessions},
+      {"sessions/released_by_uid_cap", "kvkeep_sessions_released_by_uid_cap_total", "counter",
+       "Retained sessions given back to the cache by limits.max_device_blocks_per_uid.",
+       es.tenant_cap_releases},
       {"pools/device/blocks_total", "kvkeep_pool_blocks_total", "gauge",
        "KV blocks in the device pool.", es.blocks_total},
       {"pools/device/blocks_used", "kvkeep_pool_blocks_used", "gauge",
@@ -200,7 +204,23 @@ struct UidFigures {
   uint32_t uid = 0;
   double uptime_s = 0;
   int64_t open = 0, stored = 0, generating = 0, stored_bytes = 0;
+  EngineStats::TenantBlocks kv;  // the uid's KV blocks (its cache salt's)
 };
+
+// The engine's figures of one tenant (zero when it holds no KV).
+EngineStats::TenantBlocks TenantBlocksOf(const EngineStats& es, uint64_t salt) {
+  for (const EngineStats::TenantBlocks& t : es.tenants) {
+    if (t.tenant_salt == salt) return t;
+  }
+  return {salt, 0, 0, 0, 0};
+}
+
+json KvJson(const EngineStats::TenantBlocks& t) {
+  return {{"held_device_blocks", t.held_device_blocks},
+          {"device_blocks", t.device_blocks},
+          {"host_blocks", t.host_blocks},
+          {"disk_blocks", t.disk_blocks}};
+}
 
 std::vector<MetricRow> UidMetricRows(const UidFigures& f) {
   return {
@@ -213,7 +233,35 @@ std::vector<MetricRow> UidMetricRows(const UidFigures& f) {
        "This uid's session.generate requests in flight.", f.generating},
       {"stored_bytes", "kvkeep_uid_stored_bytes", "gauge",
        "Bytes this uid stores (limits.max_stored_bytes_per_uid).", f.stored_bytes},
+      {"kv/held_device_blocks", "kvkeep_uid_held_device_blocks", "gauge",
+       "Device KV blocks this uid's requests and retained sessions hold "
+       "(limits.max_device_blocks_per_uid).",
+       f.kv.held_device_blocks},
+      {"kv/device_blocks", "kvkeep_uid_device_blocks", "gauge",
+       "Full device KV blocks of this uid's prefixes, in use or cached.", f.kv.device_blocks},
+      {"kv/host_blocks", "kvkeep_uid_host_blocks", "gauge",
+       "Host tier KV blocks of this uid's prefixes.", f.kv.host_blocks},
+      {"kv/disk_blocks", "kvkeep_uid_disk_blocks", "gauge",
+       "Disk tier KV blocks of this uid's prefixes.", f.kv.disk_blocks},
   };
+}
+
+// The rows as Prometheus text, and as the stats JSON (each value at its path): the
+// daemon-wide and the per-uid views both go through these two.
+std::string PromText(const std::vector<MetricRow>& rows) {
+  std::string text;
+  for (const MetricRow& row : rows) {
+    PromLine(&text, row.prom, row.type, row.help, PromNumber(row.value.get<double>()));
+  }
+  return text;
+}
+
+json RowsJson(const std::vector<MetricRow>& rows) {
+  json out = json::object();
+  for (const MetricRow& row : rows) {
+    out[json::json_pointer(std::string("/") + row.path)] = row.value;
+  }
+  return out;
 }
 
 }  // namespace
@@ -223,10 +271,12 @@ Service::Reply Service::Stats(const Ctx& ctx) {
   if (format != "json" && format != "prometheus") {
     return Status::InvalidArgument("'format' must be \"json\" or \"prometheus\"");
   }
+  const EngineStats es = deps_.engine->GetStats();
+  const double uptime_s = (deps_.clock->NowMicros() - start_mono_us_) / 1e6;
   if (!SeesDaemonStats(*ctx.client)) {
     UidFigures f;
     f.uid = ctx.uid();
-    f.uptime_s = (deps_.clock->NowMicros() - start_mono_us_) / 1e6;
+    f.uptime_s = uptime_s;
     for (const auto& sess : sessions_.List(f.uid)) {
       std::lock_guard<std::mutex> lock(sess->mu);
       if (sess->deleted) continue;
@@ -235,30 +285,24 @@ Service::Reply Service::Stats(const Ctx& ctx) {
     }
     f.generating = uid_inflight_.InFlight(f.uid);
     f.stored_bytes = stored_bytes_.Used(f.uid);
+    f.kv = TenantBlocksOf(es, CacheSalt(f.uid));
     const std::vector<MetricRow> rows = UidMetricRows(f);
-    if (format == "prometheus") {
-      std::string text;
-      for (const MetricRow& row : rows) {
-        PromLine(&text, row.prom, row.type, row.help, PromNumber(row.value.get<double>()));
-      }
-      return json{{"text", std::move(text)}};
-    }
-    json out = {{"scope", "uid"}, {"policy", deps_.engine->GetStats().policy}};
-    for (const MetricRow& row : rows) {
-      out[json::json_pointer(std::string("/") + row.path)] = row.value;
-    }
+    if (format == "prometheus") return json{{"text", PromText(rows)}};
+    json out = RowsJson(rows);
+    out["scope"] = "uid";
+    out["policy"] = es.policy;
     return out;
   }
-  const EngineStats es = deps_.engine->GetStats();
   if (format == "prometheus") return json{{"text", PrometheusText(es)}};
   const DaemonMetrics& m = *deps_.metrics;
-  json out = json::object();
-  for (const MetricRow& row :
-       MetricRows(es, m, (deps_.clock->NowMicros() - start_mono_us_) / 1e6, sessions_.NumOpen(),
-                  num_generating_.load(), options_.block_size)) {
-    out[json::json_pointer(std::string("/") + row.path)] = row.value;
-  }
+  json out = RowsJson(MetricRows(es, m, uptime_s, sessions_.NumOpen(), num_generating_.load(),
+                                 options_.block_size));
   out["policy"] = es.policy;
+  // KV blocks per uid that owns a session (a uid's cache salt names its blocks).
+  std::set<uint32_t> owners;
+  for (const auto& sess : sessions_.List(std::nullopt)) owners.insert(sess->owner_uid);
+  json& kv = out["kv_by_uid"] = json::object();
+  for (uint32_t uid : owners) kv[std::to_string(uid)] = KvJson(TenantBlocksOf(es, CacheSalt(uid)));
   out["tool_keys"] = ToolKeysJson(es);
   out["latency_ms"] = {{"ttft", m.ttft.ToJson()},
                        {"decode_per_token", m.decode_per_token.ToJson()},
@@ -269,12 +313,9 @@ Service::Reply Service::Stats(const Ctx& ctx) {
 
 std::string Service::PrometheusText(const EngineStats& es) const {
   const DaemonMetrics& m = *deps_.metrics;
-  std::string out;
-  for (const MetricRow& row :
-       MetricRows(es, m, (deps_.clock->NowMicros() - start_mono_us_) / 1e6, sessions_.NumOpen(),
-                  num_generating_.load(), options_.block_size)) {
-    PromLine(&out, row.prom, row.type, row.help, PromNumber(row.value.get<double>()));
-  }
+  std::string out =
+      PromText(MetricRows(es, m, (deps_.clock->NowMicros() - start_mono_us_) / 1e6,
+                          sessions_.NumOpen(), num_generating_.load(), options_.block_size));
   // Per tool key: one series per key and figure.
   struct KeyFigure {
     const char* name;

@@ -41,6 +41,7 @@ SchedulerOptions SchedOptions(const EngineOptions& e) {
   o.max_batch_tokens = e.max_batch_tokens;
   o.prefill_chunk_tokens = e.prefill_chunk_tokens;
   o.max_running = e.max_running;
+  o.max_blocks_per_tenant = e.max_device_blocks_per_tenant;
   return o;
 }
 
@@ -162,6 +163,13 @@ Status EngineImpl::Validate(const GenerateRequest& r) const {
   }
   if (r.forced.empty() && r.stop.max_tokens < 1) {
     return Status::InvalidArgument("max_tokens must be at least 1");
+  }
+  if (const int64_t cap = options_.max_device_blocks_per_tenant; cap > 0) {
+    if (const int64_t need = BlocksBound(r); need > cap) {
+      return Status::ResourceExhausted("the request may hold " + std::to_string(need) +
+                                       " KV blocks (prompt + max_tokens), over the cap of " +
+                                       std::to_string(cap) + " device blocks per tenant");
+    }
   }
   if (r.sampling.temperature < 0 || r.sampling.top_k < 0 || !(r.sampling.top_p > 0) ||
       r.sampling.top_p > 1) {

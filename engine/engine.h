@@ -134,6 +134,13 @@ struct EngineOptions {
   // A turn whose prefix is still being read up from disk waits for the reads this long
   // (Clock time from its submission), then runs and recomputes what has not arrived.
   int64_t disk_read_deadline_us = 2'000'000;
+  // Device KV blocks one tenant (cache salt) may hold at once: its sequences' blocks,
+  // counted at their bound (prompt + max_tokens), plus its retained sessions'. Past it the
+  // tenant's own retained sessions go back to the cache first (oldest, unpinned first;
+  // demoted from there like any cached block), and its waiting turns are admitted only as
+  // its running ones make room. A request whose bound alone is over it is refused. 0: no
+  // cap.
+  int32_t max_device_blocks_per_tenant = 0;
 };
 
 struct EngineStats {
@@ -185,6 +192,18 @@ struct EngineStats {
   int64_t episode_fallbacks = 0;
   int64_t block_bytes = 0;  // bytes of one KV block (promotion/demotion bytes)
   std::string policy;       // the running policy's name
+  // Per tenant (cache salt) holding KV anywhere: device blocks its sequences and retained
+  // sessions hold now, and full blocks of its KV per tier (device in use or cached, host,
+  // disk). Sorted by tenant_salt.
+  struct TenantBlocks {
+    uint64_t tenant_salt = 0;
+    int64_t held_device_blocks = 0;
+    int64_t device_blocks = 0;
+    int64_t host_blocks = 0;
+    int64_t disk_blocks = 0;
+  };
+  std::vector<TenantBlocks> tenants;
+  int64_t tenant_cap_releases = 0;  // cumulative: retained sessions released by the cap
   // Per tool key: samples and quantiles, and the TTL the policy last chose for it.
   struct ToolKeyStats {
     ToolKeySummary summary;

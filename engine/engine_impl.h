@@ -103,6 +103,15 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   void BeginTurn(SessionId session, Sequence* seq);
   // break_live_pins false: live pins are not reclaimed (Scheduler::Reclaimer).
   int32_t ReclaimSessions(int32_t shortfall_blocks, bool break_live_pins);
+  // Per-tenant device blocks (engine_tenants.cc; EngineOptions::max_device_blocks_per_tenant).
+  // The most blocks a request can come to hold: prompt + max_tokens (or its forced
+  // tokens), within the context limit.
+  int64_t BlocksBound(const GenerateRequest& r) const;
+  // Releases tenant's retained sessions (unpinned first, each the least recently used)
+  // while the blocks_bound of its sequences (but `leaving`) plus its retained blocks
+  // exceed the cap.
+  void TrimTenant(uint64_t tenant, const Sequence* leaving = nullptr);
+  std::vector<EngineStats::TenantBlocks> TenantBlockStats() const;
   // The host and disk tiers' victims (engine_tiers.cc): sessions the engine no longer
   // knows (closed) first, then the policy's order; a session with a turn in flight never.
   void ChooseTierVictims(const ReclaimRequest& request, std::span<const TierHolder> holders,
@@ -198,6 +207,7 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   std::unordered_map<SessionId, SessionReclaimInfo> session_info_;  // hints before a turn ends
   std::vector<SessionHint> hints_;                                  // guarded by mu_
   int64_t reclaimed_sessions_ = 0, pin_violations_ = 0;
+  int64_t tenant_cap_releases_ = 0;
   EpisodeCacheDirectory episodes_;
   int64_t episode_builds_ = 0, episode_build_us_ = 0, episode_turns_ = 0, episode_fallbacks_ = 0;
 };

@@ -61,7 +61,9 @@ void EngineImpl::Retain(Sequence* seq) {
   r.info.context_tokens = r.table.num_tokens();
   ++r.info.use_count;
   reclaim_policy_->OnRetain(&r.info);
+  const uint64_t tenant = r.table.scope().tenant_salt;
   retained_.emplace(session, std::move(r));
+  TrimTenant(tenant, /*leaving=*/seq);
 }
 
 void EngineImpl::ReleaseSession(SessionId session) {
@@ -77,6 +79,7 @@ void EngineImpl::BeginTurn(SessionId session, Sequence* seq) {
   auto [arrival, first] = program_arrival_us_.try_emplace(session, seq->submit_us);
   seq->program_arrival_us = arrival->second;
   ReleaseSession(session);
+  TrimTenant(seq->table.scope().tenant_salt);  // room for this turn's bound
   // Disk reads tool_end started for this session: the turn waits for them like its own.
   if (auto p = promoting_.find(session); p != promoting_.end()) {
     if (outstanding_disk_reads_ > 0) seq->disk_blocks_loaded += p->second;

@@ -72,6 +72,7 @@ void EngineImpl::DrainInbox() {
     auto owned = std::make_unique<Sequence>(std::move(p.request), pool_.block_size(), scope, eos,
                                             tokenizer_);
     Sequence* seq = owned.get();
+    seq->blocks_bound = BlocksBound(seq->request);
     seqs_[id] = std::move(owned);  // in flight from here: the lower tiers spare its session
     seq->submit_us = p.submit_us;
     seq->program_arrival_us = p.submit_us;
@@ -246,6 +247,8 @@ void EngineImpl::PublishStats() {
     if (r.info.pinned && r.info.pin_deadline_us > now) s.pinned_blocks += r.table.num_blocks();
   }
   s.tool_keys = tool_keys_;
+  s.tenants = TenantBlockStats();
+  s.tenant_cap_releases = tenant_cap_releases_;
   has_work_ = scheduler_.has_work() || !awaiting_disk_.empty();
 }
 

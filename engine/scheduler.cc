@@ -201,12 +201,23 @@ int32_t Scheduler::RunningOf(uint64_t tenant) const {
                                             [&](Sequence* s) { return TenantOf(s) == tenant; }));
 }
 
+bool Scheduler::WithinTenantCap(const Sequence* seq) const {
+  if (options_.max_blocks_per_tenant <= 0) return true;
+  const uint64_t tenant = TenantOf(seq);
+  int64_t bound = seq->blocks_bound;
+  for (const Sequence* s : running_) {
+    if (TenantOf(s) == tenant) bound += s->blocks_bound;
+  }
+  return bound == seq->blocks_bound || bound <= options_.max_blocks_per_tenant;
+}
+
 Sequence* Scheduler::NextToAdmit(bool only_idle_tenants) const {
   Sequence* best = nullptr;
   int32_t best_running = 0;
   for (Sequence* seq : waiting_) {  // queue order breaks ties
     const int32_t r = RunningOf(TenantOf(seq));
     if (only_idle_tenants && r > 0) continue;
+    if (!WithinTenantCap(seq)) continue;  // waits for its tenant's running ones
     if (best == nullptr || r < best_running) {
       best = seq;
       best_running = r;

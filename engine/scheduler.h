@@ -14,7 +14,9 @@
 // prefill chunks go round-robin over tenants, and when max_running sequences run, the
 // tenant running the most gives up its newest (preempted, recomputed later) for a tenant
 // with none. So another tenant's short request starts within one step of arriving, as
-// long as the pool has blocks for it, however many long requests one tenant runs. An admitted
+// long as the pool has blocks for it, however many long requests one tenant runs. With
+// max_blocks_per_tenant, a tenant already running something is admitted another sequence
+// only while its running sequences' blocks_bound stay within it. An admitted
 // sequence first takes the longest cached prefix
 //      of its context (BlockPool::MatchPrefix over all tokens but the last, so at least
 //      one token is computed and yields logits); its first chunk follows.
@@ -62,6 +64,9 @@ struct SchedulerOptions {
   int32_t max_batch_tokens = 512;      // tokens per step (prefill + decode); > 0
   int32_t prefill_chunk_tokens = 256;  // largest prefill run per sequence per step; > 0
   int32_t max_running = 64;            // sequences admitted at once; > 0
+  // A tenant running something is admitted another sequence only while the blocks_bound
+  // of its running sequences plus the new one's stays within this. 0: no cap.
+  int64_t max_blocks_per_tenant = 0;
 };
 
 struct ScheduledSeq {
@@ -128,6 +133,9 @@ class Scheduler {
   // only_idle_tenants: only one whose tenant runs none. nullptr when there is none.
   Sequence* NextToAdmit(bool only_idle_tenants) const;
   int32_t RunningOf(uint64_t tenant) const;
+  // Whether admitting seq keeps its tenant within max_blocks_per_tenant (always, for a
+  // tenant with nothing running: a request alone over the cap is refused before).
+  bool WithinTenantCap(const Sequence* seq) const;
   // At max_running, preempts the newest sequence of the tenant running the most (if it
   // runs two or more) when a tenant with nothing running waits.
   void MakeRoomForIdleTenant();

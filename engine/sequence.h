@@ -61,6 +61,9 @@ struct Sequence {
   int32_t remote_blocks_put = -1;    // leading hashed blocks already in (or sent to) the
                                      // remote tier; -1 until its first step
   TierCounts matched_tiers;          // of the last MatchPrefix, until admission accounts it
+  // The most device blocks it can come to hold (prompt + max_tokens, within the context
+  // limit): what it counts against EngineOptions::max_device_blocks_per_tenant.
+  int64_t blocks_bound = 0;
 
   Sampler sampler;
   StopChecker stop;

@@ -269,7 +269,9 @@ Status BpeTokenizer::EncodeSegment(std::string_view text, std::vector<int32_t>* 
     const PreStep& step = steps_[s];
     bool last = s + 1 == steps_.size();
     next.clear();
-    for (auto [pb, pe] : pieces) {
+    for (const auto& piece : pieces) {
+      // Plain names, not a structured binding: the lambda captures them (clang 14).
+      const size_t pb = piece.first, pe = piece.second;
       step.re->ForEachPiece(text.substr(pb, pe - pb), [&](size_t b, size_t e, bool is_match) {
         if (is_match && step.removed) return;
         if (last) {

@@ -4,6 +4,8 @@
 #include <grp.h>
 #include <sys/stat.h>
 
+#include <cstdio>
+
 #include "tests/daemon/daemon_harness.h"
 
 namespace kvkeep::testing {
@@ -71,74 +73,6 @@ std::string OtherUidChecks(const std::string& socket) {
   return failures;
 }
 
-TEST(DaemonIsolationTest, SecondUidCannotSeeOrTouchSessions) {
-  if (geteuid() != 0) {
-    GTEST_SKIP() << "needs root to run a client as a second uid (setresuid to 65534); "
-                    "run the suite as root (e.g. in CI's container) to cover isolation";
-  }
-  DaemonFixture f({"--socket-mode", "0666"});
-  ASSERT_EQ(chmod(f.dir.path().c_str(), 0755), 0);  // let nobody reach the socket
-  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
-  LineClient root(f.daemon.socket_path());
-  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "secret"}, {"system", "root only"}});
-  root.Ok({{"id", 2},
-           {"verb", "session.append"},
-           {"session", "secret"},
-           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
-  json warm =
-      root.Ok({{"id", 2}, {"verb", "session.generate"}, {"session", "secret"}, {"max_tokens", 1}});
-  ASSERT_TRUE(warm.is_object());
-  // Control: the same uid does reuse that KV from another session.
-  root.Ok({{"id", 2}, {"verb", "session.open"}, {"session", "root-same"}, {"system", "root only"}});
-  root.Ok({{"id", 2},
-           {"verb", "session.append"},
-           {"session", "root-same"},
-           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
-  json again = root.Ok(
-      {{"id", 2}, {"verb", "session.generate"}, {"session", "root-same"}, {"max_tokens", 1}});
-  EXPECT_GT(again["usage"]["cached_tokens"].get<int64_t>(), 0);
-  root.Ok({{"id", 2}, {"verb", "session.close"}, {"session", "root-same"}, {"keep", false}});
-
-  int pipe_fds[2];
-  ASSERT_EQ(pipe(pipe_fds), 0);
-  pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    close(pipe_fds[0]);
-    std::string failures;
-    if (setgroups(0, nullptr) != 0 || setresgid(kOtherGid, kOtherGid, kOtherGid) != 0 ||
-        setresuid(kOtherUid, kOtherUid, kOtherUid) != 0) {
-      failures = "dropping privileges failed";
-    } else {
-      failures = OtherUidChecks(f.daemon.socket_path());
-    }
-    (void)!write(pipe_fds[1], failures.data(), failures.size());
-    _exit(0);
-  }
-  close(pipe_fds[1]);
-  std::string failures;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(pipe_fds[0], buf, sizeof(buf))) > 0) failures.append(buf, n);
-  close(pipe_fds[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(failures, "");
-
-  // Root's session is untouched; root (admin) lists both uids' sessions with all: true,
-  // and only its own without.
-  json info = root.Ok({{"id", 3}, {"verb", "session.info"}, {"session", "secret"}});
-  EXPECT_EQ(info["num_messages"], 3);
-  json own = root.Ok({{"id", 4}, {"verb", "sessions.list"}});
-  ASSERT_EQ(own["sessions"].size(), 1u);
-  EXPECT_EQ(own["sessions"][0]["owner_uid"], 0);
-  json all = root.Ok({{"id", 5}, {"verb", "sessions.list"}, {"all", true}});
-  std::set<uint32_t> owners;
-  for (const json& s : all["sessions"]) owners.insert(s["owner_uid"].get<uint32_t>());
-  EXPECT_EQ(owners, (std::set<uint32_t>{0, kOtherUid}));
-}
-
 // Runs checks(socket) as uid 65534 in a forked child; returns its failures.
 std::string RunAsOtherUid(const std::string& socket,
                           std::string (*checks)(const std::string& socket)) {
@@ -168,6 +102,49 @@ std::string RunAsOtherUid(const std::string& socket,
   waitpid(child, &status, 0);
   if (!WIFEXITED(status)) failures += "the child did not exit\n";
   return failures;
+}
+
+TEST(DaemonIsolationTest, SecondUidCannotSeeOrTouchSessions) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a client as a second uid (setresuid to 65534); "
+                    "run the suite as root (e.g. in CI's container) to cover isolation";
+  }
+  DaemonFixture f({"--socket-mode", "0666"});
+  ASSERT_EQ(chmod(f.dir.path().c_str(), 0755), 0);  // let nobody reach the socket
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient root(f.daemon.socket_path());
+  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "secret"}, {"system", "root only"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.append"},
+           {"session", "secret"},
+           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
+  json warm =
+      root.Ok({{"id", 2}, {"verb", "session.generate"}, {"session", "secret"}, {"max_tokens", 1}});
+  ASSERT_TRUE(warm.is_object());
+  // Control: the same uid does reuse that KV from another session.
+  root.Ok({{"id", 2}, {"verb", "session.open"}, {"session", "root-same"}, {"system", "root only"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.append"},
+           {"session", "root-same"},
+           {"messages", {{{"role", "user"}, {"content", kSharedQuestion}}}}});
+  json again = root.Ok(
+      {{"id", 2}, {"verb", "session.generate"}, {"session", "root-same"}, {"max_tokens", 1}});
+  EXPECT_GT(again["usage"]["cached_tokens"].get<int64_t>(), 0);
+  root.Ok({{"id", 2}, {"verb", "session.close"}, {"session", "root-same"}, {"keep", false}});
+
+  EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidChecks), "");
+
+  // Root's session is untouched; root (admin) lists both uids' sessions with all: true,
+  // and only its own without.
+  json info = root.Ok({{"id", 3}, {"verb", "session.info"}, {"session", "secret"}});
+  EXPECT_EQ(info["num_messages"], 3);
+  json own = root.Ok({{"id", 4}, {"verb", "sessions.list"}});
+  ASSERT_EQ(own["sessions"].size(), 1u);
+  EXPECT_EQ(own["sessions"][0]["owner_uid"], 0);
+  json all = root.Ok({{"id", 5}, {"verb", "sessions.list"}, {"all", true}});
+  std::set<uint32_t> owners;
+  for (const json& s : all["sessions"]) owners.insert(s["owner_uid"].get<uint32_t>());
+  EXPECT_EQ(owners, (std::set<uint32_t>{0, kOtherUid}));
 }
 
 // What uid 65534 may learn from `stats`: its own activity only.
@@ -228,6 +205,126 @@ TEST(DaemonIsolationTest, StatsShowsAnotherUidOnlyItsOwnActivity) {
   }
   ASSERT_NE(all.dump().find("secret-project"), std::string::npos) << all.dump();
   EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidStatsChecks), "");
+}
+
+// Issue 11, defect 1: device KV blocks per uid (limits.max_device_blocks_per_uid). Under
+// lru every finished turn's session stays retained on the device. Root keeps one session
+// of 160 tokens (10 full blocks); uid 65534 then runs kOtherSessions sessions of its own,
+// more than the pool holds beside root's. With the cap, uid 65534 holds at most the cap
+// (its own retained sessions go back to the cache first), so root's next turn is served
+// wholly from device KV. Without it (the control), the same load reclaims root's session
+// and its KV is gone.
+constexpr int kPoolBlocks = 48;
+constexpr int kCapBlocks = 20;
+constexpr int kOtherSessions = 14;
+
+json Tokens(int n, int salt) {
+  json t = json::array();
+  for (int k = 0; k < n; ++k) t.push_back(((k + 100 * salt) * 104729) % 250 + 3);
+  return t;
+}
+
+// Runs as uid 65534: the sessions, then (with the cap) what its stats say of its blocks.
+bool g_capped = false;  // set before the fork
+std::string OtherUidFillsThePool(const std::string& socket) {
+  std::string failures;
+  LineClient c;
+  if (!c.Connect(socket)) return "could not connect as uid 65534";
+  for (int i = 0; i < kOtherSessions; ++i) {
+    const std::string s = "load-" + std::to_string(i);
+    c.Terminal({{"id", 1}, {"verb", "session.open"}, {"session", s}});
+    c.Terminal({{"id", 2},
+                {"verb", "session.append"},
+                {"session", s},
+                {"messages", {{{"role", "user"}, {"tokens", Tokens(96, i + 1)}}}}});
+    json g =
+        c.Terminal({{"id", 3}, {"verb", "session.generate"}, {"session", s}, {"max_tokens", 4}});
+    if (!g.contains("result")) failures += "generate " + s + ": " + g.dump() + "\n";
+  }
+  json stats = c.Terminal({{"id", 4}, {"verb", "stats"}})["result"];
+  const int64_t held = stats["kv"]["held_device_blocks"].get<int64_t>();
+  if (g_capped && held > kCapBlocks) failures += "holds over the cap: " + stats.dump() + "\n";
+  if (held <= 0 || stats["kv"]["device_blocks"].get<int64_t>() <= 0) {
+    failures += "its own KV blocks are not in its stats: " + stats.dump() + "\n";
+  }
+  return failures;
+}
+
+// Root's session before and after uid 65534's load; returns root's second turn's usage.
+json RootTurnAroundOtherUidsLoad(bool capped) {
+  std::vector<std::string> flags = {"--socket-mode", "0666", "--kv-blocks",
+                                    std::to_string(kPoolBlocks)};
+  if (capped)
+    flags.insert(flags.end(), {"--max-device-blocks-per-uid", std::to_string(kCapBlocks)});
+  DaemonFixture f(flags);
+  EXPECT_EQ(chmod(f.dir.path().c_str(), 0755), 0);
+  EXPECT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient root(f.daemon.socket_path());
+  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "keep"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.append"},
+           {"session", "keep"},
+           {"messages", {{{"role", "user"}, {"tokens", Tokens(160, 0)}}}}});
+  root.Ok({{"id", 3}, {"verb", "session.generate"}, {"session", "keep"}, {"max_tokens", 4}});
+  g_capped = capped;
+  EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidFillsThePool), "");
+  json stats = root.Ok({{"id", 4}, {"verb", "stats"}});
+  if (capped) {
+    EXPECT_LE(stats["kv_by_uid"][std::to_string(kOtherUid)]["held_device_blocks"].get<int64_t>(),
+              kCapBlocks)
+        << stats["kv_by_uid"].dump();
+    EXPECT_GT(stats["sessions"]["released_by_uid_cap"].get<int64_t>(), 0);
+  }
+  root.Ok({{"id", 5},
+           {"verb", "session.append"},
+           {"session", "keep"},
+           {"messages", {{{"role", "user"}, {"tokens", Tokens(8, 99)}}}}});
+  json g =
+      root.Ok({{"id", 6}, {"verb", "session.generate"}, {"session", "keep"}, {"max_tokens", 4}});
+  return g["usage"];
+}
+
+TEST(DaemonIsolationTest, AnotherUidCannotPushRetainedKvOffTheDevicePastItsCap) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a client as a second uid (setresuid to 65534)";
+  }
+  const json capped = RootTurnAroundOtherUidsLoad(/*capped=*/true);
+  // Root's 160 message tokens fill 10 blocks; at least those 10 come from the device.
+  EXPECT_GE(capped["cached_by_tier"]["device"].get<int64_t>(), 160) << capped.dump();
+  const json control = RootTurnAroundOtherUidsLoad(/*capped=*/false);
+  std::printf("root's next turn, cached by tier: with the cap %s, without %s\n",
+              capped["cached_by_tier"].dump().c_str(), control["cached_by_tier"].dump().c_str());
+  EXPECT_LT(control["cached_by_tier"]["device"].get<int64_t>(), 160)
+      << "without the cap the other uid's load should have pushed root's KV off: "
+      << control.dump();
+}
+
+// A turn that alone may hold more device blocks than the cap is refused, naming it.
+TEST(DaemonIsolationTest, ATurnOverTheDeviceBlockCapIsAClearError) {
+  DaemonFixture f({"--kv-blocks", std::to_string(kPoolBlocks), "--max-device-blocks-per-uid",
+                   std::to_string(kCapBlocks)});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient c(f.daemon.socket_path());
+  EXPECT_EQ(c.Ok({{"id", 1}, {"verb", "hello"}})["limits"]["max_device_blocks_per_uid"],
+            kCapBlocks);
+  c.Ok({{"id", 2}, {"verb", "session.open"}, {"session", "big"}});
+  c.Ok({{"id", 3},
+        {"verb", "session.append"},
+        {"session", "big"},
+        {"messages", {{{"role", "user"}, {"tokens", Tokens(160, 0)}}}}});
+  json t = c.Terminal(
+      {{"id", 4}, {"verb", "session.generate"}, {"session", "big"}, {"max_tokens", 400}});
+  ASSERT_TRUE(t.contains("error")) << t.dump();
+  EXPECT_EQ(t["error"]["code"], "resource_exhausted");
+  EXPECT_NE(t["error"]["message"].get<std::string>().find("limits.max_device_blocks_per_uid is 20"),
+            std::string::npos)
+      << t.dump();
+  // Within the cap the same session generates, and its blocks show in its stats.
+  json g = c.Ok({{"id", 5}, {"verb", "session.generate"}, {"session", "big"}, {"max_tokens", 4}});
+  EXPECT_EQ(g["finish_reason"], "length");
+  json stats = c.Ok({{"id", 6}, {"verb", "stats"}});
+  EXPECT_GE(stats["kv_by_uid"][std::to_string(geteuid())]["held_device_blocks"].get<int64_t>(), 10)
+      << stats["kv_by_uid"].dump();
 }
 
 }  // namespace

@@ -343,5 +343,33 @@ TEST_F(SchedulerTest, AtMaxRunningTheBusiestTenantYieldsASlotToAnIdleOne) {
             (std::vector<Sequence*>{seqs_[0].get(), other, seqs_[1].get()}));
 }
 
+// Issue 11, defect 1 (KV blocks per uid): a tenant running something is admitted another
+// sequence only while its running sequences' blocks_bound stay within the cap; another
+// tenant is not held back by it, and the waiting one starts once its tenant makes room.
+TEST_F(SchedulerTest, ATenantAtItsBlockCapWaitsAndOthersDoNot) {
+  Init(256, 16,
+       {.max_batch_tokens = 256,
+        .prefill_chunk_tokens = 64,
+        .max_running = 64,
+        .max_blocks_per_tenant = 10});
+  std::vector<Sequence*> mine;
+  for (int i = 0; i < 3; ++i) {
+    mine.push_back(AddSeq(Tokens(40), /*tenant_salt=*/1));
+    mine.back()->blocks_bound = 4;  // 3 blocks of prompt + room to grow
+  }
+  Sequence* other = AddSeq(Tokens(40), /*tenant_salt=*/2);
+  other->blocks_bound = 4;
+  Step();
+  EXPECT_EQ(mine[0]->status, SequenceStatus::kRunning);
+  EXPECT_EQ(mine[1]->status, SequenceStatus::kRunning);
+  EXPECT_EQ(mine[2]->status, SequenceStatus::kWaiting);  // 4 + 4 + 4 > 10
+  EXPECT_EQ(other->status, SequenceStatus::kRunning);
+  for (int i = 0; i < 3; ++i) Step();
+  EXPECT_EQ(mine[2]->status, SequenceStatus::kWaiting);  // blocks are there; the cap is not
+  sched_->Remove(mine[0]);
+  Step();
+  EXPECT_EQ(mine[2]->status, SequenceStatus::kRunning);
+}
+
 }  // namespace
 }  // namespace kvkeep

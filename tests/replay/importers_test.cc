@@ -260,6 +260,27 @@ TEST_F(MalformedInput, MissingAndWrongTypedFieldsNameTheRecord) {
   EXPECT_FALSE(ImportBurstGpt(path, {}, &out, &report).ok());
 }
 
+// Found by fuzz_importers: rows out of time order, where a later row of one session
+// shrinks its context (a new segment) at a timestamp before every session's first row,
+// gave that segment a negative arrival_s, which the canonical reader then refused.
+TEST_F(MalformedInput, BurstGptRowsOutOfTimeOrderArriveAtZeroOrLater) {
+  const std::string path = Write("late.csv",
+                                 "Timestamp,Session ID,Elapsed time,Model,Request tokens,"
+                                 "Response tokens,Total tokens,Log Type\n"
+                                 "100,a,5,GPT-4,900,40,940,Conversation log\n"
+                                 "200,b,5,GPT-4,300,40,340,Conversation log\n"
+                                 "50,a,5,GPT-4,100,40,140,Conversation log\n");
+  std::vector<Session> out;
+  ImportReport report;
+  ASSERT_TRUE(ImportBurstGpt(path, {}, &out, &report).ok());
+  ASSERT_EQ(out.size(), 3u);  // a, its second segment a#2, and b
+  for (const Session& s : out) {
+    EXPECT_GE(s.arrival_s, 0) << s.id;
+    auto back = SessionFromJson(SessionToJson(s));
+    EXPECT_TRUE(back.ok()) << s.id << ": " << back.status().ToString();
+  }
+}
+
 TEST_F(MalformedInput, CanonicalTraceErrorsNameLineAndField) {
   std::string path = Write("trace.jsonl",
                            "{\"format\":\"kvkeep-trace\",\"version\":1,\"session\":\"a\","
@@ -282,6 +303,16 @@ TEST(Importers, UnknownFormatIsRefused) {
   Status st = ImportFiles("langchain", {"x"}, {}, &out, &report);
   EXPECT_TRUE(st.IsInvalidArgument());
   EXPECT_NE(st.message().find("mini-swe-agent"), std::string::npos);
+}
+
+// Found by fuzz_trace: a tool event with "tool": "" was read, then written without its
+// tool, and that no longer read back.
+TEST(Trace, AToolEventWithAnEmptyToolIsRefused) {
+  const std::string line = R"({"format":"kvkeep-trace","version":1,"session":"s","events":[)"
+                           R"({"type":"user","text":"hi"},{"type":"tool_begin","tool":""}]})";
+  auto s = SessionFromJson(line);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("tool"), std::string::npos) << s.status().ToString();
 }
 
 TEST(Trace, WriteThenReadIsIdentical) {

@@ -163,14 +163,21 @@ Status ImportBurstGpt(const std::string& path, const ImportOptions& options,
         {ts, elapsed, static_cast<int64_t>(req), static_cast<int64_t>(resp)});
   }
 
+  // The earliest timestamp of any row (rows need not be in time order, and a later row of
+  // a session may start a segment), so that every arrival_s is >= 0.
   double t0 = -1;
   for (const auto& [sid, turns] : sessions) {
-    if (!turns.empty() && (t0 < 0 || turns.front().ts < t0)) t0 = turns.front().ts;
+    for (const Turn& t : turns) {
+      if (t0 < 0 || t.ts < t0) t0 = t.ts;
+    }
   }
   // Request tokens count the whole context (they grow within a session by the previous
   // reply plus the new user text). A context that shrinks means the client truncated the
   // history: that starts a new segment "<id>#k" with no reuse.
-  for (const auto& [sid, turns] : sessions) {
+  for (const auto& entry : sessions) {
+    // Plain references, not a structured binding: the lambdas below capture them.
+    const std::string& sid = entry.first;
+    const auto& turns = entry.second;
     Session s;
     int segment = 1;
     int64_t context = 0;

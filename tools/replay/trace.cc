@@ -138,8 +138,10 @@ Result<Event> EventFromJson(const json& j, const std::string& where) {
     }
   }
   RETURN_IF_ERROR(r.Int("completion_tokens", &e.completion_tokens));
-  RETURN_IF_ERROR(
-      r.String("tool", &e.tool, e.type == EventType::kToolBegin || e.type == EventType::kToolEnd));
+  const bool names_tool = e.type == EventType::kToolBegin || e.type == EventType::kToolEnd;
+  RETURN_IF_ERROR(r.String("tool", &e.tool, names_tool));
+  // The writer leaves an empty tool out, so an empty one would not read back.
+  if (names_tool && e.tool.empty()) return r.Fail("tool", "must not be empty");
   RETURN_IF_ERROR(r.String("command", &e.command, false));
   RETURN_IF_ERROR(r.String("call_id", &e.call_id, false));
   std::optional<int64_t> exit_code;
