@@ -151,6 +151,9 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   Scheduler scheduler_;
   ModelRunner runner_;
   std::unordered_map<RequestId, std::unique_ptr<Sequence>> seqs_;
+  // The sessions (!= 0) of seqs_, sorted, one entry per sequence: ChooseTierVictims asks
+  // for them once per block the lower tiers free, too often to walk seqs_.
+  std::vector<SessionId> in_flight_sessions_;
   std::vector<Outgoing> outbox_;
   std::vector<std::unique_ptr<Sequence>> done_;  // finished this step, freed after emit
   EngineStats totals_;                           // accumulated usage of finished requests
