@@ -61,7 +61,23 @@ void EngineImpl::Retain(Sequence* seq) {
   r.info.context_tokens = r.table.num_tokens();
   ++r.info.use_count;
   reclaim_policy_->OnRetain(&r.info);
+  SetRetainedBlocks(session, r.table.num_blocks());
   retained_.emplace(session, std::move(r));
+}
+
+void EngineImpl::SetRetainedBlocks(SessionId session, int64_t blocks) {
+  std::lock_guard<std::mutex> lock(retained_blocks_mu_);
+  if (blocks > 0) {
+    retained_blocks_[session] = blocks;
+  } else {
+    retained_blocks_.erase(session);
+  }
+}
+
+int64_t EngineImpl::RetainedBlocks(SessionId session) const {
+  std::lock_guard<std::mutex> lock(retained_blocks_mu_);
+  const auto it = retained_blocks_.find(session);
+  return it == retained_blocks_.end() ? 0 : it->second;
 }
 
 void EngineImpl::ReleaseSession(SessionId session) {
@@ -99,6 +115,7 @@ void EngineImpl::ApplyHints(std::vector<SessionHint> hints) {
 void EngineImpl::ApplyHint(const SessionHint& h, const EngineLoad& load) {
   if (h.kind == SessionHint::Kind::kClose) {
     ReleaseSession(h.session);
+    SetRetainedBlocks(h.session, 0);
     session_info_.erase(h.session);
     program_arrival_us_.erase(h.session);
     last_context_.erase(h.session);
@@ -190,6 +207,7 @@ int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks, bool break_live_pi
     if (it == retained_.end()) continue;
     reclaim_policy_->OnReclaimed(it->second.info);
     ReleaseSession(v.session);
+    SetRetainedBlocks(v.session, 0);  // its blocks are cached now: anyone's to take
     ++reclaimed_sessions_;
   }
   return pool_.num_allocatable() - before;
