@@ -97,6 +97,61 @@ void BlockIndex::Move(int32_t record, Tier tier, int32_t location) {
   r.location = location;
 }
 
+void BlockIndex::set_owner(int32_t record, SessionId session) {
+  Record& r = records_[record];
+  if (!r.on_lru || r.owner == session) {
+    r.owner = session;
+    return;
+  }
+  // Into the new owner's list after its last record before this one on the LRU list.
+  OwnerUnlink(record);
+  r.owner = session;
+  int32_t after = r.lru_prev;
+  while (after >= 0 && records_[after].owner != session) after = records_[after].lru_prev;
+  OwnerLink(record, after);
+}
+
+void BlockIndex::OwnerLink(int32_t record, int32_t after) {
+  Record& r = records_[record];
+  OwnerList& list = lru_owned_[static_cast<int>(r.tier)][r.owner];
+  r.owner_prev = after;
+  r.owner_next = after >= 0 ? records_[after].owner_next : list.head;
+  (after >= 0 ? records_[after].owner_next : list.head) = record;
+  (r.owner_next >= 0 ? records_[r.owner_next].owner_prev : list.tail) = record;
+  ++list.size;
+}
+
+void BlockIndex::OwnerUnlink(int32_t record) {
+  Record& r = records_[record];
+  auto& lists = lru_owned_[static_cast<int>(r.tier)];
+  const auto it = lists.find(r.owner);
+  OwnerList& list = it->second;
+  (r.owner_prev >= 0 ? records_[r.owner_prev].owner_next : list.head) = r.owner_next;
+  (r.owner_next >= 0 ? records_[r.owner_next].owner_prev : list.tail) = r.owner_prev;
+  r.owner_prev = r.owner_next = -1;
+  if (--list.size == 0) lists.erase(it);
+}
+
+int32_t BlockIndex::LruOwnedBy(Tier tier, SessionId owner) const {
+  const auto& lists = lru_owned_[static_cast<int>(tier)];
+  const auto it = lists.find(owner);
+  return it == lists.end() ? 0 : it->second.size;
+}
+
+int32_t BlockIndex::LruOwnerHead(Tier tier, SessionId owner) const {
+  const auto& lists = lru_owned_[static_cast<int>(tier)];
+  const auto it = lists.find(owner);
+  return it == lists.end() ? -1 : it->second.head;
+}
+
+void BlockIndex::LruHolders(Tier tier, std::vector<std::pair<SessionId, int32_t>>* holders) const {
+  holders->clear();
+  for (const auto& [owner, list] : lru_owned_[static_cast<int>(tier)]) {
+    if (owner != 0) holders->emplace_back(owner, list.size);
+  }
+  std::sort(holders->begin(), holders->end());
+}
+
 void BlockIndex::LruPushBack(int32_t record) {
   Record& r = records_[record];
   KVKEEP_CACHE_CHECK(r.live && !r.on_lru, "lru push of record {}", record);
@@ -107,11 +162,13 @@ void BlockIndex::LruPushBack(int32_t record) {
   (lru_tail_[t] >= 0 ? records_[lru_tail_[t]].lru_next : lru_head_[t]) = record;
   lru_tail_[t] = record;
   ++lru_size_[t];
+  OwnerLink(record, lru_owned_[t][r.owner].tail);  // the newest: the owner's last
 }
 
 void BlockIndex::LruRemove(int32_t record) {
   Record& r = records_[record];
   KVKEEP_CACHE_CHECK(r.on_lru, "lru remove of record {}", record);
+  OwnerUnlink(record);
   const int t = static_cast<int>(r.tier);
   (r.lru_prev >= 0 ? records_[r.lru_prev].lru_next : lru_head_[t]) = r.lru_next;
   (r.lru_next >= 0 ? records_[r.lru_next].lru_prev : lru_tail_[t]) = r.lru_prev;
@@ -142,6 +199,7 @@ Status BlockIndex::CheckInvariants() const {
   if (live + static_cast<int32_t>(free_ids_.size()) != capacity()) return fail("records leaked");
   for (int t = 0; t < kNumTiers; ++t) {
     if (per_tier[t] != on_tier_[t]) return fail("per-tier counts disagree");
+    std::unordered_map<SessionId, std::vector<int32_t>> owned;  // owner -> records in order
     int32_t n = 0;
     for (int32_t id = lru_head_[t], prev = -1; id >= 0; prev = id, id = records_[id].lru_next) {
       const Record& r = records_[id];
@@ -150,8 +208,21 @@ Status BlockIndex::CheckInvariants() const {
       }
       if (r.lru_next < 0 && lru_tail_[t] != id) return fail("LRU tail mismatch");
       if (++n > capacity()) return fail("LRU cycle");
+      owned[r.owner].push_back(id);
     }
     if (n != lru_size_[t]) return fail("LRU size disagrees");
+    if (owned.size() != lru_owned_[t].size()) return fail("per-owner LRU lists disagree");
+    for (const auto& [owner, list] : lru_owned_[t]) {
+      std::vector<int32_t> walked;
+      for (int32_t id = list.head, prev = -1; id >= 0; prev = id, id = records_[id].owner_next) {
+        if (records_[id].owner_prev != prev || walked.size() > owned[owner].size()) break;
+        walked.push_back(id);
+      }
+      if (walked != owned[owner] || list.size != static_cast<int32_t>(walked.size()) ||
+          (walked.empty() ? -1 : walked.back()) != list.tail) {
+        return fail("the LRU sub-list of owner " + std::to_string(owner) + " disagrees");
+      }
+    }
   }
   for (int32_t id : free_ids_) {
     if (id < 0 || id >= capacity() || records_[id].live) return fail("bad free record id");

@@ -11,10 +11,14 @@
 // exactly the request's prefix even when 64-bit hashes collide.
 //
 // The index also keeps one LRU list per lower tier (host, disk) of the records that may be
-// evicted there; BlockPool keeps the device tier's LRU over slots.
+// evicted there, threaded a second time per owner (the same records in the same order), so
+// the tiers' reclaim (BlockPool::ReclaimLowerTier) finds the unowned records, the holding
+// sessions and one session's records without walking the whole list. BlockPool keeps the
+// device tier's LRU over slots.
 //
-// Nothing allocates after construction, but the per-tenant counts (an entry per tenant).
-// Thread-safety: none (owned by BlockPool).
+// Nothing allocates after construction except the per-tenant counts (an entry per tenant)
+// and the per-owner list heads (one map entry per session holding evictable lower-tier
+// records). Thread-safety: none (owned by BlockPool).
 #pragma once
 
 #include <array>
@@ -89,7 +93,7 @@ class BlockIndex {
   // The session that last released the block (BlockPool::SetOwner); 0: none. Insert
   // clears it; tier moves keep it.
   SessionId owner(int32_t record) const { return records_[record].owner; }
-  void set_owner(int32_t record, SessionId session) { records_[record].owner = session; }
+  void set_owner(int32_t record, SessionId session);
 
   // Per-tier LRU lists of evictable records (host and disk; head = least recent).
   void LruPushBack(int32_t record);  // on its current tier's list
@@ -98,6 +102,13 @@ class BlockIndex {
   int32_t LruHead(Tier tier) const { return lru_head_[static_cast<int>(tier)]; }
   int32_t LruNext(int32_t record) const { return records_[record].lru_next; }  // -1 at tail
   int32_t LruSize(Tier tier) const { return lru_size_[static_cast<int>(tier)]; }
+  // The records of tier's LRU list whose owner is `owner` (0: unowned), in list order:
+  // their number, the first (-1: none) and the next after `record` (-1 at the last).
+  int32_t LruOwnedBy(Tier tier, SessionId owner) const;
+  int32_t LruOwnerHead(Tier tier, SessionId owner) const;
+  int32_t LruOwnerNext(int32_t record) const { return records_[record].owner_next; }
+  // (owner, records) of every owner != 0 with records on tier's LRU list, by owner.
+  void LruHolders(Tier tier, std::vector<std::pair<SessionId, int32_t>>* holders) const;
 
   // OK iff the hash map, free ids, per-tier counts and LRU lists agree with the records.
   Status CheckInvariants() const;
@@ -121,7 +132,17 @@ class BlockIndex {
     bool live = false;
     bool on_lru = false;
     int32_t lru_prev = -1, lru_next = -1;
+    int32_t owner_prev = -1, owner_next = -1;  // the owner's sub-list of the LRU list
   };
+  // One owner's records on one tier's LRU list.
+  struct OwnerList {
+    int32_t size = 0;
+    int32_t head = -1, tail = -1;
+  };
+
+  // Links record (on_lru, owner set) into its owner's list after `after` (-1: at the head).
+  void OwnerLink(int32_t record, int32_t after);
+  void OwnerUnlink(int32_t record);
 
   int32_t block_size_;
   std::vector<Record> records_;
@@ -135,6 +156,7 @@ class BlockIndex {
   int32_t lru_head_[kNumTiers] = {-1, -1, -1};
   int32_t lru_tail_[kNumTiers] = {-1, -1, -1};
   int32_t lru_size_[kNumTiers] = {0, 0, 0};
+  std::unordered_map<SessionId, OwnerList> lru_owned_[kNumTiers];  // no empty lists
 };
 
 }  // namespace kvkeep

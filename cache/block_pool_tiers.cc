@@ -34,33 +34,25 @@ bool BlockPool::ReclaimLowerTier(Tier tier) {
   const int32_t head = index_.LruHead(tier);
   if (head < 0) return false;
   // A block no session owns goes first, least recently used first: it is nobody's
-  // retained context.
-  std::vector<SessionId> owners;
-  owners.reserve(index_.LruSize(tier));
-  for (int32_t r = head; r >= 0; r = index_.LruNext(r)) {
-    if (index_.owner(r) == 0) {
-      EvictFromLowerTier(r);
-      return true;
-    }
-    owners.push_back(index_.owner(r));
+  // retained context. (The index threads the list per owner: no walk finds them.)
+  if (const int32_t unowned = index_.LruOwnerHead(tier, 0); unowned >= 0) {
+    EvictFromLowerTier(unowned);
+    return true;
   }
   if (chooser_ != nullptr) {
-    std::sort(owners.begin(), owners.end());
+    std::vector<std::pair<SessionId, int32_t>> owned;
+    index_.LruHolders(tier, &owned);
     std::vector<TierHolder> holders;
-    for (size_t i = 0; i < owners.size();) {
-      size_t j = i;
-      while (j < owners.size() && owners[j] == owners[i]) ++j;
-      holders.push_back({owners[i], static_cast<int32_t>(j - i)});
-      i = j;
-    }
+    holders.reserve(owned.size());
+    for (const auto& [session, blocks] : owned) holders.push_back({session, blocks});
     std::vector<SessionId> victims;
     chooser_->ChooseTierVictims({tier, 1, 0}, holders, &victims);
     for (SessionId victim : victims) {
       // The whole session leaves the tier together (collected first: eviction edits the
       // list).
       std::vector<int32_t> records;
-      for (int32_t r = head; r >= 0; r = index_.LruNext(r)) {
-        if (index_.owner(r) == victim) records.push_back(r);
+      for (int32_t r = index_.LruOwnerHead(tier, victim); r >= 0; r = index_.LruOwnerNext(r)) {
+        records.push_back(r);
       }
       if (records.empty()) continue;  // not a holder
       for (int32_t r : records) EvictFromLowerTier(r);

@@ -1,7 +1,9 @@
 // session.retain and the `retain` field of session.generate (docs/protocol.md): an agent's
-// explicit retention hint. The per-uid quota is kept here, in a RetentionBook; the pin
-// itself goes to the engine as a kRetain hint, where it overrides the learned TTL.
-#include <algorithm>
+// explicit retention hint. The per-uid quota is kept here, in a RetentionBook, over the
+// blocks the engine really keeps for each pinned session (Engine::RetainedBlocks, asked
+// again at every hint); the pin itself goes to the engine as a kRetain hint, where it
+// overrides the learned TTL.
+#include <string>
 
 #include "daemon/engine_session.h"
 #include "daemon/service.h"
@@ -12,11 +14,14 @@ using nlohmann::json;
 
 Result<json> Service::RetainSession(const Session& s, double ttl_s, double priority) {
   const SessionId engine_session = EngineSessionOf(s.owner_uid, s.id);
-  const int64_t bs = std::max(options_.block_size, 1);
-  const int64_t blocks = (static_cast<int64_t>(s.tokens.size()) + bs - 1) / bs;
+  // What a pin on the session holds now; the uid's other pins are recounted the same way.
+  const int64_t blocks = deps_.engine->RetainedBlocks(engine_session);
   int64_t uid_blocks = 0;
   {
     std::lock_guard<std::mutex> lock(retain_mu_);
+    retention_.RefreshHintBlocks(s.owner_uid, [this](const std::string& key) {
+      return deps_.engine->RetainedBlocks(std::stoull(key));
+    });
     RETURN_IF_ERROR(
         retention_.Retain(s.owner_uid, std::to_string(engine_session), ttl_s, priority, blocks));
     uid_blocks = retention_.HintPinnedBlocks(s.owner_uid);

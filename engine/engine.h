@@ -242,6 +242,14 @@ class Engine {
     return Status::NotSupported("this engine has one policy");
   }
   virtual EngineStats GetStats() const = 0;
+  // Device blocks the engine keeps for `session` between its turns: its retained blocks
+  // as its last turn left them, kept while its next turn runs (that turn's sequence holds
+  // at least those), 0 once it is reclaimed or closed, or before its first turn. What a
+  // pin on the session holds (session.retain's quota counts it). Thread-safe.
+  virtual int64_t RetainedBlocks(SessionId session) const {
+    (void)session;
+    return 0;
+  }
 
   // Runs steps on the calling thread until no work is left (tests, the CLI).
   virtual Status RunUntilIdle() = 0;

@@ -46,6 +46,7 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   void Cancel(RequestId id) override;
   void Hint(const SessionHint& hint) override;
   EngineStats GetStats() const override;
+  int64_t RetainedBlocks(SessionId session) const override;
   Status RunUntilIdle() override;
   const ModelConfig& config() const override { return backend_->config(); }
 
@@ -117,6 +118,7 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   void ChooseTierVictims(const ReclaimRequest& request, std::span<const TierHolder> holders,
                          std::vector<SessionId>* victims) override;
   void ApplyHints(std::vector<SessionHint> hints);
+  void SetRetainedBlocks(SessionId session, int64_t blocks);  // 0: none
   void ApplyHint(const SessionHint& hint, const EngineLoad& load);
   // tool_end: plans disk -> host reads of the session's demoted blocks (issue 10, item 3).
   void PromoteOnToolEnd(SessionId session);
@@ -160,6 +162,9 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   Scheduler scheduler_;
   ModelRunner runner_;
   std::unordered_map<RequestId, std::unique_ptr<Sequence>> seqs_;
+  // The sessions (!= 0) of seqs_, sorted, one entry per sequence: ChooseTierVictims asks
+  // for them once per block the lower tiers free, too often to walk seqs_.
+  std::vector<SessionId> in_flight_sessions_;
   std::vector<Outgoing> outbox_;
   std::vector<std::unique_ptr<Sequence>> done_;  // finished this step, freed after emit
   EngineStats totals_;                           // accumulated usage of finished requests
@@ -204,6 +209,10 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   std::vector<EngineStats::ToolKeyStats> tool_keys_;
   int64_t pins_granted_ = 0, pins_used_ = 0, pins_expired_ = 0, transfer_us_ = 0;
   std::unordered_map<SessionId, RetainedSession> retained_;
+  // For RetainedBlocks: each session's retained device blocks, set by Retain, kept across
+  // BeginTurn, erased on reclaim and close.
+  mutable std::mutex retained_blocks_mu_;
+  std::unordered_map<SessionId, int64_t> retained_blocks_;  // guarded by retained_blocks_mu_
   std::unordered_map<SessionId, SessionReclaimInfo> session_info_;  // hints before a turn ends
   std::vector<SessionHint> hints_;                                  // guarded by mu_
   int64_t reclaimed_sessions_ = 0, pin_violations_ = 0;

@@ -62,8 +62,24 @@ void EngineImpl::Retain(Sequence* seq) {
   ++r.info.use_count;
   reclaim_policy_->OnRetain(&r.info);
   const uint64_t tenant = r.table.scope().tenant_salt;
+  SetRetainedBlocks(session, r.table.num_blocks());
   retained_.emplace(session, std::move(r));
   TrimTenant(tenant, /*leaving=*/seq);
+}
+
+void EngineImpl::SetRetainedBlocks(SessionId session, int64_t blocks) {
+  std::lock_guard<std::mutex> lock(retained_blocks_mu_);
+  if (blocks > 0) {
+    retained_blocks_[session] = blocks;
+  } else {
+    retained_blocks_.erase(session);
+  }
+}
+
+int64_t EngineImpl::RetainedBlocks(SessionId session) const {
+  std::lock_guard<std::mutex> lock(retained_blocks_mu_);
+  const auto it = retained_blocks_.find(session);
+  return it == retained_blocks_.end() ? 0 : it->second;
 }
 
 void EngineImpl::ReleaseSession(SessionId session) {
@@ -102,6 +118,7 @@ void EngineImpl::ApplyHints(std::vector<SessionHint> hints) {
 void EngineImpl::ApplyHint(const SessionHint& h, const EngineLoad& load) {
   if (h.kind == SessionHint::Kind::kClose) {
     ReleaseSession(h.session);
+    SetRetainedBlocks(h.session, 0);
     session_info_.erase(h.session);
     program_arrival_us_.erase(h.session);
     last_context_.erase(h.session);
@@ -193,6 +210,7 @@ int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks, bool break_live_pi
     if (it == retained_.end()) continue;
     reclaim_policy_->OnReclaimed(it->second.info);
     ReleaseSession(v.session);
+    SetRetainedBlocks(v.session, 0);  // its blocks are cached now: anyone's to take
     ++reclaimed_sessions_;
   }
   return pool_.num_allocatable() - before;

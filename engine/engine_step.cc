@@ -1,6 +1,8 @@
 // EngineImpl::Step and what it calls: everything here runs on the thread driving steps.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "cache/remote_staging.h"
 #include "engine/engine_impl.h"
 
@@ -74,6 +76,11 @@ void EngineImpl::DrainInbox() {
     Sequence* seq = owned.get();
     seq->blocks_bound = BlocksBound(seq->request);
     seqs_[id] = std::move(owned);  // in flight from here: the lower tiers spare its session
+    if (session != 0) {
+      in_flight_sessions_.insert(
+          std::upper_bound(in_flight_sessions_.begin(), in_flight_sessions_.end(), session),
+          session);
+    }
     seq->submit_us = p.submit_us;
     seq->program_arrival_us = p.submit_us;
     // The session's next turn: its retained blocks go back to the cache, where this
@@ -175,6 +182,10 @@ void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
       seq->id(), FinishReasonName(reason), ev.usage.prompt_tokens, ev.usage.cached_tokens,
       ev.usage.recomputed_tokens, ev.usage.generated_tokens);
   outbox_.push_back({seq, std::move(ev)});
+  if (const SessionId session = seq->request.session; session != 0) {
+    in_flight_sessions_.erase(
+        std::lower_bound(in_flight_sessions_.begin(), in_flight_sessions_.end(), session));
+  }
   auto it = seqs_.find(seq->id());
   done_.push_back(std::move(it->second));
   seqs_.erase(it);

@@ -42,6 +42,7 @@ void EngineImpl::TrimTenant(uint64_t tenant, const Sequence* leaving) {
     held -= it->second.table.num_blocks();
     reclaim_policy_->OnReclaimed(it->second.info);
     ReleaseSession(session);  // to the cache: demoted, not dropped, when a host tier is there
+    SetRetainedBlocks(session, 0);
     ++tenant_cap_releases_;
   }
 }

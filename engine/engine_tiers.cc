@@ -1,7 +1,7 @@
 // EngineImpl as the lower tiers' TierVictimChooser: the host and disk tiers reclaim whole
 // sessions in the order the device tier uses (the policy's Order, i.e. OrderByClass).
 // Engine thread only (the pool calls it from Allocate and PlanDiskLoads).
-#include <unordered_set>
+#include <algorithm>
 
 #include "engine/engine_impl.h"
 
@@ -11,13 +11,13 @@ void EngineImpl::ChooseTierVictims(const ReclaimRequest& request,
                                    std::span<const TierHolder> holders,
                                    std::vector<SessionId>* victims) {
   // A turn waiting, loading or running, or tool_end reads being planned.
-  std::unordered_set<SessionId> in_flight;
-  for (const auto& [id, seq] : seqs_) {
-    if (seq->request.session != 0) in_flight.insert(seq->request.session);
-  }
-  if (planning_session_ != 0) in_flight.insert(planning_session_);
+  auto running = [this](SessionId s) {
+    return (planning_session_ != 0 && s == planning_session_) ||
+           std::binary_search(in_flight_sessions_.begin(), in_flight_sessions_.end(), s);
+  };
   const int tier = static_cast<int>(request.tier);
   std::vector<SessionReclaimInfo> known;
+  known.reserve(holders.size());
   for (const TierHolder& h : holders) {
     const SessionReclaimInfo* info = nullptr;
     if (auto r = retained_.find(h.session); r != retained_.end()) {
@@ -26,12 +26,12 @@ void EngineImpl::ChooseTierVictims(const ReclaimRequest& request,
       info = &s->second;
     }
     if (info == nullptr) {  // closed: nobody will ask for it again
-      if (!in_flight.contains(h.session)) victims->push_back(h.session);
+      if (!running(h.session)) victims->push_back(h.session);
       continue;
     }
     SessionReclaimInfo c = *info;
     c.session = h.session;
-    c.running = in_flight.contains(h.session);
+    c.running = running(h.session);
     for (int32_t& b : c.blocks_on_tier) b = 0;
     c.blocks_on_tier[tier] = h.blocks;
     known.push_back(c);

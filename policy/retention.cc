@@ -74,6 +74,16 @@ void RetentionBook::UpdateBlocks(const std::string& session, int64_t blocks) {
   if (auto it = pins_.find(session); it != pins_.end()) it->second.blocks = blocks;
 }
 
+void RetentionBook::RefreshHintBlocks(uint32_t uid,
+                                      const std::function<int64_t(const std::string&)>& held) {
+  const int64_t now = clock_->NowMicros();
+  for (auto& [session, pin] : pins_) {
+    if (pin.owner_uid == uid && pin.source == Pin::Source::kHint && pin.deadline_us > now) {
+      pin.blocks = held(session);
+    }
+  }
+}
+
 std::optional<Pin> RetentionBook::Get(const std::string& session) const {
   auto it = pins_.find(session);
   if (it == pins_.end()) return std::nullopt;

@@ -6,7 +6,10 @@
 //     is not replaced by one until it ends.
 //   - ttl_s 0 releases the session's pin, whatever set it.
 //   - Blocks pinned by hints count against the owner uid's quota; a hint that would pass
-//     it fails with ResourceExhausted naming the quota, and changes nothing.
+//     it fails with ResourceExhausted naming the quota, and changes nothing. The caller
+//     gives the blocks a pin holds (kvkeepd: the engine's retained blocks, refreshed with
+//     RefreshHintBlocks before each hint); a pin is not cut when its session grows past
+//     the quota later, but the growth counts against the uid's next hints.
 //   - A session is owned by the uid that first pinned it; another uid gets NotFound.
 // Expired pins stay in the book (the reclaimer takes them after unpinned sessions) until
 // Release or Forget.
@@ -16,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -53,6 +57,10 @@ class RetentionBook {
   void Release(const std::string& session);
   // The session's blocks changed (a turn grew it).
   void UpdateBlocks(const std::string& session, int64_t blocks);
+  // Sets the blocks of each of uid's live hint pins to held(session): what the pin holds
+  // now (the engine's count), so the quota counts real blocks, not the blocks of the
+  // session's size when it was pinned.
+  void RefreshHintBlocks(uint32_t uid, const std::function<int64_t(const std::string&)>& held);
 
   std::optional<Pin> Get(const std::string& session) const;
   bool IsLive(const std::string& session) const;

@@ -1,5 +1,6 @@
 // The KV policy through the real daemon: session.retain pins, releases and is bounded by
-// a per-uid quota (a second uid has its own quota and cannot see the first's sessions);
+// a per-uid quota on the blocks the engine really keeps for the pinned sessions (a second
+// uid has its own quota and cannot see the first's sessions);
 // SIGHUP switches the policy and keeps existing pins; tool_end durations are learned
 // under their tool key, reported in stats and session.info, and survive a restart (a
 // real SQLite file).
@@ -42,23 +43,60 @@ std::string OtherUidRetains(const std::string& socket) {
               {"verb", "session.append"},
               {"session", "mine"},
               {"messages", {{{"role", "user"}, {"tokens", Tokens(70, 7)}}}}});
+  c.Terminal({{"id", 4}, {"verb", "session.generate"}, {"session", "mine"}, {"max_tokens", 2}});
   json own = c.Terminal(Retain("mine", 10));
-  if (!own.contains("result") || own["result"]["uid_pinned_blocks"] != 5) {
+  if (!own.contains("result") || own["result"]["uid_pinned_blocks"].get<int64_t>() < 1 ||
+      own["result"]["uid_pinned_blocks"].get<int64_t>() > 10) {
     failures += "own retain under its own quota: " + own.dump();
   }
   return failures;
+}
+
+// Stats after the daemon has applied a turn's end (the engine publishes them per step).
+json WaitForStats(LineClient& c, const std::function<bool(const json&)>& done) {
+  json stats;
+  for (int i = 0; i < 200; ++i) {
+    stats = c.Ok({{"id", 9}, {"verb", "stats"}});
+    if (done(stats)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return stats;
+}
+
+// One turn of session s; returns the change in the device blocks the engine keeps for
+// retained sessions once it has ended (stats, counted from the engine's tables).
+int64_t TurnAndRetainedGrowth(LineClient& c, const std::string& s) {
+  const int64_t before =
+      c.Ok({{"id", 9}, {"verb", "stats"}})["sessions"]["retained_blocks"].get<int64_t>();
+  const int64_t turns_before =
+      c.Ok({{"id", 9}, {"verb", "stats"}})["sessions"]["retained"].get<int64_t>();
+  c.Ok({{"id", 4}, {"verb", "session.generate"}, {"session", s}, {"max_tokens", 2}});
+  json st = WaitForStats(c, [&](const json& j) {
+    return j["sessions"]["retained"].get<int64_t>() >= turns_before &&
+           j["sessions"]["retained_blocks"].get<int64_t>() != before;
+  });
+  return st["sessions"]["retained_blocks"].get<int64_t>() - before;
 }
 
 TEST(DaemonPolicyTest, RetainPinsReleasesAndEnforcesAPerUidQuota) {
   DaemonFixture f({"--policy", "ttl", "--retain-quota-blocks", "10", "--socket-mode", "0666"});
   ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
   LineClient c(f.daemon.socket_path());
-  for (int i = 0; i < 4; ++i) OpenWith(c, std::string(1, char('a' + i)), 70, i);  // 5 blocks
+  // a, b, c: one turn each, so the engine keeps real blocks for them.
+  int64_t blocks[3];
+  for (int i = 0; i < 3; ++i) {
+    const std::string s(1, char('a' + i));
+    OpenWith(c, s, 40, i);
+    blocks[i] = TurnAndRetainedGrowth(c, s);
+  }
+  ASSERT_LE(blocks[0] + blocks[1], 10) << blocks[0] << " " << blocks[1];
+  ASSERT_GT(blocks[0] + blocks[1] + blocks[2], 10) << blocks[2];
+  ASSERT_LE(blocks[0] + blocks[2], 10);
   json a = c.Ok(Retain("a", 60));
-  EXPECT_EQ(a["pinned_blocks"], 5);
-  EXPECT_EQ(a["uid_pinned_blocks"], 5);
+  EXPECT_EQ(a["pinned_blocks"], blocks[0]);
+  EXPECT_EQ(a["uid_pinned_blocks"], blocks[0]);
   EXPECT_EQ(a["quota_blocks"], 10);
-  EXPECT_EQ(c.Ok(Retain("b", 60))["uid_pinned_blocks"], 10);
+  EXPECT_EQ(c.Ok(Retain("b", 60))["uid_pinned_blocks"], blocks[0] + blocks[1]);
   json over = c.Terminal(Retain("c", 60));
   ASSERT_TRUE(over.contains("error")) << over.dump();
   EXPECT_EQ(over["error"]["code"], "resource_exhausted");
@@ -68,14 +106,14 @@ TEST(DaemonPolicyTest, RetainPinsReleasesAndEnforcesAPerUidQuota) {
   // The same hint on session.generate is refused the same way, before any generation.
   json gen = c.Terminal({{"id", 4},
                          {"verb", "session.generate"},
-                         {"session", "d"},
+                         {"session", "c"},
                          {"max_tokens", 2},
                          {"retain", {{"ttl_s", 30}}}});
   EXPECT_EQ(gen["error"]["code"], "resource_exhausted") << gen.dump();
   // Renewing a pin does not count it twice; ttl_s 0 releases it.
-  EXPECT_EQ(c.Ok(Retain("a", 120))["uid_pinned_blocks"], 10);
-  EXPECT_EQ(c.Ok(Retain("a", 0))["uid_pinned_blocks"], 5);
-  EXPECT_EQ(c.Ok(Retain("c", 60))["uid_pinned_blocks"], 10);
+  EXPECT_EQ(c.Ok(Retain("a", 120))["uid_pinned_blocks"], blocks[0] + blocks[1]);
+  EXPECT_EQ(c.Ok(Retain("b", 0))["uid_pinned_blocks"], blocks[0]);
+  EXPECT_EQ(c.Ok(Retain("c", 60))["uid_pinned_blocks"], blocks[0] + blocks[2]);
   // Bad hints.
   EXPECT_EQ(c.ErrorCode(Retain("a", -1)), "invalid_argument");
   EXPECT_EQ(c.ErrorCode(Retain("a", 1e9)), "invalid_argument");
@@ -124,14 +162,49 @@ TEST(DaemonPolicyTest, RetainPinsReleasesAndEnforcesAPerUidQuota) {
   EXPECT_EQ(failures, "");
 }
 
-json WaitForStats(LineClient& c, const std::function<bool(const json&)>& done) {
-  json stats;
-  for (int i = 0; i < 200; ++i) {
-    stats = c.Ok({{"id", 9}, {"verb", "stats"}});
-    if (done(stats)) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+// The quota counts what each pin really holds: a session with no turn yet holds nothing, a
+// session that grew after its turn holds only its last turn's blocks until its next turn
+// ends, then the grown count; released and expired pins count nothing.
+TEST(DaemonPolicyTest, RetainQuotaCountsTheBlocksTheEngineHolds) {
+  DaemonFixture f({"--policy", "ttl", "--retain-quota-blocks", "10"});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient c(f.daemon.socket_path());
+  // "big": 400 tokens appended, no turn: the engine keeps no block for it (its size
+  // alone, 25+ blocks, would pass the quota).
+  OpenWith(c, "big", 400, 9);
+  json big = c.Ok(Retain("big", 60));
+  EXPECT_EQ(big["pinned_blocks"], 0) << big.dump();
+  OpenWith(c, "a", 40, 0);
+  OpenWith(c, "b", 40, 1);
+  const int64_t a_blocks = TurnAndRetainedGrowth(c, "a");
+  const int64_t b_blocks = TurnAndRetainedGrowth(c, "b");
+  ASSERT_GT(a_blocks, 0);
+  ASSERT_LE(a_blocks + b_blocks, 10);
+  // "a" grows by 60 appended tokens: not counted before its turn has run.
+  EXPECT_EQ(c.Ok(Retain("a", 60))["uid_pinned_blocks"], a_blocks);
+  c.Ok({{"id", 2},
+        {"verb", "session.append"},
+        {"session", "a"},
+        {"messages", {{{"role", "user"}, {"tokens", Tokens(60, 5)}}}}});
+  EXPECT_EQ(c.Ok(Retain("big", 60))["uid_pinned_blocks"], a_blocks);
+  const int64_t a_grown = a_blocks + TurnAndRetainedGrowth(c, "a");
+  ASSERT_GT(a_grown, a_blocks);
+  // Counted after it: the uid's pins now hold a_grown real blocks.
+  EXPECT_EQ(c.Ok(Retain("big", 60))["uid_pinned_blocks"], a_grown);
+  // b fits exactly when a_grown + b_blocks <= 10, and the error says so otherwise.
+  json b = c.Terminal(Retain("b", 60));
+  if (a_grown + b_blocks <= 10) {
+    ASSERT_TRUE(b.contains("result")) << b.dump();
+    EXPECT_EQ(b["result"]["uid_pinned_blocks"], a_grown + b_blocks);
+    ASSERT_EQ(c.Ok(Retain("b", 0))["uid_pinned_blocks"], a_grown);
+  } else {
+    EXPECT_EQ(b["error"]["code"], "resource_exhausted") << b.dump();
   }
-  return stats;
+  // An expired pin counts nothing.
+  c.Ok(Retain("a", 0.3));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(c.Ok(Retain("big", 60))["uid_pinned_blocks"], 0);
+  EXPECT_EQ(c.Ok(Retain("b", 60))["uid_pinned_blocks"], b_blocks);
 }
 
 TEST(DaemonPolicyTest, SighupSwitchesThePolicyAndKeepsPins) {

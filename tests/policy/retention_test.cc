@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <string>
+#include <vector>
 
 namespace kvkeep {
 namespace {
@@ -60,6 +63,37 @@ TEST(Retention, QuotaIsPerUidAndNamedInTheError) {
   clock.AdvanceMicros(10 * kSecond);
   ASSERT_TRUE(book.Retain(1000, "c", 10, 0, 40).ok());
   EXPECT_EQ(book.HintPinnedBlocks(1000), 100);  // a (60, live to 20 s) + c (40)
+}
+
+TEST(Retention, RefreshedBlocksAreWhatTheQuotaCounts) {
+  FakeClock clock;
+  RetentionOptions o;
+  o.max_hint_pinned_blocks_per_uid = 10;
+  RetentionBook book(o, &clock);
+  ASSERT_TRUE(book.Retain(1000, "a", 10, 0, 3).ok());
+  ASSERT_TRUE(book.Retain(1000, "b", 1, 0, 3).ok());
+  ASSERT_TRUE(book.Retain(2000, "other", 10, 0, 3).ok());
+  ASSERT_TRUE(book.PinLearned(1000, "learned", 10, 3));
+  // "a" grew to 8 real blocks; only uid 1000's live hint pins are asked.
+  std::map<std::string, int64_t> held = {{"a", 8}, {"b", 1}, {"other", 9}, {"learned", 9}};
+  std::vector<std::string> asked;
+  book.RefreshHintBlocks(1000, [&](const std::string& s) {
+    asked.push_back(s);
+    return held[s];
+  });
+  EXPECT_EQ(asked, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(book.HintPinnedBlocks(1000), 9);
+  EXPECT_TRUE(book.Retain(1000, "c", 10, 0, 2).IsResourceExhausted());  // 9 + 2 > 10
+  ASSERT_TRUE(book.Retain(1000, "c", 10, 0, 1).ok());                   // 9 + 1 = 10
+  // "b" expires: not asked, not counted.
+  clock.AdvanceMicros(2 * kSecond);
+  asked.clear();
+  book.RefreshHintBlocks(1000, [&](const std::string& s) {
+    asked.push_back(s);
+    return held[s];
+  });
+  EXPECT_EQ(asked, (std::vector<std::string>{"a", "c"}));
+  EXPECT_EQ(book.HintPinnedBlocks(1000), 8);  // a 8 + c (held[c] = 0)
 }
 
 TEST(Retention, AnotherUidsSessionIsNotFoundAndBadTtlsAreRefused) {
