@@ -19,10 +19,8 @@ Status EngineImpl::Step() {
   }
   for (Sequence* seq : batch.failed) {
     Finish(seq, FinishReason::kError,
-           seq->kv_view.num_restored > 0
-               ? Status::ResourceExhausted("episode turn preempted: its cache entries are gone")
-               : Status::ResourceExhausted("context of " + std::to_string(seq->num_tokens()) +
-                                           " tokens can never fit the KV pool"));
+           Status::ResourceExhausted("context of " + std::to_string(seq->num_tokens()) +
+                                     " tokens can never fit the KV pool"));
   }
   Status status;
   if (!batch.empty()) {
@@ -237,7 +235,7 @@ void EngineImpl::PublishStats() {
   s.episode_builds = episode_builds_;
   s.episode_build_us = episode_build_us_;
   s.episode_turns = episode_turns_;
-  s.episode_fallbacks = episode_fallbacks_;
+  s.episode_fallbacks = episode_fallbacks_ + scheduler_.num_episode_fallbacks();
   s.block_bytes = static_cast<int64_t>(backend_->block_bytes());
   s.policy = std::string(reclaim_policy_->name());
   const int64_t now = clock_->NowMicros();

@@ -3,8 +3,9 @@
 // (EpisodeCompressor + EpisodeDecoder on a bare backend); with a budget covering the
 // history it gives full KV's; demoted to the host or disk tier and promoted back it gives
 // the tokens of one that never left the device; a fresh engine over the same disk tier
-// (a restart) rebuilds it and gives the same tokens; and a build that cannot get its
-// blocks falls back to full KV without failing the turn.
+// (a restart) rebuilds it and gives the same tokens; a build that cannot get its
+// blocks falls back to full KV without failing the turn; and a turn preempted under
+// memory pressure finishes from full KV with full KV's tokens.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -73,7 +74,8 @@ class EpisodeServeTest : public TinyModelTest {
     o.budget_tokens = t.budget;
     o.block_tokens = t.block;
     const int32_t needed = CompressBlocksNeeded(o, static_cast<int32_t>(t.query.size()), kBs);
-    const int32_t room = needed + 4;  // the message and the reply on top
+    const int32_t on_top = static_cast<int32_t>(t.message.size()) + kMaxTokens;
+    const int32_t room = needed + on_top / kBs + 1;  // the message and the reply on top
     auto backend = MakeBackend(*model_->weights, room, kBs);
     EpisodeCompressor compressor(backend.get());
     auto cache = compressor.Build(t.history, t.query, o, Iota(room));
@@ -230,6 +232,58 @@ TEST_F(EpisodeServeTest, BuildThatCannotGetItsBlocksFallsBackToFullKv) {
   EXPECT_EQ(oov.reason, FinishReason::kLength);
   EXPECT_FALSE(oov.usage.from_episode_cache);
   EXPECT_EQ(engine->GetStats().episode_fallbacks, 3);
+}
+
+// Memory pressure: another session's decode outgrows a pool that held both while the
+// episode turn prefilled its message, so the turn is preempted before its first token. Its
+// cache's entries cannot be recomputed from tokens; it falls back to its full-KV request
+// and gives exactly full KV's tokens (served_by full_kv). The next turn, not preempted, is
+// served from the episode cache again.
+TEST_F(EpisodeServeTest, PreemptedTurnFallsBackToFullKvAndGivesItsTokens) {
+  Turn t = MakeTurn(300);
+  t.message = RandomTokens(rng_, 200);  // 25 prefill steps of 8 on top of the cache
+  const Outcome full = Run(NewEngine(64).get(), 1, 7, t, /*episode=*/false);
+  EngineOptions o;
+  o.prefill_chunk_tokens = 8;
+  // 34 blocks: the other session's 16, the episode's 12 to build (then its 4 cached) and
+  // 13 to prefill the message fit at admission; the other's growth then does not. Full KV
+  // of the turn (512 tokens, 32 blocks) fits once the other has finished.
+  auto engine = NewEngine(34, o);
+  auto* impl = static_cast<EngineImpl*>(engine.get());
+  Outcome other;
+  ASSERT_TRUE(
+      engine->Submit(RequestInto(&other, 1, RandomTokens(rng_, 240), /*max_tokens=*/80, 100)).ok());
+  while (other.tokens.size() < 10) ASSERT_TRUE(impl->Step().ok());
+  Outcome got;
+  GenerateRequest r = RequestInto(&got, 2, t.prompt(), kMaxTokens, 7);
+  r.episode = EpisodeServeRequest{.episode = t.episode,
+                                  .version = t.version,
+                                  .history_tokens = static_cast<int64_t>(t.history.size()),
+                                  .query = t.query,
+                                  .budget_tokens = t.budget,
+                                  .block_tokens = t.block};
+  ASSERT_TRUE(engine->Submit(std::move(r)).ok());
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  ASSERT_TRUE(impl->TEST_CheckPool().ok());
+  EXPECT_EQ(other.reason, FinishReason::kLength);
+  ASSERT_EQ(got.reason, FinishReason::kLength);
+  EngineStats s = engine->GetStats();
+  EXPECT_EQ(s.episode_builds, 1);  // the cache was built and the turn admitted on it
+  EXPECT_EQ(s.episode_turns, 1);
+  EXPECT_GE(s.preemptions, 1);
+  EXPECT_EQ(s.episode_fallbacks, 1);
+  EXPECT_FALSE(got.usage.from_episode_cache);
+  EXPECT_EQ(got.tokens, full.tokens);
+  // The comparison can fail: the episode cache decodes differently from full KV here.
+  const std::vector<int32_t> episodic = Reference(t);
+  EXPECT_NE(episodic, full.tokens);
+
+  // Without pressure the next turn is served from the episode cache (rebuilt if the full-KV
+  // recompute pushed it out).
+  Outcome again = Run(engine.get(), 3, 7, t, /*episode=*/true);
+  EXPECT_TRUE(again.usage.from_episode_cache);
+  EXPECT_EQ(again.tokens, episodic);
+  EXPECT_EQ(engine->GetStats().episode_fallbacks, 1);
 }
 
 }  // namespace
