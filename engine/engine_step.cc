@@ -33,6 +33,8 @@ Status EngineImpl::Step() {
     } else {
       for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, status);
     }
+  } else if (!building_.empty()) {
+    // an episode cache's build step below is this step's work
   } else if (outstanding_disk_reads_ > 0) {
     ++idle_steps_;
     CollectDiskReads(true);  // nothing else to run: wait (bounded) on a read, not a spin
@@ -40,8 +42,9 @@ Status EngineImpl::Step() {
     ++idle_steps_;
     status = Status::Internal("scheduler made no progress");
   }
-  EmitEvents();  // 8. callbacks
-  PolicyTick();  // 9. budgeted policy tick
+  AdvanceEpisodeBuild();  //    one step of the oldest episode cache build
+  EmitEvents();           // 8. callbacks
+  PolicyTick();           // 9. budgeted policy tick
   ++steps_;
   PublishStats();
   return status;
@@ -77,26 +80,31 @@ void EngineImpl::DrainInbox() {
     // request's MatchPrefix finds them.
     if (session != 0) BeginTurn(session, seq);
     if (seq->request.episode && ServeFromEpisode(seq)) continue;
-    if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
-      std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
-      if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
-        seq->remote_blocks_loaded =
-            StageRemotePrefix(context, scope, remote_.get(), &pool_, disk_worker_.get());
-      }
-      const int32_t planned = pool_.PlanDiskLoads(context, scope);
-      seq->disk_blocks_loaded += planned;  // plus any tool_end started (BeginTurn)
-      outstanding_disk_reads_ += planned;
-    }
-    if (seq->disk_blocks_loaded > 0) {
-      awaiting_disk_.push_back({seq, seq->submit_us + options_.disk_read_deadline_us});
-    } else {
-      scheduler_.Add(seq);
-    }
+    QueueFullKvTurn(seq);
   }
   for (RequestId id : cancels) {
     auto it = seqs_.find(id);
     if (it == seqs_.end()) continue;  // unknown or already finished
     Finish(it->second.get(), FinishReason::kCancelled, Status::Cancelled("cancelled"));
+  }
+}
+
+void EngineImpl::QueueFullKvTurn(Sequence* seq) {
+  const HashScope& scope = seq->table.scope();
+  if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
+    std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
+    if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
+      seq->remote_blocks_loaded =
+          StageRemotePrefix(context, scope, remote_.get(), &pool_, disk_worker_.get());
+    }
+    const int32_t planned = pool_.PlanDiskLoads(context, scope);
+    seq->disk_blocks_loaded += planned;  // plus any tool_end started (BeginTurn)
+    outstanding_disk_reads_ += planned;
+  }
+  if (seq->disk_blocks_loaded > 0) {
+    awaiting_disk_.push_back({seq, seq->submit_us + options_.disk_read_deadline_us});
+  } else {
+    scheduler_.Add(seq);
   }
 }
 
@@ -145,6 +153,7 @@ void EngineImpl::EmitToken(Sequence* seq, int32_t token, std::string text) {
 
 void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
   std::erase_if(awaiting_disk_, [&](const AwaitingDisk& a) { return a.seq == seq; });
+  DropEpisodeBuild(seq);
   seq->usage.kv_blocks = seq->table.num_blocks();
   if (!seq->episode_key.empty()) {  // an episode turn: its cache goes back, not retained
     FinishEpisodeTurn(seq);
@@ -244,7 +253,7 @@ void EngineImpl::PublishStats() {
     if (r.info.pinned && r.info.pin_deadline_us > now) s.pinned_blocks += r.table.num_blocks();
   }
   s.tool_keys = tool_keys_;
-  has_work_ = scheduler_.has_work() || !awaiting_disk_.empty();
+  has_work_ = scheduler_.has_work() || !awaiting_disk_.empty() || !building_.empty();
 }
 
 }  // namespace kvkeep
