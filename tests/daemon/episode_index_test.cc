@@ -334,7 +334,7 @@ TEST(EpisodeIndexTest, PerSessionBudgetOverridesTheGlobalOne) {
   EXPECT_FALSE(r2->has_value());
 }
 
-TEST(EpisodeIndexTest, SwitchesToHnswPastTheThresholdAndStillFindsTheNearest) {
+TEST(EpisodeIndexTest, SwitchesToIvfFlatPastTheThresholdAndStillFindsTheNearest) {
   Fixture f;
   EpisodeOptions o = HashedOptions();
   o.vectors.ann_threshold = 20;
