@@ -2,9 +2,10 @@
 //   embedding: segments/s for the hashed and bert embedders on LoCoMo-sized 4-turn
 //     windows (~60 words); anchor in the same run: a plain pass that lower-cases the
 //     same bytes (the floor any embedder pays to read its input);
-//   FAISS: add and top-10 search latency at 1k, 10k and 100k vectors of dim 384, flat and
-//     HNSW (each index built once, searched with a fixed set of 64 queries; HNSW recall@1
-//     against flat); anchor: a brute-force inner-product scan over the same vectors;
+//   FAISS: add and top-10 search latency at 1k, 10k and 100k vectors of dim 384, flat,
+//     IVF-Flat and HNSW (each index built once, searched with a fixed set of 64 queries;
+//     recall@1 against flat, on clustered vectors with queries near stored ones and on
+//     i.i.d. random ones); anchor: a brute-force inner-product scan over the same vectors;
 //   clustering: one full ClusterEpisodes (E = 4, 5 restarts, 25 iterations) over n hashed
 //     window vectors (dim 4096), what the daemon pays at each full re-clustering; anchor:
 //     embedding the same n windows with hashed (BM_EmbedHashedN).
@@ -17,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <tuple>
 
 #include "engine/bert_encoder.h"
 #include "engine/embedder_factory.h"
@@ -92,32 +94,73 @@ std::vector<float> RandomUnit(int64_t rows, uint64_t seed) {
   return v;
 }
 
+// Text-like vectors: 2,000 topic directions, each vector a topic plus noise (sentence
+// vectors of one conversation cluster by topic), unit length.
+std::vector<float> Clustered(int64_t rows, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  constexpr int kTopics = 2000;
+  std::vector<float> topics(static_cast<size_t>(kTopics) * kDim);
+  for (float& x : topics) x = n(rng);
+  index::NormalizeRows(topics.data(), kTopics, kDim);
+  std::vector<float> v(static_cast<size_t>(rows) * kDim);
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t t = static_cast<int64_t>(rng() % kTopics);
+    for (int j = 0; j < kDim; ++j) v[i * kDim + j] = topics[t * kDim + j] + 0.08f * n(rng);
+  }
+  index::NormalizeRows(v.data(), rows, kDim);
+  return v;
+}
+
+// The data sets: 0 i.i.d. random unit vectors with i.i.d. random queries (nearly
+// equidistant: the hardest case, no structure); 1 clustered vectors with queries near
+// stored ones (a stored vector plus noise: a question about something said).
+std::vector<float> Data(int64_t n, int data) {
+  return data == 0 ? RandomUnit(n, 1) : Clustered(n, 1);
+}
+std::vector<float> Queries(int64_t n, int data) {
+  if (data == 0) return RandomUnit(64, 2);
+  const auto stored = Clustered(n, 1);
+  std::mt19937_64 rng(2);
+  std::normal_distribution<float> noise(0.0f, 0.04f);
+  std::vector<float> q(64 * kDim);
+  for (int i = 0; i < 64; ++i) {
+    const int64_t row = static_cast<int64_t>(rng() % n);
+    for (int j = 0; j < kDim; ++j) q[i * kDim + j] = stored[row * kDim + j] + noise(rng);
+  }
+  index::NormalizeRows(q.data(), 64, kDim);
+  return q;
+}
+
 std::vector<int64_t> Ids(int64_t n) {
   std::vector<int64_t> ids(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) ids[i] = i;
   return ids;
 }
 
-// Flat (threshold never reached) or HNSW from the first add (threshold 0) with the given
-// efConstruction; M and efSearch are VectorIndex's defaults (32, 64).
-index::VectorIndexOptions IndexOptions(int ef_construction) {
+// kind: 0 flat (threshold never reached), -1 IVF-Flat with VectorIndex's defaults
+// (sqrt(n) lists, 16 probed, 64 training vectors a list), > 0 HNSW with that
+// efConstruction (M and efSearch: VectorIndex's 32 and 64); approximate from the first add.
+index::VectorIndexOptions IndexOptions(int kind) {
   index::VectorIndexOptions o;
-  o.hnsw_threshold = ef_construction == 0 ? std::numeric_limits<int64_t>::max() : 0;
-  if (ef_construction > 0) o.hnsw_ef_construction = ef_construction;
+  o.ann_threshold = kind == 0 ? std::numeric_limits<int64_t>::max() : 0;
+  o.ann = kind < 0 ? index::AnnKind::kIvfFlat : index::AnnKind::kHnsw;
+  if (kind > 0) o.hnsw_ef_construction = kind;
   return o;
 }
 
-// Each (n, efConstruction) index is built once and kept for the search benchmarks: an HNSW
+// Each (n, kind, data) index is built once and kept for the search benchmarks: an HNSW
 // graph over 100k vectors takes minutes here, and a benchmark function runs several times.
-index::VectorIndex* Built(int64_t n, int ef_construction, double* build_s = nullptr) {
-  static std::map<std::pair<int64_t, int>, std::pair<std::unique_ptr<index::VectorIndex>, double>>
+index::VectorIndex* Built(int64_t n, int kind, int data, double* build_s = nullptr) {
+  static std::map<std::tuple<int64_t, int, int>,
+                  std::pair<std::unique_ptr<index::VectorIndex>, double>>
       cache;
-  auto& slot = cache[{n, ef_construction}];
+  auto& slot = cache[{n, kind, data}];
   if (slot.first == nullptr) {
-    auto index = index::VectorIndex::Create(kDim, IndexOptions(ef_construction));
-    const auto data = RandomUnit(n, 1);
+    auto index = index::VectorIndex::Create(kDim, IndexOptions(kind));
+    const auto vectors = Data(n, data);
     const auto start = std::chrono::steady_clock::now();
-    if (!index.ok() || !(*index)->Add(Ids(n), data).ok()) std::abort();
+    if (!index.ok() || !(*index)->Add(Ids(n), vectors).ok()) std::abort();
     slot.second = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     slot.first = std::move(index).value();
   }
@@ -125,36 +168,43 @@ index::VectorIndex* Built(int64_t n, int ef_construction, double* build_s = null
   return slot.first.get();
 }
 
-// Add: args (n, efConstruction; 0 = flat). HNSW's is the whole graph build (the one-time
-// switch past hnsw_threshold); run once, since the index is kept for the searches.
+// Add: args (n, kind, data). An approximate index's is the whole build (the one-time
+// rebuild past ann_threshold, IVF's k-means included); run once, since the index is kept
+// for the searches.
 void BM_FaissAdd(benchmark::State& state) {
   const int64_t n = state.range(0);
   double build_s = 0;
   for (auto _ : state) {
-    index::VectorIndex* index = Built(n, static_cast<int>(state.range(1)), &build_s);
+    Built(n, static_cast<int>(state.range(1)), static_cast<int>(state.range(2)), &build_s);
     state.SetIterationTime(build_s);
-    state.counters["hnsw"] = index->is_hnsw() ? 1 : 0;
   }
   state.counters["vectors_per_s"] = n / std::max(build_s, 1e-9);
 }
 // 100k HNSW uses efConstruction 16: at the product's 64 it runs past 10 CPU minutes here
-// (192 vectors/s at 20k). Search below runs at the product's efSearch 64 on each graph.
+// (192 vectors/s at 20k).
+void FaissArgs(benchmark::internal::Benchmark* b) {
+  for (auto [n, kind] : {std::pair{1000, 0},
+                         {10000, 0},
+                         {100000, 0},
+                         {10000, -1},
+                         {100000, -1},
+                         {10000, 64},
+                         {100000, 16}}) {
+    b->Args({n, kind, 1});
+  }
+}
 BENCHMARK(BM_FaissAdd)
-    ->Args({1000, 0})
-    ->Args({10000, 0})
-    ->Args({100000, 0})
-    ->Args({1000, 64})
-    ->Args({10000, 64})
-    ->Args({100000, 16})
+    ->Apply(FaissArgs)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond)
     ->Iterations(1);
 
-// Top-10 search over a fixed set of 64 queries, on the indexes built above.
+// Top-10 search over the data set's 64 queries, on the indexes built above.
 void BM_FaissSearch(benchmark::State& state) {
   const int64_t n = state.range(0);
-  index::VectorIndex* index = Built(n, static_cast<int>(state.range(1)));
-  const auto queries = RandomUnit(64, 2);
+  const int data = static_cast<int>(state.range(2));
+  index::VectorIndex* index = Built(n, static_cast<int>(state.range(1)), data);
+  const auto queries = Queries(n, data);
   int q = 0;
   for (auto _ : state) {
     std::vector<float> query(queries.begin() + (q % 64) * kDim,
@@ -162,40 +212,38 @@ void BM_FaissSearch(benchmark::State& state) {
     benchmark::DoNotOptimize(index->Search(query, 10));
     ++q;
   }
-  state.counters["hnsw"] = index->is_hnsw() ? 1 : 0;
 }
-BENCHMARK(BM_FaissSearch)
-    ->Args({1000, 0})
-    ->Args({10000, 0})
-    ->Args({100000, 0})
-    ->Args({1000, 64})
-    ->Args({10000, 64})
-    ->Args({100000, 16})
-    ->Unit(benchmark::kMicrosecond)
-    ->Iterations(128);
+BENCHMARK(BM_FaissSearch)->Apply(FaissArgs)->Unit(benchmark::kMicrosecond)->Iterations(128);
 
-// HNSW recall@1 against the exact flat index on the same 64 queries (search speed means
-// little without it).
-void BM_HnswRecallAt1(benchmark::State& state) {
+// recall@1 against the exact flat index on the same 64 queries (search speed means little
+// without it): args (n, kind, data).
+void BM_AnnRecallAt1(benchmark::State& state) {
   const int64_t n = state.range(0);
-  index::VectorIndex* flat = Built(n, 0);
-  index::VectorIndex* hnsw = Built(n, static_cast<int>(state.range(1)));
-  const auto queries = RandomUnit(64, 2);
+  const int data = static_cast<int>(state.range(2));
+  index::VectorIndex* flat = Built(n, 0, data);
+  index::VectorIndex* ann = Built(n, static_cast<int>(state.range(1)), data);
+  const auto queries = Queries(n, data);
   int hits = 0;
   for (auto _ : state) {
     hits = 0;
     for (int q = 0; q < 64; ++q) {
       std::vector<float> query(queries.begin() + q * kDim, queries.begin() + (q + 1) * kDim);
       auto a = flat->Search(query, 1);
-      auto b = hnsw->Search(query, 1);
+      auto b = ann->Search(query, 1);
       hits += a.ok() && b.ok() && !a->empty() && !b->empty() && (*a)[0].id == (*b)[0].id;
     }
   }
   state.counters["recall_at_1"] = hits / 64.0;
 }
-BENCHMARK(BM_HnswRecallAt1)
-    ->Args({10000, 64})
-    ->Args({100000, 16})
+BENCHMARK(BM_AnnRecallAt1)
+    ->Args({10000, -1, 1})
+    ->Args({100000, -1, 1})
+    ->Args({10000, 64, 1})
+    ->Args({100000, 16, 1})
+    ->Args({10000, -1, 0})
+    ->Args({100000, -1, 0})
+    ->Args({10000, 64, 0})
+    ->Args({100000, 16, 0})
     ->Unit(benchmark::kMillisecond)
     ->Iterations(1);
 

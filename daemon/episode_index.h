@@ -57,7 +57,7 @@ struct EpisodeOptions {
   EpisodeClusterPolicy clustering;    // E (--episodes), seed, regrow factor
   index::RouterOptions router;        // the measured default: top:1
   index::SegmenterOptions segmenter;  // window_messages w
-  index::VectorIndexOptions vectors;  // HNSW threshold
+  index::VectorIndexOptions vectors;  // the approximate-index threshold and kind
   int64_t max_vectors_per_session = 20000;
   int64_t max_queued_bytes = int64_t{64} << 20;
   int64_t save_every_messages = 16;

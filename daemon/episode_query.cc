@@ -128,9 +128,9 @@ Status EpisodeIndex::IndexMessages(const Key& key, const std::vector<IndexedMess
   ASSIGN_OR_RETURN(std::vector<float> win_vectors, EmbedFor(key.first, window_texts, false));
 
   // The worker is the only writer of a session's segments and index, so they cannot move
-  // between the two locked sections below. When this add passes the HNSW threshold, the
-  // one-time rebuild (seconds to minutes: bench/RESULTS.md) runs on a copy without the
-  // lock, and queries use the flat index meanwhile.
+  // between the two locked sections below. When this add passes the approximate-index threshold,
+  // the one-time rebuild (seconds to minutes: bench/RESULTS.md) runs on a copy without the lock,
+  // and queries use the flat index meanwhile.
   std::vector<int64_t> ids;
   std::unique_ptr<index::VectorIndex> switched;
   if (!segs.empty()) {
@@ -141,16 +141,16 @@ Status EpisodeIndex::IndexMessages(const Key& key, const std::vector<IndexedMess
       if (it == states_.end()) return Status::OK();
       const index::VectorIndex& vi = *it->second.segment_index;
       for (size_t i = 0; i < segs.size(); ++i) ids.push_back(vi.size() + static_cast<int64_t>(i));
-      if (!vi.is_hnsw() &&
-          vi.size() + static_cast<int64_t>(ids.size()) > options_.vectors.hnsw_threshold) {
+      if (!vi.is_approximate() &&
+          vi.size() + static_cast<int64_t>(ids.size()) > options_.vectors.ann_threshold) {
         ASSIGN_OR_RETURN(flat_bytes, vi.Serialize());
       }
     }
     if (!flat_bytes.empty()) {
       ASSIGN_OR_RETURN(switched, index::VectorIndex::Restore(flat_bytes, options_.vectors));
       RETURN_IF_ERROR(switched->Add(ids, seg_vectors));
-      spdlog::info("episodes: session '{}' switched to HNSW at {} segments", key.second,
-                   switched->size());
+      spdlog::info("episodes: session '{}' switched to {} at {} segments", key.second,
+                   switched->kind_name(), switched->size());
     }
   }
 
@@ -348,7 +348,7 @@ nlohmann::json EpisodeIndex::InfoJson(uint32_t uid, const std::string& session) 
           {"dim", s.dim},
           {"indexed_messages", s.indexed_messages},
           {"segments", s.segments.size()},
-          {"hnsw", s.segment_index && s.segment_index->is_hnsw()},
+          {"vector_index", s.segment_index ? s.segment_index->kind_name() : "flat"},
           {"windows", s.num_windows()},
           {"capped", s.capped},
           {"behind", behind},

@@ -1,6 +1,7 @@
 // Backend's default host tier: an ordinary host arena and synchronous batched swaps
 // through ReadBlock/WriteBlock (the CPU backend's real implementation; a device backend
-// may override them with pinned memory and a copy stream).
+// may override them with pinned memory and a copy stream); and the per-layer layout of
+// ForwardBatch::layer_kv_trim that every backend's attention uses.
 #include "engine/backend.h"
 
 #include <algorithm>
@@ -19,6 +20,21 @@ Status CheckHostSlot(int32_t host_slot, int32_t num_host_blocks) {
 }
 
 }  // namespace
+
+void LayerKvLayout(const ForwardBatch& batch, int layer, int32_t block_size, int32_t* kv_len,
+                   int32_t* slots) {
+  const int32_t n = batch.num_seqs();
+  const int32_t* trim = batch.layer_kv_trim.data() + int64_t{layer} * n;
+  for (int32_t i = 0; i < n; ++i) {
+    kv_len[i] = batch.kv_len[i] - trim[i];
+    const int32_t* table = &batch.block_tables[int64_t{i} * batch.max_blocks_per_seq];
+    const int32_t n_new = batch.q_start[i + 1] - batch.q_start[i];
+    for (int32_t j = 0; j < n_new; ++j) {
+      const int32_t e = kv_len[i] - n_new + j;  // new tokens follow the layer's own entries
+      slots[batch.q_start[i] + j] = table[e / block_size] * block_size + e % block_size;
+    }
+  }
+}
 
 Status Backend::AllocateHostTier(int32_t num_blocks) {
   if (num_blocks < 0 || host_arena_ != nullptr) {

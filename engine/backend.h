@@ -45,6 +45,13 @@ struct ForwardBatch {
   int32_t num_seqs() const { return static_cast<int32_t>(kv_len.size()); }
 };
 
+// Layer `layer` of a batch with layer_kv_trim: each sequence's context length there
+// (kv_len[num_seqs]) and its new tokens' slots (slots[num_tokens]), which the backends'
+// attention of that layer uses instead of the batch's. REQUIRES: a validated batch with
+// layer_kv_trim.
+void LayerKvLayout(const ForwardBatch& batch, int layer, int32_t block_size, int32_t* kv_len,
+                   int32_t* slots);
+
 enum class KvDType { kF32, kBF16 };
 
 // Marks the completion of a batch of transfers (Backend::SwapOut / SwapIn). 0 is a fence

@@ -165,20 +165,10 @@ Status CpuBackend<KvT>::Attention(const ForwardBatch& batch, int layer, bool all
   const int32_t* slots = batch.slot_mapping.data();
   int32_t trim0 = 0;                   // sequence 0's trim in this layer (scoring has one sequence)
   if (!batch.layer_kv_trim.empty()) {  // this layer's own context lengths and slots
-    const int32_t n = batch.num_seqs(), bs = shape_.block_size;
-    const int32_t* trim = batch.layer_kv_trim.data() + int64_t{layer} * n;
-    trim0 = trim[0];
-    layer_kv_len_.resize(n);
+    trim0 = batch.layer_kv_trim[int64_t{layer} * batch.num_seqs()];
+    layer_kv_len_.resize(batch.num_seqs());
     layer_slots_.resize(batch.num_tokens());
-    for (int32_t i = 0; i < n; ++i) {
-      layer_kv_len_[i] = batch.kv_len[i] - trim[i];
-      const int32_t* table = &batch.block_tables[int64_t{i} * batch.max_blocks_per_seq];
-      const int32_t n_new = batch.q_start[i + 1] - batch.q_start[i];
-      for (int32_t j = 0; j < n_new; ++j) {
-        const int32_t e = layer_kv_len_[i] - n_new + j;
-        layer_slots_[batch.q_start[i] + j] = table[e / bs] * bs + e % bs;
-      }
-    }
+    LayerKvLayout(batch, layer, shape_.block_size, layer_kv_len_.data(), layer_slots_.data());
     ab.kv_len = layer_kv_len_.data();
     slots = layer_slots_.data();
   }

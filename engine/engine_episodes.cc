@@ -2,9 +2,12 @@
 // a request with GenerateRequest::episode is decoded on top of its episode's compressed
 // KV. Engine thread only.
 //
-// Life of a cache: built here (EpisodeCompressor into BlockPool blocks, synchronously on
-// the engine thread when a routed turn finds no usable one), registered in the pool under
-// its own key (engine/episode_cache_directory.h) and released, so its blocks are cached
+// Life of a cache: built here (EpisodeCompressor into BlockPool blocks) when a routed turn
+// finds no usable one. The build is engine work done in steps: each engine step runs one
+// step of the oldest build (a prefill run of at most a prefill chunk, or a block's
+// scoring and compaction) beside the scheduled batch, so other sequences keep decoding;
+// the turn waits until its cache is built. The cache is registered in the pool under its
+// own key (engine/episode_cache_directory.h) and released, so its blocks are cached
 // and owned by the session: the device keeps them while it has room, eviction demotes
 // them to the host tier and then to disk, and a routed turn promotes them back
 // (MatchPrefix swaps host blocks in; disk blocks are read up first, PlanDiskLoads). A
@@ -66,10 +69,7 @@ bool EngineImpl::ServeFromEpisode(Sequence* seq) {
       where = pool_.ProbePrefix(EpisodeCacheDirectory::KeyTokens(*rec, bs), scope);
       usable = where.total() == rec->num_blocks;  // else partly dropped: rebuild
     }
-    if (!usable) {
-      ASSIGN_OR_RETURN(rec, BuildEpisodeCache(seq, scope));
-      where = TierCounts{.device = rec->num_blocks};
-    }
+    if (!usable) return StartEpisodeBuild(seq, scope);  // the turn waits for its build
     seq->episode_key = EpisodeCacheDirectory::KeyTokens(*rec, bs);
     seq->episode_view = KvView{rec->num_kept, rec->history_tokens};
     if (where.disk > 0 && disk_worker_ != nullptr) {  // read up first, like a prefix
@@ -123,40 +123,74 @@ Status EngineImpl::AdmitEpisodeTurn(Sequence* seq) {
   return Status::OK();
 }
 
-Result<const EpisodeCacheRecord*> EngineImpl::BuildEpisodeCache(Sequence* seq, HashScope scope) {
+Status EngineImpl::StartEpisodeBuild(Sequence* seq, HashScope scope) {
   const GenerateRequest& r = seq->request;
   const EpisodeServeRequest& e = *r.episode;
   const int32_t bs = pool_.block_size();
   CompressOptions options;
   options.budget_tokens = e.budget_tokens;
   options.block_tokens = e.block_tokens;
+  options.step_tokens = options_.prefill_chunk_tokens;  // a step stalls others like a chunk
   const int32_t needed = CompressBlocksNeeded(options, static_cast<int32_t>(e.query.size()), bs);
   if (needed > pool_.num_allocatable()) {
     ReclaimSessions(needed - pool_.num_allocatable(), /*break_live_pins=*/false);
   }
-  BlockTable table(bs, scope);
+  EpisodeBuild build{.seq = seq,
+                     .table = BlockTable(bs, scope),
+                     .compressor = std::make_unique<EpisodeCompressor>(backend_.get())};
   std::vector<BlockCopy> copies;  // none: the table is empty
-  RETURN_IF_ERROR(pool_.PrepareAppend(&table, int64_t{needed} * bs, &copies)
+  RETURN_IF_ERROR(pool_.PrepareAppend(&build.table, int64_t{needed} * bs, &copies)
                       .WithContext("episode cache of " + std::to_string(needed) + " blocks"));
   Status st = RunTransfers();  // blocks taken from the cache are demoted before reuse
-  const int64_t start_us = clock_->NowMicros();
-  EpisodeCacheRecord rec;
-  rec.id = EpisodeCacheId{r.session, e.episode, e.version};
-  Result<EpisodeCache> cache = Status::OK();
   if (st.ok()) {
-    EpisodeCompressor compressor(backend_.get());
     std::span<const int32_t> history(r.prompt.data(), static_cast<size_t>(e.history_tokens));
-    std::vector<int32_t> blocks(table.block_ids().begin(), table.block_ids().end());
-    cache = compressor.Build(history, e.query, options, std::move(blocks), rec.id);
-    st = cache.status();
+    st = build.compressor->Start(
+        history, e.query, options,
+        std::vector<int32_t>(build.table.block_ids().begin(), build.table.block_ids().end()),
+        EpisodeCacheId{r.session, e.episode, e.version});
   }
   if (!st.ok()) {
-    pool_.Free(&table);
+    pool_.Free(&build.table);
     return st;
   }
+  building_.push_back(std::move(build));
+  return Status::OK();
+}
+
+void EngineImpl::AdvanceEpisodeBuild() {
+  if (building_.empty()) return;
+  EpisodeBuild& build = building_.front();
+  const int64_t start_us = clock_->NowMicros();
+  Status st = build.compressor->Advance();
+  build.work_us += clock_->NowMicros() - start_us;
+  if (st.ok() && !build.compressor->done()) return;
+  Sequence* seq = build.seq;
+  if (st.ok()) st = FinishEpisodeBuild(&build);
+  pool_.Free(&build.table);  // (after a registration: already free, the cache is cached)
+  building_.pop_front();
+  if (st.ok()) st = AdmitEpisodeTurn(seq);
+  if (st.ok()) return;
+  spdlog::warn(
+      "engine: request {} of session {}: episode {} not served from its cache ({}); full KV "
+      "serves it",
+      seq->id(), seq->request.session, seq->request.episode->episode, st.ToString());
+  ++episode_fallbacks_;
+  seq->episode_key.clear();
+  QueueFullKvTurn(seq);
+}
+
+Status EngineImpl::FinishEpisodeBuild(EpisodeBuild* build) {
+  Sequence* seq = build->seq;
+  const GenerateRequest& r = seq->request;
+  const EpisodeServeRequest& e = *r.episode;
+  const int32_t bs = pool_.block_size();
+  BlockTable& table = build->table;
+  const EpisodeCache cache = build->compressor->TakeCache();
+  EpisodeCacheRecord rec;
+  rec.id = cache.id;
   rec.generation = episodes_.NextGeneration();
-  rec.num_kept = cache->num_kept;
-  rec.history_tokens = cache->history_tokens;
+  rec.num_kept = cache.num_kept;
+  rec.history_tokens = cache.history_tokens;
   rec.history_hash = EpisodeCacheDirectory::HistoryHash(
       std::span<const int32_t>(r.prompt.data(), rec.history_tokens));
   rec.query_hash = EpisodeCacheDirectory::HistoryHash(e.query);
@@ -170,15 +204,26 @@ Result<const EpisodeCacheRecord*> EngineImpl::BuildEpisodeCache(Sequence* seq, H
   pool_.SetOwner(table, r.session);  // the lower tiers reclaim it with its session
   pool_.Free(&table);                // cached: demotable, found by its key
   if (!registered) return Status::Internal("episode cache key already registered");
-  const int64_t build_us = clock_->NowMicros() - start_us;
   ++episode_builds_;
-  episode_build_us_ += build_us;
+  episode_build_us_ += build->work_us;
   spdlog::info(
       "engine: session {} episode {} v{}: cache of {} entries from {} history tokens (M {}, B "
-      "{}, |P_e| {}) built in {:.1f} ms",
+      "{}, |P_e| {}) built in {} steps, {:.1f} ms of work",
       r.session, e.episode, e.version, rec.num_kept, rec.history_tokens, e.budget_tokens,
-      e.block_tokens, e.query.size(), build_us / 1000.0);
-  return &episodes_.Add(rec);
+      e.block_tokens, e.query.size(), build->compressor->steps(), build->work_us / 1000.0);
+  const EpisodeCacheRecord& added = episodes_.Add(rec);
+  seq->episode_key = EpisodeCacheDirectory::KeyTokens(added, bs);
+  seq->episode_view = KvView{added.num_kept, added.history_tokens};
+  return Status::OK();
+}
+
+void EngineImpl::DropEpisodeBuild(Sequence* seq) {
+  for (auto it = building_.begin(); it != building_.end(); ++it) {
+    if (it->seq != seq) continue;
+    pool_.Free(&it->table);
+    building_.erase(it);
+    return;
+  }
 }
 
 void EngineImpl::FinishEpisodeTurn(Sequence* seq) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -25,6 +26,7 @@
 #include "cache/disk_tier.h"
 #include "cache/disk_worker.h"
 #include "engine/engine.h"
+#include "engine/episode_cache.h"
 #include "engine/episode_cache_directory.h"
 #include "engine/model_runner.h"
 #include "engine/scheduler.h"
@@ -136,8 +138,22 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   bool ServeFromEpisode(Sequence* seq);
   // Matches the cache's blocks, rewrites seq to decode on top of them, queues it.
   Status AdmitEpisodeTurn(Sequence* seq);
-  Result<const EpisodeCacheRecord*> BuildEpisodeCache(Sequence* seq, HashScope scope);
+  // A cache build in steps: Start takes its blocks and queues it; each engine step
+  // advances the oldest one step (AdvanceEpisodeBuild); a finished build is registered
+  // (FinishEpisodeBuild) and its turn admitted, a failed one's turn goes to full KV.
+  struct EpisodeBuild {
+    Sequence* seq = nullptr;
+    BlockTable table;
+    std::unique_ptr<EpisodeCompressor> compressor;
+    int64_t work_us = 0;  // time spent in its steps
+  };
+  Status StartEpisodeBuild(Sequence* seq, HashScope scope);
+  void AdvanceEpisodeBuild();
+  Status FinishEpisodeBuild(EpisodeBuild* build);
+  void DropEpisodeBuild(Sequence* seq);   // a turn finished (cancelled) while its cache builds
   void FinishEpisodeTurn(Sequence* seq);  // before its table is freed
+  // Queues a full-KV turn: reads its prefix's disk (and remote) blocks up first, if any.
+  void QueueFullKvTurn(Sequence* seq);
 
   const EngineOptions options_;
   const Tokenizer* tokenizer_;
@@ -218,6 +234,7 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   int64_t reclaimed_sessions_ = 0, pin_violations_ = 0;
   int64_t tenant_cap_releases_ = 0;
   EpisodeCacheDirectory episodes_;
+  std::deque<EpisodeBuild> building_;  // cache builds in progress, oldest first
   int64_t episode_builds_ = 0, episode_build_us_ = 0, episode_turns_ = 0, episode_fallbacks_ = 0;
 };
 

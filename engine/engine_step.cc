@@ -21,10 +21,8 @@ Status EngineImpl::Step() {
   }
   for (Sequence* seq : batch.failed) {
     Finish(seq, FinishReason::kError,
-           seq->kv_view.num_restored > 0
-               ? Status::ResourceExhausted("episode turn preempted: its cache entries are gone")
-               : Status::ResourceExhausted("context of " + std::to_string(seq->num_tokens()) +
-                                           " tokens can never fit the KV pool"));
+           Status::ResourceExhausted("context of " + std::to_string(seq->num_tokens()) +
+                                     " tokens can never fit the KV pool"));
   }
   Status status;
   if (!batch.empty()) {
@@ -37,6 +35,8 @@ Status EngineImpl::Step() {
     } else {
       for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, status);
     }
+  } else if (!building_.empty()) {
+    // an episode cache's build step below is this step's work
   } else if (outstanding_disk_reads_ > 0) {
     ++idle_steps_;
     CollectDiskReads(true);  // nothing else to run: wait (bounded) on a read, not a spin
@@ -44,8 +44,9 @@ Status EngineImpl::Step() {
     ++idle_steps_;
     status = Status::Internal("scheduler made no progress");
   }
-  EmitEvents();  // 8. callbacks
-  PolicyTick();  // 9. budgeted policy tick
+  AdvanceEpisodeBuild();  //    one step of the oldest episode cache build
+  EmitEvents();           // 8. callbacks
+  PolicyTick();           // 9. budgeted policy tick
   ++steps_;
   PublishStats();
   return status;
@@ -87,26 +88,31 @@ void EngineImpl::DrainInbox() {
     // request's MatchPrefix finds them.
     if (session != 0) BeginTurn(session, seq);
     if (seq->request.episode && ServeFromEpisode(seq)) continue;
-    if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
-      std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
-      if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
-        seq->remote_blocks_loaded =
-            StageRemotePrefix(context, scope, remote_.get(), &pool_, disk_worker_.get());
-      }
-      const int32_t planned = pool_.PlanDiskLoads(context, scope);
-      seq->disk_blocks_loaded += planned;  // plus any tool_end started (BeginTurn)
-      outstanding_disk_reads_ += planned;
-    }
-    if (seq->disk_blocks_loaded > 0) {
-      awaiting_disk_.push_back({seq, seq->submit_us + options_.disk_read_deadline_us});
-    } else {
-      scheduler_.Add(seq);
-    }
+    QueueFullKvTurn(seq);
   }
   for (RequestId id : cancels) {
     auto it = seqs_.find(id);
     if (it == seqs_.end()) continue;  // unknown or already finished
     Finish(it->second.get(), FinishReason::kCancelled, Status::Cancelled("cancelled"));
+  }
+}
+
+void EngineImpl::QueueFullKvTurn(Sequence* seq) {
+  const HashScope& scope = seq->table.scope();
+  if (disk_worker_ != nullptr) {  // bring the prefix's disk blocks up before admission
+    std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
+    if (remote_ != nullptr) {  // the part no local tier knows, staged through disk
+      seq->remote_blocks_loaded =
+          StageRemotePrefix(context, scope, remote_.get(), &pool_, disk_worker_.get());
+    }
+    const int32_t planned = pool_.PlanDiskLoads(context, scope);
+    seq->disk_blocks_loaded += planned;  // plus any tool_end started (BeginTurn)
+    outstanding_disk_reads_ += planned;
+  }
+  if (seq->disk_blocks_loaded > 0) {
+    awaiting_disk_.push_back({seq, seq->submit_us + options_.disk_read_deadline_us});
+  } else {
+    scheduler_.Add(seq);
   }
 }
 
@@ -155,6 +161,7 @@ void EngineImpl::EmitToken(Sequence* seq, int32_t token, std::string text) {
 
 void EngineImpl::Finish(Sequence* seq, FinishReason reason, Status error) {
   std::erase_if(awaiting_disk_, [&](const AwaitingDisk& a) { return a.seq == seq; });
+  DropEpisodeBuild(seq);
   seq->usage.kv_blocks = seq->table.num_blocks();
   if (!seq->episode_key.empty()) {  // an episode turn: its cache goes back, not retained
     FinishEpisodeTurn(seq);
@@ -249,7 +256,7 @@ void EngineImpl::PublishStats() {
   s.episode_builds = episode_builds_;
   s.episode_build_us = episode_build_us_;
   s.episode_turns = episode_turns_;
-  s.episode_fallbacks = episode_fallbacks_;
+  s.episode_fallbacks = episode_fallbacks_ + scheduler_.num_episode_fallbacks();
   s.block_bytes = static_cast<int64_t>(backend_->block_bytes());
   s.policy = std::string(reclaim_policy_->name());
   const int64_t now = clock_->NowMicros();
@@ -260,7 +267,7 @@ void EngineImpl::PublishStats() {
   s.tool_keys = tool_keys_;
   s.tenants = TenantBlockStats();
   s.tenant_cap_releases = tenant_cap_releases_;
-  has_work_ = scheduler_.has_work() || !awaiting_disk_.empty();
+  has_work_ = scheduler_.has_work() || !awaiting_disk_.empty() || !building_.empty();
 }
 
 }  // namespace kvkeep

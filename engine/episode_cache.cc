@@ -75,11 +75,10 @@ int32_t CompressBlocksNeeded(const CompressOptions& options, int32_t query_token
 }
 
 Status EpisodeCompressor::ForwardAt(std::span<const int32_t> tokens, int32_t entry,
-                                    int32_t first_position, const std::vector<int32_t>& blocks,
-                                    std::span<const int32_t> trims, int32_t num_scored,
-                                    std::vector<float>* scores) {
-  LayoutBatch(tokens, entry, KvView{entry, first_position}, blocks, backend_->kv_shape().block_size,
-              /*all_rows=*/false, trims, &batch_);
+                                    int32_t first_position, std::span<const int32_t> trims,
+                                    int32_t num_scored, std::vector<float>* scores) {
+  LayoutBatch(tokens, entry, KvView{entry, first_position}, blocks_,
+              backend_->kv_shape().block_size, /*all_rows=*/false, trims, &batch_);
   if (scores != nullptr) return backend_->ForwardScored(batch_, num_scored, &logits_, scores);
   return backend_->Forward(batch_, &logits_);
 }
@@ -88,6 +87,14 @@ Result<EpisodeCache> EpisodeCompressor::Build(std::span<const int32_t> history,
                                               std::span<const int32_t> query,
                                               const CompressOptions& options,
                                               std::vector<int32_t> blocks, EpisodeCacheId id) {
+  RETURN_IF_ERROR(Start(history, query, options, std::move(blocks), id));
+  while (!done()) RETURN_IF_ERROR(Advance());
+  return TakeCache();
+}
+
+Status EpisodeCompressor::Start(std::span<const int32_t> history, std::span<const int32_t> query,
+                                const CompressOptions& options, std::vector<int32_t> blocks,
+                                EpisodeCacheId id) {
   const KvPoolShape& shape = backend_->kv_shape();
   const bool episodic = options.method == KeepMethod::kEpisode;
   const int32_t q = episodic ? static_cast<int32_t>(query.size()) : 0;
@@ -101,7 +108,7 @@ Result<EpisodeCache> EpisodeCompressor::Build(std::span<const int32_t> history,
                                    " layer budgets for " + std::to_string(layers) + " layers");
   }
   if (*std::min_element(budget.begin(), budget.end()) < 1 || options.block_tokens < 1 ||
-      options.snap_window < 1 || options.sink_tokens < 0) {
+      options.snap_window < 1 || options.sink_tokens < 0 || options.step_tokens < 0) {
     return Status::InvalidArgument("compress: budget, block and snap window must be positive");
   }
   const int32_t needed = CompressBlocksNeeded(options, q, shape.block_size);
@@ -109,89 +116,135 @@ Result<EpisodeCache> EpisodeCompressor::Build(std::span<const int32_t> history,
     return Status::InvalidArgument("compress: " + std::to_string(blocks.size()) +
                                    " blocks given, " + std::to_string(needed) + " needed");
   }
-  const int32_t rows = layers * heads;
-  const int32_t cap = needed * shape.block_size;
-  std::vector<int32_t> pos(static_cast<size_t>(rows) * cap);  // [rows][cap]
-  std::vector<float> scores;
-  std::vector<int32_t> keep, trims, totals(layers), kept(layers);
-  std::vector<int32_t> count(layers, 0);  // live entries per layer
-  EpisodeCache cache;
-  cache.id = id;
-  const int32_t n = static_cast<int32_t>(history.size());
-  for (int32_t s = 0; s < n; s += options.block_tokens) {
-    const int32_t b = std::min(options.block_tokens, n - s);
-    const int32_t top = *std::max_element(count.begin(), count.end());
-    const int32_t total = top + b;  // entries of the fullest layer: the block's layout
-    bool evict = false;
-    for (int32_t l = 0; l < layers; ++l) {
-      totals[l] = count[l] + b;
-      evict = evict || totals[l] > budget[l];
-      for (int32_t h = 0; h < heads; ++h) {
-        int32_t* p = pos.data() + int64_t{l * heads + h} * cap;
-        std::iota(p + count[l], p + totals[l], s);
-      }
+  options_ = options;
+  history_.assign(history.begin(), history.end());
+  query_.assign(query.begin(), query.begin() + q);
+  blocks_ = std::move(blocks);
+  budget_ = std::move(budget);
+  cap_ = needed * shape.block_size;
+  pos_.assign(static_cast<size_t>(layers) * heads * cap_, 0);
+  count_.assign(layers, 0);
+  totals_.assign(layers, 0);
+  kept_.assign(layers, 0);
+  cache_ = EpisodeCache{};
+  cache_.id = id;
+  next_block_ = 0;
+  in_block_ = false;
+  steps_ = 0;
+  return Status::OK();
+}
+
+void EpisodeCompressor::BeginBlock() {
+  const KvPoolShape& shape = backend_->kv_shape();
+  const int32_t layers = shape.num_layers, heads = shape.num_kv_heads;
+  const int32_t s = next_block_;
+  const int32_t b = std::min(options_.block_tokens, static_cast<int32_t>(history_.size()) - s);
+  top_ = *std::max_element(count_.begin(), count_.end());
+  total_ = top_ + b;  // entries of the fullest layer: the block's layout
+  evict_ = false;
+  for (int32_t l = 0; l < layers; ++l) {
+    totals_[l] = count_[l] + b;
+    evict_ = evict_ || totals_[l] > budget_[l];
+    for (int32_t h = 0; h < heads; ++h) {
+      int32_t* p = pos_.data() + int64_t{l * heads + h} * cap_;
+      std::iota(p + count_[l], p + totals_[l], s);
     }
-    TrimsOf(count, &trims);
-    cache.peak_entries = std::max<int64_t>(cache.peak_entries, total + (evict ? q : 0));
-    std::span<const int32_t> block = history.subspan(s, b);
-    if (!evict || options.method == KeepMethod::kStreaming) {
-      RETURN_IF_ERROR(ForwardAt(block, top, s, blocks, trims, 0, nullptr));
-    } else if (episodic) {
-      RETURN_IF_ERROR(ForwardAt(block, top, s, blocks, trims, 0, nullptr));
-      RETURN_IF_ERROR(ForwardAt(query, total, s + b, blocks, trims, total, &scores));
-    } else {  // kSnapKv: the block's last window scores everything; the window is kept
-      const int32_t w = std::min(options.snap_window, b);
-      if (b > w) RETURN_IF_ERROR(ForwardAt(block.first(b - w), top, s, blocks, trims, 0, nullptr));
-      RETURN_IF_ERROR(
-          ForwardAt(block.last(w), total - w, s + b - w, blocks, trims, total, &scores));
-      for (int32_t l = 0; l < layers; ++l) {
-        for (int32_t h = 0; h < heads; ++h) {
-          std::fill_n(scores.begin() + int64_t{l * heads + h} * total + (totals[l] - w), w, 2.0f);
-        }
-      }
-    }
-    if (!evict) {
-      count = totals;
-      continue;
-    }
-    if (options.method == KeepMethod::kStreaming) {
-      scores.assign(static_cast<size_t>(rows) * total, 0.0f);
-      for (int32_t l = 0; l < layers; ++l) {
-        for (int32_t h = 0; h < heads; ++h) {
-          float* row = scores.data() + int64_t{l * heads + h} * total;
-          for (int32_t j = 0; j < totals[l]; ++j) {
-            row[j] = j < options.sink_tokens ? 2.0f : static_cast<float>(j) / totals[l];
-          }
-        }
-      }
-    }
-    keep.clear();
-    for (int32_t l = 0; l < layers; ++l) {  // layer l's rows of scores: stride `total`
-      kept[l] = std::min(budget[l], totals[l]);
-      SelectTop(scores.data() + int64_t{l} * heads * total, heads, total, totals[l], kept[l],
-                &keep);
-    }
-    RETURN_IF_ERROR(backend_->CompactKvLayers(blocks, totals, keep, kept));
-    const int32_t* k = keep.data();
-    for (int32_t l = 0; l < layers; ++l) {
-      for (int32_t h = 0; h < heads; ++h, k += kept[l]) {
-        int32_t* p = pos.data() + int64_t{l * heads + h} * cap;
-        for (int32_t i = 0; i < kept[l]; ++i) p[i] = p[k[i]];  // k[i] >= i: safe in place
-      }
-    }
-    count = kept;
   }
-  cache.num_kept = *std::max_element(count.begin(), count.end());
-  TrimsOf(count, &trims);
-  if (!trims.empty()) cache.layer_kept = count;
-  cache.history_tokens = n;
+  TrimsOf(count_, &trims_);
+  const int32_t q = static_cast<int32_t>(query_.size());
+  cache_.peak_entries = std::max<int64_t>(cache_.peak_entries, total_ + (evict_ ? q : 0));
+  // kSnapKv scores with the block's last window, forwarded in the scoring step.
+  const int32_t w = std::min(options_.snap_window, b);
+  plain_ = evict_ && options_.method == KeepMethod::kSnapKv ? b - w : b;
+  block_start_ = s;
+  block_len_ = b;
+  prefilled_ = 0;
+  in_block_ = true;
+  next_block_ = s + b;
+}
+
+Status EpisodeCompressor::Advance() {
+  ++steps_;
+  if (!in_block_) BeginBlock();
+  if (prefilled_ < plain_) {  // a prefill run of the block
+    const int32_t n = options_.step_tokens > 0 ? std::min(options_.step_tokens, plain_ - prefilled_)
+                                               : plain_ - prefilled_;
+    std::span<const int32_t> run(history_.data() + block_start_ + prefilled_, n);
+    RETURN_IF_ERROR(
+        ForwardAt(run, top_ + prefilled_, block_start_ + prefilled_, trims_, 0, nullptr));
+    prefilled_ += n;
+    if (prefilled_ < plain_ || evict_) return Status::OK();  // scoring is a step of its own
+    EndBlock(totals_);
+    return Status::OK();
+  }
+  RETURN_IF_ERROR(ScoreAndCompact());
+  EndBlock(kept_);
+  return Status::OK();
+}
+
+Status EpisodeCompressor::ScoreAndCompact() {
+  const KvPoolShape& shape = backend_->kv_shape();
+  const int32_t layers = shape.num_layers, heads = shape.num_kv_heads;
+  const int32_t s = block_start_, b = block_len_, total = total_;
+  std::span<const int32_t> block(history_.data() + s, b);
+  if (options_.method == KeepMethod::kEpisode) {
+    RETURN_IF_ERROR(ForwardAt(query_, total, s + b, trims_, total, &scores_));
+  } else if (options_.method == KeepMethod::kSnapKv) {  // the window is always kept
+    const int32_t w = b - plain_;
+    RETURN_IF_ERROR(ForwardAt(block.last(w), total - w, s + b - w, trims_, total, &scores_));
+    for (int32_t l = 0; l < layers; ++l) {
+      for (int32_t h = 0; h < heads; ++h) {
+        std::fill_n(scores_.begin() + int64_t{l * heads + h} * total + (totals_[l] - w), w, 2.0f);
+      }
+    }
+  } else {  // kStreaming: the sinks, then the most recent
+    scores_.assign(static_cast<size_t>(layers) * heads * total, 0.0f);
+    for (int32_t l = 0; l < layers; ++l) {
+      for (int32_t h = 0; h < heads; ++h) {
+        float* row = scores_.data() + int64_t{l * heads + h} * total;
+        for (int32_t j = 0; j < totals_[l]; ++j) {
+          row[j] = j < options_.sink_tokens ? 2.0f : static_cast<float>(j) / totals_[l];
+        }
+      }
+    }
+  }
+  keep_.clear();
+  for (int32_t l = 0; l < layers; ++l) {  // layer l's rows of scores: stride `total`
+    kept_[l] = std::min(budget_[l], totals_[l]);
+    SelectTop(scores_.data() + int64_t{l} * heads * total, heads, total, totals_[l], kept_[l],
+              &keep_);
+  }
+  RETURN_IF_ERROR(backend_->CompactKvLayers(blocks_, totals_, keep_, kept_));
+  const int32_t* k = keep_.data();
+  for (int32_t l = 0; l < layers; ++l) {
+    for (int32_t h = 0; h < heads; ++h, k += kept_[l]) {
+      int32_t* p = pos_.data() + int64_t{l * heads + h} * cap_;
+      for (int32_t i = 0; i < kept_[l]; ++i) p[i] = p[k[i]];  // k[i] >= i: safe in place
+    }
+  }
+  return Status::OK();
+}
+
+void EpisodeCompressor::EndBlock(const std::vector<int32_t>& counts) {
+  count_ = counts;
+  in_block_ = false;
+}
+
+EpisodeCache EpisodeCompressor::TakeCache() {
+  const KvPoolShape& shape = backend_->kv_shape();
+  const int32_t layers = shape.num_layers, heads = shape.num_kv_heads;
+  EpisodeCache cache = std::move(cache_);
+  cache.num_kept = *std::max_element(count_.begin(), count_.end());
+  TrimsOf(count_, &trims_);
+  if (!trims_.empty()) cache.layer_kept = count_;
+  cache.history_tokens = static_cast<int32_t>(history_.size());
   for (int32_t l = 0; l < layers; ++l) {
     for (int32_t h = 0; h < heads; ++h) {
-      const int32_t* p = pos.data() + int64_t{l * heads + h} * cap;
-      cache.positions.insert(cache.positions.end(), p, p + count[l]);
+      const int32_t* p = pos_.data() + int64_t{l * heads + h} * cap_;
+      cache.positions.insert(cache.positions.end(), p, p + count_[l]);
     }
   }
-  cache.blocks = std::move(blocks);
+  cache.blocks = std::move(blocks_);
   return cache;
 }
 

@@ -59,6 +59,11 @@ struct CompressOptions {
   // M_l per layer (engine/layer_budget.h computes them); empty: budget_tokens in every
   // layer. Each >= 1; the build's peak is max M_l + B + |P_e| entries.
   std::vector<int32_t> layer_budget_tokens;
+  // The longest prefill run of one Advance() (0: a whole block). The engine sets its
+  // prefill chunk, so a build interleaved with other sequences' steps stalls them no
+  // longer than a chunked prefill. Splitting a block's prefill changes no kept entry's
+  // selection rule (the block is causal), only the floating-point order of its matmuls.
+  int32_t step_tokens = 0;
 };
 
 struct EpisodeCache {
@@ -84,6 +89,10 @@ struct EpisodeCache {
 int32_t CompressBlocksNeeded(const CompressOptions& options, int32_t query_tokens,
                              int32_t block_size);
 
+// One build, run at once (Build) or step by step (Start, then Advance until done, then
+// TakeCache), so that the engine can interleave it with other sequences' steps. A step is
+// one prefill run of at most step_tokens of the current block, or, once a block past the
+// budget is in, its scoring (P_e's forward) and compaction.
 class EpisodeCompressor {
  public:
   explicit EpisodeCompressor(Backend* backend) : backend_(backend) {}
@@ -95,16 +104,44 @@ class EpisodeCompressor {
                              const CompressOptions& options, std::vector<int32_t> blocks,
                              EpisodeCacheId id = {});
 
+  // Build, step by step. Start validates as Build does and copies history and query.
+  Status Start(std::span<const int32_t> history, std::span<const int32_t> query,
+               const CompressOptions& options, std::vector<int32_t> blocks, EpisodeCacheId id);
+  // One step. REQUIRES: started, not done, and no earlier step failed.
+  Status Advance();
+  bool done() const { return next_block_ >= static_cast<int32_t>(history_.size()) && !in_block_; }
+  int32_t steps() const { return steps_; }
+  // The built cache. REQUIRES: done().
+  EpisodeCache TakeCache();
+
  private:
   // Forwards tokens at `entry`.. (positions first_position..) over the first entry + n;
   // layer l's tokens sit trims[l] entries earlier (empty: none).
   Status ForwardAt(std::span<const int32_t> tokens, int32_t entry, int32_t first_position,
-                   const std::vector<int32_t>& blocks, std::span<const int32_t> trims,
-                   int32_t num_scored, std::vector<float>* scores);
+                   std::span<const int32_t> trims, int32_t num_scored, std::vector<float>* scores);
+  void BeginBlock();         // lays out the next block's entries and positions
+  Status ScoreAndCompact();  // the block's scoring forward, selection and compaction
+  void EndBlock(const std::vector<int32_t>& counts);
 
   Backend* backend_;
   ForwardBatch batch_;
   std::vector<float> logits_;
+  // The build in progress.
+  CompressOptions options_;
+  std::vector<int32_t> history_, query_, blocks_, budget_;
+  EpisodeCache cache_;
+  int32_t cap_ = 0;              // entries the blocks hold
+  std::vector<int32_t> pos_;     // [layers * heads][cap_]: each entry's position
+  std::vector<int32_t> count_;   // live entries per layer
+  std::vector<int32_t> totals_;  // per layer, with the current block
+  std::vector<int32_t> trims_, keep_, kept_;
+  std::vector<float> scores_;
+  int32_t next_block_ = 0;  // the history index of the next block to begin
+  bool in_block_ = false;
+  int32_t block_start_ = 0, block_len_ = 0, prefilled_ = 0, plain_ = 0;
+  int32_t top_ = 0, total_ = 0;  // the fullest layer's entries before / with the block
+  bool evict_ = false;
+  int32_t steps_ = 0;
 };
 
 // Runs tokens on top of a built cache: the cache's entries stay as they are (new tokens

@@ -52,12 +52,20 @@ void Scheduler::Schedule(Sequence* seq, int32_t n, ScheduledBatch* batch) {
 
 void Scheduler::Preempt(Sequence* seq) {
   spdlog::debug("scheduler: preempting request {} at {} tokens", seq->id(), seq->num_tokens());
-  pool_->Free(&seq->table);
+  FreeBlocks(seq);
   running_.erase(std::find(running_.begin(), running_.end(), seq));
   seq->status = SequenceStatus::kWaiting;
   ++seq->num_preemptions;
   ++num_preemptions_;
   waiting_.push_front(seq);
+}
+
+void Scheduler::FreeBlocks(Sequence* seq) {
+  pool_->Free(&seq->table);
+  if (seq->is_episode_turn()) {  // its cache's entries are gone from its table
+    seq->FallBackToFullKv();
+    ++num_episode_fallbacks_;
+  }
 }
 
 bool Scheduler::Reclaim(const BlockTable& table, int64_t n, bool break_live_pins) {
@@ -135,12 +143,6 @@ bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batc
 }
 
 bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
-  if (seq->table.empty() && seq->kv_view.num_restored > 0) {           // a preempted episode turn:
-    waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq));  // its restored
-    seq->status = SequenceStatus::kFinished;  // entries cannot be recomputed from tokens
-    batch->failed.push_back(seq);
-    return false;
-  }
   // Live pins are broken for an admission only when nothing else would run this step.
   const bool break_live_pins = running_.empty() && batch->seqs.empty();
   if (seq->table.empty() && pool_->prefix_caching_enabled()) {
@@ -167,7 +169,7 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
     }
   }
   if (!reserved) {
-    pool_->Free(&seq->table);  // hand the matched prefix back; nothing else changed
+    FreeBlocks(seq);  // hand the matched prefix (or episode cache) back
     if (running_.empty() && batch->seqs.empty() &&
         BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) >
             pool_->num_blocks()) {

@@ -32,7 +32,11 @@
 // recomputed from its whole context (prompt + generated tokens) when re-admitted. With no
 // one left to preempt, the sequence preempts itself if others hold blocks this step;
 // only when it runs alone are live pins broken (each a violation), and if that is still
-// not enough its context can never fit and it is returned in `failed`.
+// not enough its context can never fit and it is returned in `failed`. A preempted
+// episode turn (engine/engine_episodes.cc) cannot recompute its cache's entries from
+// tokens: it falls back to its full-KV request (Sequence::FallBackToFullKv) and is
+// recomputed from the whole prompt like any other; so does an episode turn that waits
+// for blocks after its cache was matched (the matched blocks are handed back).
 // Pinned blocks count as taken at admission too: a waiting sequence is admitted only with
 // blocks the pool has or that unpinned retained sessions give up, unless nothing runs and
 // nothing is scheduled (then a pin is all that stands in the way, and it is broken). A
@@ -119,6 +123,8 @@ class Scheduler {
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
   int64_t num_preemptions() const { return num_preemptions_; }
+  // Preempted episode turns that fell back to full KV.
+  int64_t num_episode_fallbacks() const { return num_episode_fallbacks_; }
   // All sequences holding blocks (for accounting).
   const std::vector<Sequence*>& running() const { return running_; }
 
@@ -140,6 +146,8 @@ class Scheduler {
   // runs two or more) when a tenant with nothing running waits.
   void MakeRoomForIdleTenant();
   void Preempt(Sequence* seq);
+  // Frees seq's blocks; an episode turn falls back to its full-KV request.
+  void FreeBlocks(Sequence* seq);
   void Schedule(Sequence* seq, int32_t n, ScheduledBatch* batch);
   bool IsScheduled(const Sequence* seq, const ScheduledBatch& batch) const;
 
@@ -148,6 +156,7 @@ class Scheduler {
   std::deque<Sequence*> waiting_;
   std::vector<Sequence*> running_;  // admission order, oldest first
   int64_t num_preemptions_ = 0;
+  int64_t num_episode_fallbacks_ = 0;
   Reclaimer reclaimer_;
   // Asks the reclaimer for room for n more tokens of table (false: nothing freed).
   bool Reclaim(const BlockTable& table, int64_t n, bool break_live_pins);

@@ -43,6 +43,22 @@ struct Sequence {
   int64_t num_generated() const { return num_tokens() - num_prompt_tokens; }
   bool is_prefilling() const { return num_computed() < prefill_end; }
   bool has_forced() const { return !request.forced.empty(); }
+  bool is_episode_turn() const { return !episode_key.empty(); }
+
+  // An episode turn that lost its blocks (preempted) becomes the full-KV request it came
+  // from: its restored entries cannot be recomputed from tokens, but the request carries
+  // the whole prompt. Tokens generated so far stay (they were emitted) and are recomputed
+  // on top of the prompt when it is admitted again. REQUIRES: an empty table.
+  void FallBackToFullKv() {
+    std::vector<int32_t> full = request.prompt;
+    full.insert(full.end(), tokens.begin() + num_prompt_tokens, tokens.end());
+    tokens = std::move(full);
+    num_prompt_tokens = static_cast<int64_t>(request.prompt.size());
+    kv_view = KvView{};
+    episode_key.clear();
+    episode_view = KvView{};
+    usage.from_episode_cache = false;  // full KV finishes it (served_by: full_kv)
+  }
 
   GenerateRequest request;
   std::vector<int32_t> tokens;

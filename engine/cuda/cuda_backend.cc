@@ -141,10 +141,18 @@ class CudaBackend final : public Backend {
     // Scoring (one sequence): scores [num_layers][num_kv_heads][num_scored] on the device.
     float* scores = nullptr;
     int32_t num_scored = 0, score_kv_len = 0;
+    // Per-layer budgets (ForwardBatch::layer_kv_trim), null without: each layer's context
+    // lengths [num_layers][num_seqs] and slots [num_layers][num_tokens] on the device,
+    // and (scoring) sequence 0's trim per layer on the host.
+    const int32_t *layer_kv_len = nullptr, *layer_slots = nullptr;
+    std::vector<int32_t> score_trims;
   };
   // Queues the whole forward of a step on the compute stream (no host sync); the logits
   // of the step's rows end up in logits_.
   Status Enqueue(const Step& step);
+  // One layer's attention scores into step.scores (per-layer budgets: its own entries).
+  Status ScoreLayer(const Step& step, int layer, const AttentionParams& ap,
+                    const PagedKv<bf16_t>& view, const bf16_t* qkv, int64_t qkv_stride);
   // Decode steps through CUDA graphs bucketed by batch size (see Forward).
   Status ForwardDecodeGraph(const ForwardBatch& batch, std::vector<float>* logits);
   // Copies the first num_rows rows of logits_ to *logits (the step's one host sync).
@@ -178,7 +186,8 @@ class CudaBackend final : public Backend {
   float* logits_host_ = nullptr;  // pinned
   size_t logits_host_bytes_ = 0;
   DeviceBuffer meta_, hidden_, xn_, qkv_, attn_, proj_, gate_up_, act_, rows_, logits_, workspace_,
-      pairs_, gemm_workspace_, scores_, score_workspace_, rows_offsets_, compact_scratch_;
+      pairs_, gemm_workspace_, scores_, score_workspace_, rows_offsets_, compact_scratch_,
+      layer_scores_;
   std::vector<std::unique_ptr<DecodeGraph>> graphs_;
   bool graphs_enabled_ = true;
 };
@@ -338,14 +347,19 @@ Status CudaBackend::Enqueue(const Step& st) {
                                      c.hidden_size, eps, xn, s));
     RETURN_IF_ERROR(gemm_->Run(xn, w.wqkv, qkv, false, t, qkv_stride, c.hidden_size));
     const PagedKv<bf16_t> view = LayerView(pool_, shape_, l);
+    // Per-layer budgets: this layer's own context lengths and slots; the kernels are the
+    // same, each launch just sees shorter contexts.
+    AttentionBatch attn = st.attn;
+    const int32_t* slots = st.slots;
+    if (st.layer_kv_len != nullptr) {
+      attn.kv_len = st.layer_kv_len + int64_t{l} * attn.num_seqs;
+      slots = st.layer_slots + int64_t{l} * t;
+    }
     // One launch: RoPE on the q and k heads of the fused row, then k and v into the pool.
     RETURN_IF_ERROR(cuda::RopeWriteKv(view, qkv, qkv_stride, t, c.num_q_heads, rotary, st.positions,
-                                      inv_freq_, st.slots, s));
+                                      inv_freq_, slots, s));
     if (st.scores != nullptr) {  // the rotated queries over this layer's paged K
-      RETURN_IF_ERROR(cuda::AttentionScores(ap, view, st.attn.block_tables, st.score_kv_len, t, qkv,
-                                            qkv_stride, st.num_scored,
-                                            st.scores + int64_t{l} * c.num_kv_heads * st.num_scored,
-                                            score_workspace_.as<float>(), s));
+      RETURN_IF_ERROR(ScoreLayer(st, l, ap, view, qkv, qkv_stride));
     }
     cuda::AttentionIo io;
     io.q = qkv;
@@ -353,9 +367,9 @@ Status CudaBackend::Enqueue(const Step& st) {
     io.out = attn_.as<bf16_t>();
     if (st.all_decode) {
       RETURN_IF_ERROR(
-          cuda::PagedDecodeAttention(ap, st.attn, view, io, st.plan, workspace_.as<float>(), s));
+          cuda::PagedDecodeAttention(ap, attn, view, io, st.plan, workspace_.as<float>(), s));
     } else {
-      RETURN_IF_ERROR(cuda::PagedPrefillAttention(ap, st.attn, view, io, st.max_q_len, s));
+      RETURN_IF_ERROR(cuda::PagedPrefillAttention(ap, attn, view, io, st.max_q_len, s));
     }
     RETURN_IF_ERROR(gemm_->Run(attn_.as<bf16_t>(), w.wo, proj, false, t, c.hidden_size, qd));
     RETURN_IF_ERROR(cuda::AddRmsNorm(hidden, proj, w.post_norm, t, c.hidden_size, eps, xn, s));
@@ -371,6 +385,34 @@ Status CudaBackend::Enqueue(const Step& st) {
   RETURN_IF_ERROR(cuda::GatherRows(xn, st.rows, st.num_rows, c.hidden_size, rows_.as<bf16_t>(), s));
   return gemm_->Run(rows_.as<bf16_t>(), lm_head_, logits_.as<float>(), true, st.num_rows,
                     c.vocab_size, c.hidden_size);
+}
+
+// A trimmed layer scores its own num_scored - trim entries (over its own context); the
+// rest of its rows stay 0, as on the CPU backend. The kernel writes rows of its own
+// length, so those go through a scratch buffer into the [num_kv_heads][num_scored] rows.
+Status CudaBackend::ScoreLayer(const Step& st, int layer, const AttentionParams& ap,
+                               const PagedKv<bf16_t>& view, const bf16_t* qkv, int64_t qkv_stride) {
+  const int32_t heads = config_.num_kv_heads;
+  float* out = st.scores + int64_t{layer} * heads * st.num_scored;
+  const int32_t trim = st.score_trims.empty() ? 0 : st.score_trims[layer];
+  cudaStream_t s = device_->compute_stream();
+  if (trim == 0) {
+    return cuda::AttentionScores(ap, view, st.attn.block_tables, st.score_kv_len, st.num_tokens,
+                                 qkv, qkv_stride, st.num_scored, out, score_workspace_.as<float>(),
+                                 s);
+  }
+  const int32_t own = st.num_scored - trim;
+  RETURN_IF_ERROR(
+      layer_scores_.Reserve(std::max<int64_t>(int64_t{heads} * own, 1) * sizeof(float)));
+  KVKEEP_CUDA_RETURN(cudaMemsetAsync(out, 0, size_t(heads) * st.num_scored * sizeof(float), s));
+  if (own == 0) return Status::OK();
+  RETURN_IF_ERROR(cuda::AttentionScores(
+      ap, view, st.attn.block_tables, st.score_kv_len - trim, st.num_tokens, qkv, qkv_stride, own,
+      layer_scores_.as<float>(), score_workspace_.as<float>(), s));
+  KVKEEP_CUDA_RETURN(cudaMemcpy2DAsync(
+      out, size_t(st.num_scored) * sizeof(float), layer_scores_.get(), size_t(own) * sizeof(float),
+      size_t(own) * sizeof(float), heads, cudaMemcpyDeviceToDevice, s));
+  return Status::OK();
 }
 
 Status CudaBackend::ReadLogits(int32_t num_rows, std::vector<float>* logits) {
@@ -537,13 +579,11 @@ Status CudaBackend::ForwardScored(const ForwardBatch& batch, int32_t num_scored,
 Status CudaBackend::Run(const ForwardBatch& batch, std::vector<float>* logits, int32_t num_scored,
                         std::vector<float>* scores) {
   RETURN_IF_ERROR(ValidateForwardBatch(batch, shape_, config_.vocab_size));
-  if (!batch.layer_kv_trim.empty()) {
-    return Status::NotSupported("cuda backend: per-layer KV lengths (layer_kv_trim)");
-  }
   const int32_t t = batch.num_tokens(), n = batch.num_seqs();
   const int32_t r = static_cast<int32_t>(batch.logit_rows.size());
   const bool all_decode = t == n;
-  if (all_decode && graphs_enabled_ && scores == nullptr) {
+  const bool trimmed = !batch.layer_kv_trim.empty();
+  if (all_decode && graphs_enabled_ && scores == nullptr && !trimmed) {
     Status st = ForwardDecodeGraph(batch, logits);
     if (st.ok()) return st;
     spdlog::warn("cuda backend: {}; decode steps run without CUDA graphs from now on",
@@ -553,8 +593,20 @@ Status CudaBackend::Run(const ForwardBatch& batch, std::vector<float>* logits, i
   RETURN_IF_ERROR(Reserve(t, n, r, batch.max_blocks_per_seq));
   cudaStream_t s = device_->compute_stream();
 
+  // Per-layer budgets: each layer's context lengths and slots (ForwardBatch::layer_kv_trim).
+  std::vector<int32_t> layer_kv_len, layer_slots;
+  if (trimmed) {
+    layer_kv_len.resize(size_t(config_.num_layers) * n);
+    layer_slots.resize(size_t(config_.num_layers) * t);
+    for (int l = 0; l < config_.num_layers; ++l) {
+      LayerKvLayout(batch, l, shape_.block_size, &layer_kv_len[size_t(l) * n],
+                    &layer_slots[size_t(l) * t]);
+    }
+  }
   // Batch metadata: one pinned buffer, one copy.
-  const size_t meta_ints = 3 * size_t(t) + (n + 1) + n + batch.block_tables.size() + r;
+  const size_t meta_ints = 3 * size_t(t) + (n + 1) + n + batch.block_tables.size() + r +
+                           layer_kv_len.size() + layer_slots.size();
+  RETURN_IF_ERROR(meta_.Reserve(meta_ints * sizeof(int32_t)));
   KVKEEP_CUDA_RETURN(cudaStreamSynchronize(s));  // the previous step's copy has finished
   if (meta_ints * sizeof(int32_t) > staging_bytes_) {
     device_->FreePinned(staging_);
@@ -583,6 +635,10 @@ Status CudaBackend::Run(const ForwardBatch& batch, std::vector<float>* logits, i
   st.attn.block_tables = put(batch.block_tables);
   st.attn.max_blocks_per_seq = batch.max_blocks_per_seq;
   st.rows = put(batch.logit_rows);
+  if (trimmed) {
+    st.layer_kv_len = put(layer_kv_len);
+    st.layer_slots = put(layer_slots);
+  }
   KVKEEP_CUDA_RETURN(
       cudaMemcpyAsync(meta_.as<int32_t>(), h, off * sizeof(int32_t), cudaMemcpyHostToDevice, s));
   st.all_decode = all_decode;
@@ -604,6 +660,14 @@ Status CudaBackend::Run(const ForwardBatch& batch, std::vector<float>* logits, i
     st.scores = scores_.as<float>();
     st.num_scored = num_scored;
     st.score_kv_len = batch.kv_len[0];
+    if (trimmed) {  // one sequence: layer l's trim is layer_kv_trim[l]
+      st.score_trims = batch.layer_kv_trim;
+      for (int32_t trim : st.score_trims) {
+        if (trim > num_scored) {
+          return Status::InvalidArgument("forward batch: a layer trims more than num_scored");
+        }
+      }
+    }
   }
   RETURN_IF_ERROR(OrderAfterSwaps(batch));
   RETURN_IF_ERROR(Enqueue(st));

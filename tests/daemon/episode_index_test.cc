@@ -334,19 +334,19 @@ TEST(EpisodeIndexTest, PerSessionBudgetOverridesTheGlobalOne) {
   EXPECT_FALSE(r2->has_value());
 }
 
-TEST(EpisodeIndexTest, SwitchesToHnswPastTheThresholdAndStillFindsTheNearest) {
+TEST(EpisodeIndexTest, SwitchesToIvfFlatPastTheThresholdAndStillFindsTheNearest) {
   Fixture f;
   EpisodeOptions o = HashedOptions();
-  o.vectors.hnsw_threshold = 20;
+  o.vectors.ann_threshold = 20;
   f.Open(o);
   auto msgs = Conversation();
   f.index->Append(7, "s1", {msgs.begin(), msgs.begin() + 8}, 0);  // 16 segments
   f.index->WaitIdle();
-  EXPECT_FALSE(f.index->InfoJson(7, "s1")["hnsw"].get<bool>());
+  EXPECT_EQ(f.index->InfoJson(7, "s1")["vector_index"], "flat");
   f.index->Append(7, "s1", {msgs.begin() + 8, msgs.end()}, TokensOf(msgs));
   f.index->WaitIdle();
   auto info = f.index->InfoJson(7, "s1");
-  EXPECT_TRUE(info["hnsw"].get<bool>());
+  EXPECT_EQ(info["vector_index"], "ivf_flat");
   EXPECT_EQ(info["segments"], 64);
   for (const std::string& q :
        std::vector<std::string>{"the linker and the backtrace", "glacier crampons", "tax refund"}) {
@@ -356,11 +356,11 @@ TEST(EpisodeIndexTest, SwitchesToHnswPastTheThresholdAndStillFindsTheNearest) {
     EXPECT_EQ((*hits)[0].segment, ref[0].first) << q;
     EXPECT_NEAR((*hits)[0].score, ref[0].second, 1e-5) << q;
   }
-  // And it is stored and restored as HNSW.
+  // And it is stored and restored as IVF-Flat.
   f.Open(o);
   f.index->Load(7, "s1", msgs, TokensOf(msgs));
   f.index->WaitIdle();
-  EXPECT_TRUE(f.index->InfoJson(7, "s1")["hnsw"].get<bool>());
+  EXPECT_EQ(f.index->InfoJson(7, "s1")["vector_index"], "ivf_flat");
 }
 
 TEST(EpisodeIndexTest, CapsVectorsPerSession) {

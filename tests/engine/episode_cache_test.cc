@@ -56,6 +56,56 @@ TEST_F(EpisodeCacheTest, PeakStaysWithinBudgetPlusBlockPlusPrompt) {
   EXPECT_FALSE(compressor.Build(history, prompt, o, Iota(needed)).ok());
 }
 
+// A build run in steps of at most step_tokens (as the engine runs it between other
+// sequences' steps) stays within the same peak, takes the steps its blocks and scorings
+// need, and keeps the entries the one-shot build keeps: splitting a causal block's
+// prefill changes only floating-point rounding, so the kept positions agree except at
+// near-ties and the next-token logits agree within f32 tolerance. Every method.
+TEST_F(EpisodeCacheTest, SteppedBuildMatchesTheOneShotBuild) {
+  std::vector<int32_t> history = RandomTokens(rng_, 333), prompt = RandomTokens(rng_, 21);
+  std::vector<int32_t> message = RandomTokens(rng_, 9);
+  for (KeepMethod method : {KeepMethod::kEpisode, KeepMethod::kSnapKv, KeepMethod::kStreaming}) {
+    SCOPED_TRACE(static_cast<int>(method));
+    CompressOptions o{.budget_tokens = 64, .block_tokens = 48, .method = method};
+    o.snap_window = 8;
+    const int32_t needed = CompressBlocksNeeded(o, 21, kBs);
+    auto backend = MakeBackend(*model_->weights, 2 * needed, kBs);  // the bound, twice
+    ASSERT_NE(backend, nullptr);
+    EpisodeCompressor one_shot(backend.get());
+    auto want = one_shot.Build(history, prompt, o, Iota(needed));
+    ASSERT_TRUE(want.ok()) << want.status().ToString();
+    o.step_tokens = 10;
+    EpisodeCompressor stepped(backend.get());
+    ASSERT_TRUE(stepped.Start(history, prompt, o, Iota(needed, needed), {}).ok());
+    while (!stepped.done()) ASSERT_TRUE(stepped.Advance().ok());
+    EpisodeCache got = stepped.TakeCache();
+    EXPECT_EQ(got.peak_entries, want->peak_entries);
+    EXPECT_EQ(got.num_kept, want->num_kept);
+    // 7 blocks of 48 (the last 45): each prefilled in ceil(plain / 10) runs (kSnapKv scores
+    // its last 8 in the scoring step), and every block past the first one that reaches
+    // M = 64 tokens scored in a step of its own.
+    int32_t steps = 0;
+    for (int32_t s = 0; s < 333; s += 48) {
+      const int32_t b = std::min(48, 333 - s);
+      const bool evict = s + b > 64;
+      const int32_t plain = evict && method == KeepMethod::kSnapKv ? b - 8 : b;
+      steps += (plain + 9) / 10 + (evict ? 1 : 0);
+    }
+    EXPECT_EQ(stepped.steps(), steps);
+    ASSERT_EQ(got.positions.size(), want->positions.size());
+    int64_t same = 0;
+    for (size_t i = 0; i < got.positions.size(); ++i)
+      same += got.positions[i] == want->positions[i];
+    EXPECT_GE(same, static_cast<int64_t>(got.positions.size() * 0.98));
+    if (method == KeepMethod::kStreaming) EXPECT_EQ(got.positions, want->positions);
+    std::vector<float> a, b;
+    EpisodeDecoder da(backend.get(), *want), db(backend.get(), got);
+    ASSERT_TRUE(da.Append(message, true, &a).ok());
+    ASSERT_TRUE(db.Append(message, true, &b).ok());
+    if (got.positions == want->positions) EXPECT_LT(RelDiff(b, a), 1e-4);
+  }
+}
+
 TEST_F(EpisodeCacheTest, BudgetCoveringHistoryEqualsFullKv) {
   const int n = 150, kBlock = 64;
   std::vector<int32_t> history = RandomTokens(rng_, n), prompt = RandomTokens(rng_, 10);

@@ -3,8 +3,9 @@
 // (EpisodeCompressor + EpisodeDecoder on a bare backend); with a budget covering the
 // history it gives full KV's; demoted to the host or disk tier and promoted back it gives
 // the tokens of one that never left the device; a fresh engine over the same disk tier
-// (a restart) rebuilds it and gives the same tokens; and a build that cannot get its
-// blocks falls back to full KV without failing the turn.
+// (a restart) rebuilds it and gives the same tokens; a build that cannot get its
+// blocks falls back to full KV without failing the turn; and a turn preempted under
+// memory pressure finishes from full KV with full KV's tokens.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -68,12 +69,15 @@ class EpisodeServeTest : public TinyModelTest {
     return out;
   }
   // The reference: EpisodeCompressor + EpisodeDecoder on a bare backend of its own.
-  std::vector<int32_t> Reference(const Turn& t) {
+  // step_tokens: the engine's prefill chunk, which its builds' steps follow.
+  std::vector<int32_t> Reference(const Turn& t, int32_t step_tokens = 0) {
     CompressOptions o;
     o.budget_tokens = t.budget;
     o.block_tokens = t.block;
+    o.step_tokens = step_tokens;
     const int32_t needed = CompressBlocksNeeded(o, static_cast<int32_t>(t.query.size()), kBs);
-    const int32_t room = needed + 4;  // the message and the reply on top
+    const int32_t on_top = static_cast<int32_t>(t.message.size()) + kMaxTokens;
+    const int32_t room = needed + on_top / kBs + 1;  // the message and the reply on top
     auto backend = MakeBackend(*model_->weights, room, kBs);
     EpisodeCompressor compressor(backend.get());
     auto cache = compressor.Build(t.history, t.query, o, Iota(room));
@@ -230,6 +234,107 @@ TEST_F(EpisodeServeTest, BuildThatCannotGetItsBlocksFallsBackToFullKv) {
   EXPECT_EQ(oov.reason, FinishReason::kLength);
   EXPECT_FALSE(oov.usage.from_episode_cache);
   EXPECT_EQ(engine->GetStats().episode_fallbacks, 3);
+}
+
+// A cache build is engine work in steps of at most a prefill chunk: another session keeps
+// decoding, one token a step, while the cache builds (23 steps here: 3 blocks of 96 in 6
+// runs of 16 plus a scoring each, and 12 tokens in one run plus a scoring), and neither
+// output changes.
+TEST_F(EpisodeServeTest, CacheBuildRunsInStepsBesideOtherSessionsDecodes) {
+  Turn t = MakeTurn(300);
+  const std::vector<int32_t> other_prompt = RandomTokens(rng_, 20);
+  EngineOptions o;
+  o.prefill_chunk_tokens = 16;
+  const std::vector<int32_t> want = Reference(t, o.prefill_chunk_tokens);
+  Outcome alone;
+  {
+    auto engine = NewEngine(64, o);
+    ASSERT_TRUE(engine->Submit(RequestInto(&alone, 1, other_prompt, 60, 100)).ok());
+    ASSERT_TRUE(engine->RunUntilIdle().ok());
+  }
+  auto engine = NewEngine(64, o);
+  auto* impl = static_cast<EngineImpl*>(engine.get());
+  Outcome other, got;
+  ASSERT_TRUE(engine->Submit(RequestInto(&other, 1, other_prompt, 60, 100)).ok());
+  while (other.tokens.size() < 2) ASSERT_TRUE(impl->Step().ok());
+  GenerateRequest r = RequestInto(&got, 2, t.prompt(), kMaxTokens, 7);
+  r.episode = EpisodeServeRequest{.episode = t.episode,
+                                  .version = t.version,
+                                  .history_tokens = static_cast<int64_t>(t.history.size()),
+                                  .query = t.query,
+                                  .budget_tokens = t.budget,
+                                  .block_tokens = t.block};
+  ASSERT_TRUE(engine->Submit(std::move(r)).ok());
+  int steps = 0;
+  while (engine->GetStats().episode_builds == 0) {
+    ASSERT_TRUE(impl->Step().ok());
+    ASSERT_LT(++steps, 100);
+  }
+  EXPECT_EQ(steps, 23);
+  EXPECT_EQ(other.tokens.size(), 2u + 23u);  // one token in every step of the build
+  EXPECT_TRUE(got.tokens.empty());
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  ASSERT_TRUE(impl->TEST_CheckPool().ok());
+  EXPECT_TRUE(got.usage.from_episode_cache);
+  EXPECT_EQ(got.tokens, want);
+  EXPECT_EQ(other.tokens, alone.tokens);
+}
+
+// Memory pressure: another session's decode outgrows a pool that held both when the
+// episode turn was admitted to prefill its message, so the turn is preempted before its first
+// token. Its cache's entries cannot be recomputed from tokens; it falls back to its full-KV request
+// and gives exactly full KV's tokens (served_by full_kv). The next turn, not preempted, is
+// served from the episode cache again.
+TEST_F(EpisodeServeTest, PreemptedTurnFallsBackToFullKvAndGivesItsTokens) {
+  // The numbers below are steps of this scenario: it must preempt, not fail admission.
+  Turn t = MakeTurn(300);
+  t.message = RandomTokens(rng_, 200);  // 25 prefill steps of 8 on top of the cache
+  const Outcome full = Run(NewEngine(64).get(), 1, 7, t, /*episode=*/false);
+  EngineOptions o;
+  o.prefill_chunk_tokens = 8;
+  // 36 blocks. The build (12 blocks) runs in 42 steps of at most 8 tokens while the other
+  // session decodes from 16 blocks to 19; then the cache's 4 blocks and the 13 the message
+  // needs fit exactly, and the other's growth during the message's 25 prefill steps
+  // takes one of them. Full KV of the turn (512 tokens, 32 blocks) fits once the other
+  // has finished.
+  auto engine = NewEngine(36, o);
+  auto* impl = static_cast<EngineImpl*>(engine.get());
+  Outcome other;
+  ASSERT_TRUE(
+      engine->Submit(RequestInto(&other, 1, RandomTokens(rng_, 240), /*max_tokens=*/80, 100)).ok());
+  while (other.tokens.size() < 10) ASSERT_TRUE(impl->Step().ok());
+  Outcome got;
+  GenerateRequest r = RequestInto(&got, 2, t.prompt(), kMaxTokens, 7);
+  r.episode = EpisodeServeRequest{.episode = t.episode,
+                                  .version = t.version,
+                                  .history_tokens = static_cast<int64_t>(t.history.size()),
+                                  .query = t.query,
+                                  .budget_tokens = t.budget,
+                                  .block_tokens = t.block};
+  ASSERT_TRUE(engine->Submit(std::move(r)).ok());
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  ASSERT_TRUE(impl->TEST_CheckPool().ok());
+  EXPECT_EQ(other.reason, FinishReason::kLength);
+  ASSERT_EQ(got.reason, FinishReason::kLength);
+  EngineStats s = engine->GetStats();
+  EXPECT_EQ(s.episode_builds, 1);  // the cache was built and the turn admitted on it
+  EXPECT_EQ(s.episode_turns, 1);
+  EXPECT_GE(s.preemptions, 1);
+  EXPECT_EQ(s.episode_fallbacks, 1);
+  EXPECT_FALSE(got.usage.from_episode_cache);
+  // Preempted after part of the message ran on the cache, not refused at admission.
+  EXPECT_GT(got.usage.recomputed_tokens, static_cast<int64_t>(t.prompt().size()));
+  EXPECT_EQ(got.tokens, full.tokens);
+  // The comparison can fail: the episode cache decodes differently from full KV here.
+  const std::vector<int32_t> episodic = Reference(t, o.prefill_chunk_tokens);
+  EXPECT_NE(episodic, full.tokens);
+
+  // Without pressure the next turn is served from the episode cache (rebuilt if the full-KV
+  // recompute pushed it out).
+  Outcome again = Run(engine.get(), 3, 7, t, /*episode=*/true);
+  EXPECT_TRUE(again.usage.from_episode_cache);
+  EXPECT_EQ(again.tokens, episodic);
+  EXPECT_EQ(engine->GetStats().episode_fallbacks, 1);
 }
 
 }  // namespace

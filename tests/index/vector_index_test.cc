@@ -1,6 +1,6 @@
 // VectorIndex: real FAISS. Search results against a brute-force inner product computed
-// here; serialise/restore round trips (flat and HNSW); HNSW agrees with flat on the top-1
-// of a fixed set; bad input gets a Status, not an exception.
+// here; serialise/restore round trips (flat, IVF-Flat and HNSW); IVF-Flat and HNSW agree with flat
+// on the top-1 of a fixed set; bad input gets a Status, not an exception.
 #include "index/vector_index.h"
 
 #include <gtest/gtest.h>
@@ -48,7 +48,7 @@ TEST(VectorIndex, SearchMatchesBruteForce) {
   ASSERT_TRUE(index.ok());
   ASSERT_TRUE((*index)->Add(ids, data).ok());
   EXPECT_EQ((*index)->size(), 300);
-  EXPECT_FALSE((*index)->is_hnsw());
+  EXPECT_FALSE((*index)->is_approximate());
   auto queries = RandomUnit(20, dim, rng);
   for (int q = 0; q < 20; ++q) {
     std::vector<float> query(queries.begin() + q * dim, queries.begin() + (q + 1) * dim);
@@ -60,23 +60,33 @@ TEST(VectorIndex, SearchMatchesBruteForce) {
   }
 }
 
-TEST(VectorIndex, SerializeRestoreRoundTripsFlatAndHnsw) {
+TEST(VectorIndex, SerializeRestoreRoundTripsFlatIvfAndHnsw) {
   std::mt19937_64 rng(testing::TestSeed());
   const int32_t dim = 16;
-  for (int64_t threshold : {int64_t{100000}, int64_t{50}}) {
+  struct Case {
+    int64_t threshold;
+    AnnKind ann;
+    const char* kind;
+  };
+  for (const Case& c :
+       {Case{100000, AnnKind::kIvfFlat, "flat"}, Case{50, AnnKind::kIvfFlat, "ivf_flat"},
+        Case{50, AnnKind::kHnsw, "hnsw"}}) {
+    SCOPED_TRACE(c.kind);
     VectorIndexOptions o;
-    o.hnsw_threshold = threshold;
+    o.ann_threshold = c.threshold;
+    o.ann = c.ann;
     auto index = VectorIndex::Create(dim, o);
     ASSERT_TRUE(index.ok());
     auto data = RandomUnit(200, dim, rng);
     ASSERT_TRUE((*index)->Add(Ids(200, 5), data).ok());
-    EXPECT_EQ((*index)->is_hnsw(), threshold == 50);
+    EXPECT_STREQ((*index)->kind_name(), c.kind);
+    EXPECT_EQ((*index)->is_approximate(), c.threshold == 50);
     auto bytes = (*index)->Serialize();
     ASSERT_TRUE(bytes.ok());
     auto restored = VectorIndex::Restore(*bytes, o);
     ASSERT_TRUE(restored.ok()) << restored.status().ToString();
     EXPECT_EQ((*restored)->size(), 200);
-    EXPECT_EQ((*restored)->is_hnsw(), (*index)->is_hnsw());
+    EXPECT_STREQ((*restored)->kind_name(), c.kind);
     auto v = (*restored)->Reconstruct(5 + 7 * 3);
     ASSERT_TRUE(v.ok());
     EXPECT_EQ(*v, std::vector<float>(data.begin() + 3 * dim, data.begin() + 4 * dim));
@@ -98,38 +108,43 @@ TEST(VectorIndex, SerializeRestoreRoundTripsFlatAndHnsw) {
   }
 }
 
-TEST(VectorIndex, HnswAgreesWithFlatOnTop1OfAFixedSet) {
-  std::mt19937_64 rng(20261205);  // a fixed set
-  const int32_t dim = 32;
-  auto data = RandomUnit(2000, dim, rng);
-  auto ids = Ids(2000, 0);
-  VectorIndexOptions flat_o;
-  flat_o.hnsw_threshold = 1 << 30;
-  VectorIndexOptions hnsw_o;
-  hnsw_o.hnsw_threshold = 1000;
-  auto flat = VectorIndex::Create(dim, flat_o);
-  auto hnsw = VectorIndex::Create(dim, hnsw_o);
-  ASSERT_TRUE(flat.ok() && hnsw.ok());
-  // HNSW gets its vectors in two adds, across the switch.
-  ASSERT_TRUE((*flat)->Add(ids, data).ok());
-  std::vector<int64_t> ids_a(ids.begin(), ids.begin() + 600), ids_b(ids.begin() + 600, ids.end());
-  ASSERT_TRUE((*hnsw)->Add(ids_a, std::vector<float>(data.begin(), data.begin() + 600 * dim)).ok());
-  EXPECT_FALSE((*hnsw)->is_hnsw());
-  ASSERT_TRUE((*hnsw)->Add(ids_b, std::vector<float>(data.begin() + 600 * dim, data.end())).ok());
-  EXPECT_TRUE((*hnsw)->is_hnsw());
-  // Queries near stored vectors have a clear top-1, which HNSW must find.
-  std::normal_distribution<float> noise(0.0f, 0.05f);
-  for (int q = 0; q < 100; ++q) {
-    const int64_t target = (q * 37) % 2000;
-    std::vector<float> query(data.begin() + target * dim, data.begin() + (target + 1) * dim);
-    for (float& x : query) x += noise(rng);
-    NormalizeRows(query.data(), 1, dim);
-    auto a = (*flat)->Search(query, 1);
-    auto b = (*hnsw)->Search(query, 1);
-    ASSERT_TRUE(a.ok() && b.ok());
-    ASSERT_EQ(a->size(), 1u);
-    ASSERT_EQ(b->size(), 1u);
-    EXPECT_EQ((*a)[0].id, (*b)[0].id) << "query " << q;
+// Both approximate kinds, each given its vectors in two adds across the switch.
+TEST(VectorIndex, ApproximateIndexesAgreeWithFlatOnTop1OfAFixedSet) {
+  for (AnnKind kind : {AnnKind::kIvfFlat, AnnKind::kHnsw}) {
+    SCOPED_TRACE(kind == AnnKind::kHnsw ? "hnsw" : "ivf_flat");
+    std::mt19937_64 rng(20261205);  // a fixed set
+    const int32_t dim = 32;
+    auto data = RandomUnit(2000, dim, rng);
+    auto ids = Ids(2000, 0);
+    VectorIndexOptions flat_o;
+    flat_o.ann_threshold = 1 << 30;
+    VectorIndexOptions ann_o;
+    ann_o.ann_threshold = 1000;
+    ann_o.ann = kind;
+    auto flat = VectorIndex::Create(dim, flat_o);
+    auto ann = VectorIndex::Create(dim, ann_o);
+    ASSERT_TRUE(flat.ok() && ann.ok());
+    ASSERT_TRUE((*flat)->Add(ids, data).ok());
+    std::vector<int64_t> ids_a(ids.begin(), ids.begin() + 600), ids_b(ids.begin() + 600, ids.end());
+    ASSERT_TRUE(
+        (*ann)->Add(ids_a, std::vector<float>(data.begin(), data.begin() + 600 * dim)).ok());
+    EXPECT_FALSE((*ann)->is_approximate());
+    ASSERT_TRUE((*ann)->Add(ids_b, std::vector<float>(data.begin() + 600 * dim, data.end())).ok());
+    EXPECT_TRUE((*ann)->is_approximate());
+    // Queries near stored vectors have a clear top-1, which the index must find.
+    std::normal_distribution<float> noise(0.0f, 0.05f);
+    for (int q = 0; q < 100; ++q) {
+      const int64_t target = (q * 37) % 2000;
+      std::vector<float> query(data.begin() + target * dim, data.begin() + (target + 1) * dim);
+      for (float& x : query) x += noise(rng);
+      NormalizeRows(query.data(), 1, dim);
+      auto a = (*flat)->Search(query, 1);
+      auto b = (*ann)->Search(query, 1);
+      ASSERT_TRUE(a.ok() && b.ok());
+      ASSERT_EQ(a->size(), 1u);
+      ASSERT_EQ(b->size(), 1u);
+      EXPECT_EQ((*a)[0].id, (*b)[0].id) << "query " << q;
+    }
   }
 }
 
