@@ -122,7 +122,7 @@ echo "=== calibrating the cost model on $DEVICE"
 start_daemon "$WORK/calibrate" lru --calibrate-cost-model || exit 1
 stop_daemon
 cp "$WORK/calibrate/state/cost_model.json" "$WORK/cost_model.json" && cp "$WORK/cost_model.json" "$OUT/"
-grep -i -A12 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -12
+grep -i -A16 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -16
 
 SEEDED=""
 if [ "$SEED" = 1 ]; then
