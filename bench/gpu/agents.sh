@@ -85,6 +85,8 @@ SEED_LANE_S=${AGENTS_SEED_LANE_S:-20}
 PREDICT=${AGENTS_PREDICT:-1}
 SIM_SLACK=${AGENTS_SIM_SLACK:-1.3}
 HOST_GBPS=${AGENTS_HOST_GBPS:-50}  # the simulator's host<->device rate when calibration has none
+# A bench/gpu/prebuild.sh directory carries the shared libraries a bare device image lacks.
+[ -d "$BIN/lib" ] && export LD_LIBRARY_PATH="$BIN/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 find_bin() { for d in "$BIN" "$BIN/bin" "$BIN/bench"; do [ -x "$d/$1" ] && { echo "$d/$1"; return; }; done; echo "$BIN/$1"; }
 KVKEEP=$(find_bin kvkeep)
 KVKEEPD=$(find_bin kvkeepd)

@@ -146,7 +146,8 @@ def estimate(a):
         print(f"  {n:>3} agents: ~{run_s:.0f} s a run, {runs} runs")
     total += 2 * a.start_s + (a.seed_lane_s + a.start_s if a.seed_policies else 0)
     print(f"estimated total: ~{total:.0f} s (budget {a.budget_s:.0f} s: runs past it are skipped"
-          f"{'; OVER BUDGET' if total > a.budget_s else ''})")
+          f"{'; OVER BUDGET' if total > a.budget_s else ''}); a rough figure: after the "
+          f"calibration the simulator predicts each run, and that decides")
 
 
 def seed_trace(a):
