@@ -43,39 +43,72 @@ Result<std::vector<Usage>> RunBatch(Engine* engine, RequestId* next_id,
   return usages;
 }
 
-// Decode samples: `batch` prompts of `len` tokens are prefilled once (each alone), then
-// batches of 1, batch/4 and batch sequences decode after prefixes of len/8 and len tokens
-// of them. The prefixes hit the prefix cache, so after one short prefill step every
-// sequence decodes in the same steps: decode_ms / (decode_tokens - 1) is one step of B
-// sequences reading B * (L + decode_tokens / 2) KV tokens on average.
+// Seconds a batch took on the engine's clock: submission to its last token.
+double BatchSeconds(const std::vector<Usage>& usages) {
+  double ms = 0;
+  for (const Usage& u : usages) ms = std::max(ms, u.ttft_ms + u.decode_ms);
+  return ms / 1000.0;
+}
+
+// Decode samples, in two rounds: prefixes of len/8, then of len tokens, of `batch` random
+// prompts. Each round first prefills the prompts to that length (the first alone, a
+// prefill sample; the rest together), then batches of 1, batch/4 and batch sequences
+// decode after those prefixes. The prefixes hit the prefix cache, so after one short
+// prefill step every sequence decodes in the same steps: decode_ms / (decode_tokens - 1)
+// is one step of B sequences reading B * (L + decode_tokens / 2) KV tokens on average.
+// Each batch first runs 2 untimed decode steps. The second round is skipped when the
+// first took more than options.max_decode_seconds on the engine's clock (a slow device).
 Status SampleDecode(Engine* engine, RequestId* id, int64_t len, int32_t batch,
                     const CalibrationOptions& options,
                     const std::function<std::vector<int32_t>(int64_t)>& tokens, uint64_t salt,
                     std::vector<TimingSample>* samples) {
   std::vector<std::vector<int32_t>> prompts;
-  for (int32_t b = 0; b < batch; ++b) {
-    prompts.push_back(tokens(len));
-    ASSIGN_OR_RETURN(std::vector<Usage> warm, RunBatch(engine, id, {prompts.back()}, 1, salt));
-    if (b == 0) {  // a long prefill: constrains the attention term of the prefill fit
-      TimingSample s;
-      s.kind = TimingSample::Kind::kPrefill;
-      s.new_tokens = len;
-      s.seconds = warm[0].ttft_ms / 1000.0;
-      s.note = "calibration prefill (decode warm-up)";
-      samples->push_back(s);
-    }
-  }
+  for (int32_t b = 0; b < batch; ++b) prompts.push_back(tokens(len));
+  auto prefixes = [&](int32_t from, int32_t to, int64_t l) {
+    std::vector<std::vector<int32_t>> out;
+    for (int32_t i = from; i < to; ++i)
+      out.emplace_back(prompts[i].begin(), prompts[i].begin() + l);
+    return out;
+  };
   const int32_t steps = std::max(1, options.decode_tokens - 1);
   std::vector<int32_t> batches = {1, std::max(1, batch / 4), batch};
   batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
   std::vector<int64_t> lens = {std::max(kAlignTokens, len / 8 / kAlignTokens * kAlignTokens), len};
   lens.erase(std::unique(lens.begin(), lens.end()), lens.end());
-  for (int32_t b : batches) {
-    for (int64_t l : lens) {
-      std::vector<std::vector<int32_t>> run;
-      for (int32_t i = 0; i < b; ++i) run.emplace_back(prompts[i].begin(), prompts[i].begin() + l);
+  double spent_s = 0;
+  for (int64_t l : lens) {
+    if (l != lens.front() && spent_s > options.max_decode_seconds) {
+      spdlog::warn(
+          "calibration: decode timed only at prefixes of {} tokens (they took {:.1f} s, over "
+          "the {:.0f} s the calibration spends before longer ones)",
+          lens.front(), spent_s, options.max_decode_seconds);
+      break;
+    }
+    ASSIGN_OR_RETURN(std::vector<Usage> first, RunBatch(engine, id, prefixes(0, 1, l), 1, salt));
+    if (l == len && first[0].recomputed_tokens > 0) {  // a long prefill: the attention term
+      TimingSample s;
+      s.kind = TimingSample::Kind::kPrefill;
+      s.new_tokens = first[0].recomputed_tokens;
+      s.cached_tokens = first[0].cached_tokens;
+      s.seconds = first[0].ttft_ms / 1000.0;
+      s.note = "calibration prefill (decode warm-up)";
+      samples->push_back(s);
+    }
+    spent_s += BatchSeconds(first);
+    if (batch > 1) {
+      ASSIGN_OR_RETURN(std::vector<Usage> rest,
+                       RunBatch(engine, id, prefixes(1, batch, l), 1, salt));
+      spent_s += BatchSeconds(rest);
+    }
+    for (int32_t b : batches) {
+      const std::vector<std::vector<int32_t>> run = prefixes(0, b, l);
+      // A short untimed run first pays the one-off costs of a new batch shape (the CUDA
+      // backend captures a decode graph per power-of-two batch and block-table width),
+      // which a serving engine pays once and then replays.
+      ASSIGN_OR_RETURN(std::vector<Usage> warm, RunBatch(engine, id, run, 3, salt));
       ASSIGN_OR_RETURN(std::vector<Usage> u,
                        RunBatch(engine, id, run, options.decode_tokens, salt));
+      spent_s += BatchSeconds(warm) + BatchSeconds(u);
       double decode_ms = 0, first_ms = u[0].ttft_ms, last_ms = u[0].ttft_ms;
       for (const Usage& x : u) {
         decode_ms += x.decode_ms / static_cast<double>(u.size());

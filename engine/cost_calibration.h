@@ -26,12 +26,15 @@ struct CalibrationOptions {
   int32_t decode_tokens = 17;        // tokens per decode sample (16 timed steps)
   // Decode samples: batches of 1, max_decode_batch / 4 and max_decode_batch sequences at
   // two context lengths (L/8 and L), reading at most max_decode_context_tokens KV tokens
-  // in all (clamped to half the pool). The B * L prompt tokens are prefilled once and the
+  // in all (clamped to half the pool). The B * L prompt tokens are prefilled first and the
   // samples decode after prefix hits on them, so every timed step is a pure decode step.
   // REQUIRES: max_decode_batch <= the engine's max_running. A batch whose sequences do not
   // start decoding in the same step (no prefix reuse: policy "none") is not used.
   int32_t max_decode_batch = 16;
   int64_t max_decode_context_tokens = 131072;
+  // The prefixes of L tokens are timed only if those of L/8 took at most this long (on
+  // the engine's clock): a slow device (a loaded CPU) keeps its start-up short.
+  double max_decode_seconds = 2;
   // Bandwidths and kv_bytes_per_token kept in the fit (MeasureTierBandwidths).
   CostModel base;
 };

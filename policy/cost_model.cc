@@ -199,14 +199,17 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
   ASSIGN_OR_RETURN(Row p,
                    SolveNonNegative(px, py, {"prefill_per_token_s", "prefill_attention_s", ""}, 2));
   // One batch size cannot tell a per-sequence cost from the fixed one: fit it only when
-  // the whole-step samples vary the batch.
+  // the whole-step samples vary the batch (and not in proportion to the context).
   std::sort(batch_sizes.begin(), batch_sizes.end());
   const bool fit_per_sequence =
       std::unique(batch_sizes.begin(), batch_sizes.end()) - batch_sizes.begin() >= 2;
-  ASSIGN_OR_RETURN(
-      Row d, SolveNonNegative(
-                 dx, dy, {"decode_fixed_s", "decode_per_context_token_s", "decode_per_sequence_s"},
-                 fit_per_sequence ? 3 : 2));
+  const std::array<const char*, kMaxParams> decode_names = {
+      "decode_fixed_s", "decode_per_context_token_s", "decode_per_sequence_s"};
+  Result<Row> solved = SolveNonNegative(dx, dy, decode_names, fit_per_sequence ? 3 : 2);
+  // Batch sizes proportional to the contexts (B sequences of one length) cannot separate
+  // the per-sequence term either: fit without it.
+  if (!solved.ok() && fit_per_sequence) solved = SolveNonNegative(dx, dy, decode_names, 2);
+  ASSIGN_OR_RETURN(Row d, std::move(solved));
   fit.model.prefill_per_token_s = p[0];
   fit.model.prefill_attention_s = p[1];
   fit.model.decode_fixed_s = d[0];

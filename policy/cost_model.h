@@ -16,7 +16,8 @@
 // kDecodeAttention: a kernel benchmark), which constrains only the attention coefficient.
 // Coefficients are kept non-negative (a negative one is fixed at 0 and the rest refitted).
 // decode_per_sequence_s is fitted only when the whole-step decode samples have at least two
-// batch sizes (else it stays 0: one batch size cannot separate it from decode_fixed_s).
+// batch sizes, not proportional to their contexts (else it stays 0: such samples cannot
+// separate it from decode_fixed_s and decode_per_context_token_s).
 //
 // Thread-safety: values and pure functions.
 #pragma once

@@ -132,6 +132,34 @@ TEST(CostCalibration, WithoutPrefixReuseOnlySingleSequencesAreTimed) {
   EXPECT_NEAR(m.decode_fixed_s / (truth.decode_fixed_s + truth.decode_per_sequence_s), 1.0, 0.01);
 }
 
+TEST(CostCalibration, ASlowDeviceTimesOnlyTheShortPrefixes) {
+  // Every step 100x slower: the first round (prefixes of 512 tokens) takes far over the
+  // 2 s budget, so the 4,096-token round is skipped.
+  CostModel slow = Truth();
+  slow.prefill_per_token_s *= 100;
+  slow.prefill_attention_s *= 100;
+  slow.decode_fixed_s *= 100;
+  slow.decode_per_context_token_s *= 100;
+  slow.decode_per_sequence_s *= 100;
+  auto rig = MakeRig(slow, "lru", 8192);
+  auto fit = CalibrateCostModel(rig->engine.get(), 8192 * 16);
+  ASSERT_TRUE(fit.ok()) << fit.status().ToString();
+  int decode_samples = 0;
+  for (const CostFitRow& r : fit->rows) {
+    if (r.sample.kind != TimingSample::Kind::kDecode) continue;
+    ++decode_samples;
+    EXPECT_LE(r.sample.context_tokens, r.sample.sequences * (512 + 8));
+  }
+  EXPECT_EQ(decode_samples, 3);
+  // Their contexts are proportional to their sizes (B x 520 tokens), so the per-sequence
+  // term cannot be told apart: it is folded into the per-context slope, as 1/520 of it.
+  EXPECT_EQ(fit->model.decode_per_sequence_s, 0.0);
+  EXPECT_NEAR(fit->model.decode_per_context_token_s /
+                  (slow.decode_per_context_token_s + slow.decode_per_sequence_s / 520),
+              1.0, 0.01);
+  EXPECT_NEAR(fit->model.decode_fixed_s / slow.decode_fixed_s, 1.0, 0.01);
+}
+
 TEST(CostCalibration, ASmallPoolStillCalibrates) {
   // 64 blocks (1,024 tokens): the decode prompts shrink to fit half the pool.
   const CostModel truth = Truth();
