@@ -1,32 +1,138 @@
 #include "engine/cost_calibration.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <functional>
 #include <random>
 
 namespace kvkeep {
 namespace {
 
-// Runs one request to completion and returns its usage.
-Result<Usage> RunOne(Engine* engine, RequestId id, std::vector<int32_t> prompt, int32_t max_tokens,
-                     uint64_t salt) {
+constexpr int64_t kAlignTokens = 16;  // prompt lengths are whole blocks, so prefixes hit
+
+struct Finished {
   Usage usage;
   FinishReason reason = FinishReason::kNone;
-  GenerateRequest r;
-  r.id = id;
-  r.cache_salt = salt;
-  r.prompt = std::move(prompt);
-  r.stop.max_tokens = max_tokens;
-  r.stop.use_model_eos = false;
-  r.on_event = [&](const GenerateEvent& ev) {
-    if (ev.kind == GenerateEvent::Kind::kFinished) {
-      usage = ev.usage;
-      reason = ev.finish_reason;
-    }
-  };
-  RETURN_IF_ERROR(engine->Submit(std::move(r)));
+};
+
+// Submits the prompts together, runs them to completion and returns their usages in order.
+Result<std::vector<Usage>> RunBatch(Engine* engine, RequestId* next_id,
+                                    const std::vector<std::vector<int32_t>>& prompts,
+                                    int32_t max_tokens, uint64_t salt) {
+  std::vector<Finished> done(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateRequest r;
+    r.id = (*next_id)++;
+    r.cache_salt = salt;
+    r.prompt = prompts[i];
+    r.stop.max_tokens = max_tokens;
+    r.stop.use_model_eos = false;
+    r.on_event = [&done, i](const GenerateEvent& ev) {
+      if (ev.kind == GenerateEvent::Kind::kFinished) done[i] = {ev.usage, ev.finish_reason};
+    };
+    RETURN_IF_ERROR(engine->Submit(std::move(r)));
+  }
   RETURN_IF_ERROR(engine->RunUntilIdle());
-  if (reason != FinishReason::kLength) return Status::Internal("calibration request did not run");
-  return usage;
+  std::vector<Usage> usages;
+  for (const Finished& f : done) {
+    if (f.reason != FinishReason::kLength)
+      return Status::Internal("calibration request did not run");
+    usages.push_back(f.usage);
+  }
+  return usages;
+}
+
+// Seconds a batch took on the engine's clock: submission to its last token.
+double BatchSeconds(const std::vector<Usage>& usages) {
+  double ms = 0;
+  for (const Usage& u : usages) ms = std::max(ms, u.ttft_ms + u.decode_ms);
+  return ms / 1000.0;
+}
+
+// Decode samples, in two rounds: prefixes of len/8, then of len tokens, of `batch` random
+// prompts. Each round first prefills the prompts to that length (the first alone, a
+// prefill sample; the rest together), then batches of 1, batch/4 and batch sequences
+// decode after those prefixes. The prefixes hit the prefix cache, so after one short
+// prefill step every sequence decodes in the same steps: decode_ms / (decode_tokens - 1)
+// is one step of B sequences reading B * (L + decode_tokens / 2) KV tokens on average.
+// Each batch first runs 2 untimed decode steps. The second round is skipped when the
+// first took more than options.max_decode_seconds on the engine's clock (a slow device).
+Status SampleDecode(Engine* engine, RequestId* id, int64_t len, int32_t batch,
+                    const CalibrationOptions& options,
+                    const std::function<std::vector<int32_t>(int64_t)>& tokens, uint64_t salt,
+                    std::vector<TimingSample>* samples) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int32_t b = 0; b < batch; ++b) prompts.push_back(tokens(len));
+  auto prefixes = [&](int32_t from, int32_t to, int64_t l) {
+    std::vector<std::vector<int32_t>> out;
+    for (int32_t i = from; i < to; ++i)
+      out.emplace_back(prompts[i].begin(), prompts[i].begin() + l);
+    return out;
+  };
+  const int32_t steps = std::max(1, options.decode_tokens - 1);
+  std::vector<int32_t> batches = {1, std::max(1, batch / 4), batch};
+  batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
+  std::vector<int64_t> lens = {std::max(kAlignTokens, len / 8 / kAlignTokens * kAlignTokens), len};
+  lens.erase(std::unique(lens.begin(), lens.end()), lens.end());
+  double spent_s = 0;
+  for (int64_t l : lens) {
+    if (l != lens.front() && spent_s > options.max_decode_seconds) {
+      spdlog::warn(
+          "calibration: decode timed only at prefixes of {} tokens (they took {:.1f} s, over "
+          "the {:.0f} s the calibration spends before longer ones)",
+          lens.front(), spent_s, options.max_decode_seconds);
+      break;
+    }
+    ASSIGN_OR_RETURN(std::vector<Usage> first, RunBatch(engine, id, prefixes(0, 1, l), 1, salt));
+    if (l == len && first[0].recomputed_tokens > 0) {  // a long prefill: the attention term
+      TimingSample s;
+      s.kind = TimingSample::Kind::kPrefill;
+      s.new_tokens = first[0].recomputed_tokens;
+      s.cached_tokens = first[0].cached_tokens;
+      s.seconds = first[0].ttft_ms / 1000.0;
+      s.note = "calibration prefill (decode warm-up)";
+      samples->push_back(s);
+    }
+    spent_s += BatchSeconds(first);
+    if (batch > 1) {
+      ASSIGN_OR_RETURN(std::vector<Usage> rest,
+                       RunBatch(engine, id, prefixes(1, batch, l), 1, salt));
+      spent_s += BatchSeconds(rest);
+    }
+    for (int32_t b : batches) {
+      const std::vector<std::vector<int32_t>> run = prefixes(0, b, l);
+      // A short untimed run first pays the one-off costs of a new batch shape (the CUDA
+      // backend captures a decode graph per power-of-two batch and block-table width),
+      // which a serving engine pays once and then replays.
+      ASSIGN_OR_RETURN(std::vector<Usage> warm, RunBatch(engine, id, run, 3, salt));
+      ASSIGN_OR_RETURN(std::vector<Usage> u,
+                       RunBatch(engine, id, run, options.decode_tokens, salt));
+      spent_s += BatchSeconds(warm) + BatchSeconds(u);
+      double decode_ms = 0, first_ms = u[0].ttft_ms, last_ms = u[0].ttft_ms;
+      for (const Usage& x : u) {
+        decode_ms += x.decode_ms / static_cast<double>(u.size());
+        first_ms = std::min(first_ms, x.ttft_ms);
+        last_ms = std::max(last_ms, x.ttft_ms);
+      }
+      const double step_ms = decode_ms / steps;
+      if (last_ms - first_ms > 0.5 * step_ms) {  // not one batch: some still prefilled
+        spdlog::warn(
+            "calibration: {} sequences of {} tokens did not decode as one batch (first tokens "
+            "{:.1f} ms apart, a step {:.1f} ms; no prefix reuse?): sample not used",
+            b, l, last_ms - first_ms, step_ms);
+        continue;
+      }
+      TimingSample s;
+      s.kind = TimingSample::Kind::kDecode;
+      s.sequences = b;
+      s.context_tokens = b * (l + options.decode_tokens / 2);
+      s.seconds = step_ms / 1000.0;
+      s.note = "calibration decode";
+      samples->push_back(s);
+    }
+  }
+  return Status::OK();
 }
 
 }  // namespace
@@ -40,29 +146,34 @@ Result<CostFit> CalibrateCostModel(Engine* engine, int64_t max_context_tokens,
     for (int32_t& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
     return t;
   };
-  const int64_t largest = std::max<int64_t>(
-      16, std::min(options.max_prompt_tokens, max_context_tokens / 2 - options.decode_tokens));
+  // The longest context a sequence may reach: the pool's half, and the model's positions.
+  int64_t max_len = max_context_tokens / 2;
+  if (engine->config().max_position_embeddings > 0) {
+    max_len = std::min<int64_t>(max_len, engine->config().max_position_embeddings);
+  }
+  max_len -= options.decode_tokens + 1;
+  const int64_t largest = std::max<int64_t>(16, std::min(options.max_prompt_tokens, max_len));
   const uint64_t salt = 0xC0575EEDull;  // no tenant's salt: calibration KV is never shared
   std::vector<TimingSample> samples;
   RequestId id = 1;
-  for (int64_t n : {largest / 16, largest / 4, largest}) {
-    ASSIGN_OR_RETURN(Usage u, RunOne(engine, id++, tokens(n), 1, salt));
+  // Not shorter than L/4: a step of fewer tokens costs a whole weight read (about 260
+  // tokens' worth on the 8B H100 fit), which the linear prefill model does not have.
+  for (int64_t n : {largest / 4, largest}) {
+    ASSIGN_OR_RETURN(std::vector<Usage> u, RunBatch(engine, &id, {tokens(n)}, 1, salt));
     TimingSample s;
     s.kind = TimingSample::Kind::kPrefill;
     s.new_tokens = n;
-    s.seconds = u.ttft_ms / 1000.0;
+    s.seconds = u[0].ttft_ms / 1000.0;
     s.note = "calibration prefill";
     samples.push_back(s);
   }
-  for (int64_t ctx : {largest / 16, largest}) {
-    ASSIGN_OR_RETURN(Usage u, RunOne(engine, id++, tokens(ctx), options.decode_tokens, salt));
-    TimingSample s;
-    s.kind = TimingSample::Kind::kDecode;
-    s.context_tokens = ctx + options.decode_tokens / 2;
-    s.seconds = u.decode_ms / 1000.0 / std::max(1, options.decode_tokens - 1);
-    s.note = "calibration decode";
-    samples.push_back(s);
-  }
+  const int64_t budget = std::max<int64_t>(
+      kAlignTokens, std::min(options.max_decode_context_tokens, max_context_tokens / 2));
+  const int32_t batch = static_cast<int32_t>(
+      std::clamp<int64_t>(options.max_decode_batch, 1, std::max<int64_t>(1, budget / 64)));
+  const int64_t len = std::max<int64_t>(
+      kAlignTokens, std::min(budget / batch, max_len) / kAlignTokens * kAlignTokens);
+  RETURN_IF_ERROR(SampleDecode(engine, &id, len, batch, options, tokens, salt, &samples));
   CostModel base = options.base;
   base.source = "calibrated at start-up";
   return FitCostModel(samples, base);

@@ -1,7 +1,10 @@
 // Cost-model calibration: times a few prefills and decode steps of this engine and model
 // and fits the TTL policy's CostModel to them (policy/cost_model.h, docs/policy.md "The
-// cost model"). Run once at start-up on request (kvkeepd --calibrate-cost-model), before
-// the engine thread starts; the daemon saves the fit in the state directory.
+// cost model"). Decode is timed at several batch sizes and context lengths, so the fit
+// has a per-context-token (and per-sequence) term: a step reading 100k KV tokens of the
+// 8B shape costs about twice one reading 1k. Run once at start-up on request (kvkeepd
+// --calibrate-cost-model), before the engine thread starts; the daemon saves the fit in the state
+// directory.
 //
 // Thread-safety: drives the engine with RunUntilIdle, so the engine must not be started.
 #pragma once
@@ -21,6 +24,17 @@ namespace kvkeep {
 struct CalibrationOptions {
   int64_t max_prompt_tokens = 1024;  // largest prefill timed (clamped to the pool / model)
   int32_t decode_tokens = 17;        // tokens per decode sample (16 timed steps)
+  // Decode samples: batches of 1, max_decode_batch / 4 and max_decode_batch sequences at
+  // two context lengths (L/8 and L), reading at most max_decode_context_tokens KV tokens
+  // in all (clamped to half the pool). The B * L prompt tokens are prefilled first and the
+  // samples decode after prefix hits on them, so every timed step is a pure decode step.
+  // REQUIRES: max_decode_batch <= the engine's max_running. A batch whose sequences do not
+  // start decoding in the same step (no prefix reuse: policy "none") is not used.
+  int32_t max_decode_batch = 16;
+  int64_t max_decode_context_tokens = 131072;
+  // The prefixes of L tokens are timed only if those of L/8 took at most this long (on
+  // the engine's clock): a slow device (a loaded CPU) keeps its start-up short.
+  double max_decode_seconds = 2;
   // Bandwidths and kv_bytes_per_token kept in the fit (MeasureTierBandwidths).
   CostModel base;
 };

@@ -10,7 +10,7 @@ double SimStepSeconds(const CostModel& cost, const ForwardBatch& batch) {
     const double n = batch.q_start[i + 1] - batch.q_start[i];
     const double kv_len = batch.kv_len[i];
     if (n == 1 && kv_len > 1) {
-      attention_s += cost.decode_per_context_token_s * kv_len;
+      attention_s += cost.decode_per_context_token_s * kv_len + cost.decode_per_sequence_s;
     } else {
       attention_s += cost.prefill_attention_s * n * (kv_len - n + n / 2);
     }

@@ -8,9 +8,10 @@
 //   linear     = max(decode_fixed_s, prefill_per_token_s * sum_i n_i)
 //                (the weights are read once per step; a large batch is compute-bound)
 //   attention  = sum over runs with n_i > 1 of prefill_attention_s * n_i * (c_i + n_i / 2)
-//              + sum over runs with n_i == 1 of decode_per_context_token_s * kv_len_i
+//              + sum over runs with n_i == 1 of (decode_per_context_token_s * kv_len_i
+//                                               + decode_per_sequence_s)
 //   step_s     = linear + attention
-// So a decode-only step costs CostModel::DecodeStepSeconds(sum kv_len), and the chunks
+// So a decode-only step of B runs costs CostModel::DecodeStepSeconds(sum kv_len, B), and the chunks
 // of a prefill sum to CostModel::PrefillSeconds of the whole run (when every chunk has
 // prefill_per_token_s * n >= decode_fixed_s, i.e. n >= 260 tokens for the 8B H100 fit).
 // Swaps between the device and the host tier cost blocks * block_bytes / host_bytes_per_s

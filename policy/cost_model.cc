@@ -9,57 +9,80 @@
 namespace kvkeep {
 namespace {
 
-constexpr int kParams = 2;
-using Row = std::array<double, kParams>;
+constexpr int kMaxParams = 3;
+using Row = std::array<double, kMaxParams>;
+
+// Solves a * c = b over the coefficients in `idx` (Gaussian elimination with partial
+// pivoting on the matrix scaled to unit diagonal). Returns the index of a coefficient the
+// samples cannot separate from the others, or -1.
+int SolveActive(double a[kMaxParams][kMaxParams], const double b[kMaxParams],
+                const std::vector<int>& idx, Row* c) {
+  const size_t k = idx.size();
+  double m[kMaxParams][kMaxParams + 1] = {};
+  double scale[kMaxParams] = {};
+  for (size_t r = 0; r < k; ++r) scale[r] = std::sqrt(a[idx[r]][idx[r]]);
+  for (size_t r = 0; r < k; ++r) {
+    for (size_t q = 0; q < k; ++q) m[r][q] = a[idx[r]][idx[q]] / (scale[r] * scale[q]);
+    m[r][k] = b[idx[r]] / scale[r];
+  }
+  for (size_t p = 0; p < k; ++p) {
+    size_t best = p;
+    for (size_t r = p + 1; r < k; ++r) {
+      if (std::abs(m[r][p]) > std::abs(m[best][p])) best = r;
+    }
+    // Unit diagonal: a pivot this small means two columns are (nearly) proportional.
+    if (std::abs(m[best][p]) < 1e-10) return idx[p];
+    for (size_t q = 0; q <= k; ++q) std::swap(m[p][q], m[best][q]);
+    for (size_t r = 0; r < k; ++r) {
+      if (r == p) continue;
+      const double f = m[r][p] / m[p][p];
+      for (size_t q = p; q <= k; ++q) m[r][q] -= f * m[p][q];
+    }
+  }
+  *c = Row{};
+  for (size_t r = 0; r < k; ++r) (*c)[idx[r]] = m[r][k] / m[r][r] / scale[r];
+  return -1;
+}
 
 // Least squares on rows scaled by 1/measured (relative error), with coefficients held
-// non-negative by fixing negative ones at zero and refitting the rest.
+// non-negative by fixing negative ones at zero and refitting the rest. Only the first
+// `num_params` columns of each row are fitted; the rest stay 0.
 Result<Row> SolveNonNegative(const std::vector<Row>& x, const std::vector<double>& y,
-                             const std::array<const char*, kParams>& names) {
-  std::array<bool, kParams> active{};
-  active.fill(true);
-  for (int round = 0; round < kParams; ++round) {
-    double a[kParams][kParams] = {};
-    double b[kParams] = {};
-    for (size_t r = 0; r < x.size(); ++r) {
-      const double w = 1.0 / (y[r] * y[r]);
-      for (int i = 0; i < kParams; ++i) {
-        b[i] += w * x[r][i] * y[r];
-        for (int j = 0; j < kParams; ++j) a[i][j] += w * x[r][i] * x[r][j];
-      }
+                             const std::array<const char*, kMaxParams>& names, int num_params) {
+  std::array<bool, kMaxParams> active{};
+  for (int i = 0; i < num_params; ++i) active[i] = true;
+  double a[kMaxParams][kMaxParams] = {};
+  double b[kMaxParams] = {};
+  for (size_t r = 0; r < x.size(); ++r) {
+    const double w = 1.0 / (y[r] * y[r]);
+    for (int i = 0; i < num_params; ++i) {
+      b[i] += w * x[r][i] * y[r];
+      for (int j = 0; j < num_params; ++j) a[i][j] += w * x[r][i] * x[r][j];
     }
-    Row c{};
-    // Gaussian elimination over the active coefficients (2x2: solve directly).
+  }
+  for (int i = 0; i < num_params; ++i) {
+    if (a[i][i] <= 0) {
+      return Status::InvalidArgument(std::string("cost model: no sample constrains ") + names[i]);
+    }
+  }
+  for (int round = 0; round < num_params; ++round) {
     std::vector<int> idx;
-    for (int i = 0; i < kParams; ++i) {
+    for (int i = 0; i < num_params; ++i) {
       if (active[i]) idx.push_back(i);
     }
-    if (idx.size() == 2) {
-      const int i = idx[0], j = idx[1];
-      const double det = a[i][i] * a[j][j] - a[i][j] * a[j][i];
-      if (std::abs(det) <= 1e-12 * std::abs(a[i][i] * a[j][j])) {
-        return Status::InvalidArgument(std::string("cost model: the samples cannot separate ") +
-                                       names[i] + " from " + names[j]);
+    Row c{};
+    const int stuck = SolveActive(a, b, idx, &c);
+    if (stuck >= 0) {
+      std::string others;
+      for (int i : idx) {
+        if (i != stuck) others += std::string(others.empty() ? "" : " and ") + names[i];
       }
-      c[i] = (b[i] * a[j][j] - b[j] * a[i][j]) / det;
-      c[j] = (a[i][i] * b[j] - a[j][i] * b[i]) / det;
-    } else if (idx.size() == 1) {
-      const int i = idx[0];
-      if (a[i][i] <= 0) {
-        return Status::InvalidArgument(std::string("cost model: no sample constrains ") + names[i]);
-      }
-      c[i] = b[i] / a[i][i];
-    }
-    for (int i = 0; i < kParams; ++i) {
-      if (active[i] && a[i][i] <= 0) {
-        return Status::InvalidArgument(std::string("cost model: no sample constrains ") + names[i]);
-      }
+      return Status::InvalidArgument(std::string("cost model: the samples cannot separate ") +
+                                     names[stuck] + " from " + others);
     }
     int most_negative = -1;
-    for (int i = 0; i < kParams; ++i) {
-      if (active[i] && c[i] < 0 && (most_negative < 0 || c[i] < c[most_negative])) {
-        most_negative = i;
-      }
+    for (int i : idx) {
+      if (c[i] < 0 && (most_negative < 0 || c[i] < c[most_negative])) most_negative = i;
     }
     if (most_negative < 0) return c;
     active[most_negative] = false;
@@ -75,7 +98,7 @@ double Predict(const CostModel& m, const TimingSample& s) {
       return m.prefill_attention_s * static_cast<double>(s.new_tokens) *
              (static_cast<double>(s.cached_tokens) + static_cast<double>(s.new_tokens) / 2);
     case TimingSample::Kind::kDecode:
-      return m.DecodeStepSeconds(s.context_tokens);
+      return m.DecodeStepSeconds(s.context_tokens, std::max<int64_t>(s.sequences, 1));
     case TimingSample::Kind::kDecodeAttention:
       return m.decode_per_context_token_s * static_cast<double>(s.context_tokens);
   }
@@ -116,9 +139,10 @@ double CostModel::PrefillSeconds(int64_t new_tokens, int64_t cached_tokens) cons
   return prefill_per_token_s * n + prefill_attention_s * n * (c + n / 2);
 }
 
-double CostModel::DecodeStepSeconds(int64_t context_tokens) const {
+double CostModel::DecodeStepSeconds(int64_t context_tokens, int64_t sequences) const {
   return decode_fixed_s +
-         decode_per_context_token_s * static_cast<double>(std::max<int64_t>(context_tokens, 0));
+         decode_per_context_token_s * static_cast<double>(std::max<int64_t>(context_tokens, 0)) +
+         decode_per_sequence_s * static_cast<double>(std::max<int64_t>(sequences, 0));
 }
 
 double CostModel::RebuildSeconds(RebuildSource from, int64_t tokens) const {
@@ -140,6 +164,7 @@ double CostModel::RebuildSeconds(RebuildSource from, int64_t tokens) const {
 Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const CostModel& base) {
   std::vector<Row> px, dx;
   std::vector<double> py, dy;
+  std::vector<int64_t> batch_sizes;  // of whole-step decode samples
   for (const TimingSample& s : samples) {
     if (!(s.seconds > 0) || !std::isfinite(s.seconds)) {
       return Status::InvalidArgument("cost model: a sample's seconds must be > 0 (" + s.note + ")");
@@ -149,32 +174,47 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
     const double ctx = static_cast<double>(s.context_tokens);
     switch (s.kind) {
       case TimingSample::Kind::kPrefill:
-        px.push_back({n, attn});
+        px.push_back({n, attn, 0});
         py.push_back(s.seconds);
         break;
       case TimingSample::Kind::kPrefillAttention:
-        px.push_back({0, attn});
+        px.push_back({0, attn, 0});
         py.push_back(s.seconds);
         break;
-      case TimingSample::Kind::kDecode:
-        dx.push_back({1, ctx});
+      case TimingSample::Kind::kDecode: {
+        const int64_t seqs = std::max<int64_t>(s.sequences, 1);
+        dx.push_back({1, ctx, static_cast<double>(seqs)});
         dy.push_back(s.seconds);
+        batch_sizes.push_back(seqs);
         break;
+      }
       case TimingSample::Kind::kDecodeAttention:
-        dx.push_back({0, ctx});
+        dx.push_back({0, ctx, 0});
         dy.push_back(s.seconds);
         break;
     }
   }
   CostFit fit;
   fit.model = base;
-  ASSIGN_OR_RETURN(Row p, SolveNonNegative(px, py, {"prefill_per_token_s", "prefill_attention_s"}));
-  ASSIGN_OR_RETURN(Row d,
-                   SolveNonNegative(dx, dy, {"decode_fixed_s", "decode_per_context_token_s"}));
+  ASSIGN_OR_RETURN(Row p,
+                   SolveNonNegative(px, py, {"prefill_per_token_s", "prefill_attention_s", ""}, 2));
+  // One batch size cannot tell a per-sequence cost from the fixed one: fit it only when
+  // the whole-step samples vary the batch (and not in proportion to the context).
+  std::sort(batch_sizes.begin(), batch_sizes.end());
+  const bool fit_per_sequence =
+      std::unique(batch_sizes.begin(), batch_sizes.end()) - batch_sizes.begin() >= 2;
+  const std::array<const char*, kMaxParams> decode_names = {
+      "decode_fixed_s", "decode_per_context_token_s", "decode_per_sequence_s"};
+  Result<Row> solved = SolveNonNegative(dx, dy, decode_names, fit_per_sequence ? 3 : 2);
+  // Batch sizes proportional to the contexts (B sequences of one length) cannot separate
+  // the per-sequence term either: fit without it.
+  if (!solved.ok() && fit_per_sequence) solved = SolveNonNegative(dx, dy, decode_names, 2);
+  ASSIGN_OR_RETURN(Row d, std::move(solved));
   fit.model.prefill_per_token_s = p[0];
   fit.model.prefill_attention_s = p[1];
   fit.model.decode_fixed_s = d[0];
   fit.model.decode_per_context_token_s = d[1];
+  fit.model.decode_per_sequence_s = d[2];
   for (const TimingSample& s : samples) {
     CostFitRow row{s, Predict(fit.model, s)};
     fit.max_relative_error =
@@ -190,19 +230,20 @@ std::string FormatCostFit(const CostFit& fit) {
   const CostModel& m = fit.model;
   std::snprintf(line, sizeof(line),
                 "prefill_s(n, c) = %.4g * n + %.4g * n * (c + n/2)\n"
-                "decode_step_s(ctx) = %.4g + %.4g * ctx\n",
+                "decode_step_s(ctx, B) = %.4g + %.4g * ctx + %.4g * B\n",
                 m.prefill_per_token_s, m.prefill_attention_s, m.decode_fixed_s,
-                m.decode_per_context_token_s);
+                m.decode_per_context_token_s, m.decode_per_sequence_s);
   out += line;
-  std::snprintf(line, sizeof(line), "%-18s %8s %8s %9s %11s %11s %7s\n", "sample", "new", "cached",
-                "context", "measured_s", "fitted_s", "error");
+  std::snprintf(line, sizeof(line), "%-18s %8s %8s %9s %4s %11s %11s %7s\n", "sample", "new",
+                "cached", "context", "B", "measured_s", "fitted_s", "error");
   out += line;
   for (const CostFitRow& r : fit.rows) {
     const TimingSample& s = r.sample;
-    std::snprintf(line, sizeof(line), "%-18s %8lld %8lld %9lld %11.5f %11.5f %+6.1f%%\n",
+    std::snprintf(line, sizeof(line), "%-18s %8lld %8lld %9lld %4lld %11.5f %11.5f %+6.1f%%\n",
                   TimingSampleKindName(s.kind), static_cast<long long>(s.new_tokens),
                   static_cast<long long>(s.cached_tokens), static_cast<long long>(s.context_tokens),
-                  s.seconds, r.predicted_s, 100.0 * (r.predicted_s - s.seconds) / s.seconds);
+                  static_cast<long long>(s.sequences), s.seconds, r.predicted_s,
+                  100.0 * (r.predicted_s - s.seconds) / s.seconds);
     out += line;
   }
   std::snprintf(line, sizeof(line), "max relative error %.1f%%\n", 100.0 * fit.max_relative_error);

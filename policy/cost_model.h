@@ -4,15 +4,20 @@
 //   prefill_s(n, c)      = prefill_per_token_s * n + prefill_attention_s * n * (c + n / 2)
 //                          (n new tokens after c cached ones: linear layers, plus causal
 //                           attention over the context each new token sees)
-//   decode_step_s(ctx)   = decode_fixed_s + decode_per_context_token_s * ctx
+//   decode_step_s(ctx, B) = decode_fixed_s + decode_per_context_token_s * ctx
+//                           + decode_per_sequence_s * B
 //                          (weights read once per step, plus the KV of all ctx tokens of
-//                           the batch)
+//                           the batch's B sequences, plus per-sequence work: a logits row,
+//                           sampling, per-sequence launches)
 //   reload_s(tier, n)    = n * kv_bytes_per_token / <tier>_to_device_bytes_per_s
 //
 // FitCostModel fits the coefficients by least squares from timing samples. A sample may
 // time a whole step (kPrefill, kDecode) or only its attention part (kPrefillAttention,
 // kDecodeAttention: a kernel benchmark), which constrains only the attention coefficient.
 // Coefficients are kept non-negative (a negative one is fixed at 0 and the rest refitted).
+// decode_per_sequence_s is fitted only when the whole-step decode samples have at least two
+// batch sizes, not proportional to their contexts (else it stays 0: such samples cannot
+// separate it from decode_fixed_s and decode_per_context_token_s).
 //
 // Thread-safety: values and pure functions.
 #pragma once
@@ -35,6 +40,7 @@ struct CostModel {
   double prefill_attention_s = 0;  // per (new token x context token)
   double decode_fixed_s = 0;
   double decode_per_context_token_s = 0;
+  double decode_per_sequence_s = 0;  // absent from older cost_model.json files: 0
   // Bandwidths of a reload into device memory; 0: not measured (that tier is not used
   // to price a hit).
   double host_to_device_bytes_per_s = 0;
@@ -43,7 +49,8 @@ struct CostModel {
   std::string source;              // what it was fitted from
 
   double PrefillSeconds(int64_t new_tokens, int64_t cached_tokens) const;
-  double DecodeStepSeconds(int64_t context_tokens) const;
+  // One decode step of `sequences` sequences reading `context_tokens` KV tokens in all.
+  double DecodeStepSeconds(int64_t context_tokens, int64_t sequences = 1) const;
   // Seconds to bring `tokens` of KV back from `from`; kPrefill recomputes them.
   // +infinity for a tier whose bandwidth is not measured.
   double RebuildSeconds(RebuildSource from, int64_t tokens) const;
@@ -56,7 +63,8 @@ struct TimingSample {
   int64_t cached_tokens = 0;   // prefill: context before them
   int64_t context_tokens = 0;  // decode: KV tokens read by the step (all sequences)
   double seconds = 0;
-  std::string note;  // where the figure comes from
+  std::string note;       // where the figure comes from
+  int64_t sequences = 0;  // decode: sequences in the step (0: not recorded, counts as 1)
 };
 const char* TimingSampleKindName(TimingSample::Kind k);
 
@@ -82,7 +90,8 @@ Status SaveCostModel(Env* env, const std::string& path, const CostModel& model);
 Result<CostModel> LoadCostModel(Env* env, const std::string& path);
 // A timing-sample file: {"kv_bytes_per_token": .., "host_to_device_bytes_per_s": ..,
 // "disk_to_device_bytes_per_s": .., "samples": [{"kind", "new_tokens", "cached_tokens",
-// "context_tokens", "seconds", "note"}]}. Returns the samples and the base model.
+// "context_tokens", "sequences", "seconds", "note"}]} ("sequences" optional). Returns the samples
+// and the base model.
 Result<std::pair<std::vector<TimingSample>, CostModel>> LoadTimingSamples(Env* env,
                                                                           const std::string& path);
 

@@ -39,6 +39,7 @@ Status SaveCostModel(Env* env, const std::string& path, const CostModel& m) {
               {"prefill_attention_s", m.prefill_attention_s},
               {"decode_fixed_s", m.decode_fixed_s},
               {"decode_per_context_token_s", m.decode_per_context_token_s},
+              {"decode_per_sequence_s", m.decode_per_sequence_s},
               {"host_to_device_bytes_per_s", m.host_to_device_bytes_per_s},
               {"disk_to_device_bytes_per_s", m.disk_to_device_bytes_per_s},
               {"kv_bytes_per_token", m.kv_bytes_per_token},
@@ -55,6 +56,8 @@ Result<CostModel> LoadCostModel(Env* env, const std::string& path) {
   ASSIGN_OR_RETURN(m.decode_fixed_s, Number(doc, "decode_fixed_s", path, true));
   ASSIGN_OR_RETURN(m.decode_per_context_token_s,
                    Number(doc, "decode_per_context_token_s", path, true));
+  // Added after version 1 files were written: optional, 0 when absent.
+  ASSIGN_OR_RETURN(m.decode_per_sequence_s, Number(doc, "decode_per_sequence_s", path, false));
   ASSIGN_OR_RETURN(m.host_to_device_bytes_per_s,
                    Number(doc, "host_to_device_bytes_per_s", path, false));
   ASSIGN_OR_RETURN(m.disk_to_device_bytes_per_s,
@@ -100,10 +103,12 @@ Result<std::pair<std::vector<TimingSample>, CostModel>> LoadTimingSamples(Env* e
     ASSIGN_OR_RETURN(double n, Number(s, "new_tokens", where, false));
     ASSIGN_OR_RETURN(double c, Number(s, "cached_tokens", where, false));
     ASSIGN_OR_RETURN(double ctx, Number(s, "context_tokens", where, false));
+    ASSIGN_OR_RETURN(double seqs, Number(s, "sequences", where, false));
     ASSIGN_OR_RETURN(t.seconds, Number(s, "seconds", where, true));
     t.new_tokens = static_cast<int64_t>(n);
     t.cached_tokens = static_cast<int64_t>(c);
     t.context_tokens = static_cast<int64_t>(ctx);
+    t.sequences = static_cast<int64_t>(seqs);
     t.note = s.value("note", "");
     samples.push_back(std::move(t));
   }

@@ -69,6 +69,7 @@ struct RunArgs {
   double time_scale = 1.0;
   int max_turns = 0;
   int64_t max_prompt_tokens = 0;
+  double deadline_s = 0;
   int max_sessions = 0;
   uint64_t seed = 0;
   bool no_plots = false;
@@ -140,6 +141,7 @@ Status RunReplayCommand(const RunArgs& a) {
   o.time_scale = a.time_scale;
   o.max_turns = a.max_turns;
   o.max_prompt_tokens = a.max_prompt_tokens;
+  o.deadline_s = a.deadline_s;
   o.seed = a.seed;
   o.on_progress = [](const std::string& line) { std::cerr << line << "\n"; };
   if (a.arrivals == "poisson") {
@@ -154,12 +156,19 @@ Status RunReplayCommand(const RunArgs& a) {
   }
 
   replay::ReportInput report;
-  report.params = {{"trace", a.trace},         {"sessions", trace.size()},
-                   {"agents", a.agents},       {"arrivals", a.arrivals},
-                   {"rate", a.rate},           {"time_scale", a.time_scale},
-                   {"max_turns", a.max_turns}, {"max_prompt_tokens", a.max_prompt_tokens},
-                   {"seed", a.seed},           {"spawn", a.spawn},
-                   {"model", a.model},         {"daemon_args", a.daemon_args}};
+  report.params = {{"trace", a.trace},
+                   {"sessions", trace.size()},
+                   {"agents", a.agents},
+                   {"arrivals", a.arrivals},
+                   {"rate", a.rate},
+                   {"time_scale", a.time_scale},
+                   {"max_turns", a.max_turns},
+                   {"max_prompt_tokens", a.max_prompt_tokens},
+                   {"deadline_s", a.deadline_s},
+                   {"seed", a.seed},
+                   {"spawn", a.spawn},
+                   {"model", a.model},
+                   {"daemon_args", a.daemon_args}};
   // Sockets live in a short temporary directory: sun_path holds 108 bytes at most.
   std::string sock_dir = "/tmp/kvkeep-replay-XXXXXX";
   if (a.spawn && mkdtemp(sock_dir.data()) == nullptr) return Status::IOError("mkdtemp failed");
@@ -273,6 +282,11 @@ run_cmd
     ->add_option("--max-prompt-tokens", run->max_prompt_tokens,
                  "Stop a session before its context passes this (0: off)")
     ->capture_default_str();
+run_cmd
+    ->add_option("--deadline-s", run->deadline_s,
+                 "Stop every session at its next event after this many seconds (0: off); "
+                 "cut sessions are reported with an error, finished ones as usual")
+    ->check(CLI::NonNegativeNumber);
 run_cmd->add_option("--sessions", run->max_sessions, "Replay only the first N sessions");
 run_cmd->add_option("--seed", run->seed, "Seed (Poisson arrivals)")->capture_default_str();
 run_cmd->add_flag("--no-plots", run->no_plots, "Skip the PNG plots");

@@ -9,10 +9,26 @@
 # its prediction error per policy and load.
 #
 #   OUT=DIR bash bench/gpu/agents.sh build-cuda trace.jsonl
+#   AGENTS_WORKLOAD=long OUT=DIR bash bench/gpu/agents.sh DIR trace.jsonl   (issue 12's
+#   decisive configuration; AGENTS_PRESET=long means the same)
+#
+# Order: calibrate the cost model on the device; simulate every planned run with it
+# (bench/policy_bench: the prediction, made before the runs); then the runs, each on a
+# fresh daemon. A run is started only if the simulator's wall time for it (x
+# AGENTS_SIM_SLACK, 1.3) plus a daemon start fits the budget left, and is cut at the
+# budget (`replay run --deadline-s`: finished sessions are kept, the run is marked cut).
+# The report is rewritten after every run, so a call killed at its limit still leaves the
+# finished runs' table under $OUT.
 #
 # $OUT gets at most 6 files: agents.txt (the table), agents.json, agents_jct_cdf.png,
 # cost_model.json, sim.txt (policy_bench's output) and runs.tar.gz (every run's turns.csv,
-# sessions.csv, stats, GPU samples and daemon log).
+# sessions.csv, stats, GPU samples and daemon log; daemon logs dropped if over 15 MB).
+#
+# AGENTS_WORKLOAD=long (each overridable below): 12 agents, 24 model turns each, forced
+# outputs capped at 64 tokens a turn (kvkeepd --max-tokens), the sessions whose first 24
+# turns hold at most 30 s of tool time (18 of the 25 deepseek sessions; first N used),
+# device pool 12,288 blocks (24 GiB, 196k tokens), host tier 4,096 blocks (8 GiB), tool
+# times as recorded. Contexts reach 20-54k tokens; the pool holds about 6 of them.
 #
 # Knobs (environment):
 #   AGENTS_LOADS ("4 8 12"), AGENTS_POLICIES ("ttl fixed-ttl lru none"), AGENTS_TURNS (model
@@ -31,20 +47,34 @@
 #   as "<policy>+seed" beside the unseeded run.
 #   AGENTS_DAEMON_ARGS: extra kvkeepd flags (the CPU check here uses "--threads 1": on a
 #   loaded 2-core machine two OpenMP threads make steps 10x slower and noisy).
-#   AGENTS_HOST_GBPS (50, tiers_swap_bench's H100 figure): the simulator's host tier rate
-#   when the calibration measured none. AGENTS_PREDICT=0 skips the simulator's prediction (needs BIN_DIR's bench/policy_bench).
+#   AGENTS_HOST_GBPS (50, tiers_swap_bench's H100 figure): on CUDA the host -> device rate
+#   in the cost model every daemon and the simulator use (the calibration's WriteBlock
+#   figure is a lower bound there); elsewhere the simulator's when calibration has none. AGENTS_PREDICT=0 skips the simulator's prediction (needs BIN_DIR's bench/policy_bench).
+#   AGENTS_MAX_TOKENS: kvkeepd --max-tokens (forced outputs are clipped to it; default the
+#   daemon's 4096). AGENTS_MAX_TOOL_S: keep only the sessions whose first AGENTS_TURNS
+#   turns hold at most this many seconds of tool time (default: all sessions).
+#   AGENTS_SIM_SLACK (1.3): a run is started only if slack x its simulated wall + a start fits.
 set -uo pipefail
 BIN=$(cd "$1" && pwd)
 TRACE=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-/tmp/kvkeep-agents}
-LOADS=${AGENTS_LOADS:-4 8 12}
-POLICIES=${AGENTS_POLICIES:-ttl fixed-ttl lru none}
-TURNS=${AGENTS_TURNS:-4}
-SCALE=${AGENTS_TIME_SCALE:-1}
-KV_BLOCKS=${AGENTS_KV_BLOCKS:-3072}
-HOST_BLOCKS=${AGENTS_HOST_BLOCKS:-4096}
 PRESET=${AGENTS_PRESET:-llama3-8b-shape}
+WORKLOAD=${AGENTS_WORKLOAD:-}
+if [ "$PRESET" = long ]; then WORKLOAD=long; PRESET=llama3-8b-shape; fi
+case "$WORKLOAD" in
+  long) D_LOADS=12 D_TURNS=24 D_KV=12288 D_HOST=4096 D_MAX_TOKENS=64 D_MAX_TOOL_S=30 ;;
+  "") D_LOADS="4 8 12" D_TURNS=4 D_KV=3072 D_HOST=4096 D_MAX_TOKENS="" D_MAX_TOOL_S="" ;;
+  *) echo "agents.sh: unknown AGENTS_WORKLOAD '$WORKLOAD' (long)"; exit 2 ;;
+esac
+LOADS=${AGENTS_LOADS:-$D_LOADS}
+POLICIES=${AGENTS_POLICIES:-ttl fixed-ttl lru none}
+TURNS=${AGENTS_TURNS:-$D_TURNS}
+SCALE=${AGENTS_TIME_SCALE:-1}
+KV_BLOCKS=${AGENTS_KV_BLOCKS:-$D_KV}
+HOST_BLOCKS=${AGENTS_HOST_BLOCKS:-$D_HOST}
+MAX_TOKENS=${AGENTS_MAX_TOKENS:-$D_MAX_TOKENS}
+MAX_TOOL_S=${AGENTS_MAX_TOOL_S:-$D_MAX_TOOL_S}
 MODEL=${AGENTS_MODEL:-/tmp/kvkeep-$PRESET}
 DEVICE=${AGENTS_DEVICE:-cuda}
 BUDGET_S=${AGENTS_BUDGET_S:-540}
@@ -54,7 +84,10 @@ SEED_POLICIES=${AGENTS_SEED_POLICIES:-ttl}
 SEED_TRACE=${AGENTS_SEED_TRACE:-$TRACE}
 SEED_LANE_S=${AGENTS_SEED_LANE_S:-20}
 PREDICT=${AGENTS_PREDICT:-1}
+SIM_SLACK=${AGENTS_SIM_SLACK:-1.3}
 HOST_GBPS=${AGENTS_HOST_GBPS:-50}  # the simulator's host<->device rate when calibration has none
+# A bench/gpu/prebuild.sh directory carries the shared libraries a bare device image lacks.
+[ -d "$BIN/lib" ] && export LD_LIBRARY_PATH="$BIN/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 find_bin() { for d in "$BIN" "$BIN/bin" "$BIN/bench"; do [ -x "$d/$1" ] && { echo "$d/$1"; return; }; done; echo "$BIN/$1"; }
 KVKEEP=$(find_bin kvkeep)
 KVKEEPD=$(find_bin kvkeepd)
@@ -64,6 +97,14 @@ RUNS=$WORK/runs
 mkdir -p "$OUT" "$RUNS"
 START=$SECONDS
 MAX_LOAD=$(echo $LOADS | tr ' ' '\n' | sort -n | tail -1)
+echo "=== agents: workload ${WORKLOAD:-default}, loads $LOADS, policies $POLICIES, $TURNS turns," \
+  "max_tokens ${MAX_TOKENS:-daemon default}, sessions with <= ${MAX_TOOL_S:-any} s of tool time," \
+  "pool $KV_BLOCKS blocks, host $HOST_BLOCKS, time scale $SCALE, budget ${BUDGET_S} s"
+if [ -n "$MAX_TOOL_S" ]; then  # the subset every run and the simulator replay
+  python3 "$ROOT/bench/gpu/agents_report.py" subset "$TRACE" --turns "$TURNS" \
+    --max-tool-s "$MAX_TOOL_S" --out "$WORK/trace.jsonl" || exit 1
+  TRACE=$WORK/trace.jsonl
+fi
 
 # The estimate: per run, a daemon start plus the longest of its sessions (tool time of the
 # first TURNS turns, plus ~1 s of forced decode a turn, longer as the load grows).
@@ -74,7 +115,7 @@ python3 "$ROOT/bench/gpu/agents_report.py" estimate "$TRACE" --loads $LOADS --tu
 [ -f "$MODEL/config.json" ] || "$KVKEEP" make-model --preset "$PRESET" --seed 1 --out "$MODEL" || exit 1
 DAEMON_ARGS=(--model "$MODEL" --device "$DEVICE" --num-kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS"
              --max-sessions-per-uid 4096 --max-connections-per-uid 4096 --log-level info
-             ${AGENTS_DAEMON_ARGS:-})
+             ${MAX_TOKENS:+--max-tokens "$MAX_TOKENS"} ${AGENTS_DAEMON_ARGS:-})
 
 # start_daemon DIR POLICY [extra flags]: kvkeepd in the background, its socket DIR/s.sock;
 # the calibrated cost model (and with SEEDED_DB, the seeded store) copied in first.
@@ -95,34 +136,69 @@ start_daemon() {
 }
 stop_daemon() { kill -TERM "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; }
 
-finish() {
-  if [ "$PREDICT" = 1 ] && [ -x "$POLICY_BENCH" ]; then
-    # The simulator on the same sessions, loads, policies and turn cap, with this run's cost
-    # model, the served model's tokens and the daemon's pool and engine limits.
-    echo "=== policy_bench prediction ($(($(date +%s) - T0)) s so far)"
-    local policies
-    policies=$(echo $POLICIES | tr ' ' ',')
-    timeout 120 "$POLICY_BENCH" --trace "$TRACE" --out "$WORK/sim" --model "$MODEL" \
-      --cost-model "$WORK/cost_model.json" --kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS" \
-      --max-batch-tokens 512 --prefill-chunk-tokens 256 --max-running 64 --arrivals recorded \
-      --kv-dtype-bytes "$([ "$DEVICE" = cpu ] && echo 4 || echo 2)" --host-gbps "$HOST_GBPS" \
-      --time-scale "$SCALE" --max-turns "$TURNS" --agents "$(echo $LOADS | tr ' ' ',')" \
-      --policies "$policies" --plot-script /nonexistent > "$OUT/sim.txt" 2>&1 ||
-      { echo "policy_bench failed:"; tail -5 "$OUT/sim.txt"; }
-  fi
+# The simulator on the same sessions, loads, policies and turn cap, with this run's cost
+# model, the served model's tokens and the daemon's pool and engine limits: run before the
+# device runs, so it is a prediction, and its wall times decide which runs fit the budget.
+predict() {
+  [ "$PREDICT" = 1 ] && [ -x "$POLICY_BENCH" ] || return 0
+  echo "=== policy_bench prediction ($(($(date +%s) - T0)) s so far)"
+  local policies
+  policies=$(echo $POLICIES | tr ' ' ',')
+  timeout 150 "$POLICY_BENCH" --trace "$TRACE" --out "$WORK/sim" --model "$MODEL" \
+    --cost-model "$WORK/cost_model.json" --kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS" \
+    --max-batch-tokens 512 --prefill-chunk-tokens 256 --max-running 64 --arrivals recorded \
+    --kv-dtype-bytes "$([ "$DEVICE" = cpu ] && echo 4 || echo 2)" --host-gbps "$HOST_GBPS" \
+    --time-scale "$SCALE" --max-turns "$TURNS" ${MAX_TOKENS:+--max-tokens "$MAX_TOKENS"} \
+    --agents "$(echo $LOADS | tr ' ' ',')" --jobs 4 \
+    --policies "$policies" --plot-script /nonexistent > "$OUT/sim.txt" 2>&1 ||
+    { echo "policy_bench failed:"; tail -5 "$OUT/sim.txt"; }
+  grep -A40 "^agents policy" "$OUT/sim.txt" | grep -v "^$" | grep -v "^sh:" | head -30
+}
+
+# The simulated wall seconds of one run (0: not simulated).
+sim_wall_s() {
+  python3 - "$WORK/sim/policy_bench.json" "$1" "$2" <<'PY' 2>/dev/null || echo 0
+import json, sys
+doc = json.load(open(sys.argv[1]))
+for load in doc["loads"]:
+    if int(load["agents"]) == int(sys.argv[2]) and sys.argv[3] in load["policies"]:
+        print(int(load["policies"][sys.argv[3]]["sim_end_s"] + 0.999)); break
+else:
+    print(0)
+PY
+}
+
+# The report of every run so far (rewritten after each run), and the runs' files.
+report() {
   python3 "$ROOT/bench/gpu/agents_report.py" report "$RUNS" --out "$OUT" --turns "$TURNS" \
     --time-scale "$SCALE" --kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS" \
-    --sim "$WORK/sim/policy_bench.json" --device "$DEVICE" --model "$PRESET"
-  tar -C "$WORK" -czf "$OUT/runs.tar.gz" runs seed 2>/dev/null || tar -C "$WORK" -czf "$OUT/runs.tar.gz" runs
-  rm -rf "$WORK"
+    --sim "$WORK/sim/policy_bench.json" --device "$DEVICE" --model "$PRESET" \
+    --workload "${WORKLOAD:-default}" --max-tokens "${MAX_TOKENS:-0}" --loads $LOADS \
+    --policies $POLICIES > "$WORK/report.txt" 2>&1 || { echo "report failed:"; tail -5 "$WORK/report.txt"; }
+  local dirs=(runs)
+  [ -d "$WORK/seed" ] && dirs+=(seed)
+  tar -C "$WORK" -czf "$OUT/runs.tar.gz" "${dirs[@]}"
+  if [ "$(stat -c %s "$OUT/runs.tar.gz")" -gt 15000000 ]; then  # the device tool takes 16 MiB a file
+    tar -C "$WORK" -czf "$OUT/runs.tar.gz" --exclude=kvkeepd.log "${dirs[@]}"
+  fi
 }
 T0=$(date +%s)
 
 echo "=== calibrating the cost model on $DEVICE"
 start_daemon "$WORK/calibrate" lru --calibrate-cost-model || exit 1
 stop_daemon
-cp "$WORK/calibrate/state/cost_model.json" "$WORK/cost_model.json" && cp "$WORK/cost_model.json" "$OUT/"
-grep -i -A12 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -12
+cp "$WORK/calibrate/state/cost_model.json" "$WORK/cost_model.json"
+grep -i -A16 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -16
+if [ "$DEVICE" = cuda ]; then
+  # The calibration times host -> device with WriteBlock, block by block: on CUDA a lower
+  # bound (5.8 GB/s on the H100), where promotions go through the batched pinned SwapIn
+  # (50.8 GB/s in tiers_swap_bench). Every daemon's TTL rule and the simulator price a
+  # host reload at AGENTS_HOST_GBPS instead, so the two make the same decisions.
+  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print('host -> device: calibrated %.3g GB/s, used %s GB/s' % (m['host_to_device_bytes_per_s']/1e9, sys.argv[2])); m['host_to_device_bytes_per_s']=float(sys.argv[2])*1e9; json.dump(m,open(sys.argv[1],'w'),indent=2)" \
+    "$WORK/cost_model.json" "$HOST_GBPS"
+fi
+cp "$WORK/cost_model.json" "$OUT/"
+predict
 
 SEEDED=""
 if [ "$SEED" = 1 ]; then
@@ -140,17 +216,17 @@ if [ "$SEED" = 1 ]; then
   [ -n "$SEEDED" ] || echo "seeding failed: no seeded runs"
 fi
 
-run_one() {  # run_one LOAD POLICY NAME
-  local n=$1 p=$2 name=$3 run=$RUNS/n$1/$3
+run_one() {  # run_one LOAD POLICY NAME DEADLINE_S
+  local n=$1 p=$2 name=$3 deadline=$4 run=$RUNS/n$1/$3
   mkdir -p "$run"
-  echo "=== $n agents, policy $name ($(($(date +%s) - T0)) s so far)"
+  echo "=== $n agents, policy $name ($(($(date +%s) - T0)) s so far; cut at ${deadline} s)"
   start_daemon "$WORK/d-n$n-$name" "$p" || return
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
     -lms 250 > "$run/gpu_util.csv" 2>/dev/null &
   local smi=$!
   "$KVKEEP" replay run "$TRACE" --socket "$WORK/d-n$n-$name/s.sock" --policy "$name" --agents "$n" \
     --sessions "$n" --max-turns "$TURNS" --time-scale "$SCALE" --out "$run" --no-plots \
-    2> "$run/replay.err" | tee "$run/replay.txt" | tail -2
+    --deadline-s "$deadline" 2> "$run/replay.err" | tee "$run/replay.txt" | tail -2
   kill $smi 2>/dev/null; wait $smi 2>/dev/null
   "$KVKEEP" status --socket "$WORK/d-n$n-$name/s.sock" --format json > "$run/stats.json"
   stop_daemon
@@ -158,17 +234,27 @@ run_one() {  # run_one LOAD POLICY NAME
   rm -rf "$WORK/d-n$n-$name"
 }
 
+report
 for n in $LOADS; do
   for p in $POLICIES; do
     variants="$p"
     [[ -n "$SEEDED" && " $SEED_POLICIES " == *" $p "* ]] && variants="$p $p+seed"
     for name in $variants; do
-      if [ $((SECONDS - START)) -gt "$BUDGET_S" ]; then
-        echo "=== skipping $name at $n agents: past the ${BUDGET_S} s budget"; continue
+      left=$((BUDGET_S - (SECONDS - START)))
+      want=$(python3 -c "print(int($SIM_SLACK * $(sim_wall_s "$n" "$p") + $START_S))")
+      if [ "$left" -lt "$want" ] || [ "$left" -lt $((START_S + 15)) ]; then
+        echo "=== skipping $name at $n agents: ${left} s of the ${BUDGET_S} s budget left, the simulator" \
+          "says it needs ~${want} s"
+        continue
       fi
-      if [ "$name" = "$p+seed" ]; then SEEDED_DB=$SEEDED run_one "$n" "$p" "$name"
-      else run_one "$n" "$p" "$name"; fi
+      deadline=$((left - START_S - 5))
+      if [ "$name" = "$p+seed" ]; then SEEDED_DB=$SEEDED run_one "$n" "$p" "$name" "$deadline"
+      else run_one "$n" "$p" "$name" "$deadline"; fi
+      report
     done
   done
 done
-finish
+report
+cat "$WORK/report.txt"
+echo "=== done in $(($(date +%s) - T0)) s; \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+rm -rf "$WORK"

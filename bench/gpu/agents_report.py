@@ -4,13 +4,17 @@ that seeds a daemon's tool statistics, and the report.
 
   agents_report.py estimate TRACE --loads 4 8 --turns 4 --policies ttl lru ...
   agents_report.py seed-trace SEED_TRACE --exclude TRACE --exclude-first N --out FILE
+  agents_report.py subset TRACE --turns 24 --max-tool-s 30 --out FILE
   agents_report.py report RUNS --out OUT [--sim policy_bench.json] ...
 
 `report` reads RUNS/n<N>/<policy>/{sessions.csv,turns.csv,stats.json,gpu_util.csv} and
 writes OUT/agents.json, OUT/agents.txt (the table it prints) and OUT/agents_jct_cdf.png
 (job completion time CDF per policy, one panel per load). With --sim (bench/policy_bench's
 JSON for the same sessions, loads, policies and turn cap) each run gets the simulator's
-mean JCT and its error against the measured one.
+mean JCT and its error against the measured one. A run cut at the budget (`replay run
+--deadline-s`) is marked "cut k/n" (k of n sessions finished; its JCT figures cover those
+only and it is left out of the ratios and the simulator's error); a planned run that was
+not started is listed as skipped with the simulator's figures.
 """
 import argparse
 import csv
@@ -50,7 +54,8 @@ def stat(stats, path):
 
 
 def summarise(run):
-    sessions = [r for r in read_csv(run / "sessions.csv") if not r.get("error")]
+    all_sessions = read_csv(run / "sessions.csv")
+    sessions = [r for r in all_sessions if not r.get("error")]
     turns = read_csv(run / "turns.csv")
     stats = json.loads((run / "stats.json").read_text()) if (run / "stats.json").exists() else {}
     stats = stats.get("stats", stats)  # `kvkeep status --format json` wraps it
@@ -68,7 +73,9 @@ def summarise(run):
 
     return {
         "sessions": len(sessions),
-        "failed_sessions": sum(1 for r in read_csv(run / "sessions.csv") if r.get("error")),
+        "failed_sessions": sum(1 for r in all_sessions if r.get("error")),
+        "cut_sessions": sum(1 for r in all_sessions if "deadline_exceeded" in r.get("error", "")),
+        "planned_sessions": len(all_sessions),
         "turns": len(turns),
         "jct_s": jct,
         "mean_jct_s": mean(jct),
@@ -139,7 +146,8 @@ def estimate(a):
         print(f"  {n:>3} agents: ~{run_s:.0f} s a run, {runs} runs")
     total += 2 * a.start_s + (a.seed_lane_s + a.start_s if a.seed_policies else 0)
     print(f"estimated total: ~{total:.0f} s (budget {a.budget_s:.0f} s: runs past it are skipped"
-          f"{'; OVER BUDGET' if total > a.budget_s else ''})")
+          f"{'; OVER BUDGET' if total > a.budget_s else ''}); a rough figure: after the "
+          f"calibration the simulator predicts each run, and that decides")
 
 
 def seed_trace(a):
@@ -183,6 +191,19 @@ def seed_trace(a):
         sys.exit("seed: no held-out tool calls")
 
 
+def subset(a):
+    """The sessions whose first --turns model turns hold at most --max-tool-s seconds of tool
+    and think time, in trace order (every run and the simulator use the first N of them)."""
+    kept = [s for s in read_trace(a.trace) if session_timing(s, a.turns)[0] <= a.max_tool_s]
+    with open(a.out, "w") as f:
+        for s in kept:
+            f.write(json.dumps(s) + "\n")
+    print(f"subset: {len(kept)} sessions of {a.trace} hold <= {a.max_tool_s:g} s of tool time in "
+          f"their first {a.turns} turns", file=sys.stderr)
+    if not kept:
+        sys.exit("subset: no session left")
+
+
 def sim_figures(path):
     """{(agents, policy): mean JCT} from bench/policy_bench's JSON."""
     out = {}
@@ -202,30 +223,39 @@ def report(a):
     sim = sim_figures(a.sim)
     loads = sorted((int(d.name[1:]), d) for d in runs_dir.glob("n*") if d.name[1:].isdigit())
     result = {"params": {"turns": a.turns, "time_scale": a.time_scale, "kv_blocks": a.kv_blocks,
-                         "host_blocks": a.host_blocks, "device": a.device, "model": a.model},
-              "loads": {}}
+                         "host_blocks": a.host_blocks, "device": a.device, "model": a.model,
+                         "workload": a.workload, "max_tokens": a.max_tokens},
+              "loads": {}, "skipped": []}
     lines = []
     header = (f"{'agents':>6} {'policy':<14} {'JCT mean':>9} {'JCT p99':>8} {'TTFT mean':>10} "
               f"{'TTFT p99':>9} {'recomputed':>10} {'dev tok':>9} {'host tok':>9} {'disk tok':>8} "
               f"{'pins g/u/e/v':>16} {'GPU %':>6} {'sim JCT':>8} {'sim err':>8}")
     lines.append(header)
     errors = []
+    by_policy = {}
     for n, d in loads:
         result["loads"][n] = {}
         for run in sorted(p for p in d.iterdir() if p.is_dir()):
             s = summarise(run)
+            s["cut"] = s["cut_sessions"] > 0 or not (run / "sessions.csv").exists()
             fig = sim.get((n, run.name))
-            if fig and s["mean_jct_s"]:
+            if fig:
+                s["sim_wall_s"] = fig.get("sim_end_s")
+            if fig and s["mean_jct_s"] and not s["cut"]:
                 s["sim_mean_jct_s"] = fig["mean_jct_s"]
                 s["sim_p99_jct_s"] = fig["p99_jct_s"]
                 s["sim_recomputed_tokens"] = fig["recomputed_tokens"]
                 s["sim_error"] = fig["mean_jct_s"] / s["mean_jct_s"] - 1
                 errors.append(abs(s["sim_error"]))
+                by_policy.setdefault(run.name, []).append(s["sim_error"])
             result["loads"][n][run.name] = s
             pins = "/".join("-" if s[k] is None else str(int(s[k])) for k in
                             ("pins_granted", "pins_used", "pins_expired", "pins_violated"))
             err = s.get("sim_error")
-            lines.append(f"{n:>6} {run.name:<14} {fmt(s['mean_jct_s'], '9.2f')} "
+            label = run.name
+            if s["cut"]:
+                label += f" cut {s['sessions']}/{s['planned_sessions']}"
+            lines.append(f"{n:>6} {label:<14} {fmt(s['mean_jct_s'], '9.2f')} "
                          f"{fmt(s['p99_jct_s'], '8.2f')} {fmt(s['mean_ttft_ms'], '10.1f')} "
                          f"{fmt(s['p99_ttft_ms'], '9.1f')} {s['recomputed_tokens']:>10} "
                          f"{s['cached_device_tokens']:>9} {s['cached_host_tokens']:>9} "
@@ -233,7 +263,7 @@ def report(a):
                          f"{fmt(s['gpu_util_mean_pct'], '6.1f')} "
                          f"{fmt(s.get('sim_mean_jct_s'), '8.2f')} "
                          f"{'-' if err is None else format(100 * err, '+7.1f') + '%':>8}")
-        runs = result["loads"][n]
+        runs = {k: v for k, v in result["loads"][n].items() if not v["cut"]}
         for base in sorted(r for r in runs if not r.endswith("+seed")):
             if base + "+seed" in runs and runs[base]["mean_jct_s"]:
                 ratio = runs[base]["mean_jct_s"] / runs[base + "+seed"]["mean_jct_s"]
@@ -245,11 +275,25 @@ def report(a):
                     ratio = runs[other]["mean_jct_s"] / runs[ttl]["mean_jct_s"]
                     runs[ttl][f"jct_ratio_{other}_over_{ttl}"] = ratio
                     lines.append(f"{'':>6} {other} mean JCT / {ttl} mean JCT = {ratio:.3f}")
+    for n in a.loads or []:
+        for policy in a.policies or []:
+            if policy in result["loads"].get(n, {}):
+                continue
+            fig = sim.get((n, policy), {})
+            result["skipped"].append({"agents": n, "policy": policy,
+                                      "sim_mean_jct_s": fig.get("mean_jct_s"),
+                                      "sim_wall_s": fig.get("sim_end_s")})
+            lines.append(f"{n:>6} {policy:<14} not run (over the budget or not reached); "
+                         f"simulator: mean JCT {fmt(fig.get('mean_jct_s'), '.1f')} s, "
+                         f"run {fmt(fig.get('sim_end_s'), '.0f')} s")
     if errors:
         result["sim_max_abs_error"] = max(errors)
         lines.append(f"simulator (bench/policy_bench, this run's cost model and tokens): "
                      f"|error| of mean JCT at most {100 * max(errors):.1f}%, "
                      f"mean {100 * sum(errors) / len(errors):.1f}% over {len(errors)} runs")
+        result["sim_error_by_policy"] = by_policy
+        lines.append("simulator error by policy: " + ", ".join(
+            f"{p} " + "/".join(f"{100 * e:+.1f}%" for e in v) for p, v in sorted(by_policy.items())))
     text = "\n".join(lines)
     print(text)
     (out / "agents.txt").write_text(text + "\n")
@@ -271,7 +315,8 @@ def plot(result, loads, out):
         for policy, s in result["loads"][n].items():
             v = sorted(s["jct_s"])
             if v:
-                ax.step(v, [(i + 1) / len(v) for i in range(len(v))], where="post", label=policy)
+                label = policy + (" (cut)" if s.get("cut") else "")
+                ax.step(v, [(i + 1) / len(v) for i in range(len(v))], where="post", label=label)
         ax.set_title(f"{n} agents")
         ax.set_xlabel("job completion time (s)")
         ax.set_ylabel("fraction of agents")
@@ -310,8 +355,17 @@ def main():
     r.add_argument("--host-blocks", type=int)
     r.add_argument("--device")
     r.add_argument("--model")
+    r.add_argument("--workload", default="default")
+    r.add_argument("--max-tokens", type=int, default=0)
+    r.add_argument("--loads", type=int, nargs="*", help="planned loads (to list skipped runs)")
+    r.add_argument("--policies", nargs="*", help="planned policies")
+    u = sub.add_parser("subset")
+    u.add_argument("trace")
+    u.add_argument("--turns", type=int, required=True)
+    u.add_argument("--max-tool-s", type=float, required=True)
+    u.add_argument("--out", required=True)
     a = ap.parse_args()
-    {"estimate": estimate, "seed-trace": seed_trace, "report": report}[a.cmd](a)
+    {"estimate": estimate, "seed-trace": seed_trace, "report": report, "subset": subset}[a.cmd](a)
 
 
 if __name__ == "__main__":

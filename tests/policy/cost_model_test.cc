@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <random>
 
+#include "policy/ttl_policy.h"
 #include "tests/testlib/test_util.h"
 
 namespace kvkeep {
@@ -18,6 +19,9 @@ using Kind = TimingSample::Kind;
 
 TimingSample Prefill(int64_t n, int64_t c, double s) { return {Kind::kPrefill, n, c, 0, s, ""}; }
 TimingSample Decode(int64_t ctx, double s) { return {Kind::kDecode, 0, 0, ctx, s, ""}; }
+TimingSample DecodeBatch(int64_t ctx, int64_t seqs, double s) {
+  return {Kind::kDecode, 0, 0, ctx, s, "", seqs};
+}
 
 TEST(CostModel, LeastSquaresRecoversKnownCoefficients) {
   CostModel truth;
@@ -91,6 +95,7 @@ TEST(CostModel, SavesAndLoadsItsFile) {
   m.prefill_attention_s = 1.2e-9;
   m.decode_fixed_s = 5.9e-3;
   m.decode_per_context_token_s = 4.4e-8;
+  m.decode_per_sequence_s = 6e-5;
   m.host_to_device_bytes_per_s = 2e10;
   m.kv_bytes_per_token = 131072;
   m.source = "test";
@@ -102,6 +107,7 @@ TEST(CostModel, SavesAndLoadsItsFile) {
   EXPECT_EQ(back->prefill_attention_s, m.prefill_attention_s);
   EXPECT_EQ(back->decode_fixed_s, m.decode_fixed_s);
   EXPECT_EQ(back->decode_per_context_token_s, m.decode_per_context_token_s);
+  EXPECT_EQ(back->decode_per_sequence_s, m.decode_per_sequence_s);
   EXPECT_EQ(back->host_to_device_bytes_per_s, m.host_to_device_bytes_per_s);
   EXPECT_EQ(back->kv_bytes_per_token, m.kv_bytes_per_token);
   EXPECT_EQ(back->source, "test");
@@ -114,6 +120,99 @@ TEST(CostModel, SavesAndLoadsItsFile) {
   ASSERT_TRUE(DefaultEnv()->WriteFileAtomic(path, "not json").ok());
   EXPECT_EQ(LoadCostModel(DefaultEnv(), path).status().code(), StatusCode::kCorruption);
   EXPECT_FALSE(LoadCostModel(DefaultEnv(), dir.File("missing.json")).ok());
+}
+
+TEST(CostModel, FitsAPerSequenceTermOnlyWhenTheBatchVaries) {
+  CostModel truth;
+  truth.decode_fixed_s = 5.9e-3;
+  truth.decode_per_context_token_s = 4.6e-8;
+  truth.decode_per_sequence_s = 8e-5;
+  const std::vector<TimingSample> prefill = {Prefill(1024, 0, 0.025), Prefill(4096, 0, 0.105)};
+  std::vector<TimingSample> batched = prefill, single = prefill;
+  for (int64_t b : {1, 4, 16}) {
+    for (int64_t len : {512, 4096}) {
+      batched.push_back(DecodeBatch(b * len, b, truth.DecodeStepSeconds(b * len, b)));
+    }
+  }
+  for (int64_t len : {512, 4096, 32768}) {
+    single.push_back(DecodeBatch(len, 1, truth.DecodeStepSeconds(len, 1)));
+  }
+  auto fit = FitCostModel(batched, {});
+  ASSERT_TRUE(fit.ok()) << fit.status().ToString();
+  EXPECT_NEAR(fit->model.decode_fixed_s / truth.decode_fixed_s, 1.0, 1e-6);
+  EXPECT_NEAR(fit->model.decode_per_context_token_s / truth.decode_per_context_token_s, 1.0, 1e-6);
+  EXPECT_NEAR(fit->model.decode_per_sequence_s / truth.decode_per_sequence_s, 1.0, 1e-6);
+  EXPECT_NE(FormatCostFit(*fit).find("* B"), std::string::npos);
+  // One batch size: the per-sequence cost cannot be told from the fixed one.
+  auto one = FitCostModel(single, {});
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  EXPECT_EQ(one->model.decode_per_sequence_s, 0.0);
+  EXPECT_NEAR(one->model.decode_fixed_s / (truth.decode_fixed_s + truth.decode_per_sequence_s), 1.0,
+              1e-6);
+  EXPECT_NEAR(one->model.decode_per_context_token_s / truth.decode_per_context_token_s, 1.0, 1e-6);
+  // Samples that cannot separate the fixed and per-context terms are refused by name.
+  auto flat = FitCostModel({Prefill(1024, 0, 0.025), Prefill(4096, 0, 0.105),
+                            DecodeBatch(4096, 1, 0.006), DecodeBatch(4096, 1, 0.0061)},
+                           {});
+  ASSERT_FALSE(flat.ok());
+  EXPECT_NE(flat.status().message().find("cannot separate"), std::string::npos);
+}
+
+TEST(CostModel, LoadsAFileWrittenBeforeThePerSequenceTerm) {
+  testing::TempDir dir;
+  const std::string path = dir.File("cost_model.json");
+  // The file the H100 calibration wrote on 2026-12-06 (version 1, no per-sequence term).
+  ASSERT_TRUE(DefaultEnv()
+                  ->WriteFileAtomic(path,
+                                    R"({"version": 1, "prefill_per_token_s": 2.3e-05,
+                                        "prefill_attention_s": 1.2e-09, "decode_fixed_s": 0.0059,
+                                        "decode_per_context_token_s": 0.0,
+                                        "host_to_device_bytes_per_s": 5.8e9,
+                                        "disk_to_device_bytes_per_s": 0,
+                                        "kv_bytes_per_token": 131072,
+                                        "source": "calibrated at start-up"})")
+                  .ok());
+  auto m = LoadCostModel(DefaultEnv(), path);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->decode_per_sequence_s, 0.0);
+  EXPECT_EQ(m->decode_fixed_s, 0.0059);
+  EXPECT_EQ(m->DecodeStepSeconds(100000, 12), 0.0059);
+  // A present but bad value is still refused.
+  ASSERT_TRUE(DefaultEnv()
+                  ->WriteFileAtomic(path, R"({"version": 1, "prefill_per_token_s": 1,
+                      "prefill_attention_s": 0, "decode_fixed_s": 0,
+                      "decode_per_context_token_s": 0, "decode_per_sequence_s": "x",
+                      "kv_bytes_per_token": 1})")
+                  .ok());
+  auto bad = LoadCostModel(DefaultEnv(), path);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("decode_per_sequence_s"), std::string::npos);
+}
+
+TEST(CostModel, TheHitBenefitPricesTheRebuildNotTheDecode) {
+  // A hit saves the rebuild of the session's KV (a prefill, or a reload from a tier); the
+  // turn's decode steps run on a hit and on a miss alike, so the decode terms must not
+  // enter the benefit, while the prefill's per-context (attention) term must.
+  CostModel m;
+  m.prefill_per_token_s = 2.281e-05;
+  m.prefill_attention_s = 1.209e-09;
+  m.decode_fixed_s = 0.005915;
+  m.kv_bytes_per_token = 131072;
+  PinCandidate session;
+  session.context_tokens = 40000;
+  session.queued_prefill_tokens = 8000;
+  const HitBenefit base = ComputeHitBenefit(m, session);
+  EXPECT_EQ(base.rebuild_from, RebuildSource::kPrefill);
+  EXPECT_DOUBLE_EQ(base.rebuild_s, m.PrefillSeconds(40000, 0));
+  EXPECT_DOUBLE_EQ(base.queue_s, m.PrefillSeconds(8000, 0));
+  CostModel decode_heavy = m;
+  decode_heavy.decode_per_context_token_s = 1e-6;
+  decode_heavy.decode_per_sequence_s = 1e-3;
+  EXPECT_DOUBLE_EQ(ComputeHitBenefit(decode_heavy, session).total_s(), base.total_s());
+  CostModel no_attention = m;
+  no_attention.prefill_attention_s = 0;
+  // At 40k tokens the attention term is over half of the re-prefill.
+  EXPECT_LT(ComputeHitBenefit(no_attention, session).rebuild_s, 0.5 * base.rebuild_s);
 }
 
 TEST(CostModel, FitsThe8BShapeH100Figures) {

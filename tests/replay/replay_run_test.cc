@@ -3,6 +3,7 @@
 // accounting, that `lru` reuses KV across turns while `none` does not, and the plots.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -158,6 +159,60 @@ TEST_F(ReplayRun, SynthesisedWorkloadUnderLruAndNone) {
                   std::to_string(testing::TestSeed() % 1000) + " > " + dir_.File("trace.jsonl")),
             0);
   ReplayAndCheck(dir_.File("trace.jsonl"), 6);
+}
+
+TEST_F(ReplayRun, ADeadlineCutsTheRunAndKeepsWhatFinished) {
+  // Two sessions: one finishes in well under a second; the other waits 30 s in a tool
+  // after its first turn. With --deadline-s 3 the run returns after about 3 s (not 30),
+  // the first session is reported as finished and the second as cut, with its first turn.
+  auto session = [](const char* id, double tool_s) {
+    json events =
+        json::array({{{"type", "system"}, {"text", "You are a helpful assistant."}},
+                     {{"type", "user"}, {"text", "Fix the bug in parser.py, please."}},
+                     {{"type", "model"}, {"text", "I will look at the file first."}},
+                     {{"type", "tool_begin"}, {"tool", "bash"}, {"command", "cat parser.py"}},
+                     {{"type", "tool_end"},
+                      {"tool", "bash"},
+                      {"text", "def parse(): pass"},
+                      {"duration_s", tool_s},
+                      {"timing", "recorded"}},
+                     {{"type", "model"}, {"text", "Done."}}});
+    return json{{"format", "kvkeep-trace"}, {"version", 1}, {"session", id},    {"source", "test"},
+                {"source_file", "test"},    {"model", ""},  {"arrival_s", 0.0}, {"events", events}}
+        .dump();
+  };
+  std::ofstream(dir_.File("t.jsonl")) << session("quick", 0.1) << "\n"
+                                      << session("slow", 30) << "\n";
+  const std::string out = dir_.File("out");
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_EQ(Shell(kvkeep_ + " replay run " + dir_.File("t.jsonl") + " --out " + out +
+                  " --spawn --model " + dir_.File("model") +
+                  " --policy lru --agents 2 --deadline-s 3 --no-plots > " + dir_.File("o.txt") +
+                  " 2> " + dir_.File("e.txt")),
+            0)
+      << Slurp(dir_.File("e.txt"));
+  const double wall_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(wall_s, 25) << "the deadline did not cut the 30 s tool wait";
+  const std::string sessions = Slurp(out + "/sessions.csv");
+  std::istringstream in(sessions);
+  std::string line;
+  int finished = 0, cut = 0;
+  while (std::getline(in, line)) {
+    if (line.find("quick") != std::string::npos) {
+      EXPECT_EQ(line.find("deadline"), std::string::npos) << line;
+      ++finished;
+    } else if (line.find("slow") != std::string::npos) {
+      EXPECT_NE(line.find("deadline_exceeded"), std::string::npos) << line;
+      ++cut;
+    }
+  }
+  EXPECT_EQ(finished, 1) << sessions;
+  EXPECT_EQ(cut, 1) << sessions;
+  auto turns = ReadTurns(out + "/turns.csv");
+  int slow_turns = 0;
+  for (const Turn& t : turns["lru"]) slow_turns += t.session.find("slow") != std::string::npos;
+  EXPECT_EQ(slow_turns, 1) << "the cut session keeps the turn it finished";
 }
 
 TEST_F(ReplayRun, RefusesBadArguments) {

@@ -65,6 +65,11 @@ class Run {
 
  private:
   double Since() const { return std::chrono::duration<double>(SteadyClock::now() - t0_).count(); }
+  bool PastDeadline() const { return o_.deadline_s > 0 && Since() >= o_.deadline_s; }
+  // Waits s seconds, or until the deadline if that comes first.
+  void Sleep(double s) const {
+    SleepSeconds(o_.deadline_s > 0 ? std::min(s, o_.deadline_s - Since()) : s);
+  }
 
   void ComputeArrivals() {
     arrivals_.resize(trace_.size());
@@ -94,10 +99,15 @@ class Run {
     Result<std::unique_ptr<client::DaemonClient>> conn =
         client::DaemonClient::Connect(o_.socket_path);
     for (size_t i; (i = next_.fetch_add(1)) < trace_.size();) {
-      SleepSeconds(arrivals_[i] - Since());
+      Sleep(arrivals_[i] - Since());
       SessionRecord rec;
       std::vector<TurnRecord> turns;
-      if (!conn.ok()) {
+      if (PastDeadline()) {
+        rec.policy = o_.policy;
+        rec.session = DaemonSessionId(i, trace_[i].id);
+        rec.arrival_s = arrivals_[i];
+        rec.error = "deadline_exceeded: not started before --deadline-s";
+      } else if (!conn.ok()) {
         rec.error = conn.status().ToString();
       } else {
         Status st = ReplaySession(**conn, i, &rec, &turns);
@@ -161,6 +171,11 @@ class Run {
     Status st;
     for (size_t k = first; k < s.events.size() && st.ok(); ++k) {
       const Event& e = s.events[k];
+      if (PastDeadline()) {
+        st = Status::DeadlineExceeded("cut at --deadline-s after " + std::to_string(rec->turns) +
+                                      " turns");
+        break;
+      }
       if (budget() <= 0) {
         rec->clipped = true;  // stopped at the context limit
         break;
@@ -262,7 +277,7 @@ class Run {
         }
         case EventType::kToolEnd: {
           double wait = e.duration_s * o_.time_scale;
-          SleepSeconds(wait);
+          Sleep(wait);
           waited_tool = e.tool;
           waited_s += wait;
           json req = {{"session", id}, {"tool", e.tool}, {"content", clip_text(e.text)}};
@@ -273,7 +288,7 @@ class Run {
           break;
         }
         case EventType::kThink:
-          SleepSeconds(e.duration_s * o_.time_scale);
+          Sleep(e.duration_s * o_.time_scale);
           break;
       }
     }

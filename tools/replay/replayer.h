@@ -33,6 +33,10 @@ struct ReplayOptions {
   double time_scale = 1.0;              // multiplies tool waits, think gaps and arrival times
   int max_turns = 0;                    // model turns per session; 0: all
   int64_t max_prompt_tokens = 0;        // stop a session before its context passes this; 0: off
+  // Seconds after the start past which every session stops at its next event (one not yet
+  // started does not start), recorded with a deadline_exceeded error; 0: no deadline. A
+  // run cut this way still returns, so its finished sessions and turns are reported.
+  double deadline_s = 0;
   uint64_t seed = 0;
   int sample_ms = 200;  // how often KV occupancy is sampled through `stats`
   // Called about once a second with a one-line progress report.
