@@ -97,12 +97,16 @@ TEST_F(EpisodeCacheTest, SteppedBuildMatchesTheOneShotBuild) {
     for (size_t i = 0; i < got.positions.size(); ++i)
       same += got.positions[i] == want->positions[i];
     EXPECT_GE(same, static_cast<int64_t>(got.positions.size() * 0.98));
-    if (method == KeepMethod::kStreaming) EXPECT_EQ(got.positions, want->positions);
+    if (method == KeepMethod::kStreaming) {
+      EXPECT_EQ(got.positions, want->positions);
+    }
     std::vector<float> a, b;
     EpisodeDecoder da(backend.get(), *want), db(backend.get(), got);
     ASSERT_TRUE(da.Append(message, true, &a).ok());
     ASSERT_TRUE(db.Append(message, true, &b).ok());
-    if (got.positions == want->positions) EXPECT_LT(RelDiff(b, a), 1e-4);
+    if (got.positions == want->positions) {
+      EXPECT_LT(RelDiff(b, a), 1e-4);
+    }
   }
 }
 
