@@ -57,6 +57,7 @@ asan:
 	  -DKVKEEP_BUILD_BENCH=OFF -DKVKEEP_SANITIZE=address,undefined $(CMAKE_FLAGS)
 	cmake --build $(ASAN_DIR) -j $(JOBS)
 	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp \
 	  ctest -LE gpu -E '^replay_run_test' --output-on-failure -j $(JOBS) --timeout 1800
 # The daemon, engine and cache suites under TSan (suppressions: scripts/tsan.supp).
 tsan:

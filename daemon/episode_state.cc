@@ -65,7 +65,7 @@ class Reader {
     uint64_t n = 0;
     if (!Get(&n) || n > in_.size() / sizeof(T)) return false;
     v->resize(n);
-    std::memcpy(v->data(), in_.data(), n * sizeof(T));
+    if (n > 0) std::memcpy(v->data(), in_.data(), n * sizeof(T));  // data() may be null
     in_.remove_prefix(n * sizeof(T));
     return true;
   }

@@ -243,10 +243,11 @@ TEST_F(LayerBudgetModelTest, PerLayerBuildKeepsEachLayersTopAndNeverReadsPastIt)
   // Overwrite every layer's entries past its own count with noise.
   const KvPoolShape& s = backend->kv_shape();
   std::uniform_real_distribution<float> noise(-3.0f, 3.0f);
-  for (int32_t b : cache->blocks) {
+  for (size_t i = 0; i < cache->blocks.size(); ++i) {
+    const int32_t b = cache->blocks[i];
     std::vector<float> raw(backend->block_bytes() / sizeof(float));
     ASSERT_TRUE(backend->ReadBlock(b, raw.data()).ok());
-    const int first = static_cast<int>(&b - cache->blocks.data()) * kBs;
+    const int first = static_cast<int>(i) * kBs;
     for (int l = 0; l < c.num_layers; ++l) {
       for (int j = std::max(first, cache->KeptIn(l)); j < std::min(first + kBs, top); ++j) {
         for (int kv = 0; kv < 2; ++kv) {
