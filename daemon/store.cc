@@ -139,7 +139,7 @@ class Stmt {
     const void* p = sqlite3_column_blob(stmt_, c);
     int n = sqlite3_column_bytes(stmt_, c);
     std::vector<int32_t> out(n / 4);
-    if (p && n) std::memcpy(out.data(), p, out.size() * 4);  // little-endian hosts only
+    if (p && !out.empty()) std::memcpy(out.data(), p, out.size() * 4);  // little-endian hosts only
     return out;
   }
 

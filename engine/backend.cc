@@ -4,6 +4,8 @@
 // ForwardBatch::layer_kv_trim that every backend's attention uses.
 #include "engine/backend.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <new>
 #include <string>
@@ -40,8 +42,16 @@ Status Backend::AllocateHostTier(int32_t num_blocks) {
   if (num_blocks < 0 || host_arena_ != nullptr) {
     return Status::InvalidArgument("host tier: allocated twice or negative size");
   }
-  // A size the machine cannot give is an error for the caller, not a bad_alloc.
+  // A size the machine cannot give is an error for the caller, not a bad_alloc, and not
+  // an overcommitted arena whose zero-fill gets the process killed part way.
   const size_t bytes = static_cast<size_t>(num_blocks) * block_bytes();
+  const long pages = sysconf(_SC_PHYS_PAGES), page_bytes = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page_bytes > 0 && bytes / static_cast<size_t>(page_bytes) >= size_t(pages)) {
+    return Status::ResourceExhausted("host tier: " + std::to_string(num_blocks) + " blocks (" +
+                                     std::to_string(bytes >> 20) + " MiB) exceed this machine's " +
+                                     std::to_string((size_t(pages) * page_bytes) >> 20) +
+                                     " MiB of memory");
+  }
   try {
     default_host_arena_.assign(bytes, 0);
   } catch (const std::bad_alloc&) {
