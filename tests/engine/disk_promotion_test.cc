@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <random>
+#include <thread>
 
 #include "base/file.h"
 #include "engine/engine_impl.h"
@@ -188,6 +189,11 @@ TEST(DiskPromotionTest, TurnWaitsForItsReadsWhileTheEngineKeepsSteppingOthers) {
   EXPECT_EQ(other.reason, FinishReason::kLength) << "the other request did not finish";
   EXPECT_EQ(other.tokens.size(), 6u);
   EXPECT_LT(elapsed_s, 20.0) << "a step blocked on the gated disk";
+  // The disk worker reads on its own thread, which a loaded machine may not have run yet
+  // when the other request is done: give it up to 10 s to reach the gate.
+  for (int i = 0; i < 1000 && env.blocked_reads() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   EXPECT_GT(env.blocked_reads(), 0) << "the returning turn read nothing from disk";
   // The returning turn is still waiting for its blocks: no token, and no recompute yet.
   EXPECT_TRUE(returning.tokens.empty());
