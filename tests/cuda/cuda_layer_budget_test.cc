@@ -23,6 +23,7 @@
 #include "engine/episode_cache.h"
 #include "engine/model_weights.h"
 #include "engine/synthetic_model.h"
+#include "tests/cuda/cpu_gpu_backends.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/testlib/test_util.h"
 
@@ -32,39 +33,11 @@ namespace {
 constexpr int kBs = 16;
 constexpr int kBlocks = 40;
 
-struct Backends {
-  TempDir dir;
-  std::unique_ptr<ModelWeights> weights;
-  std::unique_ptr<Backend> cpu, gpu;
-};
+using Backends = CpuGpuBackends;
 
 // The same bf16 weights on both; both pools bf16, so their bytes are comparable.
 std::unique_ptr<Backends> MakeBackends(uint64_t seed) {
-  auto b = std::make_unique<Backends>();
-  Env* env = DefaultEnv();
-  SyntheticModelOptions mo;
-  mo.preset = "tiny";
-  mo.seed = seed % 1000;
-  mo.dtype = DType::kBF16;
-  EXPECT_TRUE(MakeSyntheticModel(env, b->dir.path(), mo).ok());
-  auto config = LoadModelConfig(env, b->dir.path());
-  EXPECT_TRUE(config.ok());
-  if (!config.ok()) return nullptr;
-  auto weights = ModelWeights::Load(env, b->dir.path(), *config);
-  EXPECT_TRUE(weights.ok());
-  if (!weights.ok()) return nullptr;
-  b->weights = std::move(weights).value();
-  BackendOptions o;
-  o.num_kv_blocks = kBlocks;
-  o.block_size = kBs;
-  o.kv_dtype = KvDType::kBF16;
-  auto cpu = CreateCpuBackend(*b->weights, o);
-  auto gpu = CreateCudaBackend(*b->weights, o);
-  EXPECT_TRUE(cpu.ok() && gpu.ok());
-  if (!cpu.ok() || !gpu.ok()) return nullptr;
-  b->cpu = std::move(cpu).value();
-  b->gpu = std::move(gpu).value();
-  return b;
+  return MakeCpuGpuBackends(seed, KvDType::kBF16, kBlocks, kBs);
 }
 
 // tokens[start, end) at KV entries entry.. and positions first_position.., over the first
