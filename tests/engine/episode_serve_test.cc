@@ -30,6 +30,15 @@ struct Turn {
     p.insert(p.end(), message.begin(), message.end());
     return p;
   }
+  // What routes this turn to its episode's cache.
+  EpisodeServeRequest serve_request() const {
+    return EpisodeServeRequest{.episode = episode,
+                               .version = version,
+                               .history_tokens = static_cast<int64_t>(history.size()),
+                               .query = query,
+                               .budget_tokens = budget,
+                               .block_tokens = block};
+  }
 };
 
 class EpisodeServeTest : public TinyModelTest {
@@ -52,16 +61,7 @@ class EpisodeServeTest : public TinyModelTest {
   Outcome Run(Engine* engine, RequestId id, SessionId session, const Turn& t, bool episode) {
     Outcome out;
     GenerateRequest r = RequestInto(&out, id, t.prompt(), kMaxTokens, session);
-    if (episode) {
-      EpisodeServeRequest e;
-      e.episode = t.episode;
-      e.version = t.version;
-      e.history_tokens = static_cast<int64_t>(t.history.size());
-      e.query = t.query;
-      e.budget_tokens = t.budget;
-      e.block_tokens = t.block;
-      r.episode = std::move(e);
-    }
+    if (episode) r.episode = t.serve_request();
     EXPECT_TRUE(engine->Submit(std::move(r)).ok());
     EXPECT_TRUE(engine->RunUntilIdle().ok());
     EXPECT_TRUE(static_cast<EngineImpl*>(engine)->TEST_CheckPool().ok());
@@ -258,12 +258,7 @@ TEST_F(EpisodeServeTest, CacheBuildRunsInStepsBesideOtherSessionsDecodes) {
   ASSERT_TRUE(engine->Submit(RequestInto(&other, 1, other_prompt, 60, 100)).ok());
   while (other.tokens.size() < 2) ASSERT_TRUE(impl->Step().ok());
   GenerateRequest r = RequestInto(&got, 2, t.prompt(), kMaxTokens, 7);
-  r.episode = EpisodeServeRequest{.episode = t.episode,
-                                  .version = t.version,
-                                  .history_tokens = static_cast<int64_t>(t.history.size()),
-                                  .query = t.query,
-                                  .budget_tokens = t.budget,
-                                  .block_tokens = t.block};
+  r.episode = t.serve_request();
   ASSERT_TRUE(engine->Submit(std::move(r)).ok());
   int steps = 0;
   while (engine->GetStats().episode_builds == 0) {
@@ -305,12 +300,7 @@ TEST_F(EpisodeServeTest, PreemptedTurnFallsBackToFullKvAndGivesItsTokens) {
   while (other.tokens.size() < 10) ASSERT_TRUE(impl->Step().ok());
   Outcome got;
   GenerateRequest r = RequestInto(&got, 2, t.prompt(), kMaxTokens, 7);
-  r.episode = EpisodeServeRequest{.episode = t.episode,
-                                  .version = t.version,
-                                  .history_tokens = static_cast<int64_t>(t.history.size()),
-                                  .query = t.query,
-                                  .budget_tokens = t.budget,
-                                  .block_tokens = t.block};
+  r.episode = t.serve_request();
   ASSERT_TRUE(engine->Submit(std::move(r)).ok());
   ASSERT_TRUE(engine->RunUntilIdle().ok());
   ASSERT_TRUE(impl->TEST_CheckPool().ok());
