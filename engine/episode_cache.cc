@@ -79,6 +79,7 @@ Status EpisodeCompressor::ForwardAt(std::span<const int32_t> tokens, int32_t ent
                                     int32_t num_scored, std::vector<float>* scores) {
   LayoutBatch(tokens, entry, KvView{entry, first_position}, blocks_,
               backend_->kv_shape().block_size, /*all_rows=*/false, trims, &batch_);
+  forwarded_tokens_ += static_cast<int64_t>(tokens.size());
   if (scores != nullptr) return backend_->ForwardScored(batch_, num_scored, &logits_, scores);
   return backend_->Forward(batch_, &logits_);
 }

@@ -111,6 +111,8 @@ class EpisodeCompressor {
   Status Advance();
   bool done() const { return next_block_ >= static_cast<int32_t>(history_.size()) && !in_block_; }
   int32_t steps() const { return steps_; }
+  // Tokens forwarded by every build of this compressor (history blocks and scoring runs).
+  int64_t forwarded_tokens() const { return forwarded_tokens_; }
   // The built cache. REQUIRES: done().
   EpisodeCache TakeCache();
 
@@ -142,6 +144,7 @@ class EpisodeCompressor {
   int32_t top_ = 0, total_ = 0;  // the fullest layer's entries before / with the block
   bool evict_ = false;
   int32_t steps_ = 0;
+  int64_t forwarded_tokens_ = 0;
 };
 
 // Runs tokens on top of a built cache: the cache's entries stay as they are (new tokens

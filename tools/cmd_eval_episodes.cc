@@ -15,15 +15,10 @@
 #include "base/file.h"
 
 #include "base/logging.h"
-#include "engine/default_model.h"
 #include "engine/embedder_factory.h"
-#include "engine/layer_budget.h"
-#include "engine/model_config.h"
-#include "engine/model_identity.h"
-#include "engine/model_weights.h"
 #include "tools/commands.h"
 #include "tools/episode_eval.h"
-#include "tools/episode_fidelity.h"
+#include "tools/eval_episodes_fidelity.h"
 
 namespace kvkeep::tools {
 namespace {
@@ -43,13 +38,9 @@ struct EvalArgs {
   std::vector<float> sweep_weights = {0.3f, 0.5f, 0.7f};
   std::vector<std::string> sweep_dates = {"off", "on"};
   bool sweep_split = false;
-  // --fidelity (tools/episode_fidelity.h)
+  // --fidelity (tools/eval_episodes_fidelity.h)
   bool fidelity = false;
-  std::string llm;  // empty: the default model (or the synthetic tiny one)
-  FidelityOptions fidelity_options;
-  std::string calibration = "tests/fixtures/corpus/mini_swe_agent_messages.txt";
-  int32_t calibration_tokens = 2048;
-  std::string state_dir;  // empty: the daemon's default
+  FidelityCommandArgs fidelity_args;
 };
 
 Result<std::vector<LocomoConversation>> LoadData(Env* env, const std::string& path) {
@@ -180,82 +171,18 @@ Status RunSweep(Env* env, const EvalArgs& args, const std::vector<LocomoConversa
   return Status::OK();
 }
 
-Status RunFidelity(Env* env, const EvalArgs& args, const std::vector<LocomoConversation>& convs) {
-  ASSIGN_OR_RETURN(std::string model,
-                   ResolveModelPath(env, args.llm, DefaultSyntheticModelDir(env)));
-  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(env, model));
-  ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(env, model, config));
-  ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizer(env, model));
-  BackendOptions backend_options;
-  backend_options.num_kv_blocks = FidelityPoolBlocks(args.fidelity_options, 16);
-  ASSIGN_OR_RETURN(auto backend, CreateCpuBackend(*weights, backend_options));
-  EmbedderSpec spec;
-  spec.name = args.embedder;
-  spec.model_dir = args.model_dir;
-  std::string embedder_name;
-  auto make = [&]() { return MakeEmbedder(env, spec, &embedder_name); };
-  FidelityOptions options = args.fidelity_options;
-  if (options.layer_alpha > 0) {  // the model's layer profile, cached in the state dir
-    ASSIGN_OR_RETURN(std::string text, env->ReadFile(args.calibration));
-    ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer->Encode(text, false));
-    tokens.resize(std::min<size_t>(tokens.size(), args.calibration_tokens));
-    std::string state = args.state_dir;
-    if (state.empty()) {
-      const std::string xdg = env->GetEnvVar("XDG_STATE_HOME");
-      state =
-          JoinPath(xdg.empty() ? JoinPath(env->GetEnvVar("HOME"), ".local/state") : xdg, "kvkeep");
-    }
-    std::vector<int32_t> blocks(backend->kv_shape().num_blocks);
-    std::iota(blocks.begin(), blocks.end(), 0);
-    ASSIGN_OR_RETURN(
-        LayerProfile profile,
-        LoadOrMeasureLayerProfile(env, state, ModelIdentity(config, *weights), backend.get(),
-                                  tokens, options.block_tokens, blocks));
-    options.layer_similarity = profile.similarity;
-  }
-  ASSIGN_OR_RETURN(FidelityReport r,
-                   EvaluateFidelity(convs, backend.get(), *tokenizer, make, options));
-  nlohmann::ordered_json methods = nlohmann::ordered_json::array();
-  for (const MethodFidelity& m : r.methods) {
-    methods.push_back({{"method", m.method},
-                       {"fraction", m.fraction},
-                       {"mean_nll", m.mean_nll},
-                       {"gap_closed", m.gap_closed},
-                       {"kv_bytes", m.kv_bytes},
-                       {"build_s", m.build_s},
-                       {"score_s", m.score_s},
-                       {"caches", m.num_caches}});
-  }
-  if (args.json) {
-    nlohmann::ordered_json out = {{"model", model},
-                                  {"embedder", embedder_name},
-                                  {"conversations", r.conversations},
-                                  {"questions", r.questions},
-                                  {"answer_tokens", r.answer_tokens},
-                                  {"history_tokens", r.history_tokens},
-                                  {"methods", methods}};
-    std::printf("%s\n", out.dump().c_str());
-    return Status::OK();
-  }
-  std::printf(
-      "model %s, embedder %s: %d conversation(s), %d questions, %lld answer tokens, "
-      "%lld history tokens\n",
-      model.c_str(), embedder_name.c_str(), r.conversations, r.questions,
-      static_cast<long long>(r.answer_tokens), static_cast<long long>(r.history_tokens));
-  std::printf("%-9s %8s %9s %8s %12s %9s %9s\n", "method", "budget", "nll/token", "gap", "kv_bytes",
-              "build_s", "score_s");
-  for (const MethodFidelity& m : r.methods) {
-    std::printf("%-9s %8.3f %9.4f %8.3f %12lld %9.1f %9.1f\n", m.method.c_str(), m.fraction,
-                m.mean_nll, m.gap_closed, static_cast<long long>(m.kv_bytes), m.build_s, m.score_s);
-  }
-  return Status::OK();
-}
-
 Status Run(const EvalArgs& args) {
   Env* env = DefaultEnv();
+  FidelityCommandArgs fidelity = args.fidelity_args;
+  fidelity.json = args.json;
+  fidelity.embedder = args.embedder;
+  fidelity.model_dir = args.model_dir;
+  if (args.fidelity && !fidelity.plan.empty()) {  // the plan holds the data
+    return RunFidelityCommand(env, fidelity, {});
+  }
   ASSIGN_OR_RETURN(std::vector<LocomoConversation> convs, LoadData(env, args.data));
   if (args.sweep) return RunSweep(env, args, convs);
-  if (args.fidelity) return RunFidelity(env, args, convs);
+  if (args.fidelity) return RunFidelityCommand(env, fidelity, convs);
   index::SegmenterOptions seg;
   if (!args.dates.empty()) {
     if (args.dates != "on" && args.dates != "off") {
@@ -271,7 +198,7 @@ Status Run(const EvalArgs& args) {
   spec.name = args.embedder;
   spec.model_dir = args.model_dir;
   spec.dense_weight = args.dense_weight;
-  spec.llm_path = args.llm;
+  spec.llm_path = args.fidelity_args.llm;
   std::string resolved;
   std::vector<EmbeddedConversation> embedded;
   int32_t skipped = 0;
@@ -353,9 +280,22 @@ void AddEvalEpisodesCommand(CLI::App& app) {
                 "--sweep: also cluster on bert or hashed alone while routing on hybrid");
   cmd->add_flag("--fidelity", args->fidelity,
                 "answer NLL under full, recent-window, SnapKV and episodic KV (an LLM)");
-  cmd->add_option("--llm", args->llm,
+  FidelityCommandArgs& fa = args->fidelity_args;
+  cmd->add_option("--llm", fa.llm,
                   "--fidelity, --embedder model: LLM (default: the installed default)");
-  FidelityOptions& f = args->fidelity_options;
+  cmd->add_option("--device", fa.device, "--fidelity: cpu or cuda")->capture_default_str();
+  cmd->add_option("--conversations", fa.conversations, "--fidelity: sample ids (default: all)")
+      ->delimiter(',');
+  cmd->add_option("--plan", fa.plan,
+                  "--fidelity: score this plan (made by --plan-out) instead of the data");
+  cmd->add_option("--plan-out", fa.plan_out,
+                  "--fidelity: embed, route and write the plan to FILE, then stop");
+  cmd->add_option("--out", fa.out, "--fidelity: JSON report, rewritten after each conversation");
+  cmd->add_option("--deadline-s", fa.deadline_s,
+                  "--fidelity: start no conversation that would end past S seconds (0: none)")
+      ->check(CLI::Range(0.0, 1e9))
+      ->capture_default_str();
+  FidelityOptions& f = fa.options;
   cmd->add_option("--context", f.context_tokens, "--fidelity: context tokens")
       ->check(CLI::Range(64, 1 << 20))
       ->capture_default_str();
@@ -367,18 +307,20 @@ void AddEvalEpisodesCommand(CLI::App& app) {
       ->check(CLI::Range(1e-6, 1.0))
       ->capture_default_str();
   cmd->add_option("--max-questions", f.max_questions, "--fidelity: per conversation, 0: all")
+      ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
   cmd->add_option("--layer-alpha", f.layer_alpha,
                   "--fidelity: per-layer budgets for episodic KV (0: uniform)")
       ->check(CLI::Range(0.0, 100.0))
       ->capture_default_str();
-  cmd->add_option("--calibration", args->calibration, "--layer-alpha: calibration text file")
+  fa.calibration = "tests/fixtures/corpus/mini_swe_agent_messages.txt";
+  cmd->add_option("--calibration", fa.calibration, "--layer-alpha: calibration text file")
       ->capture_default_str();
-  cmd->add_option("--calibration-tokens", args->calibration_tokens,
+  cmd->add_option("--calibration-tokens", fa.calibration_tokens,
                   "--layer-alpha: calibration tokens")
       ->check(CLI::Range(2, 1 << 20))
       ->capture_default_str();
-  cmd->add_option("--state-dir", args->state_dir,
+  cmd->add_option("--state-dir", fa.state_dir,
                   "--layer-alpha: where the layer profile is cached (default: kvkeepd's)");
   cmd->callback([args] {
     for (int32_t e : args->episodes) {

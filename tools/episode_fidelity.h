@@ -1,20 +1,25 @@
 // The answer-fidelity half of the episode evaluation (`kvkeep eval-episodes --fidelity`):
 // how much a compressed KV of a conversation costs in answer quality.
 //
-// For each LoCoMo conversation, the longest prefix of turns that fits the context (less
-// room for a question and its answer) is the history. Its windows are embedded with the
-// daemon's default embedder, clustered into E episodes, and every question of categories
-// 1-4 whose evidence lies in the prefix is routed to one (the daemon's default router). Each
-// question's gold answer is then scored by teacher-forced NLL per answer token, the
-// question and answer prefilled on top of:
-//   full       the whole history's KV;
-//   recent     StreamingLLM: sink tokens plus the most recent entries;
-//   snapkv     SnapKV-style, query-agnostic: scores from each block's last window;
-//   episodic   EpiCache: the routed episode's cache, scored by its medoid prompt;
-// the last three at budgets M = fraction x history, built block-wise (engine/episode_cache.h).
-// Reported per method: mean NLL per answer token, the gap closed between recent and full
-// (1 - (nll - full) / (recent - full)), the KV bytes of one cache, and the build and
-// scoring time.
+// Two passes, so the second can run where the first cannot (a GPU machine without the
+// sentence model):
+//   PrepareFidelity: for each LoCoMo conversation, the longest prefix of turns that fits
+//     the context (less room for a question and its answer) is the history. Its windows
+//     are embedded with the daemon's default embedder, clustered into E episodes, and every
+//     question of categories 1-4 whose evidence lies in the prefix is routed to one (the
+//     daemon's default router). The result is tokens only (FidelityPlan; a file through
+//     tools/episode_fidelity_plan.h).
+//   EvaluateFidelity: each question's gold answer is scored by teacher-forced NLL per
+//     answer token, the question and answer prefilled on top of:
+//       full       the whole history's KV;
+//       recent     StreamingLLM: sink tokens plus the most recent entries;
+//       snapkv     SnapKV-style, query-agnostic: scores from each block's last window;
+//       episodic   EpiCache: the routed episode's cache, scored by its medoid prompt;
+//     the last three at budgets M = fraction x history, built block-wise
+//     (engine/episode_cache.h).
+// Reported per method, over all conversations and per conversation: mean NLL per answer
+// token, the gap closed between recent and full ((recent - nll) / (recent - full)), the KV
+// bytes of one cache, and the build and scoring time; and the tokens forwarded.
 //
 // Thread-safety: none; one backend, used from the calling thread.
 #pragma once
@@ -47,6 +52,26 @@ struct FidelityOptions {
   std::vector<double> layer_similarity;
 };
 
+// What PrepareFidelity makes of one conversation: tokens of the model's tokenizer.
+struct FidelityQuestion {
+  std::vector<int32_t> prompt;  // "\nQuestion: q\nAnswer:"
+  std::vector<int32_t> answer;  // " gold answer"
+  int32_t episode = 0;          // the routed episode
+};
+struct FidelityConversation {
+  std::string sample_id;
+  std::vector<int32_t> history;
+  std::vector<std::vector<int32_t>> medoid_prompts;  // P_e of each episode
+  std::vector<FidelityQuestion> questions;
+};
+struct FidelityPlan {
+  std::string model;       // the LLM whose tokenizer made the tokens (as given)
+  int32_t vocab_size = 0;  // the model's
+  std::string embedder;    // the embedder that routed the questions
+  int32_t context_tokens = 0, reserve_tokens = 0, max_prompt_tokens = 0, num_episodes = 0;
+  std::vector<FidelityConversation> conversations;
+};
+
 struct MethodFidelity {
   std::string method;     // full, recent, snapkv, episodic
   double fraction = 1.0;  // budget / history
@@ -58,22 +83,54 @@ struct MethodFidelity {
   int32_t num_caches = 0;
 };
 
-struct FidelityReport {
-  int32_t conversations = 0;
+struct ConversationFidelity {
+  std::string sample_id;
   int32_t questions = 0;
   int64_t answer_tokens = 0;
-  int64_t history_tokens = 0;  // summed over conversations
+  int64_t history_tokens = 0;
+  int64_t forwarded_tokens = 0;  // every token the backend ran for this conversation
+  double elapsed_s = 0.0;
   std::vector<MethodFidelity> methods;
+};
+
+struct FidelityReport {
+  int32_t conversations = 0;  // evaluated
+  int32_t questions = 0;
+  int64_t answer_tokens = 0;
+  int64_t history_tokens = 0;    // summed over conversations
+  int64_t forwarded_tokens = 0;  // builds, scoring forwards and question prefills
+  double elapsed_s = 0.0;
+  int32_t conversations_left = 0;  // not started: stopped by FidelityHooks::should_stop
+  std::vector<MethodFidelity> methods;
+  std::vector<ConversationFidelity> per_conversation;
 };
 
 using EmbedderMaker = std::function<Result<std::unique_ptr<index::Embedder>>()>;
 
-// Runs the evaluation. REQUIRES: backend's pool holds FidelityPoolBlocks(options) blocks.
-Result<FidelityReport> EvaluateFidelity(const std::vector<LocomoConversation>& conversations,
-                                        Backend* backend, const Tokenizer& tokenizer,
-                                        const EmbedderMaker& make_embedder,
-                                        const FidelityOptions& options);
+// Histories, routes and medoid prompts of every conversation with at least one question
+// inside its prefix (NotFound when none has). Needs no LLM forward; vocab_size is the
+// model's (its config's, which may exceed the tokenizer's).
+Result<FidelityPlan> PrepareFidelity(const std::vector<LocomoConversation>& conversations,
+                                     const Tokenizer& tokenizer, int32_t vocab_size,
+                                     const EmbedderMaker& make_embedder,
+                                     const FidelityOptions& options);
 
+struct FidelityHooks {
+  // Asked before each conversation; true stops the run there (the report covers the
+  // conversations finished so far).
+  std::function<bool()> should_stop;
+  // Called after each conversation with the report so far.
+  std::function<void(const FidelityReport&)> on_conversation;
+};
+
+// Scores the plan's conversations. The plan's context, reserve and prompt cap override
+// the options'. InvalidArgument when the plan does not fit the backend (vocabulary, pool).
+// REQUIRES: backend's pool holds FidelityPoolBlocks(options) blocks.
+Result<FidelityReport> EvaluateFidelity(const FidelityPlan& plan, Backend* backend,
+                                        const FidelityOptions& options,
+                                        const FidelityHooks& hooks = {});
+
+// Blocks the evaluation's builds need: context + B + the largest P_e.
 int32_t FidelityPoolBlocks(const FidelityOptions& options, int32_t block_size);
 
 }  // namespace kvkeep::tools

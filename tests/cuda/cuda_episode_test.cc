@@ -4,7 +4,7 @@
 // compaction on identical bf16 pools (a move is exact, so bytes must match); and an
 // EpisodeCompressor build on CUDA against the CPU build (the same kept sets up to
 // near-ties of bf16 scores), then decoding on the CUDA cache against the CPU decoding
-// the same bytes.
+// the same bytes; and the fidelity evaluation's teacher-forced rows on a compressed cache.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -185,6 +185,73 @@ TEST(CudaEpisodeTest, CompressorBuildMatchesCpuUpToTies) {
     peak = std::max(peak, double(std::fabs(lc[i])));
   }
   EXPECT_LT(diff, 0.05 * peak);
+}
+
+// The fidelity evaluation's scoring (kvkeep eval-episodes --fidelity --device cuda): a
+// StreamingLLM cache (its kept set does not depend on scores, so both backends keep the
+// same entries) built on each backend, then a question and answer teacher-forced on top
+// with every row's logits. Each row's logits, and the answer's NLL per token, agree with
+// the CPU's within bf16 tolerance.
+TEST(CudaEpisodeTest, TeacherForcedRowsOnACompressedCacheMatchCpu) {
+  GpuArena probe;
+  KVKEEP_REQUIRE_GPU(probe);
+  std::mt19937_64 rng(TestSeed());
+  auto b = MakeBackends(TestSeed(), KvDType::kBF16);
+  ASSERT_NE(b, nullptr);
+  const int32_t vocab = b->cpu->config().vocab_size;
+  std::vector<int32_t> history(330), forced(23);
+  for (int32_t& t : history) t = static_cast<int32_t>(rng() % 256);
+  for (int32_t& t : forced) t = static_cast<int32_t>(rng() % 256);
+  CompressOptions o{.budget_tokens = 80, .block_tokens = 128, .method = KeepMethod::kStreaming};
+  std::vector<int32_t> blocks(CompressBlocksNeeded(o, 0, kBs) + 2);  // room for the question
+  ASSERT_LE(blocks.size(), size_t(kBlocks));
+  std::iota(blocks.begin(), blocks.end(), 0);
+  EpisodeCompressor on_cpu(b->cpu.get()), on_gpu(b->gpu.get());
+  auto want = on_cpu.Build(history, {}, o, blocks);
+  auto got = on_gpu.Build(history, {}, o, blocks);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_EQ(got->num_kept, 80);
+  ASSERT_EQ(got->positions, want->positions);
+  EXPECT_EQ(on_gpu.forwarded_tokens(), on_cpu.forwarded_tokens());
+  std::vector<float> lc, lg;
+  EpisodeDecoder dc(b->cpu.get(), *want), dg(b->gpu.get(), *got);
+  ASSERT_TRUE(dc.Append(forced, /*last_only=*/false, &lc).ok());
+  ASSERT_TRUE(dg.Append(forced, /*last_only=*/false, &lg).ok());
+  ASSERT_EQ(lc.size(), forced.size() * vocab);
+  ASSERT_EQ(lg.size(), lc.size());
+  auto nll = [vocab](const std::vector<float>& logits, size_t row, int32_t target) {
+    const float* r = logits.data() + row * vocab;
+    const float m = *std::max_element(r, r + vocab);
+    double sum = 0;
+    for (int32_t v = 0; v < vocab; ++v) sum += std::exp(double{r[v]} - m);
+    return m + std::log(sum) - r[target];
+  };
+  double nll_cpu = 0, nll_gpu = 0;
+  for (size_t row = 0; row < forced.size(); ++row) {
+    SCOPED_TRACE(row);
+    double diff = 0, peak = 0;
+    for (int32_t v = 0; v < vocab; ++v) {
+      const size_t i = row * vocab + v;
+      diff = std::max(diff, double(std::fabs(lc[i] - lg[i])));
+      peak = std::max(peak, double(std::fabs(lc[i])));
+    }
+    EXPECT_LT(diff, 0.05 * peak);
+    if (row + 1 < forced.size()) {  // the "answer" is the rest of the forced tokens
+      nll_cpu += nll(lc, row, forced[row + 1]);
+      nll_gpu += nll(lg, row, forced[row + 1]);
+    }
+  }
+  EXPECT_NEAR(nll_gpu, nll_cpu, 0.02 * nll_cpu);
+  // Reset: the same question again on the unchanged cache gives the same rows.
+  dg.Reset();
+  std::vector<float> again;
+  ASSERT_TRUE(dg.Append(forced, /*last_only=*/false, &again).ok());
+  ASSERT_EQ(again.size(), lg.size());
+  double drift = 0;
+  for (size_t i = 0; i < lg.size(); ++i)
+    drift = std::max(drift, double(std::fabs(again[i] - lg[i])));
+  EXPECT_LT(drift, 1e-3);
 }
 
 }  // namespace

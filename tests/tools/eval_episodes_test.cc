@@ -156,5 +156,104 @@ TEST(EvalEpisodes, FidelityMechanicsOnTheTinyModel) {
   }
 }
 
+// The two passes of --fidelity through a plan file: --plan-out writes the routed tokens,
+// --plan scores them (without the data) and gives the same report as one run; --out holds
+// the report with each conversation's figures. With a budget of the whole history nothing is
+// scored or evicted, so the tokens forwarded are exactly each build's history plus each
+// question's forced tokens once per cache it is scored on (full, recent, snapkv, its episode).
+TEST(EvalEpisodes, FidelityPlanFileRoundTripsAndCountsItsTokens) {
+  testing::TempDir dir;
+  const std::string model = dir.path() + "/tiny";
+  ASSERT_TRUE(MakeSyntheticModel("tiny", 7, model).ok());
+  const std::string common = "--fidelity --llm " + model + " --context 1280 ";
+  const std::string scoring = " --block 128 --fractions 1";
+  Output direct = RunEval(common + "--json --embedder hashed --data " + Fixture() + scoring);
+  ASSERT_EQ(direct.exit_code, 0) << direct.out;
+  Output prepared =
+      RunEval(common + "--embedder hashed --data " + Fixture() + " --plan-out " + dir.File("plan"));
+  ASSERT_EQ(prepared.exit_code, 0) << prepared.out;
+  auto plan_text = DefaultEnv()->ReadFile(dir.File("plan"));
+  ASSERT_TRUE(plan_text.ok());
+  const nlohmann::json plan = nlohmann::json::parse(*plan_text);
+  EXPECT_EQ(plan["format"], "kvkeep-fidelity-plan");
+  EXPECT_EQ(plan["embedder"], "hashed");
+  ASSERT_EQ(plan["conversations"].size(), 1u);
+  const auto& conv = plan["conversations"][0];
+  ASSERT_EQ(conv["questions"].size(), 4u);
+  std::set<int> routed;
+  int64_t forced = 0;
+  for (const auto& q : conv["questions"]) {
+    routed.insert(q["episode"].get<int>());
+    forced += q["prompt"].size() + q["answer"].size() - 1;
+  }
+  const int64_t history = conv["history"].size();
+
+  Output scored =
+      RunEval(common + "--json --plan " + dir.File("plan") + scoring + " --out " + dir.File("r"));
+  ASSERT_EQ(scored.exit_code, 0) << scored.out;
+  const nlohmann::json a = nlohmann::json::parse(direct.out.substr(direct.out.rfind("\n{") + 1));
+  const nlohmann::json b = nlohmann::json::parse(scored.out.substr(scored.out.rfind("\n{") + 1));
+  ASSERT_EQ(a["methods"].size(), 4u);
+  ASSERT_EQ(b["methods"].size(), a["methods"].size());
+  for (size_t i = 0; i < a["methods"].size(); ++i) {
+    EXPECT_EQ(b["methods"][i]["method"], a["methods"][i]["method"]);
+    EXPECT_NEAR(b["methods"][i]["mean_nll"].get<double>(),
+                a["methods"][i]["mean_nll"].get<double>(), 1e-9);
+  }
+  EXPECT_EQ(b["forwarded_tokens"].get<int64_t>(),
+            history * (3 + static_cast<int64_t>(routed.size())) + 4 * forced);
+  EXPECT_EQ(b["history_tokens"].get<int64_t>(), history);
+  EXPECT_TRUE(b["complete"].get<bool>());
+  EXPECT_EQ(b["device"], "cpu");
+  auto report_text = DefaultEnv()->ReadFile(dir.File("r"));
+  ASSERT_TRUE(report_text.ok());
+  const nlohmann::json r = nlohmann::json::parse(*report_text);
+  EXPECT_EQ(r["methods"], b["methods"]);
+  ASSERT_EQ(r["per_conversation"].size(), 1u);
+  EXPECT_EQ(r["per_conversation"][0]["sample_id"], conv["sample_id"]);
+  EXPECT_EQ(r["per_conversation"][0]["forwarded_tokens"], b["forwarded_tokens"]);
+}
+
+// A plan that does not fit the model, a damaged plan, an unknown conversation, a deadline
+// already past and an unknown device each end with a clear error and exit code 1.
+TEST(EvalEpisodes, FidelityBadPlansAndOptionsGetAClearError) {
+  testing::TempDir dir;
+  const std::string model = dir.path() + "/tiny";
+  ASSERT_TRUE(MakeSyntheticModel("tiny", 7, model).ok());
+  const std::string common = "--fidelity --llm " + model + " --context 1280 --block 128 ";
+  ASSERT_EQ(
+      RunEval(common + "--embedder hashed --data " + Fixture() + " --plan-out " + dir.File("plan"))
+          .exit_code,
+      0);
+  auto text = DefaultEnv()->ReadFile(dir.File("plan"));
+  ASSERT_TRUE(text.ok());
+  nlohmann::json plan = nlohmann::json::parse(*text);
+  auto expect_error = [&](const std::string& args, const std::string& what) {
+    Output o = RunEval(common + args);
+    EXPECT_EQ(o.exit_code, 1) << o.out;
+    EXPECT_NE(o.out.find(what), std::string::npos) << o.out;
+  };
+  nlohmann::json bad = plan;
+  bad["conversations"][0]["history"][3] = 1 << 20;
+  ASSERT_TRUE(DefaultEnv()->WriteFileAtomic(dir.File("bad"), bad.dump()).ok());
+  expect_error("--plan " + dir.File("bad"), "outside the vocabulary");
+  bad = plan;
+  bad["conversations"][0]["questions"][0]["episode"] = 99;
+  ASSERT_TRUE(DefaultEnv()->WriteFileAtomic(dir.File("bad"), bad.dump()).ok());
+  expect_error("--plan " + dir.File("bad"), "no episode");
+  ASSERT_TRUE(DefaultEnv()->WriteFileAtomic(dir.File("bad"), text->substr(0, 100)).ok());
+  expect_error("--plan " + dir.File("bad"), "not a JSON object");
+  bad = plan;
+  bad["vocab_size"] = 7;
+  ASSERT_TRUE(DefaultEnv()->WriteFileAtomic(dir.File("bad"), bad.dump()).ok());
+  expect_error("--plan " + dir.File("bad"), "vocabulary of 7");
+  expect_error("--plan " + dir.File("plan") + " --conversations nosuch", "nosuch");
+  expect_error("--plan " + dir.File("plan") + " --deadline-s 0.000001", "stopped before");
+  expect_error("--plan " + dir.File("plan") + " --device tpu", "unknown device");
+#ifndef KVKEEP_HAVE_CUDA
+  expect_error("--plan " + dir.File("plan") + " --device cuda", "no CUDA backend");
+#endif
+}
+
 }  // namespace
 }  // namespace kvkeep
