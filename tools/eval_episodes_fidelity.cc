@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <set>
@@ -85,7 +86,7 @@ Result<FidelityPlan> LoadOrPreparePlan(Env* env, const FidelityCommandArgs& args
     auto parsed = FidelityPlanFromJson(text);
     if (!parsed.ok()) return parsed.status().WithContext(args.plan);
     plan = std::move(parsed).value();
-    if (plan.model != model) {
+    if (std::filesystem::path(plan.model).filename() != std::filesystem::path(model).filename()) {
       spdlog::warn("fidelity: the plan was made with {}, scoring with {}", plan.model, model);
     }
     std::erase_if(plan.conversations, [&](const auto& c) { return !selected(c.sample_id); });

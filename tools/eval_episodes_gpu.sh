@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# tools/eval_episodes_gpu.sh: the answer-fidelity evaluation (`kvkeep eval-episodes
+# --fidelity`, docs/episodes.md) on a GPU machine that reaches nothing and takes at most
+# 64 MiB of files a call. The model (SmolLM2-135M-Instruct Q4_1, 98 MB; 90 MB as xz) does
+# not fit one call, so it travels xz-compressed in two parts, on two calls made back to back
+# on one warm machine:
+#
+#   here:   tools/eval_episodes_gpu.sh pack DIR PREBUILT_DIR [PLAN_8K] [PLAN_1K]
+#             DIR/a: prebuilt.tar.xz (PREBUILT_DIR from bench/gpu/prebuild.sh, with
+#                    bin/kvkeep built with -DKVKEEP_CUDA=ON) and model.xz.1;
+#             DIR/b: model.xz.2, the plans (made here by `--plan-out`, where MiniLM is),
+#                    model.sha256, this script.
+#             PART1_BYTES (default 40000000) sizes part 1; each call's files plus the
+#             repository's tracked files must stay under 64 MiB.
+#   call 1: carry DIR/a; command: bash DIR/a/stage.sh   (copies DIR/a to /tmp/kvkeep-fid)
+#   call 2: carry DIR/b; command: bash DIR/b/eval_episodes_gpu.sh run DIR/b
+#             joins the model, checks its SHA-256, then (a) the small plan on cuda and on
+#             cpu (mechanics: the two NLL columns agree within bf16 tolerance), (b) the full
+#             plan on cuda within FIDELITY_DEADLINE_S (default 420) seconds, writing
+#             $OUT/fidelity_8k.json after every conversation. Logs in $OUT.
+#             FIDELITY_SMALL_DEVICES ("cuda cpu") and FIDELITY_FULL (1) choose the parts.
+set -uo pipefail
+cmd=${1:-}
+case "$cmd" in
+pack)
+  DIR=$2
+  PRE=$3
+  ROOT=$(cd "$(dirname "$0")/.." && pwd)
+  PLAN8=${4:-$ROOT/build/fidelity/plan_8k.json}
+  PLAN1=${5:-$ROOT/build/fidelity/plan_1k.json}
+  MODEL=${KVKEEP_MODEL:-/var/lib/kvkeep/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+  PART1=${PART1_BYTES:-40000000}
+  [ -x "$PRE/bin/kvkeep" ] || { echo "pack: $PRE/bin/kvkeep missing (bench/gpu/prebuild.sh)"; exit 1; }
+  for f in "$PLAN8" "$PLAN1" "$MODEL"; do [ -f "$f" ] || { echo "pack: $f missing"; exit 1; }; done
+  rm -rf "$DIR/a" "$DIR/b"
+  mkdir -p "$DIR/a" "$DIR/b" || exit 1
+  tar -C "$PRE" -cf - . | xz -T0 -6 > "$DIR/a/prebuilt.tar.xz" || exit 1
+  xz -T0 -6 -c "$MODEL" > "$DIR/model.xz" || exit 1
+  head -c "$PART1" "$DIR/model.xz" > "$DIR/a/model.xz.1"
+  tail -c +"$((PART1 + 1))" "$DIR/model.xz" > "$DIR/b/model.xz.2"
+  rm -f "$DIR/model.xz"
+  printf '#!/bin/sh\nset -e\nmkdir -p /tmp/kvkeep-fid\ncp "$(dirname "$0")"/prebuilt.tar.xz "$(dirname "$0")"/model.xz.1 /tmp/kvkeep-fid/\nls -la /tmp/kvkeep-fid\n' \
+    > "$DIR/a/stage.sh"
+  (cd "$(dirname "$MODEL")" && sha256sum "$(basename "$MODEL")") > "$DIR/b/model.sha256"
+  xz -6 -c "$PLAN8" > "$DIR/b/plan_8k.json.xz"
+  cp "$PLAN1" "$DIR/b/plan_1k.json"
+  cp "$0" "$DIR/b/eval_episodes_gpu.sh"
+  tracked=$(cd "$ROOT" && git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+  for part in a b; do
+    bytes=$(du -cb "$DIR/$part" | tail -1 | cut -f1)
+    echo "call $part: $bytes bytes carried + $tracked tracked = $((bytes + tracked)) of 67108864"
+  done
+  ;;
+run)
+  B=$(cd "$2" && pwd)
+  OUT=${OUT:-/tmp/kvkeep-fid/out}
+  mkdir -p "$OUT"
+  S=/tmp/kvkeep-fid
+  [ -f "$S/model.xz.1" ] && [ -f "$S/prebuilt.tar.xz" ] ||
+    { echo "run: $S/model.xz.1 or prebuilt.tar.xz missing: call 1 ran on another machine (not warm)"; exit 2; }
+  cat "$S/model.xz.1" "$B/model.xz.2" | xz -d > "$S/$(cut -d' ' -f3 "$B/model.sha256")" || exit 1
+  (cd "$S" && sha256sum -c "$B/model.sha256") || { echo "run: the joined model is damaged"; exit 1; }
+  MODEL=$S/$(cut -d' ' -f3 "$B/model.sha256")
+  mkdir -p "$S/pre" && tar -C "$S/pre" -xJf "$S/prebuilt.tar.xz" || exit 1
+  xz -dc "$B/plan_8k.json.xz" > "$S/plan_8k.json" || exit 1
+  export LD_LIBRARY_PATH="$S/pre/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
+  KVKEEP="$S/pre/bin/kvkeep"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  echo "=== mechanics: the small plan on cuda, then on cpu"
+  for dev in ${FIDELITY_SMALL_DEVICES-cuda cpu}; do
+    timeout 150 "$KVKEEP" --log-level info eval-episodes --fidelity --plan "$B/plan_1k.json" \
+      --llm "$MODEL" --device "$dev" --max-questions 4 --fractions 0.25 \
+      --out "$OUT/fidelity_1k_$dev.json" 2>&1 | tee "$OUT/fidelity_1k_$dev.log"
+  done
+  [ "${FIDELITY_FULL-1}" = 1 ] || exit 0
+  echo "=== the full plan on cuda (deadline ${FIDELITY_DEADLINE_S:-420} s)"
+  timeout $(( ${FIDELITY_DEADLINE_S:-420} + 120 )) "$KVKEEP" --log-level info eval-episodes \
+    --fidelity --plan "$S/plan_8k.json" --llm "$MODEL" --device cuda \
+    --deadline-s "${FIDELITY_DEADLINE_S:-420}" --out "$OUT/fidelity_8k.json" 2>&1 |
+    tee "$OUT/fidelity_8k.log"
+  ;;
+*)
+  sed -n '2,25p' "$0"
+  exit 1
+  ;;
+esac
