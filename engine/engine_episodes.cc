@@ -4,9 +4,11 @@
 //
 // Life of a cache: built here (EpisodeCompressor into BlockPool blocks) when a routed turn
 // finds no usable one. The build is engine work done in steps: each engine step runs one
-// step of the oldest build (a prefill run of at most a prefill chunk, or a block's
-// scoring and compaction) beside the scheduled batch, so other sequences keep decoding;
-// the turn waits until its cache is built. The cache is registered in the pool under its
+// step of the oldest build (a prefill run of at most a prefill chunk, or a run of a
+// block's scoring, then its compaction) beside the scheduled batch, so other sequences
+// keep decoding; the step's tokens are charged to max_batch_tokens after the decodes
+// (Scheduler::Schedule), so batch and build together stay within it. The turn waits until
+// its cache is built. The cache is registered in the pool under its
 // own key (engine/episode_cache_directory.h) and released, so its blocks are cached
 // and owned by the session: the device keeps them while it has room, eviction demotes
 // them to the host tier and then to disk, and a routed turn promotes them back
@@ -157,11 +159,16 @@ Status EngineImpl::StartEpisodeBuild(Sequence* seq, HashScope scope) {
   return Status::OK();
 }
 
-void EngineImpl::AdvanceEpisodeBuild() {
-  if (building_.empty()) return;
+int32_t EngineImpl::EpisodeBuildStepTokens() const {
+  return building_.empty() ? -1 : building_.front().compressor->NextStepTokens();
+}
+
+void EngineImpl::AdvanceEpisodeBuild(int32_t wanted_tokens, int32_t granted_tokens) {
+  if (building_.empty() || wanted_tokens < 0) return;   // (a build started after Schedule)
+  if (wanted_tokens > 0 && granted_tokens < 1) return;  // the decodes took the whole step
   EpisodeBuild& build = building_.front();
   const int64_t start_us = clock_->NowMicros();
-  Status st = build.compressor->Advance();
+  Status st = build.compressor->Advance(std::max(granted_tokens, 1));
   build.work_us += clock_->NowMicros() - start_us;
   if (st.ok() && !build.compressor->done()) return;
   Sequence* seq = build.seq;

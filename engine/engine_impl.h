@@ -148,7 +148,11 @@ class EngineImpl final : public Engine, private TierVictimChooser {
     int64_t work_us = 0;  // time spent in its steps
   };
   Status StartEpisodeBuild(Sequence* seq, HashScope scope);
-  void AdvanceEpisodeBuild();
+  // The tokens the oldest build's next step forwards (-1: no build), which the scheduler
+  // charges to the step's budget; AdvanceEpisodeBuild runs that step with the tokens the
+  // scheduler granted (none granted: it waits a step).
+  int32_t EpisodeBuildStepTokens() const;
+  void AdvanceEpisodeBuild(int32_t wanted_tokens, int32_t granted_tokens);
   Status FinishEpisodeBuild(EpisodeBuild* build);
   void DropEpisodeBuild(Sequence* seq);   // a turn finished (cancelled) while its cache builds
   void FinishEpisodeTurn(Sequence* seq);  // before its table is freed

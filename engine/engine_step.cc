@@ -12,8 +12,9 @@ Status EngineImpl::Step() {
   DrainInbox();             // 1. inbox: new requests (disk loads planned), cancels
   CollectDiskReads(false);  //    finished disk reads make blocks matchable
   OrderWaiting();           //    program-aware admission order
-  ScheduledBatch batch = scheduler_.Schedule();  // 2-3. schedule, reserve blocks
-  if (Status t = RunTransfers(); !t.ok()) {      //    transfer phase: swaps, disk I/O
+  const int32_t build_tokens = EpisodeBuildStepTokens();  // charged to the step's budget
+  ScheduledBatch batch = scheduler_.Schedule(std::max(build_tokens, 0));  // 2-3. schedule
+  if (Status t = RunTransfers(); !t.ok()) {  //    transfer phase: swaps, disk I/O
     for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, t);
     batch.seqs.clear();
     pool_.ReleaseCopySources(batch.copies);
@@ -44,9 +45,9 @@ Status EngineImpl::Step() {
     ++idle_steps_;
     status = Status::Internal("scheduler made no progress");
   }
-  AdvanceEpisodeBuild();  //    one step of the oldest episode cache build
-  EmitEvents();           // 8. callbacks
-  PolicyTick();           // 9. budgeted policy tick
+  AdvanceEpisodeBuild(build_tokens, batch.build_tokens);  // one step of the oldest build
+  EmitEvents();                                           // 8. callbacks
+  PolicyTick();                                           // 9. budgeted policy tick
   ++steps_;
   PublishStats();
   return status;

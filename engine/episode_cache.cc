@@ -160,16 +160,44 @@ void EpisodeCompressor::BeginBlock() {
   block_start_ = s;
   block_len_ = b;
   prefilled_ = 0;
+  scored_ = 0;
   in_block_ = true;
   next_block_ = s + b;
 }
 
-Status EpisodeCompressor::Advance() {
+int32_t EpisodeCompressor::NextStepTokens() const {
+  int32_t plain = plain_, prefilled = prefilled_, block = block_len_;
+  if (!in_block_) {  // as BeginBlock will lay it out
+    block = std::min(options_.block_tokens, static_cast<int32_t>(history_.size()) - next_block_);
+    bool evict = false;
+    for (size_t l = 0; l < count_.size(); ++l) evict = evict || count_[l] + block > budget_[l];
+    plain = evict && options_.method == KeepMethod::kSnapKv
+                ? block - std::min(options_.snap_window, block)
+                : block;
+    prefilled = 0;
+  }
+  if (prefilled < plain) {
+    return options_.step_tokens > 0 ? std::min(options_.step_tokens, plain - prefilled)
+                                    : plain - prefilled;
+  }
+  switch (options_.method) {
+    case KeepMethod::kEpisode:
+      return static_cast<int32_t>(query_.size()) - (in_block_ ? scored_ : 0);
+    case KeepMethod::kSnapKv:
+      return block - plain;
+    case KeepMethod::kStreaming:
+      return 0;
+  }
+  return 0;
+}
+
+Status EpisodeCompressor::Advance(int32_t max_tokens) {
   ++steps_;
   if (!in_block_) BeginBlock();
+  max_tokens = std::max(max_tokens, 1);
   if (prefilled_ < plain_) {  // a prefill run of the block
-    const int32_t n = options_.step_tokens > 0 ? std::min(options_.step_tokens, plain_ - prefilled_)
-                                               : plain_ - prefilled_;
+    const int32_t step = options_.step_tokens > 0 ? options_.step_tokens : plain_ - prefilled_;
+    const int32_t n = std::min({step, max_tokens, plain_ - prefilled_});
     std::span<const int32_t> run(history_.data() + block_start_ + prefilled_, n);
     RETURN_IF_ERROR(
         ForwardAt(run, top_ + prefilled_, block_start_ + prefilled_, trims_, 0, nullptr));
@@ -178,18 +206,29 @@ Status EpisodeCompressor::Advance() {
     EndBlock(totals_);
     return Status::OK();
   }
-  RETURN_IF_ERROR(ScoreAndCompact());
-  EndBlock(kept_);
+  bool scored = false;
+  RETURN_IF_ERROR(ScoreAndCompact(max_tokens, &scored));
+  if (scored) EndBlock(kept_);
   return Status::OK();
 }
 
-Status EpisodeCompressor::ScoreAndCompact() {
+Status EpisodeCompressor::ScoreAndCompact(int32_t max_tokens, bool* done) {
   const KvPoolShape& shape = backend_->kv_shape();
   const int32_t layers = shape.num_layers, heads = shape.num_kv_heads;
   const int32_t s = block_start_, b = block_len_, total = total_;
   std::span<const int32_t> block(history_.data() + s, b);
-  if (options_.method == KeepMethod::kEpisode) {
-    RETURN_IF_ERROR(ForwardAt(query_, total, s + b, trims_, total, &scores_));
+  *done = false;
+  if (options_.method == KeepMethod::kEpisode) {  // P_e in runs; each entry's largest score
+    const int32_t q = static_cast<int32_t>(query_.size());
+    const int32_t n = std::min(max_tokens, q - scored_);
+    std::span<const int32_t> run(query_.data() + scored_, n);
+    RETURN_IF_ERROR(ForwardAt(run, total + scored_, s + b + scored_, trims_, total,
+                              scored_ == 0 ? &scores_ : &run_scores_));
+    if (scored_ > 0) {
+      for (size_t i = 0; i < scores_.size(); ++i) scores_[i] = std::max(scores_[i], run_scores_[i]);
+    }
+    scored_ += n;
+    if (scored_ < q) return Status::OK();               // the next run is a step of its own
   } else if (options_.method == KeepMethod::kSnapKv) {  // the window is always kept
     const int32_t w = b - plain_;
     RETURN_IF_ERROR(ForwardAt(block.last(w), total - w, s + b - w, trims_, total, &scores_));
@@ -216,6 +255,7 @@ Status EpisodeCompressor::ScoreAndCompact() {
               &keep_);
   }
   RETURN_IF_ERROR(backend_->CompactKvLayers(blocks_, totals_, keep_, kept_));
+  *done = true;
   const int32_t* k = keep_.data();
   for (int32_t l = 0; l < layers; ++l) {
     for (int32_t h = 0; h < heads; ++h, k += kept_[l]) {

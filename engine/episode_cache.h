@@ -28,6 +28,7 @@
 // Thread-safety: none; call from the thread that owns the backend.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -107,8 +108,16 @@ class EpisodeCompressor {
   // Build, step by step. Start validates as Build does and copies history and query.
   Status Start(std::span<const int32_t> history, std::span<const int32_t> query,
                const CompressOptions& options, std::vector<int32_t> blocks, EpisodeCacheId id);
-  // One step. REQUIRES: started, not done, and no earlier step failed.
-  Status Advance();
+  // One step, forwarding at most max_tokens (>= 1) tokens: a prefill run takes the least
+  // of step_tokens, max_tokens and what is left of the block; kEpisode scores P_e in runs
+  // of at most max_tokens (each entry's score is the largest over the runs, which is the
+  // score of one run of all of P_e: every query sees the same context either way), and
+  // compacts after the last. kSnapKv scores its window in one run. REQUIRES: started, not
+  // done, and no earlier step failed.
+  Status Advance(int32_t max_tokens = INT32_MAX);
+  // The tokens the next Advance() would forward without a cap (0: a kStreaming selection,
+  // which forwards nothing). REQUIRES: started, not done.
+  int32_t NextStepTokens() const;
   bool done() const { return next_block_ >= static_cast<int32_t>(history_.size()) && !in_block_; }
   int32_t steps() const { return steps_; }
   // Tokens forwarded by every build of this compressor (history blocks and scoring runs).
@@ -121,8 +130,10 @@ class EpisodeCompressor {
   // layer l's tokens sit trims[l] entries earlier (empty: none).
   Status ForwardAt(std::span<const int32_t> tokens, int32_t entry, int32_t first_position,
                    std::span<const int32_t> trims, int32_t num_scored, std::vector<float>* scores);
-  void BeginBlock();         // lays out the next block's entries and positions
-  Status ScoreAndCompact();  // the block's scoring forward, selection and compaction
+  void BeginBlock();  // lays out the next block's entries and positions
+  // The block's scoring forward (a run of at most max_tokens of P_e for kEpisode), then,
+  // once everything is scored, the selection and compaction; *done says whether it was.
+  Status ScoreAndCompact(int32_t max_tokens, bool* done);
   void EndBlock(const std::vector<int32_t>& counts);
 
   Backend* backend_;
@@ -137,7 +148,8 @@ class EpisodeCompressor {
   std::vector<int32_t> count_;   // live entries per layer
   std::vector<int32_t> totals_;  // per layer, with the current block
   std::vector<int32_t> trims_, keep_, kept_;
-  std::vector<float> scores_;
+  std::vector<float> scores_, run_scores_;
+  int32_t scored_ = 0;      // kEpisode: P_e tokens scored in this block
   int32_t next_block_ = 0;  // the history index of the next block to begin
   bool in_block_ = false;
   int32_t block_start_ = 0, block_len_ = 0, prefilled_ = 0, plain_ = 0;

@@ -259,7 +259,7 @@ bool Scheduler::AdmitOne(bool only_idle_tenants, int32_t* budget, ScheduledBatch
   return false;
 }
 
-ScheduledBatch Scheduler::Schedule() {
+ScheduledBatch Scheduler::Schedule(int32_t build_tokens) {
   ScheduledBatch batch;
   int32_t budget = options_.max_batch_tokens;
   MakeRoomForIdleTenant();
@@ -269,6 +269,9 @@ ScheduledBatch Scheduler::Schedule() {
   for (bool decode_pass : {true, false}) {
     std::vector<Sequence*> snapshot = running_;
     if (!decode_pass) {
+      // The build's step is charged after the decodes, before prefills and admissions.
+      batch.build_tokens = std::clamp(build_tokens, 0, std::max(budget, 0));
+      budget -= batch.build_tokens;
       while (AdmitOne(/*only_idle_tenants=*/true, &budget, &batch)) {
       }
       snapshot = RoundRobinByTenant(running_);

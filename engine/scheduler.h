@@ -4,7 +4,8 @@
 //
 // Policy of one Schedule() call, under a budget of max_batch_tokens tokens:
 //   1. decode: every running sequence past its prefill gets its one pending token, in
-//      admission order (oldest first);
+//      admission order (oldest first); then the step of an episode cache build, if the
+//      engine has one, gets its tokens from what is left (Schedule's build_tokens);
 //   2. prefill chunks of running sequences still prefilling, at most
 //      prefill_chunk_tokens each, oldest first;
 //   3. admission: waiting sequences while the budget lasts and fewer than max_running
@@ -84,6 +85,7 @@ struct ScheduledBatch {
   std::vector<BlockCopy> copies;  // Backend::CopyBlocks before the forward step
   std::vector<Sequence*> failed;  // context can never fit the pool; already removed
   int32_t num_tokens = 0;
+  int32_t build_tokens = 0;  // granted to the episode cache build beside the batch
   int32_t num_preempted = 0;
   bool empty() const { return seqs.empty(); }
 };
@@ -103,7 +105,12 @@ class Scheduler {
 
   // Appends a new sequence to the waiting queue. REQUIRES: status kWaiting, empty table.
   void Add(Sequence* seq);
-  ScheduledBatch Schedule();
+  // build_tokens: the tokens an episode cache build wants to run beside the batch this
+  // step (engine/engine_episodes.cc). They are charged to the step's max_batch_tokens after
+  // the decodes and before any prefill chunk or admission; ScheduledBatch::build_tokens
+  // says how many the build may run (0 when the decodes took the whole budget). So the
+  // batch and the build together stay within max_batch_tokens.
+  ScheduledBatch Schedule(int32_t build_tokens = 0);
   // After the forward step of `batch`: records the computed tokens and commits full blocks.
   // Sampled tokens are appended by the caller afterwards.
   void OnStepDone(const ScheduledBatch& batch);

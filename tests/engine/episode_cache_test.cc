@@ -56,6 +56,44 @@ TEST_F(EpisodeCacheTest, PeakStaysWithinBudgetPlusBlockPlusPrompt) {
   EXPECT_FALSE(compressor.Build(history, prompt, o, Iota(needed)).ok());
 }
 
+// Advance(max_tokens) as the engine calls it with what the step's budget leaves: no step
+// forwards more than max_tokens (P_e's 21 tokens are scored in runs of 7), NextStepTokens
+// says what each uncapped step would run, and the kept entries are the one-shot build's
+// (each entry's score is its largest over the runs: every query sees the same context).
+TEST_F(EpisodeCacheTest, CappedStepsScoreThePromptInRuns) {
+  std::vector<int32_t> history = RandomTokens(rng_, 200), prompt = RandomTokens(rng_, 21);
+  CompressOptions o{.budget_tokens = 64, .block_tokens = 48, .method = KeepMethod::kEpisode};
+  const int32_t needed = CompressBlocksNeeded(o, 21, kBs);
+  auto backend = MakeBackend(*model_->weights, 2 * needed, kBs);
+  ASSERT_NE(backend, nullptr);
+  EpisodeCompressor one_shot(backend.get());
+  auto want = one_shot.Build(history, prompt, o, Iota(needed));
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  EpisodeCompressor capped(backend.get());
+  ASSERT_TRUE(capped.Start(history, prompt, o, Iota(needed, needed), {}).ok());
+  while (!capped.done()) {
+    const int32_t wanted = capped.NextStepTokens();
+    const int64_t before = capped.forwarded_tokens();
+    ASSERT_TRUE(capped.Advance(7).ok());
+    const int64_t ran = capped.forwarded_tokens() - before;
+    EXPECT_EQ(ran, std::min(wanted, 7));
+  }
+  EpisodeCache got = capped.TakeCache();
+  // 5 blocks (48 x 4, then 8); the blocks past the first reach M = 64: 4 scorings of 3 runs.
+  int32_t steps = 0;
+  for (int32_t s = 0; s < 200; s += 48) {
+    const int32_t b = std::min(48, 200 - s);
+    steps += (b + 6) / 7 + (s + b > 64 ? 3 : 0);
+  }
+  EXPECT_EQ(capped.steps(), steps);
+  EXPECT_EQ(capped.forwarded_tokens(), one_shot.forwarded_tokens());
+  EXPECT_EQ(got.peak_entries, want->peak_entries);
+  ASSERT_EQ(got.positions.size(), want->positions.size());
+  int64_t same = 0;
+  for (size_t i = 0; i < got.positions.size(); ++i) same += got.positions[i] == want->positions[i];
+  EXPECT_GE(same, static_cast<int64_t>(got.positions.size() * 0.98));
+}
+
 // A build run in steps of at most step_tokens (as the engine runs it between other
 // sequences' steps) stays within the same peak, takes the steps its blocks and scorings
 // need, and keeps the entries the one-shot build keeps: splitting a causal block's

@@ -8,7 +8,10 @@
 // memory pressure finishes from full KV with full KV's tokens.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <memory>
 #include <random>
+#include <utility>
 
 #include "engine/engine_impl.h"
 #include "engine/episode_cache.h"
@@ -273,6 +276,91 @@ TEST_F(EpisodeServeTest, CacheBuildRunsInStepsBesideOtherSessionsDecodes) {
   EXPECT_TRUE(got.usage.from_episode_cache);
   EXPECT_EQ(got.tokens, want);
   EXPECT_EQ(other.tokens, alone.tokens);
+}
+
+// Counts the tokens every forward runs (Forward and ForwardScored), for the step budget
+// test; everything else goes to the wrapped backend.
+class CountingBackend : public Backend {
+ public:
+  explicit CountingBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  int64_t TakeTokens() { return std::exchange(tokens_, 0); }
+  std::string name() const override { return inner_->name(); }
+  const ModelConfig& config() const override { return inner_->config(); }
+  const KvPoolShape& kv_shape() const override { return inner_->kv_shape(); }
+  Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override {
+    tokens_ += batch.num_tokens();
+    return inner_->Forward(batch, logits);
+  }
+  Status ForwardScored(const ForwardBatch& batch, int32_t num_scored, std::vector<float>* logits,
+                       std::vector<float>* scores) override {
+    tokens_ += batch.num_tokens();
+    return inner_->ForwardScored(batch, num_scored, logits, scores);
+  }
+  Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) override {
+    return inner_->CopyBlocks(src_dst);
+  }
+  size_t block_bytes() const override { return inner_->block_bytes(); }
+  Status ReadBlock(int32_t block_id, void* dst) override {
+    return inner_->ReadBlock(block_id, dst);
+  }
+  Status WriteBlock(int32_t block_id, const void* src) override {
+    return inner_->WriteBlock(block_id, src);
+  }
+  Status CompactKv(std::span<const int32_t> table, int32_t num_entries,
+                   std::span<const int32_t> keep, int32_t num_keep) override {
+    return inner_->CompactKv(table, num_entries, keep, num_keep);
+  }
+  Status CompactKvLayers(std::span<const int32_t> table, std::span<const int32_t> num_entries,
+                         std::span<const int32_t> keep,
+                         std::span<const int32_t> num_keep) override {
+    return inner_->CompactKvLayers(table, num_entries, keep, num_keep);
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  int64_t tokens_ = 0;
+};
+
+// A cache build's steps count against max_batch_tokens: while the cache builds (prefill
+// runs of up to a 16-token chunk, P_e's 20 tokens scored in runs), another session
+// prefills a long prompt in chunks of 16 and a third decodes. Every engine step forwards at
+// most max_batch_tokens = 24 tokens in all (without the charge a step runs the other's
+// chunk and the build's run: 1 + 16 + 16 = 33), the decoder gets a token every step, and
+// the turn is then served from its cache.
+TEST_F(EpisodeServeTest, BuildStepsCountAgainstMaxBatchTokens) {
+  Turn t = MakeTurn(300);
+  EngineOptions o;
+  o.model_id = "episode-serve-test";
+  o.prefill_chunk_tokens = 16;
+  o.max_batch_tokens = 24;
+  auto counting = std::make_unique<CountingBackend>(MakeBackend(*model_->weights, 96, kBs));
+  CountingBackend* backend = counting.get();
+  auto created = Engine::Create(o, std::move(counting), model_->tokenizer.get(), &clock_);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  std::unique_ptr<Engine> engine = std::move(created).value();
+  auto* impl = static_cast<EngineImpl*>(engine.get());
+  Outcome decoder, prefiller, got;
+  ASSERT_TRUE(engine->Submit(RequestInto(&decoder, 1, RandomTokens(rng_, 20), 200, 100)).ok());
+  while (decoder.tokens.size() < 2) ASSERT_TRUE(impl->Step().ok());
+  GenerateRequest r = RequestInto(&got, 2, t.prompt(), kMaxTokens, 7);
+  r.episode = t.serve_request();
+  ASSERT_TRUE(engine->Submit(std::move(r)).ok());
+  ASSERT_TRUE(engine->Submit(RequestInto(&prefiller, 3, RandomTokens(rng_, 400), 4, 200)).ok());
+  backend->TakeTokens();
+  int steps = 0, largest = 0;
+  while (engine->GetStats().episode_builds == 0) {
+    ASSERT_TRUE(impl->Step().ok());
+    const int64_t tokens = backend->TakeTokens();
+    largest = std::max<int>(largest, static_cast<int>(tokens));
+    EXPECT_LE(tokens, o.max_batch_tokens) << "step " << steps;
+    ASSERT_LT(++steps, 400);
+  }
+  EXPECT_EQ(largest, o.max_batch_tokens);        // the budget is used, not just respected
+  EXPECT_EQ(decoder.tokens.size(), 2u + steps);  // decodes come first: one every step
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  ASSERT_TRUE(impl->TEST_CheckPool().ok());
+  EXPECT_TRUE(got.usage.from_episode_cache);
+  EXPECT_EQ(got.tokens.size(), size_t{kMaxTokens});
 }
 
 // Memory pressure: another session's decode outgrows a pool that held both when the
