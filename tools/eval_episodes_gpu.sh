@@ -5,9 +5,11 @@
 # not fit one call, so it travels xz-compressed in two parts, on two calls made back to back
 # on one warm machine:
 #
-#   here:   tools/eval_episodes_gpu.sh pack DIR PREBUILT_DIR [PLAN_8K] [PLAN_1K]
-#             DIR/a: prebuilt.tar.xz (PREBUILT_DIR from bench/gpu/prebuild.sh, with
-#                    bin/kvkeep built with -DKVKEEP_CUDA=ON) and model.xz.1;
+#   here:   tools/eval_episodes_gpu.sh pack DIR KVKEEP [PLAN_8K] [PLAN_1K]
+#             KVKEEP: a kvkeep built with -DKVKEEP_CUDA=ON (build-cuda/kvkeep); packed with
+#             the shared libraries a bare CUDA image lacks (as bench/gpu/prebuild.sh picks
+#             them), 11 MB as xz.
+#             DIR/a: prebuilt.tar.xz (bin/kvkeep, lib/) and model.xz.1;
 #             DIR/b: model.xz.2, the plans (made here by `--plan-out`, where MiniLM is),
 #                    model.sha256, this script.
 #             PART1_BYTES (default 40000000) sizes part 1; each call's files plus the
@@ -24,17 +26,25 @@ cmd=${1:-}
 case "$cmd" in
 pack)
   DIR=$2
-  PRE=$3
+  BIN=$3
   ROOT=$(cd "$(dirname "$0")/.." && pwd)
   PLAN8=${4:-$ROOT/build/fidelity/plan_8k.json}
   PLAN1=${5:-$ROOT/build/fidelity/plan_1k.json}
   MODEL=${KVKEEP_MODEL:-/var/lib/kvkeep/models/SmolLM2-135M-Instruct.Q4_1.gguf}
   PART1=${PART1_BYTES:-40000000}
-  [ -x "$PRE/bin/kvkeep" ] || { echo "pack: $PRE/bin/kvkeep missing (bench/gpu/prebuild.sh)"; exit 1; }
+  [ -x "$BIN" ] || { echo "pack: $BIN is not an executable (build-cuda/kvkeep)"; exit 1; }
   for f in "$PLAN8" "$PLAN1" "$MODEL"; do [ -f "$f" ] || { echo "pack: $f missing"; exit 1; }; done
   rm -rf "$DIR/a" "$DIR/b"
   mkdir -p "$DIR/a" "$DIR/b" || exit 1
-  tar -C "$PRE" -cf - . | xz -T0 -6 > "$DIR/a/prebuilt.tar.xz" || exit 1
+  PRE=$DIR/prebuilt
+  rm -rf "$PRE"
+  mkdir -p "$PRE/bin" "$PRE/lib" && cp "$BIN" "$PRE/bin/kvkeep" || exit 1
+  strip --strip-debug "$PRE/bin/kvkeep" 2>/dev/null || true
+  ldd "$BIN" | awk '/=> \//{print $3}' |
+    grep -vE 'libc\.so|libm\.so|libdl|libpthread|librt|ld-linux|libcuda|libcublas|libcudart|libgcc_s|libstdc\+\+' |
+    while read -r lib; do cp -L "$lib" "$PRE/lib/"; done
+  tar -C "$PRE" -cf - bin lib | xz -T0 -6 > "$DIR/a/prebuilt.tar.xz" || exit 1
+  rm -rf "$PRE"
   xz -T0 -6 -c "$MODEL" > "$DIR/model.xz" || exit 1
   head -c "$PART1" "$DIR/model.xz" > "$DIR/a/model.xz.1"
   tail -c +"$((PART1 + 1))" "$DIR/model.xz" > "$DIR/b/model.xz.2"
