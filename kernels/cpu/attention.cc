@@ -129,11 +129,18 @@ Status ValidateBatch(const AttentionParams& params, const AttentionBatch& batch,
   return Status::OK();
 }
 
+// Cloned per ISA, except under TSan: its instrumentation of the ifunc resolver runs while
+// the dynamic loader relocates, before TSan's runtime starts, and crashes every binary.
+#if defined(__SANITIZE_THREAD__)
+#define KVKEEP_CLONE_PER_ISA
+#else
+#define KVKEEP_CLONE_PER_ISA __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+
 inline const float* RowsAsFloat(const float* src, int64_t n, float* /*buf*/) { return src; }
 
 // Widens a block of bf16 rows once; every query row of the tile then reads fp32.
-__attribute__((target_clones("avx512f", "avx2", "default"))) const float* RowsAsFloat(
-    const bf16* src, int64_t n, float* buf) {
+KVKEEP_CLONE_PER_ISA const float* RowsAsFloat(const bf16* src, int64_t n, float* buf) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) buf[i] = std::bit_cast<float>(uint32_t{src[i].bits} << 16);
   return buf;
@@ -169,9 +176,8 @@ inline float Dot(const float* a, const float* b, int n) {
 
 // Folds keys k[0..n) and values v[0..n) (rows of d floats) into one query row's state.
 // Cloned per ISA: the dot products and axpys over head_dim are the whole cost.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendBlock(
-    const float* q, const float* k, const float* v, int n, int d, SoftmaxState* state, float* o,
-    float* scores) {
+KVKEEP_CLONE_PER_ISA void AttendBlock(const float* q, const float* k, const float* v, int n, int d,
+                                      SoftmaxState* state, float* o, float* scores) {
   int j = 0;
   for (; j + 4 <= n; j += 4) Dot4(q, k + int64_t{j} * d, d, scores + j);
   for (; j < n; ++j) scores[j] = Dot(q, k + int64_t{j} * d, d);

@@ -83,7 +83,8 @@ class LineClient {
 
   // The next line, or nullopt on EOF/timeout.
   std::optional<std::string> ReadLine(int timeout_ms = 60000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    auto deadline = std::chrono::steady_clock::now() +
+                    std::chrono::milliseconds(testing::ScaledTimeoutMs(timeout_ms));
     while (true) {
       size_t nl = buf_.find('\n');
       if (nl != std::string::npos) {

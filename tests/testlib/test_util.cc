@@ -23,6 +23,15 @@ uint64_t TestSeed() {
   return seed;
 }
 
+int ScaledTimeoutMs(int timeout_ms) {
+  static const double scale = [] {
+    const char* env = std::getenv("KVKEEP_TEST_TIMEOUT_SCALE");
+    const double s = env ? std::strtod(env, nullptr) : 1.0;
+    return s >= 1.0 ? s : 1.0;
+  }();
+  return static_cast<int>(timeout_ms * scale);
+}
+
 TempDir::TempDir() {
   const char* tmp = std::getenv("TMPDIR");
   std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/kvkeep-test-XXXXXX";

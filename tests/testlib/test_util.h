@@ -10,6 +10,10 @@ namespace kvkeep::testing {
 // overrides it.
 uint64_t TestSeed();
 
+// timeout_ms times KVKEEP_TEST_TIMEOUT_SCALE (default 1): sanitizer builds run the daemon
+// several times slower (`make tsan` sets it), and a reply timeout is not what they check.
+int ScaledTimeoutMs(int timeout_ms);
+
 // A new empty directory under $TMPDIR, removed (recursively) by the destructor.
 class TempDir {
  public:
