@@ -107,6 +107,8 @@ EngineOptions MakeEngineOptions(const DaemonOptions& options, const std::string&
   eo.prefill_chunk_tokens = e.prefill_chunk_tokens;
   eo.max_running = e.max_running;
   eo.max_device_blocks_per_tenant = options.limits.max_device_blocks_per_uid;  // salt = uid
+  eo.max_host_blocks_per_tenant = options.limits.max_host_blocks_per_uid;
+  eo.max_disk_blocks_per_tenant = options.limits.max_disk_blocks_per_uid;
   eo.num_host_blocks = e.host_blocks;
   eo.disk_bytes = static_cast<int64_t>(e.disk_gib * double(int64_t{1} << 30));
   eo.disk_dir = JoinPath(options.state_dir, "kv");
