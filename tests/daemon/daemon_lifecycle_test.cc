@@ -107,7 +107,7 @@ TEST(DaemonLifecycleTest, SigtermCancelsOrFinishesInFlightWorkAndExitsCleanly) {
 // gave its admission ticket and output count back to the Server's freed ConnectionLimits.
 // Shut down while two 7 MiB appends are being handled, in rounds: the daemon must exit 0
 // with no sanitizer report (under ASan, `make asan` and CI, the old order failed here with
-// heap-use-after-free in ConnectionLimits::Release). The episode index is off: at
+// heap-use-after-free in ~Connection, ConnectionLimits::UpdateOutput). The episode index is off: at
 // shutdown it finishes embedding what it holds, which for 7 MiB messages takes minutes.
 TEST(DaemonLifecycleTest, SigtermWhileLargeLinesAreHandledExitsCleanly) {
   for (int round = 0; round < 3; ++round) {
