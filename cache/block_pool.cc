@@ -20,6 +20,8 @@ BlockPool::BlockPool(const BlockPoolOptions& options)
       prefix_caching_(options.enable_prefix_caching),
       num_host_blocks_(std::max(options.num_host_blocks, 0)),
       num_disk_blocks_(options.num_host_blocks > 0 ? std::max(options.num_disk_blocks, 0) : 0),
+      max_host_per_tenant_(std::max(options.max_host_blocks_per_tenant, 0)),
+      max_disk_per_tenant_(std::max(options.max_disk_blocks_per_tenant, 0)),
       meta_(std::max(options.num_blocks, 0)),
       index_(std::max(options.num_blocks, 1) + num_host_blocks_ + num_disk_blocks_,
              std::max(options.block_size, 1)),

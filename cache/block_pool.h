@@ -30,6 +30,9 @@
 //   device cached --Allocate needs the slot--> host (swap-out device slot -> host slot)
 //   host victim   --host needs a slot-->       disk (write the host slot to a file)
 //   disk victim   --disk full-->               dropped (delete the file)
+// A tenant at its per-tier cap (max_host_blocks_per_tenant, max_disk_blocks_per_tenant)
+// first moves its own least recently used evictable block on that tier down, so one
+// tenant's load reclaims only its own lower-tier blocks while the caps fit the tiers.
 // The lower tiers reclaim by session (ReclaimLowerTier): a block without an owner (no
 // session released it, or SetOwner was never called) goes first, least recently used
 // first; then the TierVictimChooser names a victim session and all of that session's
@@ -67,6 +70,12 @@ struct BlockPoolOptions {
   bool enable_prefix_caching = true;  // false: the "none" policy, no KV reuse at all
   int32_t num_host_blocks = 0;        // host tier slots; 0: no host tier
   int32_t num_disk_blocks = 0;        // disk tier blocks; used only with a host tier
+  // Full blocks one tenant (scope.tenant_salt) may keep on the host / disk tier; 0: no cap.
+  // A tenant at its cap makes room from its own least recently used blocks there (host:
+  // pushed down to disk; disk: dropped), never another tenant's; a block of its that no
+  // room can be made for goes one tier further down (or is dropped).
+  int32_t max_host_blocks_per_tenant = 0;
+  int32_t max_disk_blocks_per_tenant = 0;
 };
 
 // Blocks of a matched prefix per tier they were found on.
@@ -346,6 +355,11 @@ class BlockPool {
   bool ReclaimLowerTier(Tier tier);
   void EvictFromLowerTier(int32_t record);  // REQUIRES: on tier's LRU
   void DemoteToDisk(int32_t record);        // REQUIRES: on host, off the LRU
+  // Makes room for one more of tenant's blocks on tier (host or disk) under its cap by
+  // evicting its own least recently used evictable blocks there (a walk of the tier's
+  // LRU list). False if it is at its cap with nothing of its own evictable.
+  bool MakeTenantRoom(uint64_t tenant, Tier tier);
+  int32_t TenantBlocks(uint64_t tenant, Tier tier) const;
   void DropRecord(int32_t record);          // frees its lower-tier location, erases it
   void LeaveLowerTier(int32_t record);      // off its LRU; host slot deferred, disk count - 1
   int32_t PromoteToDevice(int32_t record);  // host -> a fresh device slot; REQUIRES allocatable
@@ -355,6 +369,8 @@ class BlockPool {
   bool prefix_caching_;
   int32_t num_host_blocks_;
   int32_t num_disk_blocks_;
+  int32_t max_host_per_tenant_;  // 0: no cap
+  int32_t max_disk_per_tenant_;  // 0: no cap
   std::vector<Meta> meta_;
   std::vector<int32_t> free_list_;  // stack; back is allocated next
   int32_t lru_head_ = -1, lru_tail_ = -1;

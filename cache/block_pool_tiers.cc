@@ -8,7 +8,8 @@
 namespace kvkeep {
 
 void BlockPool::DemoteFromDevice(int32_t record) {
-  const int32_t host_slot = AcquireHostSlot();
+  const bool room = MakeTenantRoom(index_.scope(record).tenant_salt, Tier::kHost);
+  const int32_t host_slot = room ? AcquireHostSlot() : -1;
   if (host_slot < 0) {
     index_.Erase(record);  // no host tier (or no room): dropped, as before tiers
     ++num_dropped_;
@@ -63,6 +64,25 @@ bool BlockPool::ReclaimLowerTier(Tier tier) {
   return true;
 }
 
+int32_t BlockPool::TenantBlocks(uint64_t tenant, Tier tier) const {
+  const auto it = index_.tenant_counts().find(tenant);
+  return it == index_.tenant_counts().end() ? 0 : it->second[static_cast<int>(tier)];
+}
+
+bool BlockPool::MakeTenantRoom(uint64_t tenant, Tier tier) {
+  const int32_t cap = tier == Tier::kHost ? max_host_per_tenant_ : max_disk_per_tenant_;
+  if (cap <= 0) return true;
+  while (TenantBlocks(tenant, tier) >= cap) {
+    // Its least recently used evictable block there. O(the tier's LRU list), only for a
+    // tenant at its cap; blocks busy with pending transfers are not on the list.
+    int32_t r = index_.LruHead(tier);
+    while (r >= 0 && index_.scope(r).tenant_salt != tenant) r = index_.LruNext(r);
+    if (r < 0) return false;
+    EvictFromLowerTier(r);
+  }
+  return true;
+}
+
 void BlockPool::EvictFromLowerTier(int32_t record) {
   if (index_.tier(record) == Tier::kHost) {
     index_.LruRemove(record);
@@ -80,10 +100,12 @@ void BlockPool::SetOwner(const BlockTable& table, SessionId session) {
 
 void BlockPool::DemoteToDisk(int32_t record) {
   const int32_t host_slot = index_.location(record);
-  if (num_disk_blocks_ > 0 && index_.num_on_tier(Tier::kDisk) >= num_disk_blocks_) {
+  const bool disk =
+      num_disk_blocks_ > 0 && MakeTenantRoom(index_.scope(record).tenant_salt, Tier::kDisk);
+  if (disk && index_.num_on_tier(Tier::kDisk) >= num_disk_blocks_) {
     ReclaimLowerTier(Tier::kDisk);
   }
-  if (num_disk_blocks_ > 0 && index_.num_on_tier(Tier::kDisk) < num_disk_blocks_) {
+  if (disk && index_.num_on_tier(Tier::kDisk) < num_disk_blocks_) {
     // The write reads host_slot before any swap-out of this plan overwrites it.
     const std::span<const int32_t> tokens = index_.tokens(record);
     plan_.ops.push_back({BlockTransfer::Kind::kDiskWrite, -1, host_slot, index_.hash(record),

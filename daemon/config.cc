@@ -121,7 +121,8 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
            "max_inflight_per_connection", "max_output_buffer_bytes", "max_tokens",
            "max_output_bytes_total", "max_connections", "max_connections_per_uid",
            "max_stored_bytes_per_uid", "max_stored_sessions_per_uid", "max_messages_per_append",
-           "max_inflight_per_uid", "max_device_blocks_per_uid"});
+           "max_inflight_per_uid", "max_device_blocks_per_uid", "max_host_blocks_per_uid",
+           "max_disk_blocks_per_uid"});
   r.Int("max_line_bytes", &l->max_line_bytes, 64, int64_t{1} << 32);
   r.Int("max_json_depth", &l->max_json_depth, 2, 10000);
   r.Int("max_sessions_per_uid", &l->max_sessions_per_uid, 1, kMaxI32);
@@ -136,6 +137,8 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
   r.Int("max_messages_per_append", &l->max_messages_per_append, 1, kMaxI32);
   r.Int("max_inflight_per_uid", &l->max_inflight_per_uid, 1, kMaxI32);
   r.Int("max_device_blocks_per_uid", &l->max_device_blocks_per_uid, 0, kMaxI32);
+  r.Int("max_host_blocks_per_uid", &l->max_host_blocks_per_uid, 0, kMaxI32);
+  r.Int("max_disk_blocks_per_uid", &l->max_disk_blocks_per_uid, 0, kMaxI32);
   return r.Finish();
 }
 
@@ -396,6 +399,10 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       "in-flight generates of one uid, all connections");
   num("--max-device-blocks-per-uid", &f.limits.max_device_blocks_per_uid,
       &o.limits.max_device_blocks_per_uid, "device KV blocks one uid may hold; 0: no cap");
+  num("--max-host-blocks-per-uid", &f.limits.max_host_blocks_per_uid,
+      &o.limits.max_host_blocks_per_uid, "host-tier KV blocks one uid may keep; 0: no cap");
+  num("--max-disk-blocks-per-uid", &f.limits.max_disk_blocks_per_uid,
+      &o.limits.max_disk_blocks_per_uid, "disk-tier KV blocks one uid may keep; 0: no cap");
   num("--max-output-bytes-total", &f.limits.max_output_bytes_total,
       &o.limits.max_output_bytes_total, "unsent bytes of all connections before slow readers go");
   num("--max-connections", &f.limits.max_connections, &o.limits.max_connections,
@@ -506,7 +513,9 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_stored_sessions_per_uid", o.limits.max_stored_sessions_per_uid},
         {"max_messages_per_append", o.limits.max_messages_per_append},
         {"max_inflight_per_uid", o.limits.max_inflight_per_uid},
-        {"max_device_blocks_per_uid", o.limits.max_device_blocks_per_uid}}},
+        {"max_device_blocks_per_uid", o.limits.max_device_blocks_per_uid},
+        {"max_host_blocks_per_uid", o.limits.max_host_blocks_per_uid},
+        {"max_disk_blocks_per_uid", o.limits.max_disk_blocks_per_uid}}},
       {"engine",
        {{"device", o.engine.device},
         {"kv_memory_bytes", o.engine.kv_memory_bytes},

@@ -33,6 +33,8 @@ struct DaemonLimits {
   int32_t max_messages_per_append = 4096;               // messages of one session.append
   int32_t max_inflight_per_uid = 256;                   // generates in flight, all conns
   int32_t max_device_blocks_per_uid = 0;                // device KV blocks held; 0: no cap
+  int32_t max_host_blocks_per_uid = 0;                  // host-tier KV blocks; 0: no cap
+  int32_t max_disk_blocks_per_uid = 0;                  // disk-tier KV blocks; 0: no cap
 };
 
 struct DaemonEngineOptions {

@@ -5,15 +5,15 @@
 namespace kvkeep {
 
 Connection::Connection(Socket socket, PeerCred peer, bool is_admin, const DaemonLimits& limits,
-                       Service* service, DaemonMetrics* metrics, ConnectionLimits* conn_limits,
-                       asio::any_io_executor bulk)
+                       Service* service, DaemonMetrics* metrics,
+                       std::shared_ptr<ConnectionLimits> conn_limits, asio::any_io_executor bulk)
     : Client(peer, is_admin),
       socket_(std::move(socket)),
       strand_(asio::make_strand(socket_.get_executor())),
       limits_(limits),
       service_(service),
       metrics_(metrics),
-      conn_limits_(conn_limits),
+      conn_limits_(std::move(conn_limits)),
       bulk_(std::move(bulk)),
       framer_(static_cast<size_t>(limits.max_line_bytes)),
       linger_timer_(strand_) {

@@ -45,11 +45,15 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   // Lines of this many bytes or more are handled on the bulk executor.
   static constexpr size_t kBulkLineBytes = 64 * 1024;
 
-  // conn_limits outlives the connection; it is told of this connection's unsent bytes.
-  // bulk runs the handling of large lines (a thread pool other than the I/O threads').
+  // conn_limits is told of this connection's unsent bytes; the connection shares it, so
+  // that it may outlive the Server. bulk runs the handling of large lines (a thread pool
+  // other than the I/O threads'). service and metrics outlive every connection's work;
+  // the destructor touches only metrics and conn_limits (the shutdown order in
+  // daemon/daemon.cc: metrics outlive the io_context and the bulk pool, whose queued
+  // handlers may be the last owners of a connection).
   Connection(Socket socket, PeerCred peer, bool is_admin, const DaemonLimits& limits,
-             Service* service, DaemonMetrics* metrics, ConnectionLimits* conn_limits,
-             asio::any_io_executor bulk);
+             Service* service, DaemonMetrics* metrics,
+             std::shared_ptr<ConnectionLimits> conn_limits, asio::any_io_executor bulk);
   ~Connection() override;
 
   // The admission ticket, released when the connection is destroyed.
@@ -89,8 +93,8 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   const DaemonLimits limits_;
   Service* const service_;
   DaemonMetrics* const metrics_;
-  ConnectionLimits* const conn_limits_;
-  std::unique_ptr<ConnectionLimits::Ticket> ticket_;
+  const std::shared_ptr<ConnectionLimits> conn_limits_;
+  std::unique_ptr<ConnectionLimits::Ticket> ticket_;  // after conn_limits_: released first
   const asio::any_io_executor bulk_;
   LineFramer framer_;
   static constexpr int kLingerMs = 20;

@@ -53,8 +53,10 @@ struct Daemon::Impl {
   std::unique_ptr<Server> server;
   std::unique_ptr<OpenAiApi> openai;
   std::unique_ptr<HttpServer> http;
-  // Handles the native socket's large lines (a large append) off the I/O threads; as many
-  // threads as io_threads. Destroyed first: its jobs use the server and the service.
+  // Handles the native socket's large lines (a large append) and the store write of each
+  // generation's reply off the I/O threads; as many threads as io_threads. Run() joins it
+  // once the I/O threads are done; a job queued after that is destroyed unrun with it
+  // (first: its jobs use the service).
   std::unique_ptr<asio::thread_pool> bulk;
   asio::signal_set signals{io};
   asio::steady_timer watchdog{io};
@@ -107,6 +109,8 @@ EngineOptions MakeEngineOptions(const DaemonOptions& options, const std::string&
   eo.prefill_chunk_tokens = e.prefill_chunk_tokens;
   eo.max_running = e.max_running;
   eo.max_device_blocks_per_tenant = options.limits.max_device_blocks_per_uid;  // salt = uid
+  eo.max_host_blocks_per_tenant = options.limits.max_host_blocks_per_uid;
+  eo.max_disk_blocks_per_tenant = options.limits.max_disk_blocks_per_uid;
   eo.num_host_blocks = e.host_blocks;
   eo.disk_bytes = static_cast<int64_t>(e.disk_gib * double(int64_t{1} << 30));
   eo.disk_dir = JoinPath(options.state_dir, "kv");
@@ -229,6 +233,14 @@ Status Daemon::Impl::Assemble() {
       engine.get(), renderer.get(),
       store.get(),  clock,
       &metrics,     [this](std::function<void()> task) { asio::post(io, std::move(task)); }};
+  // A generation's reply is stored on the bulk pool (made before the server accepts).
+  deps.post_store = [this](std::function<void()> task) {
+    if (bulk != nullptr) {
+      asio::post(*bulk, std::move(task));
+    } else {
+      asio::post(io, std::move(task));
+    }
+  };
   deps.episodes = episodes.get();
   if (episodes != nullptr && options.episodes.serve) {  // routed turns decode from caches
     deps.serve_episode = MakeEpisodeServeFn(

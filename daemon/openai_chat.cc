@@ -282,7 +282,7 @@ HttpResponse OpenAiApi::ChatCompletions(const HttpRequest& request) {
   };
   auto waiter = std::make_shared<Waiter>();
   auto on_done = [waiter, trace](Result<json> result) {
-    TraceMark(trace, "generated");  // engine finished, reply stored (an I/O thread)
+    TraceMark(trace, "generated");  // engine finished, reply stored (the bulk pool)
     std::lock_guard<std::mutex> lock(waiter->mu);
     waiter->done = std::move(result);
     waiter->cv.notify_all();

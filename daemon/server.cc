@@ -20,7 +20,8 @@ Server::Server(asio::io_context& io, ServerOptions options, Service* service,
       service_(service),
       metrics_(metrics),
       bulk_(std::move(bulk)),
-      conn_limits_(ConnectionLimits::FromLimits(options_.limits)),
+      conn_limits_(
+          std::make_shared<ConnectionLimits>(ConnectionLimits::FromLimits(options_.limits))),
       acceptor_(io),
       retry_timer_(io) {}
 
@@ -83,12 +84,12 @@ void Server::AcceptNext() {
         auto cred = GetPeerCred(socket.native_handle());
         if (!cred.ok()) {
           spdlog::warn("accept: {}", cred.status().ToString());
-        } else if (auto ticket = conn_limits_.Admit(cred->uid); !ticket.ok()) {
+        } else if (auto ticket = conn_limits_->Admit(cred->uid); !ticket.ok()) {
           Refuse(socket, *cred, ticket.status());
         } else {
           bool admin = IsAdmin(*cred, options_.admin_gid);
           auto conn = std::make_shared<Connection>(std::move(socket), *cred, admin, options_.limits,
-                                                   service_, metrics_, &conn_limits_, bulk_);
+                                                   service_, metrics_, conn_limits_, bulk_);
           conn->SetTicket(std::move(ticket).value());
           spdlog::debug("connection from pid {} uid {} gid {}{}", cred->pid, cred->uid, cred->gid,
                         admin ? " (admin)" : "");

@@ -64,7 +64,10 @@ class Server {
   Service* const service_;
   DaemonMetrics* const metrics_;
   const asio::any_io_executor bulk_;
-  ConnectionLimits conn_limits_;
+  // Shared with every connection: a connection may outlive the server (a handler still
+  // queued on the stopped io_context or the bulk pool owns it) and gives its ticket and
+  // output count back on destruction.
+  const std::shared_ptr<ConnectionLimits> conn_limits_;
   std::atomic<int64_t> num_refused_{0};
   asio::local::stream_protocol::acceptor acceptor_;
   asio::steady_timer retry_timer_;

@@ -188,7 +188,9 @@ Service::Reply Service::Hello(const Ctx& ctx) {
         {"max_stored_sessions_per_uid", l.max_stored_sessions_per_uid},
         {"max_messages_per_append", l.max_messages_per_append},
         {"max_inflight_per_uid", l.max_inflight_per_uid},
-        {"max_device_blocks_per_uid", l.max_device_blocks_per_uid}}},
+        {"max_device_blocks_per_uid", l.max_device_blocks_per_uid},
+        {"max_host_blocks_per_uid", l.max_host_blocks_per_uid},
+        {"max_disk_blocks_per_uid", l.max_disk_blocks_per_uid}}},
       {"stored_bytes", stored_bytes_.Used(ctx.uid())},
   };
 }

@@ -5,9 +5,10 @@
 // Threads: Handle() runs on an I/O thread and answers control verbs synchronously (store
 // writes commit before the reply is queued). session.generate is asynchronous: the
 // engine calls back on its thread; token events are forwarded from there (Client::Send
-// only queues), and the final event is posted through `post` to an I/O thread, which
-// appends the assistant message to the session and the store before the terminal line
-// is sent. So the engine thread never waits on SQLite.
+// only queues), and the final event is posted through `post_store` (the bulk pool, not an
+// I/O thread), which appends the assistant message to the session and the store before
+// the terminal line is sent. So neither the engine thread nor an I/O thread waits on
+// SQLite for a generation's reply (issue 11, defect 10).
 //
 // Thread-safety: all public methods are thread-safe. Locking: see daemon/session.h.
 #pragma once
@@ -57,6 +58,9 @@ struct ServiceDeps {
   DaemonMetrics* metrics = nullptr;
   // Runs a task on an I/O thread (asio::post onto the io_context).
   std::function<void(std::function<void()>)> post;
+  // Runs a task that waits on a store write (a group commit) off the I/O threads: the
+  // daemon's bulk pool. Unset: `post`.
+  std::function<void(std::function<void()>)> post_store;
   // The per-session segment index and episodes (daemon/episode_index.h); null: off
   // (session.query answers unavailable).
   EpisodeIndex* episodes = nullptr;

@@ -31,7 +31,7 @@ class ServiceCall final : public Client, public std::enable_shared_from_this<Ser
   Result<nlohmann::json> Call(protocol::Verb verb, nlohmann::json body);
 
   // Starts session.generate (body without verb/id). on_token gets each token's text (engine
-  // thread); on_done gets the result or the error (an I/O thread). Returns the refusal
+  // thread); on_done gets the result or the error (the bulk pool). Returns the refusal
   // when the service refused before the engine saw it (on_done is then never called).
   Status StartGenerate(nlohmann::json body, std::function<void(const std::string&)> on_token,
                        std::function<void(Result<nlohmann::json>)> on_done);

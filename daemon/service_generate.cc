@@ -156,7 +156,9 @@ Status Service::Generate(const Ctx& ctx) {
       return;
     }
     TraceMark(gen->trace, "engine_done");
-    deps_.post([this, gen, ev] { FinishGeneration(gen, ev); });
+    // Off the I/O threads: the reply's store write may wait on a slow commit.
+    const auto& post = deps_.post_store ? deps_.post_store : deps_.post;
+    post([this, gen, ev] { FinishGeneration(gen, ev); });
   };
   gen->episode = RouteTurnLocked(*s, &req);  // recorded only for a turn that is submitted
   TraceMark(gen->trace, "validate");         // parameters checked, prompt built; next: Submit
@@ -173,7 +175,7 @@ Status Service::Generate(const Ctx& ctx) {
 }
 
 void Service::FinishGeneration(const std::shared_ptr<Generation>& gen, const GenerateEvent& ev) {
-  TraceMark(gen->trace, "post");  // the hop from the engine thread to an I/O thread
+  TraceMark(gen->trace, "post");  // the hop from the engine thread to the bulk pool
   Session& s = *gen->session;
   json result;
   Status error;

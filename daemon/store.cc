@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include "daemon/wal_check.h"
 
@@ -415,7 +416,12 @@ Status Store::TakeFaultLocked() {
   const int64_t n = ++writes_since_fault_;
   if (n < fault_->first_failing) return Status::OK();
   const int code = fault_->sqlite_code;
+  const int64_t delay_ms = fault_->delay_ms;
   if (n + 1 >= fault_->first_failing + fault_->count) fault_.reset();  // the last one
+  if (delay_ms > 0) {  // a slow write, not a failed one
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    return Status::OK();
+  }
   return Status::IOError(std::string("write: ") + sqlite3_errstr(code) + " (injected)");
 }
 

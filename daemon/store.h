@@ -76,14 +76,19 @@ struct StoreOptions {
 // ... (counted from 1 over every mutating call after TEST_InjectFault) fail with the SQLite
 // result code `sqlite_code` (SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR, ...), `count` of them.
 // A failing write runs its statements, then is rolled back as a real failure would be.
+// With delay_ms > 0 those writes do not fail: each takes delay_ms longer (inside its
+// group commit, as a slow fsync would) and then succeeds.
 struct StoreFault {
   int64_t first_failing = 1;
   int64_t count = 1;
   int sqlite_code = 13;  // SQLITE_FULL
+  int64_t delay_ms = 0;
 };
+inline constexpr int64_t kSlowStoreFaultMs = 1000;  // "slow": each write 1 s longer
 
 // TESTING ONLY: parses kvkeepd's --testing-store-fault, "N:CODE[:COUNT]" with CODE one of
-// full, busy, ioerr (SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR) and COUNT 1 by default.
+// full, busy, ioerr (SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR) or slow (kSlowStoreFaultMs
+// more, then success) and COUNT 1 by default.
 // InvalidArgument naming the expected form otherwise.
 Result<StoreFault> ParseStoreFault(std::string_view spec);
 

@@ -10,7 +10,7 @@ namespace kvkeep {
 
 Result<StoreFault> ParseStoreFault(std::string_view spec) {
   const Status bad = Status::InvalidArgument(
-      "--testing-store-fault must be N:full|busy|ioerr[:COUNT] with N, COUNT >= 1, not '" +
+      "--testing-store-fault must be N:full|busy|ioerr|slow[:COUNT] with N, COUNT >= 1, not '" +
       std::string(spec) + "'");
   std::vector<std::string> parts;
   for (size_t start = 0;;) {
@@ -36,6 +36,9 @@ Result<StoreFault> ParseStoreFault(std::string_view spec) {
     fault.sqlite_code = SQLITE_BUSY;
   } else if (parts[1] == "ioerr") {
     fault.sqlite_code = SQLITE_IOERR;
+  } else if (parts[1] == "slow") {
+    fault.sqlite_code = SQLITE_OK;
+    fault.delay_ms = kSlowStoreFaultMs;
   } else {
     return bad;
   }

@@ -33,6 +33,8 @@ BlockPoolOptions PoolOptions(const Backend& backend, const EngineOptions& e,
   o.enable_prefix_caching = PolicyReusesKv(e.policy.name);
   o.num_host_blocks = e.num_host_blocks;
   o.num_disk_blocks = num_disk_blocks;
+  o.max_host_blocks_per_tenant = e.max_host_blocks_per_tenant;
+  o.max_disk_blocks_per_tenant = e.max_disk_blocks_per_tenant;
   return o;
 }
 

@@ -141,6 +141,10 @@ struct EngineOptions {
   // its running ones make room. A request whose bound alone is over it is refused. 0: no
   // cap.
   int32_t max_device_blocks_per_tenant = 0;
+  // Full KV blocks one tenant may keep on the host / disk tier (BlockPoolOptions); past it
+  // its own least recently used blocks there move down, never another tenant's. 0: no cap.
+  int32_t max_host_blocks_per_tenant = 0;
+  int32_t max_disk_blocks_per_tenant = 0;
 };
 
 struct EngineStats {

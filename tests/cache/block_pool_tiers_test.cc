@@ -294,5 +294,47 @@ TEST(BlockPoolTiersTest, DiskOverflowDropsThePolicysVictimSessionWhole) {
   pool.Free(&e);
 }
 
+// Per-tenant caps on the lower tiers: tenant 2's load pushes its own oldest host blocks
+// down (to disk, and from there, at its disk cap, out) and never tenant 1's; the control
+// without the caps shows the same load takes tenant 1's host blocks.
+std::vector<Tier> TenantOneAfterTenantTwosLoad(int32_t host_cap, int32_t disk_cap,
+                                               int32_t* two_on_host, int32_t* two_on_disk) {
+  BlockPool pool({.num_blocks = 4,
+                  .block_size = kBlockSize,
+                  .num_host_blocks = 6,
+                  .num_disk_blocks = 4,
+                  .max_host_blocks_per_tenant = host_cap,
+                  .max_disk_blocks_per_tenant = disk_cap});
+  SimKv kv(4, kBlockSize, 6);
+  auto run = [&](HashScope scope, const std::vector<int32_t>& tokens) {
+    BlockTable t(pool.block_size(), scope);
+    std::vector<int32_t> held;
+    EXPECT_TRUE(Extend(pool, kv, t, held, tokens).ok());
+    std::vector<BlockHash> hashes(t.block_hashes().begin(), t.block_hashes().end());
+    pool.Free(&t);
+    return hashes;
+  };
+  const HashScope one{0x2222, 1}, two{0x2222, 2};
+  const std::vector<BlockHash> mine = run(one, Iota(8));
+  for (int i = 0; i < 6; ++i) run(two, Iota(16, 100 * (i + 1)));
+  run(two, Iota(16, 5000));  // the last of tenant 2's blocks leave the device too
+  kv.RunTransfers(pool);
+  EXPECT_TRUE(pool.TEST_CheckInvariants().ok());
+  const auto& counts = pool.tenant_blocks();
+  *two_on_host = counts.at(2)[static_cast<int>(Tier::kHost)];
+  *two_on_disk = counts.at(2)[static_cast<int>(Tier::kDisk)];
+  return TiersOf(pool, mine);
+}
+
+TEST(BlockPoolTiersTest, ATenantAtItsLowerTierCapsMovesOnlyItsOwnBlocks) {
+  int32_t on_host = 0, on_disk = 0;
+  EXPECT_EQ(TenantOneAfterTenantTwosLoad(/*host_cap=*/3, /*disk_cap=*/2, &on_host, &on_disk),
+            kBothOnHost);
+  EXPECT_EQ(on_host, 3);
+  EXPECT_EQ(on_disk, 2);
+  const std::vector<Tier> control = TenantOneAfterTenantTwosLoad(0, 0, &on_host, &on_disk);
+  EXPECT_NE(control, kBothOnHost) << "without the caps tenant 2's load should move tenant 1's";
+}
+
 }  // namespace
 }  // namespace kvkeep

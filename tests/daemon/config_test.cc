@@ -132,6 +132,28 @@ TEST(ConfigTest, RejectsUnknownKeysWrongTypesAndBadValues) {
   EXPECT_EQ(d.engine.device, "cuda");
 }
 
+// The per-uid host and disk tier caps (issue 11): file keys, flags over them, the range.
+TEST(ConfigTest, LowerTierCapsPerUidFromFileAndFlags) {
+  DaemonOptions o;
+  ASSERT_TRUE(
+      ApplyConfigJson(
+          R"({"limits": {"max_host_blocks_per_uid": 30, "max_disk_blocks_per_uid": 90}})", &o)
+          .ok());
+  EXPECT_EQ(o.limits.max_host_blocks_per_uid, 30);
+  EXPECT_EQ(o.limits.max_disk_blocks_per_uid, 90);
+  DaemonOptions back;
+  ASSERT_TRUE(ApplyConfigJson(DaemonOptionsToJson(o), &back).ok());
+  EXPECT_EQ(back.limits.max_disk_blocks_per_uid, 90);
+  Status st = ApplyConfigJson(R"({"limits": {"max_host_blocks_per_uid": -1}})", &o);
+  EXPECT_NE(st.message().find("limits.max_host_blocks_per_uid"), std::string::npos) << st.message();
+  MapEnv env(std::map<std::string, std::string>{{"HOME", "/home/u"}});
+  auto cl = Parse({"--max-host-blocks-per-uid", "12", "--max-disk-blocks-per-uid", "34"}, &env);
+  ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+  EXPECT_EQ(cl->options.limits.max_host_blocks_per_uid, 12);
+  EXPECT_EQ(cl->options.limits.max_disk_blocks_per_uid, 34);
+  EXPECT_EQ(DaemonOptions().limits.max_host_blocks_per_uid, 0);  // no cap by default
+}
+
 TEST(ConfigTest, ToJsonRoundTrips) {
   DaemonOptions o;
   o.socket_path = "/tmp/x.sock";

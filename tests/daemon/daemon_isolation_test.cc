@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <random>
 
 #include "tests/daemon/daemon_harness.h"
 
@@ -296,6 +297,112 @@ TEST(DaemonIsolationTest, AnotherUidCannotPushRetainedKvOffTheDevicePastItsCap) 
               capped["cached_by_tier"].dump().c_str(), control["cached_by_tier"].dump().c_str());
   EXPECT_LT(control["cached_by_tier"]["device"].get<int64_t>(), 160)
       << "without the cap the other uid's load should have pushed root's KV off: "
+      << control.dump();
+}
+
+// Issue 11, defect 1: host-tier KV blocks per uid (limits.max_host_blocks_per_uid). Root
+// closes a session of 160 tokens (kept: its KV goes back to the cache); uid 65534, held
+// to 20 device blocks, then runs kOtherSessions sessions of distinct tokens, whose blocks
+// leave the device for the host tier (40 slots, no disk tier), and root's with them. With
+// the host cap of 20, uid 65534's own oldest host blocks leave the host as it reaches the
+// cap, so root's blocks stay there and its next turn takes all 160 tokens from the device
+// and the host. Without it (the control), the same load reclaims root's host blocks and
+// they are recomputed from the stored messages.
+constexpr int kHostBlocks = 40;
+constexpr int kHostCapBlocks = 20;
+
+json DistinctTokens(int n, int salt) {
+  std::mt19937 rng(static_cast<uint32_t>(salt) * 7919u + 1u);
+  json t = json::array();
+  for (int k = 0; k < n; ++k) t.push_back(static_cast<int>(rng() % 250) + 3);
+  return t;
+}
+
+std::string OtherUidFillsTheHostTier(const std::string& socket) {
+  std::string failures;
+  LineClient c;
+  if (!c.Connect(socket)) return "could not connect as uid 65534";
+  for (int i = 0; i < kOtherSessions; ++i) {
+    const std::string s = "spill-" + std::to_string(i);
+    c.Terminal({{"id", 1}, {"verb", "session.open"}, {"session", s}});
+    c.Terminal({{"id", 2},
+                {"verb", "session.append"},
+                {"session", s},
+                {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(96, i + 1)}}}}});
+    json g =
+        c.Terminal({{"id", 3}, {"verb", "session.generate"}, {"session", s}, {"max_tokens", 4}});
+    if (!g.contains("result")) failures += "generate " + s + ": " + g.dump() + "\n";
+  }
+  json stats = c.Terminal({{"id", 4}, {"verb", "stats"}})["result"];
+  if (g_capped && stats["kv"]["host_blocks"].get<int64_t>() > kHostCapBlocks) {
+    failures += "keeps over the host cap: " + stats.dump() + "\n";
+  }
+  return failures;
+}
+
+json RootTurnAroundOtherUidsHostLoad(bool capped) {
+  std::vector<std::string> flags = {"--socket-mode",
+                                    "0666",
+                                    "--kv-blocks",
+                                    std::to_string(kPoolBlocks),
+                                    "--host-blocks",
+                                    std::to_string(kHostBlocks),
+                                    "--max-device-blocks-per-uid",
+                                    std::to_string(kCapBlocks)};
+  if (capped)
+    flags.insert(flags.end(), {"--max-host-blocks-per-uid", std::to_string(kHostCapBlocks)});
+  DaemonFixture f(flags);
+  EXPECT_EQ(chmod(f.dir.path().c_str(), 0755), 0);
+  EXPECT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient root(f.daemon.socket_path());
+  EXPECT_EQ(root.Ok({{"id", 1}, {"verb", "hello"}})["limits"]["max_host_blocks_per_uid"],
+            capped ? kHostCapBlocks : 0);
+  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "keep"}});
+  root.Ok({{"id", 2},
+           {"verb", "session.append"},
+           {"session", "keep"},
+           {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(160, 0)}}}}});
+  root.Ok({{"id", 3}, {"verb", "session.generate"}, {"session", "keep"}, {"max_tokens", 4}});
+  root.Ok({{"id", 4}, {"verb", "session.close"}, {"session", "keep"}, {"keep", true}});
+  g_capped = capped;
+  EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidFillsTheHostTier), "");
+  json stats = root.Ok({{"id", 5}, {"verb", "stats"}});
+  const json& kv = stats["kv_by_uid"];
+  EXPECT_GT(stats["tiers"]["demoted_blocks"].get<int64_t>(), kHostBlocks) << stats["tiers"].dump();
+  if (capped) {
+    EXPECT_LE(kv[std::to_string(kOtherUid)]["host_blocks"].get<int64_t>(), kHostCapBlocks)
+        << kv.dump();
+  }
+  root.Ok({{"id", 6}, {"verb", "session.open"}, {"session", "keep"}});
+  root.Ok({{"id", 7},
+           {"verb", "session.append"},
+           {"session", "keep"},
+           {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(8, 99)}}}}});
+  json g =
+      root.Ok({{"id", 8}, {"verb", "session.generate"}, {"session", "keep"}, {"max_tokens", 4}});
+  // Acknowledged messages are never lost: a dropped block is recomputed from them.
+  EXPECT_EQ(g["finish_reason"], "length") << g.dump();
+  EXPECT_GE(g["usage"]["prompt_tokens"].get<int64_t>(), 160 + 4 + 8) << g.dump();
+  return g["usage"];
+}
+
+TEST(DaemonIsolationTest, AnotherUidCannotPushHostTierKvOutPastItsCap) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a client as a second uid (setresuid to 65534)";
+  }
+  auto device_and_host = [](const json& usage) {
+    return usage["cached_by_tier"]["device"].get<int64_t>() +
+           usage["cached_by_tier"]["host"].get<int64_t>();
+  };
+  const json capped = RootTurnAroundOtherUidsHostLoad(/*capped=*/true);
+  EXPECT_GT(capped["cached_by_tier"]["host"].get<int64_t>(), 0)
+      << "root's KV should have left the device for the host: " << capped.dump();
+  EXPECT_GE(device_and_host(capped), 160) << capped.dump();
+  const json control = RootTurnAroundOtherUidsHostLoad(/*capped=*/false);
+  std::printf("root's next turn, cached by tier: with the host cap %s, without %s\n",
+              capped["cached_by_tier"].dump().c_str(), control["cached_by_tier"].dump().c_str());
+  EXPECT_LT(device_and_host(control), 160)
+      << "without the cap the other uid's load should have pushed root's host KV out: "
       << control.dump();
 }
 

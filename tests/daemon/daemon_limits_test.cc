@@ -5,6 +5,7 @@
 #include <memory>
 #include <thread>
 
+#include "daemon/store.h"
 #include "tests/daemon/daemon_harness.h"
 
 namespace kvkeep::testing {
@@ -264,6 +265,161 @@ TEST(DaemonBulkTest, AConnectionsRepliesKeepTheirOrderAroundALargeLine) {
   EXPECT_EQ((*second)["error"]["code"], "line_too_long");
   EXPECT_EQ((*third)["id"], 3);
   EXPECT_EQ((*third)["result"]["num_messages"], 1);
+}
+
+// The HTTP front end (issue 11, defect 9, on the OpenAI port): two 7 MiB
+// /v1/chat/completions bodies from two clients at once must not delay a third client's
+// small requests. libmicrohttpd runs each HTTP connection on a thread of its own
+// (daemon/http_server.h), so a large body's parse, render and store write hold only its
+// own connection's thread, never the threads that answer other clients: the HTTP port
+// needs no bulk pool of its own. GET /v1/models round trips must be answered while the
+// large requests are still being handled.
+std::string HttpRequestText(const std::string& method, const std::string& path,
+                            const std::string& body) {
+  std::string text = method + " " + path + " HTTP/1.1\r\nHost: kvkeep\r\nConnection: close\r\n";
+  if (!body.empty()) {
+    text +=
+        "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  }
+  return text + "\r\n" + body;
+}
+
+// Reads the response until the daemon closes (Connection: close); its status code, or -1.
+int ReadHttpStatus(LineClient& c, int timeout_ms) {
+  std::string response;
+  char buf[65536];
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{c.fd(), POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    const ssize_t n = ::recv(c.fd(), buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    response.append(buf, static_cast<size_t>(n));
+  }
+  if (response.compare(0, 9, "HTTP/1.1 ") != 0) return -1;
+  return std::atoi(response.c_str() + 9);
+}
+
+TEST(DaemonBulkTest, LargeHttpBodiesDoNotHoldOtherHttpClients) {
+  DaemonFixture f;
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  const std::string http_socket = f.dir.File("s-http.sock");
+  using Clock = std::chrono::steady_clock;
+  constexpr int kLarge = 2;
+  const json body = {{"model", "tiny"},
+                     {"max_tokens", 1},
+                     {"messages", {{{"role", "user"}, {"content", std::string(7 << 20, 'x')}}}}};
+  const std::string large = HttpRequestText("POST", "/v1/chat/completions", body.dump());
+  std::vector<std::unique_ptr<LineClient>> clients;
+  for (int i = 0; i < kLarge; ++i) {
+    clients.push_back(std::make_unique<LineClient>(http_socket));
+    ASSERT_TRUE(clients.back()->connected()) << f.daemon.Log();
+  }
+  {
+    LineClient warm(http_socket);
+    ASSERT_TRUE(warm.SendRaw(HttpRequestText("GET", "/v1/models", "")));
+    ASSERT_EQ(ReadHttpStatus(warm, 10000), 200);
+  }
+  std::vector<Clock::time_point> replied(kLarge);
+  std::vector<int> statuses(kLarge, 0);
+  std::atomic<int> sent{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kLarge; ++i) {
+    threads.emplace_back([&, i] {
+      EXPECT_TRUE(clients[i]->SendRaw(large));
+      sent.fetch_add(1);
+      statuses[i] = ReadHttpStatus(*clients[i], 120000);
+      replied[i] = Clock::now();
+    });
+  }
+  while (sent.load() < kLarge) std::this_thread::yield();
+  // Both bodies are in the daemon (a send returns once all but a socket buffer was read).
+  std::vector<Clock::time_point> answers;
+  const auto start = Clock::now();
+  Clock::duration slowest{};
+  while (Clock::now() - start < std::chrono::seconds(20)) {
+    const auto asked = Clock::now();
+    LineClient small(http_socket);
+    ASSERT_TRUE(small.SendRaw(HttpRequestText("GET", "/v1/models", "")));
+    ASSERT_EQ(ReadHttpStatus(small, 30000), 200);
+    answers.push_back(Clock::now());
+    slowest = std::max(slowest, answers.back() - asked);
+    if (answers.size() >= 5 && replied[0] != Clock::time_point() &&
+        replied[1] != Clock::time_point()) {
+      break;
+    }
+  }
+  for (std::thread& t : threads) t.join();
+  // Each is refused after its parse and tokenization: 7 MiB is over the tiny model's context.
+  for (int s : statuses) EXPECT_EQ(s, 400) << "a large request got no (or another) HTTP response";
+  const Clock::time_point first_large = std::min(replied[0], replied[1]);
+  const auto answered_before = std::count_if(answers.begin(), answers.end(),
+                                             [&](Clock::time_point t) { return t < first_large; });
+  using std::chrono::milliseconds;
+  std::printf(
+      "%ld GET /v1/models answered during the large bodies (first large reply after %ld ms, "
+      "status %d), slowest %ld ms\n",
+      static_cast<long>(answered_before),
+      static_cast<long>(std::chrono::duration_cast<milliseconds>(first_large - start).count()),
+      statuses[0], static_cast<long>(std::chrono::duration_cast<milliseconds>(slowest).count()));
+  EXPECT_GE(answered_before, 5)
+      << "small HTTP requests answered while the large bodies were handled; the first large "
+         "reply came after "
+      << std::chrono::duration_cast<milliseconds>(first_large - start).count() << " ms";
+}
+
+// Issue 11, defect 10: a generation's reply is appended to the store (a group commit)
+// before its terminal line, and that write used to run on an I/O thread. With one I/O
+// thread and every store write made 1 s slower (--testing-store-fault 1:slow:N, as a slow
+// fsync), a generate's reply takes over 1 s (it is acknowledged after its commit), and
+// another connection's `hello` round trips in that second must not wait for it. Before
+// the fix the slowest `hello` waited for the write (about 1 s).
+TEST(DaemonBulkTest, AGenerationsSlowReplyWriteDoesNotHoldOtherConnectionsControlVerbs) {
+  DaemonFixture f({"--io-threads", "1", "--testing-store-fault", "1:slow:1000000"});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  using Clock = std::chrono::steady_clock;
+  using std::chrono::milliseconds;
+  LineClient gen(f.daemon.socket_path());
+  gen.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "slow"}});  // 1 s each
+  gen.Ok({{"id", 2},
+          {"verb", "session.append"},
+          {"session", "slow"},
+          {"messages", {{{"role", "user"}, {"content", "hello there"}}}}});
+  LineClient control(f.daemon.socket_path());
+  control.Ok({{"id", 0}, {"verb", "hello"}});
+  const auto asked_generate = Clock::now();
+  ASSERT_TRUE(
+      gen.Send({{"id", 3}, {"verb", "session.generate"}, {"session", "slow"}, {"max_tokens", 2}}));
+  std::atomic<bool> replied{false};
+  Clock::time_point replied_at;
+  std::thread reader([&] {
+    auto reply = gen.ReadJson(60000);
+    replied_at = Clock::now();
+    replied.store(true);
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_TRUE(reply->contains("result")) << reply->dump();
+  });
+  Clock::duration slowest{};
+  int round_trips = 0;
+  for (int id = 1; !replied.load() && Clock::now() - asked_generate < std::chrono::seconds(30);
+       ++id) {
+    const auto asked = Clock::now();
+    control.Ok({{"id", id}, {"verb", "hello"}});
+    slowest = std::max(slowest, Clock::now() - asked);
+    ++round_trips;
+  }
+  reader.join();
+  const auto generate_ms =
+      std::chrono::duration_cast<milliseconds>(replied_at - asked_generate).count();
+  const auto slowest_ms = std::chrono::duration_cast<milliseconds>(slowest).count();
+  std::printf("generate replied after %ld ms; %d hello round trips meanwhile, slowest %ld ms\n",
+              static_cast<long>(generate_ms), round_trips, static_cast<long>(slowest_ms));
+  // The reply waited for its (slow) commit: it is acknowledged only once stored.
+  EXPECT_GE(generate_ms, kSlowStoreFaultMs) << "the reply did not wait for its store write";
+  EXPECT_LT(slowest_ms, kSlowStoreFaultMs / 2)
+      << "a hello waited for the generation's store write on the I/O thread";
+  json info = gen.Ok({{"id", 4}, {"verb", "session.info"}, {"session", "slow"}});
+  EXPECT_EQ(info["num_messages"], 2);  // the reply is stored
 }
 
 }  // namespace
