@@ -139,6 +139,7 @@ Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path,
   daemon::SdNotify("STATUS=calibrating the cost model", env);
   const int64_t max_context = engine->GetStats().blocks_total * options.engine.block_size;
   CalibrationOptions co;
+  co.prefill_chunk_tokens = options.engine.prefill_chunk_tokens;
   co.base.kv_bytes_per_token = tiers.kv_bytes_per_token;
   if (options.engine.host_blocks > 0) {
     co.base.host_to_device_bytes_per_s = tiers.host_to_device_bytes_per_s;

@@ -5,19 +5,19 @@
 namespace kvkeep {
 
 double SimStepSeconds(const CostModel& cost, const ForwardBatch& batch) {
-  double attention_s = 0;
+  int64_t decode_sequences = 0, decode_context_tokens = 0;
+  std::vector<CostModel::PrefillRun> prefills;
   for (int32_t i = 0; i < batch.num_seqs(); ++i) {
-    const double n = batch.q_start[i + 1] - batch.q_start[i];
-    const double kv_len = batch.kv_len[i];
+    const int64_t n = batch.q_start[i + 1] - batch.q_start[i];
+    const int64_t kv_len = batch.kv_len[i];
     if (n == 1 && kv_len > 1) {
-      attention_s += cost.decode_per_context_token_s * kv_len + cost.decode_per_sequence_s;
+      ++decode_sequences;
+      decode_context_tokens += kv_len;
     } else {
-      attention_s += cost.prefill_attention_s * n * (kv_len - n + n / 2);
+      prefills.push_back({n, kv_len - n});
     }
   }
-  const double linear_s =
-      std::max(cost.decode_fixed_s, cost.prefill_per_token_s * batch.num_tokens());
-  return linear_s + attention_s;
+  return cost.StepSeconds(decode_sequences, decode_context_tokens, prefills);
 }
 
 Result<std::unique_ptr<SimBackend>> SimBackend::Create(const SimBackendOptions& options) {

@@ -3,17 +3,17 @@
 // in simulated time. bench/policy_bench uses it with teacher-forced turns, where the
 // logits are never read: Forward returns zero logits.
 //
-// Step price (seconds), for a ForwardBatch whose sequence i computes n_i tokens after
-// c_i = kv_len_i - n_i already in the pool:
-//   linear     = max(decode_fixed_s, prefill_per_token_s * sum_i n_i)
-//                (the weights are read once per step; a large batch is compute-bound)
-//   attention  = sum over runs with n_i > 1 of prefill_attention_s * n_i * (c_i + n_i / 2)
-//              + sum over runs with n_i == 1 of (decode_per_context_token_s * kv_len_i
-//                                               + decode_per_sequence_s)
-//   step_s     = linear + attention
-// So a decode-only step of B runs costs CostModel::DecodeStepSeconds(sum kv_len, B), and the chunks
-// of a prefill sum to CostModel::PrefillSeconds of the whole run (when every chunk has
-// prefill_per_token_s * n >= decode_fixed_s, i.e. n >= 260 tokens for the 8B H100 fit).
+// Step price (seconds): CostModel::StepSeconds (policy/cost_model.h) of the batch's
+// decoding runs (n_i == 1 after existing KV: B sequences reading sum kv_len_i tokens) and
+// its prefill runs (n_i tokens after c_i = kv_len_i - n_i in the pool):
+//   max(decode_fixed_s, prefill_per_token_s * tokens)   (weights read once per step; a
+//                                                        large batch is compute-bound)
+//   + the prefill runs' attention (prefill_attention_s * n_i * (c_i + n_i / 2))
+//   + the decodes' KV reads and per-sequence work (with the mixed-step extra per KV token
+//     when the step also carries a prefill run)
+// So a decode-only step of B runs costs CostModel::DecodeStepSeconds(sum kv_len, B), and the
+// chunks of a prefill sum to CostModel::PrefillSeconds of the whole run (when every chunk
+// has prefill_per_token_s * n >= decode_fixed_s, i.e. n >= 260 tokens for the 8B H100 fit).
 // Swaps between the device and the host tier cost blocks * block_bytes / host_bytes_per_s
 // each way; copy-on-write copies are free.
 //
