@@ -28,6 +28,7 @@
 #include "engine/gguf_file.h"
 #include "engine/model_identity.h"
 #include "engine/model_weights.h"
+#include "engine/sim_backend.h"
 #include "engine/synthetic_model.h"
 
 namespace kvkeep {
@@ -194,8 +195,11 @@ Status Daemon::Impl::Assemble() {
   }
   eo.policy.cost_model = cost_model;
   ASSIGN_OR_RETURN(eo.tool_samples, store->ToolSamples(options.ttl.window_samples));
-  ASSIGN_OR_RETURN(auto backend,
-                   CreateBackendForDevice(options.engine.device, *weights, eo.backend));
+  ASSIGN_OR_RETURN(
+      auto backend,
+      options.testing_sim_cost_model.empty()
+          ? CreateBackendForDevice(options.engine.device, *weights, eo.backend)
+          : CreatePacedSimBackend(env, config, eo.backend, options.testing_sim_cost_model));
   const KvPoolShape shape = backend->kv_shape();
   TierBandwidths tiers;
   if (options.ttl.calibrate) {  // before the engine owns the pool: the probe overwrites it

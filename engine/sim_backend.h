@@ -21,14 +21,20 @@
 // AllocateHostTier allocates nothing, so an 80 GB pool costs only the engine's
 // bookkeeping. There is therefore no disk tier (the disk worker reads host slots).
 //
+// Paced (SimBackendOptions::spend set, kvkeepd --testing-sim-cost-model): each Forward
+// hands the price of the step and of the swaps since the last one to `spend`, which sleeps
+// it on the engine thread, so a real daemon serves in real time as the simulator prices it.
+//
 // Thread-safety: owned and called by the engine thread; TakeElapsedSeconds and counters()
 // are called by the same thread between steps (the simulator drives steps inline).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "base/file.h"
 #include "engine/backend.h"
 #include "policy/cost_model.h"
 
@@ -41,6 +47,9 @@ struct SimBackendOptions {
   int64_t kv_bytes_per_token = 0;  // prices swaps; block_bytes() = this * block_size
   CostModel cost;                  // prices forward steps
   double host_bytes_per_s = 0;     // device <-> host bandwidth; 0: swaps are free
+  // Paced: called with the seconds of every step (and the swaps before it) instead of
+  // accumulating them for TakeElapsedSeconds. Empty: not paced.
+  std::function<void(double seconds)> spend;
 };
 
 // What the backend has priced so far (cumulative).
@@ -57,6 +66,14 @@ struct SimBackendCounters {
 
 // The price of one step (seconds), as above. Exposed for tests.
 double SimStepSeconds(const CostModel& cost, const ForwardBatch& batch);
+
+// A paced SimBackend for kvkeepd --testing-sim-cost-model: the model's config, the pool of
+// options.num_kv_blocks (or options.kv_memory_bytes / block bytes) blocks, priced by the
+// cost model file (its kv_bytes_per_token sizes blocks, its host bandwidth the swaps),
+// each price slept. The cost model's error (a bad or missing file) is returned.
+Result<std::unique_ptr<Backend>> CreatePacedSimBackend(Env* env, const ModelConfig& config,
+                                                       const BackendOptions& options,
+                                                       const std::string& cost_model_path);
 
 class SimBackend final : public Backend {
  public:

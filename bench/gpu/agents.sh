@@ -66,6 +66,10 @@
 #   AGENTS_MAX_CALL_S / AGENTS_STRADDLE_S: keep only the sessions whose first AGENTS_TURNS
 #   turns have every tool call at most / at least one call over this many seconds.
 #   AGENTS_SIM_SLACK (1.3): a run is started only if slack x its simulated wall + a start fits.
+#   AGENTS_SIM_COST_MODEL=FILE (a cost_model.json): every daemon runs over the simulator's
+#   backend priced by FILE in real time (kvkeepd --testing-sim-cost-model; no GPU, no
+#   weights read), and FILE is the cost model instead of a calibration: the real daemon
+#   and replayer against bench/policy_bench on the same pricing (docs/policy.md).
 set -uo pipefail
 BIN=$(cd "$1" && pwd)
 TRACE=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
@@ -131,9 +135,11 @@ python3 "$ROOT/bench/gpu/agents_report.py" estimate "$TRACE" --loads $LOADS --tu
   --start-s "$START_S" --time-scale "$SCALE" --budget-s "$BUDGET_S"
 
 [ -f "$MODEL/config.json" ] || "$KVKEEP" make-model --preset "$PRESET" --seed 1 --out "$MODEL" || exit 1
+SIM_COST=${AGENTS_SIM_COST_MODEL:+$(cd "$(dirname "$AGENTS_SIM_COST_MODEL")" && pwd)/$(basename "$AGENTS_SIM_COST_MODEL")}
 DAEMON_ARGS=(--model "$MODEL" --device "$DEVICE" --num-kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS"
              --max-sessions-per-uid 4096 --max-connections-per-uid 4096 --log-level info
-             ${MAX_TOKENS:+--max-tokens "$MAX_TOKENS"} ${AGENTS_DAEMON_ARGS:-})
+             ${MAX_TOKENS:+--max-tokens "$MAX_TOKENS"} ${SIM_COST:+--testing-sim-cost-model "$SIM_COST"}
+             ${AGENTS_DAEMON_ARGS:-})
 
 # start_daemon DIR POLICY [extra flags]: kvkeepd in the background, its socket DIR/s.sock;
 # the calibrated cost model (and with SEEDED_DB, the seeded store) copied in first.
@@ -202,11 +208,17 @@ report() {
 }
 T0=$(date +%s)
 
-echo "=== calibrating the cost model on $DEVICE"
-start_daemon "$WORK/calibrate" lru --calibrate-cost-model || exit 1
-stop_daemon
-cp "$WORK/calibrate/state/cost_model.json" "$WORK/cost_model.json"
-grep -i -A16 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -16
+if [ -n "$SIM_COST" ]; then
+  echo "=== the simulator's backend in real time, priced by $SIM_COST (no calibration)"
+  cp "$SIM_COST" "$WORK/cost_model.json"
+  DEVICE=sim
+else
+  echo "=== calibrating the cost model on $DEVICE"
+  start_daemon "$WORK/calibrate" lru --calibrate-cost-model || exit 1
+  stop_daemon
+  cp "$WORK/calibrate/state/cost_model.json" "$WORK/cost_model.json"
+  grep -i -A24 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -24
+fi
 if [ "$DEVICE" = cuda ]; then
   # The calibration times host -> device with WriteBlock, block by block: on CUDA a lower
   # bound (5.8 GB/s on the H100), where promotions go through the batched pinned SwapIn

@@ -12,6 +12,7 @@
 #include "base/clock.h"
 #include "engine/cost_calibration.h"
 #include "engine/sim_backend.h"
+#include "tests/testlib/test_util.h"
 
 namespace kvkeep {
 namespace {
@@ -216,6 +217,54 @@ TEST(CostCalibration, ASmallPoolStillCalibrates) {
     }
   }
   EXPECT_NEAR(fit->model.decode_fixed_s / truth.decode_fixed_s, 1.0, 0.05);
+}
+
+// kvkeepd --testing-sim-cost-model: each step's price (and the swaps before it) goes to
+// `spend` (the daemon sleeps it) instead of accumulating; a bad cost model file is refused.
+TEST(PacedSimBackend, SpendsEachStepsPrice) {
+  const CostModel truth = Truth();
+  std::vector<double> spent;
+  SimBackendOptions b;
+  b.config.vocab_size = 64;
+  b.num_kv_blocks = 64;
+  b.kv_bytes_per_token = truth.kv_bytes_per_token;
+  b.cost = truth;
+  b.host_bytes_per_s = 50e9;
+  b.spend = [&spent](double s) { spent.push_back(s); };
+  auto sim = SimBackend::Create(b);
+  ASSERT_TRUE(sim.ok());
+  ASSERT_TRUE((*sim)->AllocateHostTier(8).ok());
+  const std::pair<int32_t, int32_t> out[] = {{0, 0}, {1, 1}};
+  ASSERT_TRUE((*sim)->SwapOut(out).ok());
+  ForwardBatch batch;
+  batch.token_ids = {1, 2, 3};
+  batch.q_start = {0, 1, 3};
+  batch.kv_len = {40, 2};
+  batch.logit_rows = {0, 2};
+  std::vector<float> logits;
+  ASSERT_TRUE((*sim)->Forward(batch, &logits).ok());
+  ASSERT_EQ(spent.size(), 1u);
+  const double swap_s = 2.0 * (*sim)->block_bytes() / 50e9;
+  EXPECT_NEAR(spent[0], SimStepSeconds(truth, batch) + swap_s, 1e-12);
+  EXPECT_EQ((*sim)->TakeElapsedSeconds(), 0.0);
+
+  testing::TempDir dir;
+  ModelConfig config = b.config;
+  BackendOptions options;
+  options.num_kv_blocks = 32;
+  auto missing = CreatePacedSimBackend(DefaultEnv(), config, options, dir.File("none.json"));
+  EXPECT_FALSE(missing.ok());
+  CostModel no_kv = truth;
+  no_kv.kv_bytes_per_token = 0;
+  ASSERT_TRUE(SaveCostModel(DefaultEnv(), dir.File("c.json"), no_kv).ok());
+  EXPECT_TRUE(CreatePacedSimBackend(DefaultEnv(), config, options, dir.File("c.json"))
+                  .status()
+                  .IsInvalidArgument());
+  ASSERT_TRUE(SaveCostModel(DefaultEnv(), dir.File("c.json"), truth).ok());
+  auto paced = CreatePacedSimBackend(DefaultEnv(), config, options, dir.File("c.json"));
+  ASSERT_TRUE(paced.ok()) << paced.status().ToString();
+  EXPECT_EQ((*paced)->kv_shape().num_blocks, 32);
+  EXPECT_EQ((*paced)->name(), "sim");
 }
 
 }  // namespace
