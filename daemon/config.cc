@@ -457,6 +457,8 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       "how long a routed turn waits for its history to be indexed, ms");
   str("--testing-store-fault", &f.testing_store_fault, &o.testing_store_fault,
       "TESTING ONLY: N:full|busy|ioerr[:COUNT], fail the store's Nth write");
+  str("--testing-sim-cost-model", &f.testing_sim_cost_model, &o.testing_sim_cost_model,
+      "TESTING ONLY: run over the simulator backend priced by this cost model, in real time");
   str("--testing-scripted-replies", &f.http.testing_scripted_replies,
       &o.http.testing_scripted_replies, "TESTING ONLY: JSON array of forced assistant replies");
 

@@ -119,6 +119,11 @@ struct DaemonOptions {
   // Nth mutating write after start, and the COUNT-1 after it, fail with CODE (full, busy or
   // ioerr): docs/reliability.md, "Injected faults". Empty (the default): no fault.
   std::string testing_store_fault;
+  // TESTING ONLY (--testing-sim-cost-model FILE, no configuration key): the engine runs over
+  // engine/sim_backend.h, each step sleeping the price this cost_model.json gives it (the
+  // simulator's pricing in real time, for comparing a real daemon with bench/policy_bench);
+  // engine.device is ignored. Empty (the default): the real backend.
+  std::string testing_sim_cost_model;
 
   std::string DatabasePath() const { return JoinPath(state_dir, "kvkeep.db"); }
   std::string DefaultModelDir() const { return JoinPath(state_dir, "models/tiny"); }

@@ -28,6 +28,7 @@
 #include "engine/gguf_file.h"
 #include "engine/model_identity.h"
 #include "engine/model_weights.h"
+#include "engine/sim_backend.h"
 #include "engine/synthetic_model.h"
 
 namespace kvkeep {
@@ -143,6 +144,7 @@ Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path,
   daemon::SdNotify("STATUS=calibrating the cost model", env);
   const int64_t max_context = engine->GetStats().blocks_total * options.engine.block_size;
   CalibrationOptions co;
+  co.prefill_chunk_tokens = options.engine.prefill_chunk_tokens;
   co.base.kv_bytes_per_token = tiers.kv_bytes_per_token;
   if (options.engine.host_blocks > 0) {
     co.base.host_to_device_bytes_per_s = tiers.host_to_device_bytes_per_s;
@@ -197,8 +199,11 @@ Status Daemon::Impl::Assemble() {
   }
   eo.policy.cost_model = cost_model;
   ASSIGN_OR_RETURN(eo.tool_samples, store->ToolSamples(options.ttl.window_samples));
-  ASSIGN_OR_RETURN(auto backend,
-                   CreateBackendForDevice(options.engine.device, *weights, eo.backend));
+  ASSIGN_OR_RETURN(
+      auto backend,
+      options.testing_sim_cost_model.empty()
+          ? CreateBackendForDevice(options.engine.device, *weights, eo.backend)
+          : CreatePacedSimBackend(env, config, eo.backend, options.testing_sim_cost_model));
   const KvPoolShape shape = backend->kv_shape();
   TierBandwidths tiers;
   if (options.ttl.calibrate) {  // before the engine owns the pool: the probe overwrites it

@@ -16,17 +16,18 @@ struct Finished {
   FinishReason reason = FinishReason::kNone;
 };
 
-// Submits the prompts together, runs them to completion and returns their usages in order.
+// Submits the prompts together (prompt i generating max_tokens[i] tokens), runs them to
+// completion and returns their usages in order.
 Result<std::vector<Usage>> RunBatch(Engine* engine, RequestId* next_id,
                                     const std::vector<std::vector<int32_t>>& prompts,
-                                    int32_t max_tokens, uint64_t salt) {
+                                    const std::vector<int32_t>& max_tokens, uint64_t salt) {
   std::vector<Finished> done(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerateRequest r;
     r.id = (*next_id)++;
     r.cache_salt = salt;
     r.prompt = prompts[i];
-    r.stop.max_tokens = max_tokens;
+    r.stop.max_tokens = max_tokens[i];
     r.stop.use_model_eos = false;
     r.on_event = [&done, i](const GenerateEvent& ev) {
       if (ev.kind == GenerateEvent::Kind::kFinished) done[i] = {ev.usage, ev.finish_reason};
@@ -42,12 +43,115 @@ Result<std::vector<Usage>> RunBatch(Engine* engine, RequestId* next_id,
   }
   return usages;
 }
+Result<std::vector<Usage>> RunBatch(Engine* engine, RequestId* next_id,
+                                    const std::vector<std::vector<int32_t>>& prompts,
+                                    int32_t max_tokens, uint64_t salt) {
+  return RunBatch(engine, next_id, prompts, std::vector<int32_t>(prompts.size(), max_tokens), salt);
+}
 
 // Seconds a batch took on the engine's clock: submission to its last token.
 double BatchSeconds(const std::vector<Usage>& usages) {
   double ms = 0;
   for (const Usage& u : usages) ms = std::max(ms, u.ttft_ms + u.decode_ms);
   return ms / 1000.0;
+}
+
+using TokenSource = std::function<std::vector<int32_t>(int64_t)>;
+
+std::vector<int32_t> Concat(std::vector<int32_t> head, const std::vector<int32_t>& tail) {
+  head.insert(head.end(), tail.begin(), tail.end());
+  return head;
+}
+
+TimingSample PrefillSample(const Usage& u, const char* note) {
+  TimingSample s;
+  s.kind = TimingSample::Kind::kPrefill;
+  s.new_tokens = u.recomputed_tokens;
+  s.cached_tokens = u.cached_tokens;
+  s.seconds = u.ttft_ms / 1000.0;
+  s.note = note;
+  return s;
+}
+
+// Prefills over long cached prefixes: `prompt` is prefilled up to each length in
+// options.context_prefix_tokens (<= its size) in turn (each a prefill after the previous
+// prefix, itself a sample), and after each, prefills of 256 and 1,024 new tokens (fresh
+// tails) are timed over it. A longer prefix is skipped once these took more than
+// options.max_context_seconds on the engine's clock (a slow device). *longest: the
+// longest prefix timed (0: none).
+Status SampleContextPrefill(Engine* engine, RequestId* id, const std::vector<int32_t>& prompt,
+                            const CalibrationOptions& options, const TokenSource& tokens,
+                            uint64_t salt, std::vector<TimingSample>* samples, int64_t* longest) {
+  double spent_s = 0;
+  *longest = 0;
+  for (int64_t c : options.context_prefix_tokens) {
+    c = c / kAlignTokens * kAlignTokens;
+    if (c < kAlignTokens || c > static_cast<int64_t>(prompt.size())) continue;
+    if (spent_s > options.max_context_seconds) {
+      spdlog::warn(
+          "calibration: prefills over cached prefixes timed only up to {} tokens "
+          "(they took {:.1f} s)",
+          *longest, spent_s);
+      break;
+    }
+    const std::vector<int32_t> prefix(prompt.begin(), prompt.begin() + c);
+    ASSIGN_OR_RETURN(std::vector<Usage> grow, RunBatch(engine, id, {prefix}, 1, salt));
+    if (grow[0].recomputed_tokens > 0) {
+      samples->push_back(PrefillSample(grow[0], "calibration prefill (prefix grown)"));
+    }
+    spent_s += BatchSeconds(grow);
+    for (int64_t n : {256, 1024}) {
+      ASSIGN_OR_RETURN(std::vector<Usage> u,
+                       RunBatch(engine, id, {Concat(prefix, tokens(n))}, 1, salt));
+      samples->push_back(PrefillSample(u[0], "calibration prefill over a cached prefix"));
+      spent_s += BatchSeconds(u);
+    }
+    *longest = c;
+  }
+  return Status::OK();
+}
+
+// One mixed sample: the decode prompts (cached: their prefixes hit) decode
+// options.decode_tokens tokens beside a prefill of `prefix` (cached) plus enough fresh
+// tokens that a chunk runs in every one of their steps. Each timed step is `decodes`
+// decodes plus one chunk of options.prefill_chunk_tokens.
+Status SampleMixedStep(Engine* engine, RequestId* id,
+                       const std::vector<std::vector<int32_t>>& decodes,
+                       const std::vector<int32_t>& prefix, const CalibrationOptions& options,
+                       const TokenSource& tokens, uint64_t salt,
+                       std::vector<TimingSample>* samples) {
+  const int32_t steps = std::max(1, options.decode_tokens - 1);
+  const int64_t chunk = std::max(1, options.prefill_chunk_tokens);
+  std::vector<std::vector<int32_t>> prompts = decodes;
+  prompts.push_back(Concat(prefix, tokens(chunk * (options.decode_tokens + 3))));
+  std::vector<int32_t> max_tokens(decodes.size(), options.decode_tokens);
+  max_tokens.push_back(1);
+  ASSIGN_OR_RETURN(std::vector<Usage> u, RunBatch(engine, id, prompts, max_tokens, salt));
+  double decode_ms = 0, first_ms = u[0].ttft_ms, last_ms = u[0].ttft_ms;
+  int64_t context = 0;
+  for (size_t i = 0; i < decodes.size(); ++i) {
+    decode_ms += u[i].decode_ms / static_cast<double>(decodes.size());
+    first_ms = std::min(first_ms, u[i].ttft_ms);
+    last_ms = std::max(last_ms, u[i].ttft_ms);
+    context += static_cast<int64_t>(decodes[i].size()) + options.decode_tokens / 2;
+  }
+  const Usage& prefill = u.back();
+  const double step_ms = decode_ms / steps;
+  // The decodes must start together and the prefill outlast them (a chunk in every step).
+  if (last_ms - first_ms > 0.5 * step_ms || prefill.ttft_ms < last_ms + decode_ms) {
+    spdlog::warn("calibration: the mixed-step sample did not run as planned: not used");
+    return Status::OK();
+  }
+  TimingSample s;
+  s.kind = TimingSample::Kind::kMixedStep;
+  s.sequences = static_cast<int64_t>(decodes.size());
+  s.context_tokens = context;
+  s.new_tokens = chunk;
+  s.cached_tokens = prefill.cached_tokens + chunk * (1 + steps / 2);  // mid-sample chunk
+  s.seconds = step_ms / 1000.0;
+  s.note = "calibration mixed step";
+  samples->push_back(s);
+  return Status::OK();
 }
 
 // Decode samples, in two rounds: prefixes of len/8, then of len tokens, of `batch` random
@@ -58,12 +162,11 @@ double BatchSeconds(const std::vector<Usage>& usages) {
 // is one step of B sequences reading B * (L + decode_tokens / 2) KV tokens on average.
 // Each batch first runs 2 untimed decode steps. The second round is skipped when the
 // first took more than options.max_decode_seconds on the engine's clock (a slow device).
-Status SampleDecode(Engine* engine, RequestId* id, int64_t len, int32_t batch,
-                    const CalibrationOptions& options,
-                    const std::function<std::vector<int32_t>(int64_t)>& tokens, uint64_t salt,
+Status SampleDecode(Engine* engine, RequestId* id, const std::vector<std::vector<int32_t>>& prompts,
+                    const CalibrationOptions& options, uint64_t salt,
                     std::vector<TimingSample>* samples) {
-  std::vector<std::vector<int32_t>> prompts;
-  for (int32_t b = 0; b < batch; ++b) prompts.push_back(tokens(len));
+  const int32_t batch = static_cast<int32_t>(prompts.size());
+  const int64_t len = static_cast<int64_t>(prompts[0].size());
   auto prefixes = [&](int32_t from, int32_t to, int64_t l) {
     std::vector<std::vector<int32_t>> out;
     for (int32_t i = from; i < to; ++i)
@@ -86,13 +189,7 @@ Status SampleDecode(Engine* engine, RequestId* id, int64_t len, int32_t batch,
     }
     ASSIGN_OR_RETURN(std::vector<Usage> first, RunBatch(engine, id, prefixes(0, 1, l), 1, salt));
     if (l == len && first[0].recomputed_tokens > 0) {  // a long prefill: the attention term
-      TimingSample s;
-      s.kind = TimingSample::Kind::kPrefill;
-      s.new_tokens = first[0].recomputed_tokens;
-      s.cached_tokens = first[0].cached_tokens;
-      s.seconds = first[0].ttft_ms / 1000.0;
-      s.note = "calibration prefill (decode warm-up)";
-      samples->push_back(s);
+      samples->push_back(PrefillSample(first[0], "calibration prefill (decode warm-up)"));
     }
     spent_s += BatchSeconds(first);
     if (batch > 1) {
@@ -156,24 +253,43 @@ Result<CostFit> CalibrateCostModel(Engine* engine, int64_t max_context_tokens,
   const uint64_t salt = 0xC0575EEDull;  // no tenant's salt: calibration KV is never shared
   std::vector<TimingSample> samples;
   RequestId id = 1;
+  // An untimed first prefill pays the one-off costs (kernel loads, library handles) that
+  // made the first timed one 10x slow on the H100.
+  RETURN_IF_ERROR(RunBatch(engine, &id, {tokens(largest / 4)}, 1, salt).status());
   // Not shorter than L/4: a step of fewer tokens costs a whole weight read (about 260
   // tokens' worth on the 8B H100 fit), which the linear prefill model does not have.
   for (int64_t n : {largest / 4, largest}) {
     ASSIGN_OR_RETURN(std::vector<Usage> u, RunBatch(engine, &id, {tokens(n)}, 1, salt));
-    TimingSample s;
-    s.kind = TimingSample::Kind::kPrefill;
-    s.new_tokens = n;
-    s.seconds = u[0].ttft_ms / 1000.0;
-    s.note = "calibration prefill";
-    samples.push_back(s);
+    samples.push_back(PrefillSample(u[0], "calibration prefill"));
   }
+  // The long prompt the prefixes grow through, leaving room for the largest tail (and for
+  // the mixed sample's tail, chunks for every decode step).
+  const int64_t tail =
+      std::max<int64_t>(1024, int64_t{options.prefill_chunk_tokens} * (options.decode_tokens + 3));
+  int64_t longest = 0;
+  for (int64_t c : options.context_prefix_tokens) {
+    if (c + tail <= max_len) longest = std::max(longest, c);
+  }
+  const std::vector<int32_t> long_prompt = tokens(longest);
+  int64_t mixed_prefix = 0;
+  RETURN_IF_ERROR(SampleContextPrefill(engine, &id, long_prompt, options, tokens, salt, &samples,
+                                       &mixed_prefix));
   const int64_t budget = std::max<int64_t>(
       kAlignTokens, std::min(options.max_decode_context_tokens, max_context_tokens / 2));
   const int32_t batch = static_cast<int32_t>(
       std::clamp<int64_t>(options.max_decode_batch, 1, std::max<int64_t>(1, budget / 64)));
   const int64_t len = std::max<int64_t>(
       kAlignTokens, std::min(budget / batch, max_len) / kAlignTokens * kAlignTokens);
-  RETURN_IF_ERROR(SampleDecode(engine, &id, len, batch, options, tokens, salt, &samples));
+  std::vector<std::vector<int32_t>> decode_prompts;
+  for (int32_t b = 0; b < batch; ++b) decode_prompts.push_back(tokens(len));
+  RETURN_IF_ERROR(SampleDecode(engine, &id, decode_prompts, options, salt, &samples));
+  // The mixed step: the longest round's prompts decoding beside chunks after the longest
+  // prefix timed above (both still cached, unless the pool is small: then recomputed).
+  if (mixed_prefix > 0 && mixed_prefix + len * batch + tail <= max_context_tokens) {
+    const std::vector<int32_t> prefix(long_prompt.begin(), long_prompt.begin() + mixed_prefix);
+    RETURN_IF_ERROR(
+        SampleMixedStep(engine, &id, decode_prompts, prefix, options, tokens, salt, &samples));
+  }
   CostModel base = options.base;
   base.source = "calibrated at start-up";
   return FitCostModel(samples, base);

@@ -2,15 +2,19 @@
 // and fits the TTL policy's CostModel to them (policy/cost_model.h, docs/policy.md "The
 // cost model"). Decode is timed at several batch sizes and context lengths, so the fit
 // has a per-context-token (and per-sequence) term: a step reading 100k KV tokens of the
-// 8B shape costs about twice one reading 1k. Run once at start-up on request (kvkeepd
-// --calibrate-cost-model), before the engine thread starts; the daemon saves the fit in the state
-// directory.
+// 8B shape costs about twice one reading 1k. Prefills of 256 and 1,024 new tokens are
+// timed over cached prefixes of up to 32k tokens (the shape of a turn after a cache hit),
+// and one decode batch is timed beside a prefill chunk (a mixed step), so the fit prices
+// the chunks and mixed steps a serving engine runs. Run once at start-up on request
+// (kvkeepd --calibrate-cost-model), before the engine thread starts; the daemon saves the
+// fit in the state directory.
 //
 // Thread-safety: drives the engine with RunUntilIdle, so the engine must not be started.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "base/clock.h"
 #include "base/file.h"
@@ -35,6 +39,14 @@ struct CalibrationOptions {
   // The prefixes of L tokens are timed only if those of L/8 took at most this long (on
   // the engine's clock): a slow device (a loaded CPU) keeps its start-up short.
   double max_decode_seconds = 2;
+  // Prefills of 256 and 1,024 new tokens after cached prefixes of these lengths (clamped
+  // to the pool), one prompt grown through them; a longer prefix is timed only while the
+  // ones before took at most max_context_seconds. Empty: none.
+  std::vector<int64_t> context_prefix_tokens = {4096, 16384, 32768};
+  double max_context_seconds = 4;
+  // The engine's EngineOptions::prefill_chunk_tokens (the mixed-step sample runs one
+  // chunk beside each decode step).
+  int32_t prefill_chunk_tokens = 256;
   // Bandwidths and kv_bytes_per_token kept in the fit (MeasureTierBandwidths).
   CostModel base;
 };

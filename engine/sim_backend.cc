@@ -1,23 +1,27 @@
 #include "engine/sim_backend.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 namespace kvkeep {
 
 double SimStepSeconds(const CostModel& cost, const ForwardBatch& batch) {
-  double attention_s = 0;
+  int64_t decode_sequences = 0, decode_context_tokens = 0;
+  std::vector<CostModel::PrefillRun> prefills;
   for (int32_t i = 0; i < batch.num_seqs(); ++i) {
-    const double n = batch.q_start[i + 1] - batch.q_start[i];
-    const double kv_len = batch.kv_len[i];
+    const int64_t n = batch.q_start[i + 1] - batch.q_start[i];
+    const int64_t kv_len = batch.kv_len[i];
     if (n == 1 && kv_len > 1) {
-      attention_s += cost.decode_per_context_token_s * kv_len + cost.decode_per_sequence_s;
+      ++decode_sequences;
+      decode_context_tokens += kv_len;
     } else {
-      attention_s += cost.prefill_attention_s * n * (kv_len - n + n / 2);
+      prefills.push_back({n, kv_len - n});
     }
   }
-  const double linear_s =
-      std::max(cost.decode_fixed_s, cost.prefill_per_token_s * batch.num_tokens());
-  return linear_s + attention_s;
+  return cost.StepSeconds(decode_sequences, decode_context_tokens, prefills);
 }
 
 Result<std::unique_ptr<SimBackend>> SimBackend::Create(const SimBackendOptions& options) {
@@ -59,6 +63,7 @@ Status SimBackend::Forward(const ForwardBatch& batch, std::vector<float>* logits
   pending_s_ += step_s;
   counters_.busy_s += step_s;
   ++counters_.steps;
+  if (options_.spend) options_.spend(TakeElapsedSeconds());
   counters_.sampled_rows += static_cast<int64_t>(batch.logit_rows.size());
   logits->assign(batch.logit_rows.size() * static_cast<size_t>(options_.config.vocab_size), 0.0f);
   return Status::OK();
@@ -114,6 +119,35 @@ Result<TransferFence> SimBackend::SwapIn(std::span<const std::pair<int32_t, int3
   counters_.busy_s += s;
   counters_.swapped_in_blocks += static_cast<int64_t>(host_device.size());
   return TransferFence{};
+}
+
+Result<std::unique_ptr<Backend>> CreatePacedSimBackend(Env* env, const ModelConfig& config,
+                                                       const BackendOptions& options,
+                                                       const std::string& cost_model_path) {
+  ASSIGN_OR_RETURN(CostModel cost, LoadCostModel(env, cost_model_path));
+  if (cost.kv_bytes_per_token < 1) {
+    return Status::InvalidArgument(cost_model_path + ": no kv_bytes_per_token");
+  }
+  SimBackendOptions o;
+  o.config = config;
+  o.block_size = options.block_size;
+  o.kv_bytes_per_token = cost.kv_bytes_per_token;
+  const int64_t block_bytes = cost.kv_bytes_per_token * std::max(options.block_size, 1);
+  o.num_kv_blocks = options.num_kv_blocks > 0
+                        ? options.num_kv_blocks
+                        : static_cast<int32_t>(static_cast<int64_t>(options.kv_memory_bytes) /
+                                               std::max<int64_t>(block_bytes, 1));
+  o.cost = cost;
+  o.host_bytes_per_s = cost.host_to_device_bytes_per_s;
+  o.spend = [](double seconds) {
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  };
+  spdlog::warn(
+      "TESTING: the engine runs over the simulator backend priced by {} ({}), in real "
+      "time: {} KV blocks",
+      cost_model_path, cost.source, o.num_kv_blocks);
+  ASSIGN_OR_RETURN(std::unique_ptr<SimBackend> sim, SimBackend::Create(o));
+  return std::unique_ptr<Backend>(std::move(sim));
 }
 
 double SimBackend::TakeElapsedSeconds() {

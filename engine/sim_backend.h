@@ -3,17 +3,17 @@
 // in simulated time. bench/policy_bench uses it with teacher-forced turns, where the
 // logits are never read: Forward returns zero logits.
 //
-// Step price (seconds), for a ForwardBatch whose sequence i computes n_i tokens after
-// c_i = kv_len_i - n_i already in the pool:
-//   linear     = max(decode_fixed_s, prefill_per_token_s * sum_i n_i)
-//                (the weights are read once per step; a large batch is compute-bound)
-//   attention  = sum over runs with n_i > 1 of prefill_attention_s * n_i * (c_i + n_i / 2)
-//              + sum over runs with n_i == 1 of (decode_per_context_token_s * kv_len_i
-//                                               + decode_per_sequence_s)
-//   step_s     = linear + attention
-// So a decode-only step of B runs costs CostModel::DecodeStepSeconds(sum kv_len, B), and the chunks
-// of a prefill sum to CostModel::PrefillSeconds of the whole run (when every chunk has
-// prefill_per_token_s * n >= decode_fixed_s, i.e. n >= 260 tokens for the 8B H100 fit).
+// Step price (seconds): CostModel::StepSeconds (policy/cost_model.h) of the batch's
+// decoding runs (n_i == 1 after existing KV: B sequences reading sum kv_len_i tokens) and
+// its prefill runs (n_i tokens after c_i = kv_len_i - n_i in the pool):
+//   max(decode_fixed_s, prefill_per_token_s * tokens)   (weights read once per step; a
+//                                                        large batch is compute-bound)
+//   + the prefill runs' attention (prefill_attention_s * n_i * (c_i + n_i / 2))
+//   + the decodes' KV reads and per-sequence work (with the mixed-step extra per KV token
+//     when the step also carries a prefill run)
+// So a decode-only step of B runs costs CostModel::DecodeStepSeconds(sum kv_len, B), and the
+// chunks of a prefill sum to CostModel::PrefillSeconds of the whole run (when every chunk
+// has prefill_per_token_s * n >= decode_fixed_s, i.e. n >= 260 tokens for the 8B H100 fit).
 // Swaps between the device and the host tier cost blocks * block_bytes / host_bytes_per_s
 // each way; copy-on-write copies are free.
 //
@@ -21,14 +21,20 @@
 // AllocateHostTier allocates nothing, so an 80 GB pool costs only the engine's
 // bookkeeping. There is therefore no disk tier (the disk worker reads host slots).
 //
+// Paced (SimBackendOptions::spend set, kvkeepd --testing-sim-cost-model): each Forward
+// hands the price of the step and of the swaps since the last one to `spend`, which sleeps
+// it on the engine thread, so a real daemon serves in real time as the simulator prices it.
+//
 // Thread-safety: owned and called by the engine thread; TakeElapsedSeconds and counters()
 // are called by the same thread between steps (the simulator drives steps inline).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "base/file.h"
 #include "engine/backend.h"
 #include "policy/cost_model.h"
 
@@ -41,6 +47,9 @@ struct SimBackendOptions {
   int64_t kv_bytes_per_token = 0;  // prices swaps; block_bytes() = this * block_size
   CostModel cost;                  // prices forward steps
   double host_bytes_per_s = 0;     // device <-> host bandwidth; 0: swaps are free
+  // Paced: called with the seconds of every step (and the swaps before it) instead of
+  // accumulating them for TakeElapsedSeconds. Empty: not paced.
+  std::function<void(double seconds)> spend;
 };
 
 // What the backend has priced so far (cumulative).
@@ -57,6 +66,14 @@ struct SimBackendCounters {
 
 // The price of one step (seconds), as above. Exposed for tests.
 double SimStepSeconds(const CostModel& cost, const ForwardBatch& batch);
+
+// A paced SimBackend for kvkeepd --testing-sim-cost-model: the model's config, the pool of
+// options.num_kv_blocks (or options.kv_memory_bytes / block bytes) blocks, priced by the
+// cost model file (its kv_bytes_per_token sizes blocks, its host bandwidth the swaps),
+// each price slept. The cost model's error (a bad or missing file) is returned.
+Result<std::unique_ptr<Backend>> CreatePacedSimBackend(Env* env, const ModelConfig& config,
+                                                       const BackendOptions& options,
+                                                       const std::string& cost_model_path);
 
 class SimBackend final : public Backend {
  public:

@@ -90,19 +90,42 @@ Result<Row> SolveNonNegative(const std::vector<Row>& x, const std::vector<double
   return Row{};
 }
 
+// Pairs of n new tokens attending causally after c cached ones: n * (c + n / 2).
+double AttentionPairs(int64_t new_tokens, int64_t cached_tokens) {
+  const double n = static_cast<double>(std::max<int64_t>(new_tokens, 0));
+  return n * (static_cast<double>(std::max<int64_t>(cached_tokens, 0)) + n / 2);
+}
+
 double Predict(const CostModel& m, const TimingSample& s) {
+  const int64_t seqs = std::max<int64_t>(s.sequences, 1);
   switch (s.kind) {
     case TimingSample::Kind::kPrefill:
       return m.PrefillSeconds(s.new_tokens, s.cached_tokens);
-    case TimingSample::Kind::kPrefillAttention:
-      return m.prefill_attention_s * static_cast<double>(s.new_tokens) *
-             (static_cast<double>(s.cached_tokens) + static_cast<double>(s.new_tokens) / 2);
+    case TimingSample::Kind::kPrefillAttention:  // a kernel benchmark: one pass
+      return m.PrefillRunAttentionSeconds(s.new_tokens, s.cached_tokens);
     case TimingSample::Kind::kDecode:
-      return m.DecodeStepSeconds(s.context_tokens, std::max<int64_t>(s.sequences, 1));
+      return m.DecodeStepSeconds(s.context_tokens, seqs);
     case TimingSample::Kind::kDecodeAttention:
       return m.decode_per_context_token_s * static_cast<double>(s.context_tokens);
+    case TimingSample::Kind::kMixedStep:
+      return m.StepSeconds(seqs, s.context_tokens, {{s.new_tokens, s.cached_tokens}});
   }
   return 0;
+}
+
+// The mixed steps' extra per decode context token: least squares (relative error) on what
+// the rest of the model leaves of each kMixedStep sample, held >= 0. 0 without such samples.
+double FitMixedExtra(const std::vector<TimingSample>& samples, CostModel m) {
+  m.mixed_decode_extra_per_context_token_s = 0;
+  double xy = 0, xx = 0;
+  for (const TimingSample& s : samples) {
+    if (s.kind != TimingSample::Kind::kMixedStep) continue;
+    const double w = 1.0 / (s.seconds * s.seconds);
+    const double x = static_cast<double>(s.context_tokens);
+    xy += w * x * (s.seconds - Predict(m, s));
+    xx += w * x * x;
+  }
+  return xx > 0 ? std::max(0.0, xy / xx) : 0.0;
 }
 
 }  // namespace
@@ -129,14 +152,34 @@ const char* TimingSampleKindName(TimingSample::Kind k) {
       return "decode";
     case TimingSample::Kind::kDecodeAttention:
       return "decode_attention";
+    case TimingSample::Kind::kMixedStep:
+      return "mixed";
   }
   return "?";
 }
 
 double CostModel::PrefillSeconds(int64_t new_tokens, int64_t cached_tokens) const {
-  const double n = static_cast<double>(std::max<int64_t>(new_tokens, 0));
-  const double c = static_cast<double>(std::max<int64_t>(cached_tokens, 0));
-  return prefill_per_token_s * n + prefill_attention_s * n * (c + n / 2);
+  return prefill_per_token_s * static_cast<double>(std::max<int64_t>(new_tokens, 0)) +
+         PrefillRunAttentionSeconds(new_tokens, cached_tokens);
+}
+
+double CostModel::PrefillRunAttentionSeconds(int64_t new_tokens, int64_t cached_tokens) const {
+  return prefill_attention_s * AttentionPairs(new_tokens, cached_tokens);
+}
+
+double CostModel::StepSeconds(int64_t decode_sequences, int64_t decode_context_tokens,
+                              const std::vector<PrefillRun>& prefills) const {
+  int64_t tokens = std::max<int64_t>(decode_sequences, 0);
+  double seconds = 0;
+  for (const PrefillRun& r : prefills) {
+    tokens += std::max<int64_t>(r.new_tokens, 0);
+    seconds += PrefillRunAttentionSeconds(r.new_tokens, r.cached_tokens);
+  }
+  const double per_context = decode_per_context_token_s +
+                             (prefills.empty() ? 0.0 : mixed_decode_extra_per_context_token_s);
+  seconds += per_context * static_cast<double>(std::max<int64_t>(decode_context_tokens, 0)) +
+             decode_per_sequence_s * static_cast<double>(std::max<int64_t>(decode_sequences, 0));
+  return seconds + std::max(decode_fixed_s, prefill_per_token_s * static_cast<double>(tokens));
 }
 
 double CostModel::DecodeStepSeconds(int64_t context_tokens, int64_t sequences) const {
@@ -170,7 +213,7 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
       return Status::InvalidArgument("cost model: a sample's seconds must be > 0 (" + s.note + ")");
     }
     const double n = static_cast<double>(s.new_tokens);
-    const double attn = n * (static_cast<double>(s.cached_tokens) + n / 2);
+    const double attn = AttentionPairs(s.new_tokens, s.cached_tokens);
     const double ctx = static_cast<double>(s.context_tokens);
     switch (s.kind) {
       case TimingSample::Kind::kPrefill:
@@ -180,6 +223,8 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
       case TimingSample::Kind::kPrefillAttention:
         px.push_back({0, attn, 0});
         py.push_back(s.seconds);
+        break;
+      case TimingSample::Kind::kMixedStep:  // fitted last, on what the other terms leave
         break;
       case TimingSample::Kind::kDecode: {
         const int64_t seqs = std::max<int64_t>(s.sequences, 1);
@@ -215,6 +260,7 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
   fit.model.decode_fixed_s = d[0];
   fit.model.decode_per_context_token_s = d[1];
   fit.model.decode_per_sequence_s = d[2];
+  fit.model.mixed_decode_extra_per_context_token_s = FitMixedExtra(samples, fit.model);
   for (const TimingSample& s : samples) {
     CostFitRow row{s, Predict(fit.model, s)};
     fit.max_relative_error =
@@ -230,9 +276,11 @@ std::string FormatCostFit(const CostFit& fit) {
   const CostModel& m = fit.model;
   std::snprintf(line, sizeof(line),
                 "prefill_s(n, c) = %.4g * n + %.4g * n * (c + n/2)\n"
-                "decode_step_s(ctx, B) = %.4g + %.4g * ctx + %.4g * B\n",
+                "decode_step_s(ctx, B) = %.4g + %.4g * ctx + %.4g * B; beside a prefill + %.4g * "
+                "ctx\n",
                 m.prefill_per_token_s, m.prefill_attention_s, m.decode_fixed_s,
-                m.decode_per_context_token_s, m.decode_per_sequence_s);
+                m.decode_per_context_token_s, m.decode_per_sequence_s,
+                m.mixed_decode_extra_per_context_token_s);
   out += line;
   std::snprintf(line, sizeof(line), "%-18s %8s %8s %9s %4s %11s %11s %7s\n", "sample", "new",
                 "cached", "context", "B", "measured_s", "fitted_s", "error");

@@ -40,6 +40,7 @@ Status SaveCostModel(Env* env, const std::string& path, const CostModel& m) {
               {"decode_fixed_s", m.decode_fixed_s},
               {"decode_per_context_token_s", m.decode_per_context_token_s},
               {"decode_per_sequence_s", m.decode_per_sequence_s},
+              {"mixed_decode_extra_per_context_token_s", m.mixed_decode_extra_per_context_token_s},
               {"host_to_device_bytes_per_s", m.host_to_device_bytes_per_s},
               {"disk_to_device_bytes_per_s", m.disk_to_device_bytes_per_s},
               {"kv_bytes_per_token", m.kv_bytes_per_token},
@@ -58,6 +59,8 @@ Result<CostModel> LoadCostModel(Env* env, const std::string& path) {
                    Number(doc, "decode_per_context_token_s", path, true));
   // Added after version 1 files were written: optional, 0 when absent.
   ASSIGN_OR_RETURN(m.decode_per_sequence_s, Number(doc, "decode_per_sequence_s", path, false));
+  ASSIGN_OR_RETURN(m.mixed_decode_extra_per_context_token_s,
+                   Number(doc, "mixed_decode_extra_per_context_token_s", path, false));
   ASSIGN_OR_RETURN(m.host_to_device_bytes_per_s,
                    Number(doc, "host_to_device_bytes_per_s", path, false));
   ASSIGN_OR_RETURN(m.disk_to_device_bytes_per_s,
@@ -97,6 +100,8 @@ Result<std::pair<std::vector<TimingSample>, CostModel>> LoadTimingSamples(Env* e
       t.kind = TimingSample::Kind::kDecode;
     } else if (kind == "decode_attention") {
       t.kind = TimingSample::Kind::kDecodeAttention;
+    } else if (kind == "mixed") {
+      t.kind = TimingSample::Kind::kMixedStep;
     } else {
       return Status::Corruption(where + ": unknown kind '" + kind + "'");
     }

@@ -11,6 +11,8 @@
 #   OUT=DIR bash bench/gpu/agents.sh build-cuda trace.jsonl
 #   AGENTS_WORKLOAD=long OUT=DIR bash bench/gpu/agents.sh DIR trace.jsonl   (issue 12's
 #   decisive configuration; AGENTS_PRESET=long means the same)
+#   AGENTS_WORKLOAD=straddle AGENTS_POLICIES="ttl fixed-ttl" OUT=DIR bash bench/gpu/agents.sh ...
+#   (tools on both sides of fixed-ttl's 2 s rule: ttl against fixed-ttl; lru in a second call)
 #
 # Order: calibrate the cost model on the device; simulate every planned run with it
 # (bench/policy_bench: the prediction, made before the runs); then the runs, each on a
@@ -29,6 +31,14 @@
 # turns hold at most 30 s of tool time (18 of the 25 deepseek sessions; first N used),
 # device pool 12,288 blocks (24 GiB, 196k tokens), host tier 4,096 blocks (8 GiB), tool
 # times as recorded. Contexts reach 20-54k tokens; the pool holds about 6 of them.
+#
+# AGENTS_WORKLOAD=straddle (chosen with the simulator, bench/RESULTS.md): 16 agents, 24
+# model turns each, outputs capped at 64 tokens, the 16 deepseek sessions whose first 24
+# turns have every tool call at most 30 s and at least one over 2 s (pytest, pip and
+# python runs of 2-30 s beside short ones: AGENTS_MAX_CALL_S=30, AGENTS_STRADDLE_S=2),
+# device pool 20,480 blocks (40 GiB, 328k tokens), host tier 2,048 blocks (4 GiB), tool
+# times as recorded. The simulator gives each of ttl and fixed-ttl about 2 minutes, lru
+# about 4-5: call 1 AGENTS_POLICIES="ttl fixed-ttl", call 2 AGENTS_POLICIES=lru.
 #
 # Knobs (environment):
 #   AGENTS_LOADS ("4 8 12"), AGENTS_POLICIES ("ttl fixed-ttl lru none"), AGENTS_TURNS (model
@@ -53,7 +63,13 @@
 #   AGENTS_MAX_TOKENS: kvkeepd --max-tokens (forced outputs are clipped to it; default the
 #   daemon's 4096). AGENTS_MAX_TOOL_S: keep only the sessions whose first AGENTS_TURNS
 #   turns hold at most this many seconds of tool time (default: all sessions).
+#   AGENTS_MAX_CALL_S / AGENTS_STRADDLE_S: keep only the sessions whose first AGENTS_TURNS
+#   turns have every tool call at most / at least one call over this many seconds.
 #   AGENTS_SIM_SLACK (1.3): a run is started only if slack x its simulated wall + a start fits.
+#   AGENTS_SIM_COST_MODEL=FILE (a cost_model.json): every daemon runs over the simulator's
+#   backend priced by FILE in real time (kvkeepd --testing-sim-cost-model; no GPU, no
+#   weights read), and FILE is the cost model instead of a calibration: the real daemon
+#   and replayer against bench/policy_bench on the same pricing (docs/policy.md).
 set -uo pipefail
 BIN=$(cd "$1" && pwd)
 TRACE=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
@@ -62,10 +78,13 @@ OUT=${OUT:-/tmp/kvkeep-agents}
 PRESET=${AGENTS_PRESET:-llama3-8b-shape}
 WORKLOAD=${AGENTS_WORKLOAD:-}
 if [ "$PRESET" = long ]; then WORKLOAD=long; PRESET=llama3-8b-shape; fi
+D_MAX_CALL_S="" D_STRADDLE_S=""
 case "$WORKLOAD" in
   long) D_LOADS=12 D_TURNS=24 D_KV=12288 D_HOST=4096 D_MAX_TOKENS=64 D_MAX_TOOL_S=30 ;;
+  straddle) D_LOADS=16 D_TURNS=24 D_KV=20480 D_HOST=2048 D_MAX_TOKENS=64 D_MAX_TOOL_S=""
+    D_MAX_CALL_S=30 D_STRADDLE_S=2 ;;
   "") D_LOADS="4 8 12" D_TURNS=4 D_KV=3072 D_HOST=4096 D_MAX_TOKENS="" D_MAX_TOOL_S="" ;;
-  *) echo "agents.sh: unknown AGENTS_WORKLOAD '$WORKLOAD' (long)"; exit 2 ;;
+  *) echo "agents.sh: unknown AGENTS_WORKLOAD '$WORKLOAD' (long, straddle)"; exit 2 ;;
 esac
 LOADS=${AGENTS_LOADS:-$D_LOADS}
 POLICIES=${AGENTS_POLICIES:-ttl fixed-ttl lru none}
@@ -75,6 +94,8 @@ KV_BLOCKS=${AGENTS_KV_BLOCKS:-$D_KV}
 HOST_BLOCKS=${AGENTS_HOST_BLOCKS:-$D_HOST}
 MAX_TOKENS=${AGENTS_MAX_TOKENS:-$D_MAX_TOKENS}
 MAX_TOOL_S=${AGENTS_MAX_TOOL_S:-$D_MAX_TOOL_S}
+MAX_CALL_S=${AGENTS_MAX_CALL_S:-$D_MAX_CALL_S}
+STRADDLE_S=${AGENTS_STRADDLE_S:-$D_STRADDLE_S}
 MODEL=${AGENTS_MODEL:-/tmp/kvkeep-$PRESET}
 DEVICE=${AGENTS_DEVICE:-cuda}
 BUDGET_S=${AGENTS_BUDGET_S:-540}
@@ -98,11 +119,12 @@ mkdir -p "$OUT" "$RUNS"
 START=$SECONDS
 MAX_LOAD=$(echo $LOADS | tr ' ' '\n' | sort -n | tail -1)
 echo "=== agents: workload ${WORKLOAD:-default}, loads $LOADS, policies $POLICIES, $TURNS turns," \
-  "max_tokens ${MAX_TOKENS:-daemon default}, sessions with <= ${MAX_TOOL_S:-any} s of tool time," \
+  "max_tokens ${MAX_TOKENS:-daemon default}, sessions with <= ${MAX_TOOL_S:-any} s of tool time, calls <= ${MAX_CALL_S:-any} s, one > ${STRADDLE_S:-any} s," \
   "pool $KV_BLOCKS blocks, host $HOST_BLOCKS, time scale $SCALE, budget ${BUDGET_S} s"
-if [ -n "$MAX_TOOL_S" ]; then  # the subset every run and the simulator replay
+if [ -n "$MAX_TOOL_S$MAX_CALL_S$STRADDLE_S" ]; then  # the subset every run and the simulator replay
   python3 "$ROOT/bench/gpu/agents_report.py" subset "$TRACE" --turns "$TURNS" \
-    --max-tool-s "$MAX_TOOL_S" --out "$WORK/trace.jsonl" || exit 1
+    ${MAX_TOOL_S:+--max-tool-s "$MAX_TOOL_S"} ${MAX_CALL_S:+--max-call-s "$MAX_CALL_S"} \
+    ${STRADDLE_S:+--straddle-s "$STRADDLE_S"} --out "$WORK/trace.jsonl" || exit 1
   TRACE=$WORK/trace.jsonl
 fi
 
@@ -113,9 +135,11 @@ python3 "$ROOT/bench/gpu/agents_report.py" estimate "$TRACE" --loads $LOADS --tu
   --start-s "$START_S" --time-scale "$SCALE" --budget-s "$BUDGET_S"
 
 [ -f "$MODEL/config.json" ] || "$KVKEEP" make-model --preset "$PRESET" --seed 1 --out "$MODEL" || exit 1
+SIM_COST=${AGENTS_SIM_COST_MODEL:+$(cd "$(dirname "$AGENTS_SIM_COST_MODEL")" && pwd)/$(basename "$AGENTS_SIM_COST_MODEL")}
 DAEMON_ARGS=(--model "$MODEL" --device "$DEVICE" --num-kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS"
              --max-sessions-per-uid 4096 --max-connections-per-uid 4096 --log-level info
-             ${MAX_TOKENS:+--max-tokens "$MAX_TOKENS"} ${AGENTS_DAEMON_ARGS:-})
+             ${MAX_TOKENS:+--max-tokens "$MAX_TOKENS"} ${SIM_COST:+--testing-sim-cost-model "$SIM_COST"}
+             ${AGENTS_DAEMON_ARGS:-})
 
 # start_daemon DIR POLICY [extra flags]: kvkeepd in the background, its socket DIR/s.sock;
 # the calibrated cost model (and with SEEDED_DB, the seeded store) copied in first.
@@ -184,11 +208,17 @@ report() {
 }
 T0=$(date +%s)
 
-echo "=== calibrating the cost model on $DEVICE"
-start_daemon "$WORK/calibrate" lru --calibrate-cost-model || exit 1
-stop_daemon
-cp "$WORK/calibrate/state/cost_model.json" "$WORK/cost_model.json"
-grep -i -A16 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -16
+if [ -n "$SIM_COST" ]; then
+  echo "=== the simulator's backend in real time, priced by $SIM_COST (no calibration)"
+  cp "$SIM_COST" "$WORK/cost_model.json"
+  DEVICE=sim
+else
+  echo "=== calibrating the cost model on $DEVICE"
+  start_daemon "$WORK/calibrate" lru --calibrate-cost-model || exit 1
+  stop_daemon
+  cp "$WORK/calibrate/state/cost_model.json" "$WORK/cost_model.json"
+  grep -i -A24 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -24
+fi
 if [ "$DEVICE" = cuda ]; then
   # The calibration times host -> device with WriteBlock, block by block: on CUDA a lower
   # bound (5.8 GB/s on the H100), where promotions go through the batched pinned SwapIn

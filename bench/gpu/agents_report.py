@@ -5,6 +5,7 @@ that seeds a daemon's tool statistics, and the report.
   agents_report.py estimate TRACE --loads 4 8 --turns 4 --policies ttl lru ...
   agents_report.py seed-trace SEED_TRACE --exclude TRACE --exclude-first N --out FILE
   agents_report.py subset TRACE --turns 24 --max-tool-s 30 --out FILE
+  agents_report.py subset TRACE --turns 24 --max-call-s 30 --straddle-s 2 --out FILE
   agents_report.py report RUNS --out OUT [--sim policy_bench.json] ...
 
 `report` reads RUNS/n<N>/<policy>/{sessions.csv,turns.csv,stats.json,gpu_util.csv} and
@@ -191,15 +192,40 @@ def seed_trace(a):
         sys.exit("seed: no held-out tool calls")
 
 
+def tool_calls(session, turns):
+    """The durations of the tool calls a replay of the first `turns` model turns waits on
+    (the one after the last turn included, as session_timing counts it)."""
+    seen, calls = 0, []
+    for e in session["events"]:
+        if e["type"] == "model":
+            if turns and seen >= turns:
+                break
+            seen += 1
+        elif e["type"] == "tool_end":
+            calls.append(max(0.0, e.get("duration_s", 0.0)))
+    return calls
+
+
 def subset(a):
-    """The sessions whose first --turns model turns hold at most --max-tool-s seconds of tool
-    and think time, in trace order (every run and the simulator use the first N of them)."""
-    kept = [s for s in read_trace(a.trace) if session_timing(s, a.turns)[0] <= a.max_tool_s]
+    """The sessions, in trace order, whose first --turns model turns hold at most --max-tool-s
+    seconds of tool and think time; with --max-call-s, every tool call of those turns at most
+    that long; with --straddle-s, at least one call longer than that (a tool the 2 s rule of
+    fixed-ttl would not pin beside short ones it would). Every run and the simulator use the
+    first N of them."""
+    def keep(s):
+        calls = tool_calls(s, a.turns)
+        return (session_timing(s, a.turns)[0] <= a.max_tool_s
+                and (a.max_call_s is None or max(calls, default=0.0) <= a.max_call_s)
+                and (a.straddle_s is None or any(c > a.straddle_s for c in calls)))
+    kept = [s for s in read_trace(a.trace) if keep(s)]
     with open(a.out, "w") as f:
         for s in kept:
             f.write(json.dumps(s) + "\n")
-    print(f"subset: {len(kept)} sessions of {a.trace} hold <= {a.max_tool_s:g} s of tool time in "
-          f"their first {a.turns} turns", file=sys.stderr)
+    print(f"subset: {len(kept)} sessions of {a.trace} in their first {a.turns} turns hold "
+          f"<= {a.max_tool_s:g} s of tool time"
+          + (f", every call <= {a.max_call_s:g} s" if a.max_call_s is not None else "")
+          + (f", one or more > {a.straddle_s:g} s" if a.straddle_s is not None else ""),
+          file=sys.stderr)
     if not kept:
         sys.exit("subset: no session left")
 
@@ -362,7 +388,9 @@ def main():
     u = sub.add_parser("subset")
     u.add_argument("trace")
     u.add_argument("--turns", type=int, required=True)
-    u.add_argument("--max-tool-s", type=float, required=True)
+    u.add_argument("--max-tool-s", type=float, default=float("inf"))
+    u.add_argument("--max-call-s", type=float, default=None)
+    u.add_argument("--straddle-s", type=float, default=None)
     u.add_argument("--out", required=True)
     a = ap.parse_args()
     {"estimate": estimate, "seed-trace": seed_trace, "report": report, "subset": subset}[a.cmd](a)

@@ -12,6 +12,7 @@
 #include "base/clock.h"
 #include "engine/cost_calibration.h"
 #include "engine/sim_backend.h"
+#include "tests/testlib/test_util.h"
 
 namespace kvkeep {
 namespace {
@@ -113,6 +114,50 @@ TEST(CostCalibration, RecoversAKnownPerContextDecodeSlope) {
   EXPECT_NEAR(m.PrefillSeconds(30000, 0) / truth.PrefillSeconds(30000, 0), 1.0, 0.03);
 }
 
+TEST(CostCalibration, RecoversTheMixedStepTermAndTimesChunksOverLongPrefixes) {
+  // A device where a decode beside a prefill chunk reads its KV at 3x the decode rate
+  // (the CUDA backend runs such a step's decodes through the prefill kernel; the H100
+  // run's mixed steps took 29.6 ms a token where the old fit said about 16), and where
+  // attention costs 2.3x the per-pair rate of the default fit.
+  CostModel truth = Truth();
+  truth.prefill_attention_s = 2.8e-9;
+  truth.mixed_decode_extra_per_context_token_s = 9e-8;
+  auto rig = MakeRig(truth, "lru", 8192);
+  auto fit = CalibrateCostModel(rig->engine.get(), 8192 * 16);
+  ASSERT_TRUE(fit.ok()) << fit.status().ToString();
+  std::printf("%s", FormatCostFit(*fit).c_str());
+  const CostModel& m = fit->model;
+  EXPECT_NEAR(m.prefill_attention_s / truth.prefill_attention_s, 1.0, 0.01);
+  EXPECT_NEAR(
+      m.mixed_decode_extra_per_context_token_s / truth.mixed_decode_extra_per_context_token_s, 1.0,
+      0.05);
+  EXPECT_NEAR(m.decode_per_context_token_s / truth.decode_per_context_token_s, 1.0, 0.01);
+  // Chunks of 256 and 1,024 over 4k, 16k and 32k cached tokens, and one mixed step of 16
+  // decodes at 4k beside a chunk over 32k.
+  int over_context = 0, mixed = 0;
+  for (const CostFitRow& r : fit->rows) {
+    if (r.sample.kind == TimingSample::Kind::kMixedStep) {
+      ++mixed;
+      EXPECT_EQ(r.sample.sequences, 16);
+      EXPECT_EQ(r.sample.new_tokens, 256);
+      EXPECT_GE(r.sample.cached_tokens, 32768);
+    }
+    if (r.sample.kind == TimingSample::Kind::kPrefill && r.sample.cached_tokens >= 4096 &&
+        r.sample.new_tokens <= 1024) {
+      ++over_context;
+    }
+  }
+  EXPECT_EQ(mixed, 1);
+  EXPECT_EQ(over_context, 6);
+  // Where the agents run: 12 sequences decoding at 20k beside a 256-token chunk over 20k.
+  const double step = truth.StepSeconds(12, 12 * 20000, {{256, 20000}});
+  EXPECT_NEAR(m.StepSeconds(12, 12 * 20000, {{256, 20000}}) / step, 1.0, 0.02);
+  // Without the mixed term that step is priced 35% or more low.
+  CostModel old = m;
+  old.mixed_decode_extra_per_context_token_s = 0;
+  EXPECT_LT(old.StepSeconds(12, 12 * 20000, {{256, 20000}}) / step, 0.65);
+}
+
 TEST(CostCalibration, WithoutPrefixReuseOnlySingleSequencesAreTimed) {
   // Policy "none" turns prefix caching off: a batch's sequences each prefill their whole
   // prompt, so they do not start decoding together and those samples are dropped. One
@@ -172,6 +217,54 @@ TEST(CostCalibration, ASmallPoolStillCalibrates) {
     }
   }
   EXPECT_NEAR(fit->model.decode_fixed_s / truth.decode_fixed_s, 1.0, 0.05);
+}
+
+// kvkeepd --testing-sim-cost-model: each step's price (and the swaps before it) goes to
+// `spend` (the daemon sleeps it) instead of accumulating; a bad cost model file is refused.
+TEST(PacedSimBackend, SpendsEachStepsPrice) {
+  const CostModel truth = Truth();
+  std::vector<double> spent;
+  SimBackendOptions b;
+  b.config.vocab_size = 64;
+  b.num_kv_blocks = 64;
+  b.kv_bytes_per_token = truth.kv_bytes_per_token;
+  b.cost = truth;
+  b.host_bytes_per_s = 50e9;
+  b.spend = [&spent](double s) { spent.push_back(s); };
+  auto sim = SimBackend::Create(b);
+  ASSERT_TRUE(sim.ok());
+  ASSERT_TRUE((*sim)->AllocateHostTier(8).ok());
+  const std::pair<int32_t, int32_t> out[] = {{0, 0}, {1, 1}};
+  ASSERT_TRUE((*sim)->SwapOut(out).ok());
+  ForwardBatch batch;
+  batch.token_ids = {1, 2, 3};
+  batch.q_start = {0, 1, 3};
+  batch.kv_len = {40, 2};
+  batch.logit_rows = {0, 2};
+  std::vector<float> logits;
+  ASSERT_TRUE((*sim)->Forward(batch, &logits).ok());
+  ASSERT_EQ(spent.size(), 1u);
+  const double swap_s = 2.0 * (*sim)->block_bytes() / 50e9;
+  EXPECT_NEAR(spent[0], SimStepSeconds(truth, batch) + swap_s, 1e-12);
+  EXPECT_EQ((*sim)->TakeElapsedSeconds(), 0.0);
+
+  testing::TempDir dir;
+  ModelConfig config = b.config;
+  BackendOptions options;
+  options.num_kv_blocks = 32;
+  auto missing = CreatePacedSimBackend(DefaultEnv(), config, options, dir.File("none.json"));
+  EXPECT_FALSE(missing.ok());
+  CostModel no_kv = truth;
+  no_kv.kv_bytes_per_token = 0;
+  ASSERT_TRUE(SaveCostModel(DefaultEnv(), dir.File("c.json"), no_kv).ok());
+  EXPECT_TRUE(CreatePacedSimBackend(DefaultEnv(), config, options, dir.File("c.json"))
+                  .status()
+                  .IsInvalidArgument());
+  ASSERT_TRUE(SaveCostModel(DefaultEnv(), dir.File("c.json"), truth).ok());
+  auto paced = CreatePacedSimBackend(DefaultEnv(), config, options, dir.File("c.json"));
+  ASSERT_TRUE(paced.ok()) << paced.status().ToString();
+  EXPECT_EQ((*paced)->kv_shape().num_blocks, 32);
+  EXPECT_EQ((*paced)->name(), "sim");
 }
 
 }  // namespace

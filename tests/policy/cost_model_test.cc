@@ -22,6 +22,23 @@ TimingSample Decode(int64_t ctx, double s) { return {Kind::kDecode, 0, 0, ctx, s
 TimingSample DecodeBatch(int64_t ctx, int64_t seqs, double s) {
   return {Kind::kDecode, 0, 0, ctx, s, "", seqs};
 }
+TimingSample Mixed(int64_t ctx, int64_t seqs, int64_t n, int64_t c, double s) {
+  return {Kind::kMixedStep, n, c, ctx, s, "", seqs};
+}
+
+// The 8B H100 fit of the last GPU run (bench/agents_gpu_2026-12-06_long.json), with a
+// mixed-step extra.
+CostModel MixedTruth() {
+  CostModel m;
+  m.prefill_per_token_s = 3.5e-5;
+  m.prefill_attention_s = 1.1e-9;
+  m.decode_fixed_s = 5.9e-3;
+  m.decode_per_context_token_s = 2.3e-8;
+  m.decode_per_sequence_s = 3.7e-4;
+  m.mixed_decode_extra_per_context_token_s = 5e-8;
+  m.kv_bytes_per_token = 131072;
+  return m;
+}
 
 TEST(CostModel, LeastSquaresRecoversKnownCoefficients) {
   CostModel truth;
@@ -96,6 +113,7 @@ TEST(CostModel, SavesAndLoadsItsFile) {
   m.decode_fixed_s = 5.9e-3;
   m.decode_per_context_token_s = 4.4e-8;
   m.decode_per_sequence_s = 6e-5;
+  m.mixed_decode_extra_per_context_token_s = 5e-8;
   m.host_to_device_bytes_per_s = 2e10;
   m.kv_bytes_per_token = 131072;
   m.source = "test";
@@ -108,6 +126,7 @@ TEST(CostModel, SavesAndLoadsItsFile) {
   EXPECT_EQ(back->decode_fixed_s, m.decode_fixed_s);
   EXPECT_EQ(back->decode_per_context_token_s, m.decode_per_context_token_s);
   EXPECT_EQ(back->decode_per_sequence_s, m.decode_per_sequence_s);
+  EXPECT_EQ(back->mixed_decode_extra_per_context_token_s, m.mixed_decode_extra_per_context_token_s);
   EXPECT_EQ(back->host_to_device_bytes_per_s, m.host_to_device_bytes_per_s);
   EXPECT_EQ(back->kv_bytes_per_token, m.kv_bytes_per_token);
   EXPECT_EQ(back->source, "test");
@@ -158,6 +177,66 @@ TEST(CostModel, FitsAPerSequenceTermOnlyWhenTheBatchVaries) {
   EXPECT_NE(flat.status().message().find("cannot separate"), std::string::npos);
 }
 
+TEST(CostModel, PricesAStepAndAChunkedPrefill) {
+  // PrefillSeconds of a whole prefill (the TTL rule's price of a rebuild) is what the
+  // engine's steps cost, one chunk of 256 a step (SimBackend prices each step).
+  const CostModel m = MixedTruth();
+  for (int64_t c : {0, 4096, 30000}) {
+    for (int64_t n : {256, 1000, 20000}) {
+      double steps_s = 0;
+      for (int64_t done = 0; done < n; done += 256) {
+        const int64_t k = std::min<int64_t>(256, n - done);
+        // A chunk under 169 tokens costs a whole weight read: not what PrefillSeconds has.
+        const double weights_s = std::max(0.0, m.decode_fixed_s - m.prefill_per_token_s * k);
+        steps_s += m.StepSeconds(0, 0, {{k, c + done}}) - weights_s;
+      }
+      EXPECT_NEAR(m.PrefillSeconds(n, c) / steps_s, 1.0, 1e-9) << n << " after " << c;
+    }
+  }
+  // A decode beside a prefill chunk pays the mixed extra; a decode-only step does not.
+  EXPECT_DOUBLE_EQ(m.StepSeconds(12, 240000, {}), m.DecodeStepSeconds(240000, 12));
+  EXPECT_NEAR(m.StepSeconds(12, 240000, {{256, 20000}}) - m.StepSeconds(0, 0, {{256, 20000}}),
+              m.DecodeStepSeconds(240000, 12) - m.decode_fixed_s +
+                  m.mixed_decode_extra_per_context_token_s * 240000 + m.prefill_per_token_s * 12,
+              1e-12);
+}
+
+TEST(CostModel, FitsTheMixedStepTermOnWhatTheOthersLeave) {
+  const CostModel truth = MixedTruth();
+  std::vector<TimingSample> samples;
+  for (int64_t n : {256, 1024, 4096}) {
+    for (int64_t c : {0, 4096, 32768}) samples.push_back(Prefill(n, c, truth.PrefillSeconds(n, c)));
+  }
+  for (int64_t b : {1, 4, 16}) {
+    for (int64_t len : {512, 8192}) {
+      samples.push_back(DecodeBatch(b * len, b, truth.DecodeStepSeconds(b * len, b)));
+    }
+  }
+  const std::vector<TimingSample> without_mixed = samples;
+  samples.push_back(
+      Mixed(16 * 6144, 16, 256, 34000, truth.StepSeconds(16, 16 * 6144, {{256, 34000}})));
+  auto fit = FitCostModel(samples, {});
+  ASSERT_TRUE(fit.ok()) << fit.status().ToString();
+  std::printf("%s", FormatCostFit(*fit).c_str());
+  const CostModel& m = fit->model;
+  EXPECT_NEAR(m.prefill_attention_s / truth.prefill_attention_s, 1.0, 1e-6);
+  EXPECT_NEAR(m.decode_per_context_token_s / truth.decode_per_context_token_s, 1.0, 1e-6);
+  EXPECT_NEAR(
+      m.mixed_decode_extra_per_context_token_s / truth.mixed_decode_extra_per_context_token_s, 1.0,
+      1e-6);
+  EXPECT_LT(fit->max_relative_error, 1e-6);
+  // No mixed sample: that term stays 0 and the others are unchanged.
+  auto no_mixed = FitCostModel(without_mixed, {});
+  ASSERT_TRUE(no_mixed.ok());
+  EXPECT_EQ(no_mixed->model.mixed_decode_extra_per_context_token_s, 0.0);
+  EXPECT_NEAR(no_mixed->model.decode_fixed_s / truth.decode_fixed_s, 1.0, 1e-6);
+  // A mixed step faster than the decode terms predict leaves the extra at 0, not negative.
+  samples.back().seconds *= 0.5;
+  auto faster = FitCostModel(samples, {});
+  ASSERT_TRUE(faster.ok());
+  EXPECT_EQ(faster->model.mixed_decode_extra_per_context_token_s, 0.0);
+}
+
 TEST(CostModel, LoadsAFileWrittenBeforeThePerSequenceTerm) {
   testing::TempDir dir;
   const std::string path = dir.File("cost_model.json");
@@ -175,6 +254,8 @@ TEST(CostModel, LoadsAFileWrittenBeforeThePerSequenceTerm) {
   auto m = LoadCostModel(DefaultEnv(), path);
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(m->decode_per_sequence_s, 0.0);
+  EXPECT_EQ(m->mixed_decode_extra_per_context_token_s, 0.0);
+  EXPECT_DOUBLE_EQ(m->StepSeconds(12, 100000, {{256, 20000}}), 2.3e-5 * 268 + 1.2e-9 * 256 * 20128);
   EXPECT_EQ(m->decode_fixed_s, 0.0059);
   EXPECT_EQ(m->DecodeStepSeconds(100000, 12), 0.0059);
   // A present but bad value is still refused.
