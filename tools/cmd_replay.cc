@@ -69,6 +69,7 @@ struct RunArgs {
   double time_scale = 1.0;
   int max_turns = 0;
   int64_t max_prompt_tokens = 0;
+  int64_t max_message_tokens = 0;
   double deadline_s = 0;
   int max_sessions = 0;
   uint64_t seed = 0;
@@ -141,6 +142,7 @@ Status RunReplayCommand(const RunArgs& a) {
   o.time_scale = a.time_scale;
   o.max_turns = a.max_turns;
   o.max_prompt_tokens = a.max_prompt_tokens;
+  o.max_message_tokens = a.max_message_tokens;
   o.deadline_s = a.deadline_s;
   o.seed = a.seed;
   o.on_progress = [](const std::string& line) { std::cerr << line << "\n"; };
@@ -164,6 +166,7 @@ Status RunReplayCommand(const RunArgs& a) {
                    {"time_scale", a.time_scale},
                    {"max_turns", a.max_turns},
                    {"max_prompt_tokens", a.max_prompt_tokens},
+                   {"max_message_tokens", a.max_message_tokens},
                    {"deadline_s", a.deadline_s},
                    {"seed", a.seed},
                    {"spawn", a.spawn},
@@ -282,6 +285,11 @@ run_cmd
     ->add_option("--max-prompt-tokens", run->max_prompt_tokens,
                  "Stop a session before its context passes this (0: off)")
     ->capture_default_str();
+run_cmd
+    ->add_option("--max-message-tokens", run->max_message_tokens,
+                 "With --max-prompt-tokens, clip each message to this (0: an eighth of it)")
+    ->capture_default_str()
+    ->check(CLI::NonNegativeNumber);
 run_cmd
     ->add_option("--deadline-s", run->deadline_s,
                  "Stop every session at its next event after this many seconds (0: off); "

@@ -3,6 +3,7 @@
 // accounting, that `lru` reuses KV across turns while `none` does not, and the plots.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -213,6 +214,65 @@ TEST_F(ReplayRun, ADeadlineCutsTheRunAndKeepsWhatFinished) {
   int slow_turns = 0;
   for (const Turn& t : turns["lru"]) slow_turns += t.session.find("slow") != std::string::npos;
   EXPECT_EQ(slow_turns, 1) << "the cut session keeps the turn it finished";
+}
+
+// --max-message-tokens clips every message under --max-prompt-tokens to N tokens, where
+// the default clip is an eighth of the context: a session of long messages then runs all
+// its turns within the context instead of stopping after a few.
+TEST_F(ReplayRun, MaxMessageTokensClipsEachMessage) {
+  const std::string long_text(900, 'x');
+  json events = json::array({{{"type", "system"}, {"text", "You are a helpful assistant."}},
+                             {{"type", "user"}, {"text", long_text}}});
+  constexpr int kTurns = 6;
+  for (int i = 0; i < kTurns; ++i) {
+    events.push_back({{"type", "model"}, {"text", long_text}});
+    events.push_back({{"type", "tool_begin"}, {"tool", "bash"}, {"command", "cat f.py"}});
+    events.push_back({{"type", "tool_end"},
+                      {"tool", "bash"},
+                      {"text", long_text},
+                      {"duration_s", 0.0},
+                      {"timing", "recorded"}});
+  }
+  std::ofstream(dir_.File("t.jsonl"))
+      << json{{"format", "kvkeep-trace"}, {"version", 1}, {"session", "long"}, {"source", "test"},
+              {"source_file", "test"},    {"model", ""},  {"arrival_s", 0.0},  {"events", events}}
+             .dump()
+      << "\n";
+  // Each turn's context (turns.csv's context_tokens), by run.
+  auto contexts = [&](const std::string& extra) {
+    const std::string out = dir_.File("out" + extra.substr(extra.find_last_of(' ') + 1));
+    EXPECT_EQ(Shell(kvkeep_ + " replay run " + dir_.File("t.jsonl") + " --out " + out +
+                    " --spawn --model " + dir_.File("model") +
+                    " --policy lru --agents 1 --max-prompt-tokens 2400 --time-scale 0 --no-plots" +
+                    extra + " > /dev/null 2> " + dir_.File("e.txt")),
+              0)
+        << Slurp(dir_.File("e.txt"));
+    std::istringstream in(Slurp(out + "/turns.csv"));
+    std::string line;
+    std::getline(in, line);
+    std::vector<std::string> header;
+    std::stringstream hs(line);
+    for (std::string cell; std::getline(hs, cell, ',');) header.push_back(cell);
+    const size_t col = std::find(header.begin(), header.end(), "context_tokens") - header.begin();
+    std::vector<int64_t> out_contexts;
+    while (std::getline(in, line)) {
+      std::vector<std::string> f;
+      std::stringstream ls(line);
+      for (std::string cell; std::getline(ls, cell, ',');) f.push_back(cell);
+      if (col < f.size()) out_contexts.push_back(std::stoll(f[col]));
+    }
+    return out_contexts;
+  };
+  const std::vector<int64_t> clipped = contexts(" --max-message-tokens 64");
+  const std::vector<int64_t> by_default = contexts(" --max-message-tokens 0");
+  ASSERT_EQ(clipped.size(), size_t{kTurns});
+  for (size_t k = 1; k < clipped.size(); ++k) {
+    // The forced reply and the tool result, 64 tokens each, plus the template's markers.
+    EXPECT_LE(clipped[k] - clipped[k - 1], 2 * 64 + 64) << "turn " << k;
+  }
+  ASSERT_GE(by_default.size(), 2u);
+  EXPECT_LT(by_default.size(), size_t{kTurns}) << "an eighth of 2,400 tokens a message";
+  EXPECT_GT(by_default[1] - by_default[0], 2 * 64 + 64);
 }
 
 TEST_F(ReplayRun, RefusesBadArguments) {

@@ -139,10 +139,13 @@ class Run {
     auto budget = [&]() -> int64_t {
       return max_context_ > 0 ? max_context_ - context - kTemplateMargin : INT64_MAX;
     };
-    // With --max-prompt-tokens each message is clipped to an eighth of it, so a session
-    // cut short still has several turns rather than one huge first message.
+    // With --max-prompt-tokens each message is clipped to an eighth of it (or to
+    // --max-message-tokens), so a session cut short still has several turns rather than
+    // one huge first message.
+    const int64_t message_cap =
+        o_.max_message_tokens > 0 ? o_.max_message_tokens : max_context_ / 8;
     auto clip = [&]() -> int64_t {
-      return o_.max_prompt_tokens > 0 ? std::min(budget(), max_context_ / 8) : budget();
+      return o_.max_prompt_tokens > 0 ? std::min(budget(), message_cap) : budget();
     };
     // Until the first model turn, a message leaves room for that turn (a quarter of the
     // context at most), so a session whose first prompt exceeds the context still runs.

@@ -33,6 +33,8 @@ struct ReplayOptions {
   double time_scale = 1.0;              // multiplies tool waits, think gaps and arrival times
   int max_turns = 0;                    // model turns per session; 0: all
   int64_t max_prompt_tokens = 0;        // stop a session before its context passes this; 0: off
+  // With max_prompt_tokens, each message is clipped to this many tokens; 0: an eighth of it.
+  int64_t max_message_tokens = 0;
   // Seconds after the start past which every session stops at its next event (one not yet
   // started does not start), recorded with a deadline_exceeded error; 0: no deadline. A
   // run cut this way still returns, so its finished sessions and turns are reported.
