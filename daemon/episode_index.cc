@@ -73,6 +73,7 @@ EpisodeIndex::~EpisodeIndex() {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     stopping_ = true;
+    abandon_.store(true, std::memory_order_relaxed);
     if (!queue_.empty()) {
       spdlog::info("episodes: {} queued jobs dropped at shutdown; indexed at the next start",
                    queue_.size());

@@ -25,6 +25,7 @@
 // hold a Session::mu.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -203,6 +204,9 @@ class EpisodeIndex {
   Key busy_key_;                         // the job the worker runs while busy_
   std::condition_variable job_done_cv_;  // after every job
   bool stopping_ = false;
+  // Set at shutdown: the job in hand stops between embedding chunks rather than embed
+  // minutes of segments; what it left is indexed from the stored messages at the next start.
+  std::atomic<bool> abandon_{false};
   std::map<Key, bool> behind_;  // guarded by queue_mu_: appends dropped (queue full)
   std::thread worker_;
 };

@@ -44,6 +44,9 @@ Result<std::vector<float>> EpisodeIndex::EmbedFor(uint32_t uid,
     t.dirty = true;
   }
   for (size_t at = 0; at < texts.size(); at += kEmbedChunk) {
+    if (abandon_.load(std::memory_order_relaxed)) {
+      return Status::Cancelled("shutting down; indexed from the stored messages at the next start");
+    }
     std::vector<std::string> chunk(
         texts.begin() + static_cast<ptrdiff_t>(at),
         texts.begin() + static_cast<ptrdiff_t>(std::min(texts.size(), at + kEmbedChunk)));

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/embedder_factory.h"
 #include "tests/daemon/daemon_harness.h"
 
 namespace kvkeep::testing {
@@ -147,6 +148,42 @@ TEST(DaemonLifecycleTest, SigtermWhileLargeLinesAreHandledExitsCleanly) {
     EXPECT_EQ(log.find("AddressSanitizer"), std::string::npos) << log.substr(0, 6000);
     EXPECT_EQ(log.find("runtime error"), std::string::npos) << log.substr(0, 6000);
   }
+}
+
+// SIGTERM while the episode index embeds a large append with MiniLM (minutes of segments on
+// the CPU): the job in hand stops between chunks, so the daemon exits within seconds, and
+// the acknowledged message is there after a restart. Before, shutdown waited for the whole
+// job: over 13 minutes for a 7 MiB append at load 10.
+TEST(DaemonLifecycleTest, SigtermWhileTheIndexEmbedsALargeAppendExitsPromptly) {
+  if (!DefaultEnv()->FileExists(DefaultSentenceModelDir(DefaultEnv()) + "/model.safetensors")) {
+    GTEST_SKIP() << "no sentence model (MiniLM): run scripts/setup";
+  }
+  DaemonFixture f({"--embedder", "bert"});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient c(f.daemon.socket_path());
+  c.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "big"}});
+  std::string prose;
+  while (prose.size() < (2u << 20)) prose += "The build failed again after the last change. ";
+  c.Ok({{"id", 2},
+        {"verb", "session.append"},
+        {"session", "big"},
+        {"messages", {{{"role", "tool"}, {"content", prose}, {"tokens", {5}}}}}});
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the worker is embedding
+  const auto asked = std::chrono::steady_clock::now();
+  f.daemon.Signal(SIGTERM);
+  const int status = f.daemon.WaitExit(60000);  // -1 (then SIGKILL): it did not exit
+  const auto waited_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now() - asked)
+                             .count();
+  std::printf("exited %lld ms after SIGTERM\n", static_cast<long long>(waited_ms));
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "wait status " << status << " after " << waited_ms << " ms\n"
+      << f.daemon.Log().substr(0, 4000);
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient again(f.daemon.socket_path());
+  const json info = again.Ok({{"id", 3}, {"verb", "session.info"}, {"session", "big"}});
+  ASSERT_EQ(info["messages"].size(), 1u) << info.dump().substr(0, 400);
+  EXPECT_EQ(info["messages"][0]["content"].get<std::string>().size(), prose.size());
 }
 
 TEST(DaemonLifecycleTest, RefusesToStealALiveDaemonsSocket) {
