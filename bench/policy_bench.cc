@@ -419,6 +419,9 @@ int main(int argc, char** argv) {
   app.add_option("--ttl-cost-s-per-block-s", a.ttl.full_pressure_cost_s_per_block_s,
                  "the TTL rule's cost of a held block per second at full pressure")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--ttl-pressure-knee", a.ttl.pressure_knee_free_fraction,
+                 "free fraction of the pool below which held blocks start to cost")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--python", a.python, "Python with matplotlib for the PNG");
   app.add_option("--plot-script", a.plot_script, "the plotting script");
   CLI11_PARSE(app, argc, argv);
