@@ -70,12 +70,26 @@ void Connection::Accept(std::string_view line, bool too_long) {
     return;
   }
   if (line.size() < kBulkLineBytes) {
-    OnLine(line);
+    // Parsed here; a verb that writes the store still goes to the bulk executor, where it
+    // may wait for its group commit without holding an I/O thread.
+    std::optional<protocol::Request> request = Parse(line);
+    if (!request) return;
+    if (!protocol::WritesStore(request->verb)) {
+      service_->Handle(shared_from_this(), *request);
+      return;
+    }
+    bulk_running_ = true;
+    asio::post(bulk_, [self = shared_from_this(), request = std::move(*request)] {
+      self->service_->Handle(self, request);
+      asio::post(self->strand_, [self] { self->BulkDone(); });
+    });
     return;
   }
   bulk_running_ = true;
   asio::post(bulk_, [self = shared_from_this(), text = std::string(line)] {
-    self->OnLine(text);
+    if (std::optional<protocol::Request> request = self->Parse(text)) {
+      self->service_->Handle(self, *request);
+    }
     asio::post(self->strand_, [self] { self->BulkDone(); });
   });
 }
@@ -101,8 +115,8 @@ void Connection::SendLineTooLong() {
       "line longer than max_line_bytes " + std::to_string(limits_.max_line_bytes)));
 }
 
-void Connection::OnLine(std::string_view line) {
-  if (line.find_first_not_of(" \t") == std::string_view::npos) return;  // blank line
+std::optional<protocol::Request> Connection::Parse(std::string_view line) {
+  if (line.find_first_not_of(" \t") == std::string_view::npos) return std::nullopt;  // blank
   metrics_->requests.fetch_add(1, std::memory_order_relaxed);
   protocol::Error error;
   nlohmann::json id;
@@ -110,10 +124,9 @@ void Connection::OnLine(std::string_view line) {
   if (!request.ok()) {
     metrics_->errors.fetch_add(1, std::memory_order_relaxed);
     Send(protocol::ErrorLine(id, error));
-    return;
+    return std::nullopt;
   }
-  std::shared_ptr<Client> self = shared_from_this();
-  service_->Handle(self, *request);
+  return std::move(request).value();
 }
 
 void Connection::Send(std::string line) {

@@ -6,7 +6,9 @@
 // connection's strand (an I/O thread). A line of kBulkLineBytes or more (a large append:
 // its parse, checksum and store write take time in proportion to its size) is handed to
 // the bulk executor instead, so it never holds the I/O threads that answer every other
-// connection's control verbs (issue 11, defect 9). Order is kept: while a bulk line is
+// connection's control verbs (issue 11, defect 9). So is every verb that writes the store
+// (protocol::WritesStore): it waits for its group commit there, and a slow fsync holds no
+// I/O thread (defect 10). Order is kept: while a bulk line is
 // handled, the lines after it wait in a backlog and the socket is not read (its own
 // backpressure), and they are handled once it is done.
 // Writing: Send() (any thread) appends to an output buffer; a flush is posted to the
@@ -26,6 +28,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include <asio.hpp>
@@ -35,6 +38,7 @@
 #include "daemon/connection_limits.h"
 #include "daemon/line_framer.h"
 #include "daemon/metrics.h"
+#include "daemon/protocol.h"
 #include "daemon/service.h"
 
 namespace kvkeep {
@@ -79,8 +83,8 @@ class Connection final : public Client, public std::enable_shared_from_this<Conn
   void Accept(std::string_view line, bool too_long);
   // Strand only. The bulk line finished: handles the backlog, then reads again.
   void BulkDone();
-  // Parses one line and hands it to the service (the strand, or a bulk thread).
-  void OnLine(std::string_view line);
+  // Parses one line (the strand, or a bulk thread); a bad one gets its error line here.
+  std::optional<protocol::Request> Parse(std::string_view line);
   void SendLineTooLong();
   void Flush();
   void OnEof();

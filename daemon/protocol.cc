@@ -99,6 +99,28 @@ std::optional<Verb> ParseVerb(std::string_view name) {
   return std::nullopt;
 }
 
+bool WritesStore(Verb verb) {
+  switch (verb) {
+    case Verb::kSessionOpen:
+    case Verb::kSessionAppend:
+    case Verb::kSessionGenerate:
+    case Verb::kSessionToolBegin:
+    case Verb::kSessionToolEnd:
+    case Verb::kSessionFork:
+    case Verb::kSessionClose:
+    case Verb::kSessionRetain:
+      return true;
+    case Verb::kHello:
+    case Verb::kSessionInfo:
+    case Verb::kSessionsList:
+    case Verb::kStats:
+    case Verb::kCancel:
+    case Verb::kSessionQuery:
+      return false;
+  }
+  return true;
+}
+
 std::string_view VerbName(Verb verb) {
   for (const auto& [v, n] : kVerbs) {
     if (v == verb) return n;

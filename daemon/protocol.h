@@ -68,6 +68,8 @@ enum class Verb {
 };
 std::optional<Verb> ParseVerb(std::string_view name);
 std::string_view VerbName(Verb verb);
+// Whether handling the verb writes the store (and so waits for a group commit).
+bool WritesStore(Verb verb);
 
 struct Request {
   json id;  // string, integer or null (absent)

@@ -422,5 +422,50 @@ TEST(DaemonBulkTest, AGenerationsSlowReplyWriteDoesNotHoldOtherConnectionsContro
   EXPECT_EQ(info["num_messages"], 2);  // the reply is stored
 }
 
+// Small mutating verbs wait for their group commit on the bulk pool too: with one I/O
+// thread and every store write 1 s slower, another connection's hello does not wait for
+// them (defect 10: one slow fsync stalled the I/O threads that answer everyone).
+TEST(DaemonBulkTest, SmallAppendsWaitingForASlowCommitDoNotHoldOtherConnectionsControlVerbs) {
+  DaemonFixture f({"--io-threads", "1", "--testing-store-fault", "1:slow:1000000"});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  using Clock = std::chrono::steady_clock;
+  using std::chrono::milliseconds;
+  LineClient writer(f.daemon.socket_path());
+  LineClient control(f.daemon.socket_path());
+  control.Ok({{"id", 0}, {"verb", "hello"}});
+  constexpr int kAppends = 3;
+  std::atomic<bool> done{false};
+  std::thread appender([&] {
+    writer.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "slow"}});
+    for (int i = 0; i < kAppends; ++i) {
+      writer.Ok({{"id", 2 + i},
+                 {"verb", "session.append"},
+                 {"session", "slow"},
+                 {"messages", {{{"role", "user"}, {"content", "note " + std::to_string(i)}}}}});
+    }
+    done.store(true);
+  });
+  const auto start = Clock::now();
+  Clock::duration slowest{};
+  int round_trips = 0;
+  for (int id = 1; !done.load() && Clock::now() - start < std::chrono::seconds(60); ++id) {
+    const auto asked = Clock::now();
+    control.Ok({{"id", id}, {"verb", "hello"}});
+    slowest = std::max(slowest, Clock::now() - asked);
+    ++round_trips;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  appender.join();
+  const auto took_ms = std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
+  const auto slowest_ms = std::chrono::duration_cast<milliseconds>(slowest).count();
+  std::printf("open + %d appends took %ld ms; %d hello round trips meanwhile, slowest %ld ms\n",
+              kAppends, static_cast<long>(took_ms), round_trips, static_cast<long>(slowest_ms));
+  EXPECT_GE(took_ms, (kAppends + 1) * kSlowStoreFaultMs) << "the writes were not slowed";
+  EXPECT_LT(slowest_ms, kSlowStoreFaultMs / 2)
+      << "a hello waited for another connection's store write on the I/O thread";
+  json info = control.Ok({{"id", 99}, {"verb", "session.info"}, {"session", "slow"}});
+  EXPECT_EQ(info["num_messages"], kAppends);
+}
+
 }  // namespace
 }  // namespace kvkeep::testing
