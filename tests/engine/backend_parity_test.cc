@@ -11,6 +11,7 @@
 
 #include "engine/sampler.h"
 #include "tests/engine/engine_fixture.h"
+#include "tests/engine/forwarding_backend.h"
 
 namespace kvkeep::enginetest {
 namespace {
@@ -18,15 +19,13 @@ namespace {
 // Forwards to a real backend, then corrupts the logits of its `corrupt_call`-th Forward
 // (0-based): the reference's lowest-logit token gets a large offset, so it becomes the
 // argmax by a margin far beyond any rounding error.
-class CorruptingBackend : public Backend {
+class CorruptingBackend : public ForwardingBackend {
  public:
   CorruptingBackend(std::unique_ptr<Backend> inner, int corrupt_call)
-      : inner_(std::move(inner)), corrupt_call_(corrupt_call) {}
-  std::string name() const override { return "corrupt(" + inner_->name() + ")"; }
-  const ModelConfig& config() const override { return inner_->config(); }
-  const KvPoolShape& kv_shape() const override { return inner_->kv_shape(); }
+      : ForwardingBackend(std::move(inner)), corrupt_call_(corrupt_call) {}
+  std::string name() const override { return "corrupt(" + ForwardingBackend::name() + ")"; }
   Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override {
-    RETURN_IF_ERROR(inner_->Forward(batch, logits));
+    RETURN_IF_ERROR(ForwardingBackend::Forward(batch, logits));
     if (calls_++ == corrupt_call_) {
       auto lo = std::min_element(logits->begin(), logits->end());
       double max_abs = 0;
@@ -36,20 +35,9 @@ class CorruptingBackend : public Backend {
     }
     return Status::OK();
   }
-  Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) override {
-    return inner_->CopyBlocks(src_dst);
-  }
-  size_t block_bytes() const override { return inner_->block_bytes(); }
-  Status ReadBlock(int32_t block_id, void* dst) override {
-    return inner_->ReadBlock(block_id, dst);
-  }
-  Status WriteBlock(int32_t block_id, const void* src) override {
-    return inner_->WriteBlock(block_id, src);
-  }
   int32_t corrupted_token() const { return corrupted_token_; }
 
  private:
-  std::unique_ptr<Backend> inner_;
   int corrupt_call_;
   int calls_ = 0;
   int32_t corrupted_token_ = -1;

@@ -16,6 +16,7 @@
 #include "engine/engine_impl.h"
 #include "engine/episode_cache.h"
 #include "tests/engine/engine_fixture.h"
+#include "tests/engine/forwarding_backend.h"
 
 namespace kvkeep::enginetest {
 namespace {
@@ -280,44 +281,21 @@ TEST_F(EpisodeServeTest, CacheBuildRunsInStepsBesideOtherSessionsDecodes) {
 
 // Counts the tokens every forward runs (Forward and ForwardScored), for the step budget
 // test; everything else goes to the wrapped backend.
-class CountingBackend : public Backend {
+class CountingBackend : public ForwardingBackend {
  public:
-  explicit CountingBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  using ForwardingBackend::ForwardingBackend;
   int64_t TakeTokens() { return std::exchange(tokens_, 0); }
-  std::string name() const override { return inner_->name(); }
-  const ModelConfig& config() const override { return inner_->config(); }
-  const KvPoolShape& kv_shape() const override { return inner_->kv_shape(); }
   Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override {
     tokens_ += batch.num_tokens();
-    return inner_->Forward(batch, logits);
+    return ForwardingBackend::Forward(batch, logits);
   }
   Status ForwardScored(const ForwardBatch& batch, int32_t num_scored, std::vector<float>* logits,
                        std::vector<float>* scores) override {
     tokens_ += batch.num_tokens();
-    return inner_->ForwardScored(batch, num_scored, logits, scores);
-  }
-  Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) override {
-    return inner_->CopyBlocks(src_dst);
-  }
-  size_t block_bytes() const override { return inner_->block_bytes(); }
-  Status ReadBlock(int32_t block_id, void* dst) override {
-    return inner_->ReadBlock(block_id, dst);
-  }
-  Status WriteBlock(int32_t block_id, const void* src) override {
-    return inner_->WriteBlock(block_id, src);
-  }
-  Status CompactKv(std::span<const int32_t> table, int32_t num_entries,
-                   std::span<const int32_t> keep, int32_t num_keep) override {
-    return inner_->CompactKv(table, num_entries, keep, num_keep);
-  }
-  Status CompactKvLayers(std::span<const int32_t> table, std::span<const int32_t> num_entries,
-                         std::span<const int32_t> keep,
-                         std::span<const int32_t> num_keep) override {
-    return inner_->CompactKvLayers(table, num_entries, keep, num_keep);
+    return ForwardingBackend::ForwardScored(batch, num_scored, logits, scores);
   }
 
  private:
-  std::unique_ptr<Backend> inner_;
   int64_t tokens_ = 0;
 };
 
