@@ -71,7 +71,9 @@ struct Args {
   int kv_dtype_bytes = 2;                   // with --model, when the cost model has none
   std::string arrivals = "poisson";
   double time_scale = 1;
-  sim::SimOptions engine;  // max_batch_tokens, prefill_chunk_tokens, max_running
+  bool turns_csv = false;           // DIR/turns_n<agents>_<policy>.csv per run
+  double client_round_trip_ms = 0;  // SimOptions::client_round_trip_s
+  sim::SimOptions engine;           // max_batch_tokens, prefill_chunk_tokens, max_running
   std::string python = ".venv/bin/python", plot_script = "bench/policy_bench_plot.py";
 };
 
@@ -164,6 +166,7 @@ nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
           {"agents_done", s.agents_done},
           {"agents_truncated", s.agents_truncated},
           {"agents_failed", s.agents_failed},
+          {"engine_steps", s.engine_steps},
           {"sim_end_s", s.end_s},
           {"wall_s", wall_s}};
 }
@@ -200,6 +203,7 @@ Status Run(const Args& a) {
   }
   const int64_t block_bytes = fit.model.kv_bytes_per_token * a.block_tokens;
   sim::SimOptions options = a.engine;
+  options.client_round_trip_s = a.client_round_trip_ms / 1000;
   options.cost = fit.model;
   options.block_size = a.block_tokens;
   options.device_blocks = a.kv_blocks > 0 ? a.kv_blocks : Blocks(a.kv_gib, block_bytes);
@@ -267,6 +271,7 @@ Status Run(const Args& a) {
     std::vector<replay::AgentArrival> arrivals;
     Status status;
     nlohmann::json figures;
+    std::string turns_csv;
   };
   std::vector<Job> jobs;
   for (int n : a.agents) {
@@ -310,6 +315,7 @@ Status Run(const Args& a) {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const sim::SimSummary s = sim::Summarize(*r);
       job.figures = SummaryJson(s, wall_s);
+      if (a.turns_csv) job.turns_csv = sim::TurnsCsv(*r, programs, job.arrivals);
       std::lock_guard<std::mutex> lock(print_mu);
       std::printf("%6d %-10s %9.1f %9.1f %8.3f %8.3f %6.3f %12lld %12lld %9.0f %6lld %7.1f\n",
                   job.agents, job.policy.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s,
@@ -329,6 +335,12 @@ Status Run(const Args& a) {
     for (; i < jobs.size() && jobs[i].agents == n; ++i) {
       RETURN_IF_ERROR(jobs[i].status);
       per_policy[jobs[i].policy] = jobs[i].figures;
+      if (a.turns_csv) {
+        RETURN_IF_ERROR(DefaultEnv()->CreateDirs(a.out));
+        RETURN_IF_ERROR(DefaultEnv()->WriteFileAtomic(
+            JoinPath(a.out, "turns_n" + std::to_string(n) + "_" + jobs[i].policy + ".csv"),
+            jobs[i].turns_csv));
+      }
     }
     loads.push_back({{"agents", n}, {"policies", per_policy}});
   }
@@ -422,6 +434,10 @@ int main(int argc, char** argv) {
   app.add_option("--ttl-pressure-knee", a.ttl.pressure_knee_free_fraction,
                  "free fraction of the pool below which held blocks start to cost")
       ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--client-round-trip-ms", a.client_round_trip_ms,
+                 "the client's time per turn outside the engine (bench/sim/agent_sim.h)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--turns-csv", a.turns_csv, "write DIR/turns_n<agents>_<policy>.csv per run");
   app.add_option("--python", a.python, "Python with matplotlib for the PNG");
   app.add_option("--plot-script", a.plot_script, "the plotting script");
   CLI11_PARSE(app, argc, argv);

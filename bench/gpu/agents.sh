@@ -66,6 +66,10 @@
 #   AGENTS_MAX_CALL_S / AGENTS_STRADDLE_S: keep only the sessions whose first AGENTS_TURNS
 #   turns have every tool call at most / at least one call over this many seconds.
 #   AGENTS_SIM_SLACK (1.3): a run is started only if slack x its simulated wall + a start fits.
+#   AGENTS_CLIENT_RTT_MS (0): policy_bench --client-round-trip-ms, the replay client's time per
+#   turn outside the engine (2.7 ms on the H100 host, bench/RESULTS.md: `agents_report.py
+#   client-gap` measures it from a run's turns.csv). 0 by default: with it on, today's
+#   simulator over-predicts ttl 1.6-2.4x (bench/RESULTS.md, "The client round trip").
 #   AGENTS_SIM_COST_MODEL=FILE (a cost_model.json): every daemon runs over the simulator's
 #   backend priced by FILE in real time (kvkeepd --testing-sim-cost-model; no GPU, no
 #   weights read), and FILE is the cost model instead of a calibration: the real daemon
@@ -106,6 +110,7 @@ SEED_TRACE=${AGENTS_SEED_TRACE:-$TRACE}
 SEED_LANE_S=${AGENTS_SEED_LANE_S:-20}
 PREDICT=${AGENTS_PREDICT:-1}
 SIM_SLACK=${AGENTS_SIM_SLACK:-1.3}
+CLIENT_RTT_MS=${AGENTS_CLIENT_RTT_MS:-0}
 HOST_GBPS=${AGENTS_HOST_GBPS:-50}  # the simulator's host<->device rate when calibration has none
 # A bench/gpu/prebuild.sh directory carries the shared libraries a bare device image lacks.
 [ -d "$BIN/lib" ] && export LD_LIBRARY_PATH="$BIN/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -173,7 +178,7 @@ predict() {
     --max-batch-tokens 512 --prefill-chunk-tokens 256 --max-running 64 --arrivals recorded \
     --kv-dtype-bytes "$([ "$DEVICE" = cpu ] && echo 4 || echo 2)" --host-gbps "$HOST_GBPS" \
     --time-scale "$SCALE" --max-turns "$TURNS" ${MAX_TOKENS:+--max-tokens "$MAX_TOKENS"} \
-    --agents "$(echo $LOADS | tr ' ' ',')" --jobs 4 \
+    --agents "$(echo $LOADS | tr ' ' ',')" --jobs 4 --client-round-trip-ms "$CLIENT_RTT_MS" \
     --policies "$policies" --plot-script /nonexistent > "$OUT/sim.txt" 2>&1 ||
     { echo "policy_bench failed:"; tail -5 "$OUT/sim.txt"; }
   grep -A40 "^agents policy" "$OUT/sim.txt" | grep -v "^$" | grep -v "^sh:" | head -30

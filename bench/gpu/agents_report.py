@@ -327,6 +327,31 @@ def report(a):
     plot(result, loads, out)
 
 
+def client_gap(a):
+    """The replay client's seconds per turn outside the engine, from turns.csv files:
+    (latency - ttft - decode) of each turn (the request until the engine has it, the reply
+    after the last token) plus the gap between a reply and the next request less the tool
+    wait (the tool_begin and tool_end calls). Prints the medians: the simulator's
+    --client-round-trip-ms is their sum."""
+    around, between = [], []
+    for path in a.turns:
+        by_session = {}
+        for row in read_csv(pathlib.Path(path)):
+            by_session.setdefault(row["session"], []).append(row)
+        for rows in by_session.values():
+            rows.sort(key=lambda r: int(r["turn"]))
+            for r in rows:
+                around.append(float(r["latency_ms"]) - float(r["ttft_ms"]) - float(r["decode_ms"]))
+            for prev, nxt in zip(rows, rows[1:]):
+                end_s = float(prev["start_s"]) + float(prev["latency_ms"]) / 1000
+                between.append(1000 * (float(nxt["start_s"]) - end_s - float(nxt["tool_wait_s"])))
+    if not around:
+        sys.exit("client-gap: no turns")
+    a_ms, b_ms = percentile(around, 50), percentile(between, 50) if between else 0.0
+    print(f"client-gap: {len(around)} turns; around a turn (p50) {a_ms:.2f} ms, between turns "
+          f"(p50) {b_ms:.2f} ms; client round trip {a_ms + b_ms:.2f} ms")
+
+
 def plot(result, loads, out):
     try:
         import matplotlib
@@ -392,8 +417,11 @@ def main():
     u.add_argument("--max-call-s", type=float, default=None)
     u.add_argument("--straddle-s", type=float, default=None)
     u.add_argument("--out", required=True)
+    g = sub.add_parser("client-gap")
+    g.add_argument("turns", nargs="+", help="turns.csv files of kvkeep replay run")
     a = ap.parse_args()
-    {"estimate": estimate, "seed-trace": seed_trace, "report": report, "subset": subset}[a.cmd](a)
+    {"estimate": estimate, "seed-trace": seed_trace, "report": report, "subset": subset,
+     "client-gap": client_gap}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -35,7 +36,7 @@ ModelConfig SimModelConfig(const SimOptions& o) {
 }
 
 struct Event {
-  enum class Kind { kSubmit, kToolEnd, kEnd };
+  enum class Kind { kSubmit, kToolBegin, kToolEnd, kEnd };
   int64_t at_us = 0;
   int64_t order = 0;  // FIFO among equal times
   Kind kind = Kind::kSubmit;
@@ -89,7 +90,7 @@ class Simulation {
         const bool idle = outstanding_ == 0;
         hints_pending_ = false;
         RETURN_IF_ERROR(engine_impl_->Step().WithContext("sim step"));
-        ++result_.engine_steps;
+        if (!idle) ++result_.engine_steps;
         const int64_t step_us =
             std::max<int64_t>(idle ? 0 : 1, ToMicros(backend_->TakeElapsedSeconds()));
         pinned_blocks_ = engine_->GetStats().pinned_blocks;  // held while the step ran
@@ -187,6 +188,16 @@ class Simulation {
     return h;
   }
 
+  int64_t HalfRoundTripUs() const { return ToMicros(o_.client_round_trip_s / 2); }
+
+  // tool_begin of the tool after the agent's last finished turn; the tool starts.
+  void BeginTool(int32_t agent) {
+    const AgentState& a = agents_[agent];
+    const replay::AgentStep& step = a.program->steps[a.next_step - 1];
+    SendHint(ToolHint(SessionHint::Kind::kToolBegin, agent, step));
+    Schedule(clock_.NowMicros() + ToMicros(step.tool_s), Event::Kind::kToolEnd, agent);
+  }
+
   void SendHint(const SessionHint& hint) {
     engine_->Hint(hint);
     hints_pending_ = true;
@@ -208,14 +219,22 @@ class Simulation {
         EndAgent(ev.agent, /*truncated=*/false, /*failed=*/false);
         continue;
       }
+      if (ev.kind == Event::Kind::kToolBegin) {
+        BeginTool(ev.agent);
+        continue;
+      }
       if (ev.kind == Event::Kind::kToolEnd) {
         const AgentState& a = agents_[ev.agent];
         SendHint(
             ToolHint(SessionHint::Kind::kToolEnd, ev.agent, a.program->steps[a.next_step - 1]));
         const bool last = a.next_step >= static_cast<int32_t>(a.program->steps.size());
-        Schedule(clock_.NowMicros() +
-                     ToMicros(last ? a.program->tail_s : a.program->steps[a.next_step].think_s),
-                 last ? Event::Kind::kEnd : Event::Kind::kSubmit, ev.agent);
+        if (last) {
+          Schedule(clock_.NowMicros() + ToMicros(a.program->tail_s), Event::Kind::kEnd, ev.agent);
+        } else {  // the next request reaches the engine half a round trip after tool_end
+          Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s) +
+                       HalfRoundTripUs(),
+                   Event::Kind::kSubmit, ev.agent);
+        }
         continue;
       }
       RETURN_IF_ERROR(Submit(ev.agent));
@@ -334,10 +353,14 @@ class Simulation {
         continue;
       }
       if (!step.tool.empty()) {
-        SendHint(ToolHint(SessionHint::Kind::kToolBegin, agent, step));
-        Schedule(clock_.NowMicros() + ToMicros(step.tool_s), Event::Kind::kToolEnd, agent);
+        if (HalfRoundTripUs() > 0) {  // the reply, then the client's tool_begin call
+          Schedule(clock_.NowMicros() + HalfRoundTripUs(), Event::Kind::kToolBegin, agent);
+        } else {
+          BeginTool(agent);
+        }
       } else {
-        Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s),
+        Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s) +
+                     2 * HalfRoundTripUs(),
                  Event::Kind::kSubmit, agent);
       }
     }
@@ -428,8 +451,32 @@ SimSummary Summarize(const SimResult& r) {
   s.swapped_in_blocks = r.backend.swapped_in_blocks;
   s.evicted_blocks = r.engine.evicted_blocks;
   s.dropped_blocks = r.engine.dropped_blocks;
+  s.engine_steps = r.engine_steps;
   s.end_s = r.end_s;
   return s;
+}
+
+std::string TurnsCsv(const SimResult& r, const std::vector<replay::AgentProgram>& programs,
+                     const std::vector<replay::AgentArrival>& arrivals) {
+  std::string out =
+      "agent,program,turn,submit_s,first_token_s,finish_s,context_tokens,cached_tokens,"
+      "cached_host_tokens,first_prefill_tokens,reprefill_tokens\n";
+  char line[512];
+  for (const SimTurn& t : r.turns) {
+    const size_t agent = static_cast<size_t>(t.agent);
+    const std::string& program =
+        agent < arrivals.size() && arrivals[agent].program < programs.size()
+            ? programs[arrivals[agent].program].id
+            : std::string();
+    std::snprintf(line, sizeof(line), "%d,%s,%d,%.6f,%.6f,%.6f,%lld,%lld,%lld,%lld,%lld\n", t.agent,
+                  program.c_str(), t.step, t.submit_s, t.first_token_s, t.finish_s,
+                  static_cast<long long>(t.context_tokens), static_cast<long long>(t.cached_tokens),
+                  static_cast<long long>(t.cached_host_tokens),
+                  static_cast<long long>(t.first_prefill_tokens),
+                  static_cast<long long>(t.reprefill_tokens));
+    out += line;
+  }
+  return out;
 }
 
 }  // namespace kvkeep::sim

@@ -10,7 +10,12 @@
 // tokens appended before it). When a turn finishes, a tool_begin hint goes to the
 // engine and the recorded tool duration starts; at its end a tool_end hint goes in and,
 // after the recorded think time, the next turn is submitted with the whole context
-// (previous context + the forced output + the appended tool result). After the last turn
+// (previous context + the forced output + the appended tool result). With
+// SimOptions::client_round_trip_s the simulated client is as slow as `kvkeep replay run`
+// against kvkeepd: the tool_begin hint reaches the engine half a round trip after the
+// turn's last token, and the next turn half a round trip after tool_end. A hint or
+// turn that arrives while a step runs waits for the next step, as in the daemon, so the
+// session is unpinned through one step's admission at each turn boundary. After the last turn
 // the agent still waits out that turn's tool and the program's tail_s, as `kvkeep replay
 // run` does, then a close hint releases the session. Token ids are synthetic (a function of the
 // position); each agent has its own cache salt, so agents running the same program do
@@ -52,6 +57,12 @@ struct SimOptions {
   bool shared_cache_salt = false;
   CostModel cost;  // with kv_bytes_per_token set
   TtlOptions ttl;  // the TTL rule's knobs (ttl, ttl-fcfs)
+  // The client's seconds per turn outside the engine and its tools: the reply to a
+  // turn, the tool_begin and tool_end calls, and the next request until the daemon
+  // submits it (measured from kvkeep replay's turns.csv: bench/gpu/agents_report.py
+  // client-gap). Half of it lies between a turn's last token and its tool_begin, half
+  // between tool_end and the next turn's submission. 0: the client is instant.
+  double client_round_trip_s = 0;
   // Called about every progress_every_sim_s of simulated time (may be empty).
   double progress_every_sim_s = 10;
   std::function<void(double sim_s, int agents_done, int agents, int64_t turns_done)> progress;
@@ -91,9 +102,9 @@ struct SimResult {
   SimBackendCounters backend;
   EngineStats engine;
   double end_s = 0;
-  int64_t engine_steps = 0;
-  int64_t idle_jumps = 0;  // times the clock jumped to the next event
-  double pin_block_s = 0;  // device blocks held by live pins, integrated over time
+  int64_t engine_steps = 0;  // steps with a turn in flight (not those that only apply hints)
+  int64_t idle_jumps = 0;    // times the clock jumped to the next event
+  double pin_block_s = 0;    // device blocks held by live pins, integrated over time
 };
 
 // Runs the workload. InvalidArgument for bad options or an unknown policy; the engine's
@@ -120,9 +131,17 @@ struct SimSummary {
   // The pool's own reclaim: device blocks evicted (demoted to host, or dropped), and
   // blocks dropped from the bottom tier (recomputed if needed again).
   int64_t evicted_blocks = 0, dropped_blocks = 0;
+  int64_t engine_steps = 0;
   double end_s = 0;
 };
 SimSummary Summarize(const SimResult& result);
+
+// The turns as CSV, one row per model turn in the order they finished: agent, program
+// (its id in the trace), turn, submit_s, first_token_s, finish_s, context_tokens,
+// cached_tokens, cached_host_tokens, first_prefill_tokens, reprefill_tokens: for a
+// turn-by-turn diff against a real run's turns.csv.
+std::string TurnsCsv(const SimResult& result, const std::vector<replay::AgentProgram>& programs,
+                     const std::vector<replay::AgentArrival>& arrivals);
 
 // Nearest-rank percentile (q in [0, 1]) of values; 0 for none.
 double Percentile(std::vector<double> values, double q);

@@ -131,6 +131,61 @@ TEST(AgentSim, PinBlockSecondsAreTheSessionsBlocksTimesTheToolWait) {
   }
 }
 
+// The client's round trip: half of it between a turn's last token and its tool_begin,
+// half between tool_end and the next turn.
+TEST(AgentSim, TheClientRoundTripDelaysTheToolAndTheNextTurn) {
+  replay::AgentProgram p;
+  p.id = "one";
+  p.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "", 0)};
+  SimOptions o = Options("ttl");
+  o.client_round_trip_s = 0.003;
+  auto r = RunAgentSim({p}, {{0.0, 0}}, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->turns.size(), 2u);
+  EXPECT_NEAR(r->turns[1].submit_s, r->turns[0].finish_s + 2.5 + 0.003, 2e-6);
+  EXPECT_EQ(r->turns[1].reprefill_tokens, 10);  // alone: nothing takes its blocks
+  EXPECT_EQ(Summarize(*r).pins_used, 1);
+}
+
+// A turn that waits for room when another finishes while a third still decodes: without a
+// round trip the finished session's tool_begin pins it before the waiting turn's
+// admission, and the waiting turn waits; with one, the waiting turn is admitted in the
+// step between, reclaims the unpinned session, and the pin later granted holds nothing
+// (neither used nor expired), so its next turn re-prefills what the waiting turn took.
+TEST(AgentSim, TheRoundTripLeavesAFinishedSessionUnpinnedForOneStep) {
+  replay::AgentProgram a, b, c;
+  a.id = "a";
+  a.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "", 0)};
+  b.id = "b";
+  b.steps = {Step(3000, 20, "", 0)};
+  c.id = "c";
+  c.steps = {Step(1000, 1000, "", 0)};  // decodes past a's tool: a pin need not give way
+  int64_t reprefill_without = -1;
+  for (double round_trip_s : {0.0, 0.003}) {
+    SimOptions o = Options("ttl");
+    o.device_blocks = 340;  // a's 191 blocks, c's 63-126 and b's 189 do not fit together
+    o.client_round_trip_s = round_trip_s;
+    auto r = RunAgentSim({a, b, c}, {{0.0, 0}, {0.01, 1}, {0.0, 2}}, o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const SimSummary s = Summarize(*r);
+    const SimTurn* a1 = nullptr;
+    for (const SimTurn& t : r->turns) {
+      if (t.agent == 0 && t.step == 1) a1 = &t;
+    }
+    ASSERT_NE(a1, nullptr);
+    ASSERT_EQ(s.pins_granted, 1) << round_trip_s;
+    EXPECT_EQ(s.pin_violations, 0) << round_trip_s;
+    if (round_trip_s == 0) {
+      EXPECT_EQ(s.pins_used, 1);
+      reprefill_without = a1->reprefill_tokens;
+    } else {
+      EXPECT_EQ(s.pins_used + s.pins_expired, 0);
+      // b's 189 blocks less the free ones: at least 80 blocks of a's taken.
+      EXPECT_GE(a1->reprefill_tokens, reprefill_without + 80 * 16);
+    }
+  }
+}
+
 // Synthetic programs of a few thousand tokens with tool waits, under a pool too small
 // for all agents at once (reclaim, host tier, preemption).
 std::vector<replay::AgentProgram> SmallPrograms() {
