@@ -40,6 +40,12 @@
 # times as recorded. The simulator gives each of ttl and fixed-ttl about 2 minutes, lru
 # about 4-5: call 1 AGENTS_POLICIES="ttl fixed-ttl", call 2 AGENTS_POLICIES=lru.
 #
+# AGENTS_WORKLOAD=straddle8 (issue 12's three loads, chosen with the simulator, bench/RESULTS.md
+# "Planning the three-load GPU run"): the straddle sessions (chosen by their first 24 turns),
+# 8 model turns each, loads 8, 12 and 16, device pool 6,144 blocks (12 GiB, 98k tokens), host
+# tier 2,048 blocks, outputs capped at 64 tokens, tool times as recorded. All four policies at
+# a load take the simulator 2.4-4.8 minutes: call 1 AGENTS_LOADS="8 12", call 2 AGENTS_LOADS=16.
+#
 # Knobs (environment):
 #   AGENTS_LOADS ("4 8 12"), AGENTS_POLICIES ("ttl fixed-ttl lru none"), AGENTS_TURNS (model
 #   turns per agent, 4), AGENTS_TIME_SCALE (1: recorded tool times), AGENTS_KV_BLOCKS
@@ -65,6 +71,7 @@
 #   turns hold at most this many seconds of tool time (default: all sessions).
 #   AGENTS_MAX_CALL_S / AGENTS_STRADDLE_S: keep only the sessions whose first AGENTS_TURNS
 #   turns have every tool call at most / at least one call over this many seconds.
+#   AGENTS_SUBSET_TURNS: those rules look at this many first turns instead (straddle8: 24).
 #   AGENTS_SIM_SLACK (1.3): a run is started only if slack x its simulated wall + a start fits.
 #   AGENTS_CLIENT_RTT_MS (0): policy_bench --client-round-trip-ms, the replay client's time per
 #   turn outside the engine (2.7 ms on the H100 host, bench/RESULTS.md: `agents_report.py
@@ -82,13 +89,15 @@ OUT=${OUT:-/tmp/kvkeep-agents}
 PRESET=${AGENTS_PRESET:-llama3-8b-shape}
 WORKLOAD=${AGENTS_WORKLOAD:-}
 if [ "$PRESET" = long ]; then WORKLOAD=long; PRESET=llama3-8b-shape; fi
-D_MAX_CALL_S="" D_STRADDLE_S=""
+D_MAX_CALL_S="" D_STRADDLE_S="" D_SUBSET_TURNS=""
 case "$WORKLOAD" in
   long) D_LOADS=12 D_TURNS=24 D_KV=12288 D_HOST=4096 D_MAX_TOKENS=64 D_MAX_TOOL_S=30 ;;
   straddle) D_LOADS=16 D_TURNS=24 D_KV=20480 D_HOST=2048 D_MAX_TOKENS=64 D_MAX_TOOL_S=""
     D_MAX_CALL_S=30 D_STRADDLE_S=2 ;;
+  straddle8) D_LOADS="8 12 16" D_TURNS=8 D_SUBSET_TURNS=24 D_KV=6144 D_HOST=2048 D_MAX_TOKENS=64
+    D_MAX_TOOL_S="" D_MAX_CALL_S=30 D_STRADDLE_S=2 ;;
   "") D_LOADS="4 8 12" D_TURNS=4 D_KV=3072 D_HOST=4096 D_MAX_TOKENS="" D_MAX_TOOL_S="" ;;
-  *) echo "agents.sh: unknown AGENTS_WORKLOAD '$WORKLOAD' (long, straddle)"; exit 2 ;;
+  *) echo "agents.sh: unknown AGENTS_WORKLOAD '$WORKLOAD' (long, straddle, straddle8)"; exit 2 ;;
 esac
 LOADS=${AGENTS_LOADS:-$D_LOADS}
 POLICIES=${AGENTS_POLICIES:-ttl fixed-ttl lru none}
@@ -100,6 +109,7 @@ MAX_TOKENS=${AGENTS_MAX_TOKENS:-$D_MAX_TOKENS}
 MAX_TOOL_S=${AGENTS_MAX_TOOL_S:-$D_MAX_TOOL_S}
 MAX_CALL_S=${AGENTS_MAX_CALL_S:-$D_MAX_CALL_S}
 STRADDLE_S=${AGENTS_STRADDLE_S:-$D_STRADDLE_S}
+SUBSET_TURNS=${AGENTS_SUBSET_TURNS:-${D_SUBSET_TURNS:-$TURNS}}  # turns the subset's rules look at
 MODEL=${AGENTS_MODEL:-/tmp/kvkeep-$PRESET}
 DEVICE=${AGENTS_DEVICE:-cuda}
 BUDGET_S=${AGENTS_BUDGET_S:-540}
@@ -127,7 +137,7 @@ echo "=== agents: workload ${WORKLOAD:-default}, loads $LOADS, policies $POLICIE
   "max_tokens ${MAX_TOKENS:-daemon default}, sessions with <= ${MAX_TOOL_S:-any} s of tool time, calls <= ${MAX_CALL_S:-any} s, one > ${STRADDLE_S:-any} s," \
   "pool $KV_BLOCKS blocks, host $HOST_BLOCKS, time scale $SCALE, budget ${BUDGET_S} s"
 if [ -n "$MAX_TOOL_S$MAX_CALL_S$STRADDLE_S" ]; then  # the subset every run and the simulator replay
-  python3 "$ROOT/bench/gpu/agents_report.py" subset "$TRACE" --turns "$TURNS" \
+  python3 "$ROOT/bench/gpu/agents_report.py" subset "$TRACE" --turns "$SUBSET_TURNS" \
     ${MAX_TOOL_S:+--max-tool-s "$MAX_TOOL_S"} ${MAX_CALL_S:+--max-call-s "$MAX_CALL_S"} \
     ${STRADDLE_S:+--straddle-s "$STRADDLE_S"} --out "$WORK/trace.jsonl" || exit 1
   TRACE=$WORK/trace.jsonl
