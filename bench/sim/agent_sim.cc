@@ -190,12 +190,13 @@ class Simulation {
 
   int64_t HalfRoundTripUs() const { return ToMicros(o_.client_round_trip_s / 2); }
 
-  // tool_begin of the tool after the agent's last finished turn; the tool starts.
-  void BeginTool(int32_t agent) {
+  // tool_begin of the tool after the agent's last finished turn, sent at sent_us; the
+  // tool runs from then.
+  void BeginTool(int32_t agent, int64_t sent_us) {
     const AgentState& a = agents_[agent];
     const replay::AgentStep& step = a.program->steps[a.next_step - 1];
     SendHint(ToolHint(SessionHint::Kind::kToolBegin, agent, step));
-    Schedule(clock_.NowMicros() + ToMicros(step.tool_s), Event::Kind::kToolEnd, agent);
+    Schedule(sent_us + ToMicros(step.tool_s), Event::Kind::kToolEnd, agent);
   }
 
   void SendHint(const SessionHint& hint) {
@@ -220,7 +221,7 @@ class Simulation {
         continue;
       }
       if (ev.kind == Event::Kind::kToolBegin) {
-        BeginTool(ev.agent);
+        BeginTool(ev.agent, ev.at_us);
         continue;
       }
       if (ev.kind == Event::Kind::kToolEnd) {
@@ -228,11 +229,12 @@ class Simulation {
         SendHint(
             ToolHint(SessionHint::Kind::kToolEnd, ev.agent, a.program->steps[a.next_step - 1]));
         const bool last = a.next_step >= static_cast<int32_t>(a.program->steps.size());
+        // The client's own clock: it sent tool_end at ev.at_us, while the engine may have
+        // been in a step (the hint is applied after it, the next turn maybe with it).
         if (last) {
-          Schedule(clock_.NowMicros() + ToMicros(a.program->tail_s), Event::Kind::kEnd, ev.agent);
+          Schedule(ev.at_us + ToMicros(a.program->tail_s), Event::Kind::kEnd, ev.agent);
         } else {  // the next request reaches the engine half a round trip after tool_end
-          Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s) +
-                       HalfRoundTripUs(),
+          Schedule(ev.at_us + ToMicros(a.program->steps[a.next_step].think_s) + HalfRoundTripUs(),
                    Event::Kind::kSubmit, ev.agent);
         }
         continue;
@@ -356,7 +358,7 @@ class Simulation {
         if (HalfRoundTripUs() > 0) {  // the reply, then the client's tool_begin call
           Schedule(clock_.NowMicros() + HalfRoundTripUs(), Event::Kind::kToolBegin, agent);
         } else {
-          BeginTool(agent);
+          BeginTool(agent, clock_.NowMicros());
         }
       } else {
         Schedule(clock_.NowMicros() + ToMicros(a.program->steps[a.next_step].think_s) +
