@@ -61,6 +61,9 @@ struct DaemonTtlOptions {
   int32_t window_samples = 256;           // --tool-window-samples: newest samples kept
   int64_t retain_quota_blocks = 1 << 20;  // --retain-quota-blocks: hint pins per uid
   double starvation_bound_s = 30;         // program-aware admission's starvation bound
+  // --ttl-cost-s-per-block-s: the TTL rule's price of one held block per second on a full
+  // pool, in seconds of other sessions' time (TtlOptions::full_pressure_cost_s_per_block_s)
+  double cost_s_per_block_s = 5e-5;
   bool calibrate = false;  // --calibrate-cost-model: time the engine at start, save the fit
 };
 

@@ -15,6 +15,7 @@
 #include "tools/replay/replayer.h"
 #include "tools/replay/report.h"
 #include "tools/replay/synth.h"
+#include "tools/replay_daemon_state.h"
 
 namespace kvkeep::tools {
 namespace {
@@ -74,6 +75,8 @@ struct RunArgs {
   int max_sessions = 0;
   uint64_t seed = 0;
   bool no_plots = false;
+  std::string tool_history;  // --tool-history: a trace whose tool times seed each daemon
+  std::string cost_model;    // --cost-model: cost_model.json for each daemon
   std::vector<std::string> daemon_args;
 };
 
@@ -126,6 +129,9 @@ Status RunReplayCommand(const RunArgs& a) {
   if (a.spawn == !a.socket.empty()) {
     return Status::InvalidArgument("give exactly one of --socket PATH or --spawn");
   }
+  if (!a.spawn && (!a.tool_history.empty() || !a.cost_model.empty())) {
+    return Status::InvalidArgument("--tool-history and --cost-model need --spawn");
+  }
   if (!a.spawn && a.policies.size() > 1) {
     return Status::InvalidArgument(
         "several --policy values need --spawn (a running daemon has one policy)");
@@ -171,6 +177,8 @@ Status RunReplayCommand(const RunArgs& a) {
                    {"seed", a.seed},
                    {"spawn", a.spawn},
                    {"model", a.model},
+                   {"tool_history", a.tool_history},
+                   {"cost_model", a.cost_model},
                    {"daemon_args", a.daemon_args}};
   // Sockets live in a short temporary directory: sun_path holds 108 bytes at most.
   std::string sock_dir = "/tmp/kvkeep-replay-XXXXXX";
@@ -186,6 +194,8 @@ Status RunReplayCommand(const RunArgs& a) {
       spawn.kvkeepd_path = a.kvkeepd;
       spawn.socket_path = JoinPath(sock_dir, policy + ".sock");
       spawn.state_dir = JoinPath(dir, "state");
+      RETURN_IF_ERROR(
+          SeedDaemonState({a.tool_history, a.time_scale, a.cost_model}, spawn.state_dir));
       spawn.log_path = JoinPath(dir, "kvkeepd.log");
       spawn.extra_args = {"--policy", policy};
       if (!a.model.empty()) spawn.extra_args.insert(spawn.extra_args.end(), {"--model", a.model});
@@ -297,6 +307,11 @@ run_cmd
     ->check(CLI::NonNegativeNumber);
 run_cmd->add_option("--sessions", run->max_sessions, "Replay only the first N sessions");
 run_cmd->add_option("--seed", run->seed, "Seed (Poisson arrivals)")->capture_default_str();
+run_cmd->add_option("--tool-history", run->tool_history,
+                    "With --spawn, seed each daemon's tool statistics with this trace's tool "
+                    "times (x --time-scale): what it would have learned serving those agents");
+run_cmd->add_option("--cost-model", run->cost_model,
+                    "With --spawn, each daemon prices hits with this cost_model.json");
 run_cmd->add_flag("--no-plots", run->no_plots, "Skip the PNG plots");
 run_cmd->callback([run] {
   Status st = RunReplayCommand(*run);

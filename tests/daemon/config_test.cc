@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <map>
 
+#include "policy/policy_factory.h"
 #include "tests/testlib/env_wrapper.h"
 #include "tests/testlib/test_util.h"
 
@@ -152,6 +153,27 @@ TEST(ConfigTest, LowerTierCapsPerUidFromFileAndFlags) {
   EXPECT_EQ(cl->options.limits.max_host_blocks_per_uid, 12);
   EXPECT_EQ(cl->options.limits.max_disk_blocks_per_uid, 34);
   EXPECT_EQ(DaemonOptions().limits.max_host_blocks_per_uid, 0);  // no cap by default
+}
+
+// The TTL rule's memory price (TtlOptions::full_pressure_cost_s_per_block_s) from the file
+// and the flag, into the policy's options; a negative price is refused by name.
+TEST(ConfigTest, TtlCostPerBlockSecondFromFileAndFlag) {
+  DaemonOptions o;
+  ASSERT_TRUE(ApplyConfigJson(R"({"ttl": {"cost_s_per_block_s": 0.002}})", &o).ok());
+  EXPECT_EQ(o.ttl.cost_s_per_block_s, 0.002);
+  PolicyOptions p;
+  ToPolicyOptions(o, &p);
+  EXPECT_EQ(p.ttl.full_pressure_cost_s_per_block_s, 0.002);
+  DaemonOptions back;
+  ASSERT_TRUE(ApplyConfigJson(DaemonOptionsToJson(o), &back).ok());
+  EXPECT_EQ(back.ttl.cost_s_per_block_s, 0.002);
+  Status st = ApplyConfigJson(R"({"ttl": {"cost_s_per_block_s": -1}})", &o);
+  EXPECT_NE(st.message().find("ttl.cost_s_per_block_s"), std::string::npos) << st.message();
+  MapEnv env(std::map<std::string, std::string>{{"HOME", "/home/u"}});
+  auto cl = Parse({"--ttl-cost-s-per-block-s", "0.0005"}, &env);
+  ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+  EXPECT_EQ(cl->options.ttl.cost_s_per_block_s, 0.0005);
+  EXPECT_EQ(DaemonOptions().ttl.cost_s_per_block_s, TtlOptions().full_pressure_cost_s_per_block_s);
 }
 
 TEST(ConfigTest, ToJsonRoundTrips) {

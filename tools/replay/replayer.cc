@@ -270,6 +270,9 @@ class Run {
           ++done_turns_;
           waited_tool.clear();
           waited_s = 0;
+          // The last turn under --max-turns ends the session: no later turn reads the
+          // result of the tool it called, so the tool's wait is not replayed.
+          if (o_.max_turns > 0 && rec->turns >= o_.max_turns) k = s.events.size();
           break;
         }
         case EventType::kToolBegin: {
