@@ -171,11 +171,16 @@ class Simulation {
     events_.push(Event{at_us, next_order_++, kind, agent});
   }
 
+  // The client's clock: when the event being delivered was sent. kvkeepd stamps a hint or
+  // a request when it receives it, in the middle of a step, not when the next step
+  // applies it; the simulator delivers events between steps, so it stamps them with this.
+  int64_t ClientNowUs() const { return sent_us_ >= 0 ? sent_us_ : clock_.NowMicros(); }
+
   SessionHint MakeHint(SessionHint::Kind kind, int32_t agent) const {
     SessionHint h;
     h.kind = kind;
     h.session = static_cast<SessionId>(agent) + 1;
-    h.at_us = clock_.NowMicros();
+    h.at_us = ClientNowUs();
     return h;
   }
 
@@ -216,6 +221,7 @@ class Simulation {
     while (!events_.empty() && events_.top().at_us <= clock_.NowMicros()) {
       const Event ev = events_.top();
       events_.pop();
+      sent_us_ = ev.at_us;
       if (ev.kind == Event::Kind::kEnd) {
         EndAgent(ev.agent, /*truncated=*/false, /*failed=*/false);
         continue;
@@ -241,13 +247,14 @@ class Simulation {
       }
       RETURN_IF_ERROR(Submit(ev.agent));
     }
+    sent_us_ = -1;
     return Status::OK();
   }
 
   void EndAgent(int32_t agent, bool truncated, bool failed) {
     SendHint(MakeHint(SessionHint::Kind::kClose, agent));
     SimAgent& r = result_.agents[agent];
-    r.finish_s = NowS();
+    r.finish_s = static_cast<double>(ClientNowUs()) / 1e6;
     r.truncated = truncated;
     r.failed = failed;
     ++agents_done_;
@@ -293,11 +300,17 @@ class Simulation {
     SimTurn t;
     t.agent = agent;
     t.step = a.next_step;
-    t.submit_s = NowS();
+    t.submit_s = static_cast<double>(ClientNowUs()) / 1e6;
     t.context_tokens = prompt_tokens;
     pending_turn_[agent] = t;
     a.first_token_us = -1;
-    RETURN_IF_ERROR(engine_->Submit(std::move(r)));
+    // The engine stamps the request's arrival (its TTFT, the pin it returns within, its
+    // place in the queue) from the clock: the client's time, as kvkeepd would receive it.
+    const int64_t now_us = clock_.NowMicros();
+    clock_.SetMicros(ClientNowUs());
+    const Status submitted = engine_->Submit(std::move(r));
+    clock_.SetMicros(now_us);
+    RETURN_IF_ERROR(submitted);
     ++outstanding_;
     return Status::OK();
   }
@@ -385,6 +398,7 @@ class Simulation {
   RequestId next_request_ = 1;
   int64_t outstanding_ = 0;
   int agents_done_ = 0;
+  int64_t sent_us_ = -1;        // the event being delivered was sent then (-1: none)
   bool hints_pending_ = false;  // hints sent that no step has applied yet
   int64_t pinned_blocks_ = 0;   // device blocks held by live pins after the last step
   double pin_block_s_ = 0;

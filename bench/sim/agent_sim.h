@@ -15,7 +15,9 @@
 // against kvkeepd: the tool_begin hint reaches the engine half a round trip after the
 // turn's last token, and the next turn half a round trip after tool_end. A hint or
 // turn that arrives while a step runs waits for the next step, as in the daemon, so the
-// session is unpinned through one step's admission at each turn boundary. After the last turn
+// session is unpinned through one step's admission at each turn boundary; it carries the
+// time the client sent it (its at_us, the request's arrival, an agent's end), as kvkeepd
+// stamps what it receives mid-step. After the last turn
 // the agent still waits out that turn's tool and the program's tail_s, as `kvkeep replay
 // run` does, then a close hint releases the session. Token ids are synthetic (a function of the
 // position); each agent has its own cache salt, so agents running the same program do

@@ -147,6 +147,35 @@ TEST(AgentSim, TheClientRoundTripDelaysTheToolAndTheNextTurn) {
   EXPECT_EQ(Summarize(*r).pins_used, 1);
 }
 
+// kvkeepd stamps a hint or a request when it receives it, in the middle of whatever step
+// runs; the simulator delivers them between steps, so it stamps them with the client's
+// clock: the next turn is submitted (and its agent ends) exactly when the client sent it,
+// not at the end of the step another agent's decode was running then.
+TEST(AgentSim, EventsAreStampedWhenTheClientSentThemNotAtTheNextStep) {
+  replay::AgentProgram a, c;
+  a.id = "a";
+  a.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "", 0)};
+  a.tail_s = 0.7;
+  c.id = "c";
+  c.steps = {Step(8000, 1000, "", 0)};  // decodes through a's tool, turn and tail
+  SimOptions o = Options("ttl");
+  o.client_round_trip_s = 0.003;
+  auto r = RunAgentSim({a, c}, {{0.0, 0}, {0.0, 1}}, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const SimTurn* a0 = nullptr;
+  const SimTurn* a1 = nullptr;
+  const SimTurn* c0 = nullptr;
+  for (const SimTurn& t : r->turns) {
+    if (t.agent == 0) (t.step == 0 ? a0 : a1) = &t;
+    if (t.agent == 1) c0 = &t;
+  }
+  ASSERT_TRUE(a0 != nullptr && a1 != nullptr && c0 != nullptr);
+  ASSERT_GT(c0->finish_s, r->agents[0].finish_s);  // c's steps ran all along
+  EXPECT_NEAR(a1->submit_s, a0->finish_s + 0.0015 + 2.5 + 0.0015, 2e-6);
+  EXPECT_NEAR(r->agents[0].finish_s, a1->finish_s + 0.7, 2e-6);
+  EXPECT_EQ(Summarize(*r).pins_used, 1);
+}
+
 // A turn that waits for room when another finishes while a third still decodes: without a
 // round trip the finished session's tool_begin pins it before the waiting turn's
 // admission, and the waiting turn waits; with one, the waiting turn is admitted in the
