@@ -52,6 +52,8 @@ struct SimOptions {
   bool shared_cache_salt = false;
   CostModel cost;  // with kv_bytes_per_token set
   TtlOptions ttl;  // the TTL rule's knobs (ttl, ttl-fcfs)
+  // The pinning policies' turn-end grace pin (PolicyOptions::turn_end_grace_s).
+  double turn_end_grace_s = PolicyOptions{}.turn_end_grace_s;
   // Called about every progress_every_sim_s of simulated time (may be empty).
   double progress_every_sim_s = 10;
   std::function<void(double sim_s, int agents_done, int agents, int64_t turns_done)> progress;
