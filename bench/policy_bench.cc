@@ -63,6 +63,7 @@ struct Args {
   uint64_t seed = 1;
   int jobs = 1;  // simulations run at once
   TtlOptions ttl;
+  double turn_end_grace_s = PolicyOptions{}.turn_end_grace_s;
   std::string cost_model;     // a calibration file (kvkeepd's state dir); overrides timings
   std::string model;          // re-tokenize with this model (kvkeepd's --model)
   int64_t max_tokens = 4096;  // the daemon's limits.max_tokens (the replayer's output cap)
@@ -212,6 +213,7 @@ Status Run(const Args& a) {
   options.host_bytes_per_s =
       a.cost_model.empty() ? a.host_gbps * 1e9 : fit.model.host_to_device_bytes_per_s;
   options.ttl = a.ttl;
+  options.turn_end_grace_s = a.turn_end_grace_s;
 
   replay::WorkloadOptions workload;
   workload.max_turns = a.max_turns;
@@ -438,6 +440,9 @@ int main(int argc, char** argv) {
                  "the client's time per turn outside the engine (bench/sim/agent_sim.h)")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--turns-csv", a.turns_csv, "write DIR/turns_n<agents>_<policy>.csv per run");
+  app.add_option("--turn-end-grace-s", a.turn_end_grace_s,
+                 "pinning policies: grace pin from a turn's last token to its tool_begin (0: none)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--python", a.python, "Python with matplotlib for the PNG");
   app.add_option("--plot-script", a.plot_script, "the plotting script");
   CLI11_PARSE(app, argc, argv);

@@ -185,7 +185,11 @@ struct EngineStats {
   int64_t pins_granted = 0;
   int64_t pins_used = 0;
   int64_t pins_expired = 0;
-  int64_t pinned_blocks = 0;  // device blocks held by live pins now
+  // Turn-end grace pins (a session that calls tools, from a turn's last token until its
+  // tool_begin): granted, and bridged (tool_begin found the session still held under it).
+  int64_t grace_pins_granted = 0;
+  int64_t grace_pins_bridged = 0;
+  int64_t pinned_blocks = 0;  // device blocks held by live pins now (grace pins included)
   int64_t transfer_us = 0;    // cumulative: time in the transfer phase (swaps, disk I/O)
   // Episode caches (issue 13): the engine's records of built caches now, and cumulative
   // builds, their time on the engine thread, turns served from one, and fallbacks.

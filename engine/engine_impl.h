@@ -101,8 +101,8 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   // reclaimer (frees retained sessions in the policy's order; returns blocks freed).
   void Retain(Sequence* seq);
   void ReleaseSession(SessionId session);
-  // A new turn of session arrived: marks seq's admission class, ends a learned pin and
-  // hands the retained blocks back to the cache.
+  // A new turn of session arrived: marks seq's admission class, ends a learned (or grace)
+  // pin and hands the retained blocks back to the cache.
   void BeginTurn(SessionId session, Sequence* seq);
   // break_live_pins false: live pins are not reclaimed (Scheduler::Reclaimer).
   int32_t ReclaimSessions(int32_t shortfall_blocks, bool break_live_pins);
@@ -228,6 +228,7 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   bool tool_stats_dirty_ = true;                      // tool_keys in the stats need recomputing
   std::vector<EngineStats::ToolKeyStats> tool_keys_;
   int64_t pins_granted_ = 0, pins_used_ = 0, pins_expired_ = 0, transfer_us_ = 0;
+  int64_t grace_pins_granted_ = 0, grace_pins_bridged_ = 0;
   std::unordered_map<SessionId, RetainedSession> retained_;
   // For RetainedBlocks: each session's retained device blocks, set by Retain, kept across
   // BeginTurn, erased on reclaim and close.

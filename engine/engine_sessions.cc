@@ -61,6 +61,7 @@ void EngineImpl::Retain(Sequence* seq) {
   r.info.context_tokens = r.table.num_tokens();
   ++r.info.use_count;
   reclaim_policy_->OnRetain(&r.info);
+  if (r.info.pinned && r.info.pin_is_grace) ++grace_pins_granted_;
   const uint64_t tenant = r.table.scope().tenant_salt;
   SetRetainedBlocks(session, r.table.num_blocks());
   retained_.emplace(session, std::move(r));
@@ -104,9 +105,11 @@ void EngineImpl::BeginTurn(SessionId session, Sequence* seq) {
   auto it = session_info_.find(session);
   if (it == session_info_.end()) return;
   SessionReclaimInfo& info = it->second;
-  seq->returning_pinned = info.pinned && info.pin_deadline_us > seq->submit_us;
-  // A learned pin covers one tool wait; a session.retain pin lasts until its deadline.
-  if (info.pinned && !info.pin_from_hint) info.pinned = false;
+  seq->returning_pinned =
+      info.pinned && !info.pin_is_grace && info.pin_deadline_us > seq->submit_us;
+  // A learned (or grace) pin covers one tool wait; a session.retain pin lasts until its
+  // deadline.
+  if (info.pinned && !info.pin_from_hint) info.pinned = info.pin_is_grace = false;
 }
 
 void EngineImpl::ApplyHints(std::vector<SessionHint> hints) {
@@ -140,13 +143,17 @@ void EngineImpl::ApplyHint(const SessionHint& h, const EngineLoad& load) {
       tool_stats_dirty_ = true;
     }
     if (!held) PromoteOnToolEnd(h.session);
-    if (info->pinned && !info->pin_from_hint) {
+    if (info->pinned && !info->pin_from_hint && !info->pin_is_grace) {
       if (info->pin_deadline_us <= h.at_us) {
         ++pins_expired_;
       } else if (held) {
         ++pins_used_;
       }
     }
+  }
+  if (h.kind == SessionHint::Kind::kToolBegin && held && info->pinned && info->pin_is_grace &&
+      info->pin_deadline_us > h.at_us) {
+    ++grace_pins_bridged_;
   }
   reclaim_policy_->OnHint(h, load, info);
   if (h.kind == SessionHint::Kind::kToolBegin) {

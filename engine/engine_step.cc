@@ -252,6 +252,8 @@ void EngineImpl::PublishStats() {
   s.pins_granted = pins_granted_;
   s.pins_used = pins_used_;
   s.pins_expired = pins_expired_;
+  s.grace_pins_granted = grace_pins_granted_;
+  s.grace_pins_bridged = grace_pins_bridged_;
   s.transfer_us = transfer_us_;
   s.episode_caches = episodes_.size();
   s.episode_builds = episode_builds_;

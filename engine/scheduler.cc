@@ -97,11 +97,17 @@ bool Scheduler::PromotionFits(const Sequence* seq, std::span<const int32_t> cont
   // again) before the turn's next try, which recomputes it: so promote only when the
   // whole admission fits (the check below, made before the match).
   const BlockPool::MatchPlan plan = pool_->PlanMatch(context, seq->table.scope());
-  if (plan.tiers.host == 0 || break_live_pins) return true;  // alone: try as before
+  // PlanMatch, like MatchPrefix, takes a host block only while a device slot is free: on a
+  // full pool it plans no promotion, and the match then stops at the first host block and
+  // recomputes the rest. The host run ProbePrefix sees is what room is made for.
+  const TierCounts probe = pool_->ProbePrefix(context, seq->table.scope());
+  const int64_t host = std::max(plan.tiers.host, probe.host);
+  if (host == 0 || break_live_pins) return true;  // alone: try as before
+  const int64_t device = std::max(plan.tiers.device, probe.device);
+  const int64_t cached_device_slots = plan.slots_taken - plan.tiers.host;
   const int64_t new_blocks =
-      BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) - plan.tiers.device -
-      plan.tiers.host;
-  const int64_t must_fit = new_blocks + plan.slots_taken + PrefillBlocksStillNeeded();
+      BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) - device - host;
+  const int64_t must_fit = new_blocks + cached_device_slots + host + PrefillBlocksStillNeeded();
   while (pool_->num_allocatable() < must_fit) {
     if (!ReclaimBlocks(must_fit - pool_->num_allocatable(), /*break_live_pins=*/false)) {
       return false;

@@ -28,15 +28,17 @@ class PinningReclaimPolicy final : public ReclaimPolicy {
     info->last_use_us = std::max(info->last_use_us, hint.at_us);
     switch (hint.kind) {
       case SessionHint::Kind::kToolBegin:
+        ++info->tool_calls;
         PinForTool(hint, load, info);
         return;
       case SessionHint::Kind::kRetain:
         if (hint.retain_until_us <= hint.at_us) {  // ttl_s 0: release
-          info->pinned = info->pin_from_hint = false;
+          info->pinned = info->pin_from_hint = info->pin_is_grace = false;
           info->retention_priority = 0;
           return;
         }
         info->pinned = info->pin_from_hint = true;
+        info->pin_is_grace = false;
         info->pin_deadline_us = hint.retain_until_us;
         info->retention_priority = hint.priority;
         info->pin_benefit_s = Benefit(load, *info).total_s();
@@ -51,6 +53,19 @@ class PinningReclaimPolicy final : public ReclaimPolicy {
     const double rebuild_s =
         options_.cost_model.RebuildSeconds(RebuildSource::kPrefill, info->context_tokens);
     info->gdsf_priority = gdsf_.PriorityOnUse(info->use_count, rebuild_s, info->blocks_on_tier[0]);
+    // The turn-end grace pin: the agent's tool_begin arrives a client round trip after
+    // the turn's last token; without a pin a full pool reclaims the session in that gap
+    // and the tool's pin then holds nothing. Only sessions that have called tools get it,
+    // and a live session.retain pin is kept as it is.
+    const bool hint_pin =
+        info->pinned && info->pin_from_hint && info->pin_deadline_us > info->last_use_us;
+    if (options_.turn_end_grace_s > 0 && info->tool_calls > 0 && !hint_pin) {
+      info->pinned = info->pin_is_grace = true;
+      info->pin_from_hint = false;
+      info->pin_deadline_us =
+          info->last_use_us + static_cast<int64_t>(options_.turn_end_grace_s * 1e6);
+      info->pin_benefit_s = rebuild_s;
+    }
   }
   void OnReclaimed(const SessionReclaimInfo& info) override {
     if (!info.pinned) gdsf_.OnReclaim(info.gdsf_priority);
@@ -96,7 +111,7 @@ class PinningReclaimPolicy final : public ReclaimPolicy {
       hit = d.hit_probability;
     }
     last_ttl_s_[key] = ttl_s;
-    info->pin_from_hint = false;
+    info->pin_from_hint = info->pin_is_grace = false;
     info->pinned = ttl_s > 0;
     info->pin_deadline_us = hint.at_us + static_cast<int64_t>(ttl_s * 1e6);
     info->pin_benefit_s = hit * benefit.total_s();

@@ -34,6 +34,10 @@ struct PolicyOptions {
   ToolStatsOptions tool_stats;  // prior mean, min samples, ageing window
   AdmissionOptions admission;   // starvation bound (program_aware is the policy's)
   CostModel cost_model;         // prices a hit; DefaultCostModel() unless calibrated
+  // The turn boundary (ttl, ttl-fcfs, fixed-ttl; docs/policy.md, "The turn boundary"):
+  // a turn that ends in a session that has called tools is pinned for this long, or until
+  // its tool_begin replaces the pin (0: no grace pin).
+  double turn_end_grace_s = 0.5;
 };
 
 // Every policy name, in the order the docs list them.

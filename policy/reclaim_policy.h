@@ -61,6 +61,8 @@ struct SessionReclaimInfo {
   int64_t use_count = 0;              // turns it has finished (GDSF frequency)
   bool pin_from_hint = false;         // the pin came from session.retain: a learned pin
                                       // does not replace it while it is live
+  bool pin_is_grace = false;          // the pin is a turn-end grace pin (until tool_begin)
+  int64_t tool_calls = 0;             // tool_begin hints seen (a session that uses tools)
 };
 
 // One reclaim question: tier `tier` needs `shortfall_blocks` more free blocks at now_us.

@@ -150,6 +150,7 @@ class Simulation {
     e.policy.name = o_.policy;
     e.policy.cost_model = o_.cost;  // the TTL rule prices a hit as the simulator charges it
     e.policy.ttl = o_.ttl;
+    e.policy.turn_end_grace_s = o_.turn_end_grace_s;
     ASSIGN_OR_RETURN(engine_, Engine::Create(e, std::move(backend), nullptr, &clock_));
     engine_impl_ = dynamic_cast<EngineImpl*>(engine_.get());
     if (engine_impl_ == nullptr) return Status::Internal("sim: the engine is not an EngineImpl");

@@ -65,6 +65,8 @@ struct SimOptions {
   // client-gap). Half of it lies between a turn's last token and its tool_begin, half
   // between tool_end and the next turn's submission. 0: the client is instant.
   double client_round_trip_s = 0;
+  // The pinning policies' turn-end grace pin (PolicyOptions::turn_end_grace_s).
+  double turn_end_grace_s = PolicyOptions{}.turn_end_grace_s;
   // Called about every progress_every_sim_s of simulated time (may be empty).
   double progress_every_sim_s = 10;
   std::function<void(double sim_s, int agents_done, int agents, int64_t turns_done)> progress;

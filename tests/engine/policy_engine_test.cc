@@ -2,10 +2,12 @@
 // through a tool wait where lru loses it; pins are counted granted / used / expired; a
 // policy switch keeps pins; admission counts pinned blocks as taken and breaks a pin only
 // when nothing else can run; program-aware admission puts a returning pinned program ahead
-// of a newer one, where ttl-fcfs keeps FCFS.
+// of a newer one, where ttl-fcfs keeps FCFS; a turn-end grace pin keeps a tool-using
+// session through the gap before its tool_begin.
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -33,8 +35,8 @@ struct Outcome {
 class PolicyEngine {
  public:
   PolicyEngine(const enginetest::TestModel& model, const std::string& policy, int32_t device_blocks,
-               int32_t max_running = 64, int32_t host_blocks = 0,
-               const std::string& disk_dir = "") {
+               int32_t max_running = 64, int32_t host_blocks = 0, const std::string& disk_dir = "",
+               const std::function<void(PolicyOptions*)>& tweak = {}) {
     EngineOptions o;
     o.num_host_blocks = host_blocks;
     o.disk_dir = disk_dir;
@@ -43,6 +45,7 @@ class PolicyEngine {
     o.policy.name = policy;
     o.policy.cost_model = DefaultCostModel();
     o.max_running = max_running;
+    if (tweak) tweak(&o.policy);
     auto e = Engine::Create(o, MakeBackend(*model.weights, device_blocks), model.tokenizer.get(),
                             &clock);
     EXPECT_TRUE(e.ok()) << e.status().ToString();
@@ -334,6 +337,90 @@ TEST(PolicyEngineTest, ToolEndPromotesDemotedBlocksBeforeTheNextTurn) {
   const Outcome a2 = e.Run(2, 1, a);
   EXPECT_GT(a2.usage.cached_tokens, 0);
   EXPECT_GT(a2.usage.cached_host_tokens + a2.usage.cached_disk_tokens, 0);
+}
+
+// The turn boundary: A (a session that has called a tool) ends a turn; before its
+// tool_begin arrives, C (no tools, more uses) is retained and D needs a session's blocks.
+// Without a grace pin A is the GDSF victim and its next turn recomputes its prefix; with
+// one, C goes instead and A's tool_begin finds its KV held. Returns A's third turn's
+// cached tokens and the stats.
+std::pair<int64_t, EngineStats> GapBeforeToolBegin(const std::string& policy, double grace_s) {
+  auto model = MakeTestModel();
+  EXPECT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 19);
+  PolicyEngine e(*model, policy, 12, 64, 0, "",
+                 [&](PolicyOptions* o) { o->turn_end_grace_s = grace_s; });
+  std::vector<int32_t> a = RandomTokens(rng, 2 * kBlockSize + 3);
+  const Outcome a1 = e.Run(1, 1, a);
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "cat");
+  e.clock.AdvanceMicros(kSecond / 10);
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "cat", kSecond / 10);
+  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
+  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  const Outcome a2 = e.Run(2, 1, a);  // KV of 47 tokens: 2 full blocks
+  a.insert(a.end(), a2.tokens.begin(), a2.tokens.end());
+  // No tool_begin yet (the client's round trip). C: three turns, more uses than A.
+  std::vector<int32_t> c = RandomTokens(rng, 20);
+  for (int turn = 0; turn < 3; ++turn) {
+    e.clock.AdvanceMicros(kSecond / 100);
+    const Outcome out = e.Run(10 + turn, 3, c);
+    c.insert(c.end(), out.tokens.begin(), out.tokens.end());
+    c.push_back(static_cast<int32_t>(turn + 7));
+  }
+  e.clock.AdvanceMicros(kSecond / 100);
+  e.Run(20, 4, RandomTokens(rng, 8 * kBlockSize - 4));  // D: reclaims one session
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "cat");
+  e.clock.AdvanceMicros(kSecond / 10);
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "cat", kSecond / 10);
+  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  const Outcome a3 = e.Run(3, 1, a);
+  return {a3.usage.cached_tokens, e.impl()->GetStats()};
+}
+
+TEST(PolicyEngineTest, TurnEndGracePinKeepsASessionUntilItsToolBegin) {
+  for (const char* policy : {"ttl", "fixed-ttl"}) {
+    SCOPED_TRACE(policy);
+    const auto [grace_cached, grace] = GapBeforeToolBegin(policy, 0.5);
+    const auto [none_cached, none] = GapBeforeToolBegin(policy, 0);
+    std::printf("%s: A's turn after the gap cached tokens: grace %lld, no grace %lld\n", policy,
+                static_cast<long long>(grace_cached), static_cast<long long>(none_cached));
+    EXPECT_EQ(grace_cached, 2 * kBlockSize);  // both full blocks kept on the device
+    EXPECT_LT(none_cached, grace_cached);
+    EXPECT_EQ(grace.grace_pins_granted, 2);  // A's 2nd and 3rd turns; its 1st had no tool yet
+    EXPECT_EQ(grace.grace_pins_bridged, 1);
+    EXPECT_EQ(grace.pin_violations, 0);
+    EXPECT_GE(grace.reclaimed_sessions, 1);  // C went instead
+    EXPECT_EQ(none.grace_pins_granted, 0);
+  }
+  const auto [lru_cached, lru] = GapBeforeToolBegin("lru", 0.5);  // lru has no grace pin
+  EXPECT_EQ(lru.grace_pins_granted, 0);
+  EXPECT_LT(lru_cached, 2 * kBlockSize);
+}
+
+// A grace pin is bounded: past turn_end_grace_s with no tool_begin it is an expired pin
+// (reclaimed after unpinned sessions, before live ones), and it is not a learned pin.
+TEST(PolicyEngineTest, TurnEndGracePinExpiresAndIsNotALearnedPin) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 20);
+  PolicyEngine e(*model, "ttl", 64);
+  std::vector<int32_t> a = RandomTokens(rng, 2 * kBlockSize + 3);
+  const Outcome a1 = e.Run(1, 1, a);
+  EXPECT_EQ(e.impl()->GetStats().pinned_blocks, 0);  // no tool yet: no grace
+  e.Tool(SessionHint::Kind::kToolBegin, 1, "cat");
+  e.Tool(SessionHint::Kind::kToolEnd, 1, "cat", kSecond / 10);
+  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
+  e.Run(2, 1, a);
+  EngineStats s = e.impl()->GetStats();
+  EXPECT_EQ(s.grace_pins_granted, 1);
+  EXPECT_EQ(s.pinned_blocks, 3);
+  EXPECT_EQ(s.pins_granted, 1);  // the tool's pin only
+  e.clock.AdvanceMicros(kSecond);
+  e.Run(3, 2, RandomTokens(rng, 5));  // a step after the grace ran out
+  s = e.impl()->GetStats();
+  EXPECT_EQ(s.pinned_blocks, 0);
+  EXPECT_EQ(s.grace_pins_bridged, 0);
+  EXPECT_EQ(s.pins_used + s.pins_expired, 1);
 }
 
 }  // namespace

@@ -255,6 +255,42 @@ TEST_F(SchedulerTest, WaitingTurnDoesNotPromoteItsHostPrefixUntilItIsAdmitted) {
   EXPECT_EQ(c->usage.cached_tokens, 16);
 }
 
+// On a full pool a turn whose prefix is on the host tier makes room for its promotion, as
+// it does for its new blocks: PlanMatch plans no promotion while no device slot is free,
+// and the admission then matched nothing and recomputed the whole host prefix. Here big
+// runs, a retained table (held) takes the rest of the 16 blocks and the reclaimer frees
+// it; C (4 host blocks + 2 new) must come back with its prefix from the host tier.
+TEST_F(SchedulerTest, FullPoolAdmissionMakesRoomToPromoteItsHostPrefix) {
+  Init(16, 4, {.max_batch_tokens = 128, .prefill_chunk_tokens = 128, .max_running = 8},
+       /*prefix_caching=*/true, /*host_blocks=*/16);
+  const HashScope scope{7, 0};
+  std::vector<int32_t> prefix = Tokens(16);
+  Sequence* a = AddSeq(prefix);
+  Step();
+  sched_->Remove(a);                      // 4 cached blocks hold `prefix`
+  Sequence* big = AddSeq(Tokens(38));     // 10 blocks
+  Sequence* filler = AddSeq(Tokens(22));  // 6 blocks: the cached prefix is demoted for them
+  Step();
+  ASSERT_EQ(big->status, SequenceStatus::kRunning);
+  ASSERT_EQ(pool_->ProbePrefix(prefix, scope).host, 4) << "prefix demoted to the host tier";
+  BlockTable held = std::move(filler->table);  // a retained session's table
+  filler->table = BlockTable(pool_->block_size(), held.scope());
+  sched_->Remove(filler);
+  ASSERT_EQ(pool_->num_allocatable(), 0);
+  sched_->set_reclaimer([&](int32_t, bool) {
+    const int32_t n = held.num_blocks();
+    pool_->Free(&held);
+    return n;
+  });
+  std::vector<int32_t> c_tokens = prefix;
+  for (int32_t t : Tokens(6)) c_tokens.push_back(t);  // 6 blocks: 4 promoted + 2 new
+  Sequence* c = AddSeq(c_tokens);
+  Step();
+  ASSERT_EQ(c->status, SequenceStatus::kRunning);
+  EXPECT_EQ(c->usage.cached_host_tokens, 16) << "the host prefix was recomputed";
+  EXPECT_EQ(c->usage.cached_tokens, 16);
+}
+
 // Issue 15: an admission reserves its whole prefill, not only its first chunk. Here 16
 // blocks of 4; A's 40-token prompt (10 blocks) prefills in 8-token chunks. B's 32-token
 // prompt arrives one step later: its first chunk fits beside A's, but A's remaining
