@@ -100,7 +100,7 @@ variants)
   B=$(cd "$2" && pwd)
   OUT=${OUT:-/tmp/kvkeep-fid/out}
   mkdir -p "$OUT"
-  S=/tmp/kvkeep-fid
+  S=${FIDELITY_STAGE:-/tmp/kvkeep-fid}
   MODEL=$S/$(cut -d' ' -f3 "$B/model.sha256")
   [ -f "$MODEL" ] && [ -x "$S/pre/bin/kvkeep" ] && [ -f "$S/plan_8k.json" ] ||
     { echo "variants: run first, on this warm machine"; exit 2; }
