@@ -59,7 +59,7 @@ struct FidelityOptions {
   int32_t recent_tokens = CompressOptions{}.recent_tokens;
   bool reserve_sinks = CompressOptions{}.reserve_sinks;
   int32_t pool_kernel = CompressOptions{}.pool_kernel;
-  int32_t snap_pool_kernel = CompressOptions{}.pool_kernel;
+  int32_t snap_pool_kernel = 7;   // SnapKV's own max-pooling (its paper's kernel)
   int32_t prompt_cut_tokens = 0;  // > 0: P_e cut to its first N tokens
   // Score every question on every episode's cache: adds episodic-best (per question the
   // episode with the lowest NLL: a routing ceiling) and episodic-mean (any episode).

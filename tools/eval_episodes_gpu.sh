@@ -112,7 +112,7 @@ variants)
 recent256|--methods episodic --recent-tokens 256 --reserve-sinks
 pool7|--methods episodic --pool-kernel 7
 recent256_pool7|--methods episodic --recent-tokens 256 --reserve-sinks --pool-kernel 7
-snap_pool7|--methods snapkv --snap-pool-kernel 7
+snap_pool1|--methods snapkv --snap-pool-kernel 1
 sinks|--methods episodic --reserve-sinks" ;;
   b) LIST="recent1024|--methods episodic --recent-tokens 1024 --reserve-sinks
 prompt128|--methods episodic --prompt-cut 128
