@@ -45,6 +45,17 @@ void SelectTop(const float* scores, int32_t rows, int64_t stride, int32_t total,
   }
 }
 
+// Each of row's first n scores becomes the largest within kernel / 2 entries either side
+// (SnapKV's max-pooling); tmp is scratch.
+void MaxPool(float* row, int32_t n, int32_t kernel, std::vector<float>* tmp) {
+  const int32_t r = kernel / 2;
+  tmp->assign(row, row + n);
+  for (int32_t j = 0; j < n; ++j) {
+    row[j] =
+        *std::max_element(tmp->begin() + std::max(0, j - r), tmp->begin() + std::min(n, j + r + 1));
+  }
+}
+
 // Per layer trims: max(counts) - counts[l]; empty when every layer holds the same count.
 void TrimsOf(const std::vector<int32_t>& counts, std::vector<int32_t>* trims) {
   const int32_t top = *std::max_element(counts.begin(), counts.end());
@@ -109,8 +120,10 @@ Status EpisodeCompressor::Start(std::span<const int32_t> history, std::span<cons
                                    " layer budgets for " + std::to_string(layers) + " layers");
   }
   if (*std::min_element(budget.begin(), budget.end()) < 1 || options.block_tokens < 1 ||
-      options.snap_window < 1 || options.sink_tokens < 0 || options.step_tokens < 0) {
-    return Status::InvalidArgument("compress: budget, block and snap window must be positive");
+      options.snap_window < 1 || options.sink_tokens < 0 || options.step_tokens < 0 ||
+      options.recent_tokens < 0 || options.pool_kernel < 1 || options.pool_kernel % 2 == 0) {
+    return Status::InvalidArgument(
+        "compress: budget, block and snap window must be positive, the pool kernel odd");
   }
   const int32_t needed = CompressBlocksNeeded(options, q, shape.block_size);
   if (static_cast<int32_t>(blocks.size()) < needed) {
@@ -232,11 +245,6 @@ Status EpisodeCompressor::ScoreAndCompact(int32_t max_tokens, bool* done) {
   } else if (options_.method == KeepMethod::kSnapKv) {  // the window is always kept
     const int32_t w = b - plain_;
     RETURN_IF_ERROR(ForwardAt(block.last(w), total - w, s + b - w, trims_, total, &scores_));
-    for (int32_t l = 0; l < layers; ++l) {
-      for (int32_t h = 0; h < heads; ++h) {
-        std::fill_n(scores_.begin() + int64_t{l * heads + h} * total + (totals_[l] - w), w, 2.0f);
-      }
-    }
   } else {  // kStreaming: the sinks, then the most recent
     scores_.assign(static_cast<size_t>(layers) * heads * total, 0.0f);
     for (int32_t l = 0; l < layers; ++l) {
@@ -248,6 +256,7 @@ Status EpisodeCompressor::ScoreAndCompact(int32_t max_tokens, bool* done) {
       }
     }
   }
+  if (options_.method != KeepMethod::kStreaming) ReserveAndPool();
   keep_.clear();
   for (int32_t l = 0; l < layers; ++l) {  // layer l's rows of scores: stride `total`
     kept_[l] = std::min(budget_[l], totals_[l]);
@@ -264,6 +273,24 @@ Status EpisodeCompressor::ScoreAndCompact(int32_t max_tokens, bool* done) {
     }
   }
   return Status::OK();
+}
+
+void EpisodeCompressor::ReserveAndPool() {
+  const KvPoolShape& shape = backend_->kv_shape();
+  const int32_t layers = shape.num_layers, heads = shape.num_kv_heads, total = total_;
+  const bool episodic = options_.method == KeepMethod::kEpisode;
+  // Kept whatever the score: SnapKV's window; kEpisode's sinks and recent entries.
+  const int32_t recent = episodic ? options_.recent_tokens : block_len_ - plain_;
+  const int32_t sinks = episodic && options_.reserve_sinks ? options_.sink_tokens : 0;
+  for (int32_t l = 0; l < layers; ++l) {
+    const int32_t n = totals_[l];
+    for (int32_t h = 0; h < heads; ++h) {
+      float* row = scores_.data() + int64_t{l * heads + h} * total;
+      if (options_.pool_kernel > 1) MaxPool(row, n, options_.pool_kernel, &pooled_);
+      std::fill(row + std::max(0, n - recent), row + n, 2.0f);
+      std::fill(row, row + std::min(sinks, n), 2.0f);
+    }
+  }
 }
 
 void EpisodeCompressor::EndBlock(const std::vector<int32_t>& counts) {

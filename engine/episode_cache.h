@@ -56,7 +56,17 @@ struct CompressOptions {
   int32_t block_tokens = 2048;  // B
   KeepMethod method = KeepMethod::kEpisode;
   int32_t snap_window = 32;  // kSnapKv: queries per block (always kept)
-  int32_t sink_tokens = 4;   // kStreaming
+  int32_t sink_tokens = 4;   // kStreaming; kEpisode too with reserve_sinks
+  // kEpisode: the newest recent_tokens entries of each compaction (at the end of the
+  // history: its last recent_tokens tokens) are kept whatever their score, inside the
+  // budget, as H2O and SnapKV keep their recent window; with reserve_sinks also the first
+  // sink_tokens. A question prefilled on top then reads the history's last words.
+  int32_t recent_tokens = 0;
+  bool reserve_sinks = false;
+  // kEpisode and kSnapKv: each entry's score is the largest within pool_kernel
+  // neighbouring entries (odd; 1: none) before the top M are taken, as SnapKV max-pools
+  // its scores (kernel 5-7), so spans are kept rather than scattered tokens.
+  int32_t pool_kernel = 1;
   // M_l per layer (engine/layer_budget.h computes them); empty: budget_tokens in every
   // layer. Each >= 1; the build's peak is max M_l + B + |P_e| entries.
   std::vector<int32_t> layer_budget_tokens;
@@ -134,6 +144,9 @@ class EpisodeCompressor {
   // The block's scoring forward (a run of at most max_tokens of P_e for kEpisode), then,
   // once everything is scored, the selection and compaction; *done says whether it was.
   Status ScoreAndCompact(int32_t max_tokens, bool* done);
+  // Max-pools the scores (pool_kernel) and raises the entries kept whatever their score
+  // (SnapKV's window; kEpisode's recent entries and sinks) above every attention score.
+  void ReserveAndPool();
   void EndBlock(const std::vector<int32_t>& counts);
 
   Backend* backend_;
@@ -148,7 +161,7 @@ class EpisodeCompressor {
   std::vector<int32_t> count_;   // live entries per layer
   std::vector<int32_t> totals_;  // per layer, with the current block
   std::vector<int32_t> trims_, keep_, kept_;
-  std::vector<float> scores_, run_scores_;
+  std::vector<float> scores_, run_scores_, pooled_;
   int32_t scored_ = 0;      // kEpisode: P_e tokens scored in this block
   int32_t next_block_ = 0;  // the history index of the next block to begin
   bool in_block_ = false;

@@ -313,6 +313,32 @@ void AddEvalEpisodesCommand(CLI::App& app) {
                   "--fidelity: per-layer budgets for episodic KV (0: uniform)")
       ->check(CLI::Range(0.0, 100.0))
       ->capture_default_str();
+  cmd->add_option("--methods", f.methods,
+                  "--fidelity: full,recent,snapkv,episodic,episodic-question (default: the "
+                  "first four)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"full", "recent", "snapkv", "episodic", "episodic-question"}));
+  cmd->add_option("--recent-tokens", f.recent_tokens,
+                  "--fidelity: episodic caches keep the history's last N tokens")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  cmd->add_flag("--reserve-sinks", f.reserve_sinks,
+                "--fidelity: episodic caches keep the first 4 tokens (the attention sinks)");
+  cmd->add_option("--pool-kernel", f.pool_kernel,
+                  "--fidelity: episodic scores max-pooled over K neighbours (odd; 1: none)")
+      ->check(CLI::Range(1, 63))
+      ->capture_default_str();
+  cmd->add_option("--snap-pool-kernel", f.snap_pool_kernel,
+                  "--fidelity: SnapKV scores max-pooled over K neighbours (odd; 1: none)")
+      ->check(CLI::Range(1, 63))
+      ->capture_default_str();
+  cmd->add_option("--prompt-cut", f.prompt_cut_tokens,
+                  "--fidelity: P_e cut to its first N tokens (0: the plan's)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  cmd->add_flag("--all-episodes", f.all_episodes,
+                "--fidelity: score every question on every episode's cache (episodic-best, "
+                "episodic-mean)");
   fa.calibration = "tests/fixtures/corpus/mini_swe_agent_messages.txt";
   cmd->add_option("--calibration", fa.calibration, "--layer-alpha: calibration text file")
       ->capture_default_str();

@@ -8,6 +8,7 @@
 #include <map>
 #include <numeric>
 #include <set>
+#include <string_view>
 
 #include "engine/episode_cache.h"
 #include "engine/layer_budget.h"
@@ -23,6 +24,7 @@ struct Tally {
   int64_t kv_bytes = 0;
   double build_s = 0.0, score_s = 0.0;
   int32_t caches = 0;
+  double kept_recent = 0.0, kept_sinks = 0.0;  // summed over caches
 
   void Add(const Tally& o) {
     nll += o.nll;
@@ -31,6 +33,8 @@ struct Tally {
     build_s += o.build_s;
     score_s += o.score_s;
     caches += o.caches;
+    kept_recent += o.kept_recent;
+    kept_sinks += o.kept_sinks;
   }
 };
 using Tallies = std::map<std::pair<std::string, double>, Tally>;  // (method, fraction)
@@ -48,17 +52,39 @@ int64_t CacheBytes(Backend& backend, const EpisodeCache& cache) {
   return entries * 2 * s.num_kv_heads * s.head_dim * elem;
 }
 
-// Teacher-forced NLL of each question's answer (those routed to `episode`, or all with -1)
-// on top of the cache, added to *t; the tokens forwarded are added to *forwarded.
+// The share of the kept (layer, KV head) position lists that hold each of the history's
+// last min(256, n) positions, and each of its first min(4, n), added to *t.
+void AddKeptShares(const Backend& backend, const EpisodeCache& cache, Tally* t) {
+  const KvPoolShape& s = backend.kv_shape();
+  const int32_t n = cache.history_tokens;
+  const int32_t recent = std::min(256, n), sinks = std::min(4, n);
+  int64_t in_recent = 0, in_sinks = 0;
+  for (int32_t l = 0; l < s.num_layers; ++l) {
+    for (int32_t h = 0; h < s.num_kv_heads; ++h) {
+      for (int32_t p : cache.PositionsOf(l, h, s.num_kv_heads)) {
+        in_recent += p >= n - recent;
+        in_sinks += p < sinks;
+      }
+    }
+  }
+  const double rows = static_cast<double>(s.num_layers) * s.num_kv_heads;
+  t->kept_recent += in_recent / (rows * recent);
+  t->kept_sinks += in_sinks / (rows * sinks);
+}
+
+// Teacher-forced NLL of the answers of questions[i] for each i in `which` on top of the
+// cache, added to *t; (*per_question)[i] gets question i's summed NLL when given. The
+// tokens forwarded are added to *forwarded.
 Status Score(Backend* backend, const EpisodeCache& cache,
-             const std::vector<FidelityQuestion>& questions, int32_t episode, Tally* t,
-             int64_t* forwarded) {
+             const std::vector<FidelityQuestion>& questions, const std::vector<int32_t>& which,
+             Tally* t, int64_t* forwarded, std::vector<double>* per_question = nullptr) {
   const auto start = std::chrono::steady_clock::now();
   const int32_t vocab = backend->config().vocab_size;
   EpisodeDecoder decoder(backend, cache);
   std::vector<float> logits;
-  for (const FidelityQuestion& q : questions) {
-    if (episode >= 0 && q.episode != episode) continue;
+  for (int32_t i : which) {
+    const FidelityQuestion& q = questions[i];
+    double nll = 0.0;
     std::vector<int32_t> forced = q.prompt;
     forced.insert(forced.end(), q.answer.begin(), q.answer.end() - 1);
     decoder.Reset();
@@ -69,9 +95,11 @@ Status Score(Backend* backend, const EpisodeCache& cache,
       const float m = *std::max_element(row, row + vocab);
       double sum = 0.0;
       for (int32_t v = 0; v < vocab; ++v) sum += std::exp(double{row[v]} - m);
-      t->nll += m + std::log(sum) - row[q.answer[k]];
+      nll += m + std::log(sum) - row[q.answer[k]];
       ++t->tokens;
     }
+    t->nll += nll;
+    if (per_question != nullptr) (*per_question)[i] = nll;
   }
   t->score_s += Seconds(start);
   return Status::OK();
@@ -104,13 +132,37 @@ std::vector<MethodFidelity> Summarize(const Tallies& tallies,
     m.build_s = t.build_s;
     m.score_s = t.score_s;
     m.num_caches = t.caches;
+    m.kept_recent = t.caches > 0 ? t.kept_recent / t.caches : 0.0;
+    m.kept_sinks = t.caches > 0 ? t.kept_sinks / t.caches : 0.0;
     out.push_back(m);
   };
-  add("full", 1.0);
+  if (tallies.count({"full", 1.0}) > 0) add("full", 1.0);
   for (double f : fractions) {
-    for (const char* name : {"recent", "snapkv", "episodic"}) add(name, f);
+    for (const char* name :
+         {"recent", "snapkv", "episodic", "episodic-best", "episodic-mean", "episodic-question"}) {
+      if (tallies.count({name, f}) > 0) add(name, f);
+    }
   }
   return out;
+}
+
+// Adds to totals each method's wins in one conversation: its NLL below recent's, below
+// snapkv's, at the same budget.
+void CountWins(const std::vector<MethodFidelity>& conv, std::vector<MethodFidelity>* totals) {
+  auto nll = [&](const std::string& name, double f) -> const MethodFidelity* {
+    for (const MethodFidelity& m : conv) {
+      if (m.method == name && m.fraction == f && m.num_caches > 0) return &m;
+    }
+    return nullptr;
+  };
+  for (MethodFidelity& t : *totals) {
+    const MethodFidelity* m = nll(t.method, t.fraction);
+    const MethodFidelity* recent = nll("recent", t.fraction);
+    const MethodFidelity* snap = nll("snapkv", t.fraction);
+    if (m == nullptr) continue;
+    if (recent != nullptr && m->mean_nll < recent->mean_nll) ++t.wins_recent;
+    if (snap != nullptr && m->mean_nll < snap->mean_nll) ++t.wins_snapkv;
+  }
 }
 
 // The conversation's turns as the model reads them, one string per turn.
@@ -200,24 +252,37 @@ Result<FidelityConversation> PrepareOne(const LocomoConversation& conv, const To
 Status EvaluateOne(const FidelityConversation& conv, Backend* backend,
                    const FidelityOptions& options, EpisodeCompressor* compressor, Tallies* tallies,
                    int64_t* forwarded) {
-  std::set<int32_t> routed;
-  for (const FidelityQuestion& q : conv.questions) routed.insert(q.episode);
+  auto wanted = [&](const std::string& name) {
+    if (options.methods.empty()) return name != "episodic-question";
+    return std::find(options.methods.begin(), options.methods.end(), name) != options.methods.end();
+  };
   const int32_t n = static_cast<int32_t>(conv.history.size());
+  const int32_t num_questions = static_cast<int32_t>(conv.questions.size());
+  const int32_t num_episodes = static_cast<int32_t>(conv.medoid_prompts.size());
   std::vector<int32_t> blocks(FidelityPoolBlocks(options, backend->kv_shape().block_size));
   std::iota(blocks.begin(), blocks.end(), 0);
+  std::vector<int32_t> all(num_questions);
+  std::iota(all.begin(), all.end(), 0);
+  // Builds one cache (query: the scoring prompt, kEpisode only) and scores `which` on it.
   auto run = [&](const std::string& name, double fraction, KeepMethod method,
-                 int32_t episode) -> Status {
+                 std::span<const int32_t> query, const std::vector<int32_t>& which,
+                 std::vector<double>* per_question) -> Status {
     CompressOptions o;
     o.budget_tokens = std::max(1, static_cast<int32_t>(std::lround(n * fraction)));
     o.block_tokens = options.block_tokens;
     o.method = method;
-    if (method == KeepMethod::kEpisode && options.layer_alpha > 0) {
-      ASSIGN_OR_RETURN(o.layer_budget_tokens, LayerBudgets(options.layer_similarity,
-                                                           o.budget_tokens, options.layer_alpha));
-      for (int32_t& m : o.layer_budget_tokens) m = std::min(m, n);
+    if (method == KeepMethod::kEpisode) {
+      o.recent_tokens = options.recent_tokens;
+      o.reserve_sinks = options.reserve_sinks;
+      o.pool_kernel = options.pool_kernel;
+      if (options.layer_alpha > 0) {
+        ASSIGN_OR_RETURN(o.layer_budget_tokens, LayerBudgets(options.layer_similarity,
+                                                             o.budget_tokens, options.layer_alpha));
+        for (int32_t& m : o.layer_budget_tokens) m = std::min(m, n);
+      }
+    } else if (method == KeepMethod::kSnapKv) {
+      o.pool_kernel = options.snap_pool_kernel;
     }
-    std::span<const int32_t> query;
-    if (episode >= 0) query = conv.medoid_prompts[episode];
     const auto start = std::chrono::steady_clock::now();
     const int64_t before = compressor->forwarded_tokens();
     ASSIGN_OR_RETURN(EpisodeCache cache, compressor->Build(conv.history, query, o, blocks));
@@ -226,16 +291,62 @@ Status EvaluateOne(const FidelityConversation& conv, Backend* backend,
     t.build_s += Seconds(start);
     t.kv_bytes += CacheBytes(*backend, cache);
     ++t.caches;
-    RETURN_IF_ERROR(Score(backend, cache, conv.questions, episode, &t, forwarded));
+    AddKeptShares(*backend, cache, &t);
+    RETURN_IF_ERROR(Score(backend, cache, conv.questions, which, &t, forwarded, per_question));
     spdlog::debug("fidelity: {}: {} at {:.3f}: {} entries, {:.1f} s", conv.sample_id, name,
                   fraction, cache.num_kept, t.build_s);
     return Status::OK();
   };
-  RETURN_IF_ERROR(run("full", 1.0, KeepMethod::kStreaming, -1));
+  auto prompt = [&](int32_t e) {
+    std::span<const int32_t> p = conv.medoid_prompts[e];
+    const int32_t cut = options.prompt_cut_tokens;
+    return cut > 0 && static_cast<int32_t>(p.size()) > cut ? p.first(cut) : p;
+  };
+  if (wanted("full")) RETURN_IF_ERROR(run("full", 1.0, KeepMethod::kStreaming, {}, all, nullptr));
   for (double f : options.fractions) {
-    RETURN_IF_ERROR(run("recent", f, KeepMethod::kStreaming, -1));
-    RETURN_IF_ERROR(run("snapkv", f, KeepMethod::kSnapKv, -1));
-    for (int32_t e : routed) RETURN_IF_ERROR(run("episodic", f, KeepMethod::kEpisode, e));
+    if (wanted("recent"))
+      RETURN_IF_ERROR(run("recent", f, KeepMethod::kStreaming, {}, all, nullptr));
+    if (wanted("snapkv")) RETURN_IF_ERROR(run("snapkv", f, KeepMethod::kSnapKv, {}, all, nullptr));
+    if (wanted("episodic") && !options.all_episodes) {
+      for (int32_t e = 0; e < num_episodes; ++e) {
+        std::vector<int32_t> routed;
+        for (int32_t i : all) {
+          if (conv.questions[i].episode == e) routed.push_back(i);
+        }
+        if (!routed.empty())
+          RETURN_IF_ERROR(run("episodic", f, KeepMethod::kEpisode, prompt(e), routed, nullptr));
+      }
+    } else if (wanted("episodic")) {  // every question on every episode's cache
+      std::vector<std::vector<double>> nll(num_episodes, std::vector<double>(num_questions));
+      for (int32_t e = 0; e < num_episodes; ++e) {
+        RETURN_IF_ERROR(run("episodic-all", f, KeepMethod::kEpisode, prompt(e), all, &nll[e]));
+      }
+      const Tally every = (*tallies)[{"episodic-all", f}];
+      tallies->erase({"episodic-all", f});
+      for (const char* name : {"episodic", "episodic-best", "episodic-mean"}) {
+        Tally& t = (*tallies)[{name, f}];
+        t = every;
+        t.nll = 0.0;
+        t.tokens = every.tokens / num_episodes;
+        for (int32_t i : all) {
+          double best = nll[0][i], sum = 0.0;
+          for (int32_t e = 0; e < num_episodes; ++e) {
+            best = std::min(best, nll[e][i]);
+            sum += nll[e][i];
+          }
+          const std::string_view which = name;
+          t.nll += which == "episodic"        ? nll[conv.questions[i].episode][i]
+                   : which == "episodic-best" ? best
+                                              : sum / num_episodes;
+        }
+      }
+    }
+    if (wanted("episodic-question")) {  // the query-aware ceiling: a cache per question
+      for (int32_t i : all) {
+        RETURN_IF_ERROR(run("episodic-question", f, KeepMethod::kEpisode, conv.questions[i].prompt,
+                            {i}, nullptr));
+      }
+    }
   }
   return Status::OK();
 }
@@ -346,7 +457,8 @@ Result<FidelityReport> EvaluateFidelity(const FidelityPlan& plan, Backend* backe
     RETURN_IF_ERROR(
         EvaluateOne(conv, backend, options, &compressor, &tallies, &c.forwarded_tokens));
     c.questions = static_cast<int32_t>(conv.questions.size());
-    c.answer_tokens = tallies[{"full", 1.0}].tokens;
+    // Answer tokens: each question's, once (every method scores them all).
+    for (const FidelityQuestion& q : conv.questions) c.answer_tokens += std::ssize(q.answer);
     c.history_tokens = static_cast<int64_t>(conv.history.size());
     c.elapsed_s = Seconds(conv_start);
     c.methods = Summarize(tallies, options.fractions);
@@ -359,6 +471,9 @@ Result<FidelityReport> EvaluateFidelity(const FidelityPlan& plan, Backend* backe
     report.elapsed_s = Seconds(start);
     report.methods = Summarize(totals, options.fractions);
     report.per_conversation.push_back(c);
+    for (const ConversationFidelity& done : report.per_conversation) {
+      CountWins(done.methods, &report.methods);
+    }
     double gap = 0.0;  // episodic at the first fraction, for the progress line
     for (const MethodFidelity& m : c.methods) {
       if (m.method == "episodic" && m.fraction == options.fractions.front()) gap = m.gap_closed;

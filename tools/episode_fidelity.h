@@ -32,6 +32,7 @@
 
 #include "base/status.h"
 #include "engine/backend.h"
+#include "engine/episode_cache.h"
 #include "engine/tokenizer.h"
 #include "index/embedder.h"
 #include "tools/locomo.h"
@@ -50,6 +51,19 @@ struct FidelityOptions {
   // layer_similarity is the model's profile, needed when layer_alpha > 0.
   double layer_alpha = 0.0;
   std::vector<double> layer_similarity;
+  // The methods run (full, recent, snapkv, episodic, episodic-question); empty: the first
+  // four. The gap closed needs full and recent in the same run.
+  std::vector<std::string> methods;
+  // The compressor's knobs (engine/episode_cache.h): for the episodic caches (recent_tokens,
+  // reserve_sinks, pool_kernel) and SnapKV's own pooling (snap_pool_kernel).
+  int32_t recent_tokens = CompressOptions{}.recent_tokens;
+  bool reserve_sinks = CompressOptions{}.reserve_sinks;
+  int32_t pool_kernel = CompressOptions{}.pool_kernel;
+  int32_t snap_pool_kernel = 7;   // SnapKV's own max-pooling (its paper's kernel)
+  int32_t prompt_cut_tokens = 0;  // > 0: P_e cut to its first N tokens
+  // Score every question on every episode's cache: adds episodic-best (per question the
+  // episode with the lowest NLL: a routing ceiling) and episodic-mean (any episode).
+  bool all_episodes = false;
 };
 
 // What PrepareFidelity makes of one conversation: tokens of the model's tokenizer.
@@ -81,6 +95,12 @@ struct MethodFidelity {
   double build_s = 0.0;  // all builds
   double score_s = 0.0;  // all question scoring
   int32_t num_caches = 0;
+  // The kept set, per layer and KV head, averaged over the caches: the share of the
+  // history's last 256 positions kept, and of its first 4 (the attention sinks).
+  double kept_recent = 0.0, kept_sinks = 0.0;
+  // Over conversations (the report's totals only): those where this method's NLL is
+  // below recent's, and below snapkv's, at its budget.
+  int32_t wins_recent = 0, wins_snapkv = 0;
 };
 
 struct ConversationFidelity {

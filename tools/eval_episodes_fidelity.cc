@@ -37,7 +37,11 @@ Json MethodsJson(const std::vector<MethodFidelity>& methods) {
                    {"kv_bytes", m.kv_bytes},
                    {"build_s", m.build_s},
                    {"score_s", m.score_s},
-                   {"caches", m.num_caches}});
+                   {"caches", m.num_caches},
+                   {"kept_recent", m.kept_recent},
+                   {"kept_sinks", m.kept_sinks},
+                   {"wins_recent", m.wins_recent},
+                   {"wins_snapkv", m.wins_snapkv}});
   }
   return out;
 }
@@ -149,11 +153,13 @@ void PrintTable(const FidelityReport& r, const std::string& model, const std::st
       r.questions, static_cast<long long>(r.answer_tokens),
       static_cast<long long>(r.history_tokens), static_cast<long long>(r.forwarded_tokens),
       r.elapsed_s, r.forwarded_tokens / std::max(r.elapsed_s, 1e-9));
-  std::printf("%-9s %8s %9s %8s %12s %9s %9s\n", "method", "budget", "nll/token", "gap", "kv_bytes",
-              "build_s", "score_s");
+  std::printf("%-17s %8s %9s %8s %12s %9s %9s %7s %7s %5s\n", "method", "budget", "nll/token",
+              "gap", "kv_bytes", "build_s", "score_s", "recent", "sinks", "wins");
   for (const MethodFidelity& m : r.methods) {
-    std::printf("%-9s %8.3f %9.4f %8.3f %12lld %9.1f %9.1f\n", m.method.c_str(), m.fraction,
-                m.mean_nll, m.gap_closed, static_cast<long long>(m.kv_bytes), m.build_s, m.score_s);
+    std::printf("%-17s %8.3f %9.4f %8.3f %12lld %9.1f %9.1f %7.3f %7.3f %2d/%-2d\n",
+                m.method.c_str(), m.fraction, m.mean_nll, m.gap_closed,
+                static_cast<long long>(m.kv_bytes), m.build_s, m.score_s, m.kept_recent,
+                m.kept_sinks, m.wins_recent, r.conversations);
   }
 }
 

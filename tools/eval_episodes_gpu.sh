@@ -21,6 +21,11 @@
 #             plan on cuda within FIDELITY_DEADLINE_S (default 360) seconds, writing
 #             $OUT/fidelity_8k.json after every conversation. Logs in $OUT.
 #             FIDELITY_SMALL_DEVICES ("cuda cpu") and FIDELITY_FULL (1) choose the parts.
+#   then:   bash DIR/b/eval_episodes_gpu.sh variants DIR/b SET   (SET: a or b; same warm
+#             machine, after run): issue 13's diagnosis at 8k, one knob at a time, each on
+#             the full plan at M = 1/4 (docs/episodes.md, "Why episodic KV lost at 8k"):
+#             $OUT/fidelity_8k_NAME.json per variant; tools/fidelity_variants.py tabulates
+#             them against the base (full, recent, snapkv). Each set fits one 600 s call.
 set -uo pipefail
 cmd=${1:-}
 case "$cmd" in
@@ -91,8 +96,41 @@ run)
     --fidelity --plan "$S/plan_8k.json" --llm "$MODEL" --device cuda \
     --deadline-s "$DEADLINE" --out "$OUT/fidelity_8k.json" 2>&1 | tee "$OUT/fidelity_8k.log"
   ;;
+variants)
+  B=$(cd "$2" && pwd)
+  OUT=${OUT:-/tmp/kvkeep-fid/out}
+  mkdir -p "$OUT"
+  S=${FIDELITY_STAGE:-/tmp/kvkeep-fid}
+  MODEL=$S/$(cut -d' ' -f3 "$B/model.sha256")
+  [ -f "$MODEL" ] && [ -x "$S/pre/bin/kvkeep" ] && [ -f "$S/plan_8k.json" ] ||
+    { echo "variants: run first, on this warm machine"; exit 2; }
+  export LD_LIBRARY_PATH="$S/pre/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
+  # NAME|FLAGS: one knob at a time against base (--all-episodes adds episodic-best and
+  # episodic-mean: every question on every episode's cache).
+  case "${3:-a}" in
+  a) LIST="base|--all-episodes
+recent256|--methods episodic --recent-tokens 256 --reserve-sinks
+pool7|--methods episodic --pool-kernel 7
+recent256_pool7|--methods episodic --recent-tokens 256 --reserve-sinks --pool-kernel 7
+snap_pool1|--methods snapkv --snap-pool-kernel 1
+sinks|--methods episodic --reserve-sinks" ;;
+  b) LIST="recent1024|--methods episodic --recent-tokens 1024 --reserve-sinks
+prompt128|--methods episodic --prompt-cut 128
+alpha1|--methods episodic --layer-alpha 1
+question8|--methods full,recent,episodic,episodic-question --max-questions 8" ;;
+  *) echo "variants: SET is a or b"; exit 1 ;;
+  esac
+  while IFS='|' read -r name flags; do
+    echo "=== variant $name: $flags"
+    # shellcheck disable=SC2086
+    timeout 200 "$S/pre/bin/kvkeep" --log-level info eval-episodes --fidelity \
+      --plan "$S/plan_8k.json" --llm "$MODEL" --device cuda --fractions 0.25 \
+      --deadline-s 140 $flags --out "$OUT/fidelity_8k_$name.json" 2>&1 |
+      tee "$OUT/fidelity_8k_$name.log" | tail -12
+  done <<< "$LIST"
+  ;;
 *)
-  sed -n '2,25p' "$0"
+  sed -n '2,30p' "$0"
   exit 1
   ;;
 esac

@@ -231,6 +231,101 @@ TEST_F(EpisodeCacheTest, CompactionKeepsExactlyTheTopScoredEntries) {
   EXPECT_GT(distinct_sets, 0) << "every layer and head kept the same set";
 }
 
+// The kept set under the selection knobs, against a reference selection made here from
+// independently computed full-KV scores: SnapKV's max-pooling over pool_kernel neighbours,
+// then the reserved entries (the last recent_tokens and, with reserve_sinks, the first
+// sink_tokens) raised above every score, then the top M with ties to the later entry.
+struct KnobCase {
+  int32_t recent_tokens;
+  bool reserve_sinks;
+  int32_t pool_kernel;
+};
+class EpisodeKnobTest : public TinyModelTest, public ::testing::WithParamInterface<KnobCase> {};
+
+TEST_P(EpisodeKnobTest, KeptSetMatchesAReferenceSelection) {
+  const KnobCase k = GetParam();
+  const int n = 120, q = 9, budget = 40;
+  std::vector<int32_t> history = RandomTokens(rng_, n), prompt = RandomTokens(rng_, q);
+  CompressOptions o{.budget_tokens = budget, .block_tokens = n};  // one block
+  o.recent_tokens = k.recent_tokens;
+  o.reserve_sinks = k.reserve_sinks;
+  o.pool_kernel = k.pool_kernel;
+  const int32_t needed = CompressBlocksNeeded(o, q, kBs);
+  auto backend = MakeBackend(*model_->weights, 2 * needed, kBs);
+  ASSERT_NE(backend, nullptr);
+  EpisodeCompressor compressor(backend.get());
+  auto cache = compressor.Build(history, prompt, o, Iota(needed));
+  ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+
+  std::vector<int32_t> all = history;
+  all.insert(all.end(), prompt.begin(), prompt.end());
+  std::vector<int32_t> blocks = Iota(needed, needed);
+  RunBatch(backend.get(), MakeBatch({{&all, &blocks, 0, n}}, kBs, false));
+  std::vector<float> logits, scores;
+  ASSERT_TRUE(
+      backend
+          ->ForwardScored(MakeBatch({{&all, &blocks, n, n + q}}, kBs, false), n, &logits, &scores)
+          .ok());
+  const ModelConfig& c = model_->config;
+  const int r = k.pool_kernel / 2, sinks = k.reserve_sinks ? o.sink_tokens : 0;
+  int plain_top_differs = 0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (int h = 0; h < c.num_kv_heads; ++h) {
+      const float* raw = scores.data() + (int64_t{l} * c.num_kv_heads + h) * n;
+      std::vector<double> s(n);
+      for (int j = 0; j < n; ++j) {
+        s[j] = raw[j];
+        for (int i = std::max(0, j - r); i <= std::min(n - 1, j + r); ++i) {
+          s[j] = std::max<double>(s[j], raw[i]);
+        }
+        if (j >= n - k.recent_tokens || j < sinks) s[j] = 10.0;
+      }
+      auto top = [&](const auto& score) {
+        std::vector<int32_t> order(n);
+        std::iota(order.begin(), order.end(), 0);
+        std::sort(order.begin(), order.end(),
+                  [&](int a, int b) { return score[a] != score[b] ? score[a] > score[b] : a > b; });
+        std::vector<int32_t> want(order.begin(), order.begin() + budget);
+        std::sort(want.begin(), want.end());
+        return want;
+      };
+      const std::vector<int32_t> want = top(s);
+      auto got = cache->PositionsOf(l, h, c.num_kv_heads);
+      ASSERT_EQ(std::vector<int32_t>(got.begin(), got.end()), want)
+          << "layer " << l << " head " << h;
+      for (int j = std::max(0, n - k.recent_tokens); j < n; ++j) {
+        EXPECT_TRUE(std::binary_search(want.begin(), want.end(), j)) << j;
+      }
+      plain_top_differs += top(std::vector<float>(raw, raw + n)) != want;
+    }
+  }
+  // The knob changed the selection somewhere: without it the test would fail.
+  EXPECT_GT(plain_top_differs, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Knobs, EpisodeKnobTest,
+                         ::testing::Values(KnobCase{16, true, 1}, KnobCase{0, false, 5},
+                                           KnobCase{8, true, 7}),
+                         [](const ::testing::TestParamInfo<KnobCase>& info) {
+                           const KnobCase& k = info.param;
+                           return "Recent" + std::to_string(k.recent_tokens) +
+                                  (k.reserve_sinks ? "Sinks" : "") + "Pool" +
+                                  std::to_string(k.pool_kernel);
+                         });
+
+TEST_F(EpisodeCacheTest, KnobsAreValidated) {
+  auto backend = MakeBackend(*model_->weights, 64, kBs);
+  ASSERT_NE(backend, nullptr);
+  EpisodeCompressor compressor(backend.get());
+  std::vector<int32_t> history = RandomTokens(rng_, 40), prompt = RandomTokens(rng_, 4);
+  for (auto bad : {CompressOptions{.budget_tokens = 8, .block_tokens = 16, .pool_kernel = 4},
+                   CompressOptions{.budget_tokens = 8, .block_tokens = 16, .pool_kernel = 0},
+                   CompressOptions{.budget_tokens = 8, .block_tokens = 16, .recent_tokens = -1}}) {
+    EXPECT_EQ(compressor.Build(history, prompt, bad, Iota(8)).status().code(),
+              StatusCode::kInvalidArgument);
+  }
+}
+
 // With one layer, an entry's K/V depend only on its token and position, so a fresh
 // prefill of the kept tokens at their original positions is a dense reference for the
 // compacted cache. StreamingLLM's selection keeps the same set in every head.

@@ -10,6 +10,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <set>
 #include <string>
 
@@ -212,6 +213,50 @@ TEST(EvalEpisodes, FidelityPlanFileRoundTripsAndCountsItsTokens) {
   ASSERT_EQ(r["per_conversation"].size(), 1u);
   EXPECT_EQ(r["per_conversation"][0]["sample_id"], conv["sample_id"]);
   EXPECT_EQ(r["per_conversation"][0]["forwarded_tokens"], b["forwarded_tokens"]);
+}
+
+// The diagnosis options (issue 13) on the tiny model: --all-episodes scores every question
+// on every episode's cache, so its routed NLL equals a plain run's, the best episode's is
+// at most the routed and the mean one's; --recent-tokens and --reserve-sinks show in the
+// kept shares; episodic-question builds one cache per question; --methods runs only those.
+TEST(EvalEpisodes, FidelityDiagnosticsOnTheTinyModel) {
+  testing::TempDir dir;
+  const std::string model = dir.path() + "/tiny";
+  ASSERT_TRUE(MakeSyntheticModel("tiny", 7, model).ok());
+  const std::string common = "--fidelity --llm " + model + " --context 1280 ";
+  ASSERT_EQ(
+      RunEval(common + "--embedder hashed --data " + Fixture() + " --plan-out " + dir.File("plan"))
+          .exit_code,
+      0);
+  auto run = [&](const std::string& args) {
+    Output o = RunEval(common + "--json --plan " + dir.File("plan") +
+                       " --block 128 --fractions 0.25 " + args);
+    EXPECT_EQ(o.exit_code, 0) << o.out;
+    std::map<std::string, nlohmann::json> by_method;
+    if (o.exit_code != 0) return by_method;
+    const nlohmann::json j = nlohmann::json::parse(o.out.substr(o.out.rfind("\n{") + 1));
+    for (const auto& m : j["methods"]) by_method[m["method"].get<std::string>()] = m;
+    return by_method;
+  };
+  auto nll = [](const nlohmann::json& m) { return m["mean_nll"].get<double>(); };
+  auto plain = run("--methods episodic");
+  ASSERT_EQ(plain.size(), 1u);
+  auto all = run("--methods episodic --all-episodes");
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_NEAR(nll(all["episodic"]), nll(plain["episodic"]), 1e-9);
+  EXPECT_LE(nll(all["episodic-best"]), nll(all["episodic"]) + 1e-12);
+  EXPECT_LE(nll(all["episodic-best"]), nll(all["episodic-mean"]) + 1e-12);
+  EXPECT_LT(plain["episodic"]["kept_sinks"].get<double>(), 1.0);
+
+  auto reserved = run("--methods episodic --recent-tokens 64 --reserve-sinks");
+  ASSERT_EQ(reserved.size(), 1u);
+  EXPECT_EQ(reserved["episodic"]["kept_sinks"].get<double>(), 1.0);
+  EXPECT_GE(reserved["episodic"]["kept_recent"].get<double>(), 64.0 / 256);
+  EXPECT_NE(nll(reserved["episodic"]), nll(plain["episodic"]));
+
+  auto question = run("--methods episodic-question --max-questions 2");
+  ASSERT_EQ(question.size(), 1u);
+  EXPECT_EQ(question["episodic-question"]["caches"].get<int>(), 2);
 }
 
 // A plan that does not fit the model, a damaged plan, an unknown conversation, a deadline
