@@ -143,13 +143,14 @@ void CheckLogits(const std::string& model_path, const std::string& name, double 
   ASSERT_TRUE(backend.ok()) << backend.status().ToString();
   auto tok = LoadTokenizer(env, model_path);
   ASSERT_TRUE(tok.ok()) << tok.status().ToString();
-  auto logits_file = SafetensorsFile::Open(
-      env, FixtureDir() + "/" + name + (check == LogitsCheck::kQuantVsQ8Reference ? ".q8" : "") +
-               ".logits.safetensors");
-  ASSERT_TRUE(logits_file.ok()) << logits_file.status().ToString();
+  auto hf_file = SafetensorsFile::Open(env, FixtureDir() + "/" + name + ".logits.safetensors");
+  ASSERT_TRUE(hf_file.ok()) << hf_file.status().ToString();
   auto q8_file = SafetensorsFile::Open(env, FixtureDir() + "/" + name + ".q8.logits.safetensors");
   ASSERT_TRUE(q8_file.ok()) << q8_file.status().ToString();
+  const SafetensorsFile& reference =
+      check == LogitsCheck::kQuantVsQ8Reference ? **q8_file : **hf_file;
   const double base_tol = rel_tol;
+  int prompts_off_by_a_flip = 0;  // kQuantVsQ8Reference: prompts past base_tol
   const int64_t vocab = config->vocab_size;
   const int32_t max_blocks = options.num_kv_blocks;
 
@@ -157,9 +158,15 @@ void CheckLogits(const std::string& model_path, const std::string& name, double 
   ASSERT_FALSE(prompts.empty());
   for (size_t p = 0; p < prompts.size(); ++p) {
     SCOPED_TRACE("prompt " + std::to_string(p));
-    if (check == LogitsCheck::kQuantVsHf) {
-      rel_tol =
-          QuantizedTolerance(**logits_file, **q8_file, "prompt" + std::to_string(p), base_tol);
+    // Against HF the quantised path gets the rounding's measured effect. Against the Q8
+    // reference it gets the same bound, for at most one prompt: the rounding is the same
+    // arithmetic on both sides, but an activation within fp32 summation noise of a step
+    // boundary rounds to neighbouring steps when the fp32 products sum in another order
+    // (OpenBLAS picks its sgemm kernel by CPU model: on a VM whose CPU it cannot name it
+    // falls back to its Prescott kernel, and there one K/V element of prompt 0's third
+    // token flips and every later row of that prompt moves by up to 4e-3).
+    if (check != LogitsCheck::kFp32VsHf) {
+      rel_tol = QuantizedTolerance(**hf_file, **q8_file, "prompt" + std::to_string(p), base_tol);
     }
     const auto ids = prompts[p].at("ids").get<std::vector<int32_t>>();
     const auto greedy = prompts[p].at("greedy").get<std::vector<int32_t>>();
@@ -176,12 +183,12 @@ void CheckLogits(const std::string& model_path, const std::string& name, double 
 
     const std::string key = "prompt" + std::to_string(p);
     std::vector<int64_t> shape;
-    const auto hf_ids = ReadTensor<int32_t>(**logits_file, key + ".ids", DType::kI32, &shape);
+    const auto hf_ids = ReadTensor<int32_t>(reference, key + ".ids", DType::kI32, &shape);
     ASSERT_EQ(shape.size(), 2u);
     ASSERT_EQ(shape[0], n + decode_steps);
     const int64_t k = shape[1];
-    const auto hf_values = ReadTensor<float>(**logits_file, key + ".values", DType::kF32, &shape);
-    const auto hf_absmax = ReadTensor<float>(**logits_file, key + ".absmax", DType::kF32, &shape);
+    const auto hf_values = ReadTensor<float>(reference, key + ".values", DType::kF32, &shape);
+    const auto hf_absmax = ReadTensor<float>(reference, key + ".absmax", DType::kF32, &shape);
     ASSERT_EQ(hf_values.size(), hf_ids.size());
 
     auto check_row = [&](const float* ours, int64_t row) {
@@ -228,7 +235,11 @@ void CheckLogits(const std::string& model_path, const std::string& name, double 
     }
     ::testing::Test::RecordProperty("worst_rel_err_" + name + "_prompt" + std::to_string(p),
                                     std::to_string(worst));
+    if (check == LogitsCheck::kQuantVsQ8Reference && worst > base_tol) ++prompts_off_by_a_flip;
   }
+  EXPECT_LE(prompts_off_by_a_flip, 1)
+      << "the quantised kernels part from the Q8 reference beyond " << base_tol
+      << " on more than one prompt: more than a rounding flip";
 }
 
 // Compares a tokenizer with HF tokenizers' encodings of the 188 tokenizer cases.
@@ -332,8 +343,9 @@ TEST(GgufModel, UnknownPreTokenizerIsNotSupported) {
 TEST(GgufModel, TinyLlamaLogitsMatchHuggingFace) { CheckLogits(TinyLlama(), "tiny_llama", 1e-4); }
 
 // The quantised path against the Q8-rounding reference, at the fp32 path's tolerance: the
-// rounding is the same arithmetic on both sides, so only fp32 summation order remains (the
-// tiny model's random activations have no outliers: no rounding flip moves them measurably).
+// rounding is the same arithmetic on both sides, so only fp32 summation order remains, and
+// where it flips a rounding, that prompt is held to the rounding's measured effect instead
+// (CheckLogits; at most one prompt may need it).
 TEST(GgufModel, TinyLlamaQuantizedLogitsMatchQ8Reference) {
   CheckLogits(TinyLlama(), "tiny_llama", 1e-4, LogitsCheck::kQuantVsQ8Reference);
 }
