@@ -199,7 +199,7 @@ Status ApplyTtl(const json& obj, DaemonTtlOptions* t) {
   FieldReader r(obj, "ttl.");
   r.Known({"max_ttl_s", "fixed_ttl_s", "fixed_ttl_mean_threshold_s", "prior_mean_s", "min_samples",
            "window_samples", "retain_quota_blocks", "starvation_bound_s", "calibrate",
-           "cost_s_per_block_s"});
+           "cost_s_per_block_s", "turn_end_grace_s"});
   r.Double("max_ttl_s", &t->max_ttl_s, 0, 86400);
   r.Double("fixed_ttl_s", &t->fixed_ttl_s, 0, 86400);
   r.Double("fixed_ttl_mean_threshold_s", &t->fixed_ttl_mean_threshold_s, 0, 86400);
@@ -210,6 +210,7 @@ Status ApplyTtl(const json& obj, DaemonTtlOptions* t) {
   r.Double("starvation_bound_s", &t->starvation_bound_s, 0, 86400);
   r.Bool("calibrate", &t->calibrate);
   r.Double("cost_s_per_block_s", &t->cost_s_per_block_s, 0, 1e6);
+  r.Double("turn_end_grace_s", &t->turn_end_grace_s, 0, 3600);
   return r.Finish();
 }
 
@@ -376,6 +377,8 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       "newest tool-duration samples kept per key (ageing window)");
   num("--ttl-cost-s-per-block-s", &f.ttl.cost_s_per_block_s, &o.ttl.cost_s_per_block_s,
       "the TTL rule's price of a held block per second on a full pool, s");
+  num("--turn-end-grace-s", &f.ttl.turn_end_grace_s, &o.ttl.turn_end_grace_s,
+      "pinning policies: pin a session from its turn's last token to its tool_begin, s (0: off)");
   overrides.push_back({app.add_flag("--calibrate-cost-model", f.ttl.calibrate,
                                     "time the engine at start-up, fit and save the cost model"),
                        [&] { o.ttl.calibrate = f.ttl.calibrate; }});
@@ -543,7 +546,8 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"retain_quota_blocks", o.ttl.retain_quota_blocks},
         {"starvation_bound_s", o.ttl.starvation_bound_s},
         {"calibrate", o.ttl.calibrate},
-        {"cost_s_per_block_s", o.ttl.cost_s_per_block_s}}},
+        {"cost_s_per_block_s", o.ttl.cost_s_per_block_s},
+        {"turn_end_grace_s", o.ttl.turn_end_grace_s}}},
 
       {"http",
        {{"socket", o.http.socket_path},
@@ -575,6 +579,7 @@ void ToPolicyOptions(const DaemonOptions& o, PolicyOptions* p) {
   p->name = o.policy;
   p->ttl.max_ttl_s = o.ttl.max_ttl_s;
   p->ttl.full_pressure_cost_s_per_block_s = o.ttl.cost_s_per_block_s;
+  p->turn_end_grace_s = o.ttl.turn_end_grace_s;
   p->fixed_ttl.ttl_s = o.ttl.fixed_ttl_s;
   p->fixed_ttl.mean_threshold_s = o.ttl.fixed_ttl_mean_threshold_s;
   p->tool_stats.prior_mean_s = o.ttl.prior_mean_s;

@@ -64,6 +64,9 @@ struct DaemonTtlOptions {
   // --ttl-cost-s-per-block-s: the TTL rule's price of one held block per second on a full
   // pool, in seconds of other sessions' time (TtlOptions::full_pressure_cost_s_per_block_s)
   double cost_s_per_block_s = 5e-5;
+  // --turn-end-grace-s: the pinning policies' pin from a turn's last token until its
+  // tool_begin (PolicyOptions::turn_end_grace_s); 0 turns it off
+  double turn_end_grace_s = 0.5;
   bool calibrate = false;  // --calibrate-cost-model: time the engine at start, save the fit
 };
 

@@ -412,6 +412,7 @@ void Daemon::Impl::Reload() {
         n.ttl.starvation_bound_s != options.ttl.starvation_bound_s ||
         n.ttl.prior_mean_s != options.ttl.prior_mean_s ||
         n.ttl.cost_s_per_block_s != options.ttl.cost_s_per_block_s ||
+        n.ttl.turn_end_grace_s != options.ttl.turn_end_grace_s ||
         n.ttl.min_samples != options.ttl.min_samples ||
         n.ttl.window_samples != options.ttl.window_samples) {
       next.cost_model = cost_model;

@@ -176,6 +176,27 @@ TEST(ConfigTest, TtlCostPerBlockSecondFromFileAndFlag) {
   EXPECT_EQ(DaemonOptions().ttl.cost_s_per_block_s, TtlOptions().full_pressure_cost_s_per_block_s);
 }
 
+// The turn-end grace pin (PolicyOptions::turn_end_grace_s) from the file and the flag, into
+// the policy's options; 0 turns it off, a negative one is refused by name.
+TEST(ConfigTest, TurnEndGraceFromFileAndFlag) {
+  EXPECT_EQ(DaemonOptions().ttl.turn_end_grace_s, PolicyOptions().turn_end_grace_s);
+  DaemonOptions o;
+  ASSERT_TRUE(ApplyConfigJson(R"({"ttl": {"turn_end_grace_s": 0}})", &o).ok());
+  PolicyOptions p;
+  ToPolicyOptions(o, &p);
+  EXPECT_EQ(p.turn_end_grace_s, 0.0);
+  ASSERT_TRUE(ApplyConfigJson(R"({"ttl": {"turn_end_grace_s": 1.5}})", &o).ok());
+  DaemonOptions back;
+  ASSERT_TRUE(ApplyConfigJson(DaemonOptionsToJson(o), &back).ok());
+  EXPECT_EQ(back.ttl.turn_end_grace_s, 1.5);
+  Status st = ApplyConfigJson(R"({"ttl": {"turn_end_grace_s": -0.5}})", &o);
+  EXPECT_NE(st.message().find("ttl.turn_end_grace_s"), std::string::npos) << st.message();
+  MapEnv env(std::map<std::string, std::string>{{"HOME", "/home/u"}});
+  auto cl = Parse({"--turn-end-grace-s", "0.25"}, &env);
+  ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+  EXPECT_EQ(cl->options.ttl.turn_end_grace_s, 0.25);
+}
+
 TEST(ConfigTest, ToJsonRoundTrips) {
   DaemonOptions o;
   o.socket_path = "/tmp/x.sock";
