@@ -34,6 +34,38 @@ std::vector<float> ReadEntry(Backend* backend, const std::vector<int32_t>& block
   return std::vector<float>(block.begin() + off, block.begin() + off + s.head_dim);
 }
 
+// One block of n random history tokens compressed to o.budget_tokens under a q-token
+// prompt, and the reference: the full KV of history + prompt prefilled into other blocks
+// of the same pool and scored independently of the compressor (ForwardScored on a
+// hand-built batch). scores: [layer][kv head][n].
+struct OneBlockBuild {
+  std::unique_ptr<Backend> backend;
+  EpisodeCache cache;
+  std::vector<int32_t> reference_blocks;
+  std::vector<float> scores;
+};
+
+void BuildOneBlockWithReference(const TestModel& model, std::mt19937_64* rng, int n, int q,
+                                const CompressOptions& o, OneBlockBuild* out) {
+  std::vector<int32_t> history = RandomTokens(*rng, n), prompt = RandomTokens(*rng, q);
+  const int32_t needed = CompressBlocksNeeded(o, q, kBs);
+  out->backend = MakeBackend(*model.weights, 2 * needed, kBs);
+  ASSERT_NE(out->backend, nullptr);
+  EpisodeCompressor compressor(out->backend.get());
+  auto cache = compressor.Build(history, prompt, o, Iota(needed));
+  ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+  out->cache = *std::move(cache);
+  std::vector<int32_t> all = history;
+  all.insert(all.end(), prompt.begin(), prompt.end());
+  out->reference_blocks = Iota(needed, needed);
+  RunBatch(out->backend.get(), MakeBatch({{&all, &out->reference_blocks, 0, n}}, kBs, false));
+  std::vector<float> logits;
+  ASSERT_TRUE(out->backend
+                  ->ForwardScored(MakeBatch({{&all, &out->reference_blocks, n, n + q}}, kBs, false),
+                                  n, &logits, &out->scores)
+                  .ok());
+}
+
 TEST_F(EpisodeCacheTest, PeakStaysWithinBudgetPlusBlockPlusPrompt) {
   std::vector<int32_t> history = RandomTokens(rng_, 333), prompt = RandomTokens(rng_, 21);
   CompressOptions o{.budget_tokens = 64, .block_tokens = 48};
@@ -183,26 +215,13 @@ TEST_F(EpisodeCacheTest, BudgetCoveringHistoryEqualsFullKv) {
 
 TEST_F(EpisodeCacheTest, CompactionKeepsExactlyTheTopScoredEntries) {
   const int n = 120, q = 9, budget = 40;
-  std::vector<int32_t> history = RandomTokens(rng_, n), prompt = RandomTokens(rng_, q);
-  CompressOptions o{.budget_tokens = budget, .block_tokens = n};  // one block
-  const int32_t needed = CompressBlocksNeeded(o, q, kBs);
-  auto backend = MakeBackend(*model_->weights, 2 * needed, kBs);
-  ASSERT_NE(backend, nullptr);
-  EpisodeCompressor compressor(backend.get());
-  auto cache = compressor.Build(history, prompt, o, Iota(needed));
-  ASSERT_TRUE(cache.ok()) << cache.status().ToString();
-
-  // Reference: full KV of history + prompt in other blocks, scored independently of the
-  // compressor (ForwardScored on a hand-built batch), top-40 chosen here.
-  std::vector<int32_t> all = history;
-  all.insert(all.end(), prompt.begin(), prompt.end());
-  std::vector<int32_t> blocks = Iota(needed, needed);
-  RunBatch(backend.get(), MakeBatch({{&all, &blocks, 0, n}}, kBs, false));
-  std::vector<float> logits, scores;
-  ASSERT_TRUE(
-      backend
-          ->ForwardScored(MakeBatch({{&all, &blocks, n, n + q}}, kBs, false), n, &logits, &scores)
-          .ok());
+  OneBlockBuild b;  // the reference's top 40 are chosen here
+  ASSERT_NO_FATAL_FAILURE(BuildOneBlockWithReference(
+      *model_, &rng_, n, q, CompressOptions{.budget_tokens = budget, .block_tokens = n}, &b));
+  Backend* backend = b.backend.get();
+  const EpisodeCache* cache = &b.cache;
+  const std::vector<int32_t>& blocks = b.reference_blocks;
+  const std::vector<float>& scores = b.scores;
   const ModelConfig& c = model_->config;
   int distinct_sets = 0;
   std::vector<int32_t> first_set;
@@ -221,8 +240,8 @@ TEST_F(EpisodeCacheTest, CompactionKeepsExactlyTheTopScoredEntries) {
       distinct_sets += got != first_set;
       for (int i = 0; i < budget; ++i) {  // the reference gather
         for (int kv = 0; kv < 2; ++kv) {
-          ASSERT_EQ(ReadEntry(backend.get(), cache->blocks, i, l, h, kv),
-                    ReadEntry(backend.get(), blocks, want[i], l, h, kv))
+          ASSERT_EQ(ReadEntry(backend, cache->blocks, i, l, h, kv),
+                    ReadEntry(backend, blocks, want[i], l, h, kv))
               << "layer " << l << " head " << h << " entry " << i;
         }
       }
@@ -245,27 +264,14 @@ class EpisodeKnobTest : public TinyModelTest, public ::testing::WithParamInterfa
 TEST_P(EpisodeKnobTest, KeptSetMatchesAReferenceSelection) {
   const KnobCase k = GetParam();
   const int n = 120, q = 9, budget = 40;
-  std::vector<int32_t> history = RandomTokens(rng_, n), prompt = RandomTokens(rng_, q);
   CompressOptions o{.budget_tokens = budget, .block_tokens = n};  // one block
   o.recent_tokens = k.recent_tokens;
   o.reserve_sinks = k.reserve_sinks;
   o.pool_kernel = k.pool_kernel;
-  const int32_t needed = CompressBlocksNeeded(o, q, kBs);
-  auto backend = MakeBackend(*model_->weights, 2 * needed, kBs);
-  ASSERT_NE(backend, nullptr);
-  EpisodeCompressor compressor(backend.get());
-  auto cache = compressor.Build(history, prompt, o, Iota(needed));
-  ASSERT_TRUE(cache.ok()) << cache.status().ToString();
-
-  std::vector<int32_t> all = history;
-  all.insert(all.end(), prompt.begin(), prompt.end());
-  std::vector<int32_t> blocks = Iota(needed, needed);
-  RunBatch(backend.get(), MakeBatch({{&all, &blocks, 0, n}}, kBs, false));
-  std::vector<float> logits, scores;
-  ASSERT_TRUE(
-      backend
-          ->ForwardScored(MakeBatch({{&all, &blocks, n, n + q}}, kBs, false), n, &logits, &scores)
-          .ok());
+  OneBlockBuild b;
+  ASSERT_NO_FATAL_FAILURE(BuildOneBlockWithReference(*model_, &rng_, n, q, o, &b));
+  const EpisodeCache* cache = &b.cache;
+  const std::vector<float>& scores = b.scores;
   const ModelConfig& c = model_->config;
   const int r = k.pool_kernel / 2, sinks = k.reserve_sinks ? o.sink_tokens : 0;
   int plain_top_differs = 0;
