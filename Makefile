@@ -50,14 +50,16 @@ TSA_DIR ?= build-tsa
 # The CPU suite under ASan+UBSan (what .ci/run runs). replay_run_test is left out: it
 # replays real traces for minutes already without sanitizers (2-core CI budget).
 # -O1 -g1: ASan's recommended optimisation, and line tables are all a report needs; it
-# halves the compile and link time of a clean clone against -O2 -g.
+# halves the compile and link time of a clean clone against -O2 -g. Daemon starts and
+# replies may take 3x their usual timeout (a start that calibrates the cost model takes
+# about 10 s under ASan).
 asan:
 	cmake -S . -B $(ASAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVKEEP_CUDA=OFF \
 	  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO='-O1 -g1 -DNDEBUG' -DCMAKE_C_FLAGS_RELWITHDEBINFO='-O1 -g1 -DNDEBUG' \
 	  -DKVKEEP_BUILD_BENCH=OFF -DKVKEEP_SANITIZE=address,undefined $(CMAKE_FLAGS)
 	cmake --build $(ASAN_DIR) -j $(JOBS)
 	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp KVKEEP_TEST_TIMEOUT_SCALE=3 \
 	  ctest -LE gpu -E '^replay_run_test' --output-on-failure -j $(JOBS) --timeout 1800
 # The daemon, engine and cache suites under TSan (suppressions: scripts/tsan.supp): only
 # their test binaries and the two executables the daemon tests start are built.
