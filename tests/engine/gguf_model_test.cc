@@ -163,8 +163,8 @@ void CheckLogits(const std::string& model_path, const std::string& name, double 
     // arithmetic on both sides, but an activation within fp32 summation noise of a step
     // boundary rounds to neighbouring steps when the fp32 products sum in another order
     // (OpenBLAS picks its sgemm kernel by CPU model: on a VM whose CPU it cannot name it
-    // falls back to its Prescott kernel, and there one K/V element of prompt 0's third
-    // token flips and every later row of that prompt moves by up to 4e-3).
+    // falls back to its Prescott kernel, and there a rounding of prompt 0's third token
+    // flips and, through its K/V, every later row of that prompt moves by up to 4e-3).
     if (check != LogitsCheck::kFp32VsHf) {
       rel_tol = QuantizedTolerance(**hf_file, **q8_file, "prompt" + std::to_string(p), base_tol);
     }
