@@ -350,18 +350,6 @@ Service::Reply Service::Append(const Ctx& ctx) {
               {"appended_tokens", added}};
 }
 
-// The tool key a duration is learned under: the command is the arguments' "command" (or
-// "cmd") string when they are a JSON object, else the arguments text itself.
-std::string Service::ToolKeyOf(const std::string& tool, const std::string& args) {
-  json a = json::parse(args, nullptr, /*allow_exceptions=*/false);
-  for (const char* field : {"command", "cmd"}) {
-    if (a.is_object() && a.contains(field) && a[field].is_string()) {
-      return ToolKey(tool, a[field].get<std::string>());
-    }
-  }
-  return ToolKey(tool, a.is_discarded() ? args : "");
-}
-
 Service::Reply Service::ToolBegin(const Ctx& ctx) {
   ASSIGN_OR_RETURN(auto s, FindSession(ctx));
   ASSIGN_OR_RETURN(std::string tool, ctx.params.String("tool"));
@@ -377,7 +365,7 @@ Service::Reply Service::ToolBegin(const Ctx& ctx) {
     stored_bytes_.Uncharge(s->owner_uid, s->id, bytes);
     return StoreError(event_id.status());
   }
-  const std::string key = ToolKeyOf(tool, args);
+  const std::string key = ToolKeyOfArgs(tool, args);
   s->pending_tools.push_back({*event_id, tool, deps_.clock->NowMicros(), key});
   if (s->tool_events_loaded) {
     s->tool_events.push_back({*event_id, tool, args, deps_.clock->WallMicros()});

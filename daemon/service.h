@@ -142,7 +142,6 @@ class Service {
 
   // The caller's session named by the request's `session` (NotFound when absent).
   Result<std::shared_ptr<Session>> FindSession(const Ctx& ctx) const;
-  static std::string ToolKeyOf(const std::string& tool, const std::string& args);
   // Parses one message object of session.append / tool_end and renders its tokens.
   // `history` is the conversation before it (the chat template renders in context).
   Result<Message> ParseMessage(const nlohmann::json& m,

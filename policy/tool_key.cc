@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <nlohmann/json.hpp>
 
 namespace kvkeep {
 namespace {
@@ -246,6 +247,16 @@ std::string NameKey(std::string_view tool_name) {
 std::string ToolKey(std::string_view tool_name, std::string_view command) {
   static const ToolKeyOptions kDefaults;
   return CommandKey(tool_name, command, kDefaults);
+}
+
+std::string ToolKeyOfArgs(std::string_view tool_name, const std::string& args) {
+  const nlohmann::json a = nlohmann::json::parse(args, nullptr, /*allow_exceptions=*/false);
+  for (const char* field : {"command", "cmd"}) {
+    if (a.is_object() && a.contains(field) && a[field].is_string()) {
+      return ToolKey(tool_name, a[field].get<std::string>());
+    }
+  }
+  return ToolKey(tool_name, a.is_discarded() ? args : "");
 }
 
 Result<ToolKeyFunction> MakeToolKeyFunction(std::string_view kind, const ToolKeyOptions& options) {

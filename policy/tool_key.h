@@ -29,6 +29,11 @@ namespace kvkeep {
 // name, then to "unknown".
 std::string ToolKey(std::string_view tool_name, std::string_view command);
 
+// The default key of a tool call as an agent reports it (session.tool_begin's `args`): the
+// command is the arguments' "command" (or "cmd") string when they are a JSON object, else
+// the arguments text itself.
+std::string ToolKeyOfArgs(std::string_view tool_name, const std::string& args);
+
 struct ToolKeyOptions {
   // Tool names whose `command` is a shell command line.
   std::vector<std::string> shell_tools = {"bash",     "execute_bash", "shell", "sh",

@@ -1,7 +1,4 @@
 #include "tools/replay_daemon_state.h"
-
-#include <nlohmann/json.hpp>
-
 #include "base/clock.h"
 #include "base/file.h"
 #include "daemon/store.h"
@@ -11,19 +8,6 @@
 
 namespace kvkeep::tools {
 namespace {
-
-// The key kvkeepd learns a tool_begin under (Service::ToolKeyOf): the replayer sends the
-// recorded command as the arguments, so the key is ToolKey(tool, command) unless the
-// command is itself a JSON object with a "command" or "cmd" string.
-std::string ReplayedToolKey(const std::string& tool, const std::string& args) {
-  const nlohmann::json a = nlohmann::json::parse(args, nullptr, /*allow_exceptions=*/false);
-  for (const char* field : {"command", "cmd"}) {
-    if (a.is_object() && a.contains(field) && a[field].is_string()) {
-      return ToolKey(tool, a[field].get<std::string>());
-    }
-  }
-  return ToolKey(tool, a.is_discarded() ? args : "");
-}
 
 Status AddToolHistory(const DaemonStateSeed& seed, const std::string& state_dir) {
   ASSIGN_OR_RETURN(std::vector<replay::Session> sessions,
@@ -35,7 +19,9 @@ Status AddToolHistory(const DaemonStateSeed& seed, const std::string& state_dir)
   for (const replay::Session& s : sessions) {
     std::string key;
     for (const replay::Event& e : s.events) {
-      if (e.type == replay::EventType::kToolBegin) key = ReplayedToolKey(e.tool, e.command);
+      // The replayer sends the recorded command as tool_begin's args: the key kvkeepd
+      // learns it under.
+      if (e.type == replay::EventType::kToolBegin) key = ToolKeyOfArgs(e.tool, e.command);
       if (e.type != replay::EventType::kToolEnd || key.empty()) continue;
       samples.push_back({key, static_cast<int64_t>(e.duration_s * seed.time_scale * 1e6), 0});
       key.clear();
