@@ -1,4 +1,5 @@
 #include "tools/replay_daemon_state.h"
+
 #include "base/clock.h"
 #include "base/file.h"
 #include "daemon/store.h"
