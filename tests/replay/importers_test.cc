@@ -281,6 +281,58 @@ TEST_F(MalformedInput, BurstGptRowsOutOfTimeOrderArriveAtZeroOrLater) {
   }
 }
 
+// Found by fuzz_importers (UBSan): a BurstGPT token count of 1.4e46 was cast to int64_t,
+// which has no such value. Counts out of range, and NaN or infinity anywhere, skip the row;
+// a mini-swe-agent completion_tokens or returncode out of range reads as unknown.
+TEST_F(MalformedInput, NumbersOutOfRangeAreRefusedNotCast) {
+  const std::string path = Write("huge.csv",
+                                 "Timestamp,Session ID,Elapsed time,Model,Request tokens,"
+                                 "Response tokens,Total tokens,Log Type\n"
+                                 "1,a,5,GPT-4,1.41111e46,40,940,Conversation log\n"
+                                 "2,a,5,GPT-4,100,1e300,140,Conversation log\n"
+                                 "inf,a,5,GPT-4,100,40,140,Conversation log\n"
+                                 "3,a,nan,GPT-4,100,40,140,Conversation log\n"
+                                 "4,b,5,GPT-4,100,40,140,Conversation log\n");
+  std::vector<Session> out;
+  ImportReport report;
+  ASSERT_TRUE(ImportBurstGpt(path, {}, &out, &report).ok());
+  EXPECT_EQ(report.skipped, 4);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].id, "burstgpt-b");
+  ASSERT_FALSE(report.errors.empty());
+  EXPECT_NE(report.errors[0].find("finite"), std::string::npos) << report.errors[0];
+
+  const std::string mooncake = Write("huge.jsonl",
+                                     "{\"timestamp\": 0, \"input_length\": 9223372036854775800, "
+                                     "\"output_length\": 1, \"hash_ids\": [1]}\n");
+  report = {};
+  ASSERT_TRUE(ImportMooncake(mooncake, {}, &out, &report).ok());
+  EXPECT_EQ(report.skipped, 1);
+
+  const std::string traj = Write("huge.traj.json", R"({"trajectory_format": "mini-swe-agent-1.1",
+      "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a",
+         "extra": {"response": {"usage": {"completion_tokens": 1e30}}},
+         "tool_calls": [{"id": "c1", "function": {"name": "bash", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "x",
+         "extra": {"returncode": -1e30}}]})");
+  std::vector<Session> trajs;
+  ASSERT_TRUE(ImportMiniSweAgent(traj, {}, &trajs).ok());
+  ASSERT_EQ(trajs.size(), 1u);
+  int checked = 0;
+  for (const Event& e : trajs[0].events) {
+    if (e.type == EventType::kModel) {
+      EXPECT_FALSE(e.completion_tokens.has_value());
+      ++checked;
+    }
+    if (e.type == EventType::kToolEnd) {
+      EXPECT_FALSE(e.exit_code.has_value());
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 2);
+}
+
 TEST_F(MalformedInput, CanonicalTraceErrorsNameLineAndField) {
   std::string path = Write("trace.jsonl",
                            "{\"format\":\"kvkeep-trace\",\"version\":1,\"session\":\"a\","

@@ -1,5 +1,6 @@
 // Importers for agent trajectories that carry text: mini-swe-agent, SWE-agent, nebius
 // rows and OpenHands. Mapping of each format: docs/trace-format.md.
+#include <climits>
 #include <map>
 
 #include "base/file.h"
@@ -9,7 +10,9 @@
 namespace kvkeep::replay {
 
 using internal::BaseName;
+using internal::IntegerOf;
 using internal::json;
+using internal::kMaxImportedTokens;
 using internal::NumberOf;
 using internal::SessionBuilder;
 using internal::TextOf;
@@ -73,8 +76,8 @@ Status ImportMiniSweV11(const std::string& path, const json& doc, const ImportOp
       if (extra.contains("response") && extra["response"].is_object()) {
         const json& r = extra["response"];
         if (r.contains("usage") && r["usage"].is_object()) {
-          if (auto c = NumberOf(r["usage"], "completion_tokens")) {
-            e.completion_tokens = static_cast<int64_t>(*c);
+          if (auto c = IntegerOf(r["usage"], "completion_tokens", 0, kMaxImportedTokens)) {
+            e.completion_tokens = *c;
           }
         }
         if (s->model.empty() && r.contains("model") && r["model"].is_string()) {
@@ -106,7 +109,8 @@ Status ImportMiniSweV11(const std::string& path, const json& doc, const ImportOp
       if (it == pending.end()) return BadRecord(path, where, "tool result for unknown call " + id);
       double duration = (ts && it->second.ts) ? std::max(0.0, *ts - *it->second.ts) : -1;
       std::optional<int> rc;
-      if (auto code = NumberOf(extra, "returncode")) rc = static_cast<int>(*code);
+      if (auto code = IntegerOf(extra, "returncode", INT_MIN, INT_MAX))
+        rc = static_cast<int>(*code);
       b.ToolEnd(it->second.tool, id, TextOf(m, "content"), duration, it->second.command, rc);
       pending.erase(it);
       if (ts) last_ts = ts;
@@ -382,8 +386,9 @@ Status ImportOpenHandsRow(const std::string& path, const std::string& where, con
         Event& m = b.Model(TextOf(args, "thought"), duration);
         if (meta.contains("model_response") && meta["model_response"].is_object() &&
             meta["model_response"].contains("usage")) {
-          if (auto c = NumberOf(meta["model_response"]["usage"], "completion_tokens")) {
-            m.completion_tokens = static_cast<int64_t>(*c);
+          if (auto c = IntegerOf(meta["model_response"]["usage"], "completion_tokens", 0,
+                                 kMaxImportedTokens)) {
+            m.completion_tokens = *c;
           }
         }
         last_response = response_id;
@@ -402,7 +407,7 @@ Status ImportOpenHandsRow(const std::string& path, const std::string& where, con
       double duration = (ts && it->second.ts) ? std::max(0.0, *ts - *it->second.ts) : -1;
       std::optional<int> rc;
       if (ev.contains("extras") && ev["extras"].is_object() && ev["extras"].contains("metadata")) {
-        if (auto code = NumberOf(ev["extras"]["metadata"], "exit_code")) {
+        if (auto code = IntegerOf(ev["extras"]["metadata"], "exit_code", INT_MIN, INT_MAX)) {
           rc = static_cast<int>(*code);
         }
       }

@@ -1,5 +1,6 @@
 #include "tools/replay/import_common.h"
 
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 
@@ -40,14 +41,26 @@ std::string TextOf(const json& j, const char* field) {
 std::optional<double> NumberOf(const json& j, const char* field) {
   if (!j.is_object() || !j.contains(field)) return std::nullopt;
   const json& v = j[field];
-  if (v.is_number()) return v.get<double>();
-  if (v.is_string()) {
+  double d;
+  if (v.is_number()) {
+    d = v.get<double>();
+  } else if (v.is_string()) {
     const std::string& s = v.get_ref<const std::string&>();
     char* end = nullptr;
-    double d = std::strtod(s.c_str(), &end);
-    if (end != s.c_str() && *end == '\0') return d;
+    d = std::strtod(s.c_str(), &end);
+    if (end == s.c_str() || *end != '\0') return std::nullopt;
+  } else {
+    return std::nullopt;
   }
-  return std::nullopt;
+  if (!std::isfinite(d)) return std::nullopt;
+  return d;
+}
+
+std::optional<int64_t> IntegerOf(const json& j, const char* field, int64_t lo, int64_t hi) {
+  std::optional<double> d = NumberOf(j, field);
+  // Compared as doubles before the cast: a double outside int64_t's range has no cast.
+  if (!d || *d < static_cast<double>(lo) || *d > static_cast<double>(hi)) return std::nullopt;
+  return static_cast<int64_t>(*d);
 }
 
 void SessionBuilder::System(std::string text) {

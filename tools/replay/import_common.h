@@ -1,6 +1,7 @@
 // Internal helpers shared by the importers. Not part of the replay API.
 #pragma once
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -20,7 +21,15 @@ std::string BaseName(const std::string& path);
 // A string field, or "" when absent/null. Content given as a list of {type, text} parts
 // (OpenAI style) is joined.
 std::string TextOf(const json& j, const char* field);
-std::optional<double> NumberOf(const json& j, const char* field);  // numbers or numeric strings
+// A finite number, given as a number or a numeric string; nullopt otherwise (NaN and
+// infinity included).
+std::optional<double> NumberOf(const json& j, const char* field);
+// NumberOf truncated to a whole number, when that lies in [lo, hi]; nullopt otherwise, so
+// that a token count or exit code out of range reads as unknown rather than overflowing.
+std::optional<int64_t> IntegerOf(const json& j, const char* field, int64_t lo, int64_t hi);
+// The largest token count an importer accepts (2^40): far beyond any real context, and
+// small enough that sums of counts cannot overflow int64_t.
+inline constexpr int64_t kMaxImportedTokens = int64_t{1} << 40;
 
 // Builds a session's events, filling missing durations from the timing model.
 class SessionBuilder {

@@ -1,6 +1,7 @@
 // Importers for request workloads that carry lengths but no text: Mooncake and BurstGPT.
 // Content becomes SyntheticTokens (see trace.h), so equal Mooncake hash ids give equal
 // token blocks and prefix reuse in the replay is real.
+#include <cmath>
 #include <map>
 #include <sstream>
 
@@ -60,10 +61,12 @@ std::vector<std::string> SplitCsvLine(std::string_view line) {
   return out;
 }
 
-bool ParseNumber(const std::string& s, double* out) {
+// A finite number in [0, max].
+bool ParseNumber(const std::string& s, double* out, double max = HUGE_VAL) {
   char* end = nullptr;
   *out = std::strtod(s.c_str(), &end);
-  return !s.empty() && end != s.c_str() && *end == '\0' && *out >= 0;
+  return !s.empty() && end != s.c_str() && *end == '\0' && std::isfinite(*out) && *out >= 0 &&
+         *out <= max;
 }
 
 }  // namespace
@@ -91,7 +94,8 @@ Status ImportMooncake(const std::string& path, const ImportOptions& options,
     }
     int64_t input = r["input_length"], output = r["output_length"];
     std::vector<int64_t> ids;
-    bool ok = input > 0 && output >= 0;
+    bool ok = input > 0 && input <= internal::kMaxImportedTokens && output >= 0 &&
+              output <= internal::kMaxImportedTokens;
     for (const json& id : r["hash_ids"]) {
       ok = ok && id.is_number_integer();
       if (ok) ids.push_back(id.get<int64_t>());
@@ -99,7 +103,8 @@ Status ImportMooncake(const std::string& path, const ImportOptions& options,
     int64_t want_blocks = (input + kMooncakeBlockTokens - 1) / kMooncakeBlockTokens;
     if (!ok || static_cast<int64_t>(ids.size()) != want_blocks) {
       Skip(report, path, lineno,
-           "hash_ids must be integers, one per 512-token block of input_length");
+           "input_length must be 1..2^40, output_length 0..2^40, and hash_ids integers, "
+           "one per 512-token block of input_length");
       continue;
     }
     Session s;
@@ -146,10 +151,13 @@ Status ImportBurstGpt(const std::string& path, const ImportOptions& options,
       continue;
     }
     double ts, req, resp, elapsed = 0;
-    if (!ParseNumber(f[col["Timestamp"]], &ts) || !ParseNumber(f[col["Request tokens"]], &req) ||
-        !ParseNumber(f[col["Response tokens"]], &resp) ||
+    constexpr double kMaxTokens = static_cast<double>(internal::kMaxImportedTokens);
+    if (!ParseNumber(f[col["Timestamp"]], &ts) ||
+        !ParseNumber(f[col["Request tokens"]], &req, kMaxTokens) ||
+        !ParseNumber(f[col["Response tokens"]], &resp, kMaxTokens) ||
         (has_elapsed && !ParseNumber(f[col["Elapsed time"]], &elapsed))) {
-      Skip(report, path, lineno, "Timestamp, token counts and Elapsed time must be numbers >= 0");
+      Skip(report, path, lineno,
+           "Timestamp, token counts (at most 2^40) and Elapsed time must be finite numbers >= 0");
       continue;
     }
     if (resp == 0) {
