@@ -4,7 +4,8 @@
 //                [--policies ttl,ttl-fcfs,fixed-ttl,lru,none] [--window-s 60 | --rate R]
 //                [--max-turns N] [--seed S] [--jobs J] [--kv-gib 60] [--host-gib 64] [--host-gbps
 //                25]
-//                [--timings bench/data/h100_8b_timings.json | --cost-model FILE]
+//                [--timings bench/data/h100_8b_timings.json | --cost-model FILE
+//                 [--fit-step-log STEPS.csv ...]]
 //                [--model DIR] [--kv-blocks N] [--host-blocks N] [--arrivals poisson|recorded]
 //                [--max-batch-tokens N] [--prefill-chunk-tokens N] [--max-running N]
 //
@@ -40,6 +41,7 @@
 #include "bench/sim/served_tokens.h"
 #include "engine/model_config.h"
 #include "policy/cost_model.h"
+#include "policy/step_log.h"
 #include "policy/tool_key.h"
 #include "policy/tool_stats.h"
 #include "policy/ttl_policy.h"
@@ -64,8 +66,9 @@ struct Args {
   int jobs = 1;  // simulations run at once
   TtlOptions ttl;
   double turn_end_grace_s = PolicyOptions{}.turn_end_grace_s;
-  std::string cost_model;     // a calibration file (kvkeepd's state dir); overrides timings
-  std::string model;          // re-tokenize with this model (kvkeepd's --model)
+  std::string cost_model;  // a calibration file (kvkeepd's state dir); overrides timings
+  std::vector<std::string> fit_step_logs;  // kvkeepd --step-log files: refit cost_model to them
+  std::string model;                       // re-tokenize with this model (kvkeepd's --model)
   int64_t max_tokens = 4096;  // the daemon's limits.max_tokens (the replayer's output cap)
   int32_t kv_blocks = 0, host_blocks = -1;  // override --kv-gib / --host-gib
   int64_t kv_bytes_per_token = 0;           // override the cost model's
@@ -173,6 +176,8 @@ nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
 }
 
 // The cost model: the daemon's calibration file as is, or a fit of timing samples.
+// With --fit-step-log, the prefill and decode terms are refitted to the logged steps of a
+// real run, and the rest (bandwidths, KV bytes) kept.
 Result<CostFit> LoadCost(const Args& a) {
   if (!a.cost_model.empty()) {
     CostFit fit;
@@ -180,7 +185,19 @@ Result<CostFit> LoadCost(const Args& a) {
     if (fit.model.host_to_device_bytes_per_s <= 0) {
       fit.model.host_to_device_bytes_per_s = a.host_gbps * 1e9;
     }
-    return fit;
+    if (a.fit_step_logs.empty()) return fit;
+    std::vector<TimingSample> samples;
+    for (const std::string& path : a.fit_step_logs) {
+      ASSIGN_OR_RETURN(std::vector<StepTiming> steps, ReadStepLog(DefaultEnv(), path));
+      std::vector<TimingSample> more = StepSamples(steps);
+      samples.insert(samples.end(), more.begin(), more.end());
+    }
+    ASSIGN_OR_RETURN(CostFit refit, FitCostModel(samples, fit.model));
+    refit.model.source = "fitted to " + std::to_string(samples.size()) + " logged steps";
+    return refit;
+  }
+  if (!a.fit_step_logs.empty()) {
+    return Status::InvalidArgument("--fit-step-log needs --cost-model (its bandwidths)");
   }
   ASSIGN_OR_RETURN(auto timing, LoadTimingSamples(DefaultEnv(), a.timings));
   CostModel base = timing.second;
@@ -401,6 +418,8 @@ int main(int argc, char** argv) {
   app.add_option("--timings", a.timings, "timing samples for the cost model");
   app.add_option("--cost-model", a.cost_model,
                  "a cost model file (kvkeepd's state dir cost_model.json) instead of --timings");
+  app.add_option("--fit-step-log", a.fit_step_logs,
+                 "kvkeepd --step-log files: refit --cost-model's step prices to a run's steps");
   app.add_option("--model", a.model,
                  "count tokens as kvkeepd serving this model directory does (its --model)");
   app.add_option("--max-tokens", a.max_tokens, "the daemon's max_tokens (with --model)")

@@ -145,7 +145,8 @@ Status ApplyLimits(const json& obj, DaemonLimits* l) {
 Status ApplyEngine(const json& obj, DaemonEngineOptions* e) {
   FieldReader r(obj, "engine.");
   r.Known({"device", "kv_memory_bytes", "num_kv_blocks", "block_size", "max_batch_tokens",
-           "prefill_chunk_tokens", "max_running", "num_threads", "host_blocks", "disk_gib"});
+           "prefill_chunk_tokens", "max_running", "num_threads", "host_blocks", "disk_gib",
+           "step_log"});
   r.String("device", &e->device);
   r.Int("kv_memory_bytes", &e->kv_memory_bytes, 0, kMaxI64);
   r.Int("num_kv_blocks", &e->num_kv_blocks, 0, kMaxI32);
@@ -156,6 +157,7 @@ Status ApplyEngine(const json& obj, DaemonEngineOptions* e) {
   r.Int("num_threads", &e->num_threads, 0, 4096);
   r.Int("host_blocks", &e->host_blocks, 0, kMaxI32);
   r.Double("disk_gib", &e->disk_gib, 0, 1 << 20);
+  r.String("step_log", &e->step_log);
   return r.Finish();
 }
 
@@ -423,6 +425,8 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
   num("--host-blocks", &f.engine.host_blocks, &o.engine.host_blocks, "host KV tier, blocks");
   num("--disk-gib", &f.engine.disk_gib, &o.engine.disk_gib,
       "disk KV tier under state_dir/kv, GiB (needs --host-blocks)");
+  str("--step-log", &f.engine.step_log, &o.engine.step_log,
+      "write each engine step's work and time to this CSV file at shutdown");
   str("--device", &f.engine.device, &o.engine.device, "cpu or cuda");
   num("--threads", &f.engine.num_threads, &o.engine.num_threads, "CPU backend threads");
   str("--http-socket", &f.http.socket_path, &o.http.socket_path,
@@ -535,7 +539,8 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"max_running", o.engine.max_running},
         {"num_threads", o.engine.num_threads},
         {"host_blocks", o.engine.host_blocks},
-        {"disk_gib", o.engine.disk_gib}}},
+        {"disk_gib", o.engine.disk_gib},
+        {"step_log", o.engine.step_log}}},
       {"ttl",
        {{"max_ttl_s", o.ttl.max_ttl_s},
         {"fixed_ttl_s", o.ttl.fixed_ttl_s},

@@ -48,6 +48,9 @@ struct DaemonEngineOptions {
   int32_t num_threads = 0;                       // CPU backend threads; 0: all cores
   int32_t host_blocks = 0;                       // host KV tier, blocks; 0: none
   double disk_gib = 0;  // disk KV tier under state_dir/kv, GiB; 0: none (needs host_blocks)
+  // --step-log: each step's work and time, written here as CSV when the daemon stops
+  // (policy/step_log.h; policy_bench --fit-step-log prices its simulator with it); "": off
+  std::string step_log;
 };
 
 // The KV policy's knobs (docs/policy.md, docs/configuration.md "ttl"). The policy's name

@@ -32,6 +32,10 @@
 #include "engine/synthetic_model.h"
 
 namespace kvkeep {
+namespace {
+// engine.step_log keeps the first steps of a run, up to this many (about 72 MB).
+constexpr size_t kMaxLoggedSteps = 1'000'000;
+}  // namespace
 
 struct Daemon::Impl {
   DaemonOptions options;
@@ -42,6 +46,7 @@ struct Daemon::Impl {
   std::unique_ptr<StateDir> state_dir;  // locked and private for the daemon's life
   std::unique_ptr<ModelWeights> weights;
   std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<StepLog> step_log;  // engine.step_log; outlives the engine
   std::unique_ptr<Engine> engine;
   CostModel cost_model = DefaultCostModel();  // prices a hit; calibrated or loaded at start
   std::unique_ptr<TurnRenderer> renderer;
@@ -77,6 +82,7 @@ struct Daemon::Impl {
   void DrainTick();
   void WatchdogTick();
   std::string StatusLine() const;
+  void WriteStepLog() const;
 };
 
 Daemon::Daemon(DaemonOptions options, std::vector<std::string> argv) : impl_(new Impl) {
@@ -164,6 +170,17 @@ Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path,
   return engine->SetPolicy(policy);
 }
 
+// REQUIRES: the engine stopped. A failure is logged: the daemon's state does not depend on it.
+void Daemon::Impl::WriteStepLog() const {
+  const std::string& path = options.engine.step_log;
+  if (Status st = step_log->Write(env, path); !st.ok()) {
+    spdlog::error("step log: {}", st.ToString());
+    return;
+  }
+  spdlog::info("step log: {} steps written to {} ({} later steps not kept)",
+               step_log->steps().size(), path, step_log->dropped());
+}
+
 // The composition root: store, model, engine and service, each built from the options.
 Status Daemon::Impl::Assemble() {
   daemon::SdNotify("STATUS=opening the store", env);
@@ -211,8 +228,13 @@ Status Daemon::Impl::Assemble() {
     if (options.engine.disk_gib > 0) to.scratch_dir = options.state_dir;
     ASSIGN_OR_RETURN(tiers, MeasureTierBandwidths(backend.get(), env, clock, to));
   }
+  if (!options.engine.step_log.empty()) {
+    step_log = std::make_unique<StepLog>(kMaxLoggedSteps);
+    eo.step_log = step_log.get();
+  }
   ASSIGN_OR_RETURN(engine, Engine::Create(eo, std::move(backend), tokenizer.get(), clock));
   if (options.ttl.calibrate) RETURN_IF_ERROR(Calibrate(eo.policy, cost_path, tiers));
+  if (step_log) step_log->Clear();  // the served steps only (the engine thread starts next)
   RETURN_IF_ERROR(engine->Start());
   spdlog::info("model {} ({}, {} layers, vocab {}) on {}: {} KV blocks of {} tokens, policy {}",
                model_id, config.architecture, config.num_layers, config.vocab_size,
@@ -504,6 +526,7 @@ Status Daemon::Run() {
   for (std::thread& t : threads) t.join();
   d.bulk->join();  // the large lines in hand finish (their replies go nowhere now)
   d.engine->Stop();
+  if (d.step_log) d.WriteStepLog();
   d.http.reset();  // joins the connection threads (their waits end: peers read as gone)
   d.openai.reset();
   d.server.reset();

@@ -27,6 +27,7 @@
 #include "engine/tokenizer.h"
 #include "policy/policy_factory.h"
 #include "policy/reclaim_policy.h"
+#include "policy/step_log.h"
 #include "policy/tool_stats.h"
 
 namespace kvkeep {
@@ -145,6 +146,9 @@ struct EngineOptions {
   // its own least recently used blocks there move down, never another tenant's. 0: no cap.
   int32_t max_host_blocks_per_tenant = 0;
   int32_t max_disk_blocks_per_tenant = 0;
+  // Each step that runs the model is added here (its work and wall time: policy/step_log.h).
+  // REQUIRES: outlives the engine, and is read only once Stop() has returned. nullptr: off.
+  StepLog* step_log = nullptr;
 };
 
 struct EngineStats {

@@ -91,6 +91,8 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   void PolicyTick() {}  // pins expire lazily: an expired pin is reclaim class 2
   // The transfer phase: runs the pool's planned swaps and hands disk I/O to the worker.
   Status RunTransfers();
+  // The step's work for the step log (its times are set once it has run); empty when off.
+  StepTiming DescribeStep(const ScheduledBatch& batch) const;
   Status RunTransferPlan();
   // Disk reads the worker finished: tells the pool; admits each waiting sequence whose own
   // prefix is no longer loading, or whose deadline has passed. wait: first block for a

@@ -9,11 +9,13 @@
 namespace kvkeep {
 
 Status EngineImpl::Step() {
+  const int64_t start_us = clock_->NowMicros();
   DrainInbox();             // 1. inbox: new requests (disk loads planned), cancels
   CollectDiskReads(false);  //    finished disk reads make blocks matchable
   OrderWaiting();           //    program-aware admission order
   const int32_t build_tokens = EpisodeBuildStepTokens();  // charged to the step's budget
   ScheduledBatch batch = scheduler_.Schedule(std::max(build_tokens, 0));  // 2-3. schedule
+  StepTiming timing = DescribeStep(batch);   //    for the step log, before it runs
   if (Status t = RunTransfers(); !t.ok()) {  //    transfer phase: swaps, disk I/O
     for (const ScheduledSeq& s : batch.seqs) Finish(s.seq, FinishReason::kError, t);
     batch.seqs.clear();
@@ -50,7 +52,34 @@ Status EngineImpl::Step() {
   PolicyTick();                                           // 9. budgeted policy tick
   ++steps_;
   PublishStats();
+  if (options_.step_log != nullptr && !batch.empty() && status.ok()) {
+    timing.at_s = static_cast<double>(start_us) * 1e-6;
+    timing.step_s = static_cast<double>(clock_->NowMicros() - start_us) * 1e-6;
+    options_.step_log->Add(timing);
+  }
   return status;
+}
+
+StepTiming EngineImpl::DescribeStep(const ScheduledBatch& batch) const {
+  StepTiming t;
+  if (options_.step_log == nullptr) return t;
+  for (const ScheduledSeq& s : batch.seqs) {
+    const int64_t n = s.num_new_tokens;
+    const int64_t cached = s.seq->num_computed();
+    if (n == 1 && cached > 0) {  // a decode, as the cost model (and SimStepSeconds) counts it
+      ++t.decode_sequences;
+      t.decode_context_tokens += cached + 1;
+    } else {
+      ++t.prefill_runs;
+      t.prefill_tokens += n;
+      t.attention_pairs += static_cast<double>(n) * (static_cast<double>(cached) + n / 2.0);
+    }
+  }
+  for (const BlockTransfer& op : pool_.transfers().ops) {
+    if (op.kind == BlockTransfer::Kind::kSwapIn) ++t.swapped_in_blocks;
+    if (op.kind == BlockTransfer::Kind::kSwapOut) ++t.swapped_out_blocks;
+  }
+  return t;
 }
 
 void EngineImpl::DrainInbox() {

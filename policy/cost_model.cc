@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <map>
 
 namespace kvkeep {
 namespace {
@@ -96,6 +97,19 @@ double AttentionPairs(int64_t new_tokens, int64_t cached_tokens) {
   return n * (static_cast<double>(std::max<int64_t>(cached_tokens, 0)) + n / 2);
 }
 
+// step_s (cost_model.h) with the prefill runs summed: their tokens and attention pairs.
+double StepSecondsOf(const CostModel& m, int64_t decode_sequences, int64_t decode_context_tokens,
+                     int64_t prefill_tokens, double attention_pairs, bool has_prefill) {
+  const int64_t sequences = std::max<int64_t>(decode_sequences, 0);
+  const int64_t tokens = sequences + std::max<int64_t>(prefill_tokens, 0);
+  const double per_context =
+      m.decode_per_context_token_s + (has_prefill ? m.mixed_decode_extra_per_context_token_s : 0.0);
+  return m.prefill_attention_s * attention_pairs +
+         per_context * static_cast<double>(std::max<int64_t>(decode_context_tokens, 0)) +
+         m.decode_per_sequence_s * static_cast<double>(sequences) +
+         std::max(m.decode_fixed_s, m.prefill_per_token_s * static_cast<double>(tokens));
+}
+
 double Predict(const CostModel& m, const TimingSample& s) {
   const int64_t seqs = std::max<int64_t>(s.sequences, 1);
   switch (s.kind) {
@@ -109,8 +123,25 @@ double Predict(const CostModel& m, const TimingSample& s) {
       return m.decode_per_context_token_s * static_cast<double>(s.context_tokens);
     case TimingSample::Kind::kMixedStep:
       return m.StepSeconds(seqs, s.context_tokens, {{s.new_tokens, s.cached_tokens}});
+    case TimingSample::Kind::kStep:
+      return StepSecondsOf(m, s.sequences, s.context_tokens, s.new_tokens, s.attention_pairs,
+                           s.new_tokens > 0);
   }
   return 0;
+}
+
+// A decode-only kStep fits as a decode sample, a prefill-only one as a prefill sample, a
+// step with both as a mixed one (TimingSample's comment).
+bool IsDecodeStep(const TimingSample& s) {
+  return s.kind == TimingSample::Kind::kStep && s.new_tokens == 0 && s.sequences > 0;
+}
+bool IsPrefillStep(const TimingSample& s) {
+  return s.kind == TimingSample::Kind::kStep && s.sequences == 0 &&
+         s.new_tokens >= kMinFittedPrefillStepTokens;
+}
+bool IsMixedStep(const TimingSample& s) {
+  return s.kind == TimingSample::Kind::kMixedStep ||
+         (s.kind == TimingSample::Kind::kStep && s.new_tokens > 0 && s.sequences > 0);
 }
 
 // The mixed steps' extra per decode context token: least squares (relative error) on what
@@ -119,7 +150,7 @@ double FitMixedExtra(const std::vector<TimingSample>& samples, CostModel m) {
   m.mixed_decode_extra_per_context_token_s = 0;
   double xy = 0, xx = 0;
   for (const TimingSample& s : samples) {
-    if (s.kind != TimingSample::Kind::kMixedStep) continue;
+    if (!IsMixedStep(s)) continue;
     const double w = 1.0 / (s.seconds * s.seconds);
     const double x = static_cast<double>(s.context_tokens);
     xy += w * x * (s.seconds - Predict(m, s));
@@ -154,6 +185,8 @@ const char* TimingSampleKindName(TimingSample::Kind k) {
       return "decode_attention";
     case TimingSample::Kind::kMixedStep:
       return "mixed";
+    case TimingSample::Kind::kStep:
+      return "step";
   }
   return "?";
 }
@@ -169,17 +202,15 @@ double CostModel::PrefillRunAttentionSeconds(int64_t new_tokens, int64_t cached_
 
 double CostModel::StepSeconds(int64_t decode_sequences, int64_t decode_context_tokens,
                               const std::vector<PrefillRun>& prefills) const {
-  int64_t tokens = std::max<int64_t>(decode_sequences, 0);
-  double seconds = 0;
+  int64_t prefill_tokens = 0;
+  double pairs = 0;
   for (const PrefillRun& r : prefills) {
-    tokens += std::max<int64_t>(r.new_tokens, 0);
-    seconds += PrefillRunAttentionSeconds(r.new_tokens, r.cached_tokens);
+    prefill_tokens += std::max<int64_t>(r.new_tokens, 0);
+    pairs += AttentionPairs(r.new_tokens, r.cached_tokens);
   }
-  const double per_context = decode_per_context_token_s +
-                             (prefills.empty() ? 0.0 : mixed_decode_extra_per_context_token_s);
-  seconds += per_context * static_cast<double>(std::max<int64_t>(decode_context_tokens, 0)) +
-             decode_per_sequence_s * static_cast<double>(std::max<int64_t>(decode_sequences, 0));
-  return seconds + std::max(decode_fixed_s, prefill_per_token_s * static_cast<double>(tokens));
+  // A run of 0 tokens still makes the step a mixed one, as it always has.
+  return StepSecondsOf(*this, decode_sequences, decode_context_tokens, prefill_tokens, pairs,
+                       !prefills.empty());
 }
 
 double CostModel::DecodeStepSeconds(int64_t context_tokens, int64_t sequences) const {
@@ -207,7 +238,8 @@ double CostModel::RebuildSeconds(RebuildSource from, int64_t tokens) const {
 Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const CostModel& base) {
   std::vector<Row> px, dx;
   std::vector<double> py, dy;
-  std::vector<int64_t> batch_sizes;  // of whole-step decode samples
+  std::vector<int64_t> batch_sizes;                // of whole-step decode samples
+  std::vector<const TimingSample*> step_prefills;  // kStep without decodes
   for (const TimingSample& s : samples) {
     if (!(s.seconds > 0) || !std::isfinite(s.seconds)) {
       return Status::InvalidArgument("cost model: a sample's seconds must be > 0 (" + s.note + ")");
@@ -226,6 +258,15 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
         break;
       case TimingSample::Kind::kMixedStep:  // fitted last, on what the other terms leave
         break;
+      case TimingSample::Kind::kStep:
+        if (IsDecodeStep(s)) {
+          dx.push_back({1, ctx, static_cast<double>(s.sequences)});
+          dy.push_back(s.seconds);
+          batch_sizes.push_back(s.sequences);
+        } else if (s.sequences == 0) {
+          step_prefills.push_back(&s);  // added below: which ones depends on the fit
+        }
+        break;
       case TimingSample::Kind::kDecode: {
         const int64_t seqs = std::max<int64_t>(s.sequences, 1);
         dx.push_back({1, ctx, static_cast<double>(seqs)});
@@ -241,8 +282,26 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
   }
   CostFit fit;
   fit.model = base;
-  ASSIGN_OR_RETURN(Row p,
-                   SolveNonNegative(px, py, {"prefill_per_token_s", "prefill_attention_s", ""}, 2));
+  // A logged prefill step is priced by its tokens only past decode_fixed_s (step_s's max).
+  // First the steps of at least kMinFittedPrefillStepTokens; then, once decode_fixed_s is
+  // known too, every step whose tokens price it past decode_fixed_s.
+  const size_t num_prefill_samples = px.size();
+  auto add_prefill_steps = [&](double per_token_s, double fixed_s) {
+    px.resize(num_prefill_samples);
+    py.resize(num_prefill_samples);
+    for (const TimingSample* s : step_prefills) {
+      const bool priced_by_tokens =
+          fixed_s < 0 ? IsPrefillStep(*s)
+                      : per_token_s * static_cast<double>(s->new_tokens) >= fixed_s;
+      if (!priced_by_tokens) continue;
+      px.push_back({static_cast<double>(s->new_tokens), s->attention_pairs, 0});
+      py.push_back(s->seconds);
+    }
+  };
+  const std::array<const char*, kMaxParams> prefill_names = {"prefill_per_token_s",
+                                                             "prefill_attention_s", ""};
+  add_prefill_steps(0, -1);
+  ASSIGN_OR_RETURN(Row p, SolveNonNegative(px, py, prefill_names, 2));
   // One batch size cannot tell a per-sequence cost from the fixed one: fit it only when
   // the whole-step samples vary the batch (and not in proportion to the context).
   std::sort(batch_sizes.begin(), batch_sizes.end());
@@ -255,6 +314,10 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
   // the per-sequence term either: fit without it.
   if (!solved.ok() && fit_per_sequence) solved = SolveNonNegative(dx, dy, decode_names, 2);
   ASSIGN_OR_RETURN(Row d, std::move(solved));
+  if (!step_prefills.empty()) {
+    add_prefill_steps(p[0], d[0]);
+    ASSIGN_OR_RETURN(p, SolveNonNegative(px, py, prefill_names, 2));
+  }
   fit.model.prefill_per_token_s = p[0];
   fit.model.prefill_attention_s = p[1];
   fit.model.decode_fixed_s = d[0];
@@ -270,6 +333,46 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
   return fit;
 }
 
+namespace {
+
+constexpr size_t kMaxListedRows = 40;
+
+// A fit to many samples (a run's logged steps): per kind of step, the count, the total
+// measured and fitted seconds, and quantiles of the relative error.
+std::string FormatErrorSummary(const CostFit& fit) {
+  std::map<std::string, std::vector<const CostFitRow*>> by_kind;
+  for (const CostFitRow& r : fit.rows) {
+    const TimingSample& s = r.sample;
+    const char* kind = TimingSampleKindName(s.kind);
+    if (s.kind == TimingSample::Kind::kStep) {
+      kind = IsDecodeStep(s) ? "step: decode" : IsMixedStep(s) ? "step: mixed" : "step: prefill";
+    }
+    by_kind[kind].push_back(&r);
+  }
+  std::string out;
+  char line[256];
+  std::snprintf(line, sizeof(line), "%-16s %8s %11s %11s %8s %8s %8s\n", "samples", "count",
+                "measured_s", "fitted_s", "err p10", "err p50", "err p90");
+  out += line;
+  for (const auto& [kind, rows] : by_kind) {
+    std::vector<double> errors;
+    double measured = 0, fitted = 0;
+    for (const CostFitRow* r : rows) {
+      measured += r->sample.seconds;
+      fitted += r->predicted_s;
+      errors.push_back((r->predicted_s - r->sample.seconds) / r->sample.seconds);
+    }
+    std::sort(errors.begin(), errors.end());
+    auto q = [&](double p) { return 100.0 * errors[static_cast<size_t>(p * (errors.size() - 1))]; };
+    std::snprintf(line, sizeof(line), "%-16s %8zu %11.3f %11.3f %+7.1f%% %+7.1f%% %+7.1f%%\n",
+                  kind.c_str(), rows.size(), measured, fitted, q(0.1), q(0.5), q(0.9));
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string FormatCostFit(const CostFit& fit) {
   std::string out;
   char line[256];
@@ -284,8 +387,9 @@ std::string FormatCostFit(const CostFit& fit) {
   out += line;
   std::snprintf(line, sizeof(line), "%-18s %8s %8s %9s %4s %11s %11s %7s\n", "sample", "new",
                 "cached", "context", "B", "measured_s", "fitted_s", "error");
-  out += line;
+  out += fit.rows.size() > kMaxListedRows ? FormatErrorSummary(fit) : std::string(line);
   for (const CostFitRow& r : fit.rows) {
+    if (fit.rows.size() > kMaxListedRows) break;
     const TimingSample& s = r.sample;
     std::snprintf(line, sizeof(line), "%-18s %8lld %8lld %9lld %4lld %11.5f %11.5f %+6.1f%%\n",
                   TimingSampleKindName(s.kind), static_cast<long long>(s.new_tokens),

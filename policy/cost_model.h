@@ -86,16 +86,25 @@ struct CostModel {
 
 // kMixedStep: one step of `sequences` decoding sequences (context_tokens in all) beside
 // one prefill run of new_tokens after cached_tokens (a chunk, not a whole prefill).
+// kStep: one step of a real run (policy/step_log.h): `sequences` decodes reading
+// context_tokens, beside prefill runs of new_tokens in all with attention_pairs in all
+// (each run's n * (c + n / 2)); priced by step_s. In the fit, a step without prefill
+// counts as a decode sample; a step without decodes as a prefill sample when its tokens
+// price it past decode_fixed_s (step_s's max; the prefill terms cannot see a step below
+// it): first those of at least kMinFittedPrefillStepTokens, then, refitted once
+// decode_fixed_s is known, those the fit prices past it; a step with both as a mixed one.
 struct TimingSample {
-  enum class Kind { kPrefill, kPrefillAttention, kDecode, kDecodeAttention, kMixedStep };
+  enum class Kind { kPrefill, kPrefillAttention, kDecode, kDecodeAttention, kMixedStep, kStep };
   Kind kind = Kind::kPrefill;
   int64_t new_tokens = 0;      // prefill: tokens computed
   int64_t cached_tokens = 0;   // prefill: context before them
   int64_t context_tokens = 0;  // decode: KV tokens read by the step (all sequences)
   double seconds = 0;
-  std::string note;       // where the figure comes from
-  int64_t sequences = 0;  // decode: sequences in the step (0: not recorded, counts as 1)
+  std::string note;            // where the figure comes from
+  int64_t sequences = 0;       // decode: sequences in the step (0: not recorded, counts as 1)
+  double attention_pairs = 0;  // kStep only
 };
+inline constexpr int64_t kMinFittedPrefillStepTokens = 128;
 const char* TimingSampleKindName(TimingSample::Kind k);
 
 struct CostFitRow {

@@ -22,9 +22,14 @@
 # The report is rewritten after every run, so a call killed at its limit still leaves the
 # finished runs' table under $OUT.
 #
-# $OUT gets at most 6 files: agents.txt (the table), agents.json, agents_jct_cdf.png,
-# cost_model.json, sim.txt (policy_bench's output) and runs.tar.gz (every run's turns.csv,
-# sessions.csv, stats, GPU samples and daemon log; daemon logs dropped if over 15 MB).
+# After the runs, the simulator once more with its step prices refitted to the steps every
+# run's daemon logged (kvkeepd --step-log, policy_bench --fit-step-log): the "fit err"
+# column, the simulator fed this run's measured step times.
+#
+# $OUT gets at most 7 files: agents.txt (the table), agents.json, agents_jct_cdf.png,
+# cost_model.json, sim.txt and sim_fitted.txt (policy_bench's outputs) and runs.tar.gz
+# (every run's turns.csv, sessions.csv, stats, GPU samples, step log and daemon log; daemon
+# logs and step logs dropped if over 15 MB).
 #
 # AGENTS_WORKLOAD=long (each overridable below): 12 agents, 24 model turns each, forced
 # outputs capped at 64 tokens a turn (kvkeepd --max-tokens), the sessions whose first 24
@@ -181,17 +186,36 @@ stop_daemon() { kill -TERM "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/
 predict() {
   [ "$PREDICT" = 1 ] && [ -x "$POLICY_BENCH" ] || return 0
   echo "=== policy_bench prediction ($(($(date +%s) - T0)) s so far)"
-  local policies
+  simulate sim
+}
+
+# After the runs: the simulator again, its step prices refitted to the steps the runs'
+# daemons logged (kvkeepd --step-log, policy_bench --fit-step-log): the simulator fed this
+# run's measured step times, which is what issue 12's 15% target asks of it.
+postdict() {
+  [ "$PREDICT" = 1 ] && [ -x "$POLICY_BENCH" ] || return 0
+  local logs
+  logs=$(find "$RUNS" -name steps.csv | sort)
+  [ -n "$logs" ] || return 0
+  echo "=== policy_bench with step prices fitted to $(echo "$logs" | wc -l) runs' logged steps"
+  simulate sim_fitted --fit-step-log $logs
+  grep -B1 -A6 "^samples " "$OUT/sim_fitted.txt" | head -8
+}
+
+# simulate NAME [policy_bench flags]: $WORK/NAME/policy_bench.json and $OUT/NAME.txt.
+simulate() {
+  local name=$1 policies
+  shift
   policies=$(echo $POLICIES | tr ' ' ',')
-  timeout 150 "$POLICY_BENCH" --trace "$TRACE" --out "$WORK/sim" --model "$MODEL" \
+  timeout 150 "$POLICY_BENCH" --trace "$TRACE" --out "$WORK/$name" --model "$MODEL" \
     --cost-model "$WORK/cost_model.json" --kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS" \
     --max-batch-tokens 512 --prefill-chunk-tokens 256 --max-running 64 --arrivals recorded \
     --kv-dtype-bytes "$([ "$DEVICE" = cpu ] && echo 4 || echo 2)" --host-gbps "$HOST_GBPS" \
     --time-scale "$SCALE" --max-turns "$TURNS" ${MAX_TOKENS:+--max-tokens "$MAX_TOKENS"} \
     --agents "$(echo $LOADS | tr ' ' ',')" --jobs 4 --client-round-trip-ms "$CLIENT_RTT_MS" \
-    --policies "$policies" --plot-script /nonexistent > "$OUT/sim.txt" 2>&1 ||
-    { echo "policy_bench failed:"; tail -5 "$OUT/sim.txt"; }
-  grep -A40 "^agents policy" "$OUT/sim.txt" | grep -v "^$" | grep -v "^sh:" | head -30
+    --policies "$policies" --plot-script /nonexistent "$@" > "$OUT/$name.txt" 2>&1 ||
+    { echo "policy_bench failed:"; tail -5 "$OUT/$name.txt"; }
+  grep -A40 "^agents policy" "$OUT/$name.txt" | grep -v "^$" | grep -v "^sh:" | head -30
 }
 
 # The simulated wall seconds of one run (0: not simulated).
@@ -211,14 +235,15 @@ PY
 report() {
   python3 "$ROOT/bench/gpu/agents_report.py" report "$RUNS" --out "$OUT" --turns "$TURNS" \
     --time-scale "$SCALE" --kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS" \
-    --sim "$WORK/sim/policy_bench.json" --device "$DEVICE" --model "$PRESET" \
+    --sim "$WORK/sim/policy_bench.json" --sim-fitted "$WORK/sim_fitted/policy_bench.json" \
+    --device "$DEVICE" --model "$PRESET" \
     --workload "${WORKLOAD:-default}" --max-tokens "${MAX_TOKENS:-0}" --loads $LOADS \
     --policies $POLICIES > "$WORK/report.txt" 2>&1 || { echo "report failed:"; tail -5 "$WORK/report.txt"; }
   local dirs=(runs)
   [ -d "$WORK/seed" ] && dirs+=(seed)
   tar -C "$WORK" -czf "$OUT/runs.tar.gz" "${dirs[@]}"
   if [ "$(stat -c %s "$OUT/runs.tar.gz")" -gt 15000000 ]; then  # the device tool takes 16 MiB a file
-    tar -C "$WORK" -czf "$OUT/runs.tar.gz" --exclude=kvkeepd.log "${dirs[@]}"
+    tar -C "$WORK" -czf "$OUT/runs.tar.gz" --exclude=kvkeepd.log --exclude=steps.csv "${dirs[@]}"
   fi
 }
 T0=$(date +%s)
@@ -265,7 +290,7 @@ run_one() {  # run_one LOAD POLICY NAME DEADLINE_S
   local n=$1 p=$2 name=$3 deadline=$4 run=$RUNS/n$1/$3
   mkdir -p "$run"
   echo "=== $n agents, policy $name ($(($(date +%s) - T0)) s so far; cut at ${deadline} s)"
-  start_daemon "$WORK/d-n$n-$name" "$p" || return
+  start_daemon "$WORK/d-n$n-$name" "$p" --step-log "$run/steps.csv" || return
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
     -lms 250 > "$run/gpu_util.csv" 2>/dev/null &
   local smi=$!
@@ -299,6 +324,7 @@ for n in $LOADS; do
     done
   done
 done
+postdict
 report
 cat "$WORK/report.txt"
 echo "=== done in $(($(date +%s) - T0)) s; \$OUT: $(ls "$OUT" | tr '\n' ' ')"

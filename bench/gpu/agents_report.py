@@ -247,6 +247,7 @@ def report(a):
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     sim = sim_figures(a.sim)
+    sim_fitted = sim_figures(a.sim_fitted)
     loads = sorted((int(d.name[1:]), d) for d in runs_dir.glob("n*") if d.name[1:].isdigit())
     result = {"params": {"turns": a.turns, "time_scale": a.time_scale, "kv_blocks": a.kv_blocks,
                          "host_blocks": a.host_blocks, "device": a.device, "model": a.model,
@@ -255,10 +256,10 @@ def report(a):
     lines = []
     header = (f"{'agents':>6} {'policy':<14} {'JCT mean':>9} {'JCT p99':>8} {'TTFT mean':>10} "
               f"{'TTFT p99':>9} {'recomputed':>10} {'dev tok':>9} {'host tok':>9} {'disk tok':>8} "
-              f"{'pins g/u/e/v':>16} {'GPU %':>6} {'sim JCT':>8} {'sim err':>8}")
+              f"{'pins g/u/e/v':>16} {'GPU %':>6} {'sim JCT':>8} {'sim err':>8} {'fit err':>8}")
     lines.append(header)
-    errors = []
-    by_policy = {}
+    errors, fitted_errors = [], []
+    by_policy, fitted_by_policy = {}, {}
     for n, d in loads:
         result["loads"][n] = {}
         for run in sorted(p for p in d.iterdir() if p.is_dir()):
@@ -274,10 +275,17 @@ def report(a):
                 s["sim_error"] = fig["mean_jct_s"] / s["mean_jct_s"] - 1
                 errors.append(abs(s["sim_error"]))
                 by_policy.setdefault(run.name, []).append(s["sim_error"])
+            fitted = sim_fitted.get((n, run.name))
+            if fitted and s["mean_jct_s"] and not s["cut"]:
+                s["sim_fitted_mean_jct_s"] = fitted["mean_jct_s"]
+                s["sim_fitted_error"] = fitted["mean_jct_s"] / s["mean_jct_s"] - 1
+                fitted_errors.append(abs(s["sim_fitted_error"]))
+                fitted_by_policy.setdefault(run.name, []).append(s["sim_fitted_error"])
             result["loads"][n][run.name] = s
             pins = "/".join("-" if s[k] is None else str(int(s[k])) for k in
                             ("pins_granted", "pins_used", "pins_expired", "pins_violated"))
             err = s.get("sim_error")
+            fit_err = s.get("sim_fitted_error")
             label = run.name
             if s["cut"]:
                 label += f" cut {s['sessions']}/{s['planned_sessions']}"
@@ -288,7 +296,8 @@ def report(a):
                          f"{s['cached_disk_tokens']:>8} {pins:>16} "
                          f"{fmt(s['gpu_util_mean_pct'], '6.1f')} "
                          f"{fmt(s.get('sim_mean_jct_s'), '8.2f')} "
-                         f"{'-' if err is None else format(100 * err, '+7.1f') + '%':>8}")
+                         f"{'-' if err is None else format(100 * err, '+7.1f') + '%':>8} "
+                         f"{'-' if fit_err is None else format(100 * fit_err, '+7.1f') + '%':>8}")
         runs = {k: v for k, v in result["loads"][n].items() if not v["cut"]}
         for base in sorted(r for r in runs if not r.endswith("+seed")):
             if base + "+seed" in runs and runs[base]["mean_jct_s"]:
@@ -320,6 +329,15 @@ def report(a):
         result["sim_error_by_policy"] = by_policy
         lines.append("simulator error by policy: " + ", ".join(
             f"{p} " + "/".join(f"{100 * e:+.1f}%" for e in v) for p, v in sorted(by_policy.items())))
+    if fitted_errors:
+        result["sim_fitted_max_abs_error"] = max(fitted_errors)
+        result["sim_fitted_error_by_policy"] = fitted_by_policy
+        lines.append(f"simulator with step prices fitted to the runs' logged steps: |error| of "
+                     f"mean JCT at most {100 * max(fitted_errors):.1f}%, mean "
+                     f"{100 * sum(fitted_errors) / len(fitted_errors):.1f}% over "
+                     f"{len(fitted_errors)} runs; by policy: " + ", ".join(
+                         f"{p} " + "/".join(f"{100 * e:+.1f}%" for e in v)
+                         for p, v in sorted(fitted_by_policy.items())))
     text = "\n".join(lines)
     print(text)
     (out / "agents.txt").write_text(text + "\n")
@@ -400,6 +418,7 @@ def main():
     r.add_argument("runs")
     r.add_argument("--out", required=True)
     r.add_argument("--sim")
+    r.add_argument("--sim-fitted", help="policy_bench JSON with step prices fitted to the runs")
     r.add_argument("--turns", type=int)
     r.add_argument("--time-scale", type=float)
     r.add_argument("--kv-blocks", type=int)

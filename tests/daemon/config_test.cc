@@ -197,6 +197,21 @@ TEST(ConfigTest, TurnEndGraceFromFileAndFlag) {
   EXPECT_EQ(cl->options.ttl.turn_end_grace_s, 0.25);
 }
 
+TEST(ConfigTest, StepLogFromFileAndFlag) {
+  DaemonOptions o;
+  EXPECT_EQ(o.engine.step_log, "");  // off by default
+  ASSERT_TRUE(ApplyConfigJson(R"({"engine": {"step_log": "/tmp/steps.csv"}})", &o).ok());
+  DaemonOptions back;
+  ASSERT_TRUE(ApplyConfigJson(DaemonOptionsToJson(o), &back).ok());
+  EXPECT_EQ(back.engine.step_log, "/tmp/steps.csv");
+  Status st = ApplyConfigJson(R"({"engine": {"step_log": 3}})", &o);
+  EXPECT_NE(st.message().find("engine.step_log"), std::string::npos) << st.message();
+  MapEnv env(std::map<std::string, std::string>{{"HOME", "/home/u"}});
+  auto cl = Parse({"--step-log", "/var/tmp/s.csv"}, &env);
+  ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+  EXPECT_EQ(cl->options.engine.step_log, "/var/tmp/s.csv");
+}
+
 TEST(ConfigTest, ToJsonRoundTrips) {
   DaemonOptions o;
   o.socket_path = "/tmp/x.sock";

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/embedder_factory.h"
+#include "policy/step_log.h"
 #include "tests/daemon/daemon_harness.h"
 
 namespace kvkeep::testing {
@@ -99,6 +100,37 @@ TEST(DaemonLifecycleTest, SigtermCancelsOrFinishesInFlightWorkAndExitsCleanly) {
     EXPECT_TRUE(last->contains("result")) << last->dump();
   }
   EXPECT_FALSE(DefaultEnv()->FileExists(f.daemon.socket_path()));
+}
+
+// --step-log: the served steps (not the start-up) are written when the daemon stops, and
+// they account for the turn's work: its prompt prefilled, its tokens decoded.
+TEST(DaemonLifecycleTest, StepLogIsWrittenAtShutdown) {
+  TempDir dir;
+  const std::string path = dir.File("steps.csv");
+  DaemonFixture f({"--step-log", path});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  LineClient c(f.daemon.socket_path());
+  c.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "t"}});
+  c.Ok({{"id", 2},
+        {"verb", "session.append"},
+        {"session", "t"},
+        {"messages", {{{"role", "user"}, {"content", "count to ten"}}}}});
+  json gen = c.Ok({{"id", 3}, {"verb", "session.generate"}, {"session", "t"}, {"max_tokens", 6}});
+  const int64_t prompt = gen["usage"]["prompt_tokens"],
+                completion = gen["usage"]["generated_tokens"];
+  EXPECT_FALSE(DefaultEnv()->FileExists(path));  // written at shutdown
+  const int status = f.daemon.Kill(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  auto steps = ReadStepLog(DefaultEnv(), path);
+  ASSERT_TRUE(steps.ok()) << steps.status().ToString() << "\n" << f.daemon.Log();
+  int64_t prefilled = 0, decoded = 0;
+  for (const StepTiming& t : *steps) {
+    EXPECT_GT(t.step_s, 0);
+    prefilled += t.prefill_tokens;
+    decoded += t.decode_sequences;
+  }
+  EXPECT_EQ(prefilled, prompt);        // the first token comes from the prefill
+  EXPECT_EQ(decoded, completion - 1);  // each later one from a decode step
 }
 
 // The shutdown use-after-free (issue 11, reported by hard5): a large line is handled on

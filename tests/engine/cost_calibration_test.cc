@@ -8,10 +8,13 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <random>
 
 #include "base/clock.h"
 #include "engine/cost_calibration.h"
 #include "engine/sim_backend.h"
+#include "policy/step_log.h"
+#include "tests/engine/engine_fixture.h"
 #include "tests/testlib/test_util.h"
 
 namespace kvkeep {
@@ -59,8 +62,8 @@ struct Rig {
   std::unique_ptr<Engine> engine;
 };
 
-std::unique_ptr<Rig> MakeRig(const CostModel& truth, const std::string& policy,
-                             int32_t num_blocks) {
+std::unique_ptr<Rig> MakeRig(const CostModel& truth, const std::string& policy, int32_t num_blocks,
+                             StepLog* step_log = nullptr) {
   auto rig = std::make_unique<Rig>();
   SimBackendOptions b;
   b.config.vocab_size = 1024;
@@ -77,6 +80,7 @@ std::unique_ptr<Rig> MakeRig(const CostModel& truth, const std::string& policy,
   EXPECT_TRUE(sim.ok()) << sim.status().ToString();
   EngineOptions e;  // the daemon's defaults: 512-token steps, 256-token chunks, 64 running
   e.policy.name = policy;
+  e.step_log = step_log;
   auto engine = Engine::Create(e, std::make_unique<ClockedSimBackend>(std::move(*sim), &rig->clock),
                                nullptr, &rig->clock);
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
@@ -217,6 +221,60 @@ TEST(CostCalibration, ASmallPoolStillCalibrates) {
     }
   }
   EXPECT_NEAR(fit->model.decode_fixed_s / truth.decode_fixed_s, 1.0, 0.05);
+}
+
+// The step log (kvkeepd --step-log) over a served mix: it times every step the engine ran
+// (their times sum to the clock's, which only the priced forward passes advance), and a fit
+// to it (policy_bench --fit-step-log) recovers the model that priced the steps.
+TEST(StepLog, AServedRunsStepsFitBackToTheModelThatPricedThem) {
+  CostModel truth = Truth();
+  truth.prefill_per_token_s = 3.3e-5;  // a 256-token chunk past decode_fixed_s, as on an H100
+  truth.mixed_decode_extra_per_context_token_s = 1e-8;
+  StepLog log(100000);
+  auto rig = MakeRig(truth, "lru", 8192, &log);
+  const int64_t start_us = rig->clock.NowMicros();
+  std::mt19937_64 rng(3);
+  std::vector<enginetest::Outcome> outcomes(24);
+  for (int i = 0; i < 24; ++i) {
+    const int prompt = 200 + 700 * (i % 8) + static_cast<int>(rng() % 100);
+    ASSERT_TRUE(
+        rig->engine
+            ->Submit(enginetest::RequestInto(
+                &outcomes[i], i + 1, enginetest::RandomTokens(rng, prompt, 1024), 8 + 4 * (i % 5)))
+            .ok());
+    if (i % 6 == 5) {  // four waves
+      ASSERT_TRUE(rig->engine->RunUntilIdle().ok());
+    }
+  }
+  ASSERT_TRUE(rig->engine->RunUntilIdle().ok());
+  for (const enginetest::Outcome& o : outcomes) EXPECT_EQ(o.reason, FinishReason::kLength);
+  double logged_s = 0;
+  int decode_steps = 0, prefill_steps = 0, mixed_steps = 0;
+  for (const StepTiming& t : log.steps()) {
+    logged_s += t.step_s;
+    decode_steps += t.prefill_tokens == 0;
+    prefill_steps += t.decode_sequences == 0;
+    mixed_steps += t.prefill_tokens > 0 && t.decode_sequences > 0;
+  }
+  EXPECT_NEAR(logged_s, (rig->clock.NowMicros() - start_us) * 1e-6, 1e-6);
+  std::printf("%zu steps: %d decode, %d prefill, %d mixed\n", log.steps().size(), decode_steps,
+              prefill_steps, mixed_steps);
+  ASSERT_GT(decode_steps, 0);
+  ASSERT_GT(prefill_steps, 0);
+  ASSERT_GT(mixed_steps, 0);
+  auto fit = FitCostModel(StepSamples(log.steps()), CostModel{});
+  ASSERT_TRUE(fit.ok()) << fit.status().ToString();
+  std::printf("%s", FormatCostFit(*fit).c_str());
+  const CostModel& m = fit->model;
+  // Each step's time is its price rounded to the clock's microsecond.
+  EXPECT_NEAR(m.prefill_per_token_s / truth.prefill_per_token_s, 1, 0.01);
+  EXPECT_NEAR(m.prefill_attention_s / truth.prefill_attention_s, 1, 0.01);
+  EXPECT_NEAR(m.decode_fixed_s / truth.decode_fixed_s, 1, 0.01);
+  EXPECT_NEAR(m.decode_per_context_token_s / truth.decode_per_context_token_s, 1, 0.01);
+  EXPECT_NEAR(m.decode_per_sequence_s / truth.decode_per_sequence_s, 1, 0.05);
+  EXPECT_NEAR(
+      m.mixed_decode_extra_per_context_token_s / truth.mixed_decode_extra_per_context_token_s, 1,
+      0.05);
 }
 
 // kvkeepd --testing-sim-cost-model: each step's price (and the swaps before it) goes to
