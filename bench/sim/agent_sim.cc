@@ -360,6 +360,10 @@ class Simulation {
         a.tokens.insert(a.tokens.end(), step.output_ids.begin(), step.output_ids.end());
       ++a.next_step;
       const bool last = a.next_step >= static_cast<int32_t>(a.program->steps.size());
+      if (last && a.program->cut) {  // `replay run --max-turns` closes at the last reply
+        EndAgent(agent, false, false);
+        continue;
+      }
       if (last && step.tool.empty()) {  // the replay's trailing waits, then close
         if (a.program->tail_s > 0) {
           Schedule(clock_.NowMicros() + ToMicros(a.program->tail_s), Event::Kind::kEnd, agent);

@@ -19,7 +19,8 @@
 // time the client sent it (its at_us, the request's arrival, an agent's end), as kvkeepd
 // stamps what it receives mid-step. After the last turn
 // the agent still waits out that turn's tool and the program's tail_s, as `kvkeep replay
-// run` does, then a close hint releases the session. Token ids are synthetic (a function of the
+// run` does, then a close hint releases the session; a program max_turns cut closes at its
+// last turn's reply, as the replay does. Token ids are synthetic (a function of the
 // position); each agent has its own cache salt, so agents running the same program do
 // not share KV.
 //

@@ -131,6 +131,26 @@ TEST(AgentSim, PinBlockSecondsAreTheSessionsBlocksTimesTheToolWait) {
   }
 }
 
+// `kvkeep replay run --max-turns` closes a cut session at its last turn's reply: it sends
+// no tool_begin for the tool that turn called (nothing reads its result), so nothing pins
+// the session then, and its job ends with that turn. A program the trace itself ends still
+// waits out its last tool and tail_s.
+TEST(AgentSim, ACutProgramEndsAtItsLastReplyWithoutPinningItsTool) {
+  replay::AgentProgram p;
+  p.id = "one";
+  p.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "bash", 9.0)};
+  p.tail_s = 0.7;
+  for (bool cut : {true, false}) {
+    p.cut = cut;
+    auto r = RunAgentSim({p}, {{0.0, 0}}, Options("ttl"));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->turns.size(), 2u);
+    EXPECT_EQ(Summarize(*r).pins_granted, cut ? 1 : 2) << "cut " << cut;
+    EXPECT_NEAR(r->agents[0].finish_s, r->turns[1].finish_s + (cut ? 0 : 9.0 + 0.7), 2e-6)
+        << "cut " << cut;
+  }
+}
+
 // The client's round trip: half of it between a turn's last token and its tool_begin,
 // half between tool_end and the next turn.
 TEST(AgentSim, TheClientRoundTripDelaysTheToolAndTheNextTurn) {

@@ -99,6 +99,11 @@ class ServedTokens : public ::testing::Test {
       EXPECT_NE(p, nullptr);
       if (p == nullptr) continue;
       EXPECT_EQ(p->steps.size(), it->second.size()) << p->id;
+      // Cut where the replay stopped at max_turns with turns left (it then closes the
+      // session at that turn's reply: the simulator must not wait out the tool after it).
+      EXPECT_EQ(p->cut, max_turns > 0 && static_cast<int>(it->second.size()) == max_turns &&
+                            (*sessions)[i].NumModelTurns() > max_turns)
+          << p->id;
       int64_t context = 0;
       for (size_t k = 0; k < std::min(p->steps.size(), it->second.size()); ++k) {
         const replay::AgentStep& step = p->steps[k];
@@ -123,6 +128,16 @@ TEST_F(ServedTokens, EqualTheDaemonsCountsTurnByTurn) {
   ASSERT_TRUE(replay::WriteTraceFile(dir_.File("trace.jsonl"), sessions).ok());
   // A large pool: nothing is clipped.
   EXPECT_GE(ReplayAndCompare(dir_.File("trace.jsonl"), 0, 4096), 3);
+}
+
+TEST_F(ServedTokens, ACutSessionEndsAtItsLastTurn) {
+  std::vector<replay::Session> sessions;
+  ASSERT_TRUE(replay::ImportMiniSweAgent(
+                  testing::FixturesDir() + "/replay/mini-swe-agent-v2.traj.json", {}, &sessions)
+                  .ok());
+  ASSERT_GT(sessions[0].NumModelTurns(), 2);
+  ASSERT_TRUE(replay::WriteTraceFile(dir_.File("trace.jsonl"), sessions).ok());
+  EXPECT_EQ(ReplayAndCompare(dir_.File("trace.jsonl"), 2, 4096), 2);
 }
 
 TEST_F(ServedTokens, FollowTheReplayersClippingAtTheContextLimit) {

@@ -59,6 +59,12 @@ Result<std::vector<AgentProgram>> ProgramsFromTrace(const std::vector<Session>& 
     for (size_t ei = 0; ei < s.events.size() && !p.cut; ++ei) {
       const Event& e = s.events[ei];
       const ServedEventTokens* st = served != nullptr ? &(*served)[si][ei] : nullptr;
+      // The turn after the last under max_turns (where the served walk stops too).
+      if (e.type == EventType::kModel && options.max_turns > 0 &&
+          static_cast<int>(p.steps.size()) >= options.max_turns) {
+        p.cut = true;
+        break;
+      }
       if (st != nullptr && st->stop) break;
       if (st != nullptr && have_ids) {
         have_ids = static_cast<int64_t>(st->ids.size()) == st->before + st->output + st->after;
@@ -90,10 +96,6 @@ Result<std::vector<AgentProgram>> ProgramsFromTrace(const std::vector<Session>& 
           }
           break;
         case EventType::kModel: {
-          if (options.max_turns > 0 && static_cast<int>(p.steps.size()) >= options.max_turns) {
-            p.cut = true;
-            break;
-          }
           AgentStep step;
           step.appended_tokens = pending_tokens + (st != nullptr ? st->before : 0);
           step.output_tokens = st != nullptr ? st->output : ModelTokens(e, options.bytes_per_token);
@@ -115,7 +117,7 @@ Result<std::vector<AgentProgram>> ProgramsFromTrace(const std::vector<Session>& 
         }
       }
     }
-    p.tail_s = pending_think_s;  // the replay sleeps these before it closes the session
+    p.tail_s = p.cut ? 0 : pending_think_s;  // the replay sleeps these before it closes
     if (!p.steps.empty()) out.push_back(std::move(p));
   }
   if (out.empty()) return Status::InvalidArgument("the trace has no session with a model turn");

@@ -41,9 +41,10 @@ struct AgentProgram {
   std::string id;
   std::vector<AgentStep> steps;
   double arrival_s = 0;  // the session's recorded arrival (x time_scale)
-  // After the last step `kvkeep replay run` still replays the trace up to the next model
-  // turn (or the session's end): the last step's tool, then these think gaps, then it
-  // closes the session. cut: max_turns ended the program before the trace did.
+  // After the last step `kvkeep replay run` still replays the trace up to the session's
+  // end: the last step's tool, then these think gaps, then it closes the session. cut:
+  // max_turns ended the program before the trace did; the replay then closes the session
+  // at the last step's reply (no tool, no think gaps: nothing reads the tool's result).
   double tail_s = 0;
   bool cut = false;
   int64_t ContextTokens() const;  // the context after the last turn
