@@ -76,6 +76,7 @@ struct Args {
   std::string arrivals = "poisson";
   double time_scale = 1;
   bool turns_csv = false;           // DIR/turns_n<agents>_<policy>.csv per run
+  bool step_logs = false;           // DIR/steps_n<agents>_<policy>.csv per run
   double client_round_trip_ms = 0;  // SimOptions::client_round_trip_s
   sim::SimOptions engine;           // max_batch_tokens, prefill_chunk_tokens, max_running
   std::string python = ".venv/bin/python", plot_script = "bench/policy_bench_plot.py";
@@ -291,6 +292,7 @@ Status Run(const Args& a) {
     Status status;
     nlohmann::json figures;
     std::string turns_csv;
+    std::unique_ptr<StepLog> steps;  // with --step-logs
   };
   std::vector<Job> jobs;
   for (int n : a.agents) {
@@ -300,7 +302,9 @@ Status Run(const Args& a) {
       for (auto& arrival : arrivals) arrival.arrival_s = programs[arrival.program].arrival_s;
     }
     arrivals_json.push_back({{"agents", n}, {"arrivals", a.arrivals}, {"rate_per_s", rate}});
-    for (const std::string& policy : a.policies) jobs.push_back({n, policy, arrivals, {}, {}});
+    for (const std::string& policy : a.policies) {
+      jobs.push_back({n, policy, arrivals, {}, {}, {}, nullptr});
+    }
   }
   std::vector<size_t> order(jobs.size());  // the largest loads first: the last runs are short
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -313,6 +317,10 @@ Status Run(const Args& a) {
       Job& job = jobs[order[i]];
       sim::SimOptions run = options;
       run.policy = job.policy;
+      if (a.step_logs) {
+        job.steps = std::make_unique<StepLog>(StepLog::kDefaultCapacity);
+        run.step_log = job.steps.get();
+      }
       const auto start = std::chrono::steady_clock::now();
       auto last_print = start;
       run.progress = [&](double sim_s, int done, int agents, int64_t turns) {
@@ -359,6 +367,12 @@ Status Run(const Args& a) {
         RETURN_IF_ERROR(DefaultEnv()->WriteFileAtomic(
             JoinPath(a.out, "turns_n" + std::to_string(n) + "_" + jobs[i].policy + ".csv"),
             jobs[i].turns_csv));
+      }
+      if (jobs[i].steps) {
+        RETURN_IF_ERROR(DefaultEnv()->CreateDirs(a.out));
+        RETURN_IF_ERROR(jobs[i].steps->Write(
+            DefaultEnv(),
+            JoinPath(a.out, "steps_n" + std::to_string(n) + "_" + jobs[i].policy + ".csv")));
       }
     }
     loads.push_back({{"agents", n}, {"policies", per_policy}});
@@ -459,6 +473,9 @@ int main(int argc, char** argv) {
                  "the client's time per turn outside the engine (bench/sim/agent_sim.h)")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--turns-csv", a.turns_csv, "write DIR/turns_n<agents>_<policy>.csv per run");
+  app.add_flag("--step-logs", a.step_logs,
+               "write each run's engine steps to DIR/steps_n<agents>_<policy>.csv "
+               "(kvkeepd --step-log's format)");
   app.add_option("--turn-end-grace-s", a.turn_end_grace_s,
                  "pinning policies: grace pin from a turn's last token to its tool_begin (0: none)")
       ->check(CLI::NonNegativeNumber);

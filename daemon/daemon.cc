@@ -32,10 +32,6 @@
 #include "engine/synthetic_model.h"
 
 namespace kvkeep {
-namespace {
-// engine.step_log keeps the first steps of a run, up to this many (about 72 MB).
-constexpr size_t kMaxLoggedSteps = 1'000'000;
-}  // namespace
 
 struct Daemon::Impl {
   DaemonOptions options;
@@ -229,7 +225,7 @@ Status Daemon::Impl::Assemble() {
     ASSIGN_OR_RETURN(tiers, MeasureTierBandwidths(backend.get(), env, clock, to));
   }
   if (!options.engine.step_log.empty()) {
-    step_log = std::make_unique<StepLog>(kMaxLoggedSteps);
+    step_log = std::make_unique<StepLog>(StepLog::kDefaultCapacity);
     eo.step_log = step_log.get();
   }
   ASSIGN_OR_RETURN(engine, Engine::Create(eo, std::move(backend), tokenizer.get(), clock));

@@ -34,8 +34,15 @@ struct StepTiming {
 // daemon's memory flat), and how many came after.
 class StepLog {
  public:
+  // kvkeepd's and policy_bench's bound: about 72 MB of steps.
+  static constexpr size_t kDefaultCapacity = 1'000'000;
+
   explicit StepLog(size_t capacity) : capacity_(capacity) {}
   void Add(const StepTiming& step);
+  // The simulator's clock stands still within a step: it sets the step's price after.
+  void SetLastStepSeconds(double seconds) {
+    if (!steps_.empty() && dropped_ == 0) steps_.back().step_s = seconds;
+  }
   void Clear() {
     steps_.clear();
     dropped_ = 0;

@@ -89,10 +89,14 @@ class Simulation {
         // A step with no request only applies the hints (pins), at no cost.
         const bool idle = outstanding_ == 0;
         hints_pending_ = false;
+        const size_t logged = o_.step_log != nullptr ? o_.step_log->steps().size() : 0;
         RETURN_IF_ERROR(engine_impl_->Step().WithContext("sim step"));
         if (!idle) ++result_.engine_steps;
         const int64_t step_us =
             std::max<int64_t>(idle ? 0 : 1, ToMicros(backend_->TakeElapsedSeconds()));
+        if (o_.step_log != nullptr && o_.step_log->steps().size() > logged) {
+          o_.step_log->SetLastStepSeconds(static_cast<double>(step_us) / 1e6);
+        }
         pinned_blocks_ = engine_->GetStats().pinned_blocks;  // held while the step ran
         AdvanceTo(clock_.NowMicros() + step_us);
         RETURN_IF_ERROR(CollectFinished());
@@ -151,6 +155,7 @@ class Simulation {
     e.policy.cost_model = o_.cost;  // the TTL rule prices a hit as the simulator charges it
     e.policy.ttl = o_.ttl;
     e.policy.turn_end_grace_s = o_.turn_end_grace_s;
+    e.step_log = o_.step_log;
     ASSIGN_OR_RETURN(engine_, Engine::Create(e, std::move(backend), nullptr, &clock_));
     engine_impl_ = dynamic_cast<EngineImpl*>(engine_.get());
     if (engine_impl_ == nullptr) return Status::Internal("sim: the engine is not an EngineImpl");

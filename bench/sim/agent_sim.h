@@ -68,6 +68,9 @@ struct SimOptions {
   double client_round_trip_s = 0;
   // The pinning policies' turn-end grace pin (PolicyOptions::turn_end_grace_s).
   double turn_end_grace_s = PolicyOptions{}.turn_end_grace_s;
+  // Each engine step, priced, as kvkeepd --step-log records a real one (not owned; may be
+  // null), so that a run's steps and the simulator's can be compared step by step.
+  StepLog* step_log = nullptr;
   // Called about every progress_every_sim_s of simulated time (may be empty).
   double progress_every_sim_s = 10;
   std::function<void(double sim_s, int agents_done, int agents, int64_t turns_done)> progress;

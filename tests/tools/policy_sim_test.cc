@@ -151,6 +151,37 @@ TEST(AgentSim, ACutProgramEndsAtItsLastReplyWithoutPinningItsTool) {
   }
 }
 
+// policy_bench --step-logs: the simulator's steps in kvkeepd --step-log's format, each
+// with its price; they add up to the engine's busy time and fit back to the cost model.
+TEST(AgentSim, StepLogHoldsEachStepAtItsPrice) {
+  replay::AgentProgram p;
+  p.id = "one";
+  p.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "", 0)};
+  StepLog log(StepLog::kDefaultCapacity);
+  SimOptions o = Options("lru");
+  o.step_log = &log;
+  auto r = RunAgentSim({p, p}, {{0.0, 0}, {0.3, 1}}, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_FALSE(log.steps().empty());
+  EXPECT_EQ(static_cast<int64_t>(log.steps().size()), r->engine_steps);
+  double logged_s = 0;
+  int64_t prefilled = 0, decoded = 0;
+  for (const StepTiming& t : log.steps()) {
+    EXPECT_GT(t.step_s, 0);
+    logged_s += t.step_s;
+    prefilled += t.prefill_tokens;
+    decoded += t.decode_sequences;
+  }
+  EXPECT_NEAR(logged_s, r->backend.busy_s, 1e-5 * r->engine_steps);  // microsecond steps
+  int64_t want_prefill = 0, want_decode = 0;
+  for (const SimTurn& t : r->turns) {
+    want_prefill += t.context_tokens - t.cached_tokens;
+  }
+  for (const SimTurn& t : r->turns) want_decode += (t.step == 0 ? 50 : 20) - 1;
+  EXPECT_EQ(prefilled, want_prefill);
+  EXPECT_EQ(decoded, want_decode);
+}
+
 // The client's round trip: half of it between a turn's last token and its tool_begin,
 // half between tool_end and the next turn.
 TEST(AgentSim, TheClientRoundTripDelaysTheToolAndTheNextTurn) {
