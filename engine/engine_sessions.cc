@@ -187,6 +187,7 @@ void EngineImpl::OrderWaiting() {
     c.returning_pinned = s->returning_pinned;
     c.program_arrival_us = s->program_arrival_us;
     c.enqueued_us = s->submit_us;
+    c.program = s->request.session;
     return c;
   };
   scheduler_.SortWaiting([&](const Sequence* a, const Sequence* b) {

@@ -19,8 +19,8 @@ bool AdmitsBefore(const AdmissionCandidate& a, const AdmissionCandidate& b, int6
     return std::tie(a.enqueued_us, a.request_id) < std::tie(b.enqueued_us, b.request_id);
   }
   const int ca = AdmissionClass(a, now_us, options), cb = AdmissionClass(b, now_us, options);
-  return std::tie(ca, a.program_arrival_us, a.enqueued_us, a.request_id) <
-         std::tie(cb, b.program_arrival_us, b.enqueued_us, b.request_id);
+  return std::tie(ca, a.program_arrival_us, a.program, a.enqueued_us, a.request_id) <
+         std::tie(cb, b.program_arrival_us, b.program, b.enqueued_us, b.request_id);
 }
 
 void SortForAdmission(std::vector<AdmissionCandidate>* queue, int64_t now_us,

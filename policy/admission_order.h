@@ -5,8 +5,10 @@
 //      kept out forever by returning programs);
 //   3. turns of programs returning from a tool within their pin;
 //   4. the rest;
-// each class by program arrival (the agent's first request), then by the request's own
-// enqueue time, then id. `lru`, `none` and `ttl-fcfs` keep plain FCFS: enqueue time, then id.
+// each class by program arrival (the agent's first request), then by program (so programs
+// that arrived together keep one order: ordered by their turns' enqueue times instead, they
+// would take turns, which is FCFS by turn), then by the request's own enqueue time, then id.
+// `lru`, `none` and `ttl-fcfs` keep plain FCFS: enqueue time, then id.
 //
 // Thread-safety: pure functions.
 #pragma once
@@ -22,6 +24,7 @@ struct AdmissionCandidate {
   bool returning_pinned = false;  // its session's pin was live when its tool returned
   int64_t program_arrival_us = 0;
   int64_t enqueued_us = 0;
+  uint64_t program = 0;  // the session (0: none)
 };
 
 struct AdmissionOptions {

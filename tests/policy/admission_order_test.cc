@@ -41,6 +41,33 @@ TEST(AdmissionOrder, PreemptedThenReturningPinnedThenByProgramArrival) {
   EXPECT_EQ(Ids(q), (std::vector<uint64_t>{6, 1, 3, 2, 4, 5}));
 }
 
+// Programs that arrived in the same microsecond (a simulator's recorded arrivals, or a
+// batch of agents started together) keep one order across their turns: by program, not by
+// which turn was enqueued first, else the order falls back to FCFS by turn and every
+// program progresses a little, which under memory pressure means every program thrashes.
+TEST(AdmissionOrder, ProgramsThatArrivedTogetherKeepOneOrder) {
+  const int64_t now = 10 * kSecond;
+  AdmissionOptions o;
+  // id, preempted, returning_pinned, program_arrival, enqueued, program
+  std::vector<AdmissionCandidate> q = {
+      {1, false, false, 0, 3 * kSecond, 7},  // program 7's turn, enqueued first
+      {2, false, false, 0, 4 * kSecond, 2},  // program 2's, later
+      {3, false, false, 0, 5 * kSecond, 5},
+  };
+  SortForAdmission(&q, now, o);
+  EXPECT_EQ(Ids(q), (std::vector<uint64_t>{2, 3, 1}));
+  // The next round of turns comes in another enqueue order; the programs' order stands.
+  q = {{4, false, false, 0, 6 * kSecond, 5},
+       {5, false, false, 0, 7 * kSecond, 7},
+       {6, false, false, 0, 8 * kSecond, 2}};
+  SortForAdmission(&q, now, o);
+  EXPECT_EQ(Ids(q), (std::vector<uint64_t>{6, 4, 5}));
+  // An earlier program still goes first, whatever its id.
+  q.push_back({7, false, false, -1, 9 * kSecond, 99});
+  SortForAdmission(&q, now, o);
+  EXPECT_EQ(Ids(q), (std::vector<uint64_t>{7, 6, 4, 5}));
+}
+
 TEST(AdmissionOrder, IsAStrictWeakOrder) {
   AdmissionOptions o;
   o.starvation_bound_us = 10;
@@ -49,7 +76,9 @@ TEST(AdmissionOrder, IsAStrictWeakOrder) {
   for (bool pre : {false, true}) {
     for (bool pin : {false, true}) {
       for (int64_t arr : {0, 5}) {
-        for (int64_t enq : {0, 50}) all.push_back({id++, pre, pin, arr, enq});
+        for (int64_t enq : {0, 50}) {
+          for (uint64_t program : {1, 2}) all.push_back({id++, pre, pin, arr, enq, program});
+        }
       }
     }
   }
