@@ -100,8 +100,9 @@ Status ImportMooncake(const std::string& path, const ImportOptions& options,
       ok = ok && id.is_number_integer();
       if (ok) ids.push_back(id.get<int64_t>());
     }
-    int64_t want_blocks = (input + kMooncakeBlockTokens - 1) / kMooncakeBlockTokens;
-    if (!ok || static_cast<int64_t>(ids.size()) != want_blocks) {
+    // The block count only once input is known to be in range (no overflow).
+    if (!ok || static_cast<int64_t>(ids.size()) !=
+                   (input + kMooncakeBlockTokens - 1) / kMooncakeBlockTokens) {
       Skip(report, path, lineno,
            "input_length must be 1..2^40, output_length 0..2^40, and hash_ids integers, "
            "one per 512-token block of input_length");
