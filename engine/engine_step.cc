@@ -5,6 +5,7 @@
 
 #include "cache/remote_staging.h"
 #include "engine/engine_impl.h"
+#include "policy/cost_model.h"
 
 namespace kvkeep {
 
@@ -66,13 +67,13 @@ StepTiming EngineImpl::DescribeStep(const ScheduledBatch& batch) const {
   for (const ScheduledSeq& s : batch.seqs) {
     const int64_t n = s.num_new_tokens;
     const int64_t cached = s.seq->num_computed();
-    if (n == 1 && cached > 0) {  // a decode, as the cost model (and SimStepSeconds) counts it
+    if (IsDecodeRun(n, cached)) {
       ++t.decode_sequences;
       t.decode_context_tokens += cached + 1;
     } else {
       ++t.prefill_runs;
       t.prefill_tokens += n;
-      t.attention_pairs += static_cast<double>(n) * (static_cast<double>(cached) + n / 2.0);
+      t.attention_pairs += AttentionPairs(n, cached);
     }
   }
   for (const BlockTransfer& op : pool_.transfers().ops) {

@@ -14,7 +14,7 @@ double SimStepSeconds(const CostModel& cost, const ForwardBatch& batch) {
   for (int32_t i = 0; i < batch.num_seqs(); ++i) {
     const int64_t n = batch.q_start[i + 1] - batch.q_start[i];
     const int64_t kv_len = batch.kv_len[i];
-    if (n == 1 && kv_len > 1) {
+    if (IsDecodeRun(n, kv_len - n)) {
       ++decode_sequences;
       decode_context_tokens += kv_len;
     } else {
@@ -53,7 +53,7 @@ Status SimBackend::Forward(const ForwardBatch& batch, std::vector<float>* logits
       return Status::InvalidArgument("sim backend: a run of " + std::to_string(n) +
                                      " tokens with kv_len " + std::to_string(batch.kv_len[i]));
     }
-    if (n == 1 && batch.kv_len[i] > 1) {
+    if (IsDecodeRun(n, batch.kv_len[i] - n)) {
       ++counters_.decode_tokens;
     } else {
       counters_.prefill_tokens += n;

@@ -91,12 +91,6 @@ Result<Row> SolveNonNegative(const std::vector<Row>& x, const std::vector<double
   return Row{};
 }
 
-// Pairs of n new tokens attending causally after c cached ones: n * (c + n / 2).
-double AttentionPairs(int64_t new_tokens, int64_t cached_tokens) {
-  const double n = static_cast<double>(std::max<int64_t>(new_tokens, 0));
-  return n * (static_cast<double>(std::max<int64_t>(cached_tokens, 0)) + n / 2);
-}
-
 // step_s (cost_model.h) with the prefill runs summed: their tokens and attention pairs.
 double StepSecondsOf(const CostModel& m, int64_t decode_sequences, int64_t decode_context_tokens,
                      int64_t prefill_tokens, double attention_pairs, bool has_prefill) {
@@ -160,6 +154,11 @@ double FitMixedExtra(const std::vector<TimingSample>& samples, CostModel m) {
 }
 
 }  // namespace
+
+double AttentionPairs(int64_t new_tokens, int64_t cached_tokens) {
+  const double n = static_cast<double>(std::max<int64_t>(new_tokens, 0));
+  return n * (static_cast<double>(std::max<int64_t>(cached_tokens, 0)) + n / 2);
+}
 
 const char* RebuildSourceName(RebuildSource s) {
   switch (s) {

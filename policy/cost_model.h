@@ -46,6 +46,14 @@
 
 namespace kvkeep {
 
+// How a step's runs are priced. A run of one new token after a context is a decode; any
+// other run is a prefill run (SimStepSeconds and the engine's step log count them alike).
+inline bool IsDecodeRun(int64_t new_tokens, int64_t cached_tokens) {
+  return new_tokens == 1 && cached_tokens > 0;
+}
+// Pairs of n new tokens attending causally after c cached ones: n * (c + n / 2).
+double AttentionPairs(int64_t new_tokens, int64_t cached_tokens);
+
 // Where a session's KV would be rebuilt from after it leaves the device.
 enum class RebuildSource { kHost, kDisk, kPrefill };
 const char* RebuildSourceName(RebuildSource s);
