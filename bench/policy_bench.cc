@@ -165,6 +165,7 @@ nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
           {"pins_expired", s.pins_expired},
           {"reclaimed_sessions", s.reclaimed_sessions},
           {"swapped_in_blocks", s.swapped_in_blocks},
+          {"swap_s", s.swap_s},
           {"evicted_blocks", s.evicted_blocks},
           {"dropped_blocks", s.dropped_blocks},
           {"turns", s.turns},
@@ -280,9 +281,9 @@ Status Run(const Args& a) {
       options.max_batch_tokens, options.prefill_chunk_tokens, options.max_running);
 
   nlohmann::json loads = nlohmann::json::array(), arrivals_json = nlohmann::json::array();
-  std::printf("\n%6s %-10s %9s %9s %8s %8s %6s %12s %12s %9s %6s %7s\n", "agents", "policy",
+  std::printf("\n%6s %-10s %9s %9s %8s %8s %6s %12s %12s %9s %6s %7s %7s\n", "agents", "policy",
               "mean_jct", "p99_jct", "ttft", "p99ttft", "hit", "recomputed", "reprefill",
-              "pin_blk_s", "viol", "wall_s");
+              "pin_blk_s", "viol", "swap_s", "wall_s");
   // Every (load, policy) run is independent: --jobs of them run at once, each on its own
   // engine; rows print as runs finish, the JSON keeps the order of the flags.
   struct Job {
@@ -344,11 +345,11 @@ Status Run(const Args& a) {
       job.figures = SummaryJson(s, wall_s);
       if (a.turns_csv) job.turns_csv = sim::TurnsCsv(*r, programs, job.arrivals);
       std::lock_guard<std::mutex> lock(print_mu);
-      std::printf("%6d %-10s %9.1f %9.1f %8.3f %8.3f %6.3f %12lld %12lld %9.0f %6lld %7.1f\n",
+      std::printf("%6d %-10s %9.1f %9.1f %8.3f %8.3f %6.3f %12lld %12lld %9.0f %6lld %7.1f %7.1f\n",
                   job.agents, job.policy.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s,
                   s.p99_ttft_s, s.hit_ratio, static_cast<long long>(s.recomputed_tokens),
                   static_cast<long long>(s.reprefill_tokens), s.pin_block_s,
-                  static_cast<long long>(s.pin_violations), wall_s);
+                  static_cast<long long>(s.pin_violations), s.swap_s, wall_s);
       std::fflush(stdout);
     }
   };

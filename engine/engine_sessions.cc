@@ -216,6 +216,14 @@ int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks, bool break_live_pi
     }
     auto it = retained_.find(v.session);
     if (it == retained_.end()) continue;
+    if (v.victim_class == VictimClass::kLivePin) {
+      const SessionReclaimInfo& info = it->second.info;
+      spdlog::debug(
+          "engine: breaking the live pin of session {:x} ({} blocks, {:.2f} s before its "
+          "deadline): nothing else can run",
+          v.session, it->second.table.num_blocks(),
+          static_cast<double>(info.pin_deadline_us - clock_->NowMicros()) / 1e6);
+    }
     reclaim_policy_->OnReclaimed(it->second.info);
     ReleaseSession(v.session);
     SetRetainedBlocks(v.session, 0);  // its blocks are cached now: anyone's to take

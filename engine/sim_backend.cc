@@ -105,6 +105,7 @@ Result<TransferFence> SimBackend::SwapOut(
   const double s = SwapSeconds(device_host.size());
   pending_s_ += s;
   counters_.busy_s += s;
+  counters_.swap_s += s;
   counters_.swapped_out_blocks += static_cast<int64_t>(device_host.size());
   return TransferFence{};
 }
@@ -117,6 +118,7 @@ Result<TransferFence> SimBackend::SwapIn(std::span<const std::pair<int32_t, int3
   const double s = SwapSeconds(host_device.size());
   pending_s_ += s;
   counters_.busy_s += s;
+  counters_.swap_s += s;
   counters_.swapped_in_blocks += static_cast<int64_t>(host_device.size());
   return TransferFence{};
 }

@@ -62,6 +62,7 @@ struct SimBackendCounters {
   int64_t swapped_in_blocks = 0;
   int64_t swapped_out_blocks = 0;
   double busy_s = 0;  // forward + transfer seconds
+  double swap_s = 0;  // of busy_s, host <-> device transfers (each stalls the step it is in)
 };
 
 // The price of one step (seconds), as above. Exposed for tests.

@@ -475,6 +475,7 @@ SimSummary Summarize(const SimResult& r) {
   s.pins_expired = r.engine.pins_expired;
   s.reclaimed_sessions = r.engine.reclaimed_sessions;
   s.swapped_in_blocks = r.backend.swapped_in_blocks;
+  s.swap_s = r.backend.swap_s;
   s.evicted_blocks = r.engine.evicted_blocks;
   s.dropped_blocks = r.engine.dropped_blocks;
   s.engine_steps = r.engine_steps;

@@ -136,6 +136,7 @@ struct SimSummary {
   int64_t pins_granted = 0, pins_used = 0, pins_expired = 0;
   int64_t turns = 0, agents_done = 0, agents_truncated = 0, agents_failed = 0;
   int64_t reclaimed_sessions = 0, swapped_in_blocks = 0;
+  double swap_s = 0;  // engine seconds stalled on host <-> device swaps (SimBackendCounters)
   // The pool's own reclaim: device blocks evicted (demoted to host, or dropped), and
   // blocks dropped from the bottom tier (recomputed if needed again).
   int64_t evicted_blocks = 0, dropped_blocks = 0;

@@ -360,12 +360,22 @@ TEST(AgentSim, AccountingAddsUp) {
       EXPECT_LE(computed, unpreempted) << policy;
       EXPECT_GE(computed, unpreempted - overcount) << policy;
     }
+    // Swap time is the swapped blocks' bytes over the host link, within the busy time.
+    const SimOptions o = Tight(policy);
+    const double block_bytes = static_cast<double>(o.cost.kv_bytes_per_token * o.block_size);
+    const auto swapped = r->backend.swapped_in_blocks + r->backend.swapped_out_blocks;
+    EXPECT_NEAR(r->backend.swap_s,
+                static_cast<double>(swapped) * block_bytes / o.host_bytes_per_s, 1e-9)
+        << policy;
+    EXPECT_LE(r->backend.swap_s, r->backend.busy_s) << policy;
     const SimSummary s = Summarize(*r);
+    EXPECT_EQ(s.swap_s, r->backend.swap_s);
     EXPECT_EQ(s.agents_done, 12);
     EXPECT_GE(s.hit_ratio, 0);
     EXPECT_LE(s.hit_ratio, 1);
     if (std::string(policy) == "lru") {
       EXPECT_GT(r->engine.reclaimed_sessions, 0);
+      EXPECT_GT(r->backend.swapped_in_blocks, 0);  // the tight pool reloads from the host
     }
   }
 }
