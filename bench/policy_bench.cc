@@ -66,7 +66,8 @@ struct Args {
   int jobs = 1;  // simulations run at once
   TtlOptions ttl;
   double turn_end_grace_s = PolicyOptions{}.turn_end_grace_s;
-  std::string cost_model;  // a calibration file (kvkeepd's state dir); overrides timings
+  bool serial_swaps = false;  // each swap stalls its step (SimOptions::overlap_swaps off)
+  std::string cost_model;     // a calibration file (kvkeepd's state dir); overrides timings
   std::vector<std::string> fit_step_logs;  // kvkeepd --step-log files: refit cost_model to them
   std::string model;                       // re-tokenize with this model (kvkeepd's --model)
   int64_t max_tokens = 4096;  // the daemon's limits.max_tokens (the replayer's output cap)
@@ -166,6 +167,7 @@ nlohmann::json SummaryJson(const sim::SimSummary& s, double wall_s) {
           {"reclaimed_sessions", s.reclaimed_sessions},
           {"swapped_in_blocks", s.swapped_in_blocks},
           {"swap_s", s.swap_s},
+          {"swap_wait_s", s.swap_wait_s},
           {"evicted_blocks", s.evicted_blocks},
           {"dropped_blocks", s.dropped_blocks},
           {"turns", s.turns},
@@ -233,6 +235,7 @@ Status Run(const Args& a) {
       a.cost_model.empty() ? a.host_gbps * 1e9 : fit.model.host_to_device_bytes_per_s;
   options.ttl = a.ttl;
   options.turn_end_grace_s = a.turn_end_grace_s;
+  options.overlap_swaps = !a.serial_swaps;
 
   replay::WorkloadOptions workload;
   workload.max_turns = a.max_turns;
@@ -283,7 +286,7 @@ Status Run(const Args& a) {
   nlohmann::json loads = nlohmann::json::array(), arrivals_json = nlohmann::json::array();
   std::printf("\n%6s %-10s %9s %9s %8s %8s %6s %12s %12s %9s %6s %7s %7s\n", "agents", "policy",
               "mean_jct", "p99_jct", "ttft", "p99ttft", "hit", "recomputed", "reprefill",
-              "pin_blk_s", "viol", "swap_s", "wall_s");
+              "pin_blk_s", "viol", "swapwait", "wall_s");
   // Every (load, policy) run is independent: --jobs of them run at once, each on its own
   // engine; rows print as runs finish, the JSON keeps the order of the flags.
   struct Job {
@@ -349,7 +352,7 @@ Status Run(const Args& a) {
                   job.agents, job.policy.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s,
                   s.p99_ttft_s, s.hit_ratio, static_cast<long long>(s.recomputed_tokens),
                   static_cast<long long>(s.reprefill_tokens), s.pin_block_s,
-                  static_cast<long long>(s.pin_violations), s.swap_s, wall_s);
+                  static_cast<long long>(s.pin_violations), s.swap_wait_s, wall_s);
       std::fflush(stdout);
     }
   };
@@ -480,6 +483,9 @@ int main(int argc, char** argv) {
   app.add_option("--turn-end-grace-s", a.turn_end_grace_s,
                  "pinning policies: grace pin from a turn's last token to its tool_begin (0: none)")
       ->check(CLI::NonNegativeNumber);
+  app.add_flag("--serial-swaps", a.serial_swaps,
+               "each host <-> device swap stalls the step it is in (default: swaps overlap "
+               "the steps that do not touch their blocks, as on CUDA)");
   app.add_option("--python", a.python, "Python with matplotlib for the PNG");
   app.add_option("--plot-script", a.plot_script, "the plotting script");
   CLI11_PARSE(app, argc, argv);

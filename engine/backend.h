@@ -112,6 +112,12 @@ class Backend {
   virtual Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device);
   // Blocks until the fence's transfers are complete.
   virtual Status WaitFence(TransferFence fence);
+  // Whether swaps run beside the forward passes queued after them that do not touch their
+  // blocks (CUDA's copy stream; the simulator's copy timeline). The engine then lets a
+  // turn whose prefix comes up from the host tier compute one step after its admission,
+  // so that the promotion overlaps the other sequences' step instead of stalling it.
+  // The default's swaps complete before they return: false.
+  virtual bool SwapsOverlapCompute() const { return false; }
 
   // --- Compressed caches (engine/episode_cache.h) ----------------------------------------
   // Forward, and also the attention scores of a one-sequence batch's new tokens over its

@@ -38,8 +38,9 @@ BlockPoolOptions PoolOptions(const Backend& backend, const EngineOptions& e,
   return o;
 }
 
-SchedulerOptions SchedOptions(const EngineOptions& e) {
+SchedulerOptions SchedOptions(const EngineOptions& e, const Backend& backend) {
   SchedulerOptions o;
+  o.defer_promoted_admissions = backend.SwapsOverlapCompute();
   o.max_batch_tokens = e.max_batch_tokens;
   o.prefill_chunk_tokens = e.prefill_chunk_tokens;
   o.max_running = e.max_running;
@@ -102,7 +103,7 @@ EngineImpl::EngineImpl(const EngineOptions& options, std::unique_ptr<Backend> ba
       clock_(clock),
       backend_(std::move(backend)),
       pool_(PoolOptions(*backend_, options, num_disk_blocks)),
-      scheduler_(SchedOptions(options), &pool_),
+      scheduler_(SchedOptions(options, *backend_), &pool_),
       runner_(backend_.get()),
       disk_store_(std::move(disk_store)),
       tool_stats_(options.policy.tool_stats, clock),

@@ -168,7 +168,11 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   while (reserved && pool_->num_allocatable() < must_fit) {
     reserved = ReclaimBlocks(must_fit - pool_->num_allocatable(), break_live_pins);
   }
-  if (reserved) {
+  // A promotion the step's other sequences can run beside: this turn computes from the
+  // next step, its first chunk then reserved as a running prefill's.
+  const bool deferred = reserved && options_.defer_promoted_admissions &&
+                        seq->matched_tiers.host > 0 && !(running_.empty() && batch->seqs.empty());
+  if (reserved && !deferred) {
     reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
     while (!reserved && Reclaim(seq->table, n, break_live_pins)) {
       reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
@@ -200,7 +204,13 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   seq->usage.cached_disk_tokens += int64_t{from_disk - from_remote} * bs;
   seq->usage.cached_remote_tokens += int64_t{from_remote} * bs;
   seq->matched_tiers = {};
-  Schedule(seq, n, batch);
+  if (deferred) {
+    promoting_.push_back(seq);
+    spdlog::debug("scheduler: request {} admitted; its {} cached tokens come up first", seq->id(),
+                  cached);
+  } else {
+    Schedule(seq, n, batch);
+  }
   return true;
 }
 
@@ -256,8 +266,9 @@ bool Scheduler::AdmitOne(bool only_idle_tenants, int32_t* budget, ScheduledBatch
     Sequence* seq = NextToAdmit(only_idle_tenants);
     if (seq == nullptr) return false;
     const size_t failed_before = batch->failed.size();
+    const int32_t tokens_before = batch->num_tokens;
     if (TryAdmit(seq, *budget, batch)) {
-      *budget -= batch->seqs.back().num_new_tokens;
+      *budget -= batch->num_tokens - tokens_before;
       return true;
     }
     if (batch->failed.size() == failed_before) return false;  // no blocks: wait
@@ -268,6 +279,7 @@ bool Scheduler::AdmitOne(bool only_idle_tenants, int32_t* budget, ScheduledBatch
 ScheduledBatch Scheduler::Schedule(int32_t build_tokens) {
   ScheduledBatch batch;
   int32_t budget = options_.max_batch_tokens;
+  promoting_.clear();
   MakeRoomForIdleTenant();
   // 1. decodes, then 2. prefill chunks of running sequences. Iterate over a snapshot:
   // preemption edits running_. Between the two, tenants with nothing running are admitted
@@ -285,6 +297,7 @@ ScheduledBatch Scheduler::Schedule(int32_t build_tokens) {
     for (Sequence* seq : snapshot) {
       if (budget <= 0) break;
       if (seq->status != SequenceStatus::kRunning || IsScheduled(seq, batch)) continue;
+      if (std::find(promoting_.begin(), promoting_.end(), seq) != promoting_.end()) continue;
       if (seq->is_prefilling() == decode_pass) continue;
       const int32_t n = static_cast<int32_t>(std::min<int64_t>(
           {seq->num_pending(), decode_pass ? 1 : options_.prefill_chunk_tokens, budget}));

@@ -72,6 +72,10 @@ struct SchedulerOptions {
   // A tenant running something is admitted another sequence only while the blocks_bound
   // of its running sequences plus the new one's stays within this. 0: no cap.
   int64_t max_blocks_per_tenant = 0;
+  // Backend::SwapsOverlapCompute: an admission that promotes host-tier blocks, in a step
+  // where other sequences run, is admitted without tokens; its first chunk runs in the
+  // next step, after its swap-in has overlapped this one.
+  bool defer_promoted_admissions = false;
 };
 
 struct ScheduledSeq {
@@ -162,6 +166,9 @@ class Scheduler {
   BlockPool* pool_;
   std::deque<Sequence*> waiting_;
   std::vector<Sequence*> running_;  // admission order, oldest first
+  // Admitted this step without tokens while their prefixes come up from the host tier
+  // (defer_promoted_admissions); scheduled from the next step.
+  std::vector<Sequence*> promoting_;
   int64_t num_preemptions_ = 0;
   int64_t num_episode_fallbacks_ = 0;
   Reclaimer reclaimer_;

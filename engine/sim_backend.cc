@@ -34,6 +34,7 @@ Result<std::unique_ptr<SimBackend>> SimBackend::Create(const SimBackendOptions& 
 }
 
 SimBackend::SimBackend(const SimBackendOptions& options) : options_(options) {
+  if (options.clock != nullptr) block_ready_s_.assign(options.num_kv_blocks, 0.0);
   shape_.num_blocks = options.num_kv_blocks;
   shape_.block_size = options.block_size;
   shape_.num_layers = options.config.num_layers;
@@ -60,6 +61,7 @@ Status SimBackend::Forward(const ForwardBatch& batch, std::vector<float>* logits
     }
   }
   const double step_s = SimStepSeconds(options_.cost, batch);
+  Wait(WaitForSwaps(batch));
   pending_s_ += step_s;
   counters_.busy_s += step_s;
   ++counters_.steps;
@@ -98,29 +100,70 @@ double SimBackend::SwapSeconds(size_t num_blocks) const {
 
 Result<TransferFence> SimBackend::SwapOut(
     std::span<const std::pair<int32_t, int32_t>> device_host) {
+  std::vector<int32_t> blocks;
   for (auto [device, host] : device_host) {
     RETURN_IF_ERROR(CheckBlockId(shape_, device));
     if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
+    blocks.push_back(device);
   }
-  const double s = SwapSeconds(device_host.size());
-  pending_s_ += s;
-  counters_.busy_s += s;
-  counters_.swap_s += s;
+  QueueSwap(blocks);
   counters_.swapped_out_blocks += static_cast<int64_t>(device_host.size());
   return TransferFence{};
 }
 
 Result<TransferFence> SimBackend::SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) {
+  std::vector<int32_t> blocks;
   for (auto [host, device] : host_device) {
     RETURN_IF_ERROR(CheckBlockId(shape_, device));
     if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
+    blocks.push_back(device);
   }
-  const double s = SwapSeconds(host_device.size());
-  pending_s_ += s;
-  counters_.busy_s += s;
-  counters_.swap_s += s;
+  QueueSwap(blocks);
   counters_.swapped_in_blocks += static_cast<int64_t>(host_device.size());
   return TransferFence{};
+}
+
+Status SimBackend::WaitFence(TransferFence) {
+  if (options_.clock != nullptr) Wait(copies_done_s_ - NowSeconds());
+  return Status::OK();
+}
+
+void SimBackend::QueueSwap(std::span<const int32_t> device_blocks) {
+  const double s = SwapSeconds(device_blocks.size());
+  counters_.swap_s += s;
+  if (options_.clock == nullptr) {  // the step waits for it
+    Wait(s);
+    return;
+  }
+  copies_done_s_ = std::max(copies_done_s_, NowSeconds()) + s;
+  for (int32_t b : device_blocks) block_ready_s_[static_cast<size_t>(b)] = copies_done_s_;
+}
+
+double SimBackend::WaitForSwaps(const ForwardBatch& batch) const {
+  if (options_.clock == nullptr) return 0;
+  const double now = NowSeconds();
+  if (copies_done_s_ <= now) return 0;  // the common case: nothing in flight
+  double ready = now;
+  for (int32_t i = 0; i < batch.num_seqs(); ++i) {
+    const int32_t touched = (batch.kv_len[i] + shape_.block_size - 1) / shape_.block_size;
+    const size_t row = static_cast<size_t>(i) * static_cast<size_t>(batch.max_blocks_per_seq);
+    for (int32_t j = 0; j < std::min(touched, batch.max_blocks_per_seq); ++j) {
+      const int32_t b = batch.block_tables[row + static_cast<size_t>(j)];
+      if (b >= 0 && b < shape_.num_blocks) ready = std::max(ready, block_ready_s_[b]);
+    }
+  }
+  return ready - now;
+}
+
+double SimBackend::NowSeconds() const {
+  return static_cast<double>(options_.clock->NowMicros()) * 1e-6 + pending_s_;
+}
+
+void SimBackend::Wait(double seconds) {
+  if (!(seconds > 0)) return;
+  pending_s_ += seconds;
+  counters_.busy_s += seconds;
+  counters_.swap_wait_s += seconds;
 }
 
 Result<std::unique_ptr<Backend>> CreatePacedSimBackend(Env* env, const ModelConfig& config,
@@ -141,6 +184,7 @@ Result<std::unique_ptr<Backend>> CreatePacedSimBackend(Env* env, const ModelConf
                                                std::max<int64_t>(block_bytes, 1));
   o.cost = cost;
   o.host_bytes_per_s = cost.host_to_device_bytes_per_s;
+  o.clock = SystemClock();  // the engine's: swaps overlap the steps, as on CUDA
   o.spend = [](double seconds) {
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   };

@@ -15,7 +15,12 @@
 // chunks of a prefill sum to CostModel::PrefillSeconds of the whole run (when every chunk
 // has prefill_per_token_s * n >= decode_fixed_s, i.e. n >= 260 tokens for the 8B H100 fit).
 // Swaps between the device and the host tier cost blocks * block_bytes / host_bytes_per_s
-// each way; copy-on-write copies are free.
+// each way; copy-on-write copies are free. Without a clock each swap is added to the step
+// it is in. With one (SimBackendOptions::clock), swaps run on a copy timeline as on CUDA's
+// copy stream (docs/cuda.md): one after another, from when they are issued, beside the
+// steps; a step waits only until the swaps of the blocks it touches (each sequence's first
+// ceil(kv_len / block_size) table entries) are done, and the engine defers a promoted
+// admission by a step (Backend::SwapsOverlapCompute).
 //
 // The KV pool and the host tier hold no bytes: ReadBlock/WriteBlock do nothing and
 // AllocateHostTier allocates nothing, so an 80 GB pool costs only the engine's
@@ -33,7 +38,9 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "base/clock.h"
 #include "base/file.h"
 #include "engine/backend.h"
 #include "policy/cost_model.h"
@@ -47,6 +54,9 @@ struct SimBackendOptions {
   int64_t kv_bytes_per_token = 0;  // prices swaps; block_bytes() = this * block_size
   CostModel cost;                  // prices forward steps
   double host_bytes_per_s = 0;     // device <-> host bandwidth; 0: swaps are free
+  // Now, for the copy timeline: the simulator's clock at the step's start (the seconds
+  // priced since are added), or the real clock when paced. nullptr: swaps stall their step.
+  const Clock* clock = nullptr;
   // Paced: called with the seconds of every step (and the swaps before it) instead of
   // accumulating them for TakeElapsedSeconds. Empty: not paced.
   std::function<void(double seconds)> spend;
@@ -61,8 +71,9 @@ struct SimBackendCounters {
   int64_t sampled_rows = 0;    // logit rows returned: one per generated token
   int64_t swapped_in_blocks = 0;
   int64_t swapped_out_blocks = 0;
-  double busy_s = 0;  // forward + transfer seconds
-  double swap_s = 0;  // of busy_s, host <-> device transfers (each stalls the step it is in)
+  double busy_s = 0;       // forward seconds and the waits for transfers
+  double swap_s = 0;       // host <-> device transfers, seconds of copying
+  double swap_wait_s = 0;  // of busy_s, steps waiting on transfers (swap_s without a clock)
 };
 
 // The price of one step (seconds), as above. Exposed for tests.
@@ -93,6 +104,8 @@ class SimBackend final : public Backend {
   Status AllocateHostTier(int32_t num_blocks) override;
   Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host) override;
   Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) override;
+  Status WaitFence(TransferFence fence) override;
+  bool SwapsOverlapCompute() const override { return options_.clock != nullptr; }
 
   // Seconds priced since the last call; the simulator advances its clock by them.
   double TakeElapsedSeconds();
@@ -101,11 +114,19 @@ class SimBackend final : public Backend {
  private:
   explicit SimBackend(const SimBackendOptions& options);
   double SwapSeconds(size_t num_blocks) const;
+  // Prices a swap of these device blocks: on the copy timeline, or into the step.
+  void QueueSwap(std::span<const int32_t> device_blocks);
+  // Seconds from now until the swaps of the blocks `batch` touches are done.
+  double WaitForSwaps(const ForwardBatch& batch) const;
+  double NowSeconds() const;  // the clock plus what is priced but not yet taken
+  void Wait(double seconds);
 
   SimBackendOptions options_;
   KvPoolShape shape_;
   size_t block_bytes_ = 0;
   double pending_s_ = 0;
+  double copies_done_s_ = 0;           // when the copy timeline's last swap ends
+  std::vector<double> block_ready_s_;  // per device block: when its last swap ends
   SimBackendCounters counters_;
 };
 

@@ -142,6 +142,7 @@ class Simulation {
     b.kv_bytes_per_token = o_.cost.kv_bytes_per_token;
     b.cost = o_.cost;
     b.host_bytes_per_s = o_.host_bytes_per_s;
+    if (o_.overlap_swaps) b.clock = &clock_;
     ASSIGN_OR_RETURN(std::unique_ptr<SimBackend> backend, SimBackend::Create(b));
     backend_ = backend.get();
     EngineOptions e;
@@ -476,6 +477,7 @@ SimSummary Summarize(const SimResult& r) {
   s.reclaimed_sessions = r.engine.reclaimed_sessions;
   s.swapped_in_blocks = r.backend.swapped_in_blocks;
   s.swap_s = r.backend.swap_s;
+  s.swap_wait_s = r.backend.swap_wait_s;
   s.evicted_blocks = r.engine.evicted_blocks;
   s.dropped_blocks = r.engine.dropped_blocks;
   s.engine_steps = r.engine_steps;

@@ -48,6 +48,10 @@ struct SimOptions {
   int32_t host_blocks = 0;  // 0: no host tier
   int32_t block_size = 16;
   double host_bytes_per_s = 25e9;
+  // Swaps run on a copy timeline beside the steps and a promoted admission computes from
+  // the next step, as the engine does on CUDA (SimBackendOptions::clock). false: each swap
+  // stalls the step it is in (the engine before 2026-12-06's fifth session).
+  bool overlap_swaps = true;
   int32_t max_batch_tokens = 8192;
   int32_t prefill_chunk_tokens = 2048;
   int32_t max_running = 256;
@@ -136,7 +140,7 @@ struct SimSummary {
   int64_t pins_granted = 0, pins_used = 0, pins_expired = 0;
   int64_t turns = 0, agents_done = 0, agents_truncated = 0, agents_failed = 0;
   int64_t reclaimed_sessions = 0, swapped_in_blocks = 0;
-  double swap_s = 0;  // engine seconds stalled on host <-> device swaps (SimBackendCounters)
+  double swap_s = 0, swap_wait_s = 0;  // host <-> device copying, and steps waiting on it
   // The pool's own reclaim: device blocks evicted (demoted to host, or dropped), and
   // blocks dropped from the bottom tier (recomputed if needed again).
   int64_t evicted_blocks = 0, dropped_blocks = 0;

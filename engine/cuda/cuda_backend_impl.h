@@ -117,6 +117,9 @@ class CudaBackend final : public Backend {
   Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host) override;
   Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) override;
   Status WaitFence(TransferFence fence) override;
+  // The swap stream runs beside the compute stream; a step waits only for the swaps of
+  // blocks it touches (engine/cuda/cuda_swaps.h).
+  bool SwapsOverlapCompute() const override { return true; }
 
  private:
   Result<TransferFence> Swap(std::span<const std::pair<int32_t, int32_t>> pairs,

@@ -20,6 +20,7 @@
 #include "cache/disk_tier.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/engine.h"
+#include "engine/engine_impl.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/engine/engine_fixture.h"
 #include "tests/engine/tier_round_trip.h"
@@ -286,6 +287,48 @@ TEST(CudaTiersTest, SessionThroughHostAndDiskMatchesOneThatNeverLeftTheDevice) {
                                         t2.usage.cached_disk_tokens);
   EXPECT_EQ(t2.usage.cached_tokens + t2.usage.recomputed_tokens, t2.usage.prompt_tokens);
   EXPECT_GT(e.engine()->GetStats().promoted_blocks, 0);
+}
+
+// The CUDA backend's swaps overlap the forward pass, so a turn whose prefix comes up from
+// the host tier beside another running sequence computes from the step after its
+// admission (docs/engine.md, "Admission"). The reference runs the same batches on a pool
+// it never leaves: the other turn's prefill alone, then its decodes beside the turn's
+// prefill (the turn submitted a step later), so both answers must match bit for bit.
+TEST(CudaTiersTest, PromotedTurnBesideAnotherMatchesOneThatNeverLeftTheDevice) {
+  testing::GpuArena probe;
+  KVKEEP_REQUIRE_GPU(probe);
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 3);
+  const std::vector<int32_t> turn1 = RandomTokens(rng, 4 * kBlockSize + 3);
+  const std::vector<int32_t> other = RandomTokens(rng, 2 * kBlockSize + 1);
+  CudaTieredEngine ref(*model, 64, 0, "");
+  ASSERT_TRUE(ref.ok());
+  const Outcome r1 = ref.Run(1, turn1);
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
+  const std::vector<int32_t> user = RandomTokens(rng, 9);
+  turn2.insert(turn2.end(), user.begin(), user.end());
+  Outcome rb, r2;
+  ASSERT_TRUE(ref.engine()->Submit(enginetest::RequestInto(&rb, 2, other, 6)).ok());
+  ASSERT_TRUE(static_cast<EngineImpl*>(ref.engine())->Step().ok());
+  ASSERT_TRUE(ref.engine()->Submit(enginetest::RequestInto(&r2, 3, turn2, 6)).ok());
+  ASSERT_TRUE(ref.engine()->RunUntilIdle().ok());
+  ASSERT_GT(r2.usage.cached_device_tokens, 0);
+
+  CudaTieredEngine e(*model, 12, 16, "");
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e.Run(1, turn1).tokens, r1.tokens);
+  for (int i = 0; i < 2; ++i) e.Run(100 + i, RandomTokens(rng, 8 * kBlockSize));
+  ASSERT_GT(e.engine()->GetStats().demoted_blocks, 0);
+  Outcome b, t2;
+  ASSERT_TRUE(e.engine()->Submit(enginetest::RequestInto(&b, 20, other, 6)).ok());
+  ASSERT_TRUE(e.engine()->Submit(enginetest::RequestInto(&t2, 21, turn2, 6)).ok());
+  ASSERT_TRUE(e.engine()->RunUntilIdle().ok());
+  EXPECT_GT(t2.usage.cached_host_tokens, 0);
+  EXPECT_EQ(t2.usage.cached_tokens, r2.usage.cached_tokens);
+  EXPECT_EQ(t2.tokens, r2.tokens) << "the promoted turn's answer changed";
+  EXPECT_EQ(b.tokens, rb.tokens) << "the turn beside the promotion changed";
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "cache/disk_tier.h"
 #include "engine/engine_impl.h"
 #include "tests/engine/engine_fixture.h"
+#include "tests/engine/forwarding_backend.h"
 #include "tests/engine/tier_round_trip.h"
 
 namespace kvkeep {
@@ -174,6 +175,99 @@ TEST(TieredEngineTest, SessionsMoveHostToDiskWholeAndComeBackUnchanged) {
   // Read up from disk; the match may stop early when retained sessions hold the device.
   EXPECT_GE(t2.usage.cached_disk_tokens, kBlockSize);
   EXPECT_EQ(t2.usage.cached_tokens + t2.usage.recomputed_tokens, t2.usage.prompt_tokens);
+}
+
+// The CPU backend with Backend::SwapsOverlapCompute set as on CUDA (its swaps still
+// complete at once). It counts the forwards of several sequences that read a block swapped
+// in since the forward before: steps in which the others would wait for that promotion.
+class OverlappingBackend : public enginetest::ForwardingBackend {
+ public:
+  OverlappingBackend(std::unique_ptr<Backend> inner, bool overlap)
+      : ForwardingBackend(std::move(inner)), overlap_(overlap) {}
+  bool SwapsOverlapCompute() const override { return overlap_; }
+  Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) override {
+    for (auto [host, device] : host_device) fresh_.push_back(device);
+    return ForwardingBackend::SwapIn(host_device);
+  }
+  Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override {
+    const int32_t bs = kv_shape().block_size;
+    for (int32_t i = 0; i < batch.num_seqs() && batch.num_seqs() > 1; ++i) {
+      const auto row = batch.block_tables.begin() + i * batch.max_blocks_per_seq;
+      const auto end = row + (batch.kv_len[i] + bs - 1) / bs;
+      if (std::find_first_of(row, end, fresh_.begin(), fresh_.end()) != end) {
+        ++steps_behind_a_promotion_;
+        break;
+      }
+    }
+    fresh_.clear();
+    return ForwardingBackend::Forward(batch, logits);
+  }
+  int steps_behind_a_promotion() const { return steps_behind_a_promotion_; }
+
+ private:
+  const bool overlap_;
+  std::vector<int32_t> fresh_;
+  int steps_behind_a_promotion_ = 0;
+};
+
+// On a backend whose swaps overlap the forward pass, a turn whose prefix comes up from
+// the host tier while another sequence runs computes from the step after its admission,
+// so no step of the other waits for its promotion; it answers as a session that never
+// left the device. The same run on a backend that does not overlap has the other's step
+// read the fresh blocks (the test can tell the two apart).
+TEST(TieredEngineTest, PromotedTurnComputesAStepLaterAndAnswersTheSame) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 7);
+  const std::vector<int32_t> turn1 = RandomTokens(rng, 4 * kBlockSize + 3);
+  TieredEngine ref(*model, 64, 0, "");
+  const Outcome r1 = ref.Run(1, turn1, 5);
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
+  const std::vector<int32_t> user = RandomTokens(rng, 9);
+  turn2.insert(turn2.end(), user.begin(), user.end());
+  const Outcome r2 = ref.Run(2, turn2, 5);
+  const std::vector<int32_t> other = RandomTokens(rng, 2 * kBlockSize + 1);
+
+  for (bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlapping swaps" : "swaps in the step");
+    FakeClock clock;
+    EngineOptions o;
+    o.model_id = "tiers-test";
+    o.num_host_blocks = 16;
+    auto wrapped = std::make_unique<OverlappingBackend>(MakeBackend(*model->weights, 12), overlap);
+    OverlappingBackend* backend = wrapped.get();
+    auto e = Engine::Create(o, std::move(wrapped), model->tokenizer.get(), &clock);
+    ASSERT_TRUE(e.ok()) << e.status().ToString();
+    Outcome t1;
+    ASSERT_TRUE((*e)->Submit(Request(1, turn1, &t1, 0, 5)).ok());
+    ASSERT_TRUE((*e)->RunUntilIdle().ok());
+    ASSERT_EQ(t1.tokens, r1.tokens);
+    // Two other prompts take the device; the session's blocks go to the host tier.
+    for (RequestId id : {10, 11}) {
+      Outcome churn;
+      ASSERT_TRUE((*e)->Submit(Request(id, RandomTokens(rng, 8 * kBlockSize), &churn)).ok());
+      ASSERT_TRUE((*e)->RunUntilIdle().ok());
+    }
+    const HashScope scope{HashModelId("tiers-test"), 0};
+    auto* impl = static_cast<EngineImpl*>(e->get());
+    ASSERT_GT(impl->TEST_pool().ProbePrefix(turn1, scope).host, 0) << "nothing on the host tier";
+    // The other prompt is admitted first; the session's turn comes in beside it.
+    Outcome b, t2;
+    ASSERT_TRUE((*e)->Submit(Request(20, other, &b)).ok());
+    ASSERT_TRUE((*e)->Submit(Request(21, turn2, &t2, 0, 5)).ok());
+    ASSERT_TRUE((*e)->RunUntilIdle().ok());
+    EXPECT_TRUE(impl->TEST_CheckPool().ok()) << impl->TEST_CheckPool().ToString();
+    EXPECT_EQ(t2.tokens, r2.tokens) << "the promoted turn's answer changed";
+    EXPECT_GT(t2.usage.cached_host_tokens, 0);
+    EXPECT_EQ(t2.usage.cached_tokens + t2.usage.recomputed_tokens, t2.usage.prompt_tokens);
+    EXPECT_EQ(b.tokens.size(), 6u);
+    if (overlap) {
+      EXPECT_EQ(backend->steps_behind_a_promotion(), 0);
+    } else {
+      EXPECT_GT(backend->steps_behind_a_promotion(), 0);
+    }
+  }
 }
 
 TEST(TieredEngineTest, FlippedDiskByteIsDetectedAndRecomputedCorrectly) {
