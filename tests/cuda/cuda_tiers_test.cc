@@ -265,10 +265,7 @@ TEST(CudaTiersTest, SessionThroughHostAndDiskMatchesOneThatNeverLeftTheDevice) {
   CudaTieredEngine ref(*model, 64, 0, "");
   ASSERT_TRUE(ref.ok());
   const Outcome r1 = ref.Run(1, turn1);
-  std::vector<int32_t> turn2 = turn1;
-  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
-  const std::vector<int32_t> user = RandomTokens(rng, 9);
-  turn2.insert(turn2.end(), user.begin(), user.end());
+  const std::vector<int32_t> turn2 = enginetest::NextTurn(turn1, r1.tokens, RandomTokens(rng, 9));
   const Outcome r2 = ref.Run(2, turn2);
   EXPECT_GT(r2.usage.cached_device_tokens, 0);
 
@@ -305,10 +302,7 @@ TEST(CudaTiersTest, PromotedTurnBesideAnotherMatchesOneThatNeverLeftTheDevice) {
   CudaTieredEngine ref(*model, 64, 0, "");
   ASSERT_TRUE(ref.ok());
   const Outcome r1 = ref.Run(1, turn1);
-  std::vector<int32_t> turn2 = turn1;
-  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
-  const std::vector<int32_t> user = RandomTokens(rng, 9);
-  turn2.insert(turn2.end(), user.begin(), user.end());
+  const std::vector<int32_t> turn2 = enginetest::NextTurn(turn1, r1.tokens, RandomTokens(rng, 9));
   Outcome rb, r2;
   ASSERT_TRUE(ref.engine()->Submit(enginetest::RequestInto(&rb, 2, other, 6)).ok());
   ASSERT_TRUE(static_cast<EngineImpl*>(ref.engine())->Step().ok());

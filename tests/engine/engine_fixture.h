@@ -65,6 +65,16 @@ inline std::vector<int32_t> RandomTokens(std::mt19937_64& rng, int n, int32_t vo
   return t;
 }
 
+// A session's next prompt: the last prompt, the reply to it, then the user's new message.
+inline std::vector<int32_t> NextTurn(const std::vector<int32_t>& prompt,
+                                     const std::vector<int32_t>& reply,
+                                     const std::vector<int32_t>& user) {
+  std::vector<int32_t> next = prompt;
+  next.insert(next.end(), reply.begin(), reply.end());
+  next.insert(next.end(), user.begin(), user.end());
+  return next;
+}
+
 // One sequence's part of a hand-built step: tokens [start, end) of `tokens`, whose KV
 // lives in `blocks` (logical block i -> physical blocks[i]).
 struct SeqRun {

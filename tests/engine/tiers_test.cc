@@ -109,10 +109,7 @@ TEST(TieredEngineTest, SessionFromDiskMatchesOneThatNeverLeftTheDevice) {
   // Reference: a big device pool, nothing ever leaves it.
   TieredEngine ref(*model, 64, 0, "");
   const Outcome r1 = ref.Run(1, turn1);
-  std::vector<int32_t> turn2 = turn1;
-  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
-  const std::vector<int32_t> user = RandomTokens(rng, 9);
-  turn2.insert(turn2.end(), user.begin(), user.end());
+  const std::vector<int32_t> turn2 = enginetest::NextTurn(turn1, r1.tokens, RandomTokens(rng, 9));
   const Outcome r2 = ref.Run(2, turn2);
   EXPECT_GT(r2.usage.cached_device_tokens, 0);
 
@@ -146,10 +143,8 @@ TEST(TieredEngineTest, SessionsMoveHostToDiskWholeAndComeBackUnchanged) {
   const SessionId first = 100;  // session i is first - i: later sessions have lower ids
   TieredEngine ref(*model, 64, 0, "");
   const Outcome r1 = ref.Run(1, turn1[0], first);
-  std::vector<int32_t> turn2 = turn1[0];
-  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
-  const std::vector<int32_t> user = RandomTokens(rng, 9);
-  turn2.insert(turn2.end(), user.begin(), user.end());
+  const std::vector<int32_t> turn2 =
+      enginetest::NextTurn(turn1[0], r1.tokens, RandomTokens(rng, 9));
   const Outcome r2 = ref.Run(2, turn2, first);
 
   testing::TempDir dir;
@@ -222,10 +217,7 @@ TEST(TieredEngineTest, PromotedTurnComputesAStepLaterAndAnswersTheSame) {
   const std::vector<int32_t> turn1 = RandomTokens(rng, 4 * kBlockSize + 3);
   TieredEngine ref(*model, 64, 0, "");
   const Outcome r1 = ref.Run(1, turn1, 5);
-  std::vector<int32_t> turn2 = turn1;
-  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
-  const std::vector<int32_t> user = RandomTokens(rng, 9);
-  turn2.insert(turn2.end(), user.begin(), user.end());
+  const std::vector<int32_t> turn2 = enginetest::NextTurn(turn1, r1.tokens, RandomTokens(rng, 9));
   const Outcome r2 = ref.Run(2, turn2, 5);
   const std::vector<int32_t> other = RandomTokens(rng, 2 * kBlockSize + 1);
 
