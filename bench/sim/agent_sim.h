@@ -50,7 +50,7 @@ struct SimOptions {
   double host_bytes_per_s = 25e9;
   // Swaps run on a copy timeline beside the steps and a promoted admission computes from
   // the next step, as the engine does on CUDA (SimBackendOptions::clock). false: each swap
-  // stalls the step it is in (the engine before 2026-12-06's fifth session).
+  // stalls the step it is in (policy_bench --serial-swaps).
   bool overlap_swaps = true;
   int32_t max_batch_tokens = 8192;
   int32_t prefill_chunk_tokens = 2048;
