@@ -23,6 +23,17 @@ Status CheckHostSlot(int32_t host_slot, int32_t num_host_blocks) {
 
 }  // namespace
 
+std::vector<int32_t> BlocksTouched(const ForwardBatch& batch, int32_t block_size) {
+  std::vector<int32_t> blocks;
+  for (int32_t i = 0; i < batch.num_seqs(); ++i) {
+    const int32_t used =
+        std::min((batch.kv_len[i] + block_size - 1) / block_size, batch.max_blocks_per_seq);
+    const auto row = batch.block_tables.begin() + size_t(i) * batch.max_blocks_per_seq;
+    blocks.insert(blocks.end(), row, row + used);
+  }
+  return blocks;
+}
+
 void LayerKvLayout(const ForwardBatch& batch, int layer, int32_t block_size, int32_t* kv_len,
                    int32_t* slots) {
   const int32_t n = batch.num_seqs();

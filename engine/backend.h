@@ -52,6 +52,11 @@ struct ForwardBatch {
 void LayerKvLayout(const ForwardBatch& batch, int layer, int32_t block_size, int32_t* kv_len,
                    int32_t* slots);
 
+// The pool blocks a forward of `batch` reads or writes: each sequence's first
+// ceil(kv_len / block_size) block-table entries. A swap of any of them must finish before
+// that forward runs.
+std::vector<int32_t> BlocksTouched(const ForwardBatch& batch, int32_t block_size);
+
 enum class KvDType { kF32, kBF16 };
 
 // Marks the completion of a batch of transfers (Backend::SwapOut / SwapIn). 0 is a fence

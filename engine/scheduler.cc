@@ -150,7 +150,8 @@ bool Scheduler::ReserveForRunning(Sequence* seq, int32_t n, ScheduledBatch* batc
 
 bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   // Live pins are broken for an admission only when nothing else would run this step.
-  const bool break_live_pins = running_.empty() && batch->seqs.empty();
+  const bool others_run = !running_.empty() || !batch->seqs.empty();
+  const bool break_live_pins = !others_run;
   if (seq->table.empty() && pool_->prefix_caching_enabled()) {
     std::span<const int32_t> context(seq->tokens.data(), seq->tokens.size() - 1);
     if (!PromotionFits(seq, context, break_live_pins)) return false;
@@ -170,8 +171,8 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   }
   // A promotion the step's other sequences can run beside: this turn computes from the
   // next step, its first chunk then reserved as a running prefill's.
-  const bool deferred = reserved && options_.defer_promoted_admissions &&
-                        seq->matched_tiers.host > 0 && !(running_.empty() && batch->seqs.empty());
+  const bool deferred =
+      reserved && others_run && options_.defer_promoted_admissions && seq->matched_tiers.host > 0;
   if (reserved && !deferred) {
     reserved = pool_->PrepareAppend(&seq->table, n, &batch->copies).ok();
     while (!reserved && Reclaim(seq->table, n, break_live_pins)) {
@@ -180,9 +181,8 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, ScheduledBatch* batch) {
   }
   if (!reserved) {
     FreeBlocks(seq);  // hand the matched prefix (or episode cache) back
-    if (running_.empty() && batch->seqs.empty() &&
-        BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) >
-            pool_->num_blocks()) {
+    if (!others_run && BlockTable::NumBlocksForTokens(seq->num_tokens(), pool_->block_size()) >
+                           pool_->num_blocks()) {
       waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq));
       seq->status = SequenceStatus::kFinished;
       batch->failed.push_back(seq);

@@ -144,13 +144,8 @@ double SimBackend::WaitForSwaps(const ForwardBatch& batch) const {
   const double now = NowSeconds();
   if (copies_done_s_ <= now) return 0;  // the common case: nothing in flight
   double ready = now;
-  for (int32_t i = 0; i < batch.num_seqs(); ++i) {
-    const int32_t touched = (batch.kv_len[i] + shape_.block_size - 1) / shape_.block_size;
-    const size_t row = static_cast<size_t>(i) * static_cast<size_t>(batch.max_blocks_per_seq);
-    for (int32_t j = 0; j < std::min(touched, batch.max_blocks_per_seq); ++j) {
-      const int32_t b = batch.block_tables[row + static_cast<size_t>(j)];
-      if (b >= 0 && b < shape_.num_blocks) ready = std::max(ready, block_ready_s_[b]);
-    }
+  for (int32_t b : BlocksTouched(batch, shape_.block_size)) {
+    if (b >= 0 && b < shape_.num_blocks) ready = std::max(ready, block_ready_s_[b]);
   }
   return ready - now;
 }

@@ -12,14 +12,7 @@ namespace kvkeep::cuda_backend_detail {
 
 Status CudaBackend::OrderAfterSwaps(const ForwardBatch& batch) {
   if (swaps_.num_pending() == 0) return Status::OK();
-  std::vector<int32_t> blocks;
-  const int32_t bs = shape_.block_size;
-  for (int32_t i = 0; i < batch.num_seqs(); ++i) {
-    const int32_t used = std::min((batch.kv_len[i] + bs - 1) / bs, batch.max_blocks_per_seq);
-    const auto row = batch.block_tables.begin() + size_t(i) * batch.max_blocks_per_seq;
-    blocks.insert(blocks.end(), row, row + used);
-  }
-  return swaps_.OrderCompute(blocks);
+  return swaps_.OrderCompute(BlocksTouched(batch, shape_.block_size));
 }
 
 Status CudaBackend::CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& src_dst) {

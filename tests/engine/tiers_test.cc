@@ -185,13 +185,11 @@ class OverlappingBackend : public enginetest::ForwardingBackend {
     return ForwardingBackend::SwapIn(host_device);
   }
   Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override {
-    const int32_t bs = kv_shape().block_size;
-    for (int32_t i = 0; i < batch.num_seqs() && batch.num_seqs() > 1; ++i) {
-      const auto row = batch.block_tables.begin() + i * batch.max_blocks_per_seq;
-      const auto end = row + (batch.kv_len[i] + bs - 1) / bs;
-      if (std::find_first_of(row, end, fresh_.begin(), fresh_.end()) != end) {
+    if (batch.num_seqs() > 1) {
+      const std::vector<int32_t> touched = BlocksTouched(batch, kv_shape().block_size);
+      if (std::find_first_of(touched.begin(), touched.end(), fresh_.begin(), fresh_.end()) !=
+          touched.end()) {
         ++steps_behind_a_promotion_;
-        break;
       }
     }
     fresh_.clear();
