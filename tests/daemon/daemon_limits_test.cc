@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "daemon/store.h"
+#include "policy/cost_model.h"
 #include "tests/daemon/daemon_harness.h"
 
 namespace kvkeep::testing {
@@ -128,14 +129,28 @@ TEST_F(DaemonLimitsTest, InflightPerConnectionAndMaxTokens) {
   }
 }
 
-TEST_F(DaemonLimitsTest, SlowReaderIsDisconnectedAndItsStreamCancelled) {
-  LineClient setup(socket());
+// The slow reader's stream must still be running when the daemon drops it, or there is
+// nothing to cancel. On the tiny model a 1,000-token generation can finish before the
+// daemon has answered the ~130 `stats` requests that overflow the buffers (CI under ASan,
+// 2026-12-07: num_messages was 2), so this daemon runs the paced simulator backend at
+// 20 ms a decode step: the generation needs 20 s, the drop takes well under that.
+TEST(DaemonSlowReaderTest, SlowReaderIsDisconnectedAndItsStreamCancelled) {
+  TempDir costs;
+  CostModel cost;
+  cost.decode_fixed_s = 0.02;
+  cost.kv_bytes_per_token = 1024;
+  ASSERT_TRUE(SaveCostModel(DefaultEnv(), costs.File("cost_model.json"), cost).ok());
+  DaemonFixture f({"--max-output-buffer-bytes", "65536", "--max-tokens", "1000",
+                   "--testing-sim-cost-model", costs.File("cost_model.json")});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  const std::string& socket = f.daemon.socket_path();
+  LineClient setup(socket);
   setup.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "slow"}});
   setup.Ok({{"id", 2},
             {"verb", "session.append"},
             {"session", "slow"},
             {"messages", {{{"role", "user"}, {"content", "hi"}}}}});
-  LineClient slow(socket());
+  LineClient slow(socket);
   std::string burst = json{{"id", 0},
                            {"verb", "session.generate"},
                            {"session", "slow"},
@@ -166,6 +181,7 @@ TEST_F(DaemonLimitsTest, SlowReaderIsDisconnectedAndItsStreamCancelled) {
   json stats = setup.Ok({{"id", 4}, {"verb", "stats"}});
   EXPECT_GE(stats["server"]["slow_readers_dropped"].get<int>(), 1);
   setup.Ok({{"id", 5}, {"verb", "session.close"}, {"session", "slow"}, {"keep", false}});
+  EXPECT_TRUE(f.daemon.Alive()) << f.daemon.Log();
 }
 
 // Issue 11, defect 9: a large append must not hold other connections' control verbs.
