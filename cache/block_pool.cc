@@ -1,6 +1,5 @@
 #include "cache/block_pool.h"
 
-#include <algorithm>
 #include <string>
 
 #include "cache/cache_check.h"
@@ -89,17 +88,20 @@ void BlockPool::Retain(int32_t block) {
   if (++m.ref_count == 2) ++num_shared_;
 }
 
-void BlockPool::Release(std::span<const int32_t> blocks) {
+void BlockPool::Release(std::span<const int32_t> blocks) { ReleaseTo(blocks, false); }
+
+void BlockPool::ReleaseTo(std::span<const int32_t> blocks, bool as_victim) {
   for (int32_t b : blocks) {
     Meta& m = meta_[b];
     KVKEEP_CACHE_CHECK(m.state == State::kInUse, "Release of block {} not in use", b);
     if (--m.ref_count == 1) --num_shared_;
     if (m.ref_count > 0) continue;
     --num_in_use_;
-    m.last_use_tick = ++tick_;
+    // A victim is as old as the oldest cached block (the LRU list stays in tick order).
+    m.last_use_tick = as_victim && lru_head_ >= 0 ? meta_[lru_head_].last_use_tick : ++tick_;
     if (m.record >= 0) {
       m.state = State::kCached;
-      LruPushBack(b);
+      as_victim ? LruPushVictim(b) : LruPushBack(b);
       ++num_cached_;
     } else {
       m.state = State::kFree;
@@ -128,8 +130,22 @@ void BlockPool::LruPushBack(int32_t block) {
   lru_tail_ = block;
 }
 
+void BlockPool::LruPushVictim(int32_t block) {
+  Meta& m = meta_[block];
+  m.lru_prev = lru_victims_tail_;
+  m.lru_next = lru_victims_tail_ >= 0 ? meta_[lru_victims_tail_].lru_next : lru_head_;
+  (m.lru_prev >= 0 ? meta_[m.lru_prev].lru_next : lru_head_) = block;
+  (m.lru_next >= 0 ? meta_[m.lru_next].lru_prev : lru_tail_) = block;
+  m.lru_victim = true;
+  lru_victims_tail_ = block;
+}
+
 void BlockPool::LruRemove(int32_t block) {
   Meta& m = meta_[block];
+  if (block == lru_victims_tail_) {
+    lru_victims_tail_ = m.lru_prev >= 0 && meta_[m.lru_prev].lru_victim ? m.lru_prev : -1;
+  }
+  m.lru_victim = false;
   (m.lru_prev >= 0 ? meta_[m.lru_prev].lru_next : lru_head_) = m.lru_next;
   (m.lru_next >= 0 ? meta_[m.lru_next].lru_prev : lru_tail_) = m.lru_prev;
   m.lru_prev = m.lru_next = -1;
@@ -203,6 +219,11 @@ BlockTable BlockPool::Fork(const BlockTable& table) {
 void BlockPool::Free(BlockTable* table) {
   std::vector<int32_t> blocks = table->Clear();
   Release(blocks);
+}
+
+void BlockPool::FreeAsLeastRecentlyUsed(BlockTable* table) {
+  std::vector<int32_t> blocks = table->Clear();  // tail first
+  ReleaseTo(blocks, true);
 }
 
 // ---- Prefix cache -----------------------------------------------------------------------
@@ -412,13 +433,19 @@ Status BlockPool::TEST_CheckInvariants() const {
   }
   int32_t lru_count = 0;
   uint64_t last_tick = 0;
+  int32_t last_victim = -1;
   for (int32_t b = lru_head_, prev = -1; b >= 0; prev = b, b = meta_[b].lru_next) {
     if (on_lru[b]++ || meta_[b].lru_prev != prev) return fail("broken LRU list");
     if (meta_[b].last_use_tick < last_tick) return fail("LRU out of tick order");
     last_tick = meta_[b].last_use_tick;
     if (meta_[b].lru_next < 0 && lru_tail_ != b) return fail("LRU tail mismatch");
+    if (meta_[b].lru_victim && prev >= 0 && !meta_[prev].lru_victim) {
+      return fail("a victim block after a non-victim on the LRU list");
+    }
+    if (meta_[b].lru_victim) last_victim = b;
     ++lru_count;
   }
+  if (last_victim != lru_victims_tail_) return fail("victims' tail mismatch");
   int32_t in_use = 0, cached = 0, shared = 0;
   for (int32_t b = 0; b < num_blocks_; ++b) {
     const Meta& m = meta_[b];

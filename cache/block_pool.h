@@ -14,7 +14,9 @@
 //   Allocate: free -> in use, else cached (LRU head) -> in use; the cached block's record
 //             is demoted to the host tier (a swap-out is planned) or, without room
 //             there, dropped
-//   Release to 0: in use -> cached (LRU tail) if hashed, else -> free
+//   Release to 0: in use -> cached (LRU tail) if hashed, else -> free;
+//                 FreeAsLeastRecentlyUsed's cached blocks go after the other victims' at
+//                 the LRU head instead
 //   MatchPrefix / Retain / Fork: cached -> in use, or in use ref_count + 1
 //
 // Prefix caching: full blocks are registered under HashBlock(parent, tokens, scope)
@@ -217,6 +219,12 @@ class BlockPool {
 
   // Releases every block of *table (tail first) and empties it.
   void Free(BlockTable* table);
+  // Free, but the blocks that become cached are the next evicted: they join the victims'
+  // run at the head of the LRU list, after the blocks of earlier victims (so victims go in
+  // the order they were freed, each tail first, and a partial eviction leaves a prefix).
+  // For a table the caller gave up to make room, which must go before the cached blocks
+  // of turns about to be admitted.
+  void FreeAsLeastRecentlyUsed(BlockTable* table);
 
   // --- Prefix cache -------------------------------------------------------------------
   // The longest run of cached or in-use blocks holding tokens' leading full blocks under
@@ -318,6 +326,7 @@ class BlockPool {
     uint64_t last_use_tick = 0;
     int32_t lru_prev = -1;
     int32_t lru_next = -1;
+    bool lru_victim = false;  // in the victims' run at the LRU head
   };
 
   bool is_hashed(int32_t block) const { return meta_[block].record >= 0; }
@@ -344,7 +353,10 @@ class BlockPool {
                    std::span<const int32_t> tokens, HashScope scope, RecordLink parent);
   void DropHash(int32_t block);  // drop its record; a cached block goes to the free list
   int32_t TakeOne();             // REQUIRES: num_allocatable() > 0
+  // Release's work; as_victim: a block that becomes cached joins the victims' run.
+  void ReleaseTo(std::span<const int32_t> blocks, bool as_victim);
   void LruPushBack(int32_t block);
+  void LruPushVictim(int32_t block);  // after lru_victims_tail_, or at the head
   void LruRemove(int32_t block);
   // Tiers.
   void DemoteFromDevice(int32_t record);  // REQUIRES: on device, its slot about to be reused
@@ -374,6 +386,7 @@ class BlockPool {
   std::vector<Meta> meta_;
   std::vector<int32_t> free_list_;  // stack; back is allocated next
   int32_t lru_head_ = -1, lru_tail_ = -1;
+  int32_t lru_victims_tail_ = -1;  // the last block of the victims' run, -1: none
   int32_t num_cached_ = 0, num_in_use_ = 0, num_shared_ = 0;
   uint64_t tick_ = 0;
   int64_t num_evictions_ = 0, num_cow_copies_ = 0, num_hit_blocks_ = 0, num_queried_ = 0;

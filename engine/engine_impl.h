@@ -102,7 +102,8 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   // Sessions: keep a finished turn's table; release a session's table; the scheduler's
   // reclaimer (frees retained sessions in the policy's order; returns blocks freed).
   void Retain(Sequence* seq);
-  void ReleaseSession(SessionId session);
+  // evict_first: its blocks go to the head of the pool's LRU list (a reclaim victim).
+  void ReleaseSession(SessionId session, bool evict_first = false);
   // A new turn of session arrived: marks seq's admission class, ends a learned (or grace)
   // pin and hands the retained blocks back to the cache.
   void BeginTurn(SessionId session, Sequence* seq);

@@ -83,11 +83,16 @@ int64_t EngineImpl::RetainedBlocks(SessionId session) const {
   return it == retained_blocks_.end() ? 0 : it->second;
 }
 
-void EngineImpl::ReleaseSession(SessionId session) {
+void EngineImpl::ReleaseSession(SessionId session, bool evict_first) {
   auto it = retained_.find(session);
   if (it == retained_.end()) return;
   pool_.SetOwner(it->second.table, session);  // lower tiers reclaim it as one
-  pool_.Free(&it->second.table);              // its blocks become cached (and demotable)
+  // Its blocks become cached (and demotable).
+  if (evict_first) {
+    pool_.FreeAsLeastRecentlyUsed(&it->second.table);
+  } else {
+    pool_.Free(&it->second.table);
+  }
   session_info_[session] = it->second.info;
   retained_.erase(it);
 }
@@ -225,7 +230,9 @@ int32_t EngineImpl::ReclaimSessions(int32_t shortfall_blocks, bool break_live_pi
           static_cast<double>(info.pin_deadline_us - clock_->NowMicros()) / 1e6);
     }
     reclaim_policy_->OnReclaimed(it->second.info);
-    ReleaseSession(v.session);
+    // The policy chose it to make room: its blocks are the next evicted, before those of
+    // turns that wait for admission (their tables were handed to the cache on arrival).
+    ReleaseSession(v.session, /*evict_first=*/true);
     SetRetainedBlocks(v.session, 0);  // its blocks are cached now: anyone's to take
     ++reclaimed_sessions_;
   }

@@ -291,6 +291,49 @@ TEST(BlockPoolTest, FreeReleasesTailFirstSoPrefixOutlivesTail) {
   EXPECT_EQ(pool.CountCachedPrefix(tokens, kScope), 2);
 }
 
+// Tables freed as victims go before every other cached block, even blocks freed earlier
+// (a queued turn's prefix, handed to the cache on arrival); among themselves in the order
+// they were freed, each tail first.
+TEST(BlockPoolTest, FreeAsLeastRecentlyUsedIsEvictedBeforeOlderCachedBlocks) {
+  const std::vector<int32_t> queued = Iota(8, 100), first = Iota(12, 200), second = Iota(8, 300);
+  BlockPool pool({.num_blocks = 7, .block_size = 4});
+  SimKv kv(7, 4);
+  BlockTable q = Prefill(pool, kv, queued);
+  BlockTable v = Prefill(pool, kv, first);
+  BlockTable w = Prefill(pool, kv, second);
+  const std::vector<int32_t> qids(q.block_ids().begin(), q.block_ids().end());
+  const std::vector<int32_t> vids(v.block_ids().begin(), v.block_ids().end());
+  const std::vector<int32_t> wids(w.block_ids().begin(), w.block_ids().end());
+  pool.Free(&q);  // freed first: with Free, the oldest
+  pool.FreeAsLeastRecentlyUsed(&v);
+  pool.FreeAsLeastRecentlyUsed(&w);
+  EXPECT_EQ(pool.TEST_LruOrder(), (std::vector<int32_t>{vids[2], vids[1], vids[0], wids[1],
+                                                        wids[0], qids[1], qids[0]}));
+  EXPECT_TRUE(pool.TEST_CheckInvariants().ok());
+  ASSERT_TRUE(pool.Allocate(4).ok());
+  EXPECT_EQ(pool.CountCachedPrefix(first, kScope), 0);
+  EXPECT_EQ(pool.CountCachedPrefix(second, kScope), 1);  // its prefix block is left
+  EXPECT_EQ(pool.CountCachedPrefix(queued, kScope), 2);
+  EXPECT_TRUE(pool.TEST_CheckInvariants().ok());
+  // A victim matched again leaves the run; freed as a victim again, it rejoins at the head.
+  BlockTable again = pool.MatchPrefix(second, kScope);
+  ASSERT_EQ(again.num_blocks(), 1);
+  pool.FreeAsLeastRecentlyUsed(&again);
+  EXPECT_EQ(pool.TEST_LruOrder(), (std::vector<int32_t>{wids[0], qids[1], qids[0]}));
+  EXPECT_TRUE(pool.TEST_CheckInvariants().ok());
+  // The same three tables freed with Free: the queued prefix is evicted first.
+  BlockPool plain({.num_blocks = 7, .block_size = 4});
+  SimKv kv2(7, 4);
+  BlockTable q2 = Prefill(plain, kv2, queued);
+  BlockTable v2 = Prefill(plain, kv2, first);
+  BlockTable w2 = Prefill(plain, kv2, second);
+  plain.Free(&q2);
+  plain.Free(&v2);
+  plain.Free(&w2);
+  ASSERT_TRUE(plain.Allocate(4).ok());
+  EXPECT_EQ(plain.CountCachedPrefix(queued, kScope), 0);
+}
+
 TEST(BlockPoolTest, DuplicateCommitKeepsOwnerAndChainsThroughAlias) {
   BlockPool pool({.num_blocks = 16, .block_size = 4});
   SimKv kv(16, 4);

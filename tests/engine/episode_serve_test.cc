@@ -153,8 +153,9 @@ TEST_F(EpisodeServeTest, BudgetCoveringTheHistoryEqualsFullKv) {
   EXPECT_EQ(Run(engine.get(), 2, 7, t, true).tokens, full.tokens);  // its tail was copied
 }
 
-// Fillers of other sessions push the cache's blocks off the device; the next turn promotes
-// them (host: swapped in; disk: read up, then swapped in) instead of rebuilding.
+// Fillers without a session push the cache's blocks off the device; the next turn promotes
+// them (host: swapped in; disk: read up, then swapped in) instead of rebuilding. (Fillers of
+// retained sessions would not: each reclaims the one before, whose blocks then go first.)
 TEST_F(EpisodeServeTest, DemotedToHostOrDiskAndPromotedBackDecodesTheSame) {
   for (bool disk : {false, true}) {
     SCOPED_TRACE(disk ? "host and disk" : "host");
@@ -171,7 +172,7 @@ TEST_F(EpisodeServeTest, DemotedToHostOrDiskAndPromotedBackDecodesTheSame) {
     EXPECT_EQ(Run(engine.get(), 1, 7, t, true).tokens, want);
     for (int i = 0; i < 4; ++i) {
       Turn filler = MakeTurn(300);
-      Run(engine.get(), 10 + i, 100 + i, filler, false);
+      Run(engine.get(), 10 + i, /*session=*/0, filler, false);
     }
     Outcome back = Run(engine.get(), 2, 7, t, true);
     EXPECT_EQ(back.tokens, want);

@@ -3,7 +3,8 @@
 // policy switch keeps pins; admission counts pinned blocks as taken and breaks a pin only
 // when nothing else can run; program-aware admission puts a returning pinned program ahead
 // of a newer one, where ttl-fcfs keeps FCFS; a turn-end grace pin keeps a tool-using
-// session through the gap before its tool_begin.
+// session through the gap before its tool_begin; a reclaimed session is evicted before the
+// prefix of a turn waiting for admission.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -227,6 +228,35 @@ TEST(PolicyEngineTest, PinnedBlocksSurviveALaterAdmissionThatNeedsThem) {
 
   PolicyEngine alone(*model, "ttl", 64);
   EXPECT_EQ(alone.Run(1, 3, c).tokens, c1.tokens);
+}
+
+// A session the reclaimer gives up is evicted before the prefix of a turn that waits for
+// admission. A's and B's turns are retained (lru: no pins); then C and B's next turn
+// arrive together. B's arrival hands its blocks to the cache; C, admitted first, needs
+// more than the free and cached blocks, so A is reclaimed, and C's blocks come from A's,
+// not from B's queued prefix (freed before A's, so by plain recency the older). B's turn
+// then runs on its whole cached prefix and answers as B run alone.
+TEST(PolicyEngineTest, AReclaimedSessionIsEvictedBeforeAQueuedTurnsPrefix) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 18);
+  PolicyEngine e(*model, "lru", 12);
+  e.Run(1, 1, RandomTokens(rng, 2 * kBlockSize + 3));  // A: 3 blocks with its output
+  std::vector<int32_t> b = RandomTokens(rng, 2 * kBlockSize + 3);
+  const Outcome b1 = e.Run(2, 2, b);
+  b.insert(b.end(), b1.tokens.begin(), b1.tokens.end());
+  for (int32_t t : RandomTokens(rng, 5)) b.push_back(t);
+  Outcome c1, b2;
+  e.Submit(3, 3, RandomTokens(rng, 9 * kBlockSize + 8), &c1);  // 10 blocks
+  e.Submit(4, 2, b, &b2);
+  e.Drive();
+  EXPECT_EQ(c1.reason, FinishReason::kLength);
+  EXPECT_GT(b2.order, c1.order);
+  EXPECT_GE(e.impl()->GetStats().reclaimed_sessions, 1);
+  EXPECT_EQ(b2.usage.cached_tokens, 2 * kBlockSize);
+
+  PolicyEngine alone(*model, "lru", 64);
+  EXPECT_EQ(alone.Run(1, 2, b).tokens, b2.tokens);
 }
 
 // A pin gives way when nothing else can make progress: the only waiting request needs the
