@@ -307,8 +307,8 @@ TEST(BlockPoolTest, FreeAsLeastRecentlyUsedIsEvictedBeforeOlderCachedBlocks) {
   pool.Free(&q);  // freed first: with Free, the oldest
   pool.FreeAsLeastRecentlyUsed(&v);
   pool.FreeAsLeastRecentlyUsed(&w);
-  EXPECT_EQ(pool.TEST_LruOrder(), (std::vector<int32_t>{vids[2], vids[1], vids[0], wids[1],
-                                                        wids[0], qids[1], qids[0]}));
+  EXPECT_EQ(pool.TEST_LruOrder(),
+            (std::vector<int32_t>{vids[2], vids[1], vids[0], wids[1], wids[0], qids[1], qids[0]}));
   EXPECT_TRUE(pool.TEST_CheckInvariants().ok());
   ASSERT_TRUE(pool.Allocate(4).ok());
   EXPECT_EQ(pool.CountCachedPrefix(first, kScope), 0);
