@@ -1,5 +1,6 @@
 #include "cache/block_pool.h"
 
+#include <algorithm>
 #include <string>
 
 #include "cache/cache_check.h"
