@@ -123,21 +123,19 @@ void BlockPool::DropHash(int32_t block) {
   }
 }
 
-void BlockPool::LruPushBack(int32_t block) {
+void BlockPool::LruInsertAfter(int32_t prev, int32_t block) {
   Meta& m = meta_[block];
-  m.lru_prev = lru_tail_;
-  m.lru_next = -1;
-  (lru_tail_ >= 0 ? meta_[lru_tail_].lru_next : lru_head_) = block;
-  lru_tail_ = block;
+  m.lru_prev = prev;
+  m.lru_next = prev >= 0 ? meta_[prev].lru_next : lru_head_;
+  (prev >= 0 ? meta_[prev].lru_next : lru_head_) = block;
+  (m.lru_next >= 0 ? meta_[m.lru_next].lru_prev : lru_tail_) = block;
 }
 
+void BlockPool::LruPushBack(int32_t block) { LruInsertAfter(lru_tail_, block); }
+
 void BlockPool::LruPushVictim(int32_t block) {
-  Meta& m = meta_[block];
-  m.lru_prev = lru_victims_tail_;
-  m.lru_next = lru_victims_tail_ >= 0 ? meta_[lru_victims_tail_].lru_next : lru_head_;
-  (m.lru_prev >= 0 ? meta_[m.lru_prev].lru_next : lru_head_) = block;
-  (m.lru_next >= 0 ? meta_[m.lru_next].lru_prev : lru_tail_) = block;
-  m.lru_victim = true;
+  LruInsertAfter(lru_victims_tail_, block);
+  meta_[block].lru_victim = true;
   lru_victims_tail_ = block;
 }
 

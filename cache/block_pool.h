@@ -355,6 +355,7 @@ class BlockPool {
   int32_t TakeOne();             // REQUIRES: num_allocatable() > 0
   // Release's work; as_victim: a block that becomes cached joins the victims' run.
   void ReleaseTo(std::span<const int32_t> blocks, bool as_victim);
+  void LruInsertAfter(int32_t prev, int32_t block);  // prev -1: at the head
   void LruPushBack(int32_t block);
   void LruPushVictim(int32_t block);  // after lru_victims_tail_, or at the head
   void LruRemove(int32_t block);
