@@ -102,7 +102,8 @@ class EngineImpl final : public Engine, private TierVictimChooser {
   // Sessions: keep a finished turn's table; release a session's table; the scheduler's
   // reclaimer (frees retained sessions in the policy's order; returns blocks freed).
   void Retain(Sequence* seq);
-  // evict_first: its blocks go to the head of the pool's LRU list (a reclaim victim).
+  // evict_first: its blocks go to the head of the pool's LRU list (a reclaim victim, or a
+  // session a uid's device block cap gives up).
   void ReleaseSession(SessionId session, bool evict_first = false);
   // A new turn of session arrived: marks seq's admission class, ends a learned (or grace)
   // pin and hands the retained blocks back to the cache.

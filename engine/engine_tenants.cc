@@ -41,7 +41,9 @@ void EngineImpl::TrimTenant(uint64_t tenant, const Sequence* leaving) {
     auto it = retained_.find(session);
     held -= it->second.table.num_blocks();
     reclaim_policy_->OnReclaimed(it->second.info);
-    ReleaseSession(session);  // to the cache: demoted, not dropped, when a host tier is there
+    // To the cache as the next evicted (demoted, not dropped, when a host tier is there):
+    // the uid over its cap gives up its KV before other uids' cached prefixes.
+    ReleaseSession(session, /*evict_first=*/true);
     SetRetainedBlocks(session, 0);
     ++tenant_cap_releases_;
   }

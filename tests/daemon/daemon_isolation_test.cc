@@ -301,9 +301,10 @@ TEST(DaemonIsolationTest, AnotherUidCannotPushRetainedKvOffTheDevicePastItsCap) 
 }
 
 // Issue 11, defect 1: host-tier KV blocks per uid (limits.max_host_blocks_per_uid). Root
-// closes a session of 160 tokens (kept: its KV goes back to the cache); uid 65534, held
-// to 20 device blocks, then runs kOtherSessions sessions of distinct tokens, whose blocks
-// leave the device for the host tier (40 slots, no disk tier), and root's with them. With
+// runs a session of 160 tokens, then a second one that takes it past its own 20 device
+// blocks, so the first goes back to the cache as the next evicted. uid 65534, held to 20
+// device blocks too, then runs kOtherSessions sessions of distinct tokens, whose blocks
+// leave the device for the host tier (40 slots, no disk tier) after root's. With
 // the host cap of 20, uid 65534's own oldest host blocks leave the host as it reaches the
 // cap, so root's blocks stay there and its next turn takes all 160 tokens from the device
 // and the host. Without it (the control), the same load reclaims root's host blocks and
@@ -363,7 +364,13 @@ json RootTurnAroundOtherUidsHostLoad(bool capped) {
            {"session", "keep"},
            {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(160, 0)}}}}});
   root.Ok({{"id", 3}, {"verb", "session.generate"}, {"session", "keep"}, {"max_tokens", 4}});
-  root.Ok({{"id", 4}, {"verb", "session.close"}, {"session", "keep"}, {"keep", true}});
+  root.Ok({{"id", 4}, {"verb", "session.open"}, {"session", "push"}});
+  root.Ok({{"id", 4},
+           {"verb", "session.append"},
+           {"session", "push"},
+           {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(160, 77)}}}}});
+  root.Ok({{"id", 4}, {"verb", "session.generate"}, {"session", "push"}, {"max_tokens", 4}});
+  EXPECT_EQ(root.Ok({{"id", 4}, {"verb", "stats"}})["sessions"]["released_by_uid_cap"], 1);
   g_capped = capped;
   EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidFillsTheHostTier), "");
   json stats = root.Ok({{"id", 5}, {"verb", "stats"}});
@@ -373,7 +380,6 @@ json RootTurnAroundOtherUidsHostLoad(bool capped) {
     EXPECT_LE(kv[std::to_string(kOtherUid)]["host_blocks"].get<int64_t>(), kHostCapBlocks)
         << kv.dump();
   }
-  root.Ok({{"id", 6}, {"verb", "session.open"}, {"session", "keep"}});
   root.Ok({{"id", 7},
            {"verb", "session.append"},
            {"session", "keep"},

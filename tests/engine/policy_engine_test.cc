@@ -4,7 +4,8 @@
 // when nothing else can run; program-aware admission puts a returning pinned program ahead
 // of a newer one, where ttl-fcfs keeps FCFS; a turn-end grace pin keeps a tool-using
 // session through the gap before its tool_begin; a reclaimed session is evicted before the
-// prefix of a turn waiting for admission.
+// prefix of a turn waiting for admission, and a uid's sessions released by its block cap
+// before another uid's cached prefix.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -37,8 +38,10 @@ class PolicyEngine {
  public:
   PolicyEngine(const enginetest::TestModel& model, const std::string& policy, int32_t device_blocks,
                int32_t max_running = 64, int32_t host_blocks = 0, const std::string& disk_dir = "",
-               const std::function<void(PolicyOptions*)>& tweak = {}) {
+               const std::function<void(PolicyOptions*)>& tweak = {},
+               int32_t max_device_blocks_per_tenant = 0) {
     EngineOptions o;
+    o.max_device_blocks_per_tenant = max_device_blocks_per_tenant;
     o.num_host_blocks = host_blocks;
     o.disk_dir = disk_dir;
     o.disk_bytes = disk_dir.empty() ? 0 : int64_t{64} << 20;
@@ -53,10 +56,12 @@ class PolicyEngine {
     engine = std::move(e).value();
   }
   EngineImpl* impl() { return static_cast<EngineImpl*>(engine.get()); }
-  void Submit(RequestId id, SessionId session, std::vector<int32_t> prompt, Outcome* out) {
+  void Submit(RequestId id, SessionId session, std::vector<int32_t> prompt, Outcome* out,
+              uint64_t cache_salt = 0) {
     GenerateRequest r;
     r.id = id;
     r.session = session;
+    r.cache_salt = cache_salt;
     r.prompt = std::move(prompt);
     r.stop.max_tokens = 4;
     r.stop.use_model_eos = false;
@@ -70,9 +75,10 @@ class PolicyEngine {
     };
     EXPECT_TRUE(engine->Submit(std::move(r)).ok());
   }
-  Outcome Run(RequestId id, SessionId session, std::vector<int32_t> prompt) {
+  Outcome Run(RequestId id, SessionId session, std::vector<int32_t> prompt,
+              uint64_t cache_salt = 0) {
     Outcome out;
-    Submit(id, session, std::move(prompt), &out);
+    Submit(id, session, std::move(prompt), &out, cache_salt);
     Drive();
     return out;
   }
@@ -257,6 +263,28 @@ TEST(PolicyEngineTest, AReclaimedSessionIsEvictedBeforeAQueuedTurnsPrefix) {
 
   PolicyEngine alone(*model, "lru", 64);
   EXPECT_EQ(alone.Run(1, 2, b).tokens, b2.tokens);
+}
+
+// A uid over its device block cap gives up its retained sessions as the next evicted, not
+// as the newest cached blocks. On an 8-block pool with a cap of 4 blocks a uid: uid 1's
+// prefix (no session) is cached first; uid 2's session 2 then pushes its session 1 past
+// the cap, to the cache. A turn of uid 3 needs 2 of the 4 cached blocks and takes session
+// 1's, so uid 1's prefix, the older, is still there for its next turn.
+TEST(PolicyEngineTest, AUidCapReleaseIsEvictedBeforeAnotherUidsCachedPrefix) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 19);
+  PolicyEngine e(*model, "lru", 8, /*max_running=*/64, /*host_blocks=*/0, /*disk_dir=*/"", {},
+                 /*max_device_blocks_per_tenant=*/4);
+  const std::vector<int32_t> prefix = RandomTokens(rng, 2 * kBlockSize + 3);  // 3 blocks
+  e.Run(1, 0, prefix, /*cache_salt=*/1);  // its 2 full blocks cached, no session
+  e.Run(2, 1, RandomTokens(rng, 2 * kBlockSize + 3), /*cache_salt=*/2);  // retained
+  e.Run(3, 2, RandomTokens(rng, 2 * kBlockSize + 3), /*cache_salt=*/2);
+  ASSERT_EQ(e.impl()->GetStats().tenant_cap_releases, 1);  // session 1 went to the cache
+  const Outcome other = e.Run(4, 0, RandomTokens(rng, 2 * kBlockSize + 3), /*cache_salt=*/3);
+  ASSERT_EQ(other.reason, FinishReason::kLength);  // 3 blocks: 1 free and 2 cached
+  const Outcome again = e.Run(5, 0, prefix, /*cache_salt=*/1);
+  EXPECT_EQ(again.usage.cached_tokens, 2 * kBlockSize);
 }
 
 // A pin gives way when nothing else can make progress: the only waiting request needs the
