@@ -364,13 +364,13 @@ json RootTurnAroundOtherUidsHostLoad(bool capped) {
            {"session", "keep"},
            {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(160, 0)}}}}});
   root.Ok({{"id", 3}, {"verb", "session.generate"}, {"session", "keep"}, {"max_tokens", 4}});
-  root.Ok({{"id", 4}, {"verb", "session.open"}, {"session", "push"}});
-  root.Ok({{"id", 4},
+  root.Ok({{"id", 41}, {"verb", "session.open"}, {"session", "push"}});
+  root.Ok({{"id", 42},
            {"verb", "session.append"},
            {"session", "push"},
            {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(160, 77)}}}}});
-  root.Ok({{"id", 4}, {"verb", "session.generate"}, {"session", "push"}, {"max_tokens", 4}});
-  EXPECT_EQ(root.Ok({{"id", 4}, {"verb", "stats"}})["sessions"]["released_by_uid_cap"], 1);
+  root.Ok({{"id", 43}, {"verb", "session.generate"}, {"session", "push"}, {"max_tokens", 4}});
+  EXPECT_EQ(root.Ok({{"id", 44}, {"verb", "stats"}})["sessions"]["released_by_uid_cap"], 1);
   g_capped = capped;
   EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidFillsTheHostTier), "");
   json stats = root.Ok({{"id", 5}, {"verb", "stats"}});
