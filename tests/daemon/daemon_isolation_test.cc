@@ -225,6 +225,16 @@ json Tokens(int n, int salt) {
   return t;
 }
 
+// Opens session, appends one user message of tokens and generates 4 tokens.
+void OpenAndRunOneTurn(LineClient* c, const std::string& session, const json& tokens) {
+  c->Ok({{"id", 1}, {"verb", "session.open"}, {"session", session}});
+  c->Ok({{"id", 2},
+         {"verb", "session.append"},
+         {"session", session},
+         {"messages", {{{"role", "user"}, {"tokens", tokens}}}}});
+  c->Ok({{"id", 3}, {"verb", "session.generate"}, {"session", session}, {"max_tokens", 4}});
+}
+
 // Runs as uid 65534: the sessions, then (with the cap) what its stats say of its blocks.
 bool g_capped = false;  // set before the fork
 std::string OtherUidFillsThePool(const std::string& socket) {
@@ -261,12 +271,7 @@ json RootTurnAroundOtherUidsLoad(bool capped) {
   EXPECT_EQ(chmod(f.dir.path().c_str(), 0755), 0);
   EXPECT_TRUE(f.daemon.Start()) << f.daemon.Log();
   LineClient root(f.daemon.socket_path());
-  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "keep"}});
-  root.Ok({{"id", 2},
-           {"verb", "session.append"},
-           {"session", "keep"},
-           {"messages", {{{"role", "user"}, {"tokens", Tokens(160, 0)}}}}});
-  root.Ok({{"id", 3}, {"verb", "session.generate"}, {"session", "keep"}, {"max_tokens", 4}});
+  OpenAndRunOneTurn(&root, "keep", Tokens(160, 0));
   g_capped = capped;
   EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidFillsThePool), "");
   json stats = root.Ok({{"id", 4}, {"verb", "stats"}});
@@ -358,19 +363,9 @@ json RootTurnAroundOtherUidsHostLoad(bool capped) {
   LineClient root(f.daemon.socket_path());
   EXPECT_EQ(root.Ok({{"id", 1}, {"verb", "hello"}})["limits"]["max_host_blocks_per_uid"],
             capped ? kHostCapBlocks : 0);
-  root.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "keep"}});
-  root.Ok({{"id", 2},
-           {"verb", "session.append"},
-           {"session", "keep"},
-           {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(160, 0)}}}}});
-  root.Ok({{"id", 3}, {"verb", "session.generate"}, {"session", "keep"}, {"max_tokens", 4}});
-  root.Ok({{"id", 41}, {"verb", "session.open"}, {"session", "push"}});
-  root.Ok({{"id", 42},
-           {"verb", "session.append"},
-           {"session", "push"},
-           {"messages", {{{"role", "user"}, {"tokens", DistinctTokens(160, 77)}}}}});
-  root.Ok({{"id", 43}, {"verb", "session.generate"}, {"session", "push"}, {"max_tokens", 4}});
-  EXPECT_EQ(root.Ok({{"id", 44}, {"verb", "stats"}})["sessions"]["released_by_uid_cap"], 1);
+  OpenAndRunOneTurn(&root, "keep", DistinctTokens(160, 0));
+  OpenAndRunOneTurn(&root, "push", DistinctTokens(160, 77));
+  EXPECT_EQ(root.Ok({{"id", 4}, {"verb", "stats"}})["sessions"]["released_by_uid_cap"], 1);
   g_capped = capped;
   EXPECT_EQ(RunAsOtherUid(f.daemon.socket_path(), OtherUidFillsTheHostTier), "");
   json stats = root.Ok({{"id", 5}, {"verb", "stats"}});
