@@ -234,15 +234,20 @@ double CostModel::RebuildSeconds(RebuildSource from, int64_t tokens) const {
   return 0;
 }
 
-Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const CostModel& base) {
+namespace {
+
+// A logged step measured at under 1/kBilledToNextStepRatio of its fitted price is left out
+// of the fit (FitCostModel says why), re-decided over at most kMaxTrimRounds refits.
+constexpr double kBilledToNextStepRatio = 3;
+constexpr int kMaxTrimRounds = 4;
+
+// One least-squares pass over `samples`: the prices only (no rows).
+Result<CostModel> FitPrices(const std::vector<TimingSample>& samples, const CostModel& base) {
   std::vector<Row> px, dx;
   std::vector<double> py, dy;
   std::vector<int64_t> batch_sizes;                // of whole-step decode samples
   std::vector<const TimingSample*> step_prefills;  // kStep without decodes
   for (const TimingSample& s : samples) {
-    if (!(s.seconds > 0) || !std::isfinite(s.seconds)) {
-      return Status::InvalidArgument("cost model: a sample's seconds must be > 0 (" + s.note + ")");
-    }
     const double n = static_cast<double>(s.new_tokens);
     const double attn = AttentionPairs(s.new_tokens, s.cached_tokens);
     const double ctx = static_cast<double>(s.context_tokens);
@@ -279,8 +284,7 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
         break;
     }
   }
-  CostFit fit;
-  fit.model = base;
+  CostModel model = base;
   // A logged prefill step is priced by its tokens only past decode_fixed_s (step_s's max).
   // First the steps of at least kMinFittedPrefillStepTokens; then, once decode_fixed_s is
   // known too, every step whose tokens price it past decode_fixed_s.
@@ -315,18 +319,59 @@ Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const Cos
   ASSIGN_OR_RETURN(Row d, std::move(solved));
   if (!step_prefills.empty()) {
     add_prefill_steps(p[0], d[0]);
-    ASSIGN_OR_RETURN(p, SolveNonNegative(px, py, prefill_names, 2));
+    // A first fit that prices no step past decode_fixed_s (one skewed by steps FitCostModel
+    // leaves out next) keeps its prices.
+    if (!px.empty()) {
+      ASSIGN_OR_RETURN(p, SolveNonNegative(px, py, prefill_names, 2));
+    }
   }
-  fit.model.prefill_per_token_s = p[0];
-  fit.model.prefill_attention_s = p[1];
-  fit.model.decode_fixed_s = d[0];
-  fit.model.decode_per_context_token_s = d[1];
-  fit.model.decode_per_sequence_s = d[2];
-  fit.model.mixed_decode_extra_per_context_token_s = FitMixedExtra(samples, fit.model);
+  model.prefill_per_token_s = p[0];
+  model.prefill_attention_s = p[1];
+  model.decode_fixed_s = d[0];
+  model.decode_per_context_token_s = d[1];
+  model.decode_per_sequence_s = d[2];
+  model.mixed_decode_extra_per_context_token_s = FitMixedExtra(samples, model);
+  return model;
+}
+
+}  // namespace
+
+Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const CostModel& base) {
   for (const TimingSample& s : samples) {
-    CostFitRow row{s, Predict(fit.model, s)};
+    if (!(s.seconds > 0) || !std::isfinite(s.seconds)) {
+      return Status::InvalidArgument("cost model: a sample's seconds must be > 0 (" + s.note + ")");
+    }
+  }
+  // A logged step measured at a small fraction of its price did not wait for its own GPU
+  // work: the CUDA backend synchronises a step that reads no logits only at the next step's
+  // start, so that work is billed to the next step. Relative least squares weighs such a
+  // step heavily, so refit without those steps until the set is stable (a few rounds).
+  ASSIGN_OR_RETURN(CostModel model, FitPrices(samples, base));
+  std::vector<bool> trimmed(samples.size(), false);
+  for (int round = 0; round < kMaxTrimRounds; ++round) {
+    std::vector<TimingSample> kept;
+    bool changed = false;
+    for (size_t i = 0; i < samples.size(); ++i) {
+      const bool trim = samples[i].kind == TimingSample::Kind::kStep &&
+                        samples[i].seconds * kBilledToNextStepRatio < Predict(model, samples[i]);
+      changed |= trim != trimmed[i];
+      trimmed[i] = trim;
+      if (!trim) kept.push_back(samples[i]);
+    }
+    if (!changed) break;
+    ASSIGN_OR_RETURN(model, FitPrices(kept, base));
+  }
+  CostFit fit;
+  fit.model = model;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    if (trimmed[i]) {
+      ++fit.num_trimmed;
+      continue;
+    }
+    CostFitRow row{samples[i], Predict(fit.model, samples[i])};
     fit.max_relative_error =
-        std::max(fit.max_relative_error, std::abs(row.predicted_s - s.seconds) / s.seconds);
+        std::max(fit.max_relative_error,
+                 std::abs(row.predicted_s - samples[i].seconds) / samples[i].seconds);
     fit.rows.push_back(std::move(row));
   }
   return fit;
@@ -395,6 +440,13 @@ std::string FormatCostFit(const CostFit& fit) {
                   static_cast<long long>(s.cached_tokens), static_cast<long long>(s.context_tokens),
                   static_cast<long long>(s.sequences), s.seconds, r.predicted_s,
                   100.0 * (r.predicted_s - s.seconds) / s.seconds);
+    out += line;
+  }
+  if (fit.num_trimmed > 0) {
+    std::snprintf(line, sizeof(line),
+                  "%lld logged steps under a third of their price left out (their GPU work "
+                  "billed to the next step)\n",
+                  static_cast<long long>(fit.num_trimmed));
     out += line;
   }
   std::snprintf(line, sizeof(line), "max relative error %.1f%%\n", 100.0 * fit.max_relative_error);

@@ -122,12 +122,17 @@ struct CostFitRow {
 
 struct CostFit {
   CostModel model;
-  std::vector<CostFitRow> rows;  // every sample with the fitted model's prediction
-  double max_relative_error = 0;
+  std::vector<CostFitRow> rows;   // every fitted sample with the fitted model's prediction
+  double max_relative_error = 0;  // over rows
+  // Logged steps (kStep) left out: measured at under a third of their fitted price, their
+  // GPU work billed to the next step (FitCostModel).
+  int64_t num_trimmed = 0;
 };
 
 // Fits the prefill and decode coefficients to `samples`; bandwidths and kv_bytes_per_token
-// are copied from `base`. InvalidArgument when a coefficient has no sample to fit it.
+// are copied from `base`. Logged steps measured at under a third of their fitted price are
+// left out (CostFit::num_trimmed). InvalidArgument when a coefficient has no sample to fit
+// it.
 Result<CostFit> FitCostModel(const std::vector<TimingSample>& samples, const CostModel& base);
 // A table of the fit (kind, sizes, measured, predicted, error) for logs and docs.
 std::string FormatCostFit(const CostFit& fit);

@@ -1,7 +1,8 @@
 // The step log (policy/step_log.h): its CSV file round-trips and refuses what is not one,
 // steps with swaps are left out of the fit, and a fit to steps priced by a known model's
 // step_s (CostModel::StepSeconds over their runs, each run kept apart) recovers it,
-// prefill steps under decode_fixed_s included.
+// prefill steps under decode_fixed_s included, and steps whose GPU work was billed to the
+// next step are left out.
 #include "policy/step_log.h"
 
 #include <gtest/gtest.h>
@@ -82,6 +83,35 @@ TEST(StepLog, FitToStepsPricedByAModelRecoversIt) {
       1e-6);
   EXPECT_LT(fit->max_relative_error, 1e-6);
   EXPECT_EQ(m.host_to_device_bytes_per_s, truth.host_to_device_bytes_per_s);  // kept
+}
+
+// The CUDA backend synchronises a step that reads no logits only when the next step
+// starts, so such a step can log a small fraction of its time and its successor the rest
+// (measured on an H100, 2026-12-07: 94 of the 2,285 prefill steps of a `none` run logged
+// about 2 ms of a 25 ms price). Those steps are left out, and the prices come back.
+TEST(StepLog, StepsWhoseWorkWasBilledToTheNextStepAreLeftOut) {
+  const CostModel truth = Truth();
+  std::vector<StepTiming> steps = PricedSteps(truth, 600);
+  int billed_on = 0;
+  for (size_t i = 1; i + 1 < steps.size(); i += 30) {  // every tenth prefill-only step
+    ASSERT_EQ(steps[i].decode_sequences, 0);
+    steps[i + 1].step_s += 0.9 * steps[i].step_s;
+    steps[i].step_s *= 0.1;
+    ++billed_on;
+  }
+  CostModel base;
+  base.kv_bytes_per_token = truth.kv_bytes_per_token;
+  auto fit = FitCostModel(StepSamples(steps), base);
+  ASSERT_TRUE(fit.ok()) << fit.status().ToString();
+  std::printf("%s", FormatCostFit(*fit).c_str());
+  EXPECT_EQ(fit->num_trimmed, billed_on);
+  EXPECT_EQ(fit->rows.size(), steps.size() - billed_on);
+  const CostModel& m = fit->model;
+  // The successors keep their extra time, so the prices are close, not exact.
+  EXPECT_NEAR(m.prefill_per_token_s / truth.prefill_per_token_s, 1, 0.05);
+  EXPECT_NEAR(m.prefill_attention_s / truth.prefill_attention_s, 1, 0.05);
+  EXPECT_NEAR(m.decode_fixed_s / truth.decode_fixed_s, 1, 0.05);
+  EXPECT_NEAR(m.decode_per_context_token_s / truth.decode_per_context_token_s, 1, 0.05);
 }
 
 TEST(StepLog, StepsWithSwapsOrNoWorkAreNotFitted) {
