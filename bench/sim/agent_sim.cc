@@ -398,9 +398,6 @@ class Simulation {
   const std::vector<replay::AgentArrival>& arrivals_;
   const SimOptions& o_;
   FakeClock clock_;
-  SimBackend* backend_ = nullptr;  // owned by engine_
-  std::unique_ptr<Engine> engine_;
-  EngineImpl* engine_impl_ = nullptr;
   std::vector<AgentState> agents_;
   std::priority_queue<Event, std::vector<Event>, std::greater<Event>> events_;
   std::map<int32_t, SimTurn> pending_turn_;
@@ -414,6 +411,11 @@ class Simulation {
   int64_t pinned_blocks_ = 0;   // device blocks held by live pins after the last step
   double pin_block_s_ = 0;
   SimResult result_;
+  // Last, so destroyed first: a run that ends in an error leaves requests in flight, and
+  // the engine's Stop() then calls their on_event, which writes agents_ and finished_.
+  SimBackend* backend_ = nullptr;  // owned by engine_
+  std::unique_ptr<Engine> engine_;
+  EngineImpl* engine_impl_ = nullptr;
 };
 
 }  // namespace

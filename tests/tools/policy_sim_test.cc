@@ -452,6 +452,25 @@ TEST(AgentSim, UnknownPolicyIsRefused) {
   EXPECT_NE(r.status().message().find("mru"), std::string::npos);
 }
 
+// A run that fails with a turn in flight: the engine is stopped before the agents its
+// events write to are gone (ASan, in CI, reported a heap-use-after-free here before).
+TEST(AgentSim, AnErrorWithATurnInFlightIsReturnedCleanly) {
+  replay::AgentProgram good;
+  good.id = "good";
+  good.steps = {Step(3000, 50, "bash", 2.5), Step(1000, 20, "", 0)};
+  replay::AgentProgram bad;  // served ids outside any vocabulary: the engine refuses it
+  bad.id = "bad";
+  bad.steps = {Step(4, 2, "", 0)};
+  bad.steps[0].appended_ids = {1, 2, 3, 1 << 30};
+  bad.steps[0].output_ids = {1, 2};
+  // Both arrive at 0: the good turn is submitted first and is still queued when the bad
+  // one is refused.
+  auto r = RunAgentSim({good, bad}, {{0.0, 0}, {0.0, 1}}, Options("ttl"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("vocabulary"), std::string::npos) << r.status().message();
+}
+
 // CI-sized: 8 deepseek traces, 10 turns each, 16 agents, under a pool for a few of them.
 TEST(AgentSim, DeepseekTracesLruBeatsNone) {
   KVKEEP_REQUIRE_SHARED_DATA();
