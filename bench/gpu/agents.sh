@@ -46,6 +46,8 @@
 # tool times as recorded. On an H100 ttl and fixed-ttl take about 2 minutes each, lru and
 # none about 7: call 1 AGENTS_POLICIES="ttl fixed-ttl", then one call each for lru and
 # none (AGENTS_SIM_SLACK=0.8: the calibrated simulator prices those two about 29% slow).
+# The lighter loads fit two more calls: AGENTS_LOADS="4 8" AGENTS_POLICIES="ttl fixed-ttl
+# lru" (7 minutes), then AGENTS_LOADS="4 8" AGENTS_POLICIES=none (7 minutes).
 #
 # AGENTS_WORKLOAD=straddle8 (issue 12's three loads, chosen with the simulator, bench/RESULTS.md
 # "Planning the three-load GPU run"): the straddle sessions (chosen by their first 24 turns),
