@@ -36,7 +36,7 @@ void OrderByClass(const ReclaimRequest& request, std::span<const SessionReclaimI
   // One sort key per candidate: (class, k1, k2, k3, session).
   //   unpinned:    retention_priority, gdsf_priority, last_use_us
   //   expired pin: deadline
-  //   live pin:    benefit per block, deadline
+  //   live pin:    benefit per block per second to its deadline, deadline
   struct Ranked {
     std::tuple<VictimClass, double, double, int64_t, SessionId> key;
     int32_t blocks;
@@ -53,9 +53,13 @@ void OrderByClass(const ReclaimRequest& request, std::span<const SessionReclaimI
     } else if (c.pin_deadline_us <= request.now_us) {
       ranked.push_back({{VictimClass::kExpiredPin, 0, 0, c.pin_deadline_us, c.session}, blocks});
     } else {
-      ranked.push_back(
-          {{VictimClass::kLivePin, c.pin_benefit_s / blocks, 0, c.pin_deadline_us, c.session},
-           blocks});
+      // What keeping the pin saves per block-second still held: a pin near its deadline
+      // costs few more block-seconds, one far from it many.
+      const double remaining_s =
+          std::max(1e-3, static_cast<double>(c.pin_deadline_us - request.now_us) / 1e6);
+      ranked.push_back({{VictimClass::kLivePin, c.pin_benefit_s / blocks / remaining_s, 0,
+                         c.pin_deadline_us, c.session},
+                        blocks});
     }
   }
   std::sort(ranked.begin(), ranked.end(),

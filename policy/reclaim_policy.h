@@ -19,7 +19,8 @@
 // The victim order every policy uses is OrderByClass() (docs/policy.md, "Reclaim order"):
 //   1. unpinned retained sessions by (retention_priority, gdsf_priority, last_use_us);
 //   2. expired pins, oldest deadline first;
-//   3. live pins, least pin_benefit_s per block first (then deadline): each a violation.
+//   3. live pins, least pin_benefit_s per block per second left to the deadline first
+//      (then deadline): each a violation.
 // Ties break by session id, so the order is total. Policies differ only in the fields
 // they fill in (lru clears pins and priorities; ttl sets pins, benefits and H values).
 //

@@ -5,7 +5,8 @@
 // of a newer one, where ttl-fcfs keeps FCFS; a turn-end grace pin keeps a tool-using
 // session through the gap before its tool_begin; a reclaimed session is evicted before the
 // prefix of a turn waiting for admission, and a uid's sessions released by its block cap
-// before another uid's cached prefix.
+// before another uid's cached prefix; a pin that must give way is the one that saves least
+// per block-second still to be held.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -301,6 +302,42 @@ TEST(PolicyEngineTest, PinIsBrokenOnlyWhenNothingElseCanRun) {
   const EngineStats s = e.impl()->GetStats();
   EXPECT_EQ(s.pin_violations, 1);
   EXPECT_EQ(s.pinned_blocks, 0);
+}
+
+// When a pin must give way, the one that saves least per block-second still to be held
+// goes: A and B (3 blocks each, equal benefit per block) are pinned by session.retain for
+// 1 s and 10 s; C then needs 8 of the 12 blocks with nothing else running, so one pin
+// breaks. B's, with ten times the hold ahead, goes; A's next turn finds its whole prefix.
+// (By benefit per block alone, the order until 2026-12-07, the earlier deadline broke
+// first: A's.)
+TEST(PolicyEngineTest, TheLiveBrokenPinIsTheOneWithTheMostHoldLeftPerBenefit) {
+  auto model = MakeTestModel();
+  ASSERT_NE(model, nullptr);
+  std::mt19937_64 rng(model->seed + 21);
+  PolicyEngine e(*model, "ttl", 12);
+  std::vector<int32_t> a = RandomTokens(rng, 2 * kBlockSize + 3);  // 3 blocks with output
+  const Outcome a1 = e.Run(1, 1, a);
+  std::vector<int32_t> b = RandomTokens(rng, 2 * kBlockSize + 3);
+  const Outcome b1 = e.Run(2, 2, b);
+  for (const auto& [session, ttl_s] : {std::pair<SessionId, int64_t>{1, 1}, {2, 10}}) {
+    SessionHint h;
+    h.kind = SessionHint::Kind::kRetain;
+    h.session = session;
+    h.at_us = e.clock.NowMicros();
+    h.retain_until_us = h.at_us + ttl_s * kSecond;
+    e.engine->Hint(h);
+  }
+  e.Drive();
+  ASSERT_EQ(e.impl()->GetStats().pinned_blocks, 6);
+  const Outcome c = e.Run(3, 3, RandomTokens(rng, 7 * kBlockSize + 8));  // 8 blocks
+  EXPECT_EQ(c.reason, FinishReason::kLength);
+  EXPECT_EQ(e.impl()->GetStats().pin_violations, 1);
+  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
+  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  b.insert(b.end(), b1.tokens.begin(), b1.tokens.end());
+  for (int32_t t : RandomTokens(rng, 5)) b.push_back(t);
+  EXPECT_EQ(e.Run(4, 1, a).usage.cached_tokens, 2 * kBlockSize) << "A's 1 s pin was broken";
+  EXPECT_LT(e.Run(5, 2, b).usage.cached_tokens, 2 * kBlockSize);
 }
 
 // A policy switch (SIGHUP) also applies the tool statistics' knobs: a smaller window

@@ -1,6 +1,7 @@
 // The one reclaim order (OrderByClass): exactly unpinned (by retention priority, GDSF
 // priority, recency), then expired pins (oldest deadline), then live pins last (least
-// benefit per block), stopping at the shortfall; GDSF aging.
+// benefit per block per second left to the deadline), stopping at the shortfall; GDSF
+// aging.
 #include "policy/reclaim_policy.h"
 
 #include <gtest/gtest.h>
@@ -54,11 +55,11 @@ std::vector<uint64_t> Ids(const std::vector<ReclaimVictim>& v) {
 
 TEST(ReclaimOrder, ExactlyTheDocumentedOrder) {
   std::vector<SessionReclaimInfo> c = {
-      Pinned(1, 10, kNow + 5'000'000, 2.0),        // live, 0.2 s/block
+      Pinned(1, 10, kNow + 5'000'000, 2.0),        // live, 0.2 s/block over 5 s: first live
       Unpinned(2, 10, 0.5, 10),                    // unpinned, GDSF 0.5
       Pinned(3, 10, kNow - 1'000'000, 9.0),        // expired 1 s ago
       Unpinned(4, 10, 0.1, 99),                    // unpinned, lowest GDSF
-      Pinned(5, 40, kNow + 1'000'000, 2.0),        // live, 0.05 s/block: first live victim
+      Pinned(5, 40, kNow + 1'000'000, 2.0),        // live, 0.05 s/block over 1 s: 0.05
       Unpinned(6, 10, 0.1, 50),                    // same GDSF as 4, used earlier: before 4
       Pinned(7, 10, kNow - 9'000'000, 0.0),        // expired 9 s ago: first expired
       Unpinned(8, 10, 0.0, 0, /*retention=*/5.0),  // hinted priority 5: last unpinned
@@ -70,7 +71,7 @@ TEST(ReclaimOrder, ExactlyTheDocumentedOrder) {
   c.push_back(Unpinned(11, 0, 0, 0));  // nothing on this tier
 
   auto all = Order(1'000'000, c);
-  EXPECT_EQ(Ids(all), (std::vector<uint64_t>{6, 4, 2, 8, 7, 3, 9, 5, 1}));
+  EXPECT_EQ(Ids(all), (std::vector<uint64_t>{6, 4, 2, 8, 7, 3, 9, 1, 5}));
   for (const ReclaimVictim& v : all) {
     const bool live = v.session == 5 || v.session == 1;
     EXPECT_EQ(v.victim_class == VictimClass::kLivePin, live) << v.session;
@@ -99,7 +100,7 @@ TEST(ReclaimOrder, MatchesAReferenceOnRandomCandidates) {
       x.running = rng() % 7 == 0;
       x.last_use_us = static_cast<int64_t>(rng() % 50);
       x.pinned = rng() % 2;
-      x.pin_deadline_us = kNow + static_cast<int64_t>(rng() % 21) - 10;
+      x.pin_deadline_us = kNow + (static_cast<int64_t>(rng() % 21) - 10) * 500'000;  // +-5 s
       x.retention_priority = static_cast<double>(rng() % 3);
       x.gdsf_priority = static_cast<double>(rng() % 5) / 4;
       x.pin_benefit_s = static_cast<double>(rng() % 8);
@@ -121,7 +122,10 @@ TEST(ReclaimOrder, MatchesAReferenceOnRandomCandidates) {
       } else if (x.pin_deadline_us <= kNow) {
         ranked.push_back({{1, 0, 0, x.pin_deadline_us, x.session}, &x});
       } else {
-        ranked.push_back({{2, x.pin_benefit_s / blocks, 0, x.pin_deadline_us, x.session}, &x});
+        const double remaining_s =
+            std::max(1e-3, static_cast<double>(x.pin_deadline_us - kNow) / 1e6);
+        ranked.push_back(
+            {{2, x.pin_benefit_s / blocks / remaining_s, 0, x.pin_deadline_us, x.session}, &x});
       }
     }
     std::sort(ranked.begin(), ranked.end(),
