@@ -23,6 +23,7 @@ namespace {
 
 using enginetest::MakeBackend;
 using enginetest::MakeTestModel;
+using enginetest::NextTurn;
 using enginetest::RandomTokens;
 
 constexpr int32_t kBlockSize = 16;
@@ -120,8 +121,7 @@ std::pair<int64_t, EngineStats> ToolWaitUnderPressure(const std::string& policy)
   e.Run(3, 3, RandomTokens(rng, 8 * kBlockSize - 4));  // C: reclaims one session
   e.clock.AdvanceMicros(kSecond / 10);
   e.Tool(SessionHint::Kind::kToolEnd, 1, "cat", 3 * kSecond / 10);
-  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
-  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  a = NextTurn(a, a1.tokens, RandomTokens(rng, 5));
   const Outcome a2 = e.Run(4, 1, a);
   return {a2.usage.cached_tokens, e.impl()->GetStats()};
 }
@@ -227,8 +227,7 @@ TEST(PolicyEngineTest, PinnedBlocksSurviveALaterAdmissionThatNeedsThem) {
   EXPECT_EQ(s.pinned_blocks, 3);
   e.clock.AdvanceMicros(kSecond / 10);
   e.Tool(SessionHint::Kind::kToolEnd, 1, "cat", kSecond / 10);
-  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
-  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  a = NextTurn(a, a1.tokens, RandomTokens(rng, 5));
   const Outcome a2 = e.Run(4, 1, a);
   EXPECT_EQ(a2.usage.cached_tokens, 2 * kBlockSize);
   EXPECT_EQ(e.impl()->GetStats().pins_used, 1);
@@ -251,8 +250,7 @@ TEST(PolicyEngineTest, AReclaimedSessionIsEvictedBeforeAQueuedTurnsPrefix) {
   e.Run(1, 1, RandomTokens(rng, 2 * kBlockSize + 3));  // A: 3 blocks with its output
   std::vector<int32_t> b = RandomTokens(rng, 2 * kBlockSize + 3);
   const Outcome b1 = e.Run(2, 2, b);
-  b.insert(b.end(), b1.tokens.begin(), b1.tokens.end());
-  for (int32_t t : RandomTokens(rng, 5)) b.push_back(t);
+  b = NextTurn(b, b1.tokens, RandomTokens(rng, 5));
   Outcome c1, b2;
   e.Submit(3, 3, RandomTokens(rng, 9 * kBlockSize + 8), &c1);  // 10 blocks
   e.Submit(4, 2, b, &b2);
@@ -332,10 +330,8 @@ TEST(PolicyEngineTest, TheLiveBrokenPinIsTheOneWithTheMostHoldLeftPerBenefit) {
   const Outcome c = e.Run(3, 3, RandomTokens(rng, 7 * kBlockSize + 8));  // 8 blocks
   EXPECT_EQ(c.reason, FinishReason::kLength);
   EXPECT_EQ(e.impl()->GetStats().pin_violations, 1);
-  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
-  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
-  b.insert(b.end(), b1.tokens.begin(), b1.tokens.end());
-  for (int32_t t : RandomTokens(rng, 5)) b.push_back(t);
+  a = NextTurn(a, a1.tokens, RandomTokens(rng, 5));
+  b = NextTurn(b, b1.tokens, RandomTokens(rng, 5));
   EXPECT_EQ(e.Run(4, 1, a).usage.cached_tokens, 2 * kBlockSize) << "A's 1 s pin was broken";
   EXPECT_LT(e.Run(5, 2, b).usage.cached_tokens, 2 * kBlockSize);
 }
@@ -427,8 +423,7 @@ TEST(PolicyEngineTest, ToolEndPromotesDemotedBlocksBeforeTheNextTurn) {
     after = e.impl()->GetStats();
   }
   EXPECT_GT(after.promoted_blocks, before.promoted_blocks) << "tool_end read nothing up";
-  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
-  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  a = NextTurn(a, a1.tokens, RandomTokens(rng, 5));
   const Outcome a2 = e.Run(2, 1, a);
   EXPECT_GT(a2.usage.cached_tokens, 0);
   EXPECT_GT(a2.usage.cached_host_tokens + a2.usage.cached_disk_tokens, 0);
@@ -450,8 +445,7 @@ std::pair<int64_t, EngineStats> GapBeforeToolBegin(const std::string& policy, do
   e.Tool(SessionHint::Kind::kToolBegin, 1, "cat");
   e.clock.AdvanceMicros(kSecond / 10);
   e.Tool(SessionHint::Kind::kToolEnd, 1, "cat", kSecond / 10);
-  a.insert(a.end(), a1.tokens.begin(), a1.tokens.end());
-  for (int32_t t : RandomTokens(rng, 5)) a.push_back(t);
+  a = NextTurn(a, a1.tokens, RandomTokens(rng, 5));
   const Outcome a2 = e.Run(2, 1, a);  // KV of 47 tokens: 2 full blocks
   a.insert(a.end(), a2.tokens.begin(), a2.tokens.end());
   // No tool_begin yet (the client's round trip). C: three turns, more uses than A.

@@ -55,7 +55,7 @@ std::vector<uint64_t> Ids(const std::vector<ReclaimVictim>& v) {
 
 TEST(ReclaimOrder, ExactlyTheDocumentedOrder) {
   std::vector<SessionReclaimInfo> c = {
-      Pinned(1, 10, kNow + 5'000'000, 2.0),        // live, 0.2 s/block over 5 s: first live
+      Pinned(1, 10, kNow + 5'000'000, 2.0),        // live, 0.2 s/block over 5 s: 0.04, first
       Unpinned(2, 10, 0.5, 10),                    // unpinned, GDSF 0.5
       Pinned(3, 10, kNow - 1'000'000, 9.0),        // expired 1 s ago
       Unpinned(4, 10, 0.1, 99),                    // unpinned, lowest GDSF
