@@ -343,8 +343,8 @@ void AddEvalEpisodesCommand(CLI::App& app) {
   cmd->add_option("--calibration", fa.calibration, "--layer-alpha: calibration text file")
       ->capture_default_str();
   cmd->add_option("--calibration-tokens", fa.calibration_tokens,
-                  "--layer-alpha: calibration tokens")
-      ->check(CLI::Range(2, 1 << 20))
+                  "--layer-alpha: calibration tokens (0: four blocks, as the pool allows)")
+      ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
   cmd->add_option("--state-dir", fa.state_dir,
                   "--layer-alpha: where the layer profile is cached (default: kvkeepd's)");

@@ -129,7 +129,14 @@ Result<std::vector<double>> LayerSimilarity(Env* env, const FidelityCommandArgs&
                                             const Tokenizer& tokenizer, Backend* backend) {
   ASSIGN_OR_RETURN(std::string text, env->ReadFile(args.calibration));
   ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer.Encode(text, false));
-  tokens.resize(std::min<size_t>(tokens.size(), args.calibration_tokens));
+  // The profile compares keys after the first block, so the text must span several: by
+  // default four blocks, cut to what the pool holds.
+  const int64_t pool_tokens =
+      int64_t{backend->kv_shape().num_blocks} * backend->kv_shape().block_size;
+  const int64_t want = args.calibration_tokens > 0 ? args.calibration_tokens
+                                                   : 4 * int64_t{args.options.block_tokens};
+  tokens.resize(static_cast<size_t>(std::min<int64_t>(
+      {static_cast<int64_t>(tokens.size()), want, pool_tokens})));
   std::string state = args.state_dir;
   if (state.empty()) {
     const std::string xdg = env->GetEnvVar("XDG_STATE_HOME");

@@ -21,7 +21,7 @@
 #             plan on cuda within FIDELITY_DEADLINE_S (default 360) seconds, writing
 #             $OUT/fidelity_8k.json after every conversation. Logs in $OUT.
 #             FIDELITY_SMALL_DEVICES ("cuda cpu") and FIDELITY_FULL (1) choose the parts.
-#   then:   bash DIR/b/eval_episodes_gpu.sh variants DIR/b SET   (SET: a or b; same warm
+#   then:   bash DIR/b/eval_episodes_gpu.sh variants DIR/b SET   (SET: a, b or c; same warm
 #             machine, after run): issue 13's diagnosis at 8k, one knob at a time, each on
 #             the full plan at M = 1/4 (docs/episodes.md, "Why episodic KV lost at 8k"):
 #             $OUT/fidelity_8k_NAME.json per variant; tools/fidelity_variants.py tabulates
@@ -117,8 +117,12 @@ sinks|--methods episodic --reserve-sinks" ;;
   b) LIST="recent1024|--methods episodic --recent-tokens 1024 --reserve-sinks
 prompt128|--methods episodic --prompt-cut 128
 alpha1|--methods episodic --layer-alpha 1
+block512|--methods episodic --block 512
 question8|--methods full,recent,episodic,episodic-question --max-questions 8" ;;
-  *) echo "variants: SET is a or b"; exit 1 ;;
+  c) LIST="alpha1|--methods episodic --layer-alpha 1
+alpha2|--methods episodic --layer-alpha 2
+question|--methods full,recent,episodic,episodic-question" ;;
+  *) echo "variants: SET is a, b or c"; exit 1 ;;
   esac
   while IFS='|' read -r name flags; do
     echo "=== variant $name: $flags"

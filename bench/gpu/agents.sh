@@ -3,16 +3,22 @@
 # --device cuda with the llama3-8b-shape synthetic model serves N concurrent agents that
 # replay real SWE-bench trajectories (TRACE: `kvkeep replay import --from mini-swe-agent
 # ...`) with their recorded tool times and teacher-forced outputs, so every policy does the
-# same work; each policy runs on a fresh daemon, back to back, at each load. Then
-# bench/policy_bench simulates the same sessions, loads, policies and turn cap with the
-# cost model this run calibrated and the served model's token counts, and the table gives
-# its prediction error per policy and load.
+# same work; each policy runs on a fresh daemon, back to back (side by side on several
+# GPUs), at each load. Then bench/policy_bench simulates the same sessions, loads, policies
+# and turn cap with the cost model this run calibrated and the served model's token counts,
+# and the table gives its prediction error per policy and load.
 #
 #   OUT=DIR bash bench/gpu/agents.sh build-cuda trace.jsonl
 #   AGENTS_WORKLOAD=long OUT=DIR bash bench/gpu/agents.sh DIR trace.jsonl   (issue 12's
 #   decisive configuration; AGENTS_PRESET=long means the same)
 #   AGENTS_WORKLOAD=straddle AGENTS_POLICIES="ttl fixed-ttl" OUT=DIR bash bench/gpu/agents.sh ...
 #   (tools on both sides of fixed-ttl's 2 s rule: ttl against fixed-ttl; lru in a second call)
+#
+# Several GPUs: the runs go side by side, one run a GPU (each daemon sees only its own,
+# CUDA_VISIBLE_DEVICES), the longest simulated run first; AGENTS_GPUS="0 1 2 3" names the
+# devices (default: every GPU nvidia-smi lists; one lane off cuda). The four policies of
+# `straddle` at 16 agents take about 19 minutes back to back on one H100 and fit one call on
+# a 4-GPU host (the longest, none, about 7).
 #
 # Order: calibrate the cost model on the device; simulate every planned run with it
 # (bench/policy_bench: the prediction, made before the runs); then the runs, each on a
@@ -62,7 +68,9 @@
 #   (pinned host tier, 4096), AGENTS_MODEL (model directory; made from AGENTS_PRESET,
 #   llama3-8b-shape, if absent), AGENTS_DEVICE (cuda; cpu with a tiny or small preset checks
 #   the pipeline here), AGENTS_BUDGET_S (stop starting runs past this many seconds, 540),
-#   AGENTS_START_S (seconds a daemon takes to start, for the estimate; 20).
+#   AGENTS_START_S (seconds a daemon takes to start, for the estimate; 20), AGENTS_GPUS (the
+#   CUDA devices the runs spread over, one run a device at a time; on the CPU "0 1" checks
+#   the side-by-side path).
 #   AGENTS_SEED=1: "a daemon that has served traffic before". Before measuring, one daemon
 #   serves the tool calls of held-out sessions (AGENTS_SEED_TRACE, default TRACE; the
 #   sessions measured at any load are left out) through the normal session.tool_begin /
@@ -137,6 +145,14 @@ find_bin() { for d in "$BIN" "$BIN/bin" "$BIN/bench"; do [ -x "$d/$1" ] && { ech
 KVKEEP=$(find_bin kvkeep)
 KVKEEPD=$(find_bin kvkeepd)
 POLICY_BENCH=$(find_bin policy_bench)
+# The lanes: one run at a time per listed CUDA device, side by side (cuda: every GPU
+# nvidia-smi lists unless AGENTS_GPUS names them; elsewhere one lane).
+LANES=()
+if [ -n "${AGENTS_GPUS:-}" ]; then read -r -a LANES <<< "$AGENTS_GPUS"
+elif [ "$DEVICE" = cuda ]; then mapfile -t LANES < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
+fi
+[ "${#LANES[@]}" -gt 0 ] || LANES=(0)
+export CUDA_VISIBLE_DEVICES=${LANES[0]}  # the calibration and seeding daemons; run_one sets its own
 WORK=$(mktemp -d /tmp/kvkeep-agents-XXXXXX)
 RUNS=$WORK/runs
 mkdir -p "$OUT" "$RUNS"
@@ -156,7 +172,7 @@ fi
 # first TURNS turns, plus ~1 s of forced decode a turn, longer as the load grows).
 python3 "$ROOT/bench/gpu/agents_report.py" estimate "$TRACE" --loads $LOADS --turns "$TURNS" \
   --policies $POLICIES --seed-policies "$([ "$SEED" = 1 ] && echo "$SEED_POLICIES")" \
-  --start-s "$START_S" --time-scale "$SCALE" --budget-s "$BUDGET_S"
+  --start-s "$START_S" --time-scale "$SCALE" --budget-s "$BUDGET_S" --lanes "${#LANES[@]}"
 
 [ -f "$MODEL/config.json" ] || "$KVKEEP" make-model --preset "$PRESET" --seed 1 --out "$MODEL" || exit 1
 SIM_COST=${AGENTS_SIM_COST_MODEL:+$(cd "$(dirname "$AGENTS_SIM_COST_MODEL")" && pwd)/$(basename "$AGENTS_SIM_COST_MODEL")}
@@ -241,7 +257,7 @@ report() {
     --time-scale "$SCALE" --kv-blocks "$KV_BLOCKS" --host-blocks "$HOST_BLOCKS" \
     --sim "$WORK/sim/policy_bench.json" --sim-fitted "$WORK/sim_fitted/policy_bench.json" \
     --device "$DEVICE" --model "$PRESET" \
-    --workload "${WORKLOAD:-default}" --max-tokens "${MAX_TOKENS:-0}" --loads $LOADS \
+    --workload "${WORKLOAD:-default}" --max-tokens "${MAX_TOKENS:-0}" --loads $LOADS --lanes "${#LANES[@]}" \
     --policies $POLICIES > "$WORK/report.txt" 2>&1 || { echo "report failed:"; tail -5 "$WORK/report.txt"; }
   local dirs=(runs)
   [ -d "$WORK/seed" ] && dirs+=(seed)
@@ -290,12 +306,14 @@ if [ "$SEED" = 1 ]; then
   [ -n "$SEEDED" ] || echo "seeding failed: no seeded runs"
 fi
 
-run_one() {  # run_one LOAD POLICY NAME DEADLINE_S
-  local n=$1 p=$2 name=$3 deadline=$4 run=$RUNS/n$1/$3
+run_one() {  # run_one LOAD POLICY NAME DEADLINE_S GPU (in a subshell: it exports GPU)
+  local n=$1 p=$2 name=$3 deadline=$4 gpu=$5 run=$RUNS/n$1/$3
   mkdir -p "$run"
-  echo "=== $n agents, policy $name ($(($(date +%s) - T0)) s so far; cut at ${deadline} s)"
+  echo "=== $n agents, policy $name on GPU $gpu ($(($(date +%s) - T0)) s so far; cut at ${deadline} s)"
+  echo "$gpu" > "$run/gpu.txt"
+  export CUDA_VISIBLE_DEVICES=$gpu
   start_daemon "$WORK/d-n$n-$name" "$p" --step-log "$run/steps.csv" || return
-  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
+  nvidia-smi -i "$gpu" --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
     -lms 250 > "$run/gpu_util.csv" 2>/dev/null &
   local smi=$!
   "$KVKEEP" replay run "$TRACE" --socket "$WORK/d-n$n-$name/s.sock" --policy "$name" --agents "$n" \
@@ -308,26 +326,50 @@ run_one() {  # run_one LOAD POLICY NAME DEADLINE_S
   rm -rf "$WORK/d-n$n-$name"
 }
 
-report
-for n in $LOADS; do
-  for p in $POLICIES; do
-    variants="$p"
-    [[ -n "$SEEDED" && " $SEED_POLICIES " == *" $p "* ]] && variants="$p $p+seed"
-    for name in $variants; do
-      left=$((BUDGET_S - (SECONDS - START)))
-      want=$(python3 -c "print(int($SIM_SLACK * $(sim_wall_s "$n" "$p") + $START_S))")
-      if [ "$left" -lt "$want" ] || [ "$left" -lt $((START_S + 15)) ]; then
-        echo "=== skipping $name at $n agents: ${left} s of the ${BUDGET_S} s budget left, the simulator" \
-          "says it needs ~${want} s"
-        continue
-      fi
-      deadline=$((left - START_S - 5))
-      if [ "$name" = "$p+seed" ]; then SEEDED_DB=$SEEDED run_one "$n" "$p" "$name" "$deadline"
-      else run_one "$n" "$p" "$name" "$deadline"; fi
-      report
+# The planned runs, "LOAD POLICY NAME" a line; on several lanes the longest simulated run
+# first (longest-processing-time order keeps the last lane from starting a long run late).
+plan_runs() {
+  local n p name
+  for n in $LOADS; do
+    for p in $POLICIES; do
+      for name in $p $([[ -n "$SEEDED" && " $SEED_POLICIES " == *" $p "* ]] && echo "$p+seed"); do
+        echo "$(sim_wall_s "$n" "$p") $n $p $name"
+      done
     done
+  done | if [ "${#LANES[@]}" -gt 1 ]; then sort -s -k1,1nr; else cat; fi | cut -d' ' -f2-
+}
+
+# next_lane: LANE is a lane with no run in flight (a run that has ended is reported first);
+# fails while every lane is busy.
+declare -A LANE_PID=()
+next_lane() {
+  local i
+  for i in "${!LANES[@]}"; do
+    if [ -n "${LANE_PID[$i]:-}" ] && ! kill -0 "${LANE_PID[$i]}" 2>/dev/null; then
+      wait "${LANE_PID[$i]}"; LANE_PID[$i]=""; report
+    fi
+    [ -z "${LANE_PID[$i]:-}" ] && { LANE=$i; return 0; }
   done
-done
+  return 1
+}
+
+report
+while read -r -u 3 n p name; do
+  until next_lane; do sleep 2; done
+  left=$((BUDGET_S - (SECONDS - START)))
+  want=$(python3 -c "print(int($SIM_SLACK * $(sim_wall_s "$n" "$p") + $START_S))")
+  if [ "$left" -lt "$want" ] || [ "$left" -lt $((START_S + 15)) ]; then
+    echo "=== skipping $name at $n agents: ${left} s of the ${BUDGET_S} s budget left, the simulator" \
+      "says it needs ~${want} s"
+    continue
+  fi
+  deadline=$((left - START_S - 5))
+  if [ "$name" = "$p+seed" ]; then SEEDED_DB=$SEEDED run_one "$n" "$p" "$name" "$deadline" "${LANES[$LANE]}" &
+  else run_one "$n" "$p" "$name" "$deadline" "${LANES[$LANE]}" & fi
+  LANE_PID[$LANE]=$!
+  [ "${#LANES[@]}" -gt 1 ] || { wait "${LANE_PID[$LANE]}"; LANE_PID[$LANE]=""; report; }
+done 3< <(plan_runs)
+wait
 postdict
 report
 cat "$WORK/report.txt"

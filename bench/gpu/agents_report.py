@@ -93,6 +93,7 @@ def summarise(run):
         "pins_expired": stat(stats, "pins/expired"),
         "pins_violated": stat(stats, "pins/violated"),
         "gpu_util_mean_pct": mean(util),
+        "gpu": (run / "gpu.txt").read_text().strip() if (run / "gpu.txt").exists() else None,
     }
 
 
@@ -130,10 +131,10 @@ def session_timing(session, turns):
 
 def estimate(a):
     trace = read_trace(a.trace)
-    total = 0.0
     print(f"estimate: {len(a.policies)} policies"
           + (f" + {len(a.seed_policies)} seeded" if a.seed_policies else "")
           + f" at loads {a.loads}, {a.turns} turns, {a.start_s:.0f} s a daemon start")
+    runs_s = []
     for n in a.loads:
         sessions = trace[:n]
         longest = 0.0
@@ -143,8 +144,15 @@ def estimate(a):
             longest = max(longest, waits * a.time_scale + seen * 1.0 * max(1.0, n / 8))
         runs = len(a.policies) + len(a.seed_policies)
         run_s = a.start_s + longest + 3
-        total += runs * run_s
+        runs_s += [run_s] * runs
         print(f"  {n:>3} agents: ~{run_s:.0f} s a run, {runs} runs")
+    # Side by side on a.lanes GPUs, longest first: each run goes to the lane that frees first.
+    lanes = [0.0] * max(1, a.lanes)
+    for run_s in sorted(runs_s, reverse=True):
+        lanes[lanes.index(min(lanes))] += run_s
+    total = max(lanes)
+    if a.lanes > 1:
+        print(f"  {len(runs_s)} runs on {a.lanes} GPUs side by side")
     total += 2 * a.start_s + (a.seed_lane_s + a.start_s if a.seed_policies else 0)
     print(f"estimated total: ~{total:.0f} s (budget {a.budget_s:.0f} s: runs past it are skipped"
           f"{'; OVER BUDGET' if total > a.budget_s else ''}); a rough figure: after the "
@@ -251,7 +259,8 @@ def report(a):
     loads = sorted((int(d.name[1:]), d) for d in runs_dir.glob("n*") if d.name[1:].isdigit())
     result = {"params": {"turns": a.turns, "time_scale": a.time_scale, "kv_blocks": a.kv_blocks,
                          "host_blocks": a.host_blocks, "device": a.device, "model": a.model,
-                         "workload": a.workload, "max_tokens": a.max_tokens},
+                         "workload": a.workload, "max_tokens": a.max_tokens,
+                         "gpus_side_by_side": a.lanes},
               "loads": {}, "skipped": []}
     lines = []
     header = (f"{'agents':>6} {'policy':<14} {'JCT mean':>9} {'JCT p99':>8} {'TTFT mean':>10} "
@@ -338,6 +347,9 @@ def report(a):
                      f"{len(fitted_errors)} runs; by policy: " + ", ".join(
                          f"{p} " + "/".join(f"{100 * e:+.1f}%" for e in v)
                          for p, v in sorted(fitted_by_policy.items())))
+    if a.lanes > 1:
+        lines.append(f"runs side by side on {a.lanes} GPUs of one host, one run a GPU "
+                     f"(each run's GPU in agents.json)")
     text = "\n".join(lines)
     print(text)
     (out / "agents.txt").write_text(text + "\n")
@@ -408,6 +420,7 @@ def main():
     e.add_argument("--start-s", type=float, default=20)
     e.add_argument("--time-scale", type=float, default=1)
     e.add_argument("--budget-s", type=float, default=540)
+    e.add_argument("--lanes", type=int, default=1, help="GPUs the runs spread over")
     t = sub.add_parser("seed-trace")
     t.add_argument("seed_trace")
     t.add_argument("--exclude", required=True, help="the measured trace")
@@ -429,6 +442,7 @@ def main():
     r.add_argument("--max-tokens", type=int, default=0)
     r.add_argument("--loads", type=int, nargs="*", help="planned loads (to list skipped runs)")
     r.add_argument("--policies", nargs="*", help="planned policies")
+    r.add_argument("--lanes", type=int, default=1, help="GPUs the runs spread over")
     u = sub.add_parser("subset")
     u.add_argument("trace")
     u.add_argument("--turns", type=int, required=True)

@@ -254,6 +254,13 @@ TEST(EvalEpisodes, FidelityDiagnosticsOnTheTinyModel) {
   EXPECT_GE(reserved["episodic"]["kept_recent"].get<double>(), 64.0 / 256);
   EXPECT_NE(nll(reserved["episodic"]), nll(plain["episodic"]));
 
+  // Per-layer budgets at a block as long as the whole history: the default calibration
+  // text (four blocks, cut to the pool) still spans more than one block.
+  Output layered = RunEval(common + "--json --plan " + dir.File("plan") +
+                           " --block 2048 --fractions 0.25 --methods episodic --layer-alpha 1" +
+                           " --state-dir " + dir.File("state"));
+  EXPECT_EQ(layered.exit_code, 0) << layered.out;
+
   auto question = run("--methods episodic-question --max-questions 2");
   ASSERT_EQ(question.size(), 1u);
   EXPECT_EQ(question["episodic-question"]["caches"].get<int>(), 2);
