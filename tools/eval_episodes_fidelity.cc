@@ -135,8 +135,8 @@ Result<std::vector<double>> LayerSimilarity(Env* env, const FidelityCommandArgs&
       int64_t{backend->kv_shape().num_blocks} * backend->kv_shape().block_size;
   const int64_t want = args.calibration_tokens > 0 ? args.calibration_tokens
                                                    : 4 * int64_t{args.options.block_tokens};
-  tokens.resize(static_cast<size_t>(std::min<int64_t>(
-      {static_cast<int64_t>(tokens.size()), want, pool_tokens})));
+  tokens.resize(static_cast<size_t>(
+      std::min<int64_t>({static_cast<int64_t>(tokens.size()), want, pool_tokens})));
   std::string state = args.state_dir;
   if (state.empty()) {
     const std::string xdg = env->GetEnvVar("XDG_STATE_HOME");

@@ -29,8 +29,8 @@ struct FidelityCommandArgs {
   double deadline_s = 0;                   // 0: none
   bool json = false;                       // print the report as one JSON object
   std::string calibration;                 // --layer-alpha: calibration text file
-  int32_t calibration_tokens = 0;         // 0: four blocks (4 B), as the pool allows
-  std::string state_dir;  // --layer-alpha: profile cache (empty: kvkeepd's)
+  int32_t calibration_tokens = 0;          // 0: four blocks (4 B), as the pool allows
+  std::string state_dir;                   // --layer-alpha: profile cache (empty: kvkeepd's)
 };
 
 // `conversations` is the loaded data; unused with args.plan.
