@@ -245,7 +245,7 @@ Status ApplyCluster(const json& j, DaemonClusterOptions* c) {
 Status ApplyEpisodes(const json& j, DaemonEpisodeOptions* e) {
   FieldReader r(j, "episodes.");
   r.Known({"index", "embedder", "budget_tokens", "num_episodes", "serve", "cache_budget_tokens",
-           "cache_block_tokens", "route_wait_ms"});
+           "cache_block_tokens", "route_wait_ms", "cache_layer_alpha", "calibration_file"});
   r.Bool("index", &e->index);
   r.String("embedder", &e->embedder);
   r.Int("budget_tokens", &e->budget_tokens, 0, kMaxI64);
@@ -254,6 +254,8 @@ Status ApplyEpisodes(const json& j, DaemonEpisodeOptions* e) {
   r.Int("cache_budget_tokens", &e->cache_budget_tokens, 0, kMaxI64);
   r.Int("cache_block_tokens", &e->cache_block_tokens, 1, 1 << 20);
   r.Int("route_wait_ms", &e->route_wait_ms, 0, 600'000);
+  r.Double("cache_layer_alpha", &e->cache_layer_alpha, 0, 64);
+  r.String("calibration_file", &e->calibration_file);
   return r.Finish();
 }
 
@@ -329,6 +331,14 @@ Status ValidateDaemonOptions(const DaemonOptions& o) {
       o.episodes.route_wait_ms < 0) {
     return Status::InvalidArgument(
         "episodes: cache_block_tokens must be >= 1, cache_budget_tokens and route_wait_ms >= 0");
+  }
+  if (!(o.episodes.cache_layer_alpha >= 0 && o.episodes.cache_layer_alpha <= 64)) {
+    return Status::InvalidArgument("episodes.cache_layer_alpha must be in [0, 64]");
+  }
+  if (o.episodes.cache_layer_alpha > 0 && o.episodes.calibration_file.empty()) {
+    return Status::InvalidArgument(
+        "episodes.cache_layer_alpha > 0 needs episodes.calibration_file (--episode-calibration): "
+        "the text the layer profile is measured on");
   }
   if (o.engine.prefill_chunk_tokens > o.engine.max_batch_tokens) {
     return Status::InvalidArgument("engine.prefill_chunk_tokens exceeds engine.max_batch_tokens");
@@ -466,6 +476,10 @@ Result<CommandLine> ParseCommandLine(int argc, const char* const* argv, Env* env
       &o.episodes.cache_block_tokens, "block of an episode cache's block-wise build (B)");
   num("--episode-route-wait-ms", &f.episodes.route_wait_ms, &o.episodes.route_wait_ms,
       "how long a routed turn waits for its history to be indexed, ms");
+  num("--episode-layer-alpha", &f.episodes.cache_layer_alpha, &o.episodes.cache_layer_alpha,
+      "per-layer episode cache budgets from the model's sensitivity profile; 0: uniform");
+  str("--episode-calibration", &f.episodes.calibration_file, &o.episodes.calibration_file,
+      "text the layer profile is measured on (needed with --episode-layer-alpha > 0)");
   str("--testing-store-fault", &f.testing_store_fault, &o.testing_store_fault,
       "TESTING ONLY: N:full|busy|ioerr[:COUNT], fail the store's Nth write");
   str("--testing-sim-cost-model", &f.testing_sim_cost_model, &o.testing_sim_cost_model,
@@ -575,7 +589,9 @@ std::string DaemonOptionsToJson(const DaemonOptions& o) {
         {"serve", o.episodes.serve},
         {"cache_budget_tokens", o.episodes.cache_budget_tokens},
         {"cache_block_tokens", o.episodes.cache_block_tokens},
-        {"route_wait_ms", o.episodes.route_wait_ms}}},
+        {"route_wait_ms", o.episodes.route_wait_ms},
+        {"cache_layer_alpha", o.episodes.cache_layer_alpha},
+        {"calibration_file", o.episodes.calibration_file}}},
   };
   return doc.dump(2);
 }

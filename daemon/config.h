@@ -105,6 +105,10 @@ struct DaemonEpisodeOptions {
   int64_t cache_budget_tokens = 0;    // --episode-cache-budget-tokens: M; 0: the session budget
   int32_t cache_block_tokens = 2048;  // --episode-cache-block-tokens: B of a cache's build
   int64_t route_wait_ms = 5000;       // --episode-route-wait-ms: wait for indexing before routing
+  // --episode-layer-alpha: per-layer budgets M_l from the model's sensitivity profile
+  // (engine/layer_budget.h); 0: M in every layer. > 0 needs calibration_file.
+  double cache_layer_alpha = 0;
+  std::string calibration_file;  // --episode-calibration: text the profile is measured on
 };
 
 struct DaemonOptions {

@@ -26,6 +26,7 @@
 #include "engine/default_model.h"
 #include "engine/engine.h"
 #include "engine/gguf_file.h"
+#include "engine/layer_budget.h"
 #include "engine/model_identity.h"
 #include "engine/model_weights.h"
 #include "engine/sim_backend.h"
@@ -224,6 +225,19 @@ Status Daemon::Impl::Assemble() {
     if (options.engine.disk_gib > 0) to.scratch_dir = options.state_dir;
     ASSIGN_OR_RETURN(tiers, MeasureTierBandwidths(backend.get(), env, clock, to));
   }
+  EpisodeServeOptions episode_serve{.budget_tokens = options.episodes.cache_budget_tokens,
+                                    .block_tokens = options.episodes.cache_block_tokens};
+  if (options.episodes.index && options.episodes.serve && options.episodes.cache_layer_alpha > 0) {
+    // Before the engine owns the pool, like the tier probe: a measurement overwrites it.
+    daemon::SdNotify("STATUS=measuring the layer profile", env);
+    ASSIGN_OR_RETURN(LayerProfile profile,
+                     LoadOrMeasureLayerProfileOfFile(
+                         env, options.state_dir, ModelIdentity(config, *weights), backend.get(),
+                         *tokenizer, options.episodes.calibration_file, /*max_tokens=*/0,
+                         options.episodes.cache_block_tokens));
+    episode_serve.layer_alpha = options.episodes.cache_layer_alpha;
+    episode_serve.layer_similarity = std::move(profile.similarity);
+  }
   if (!options.engine.step_log.empty()) {
     step_log = std::make_unique<StepLog>(StepLog::kDefaultCapacity);
     eo.step_log = step_log.get();
@@ -266,8 +280,7 @@ Status Daemon::Impl::Assemble() {
   };
   deps.episodes = episodes.get();
   if (episodes != nullptr && options.episodes.serve) {  // routed turns decode from caches
-    deps.serve_episode = MakeEpisodeServeFn(
-        {options.episodes.cache_budget_tokens, options.episodes.cache_block_tokens});
+    deps.serve_episode = MakeEpisodeServeFn(episode_serve);
   }
   service = std::make_unique<Service>(so, std::move(deps));
   return service->LoadSessions();

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "engine/layer_budget.h"
+
 namespace kvkeep {
 
 EpisodeServeFn MakeEpisodeServeFn(const EpisodeServeOptions& options) {
@@ -20,6 +22,10 @@ EpisodeServeFn MakeEpisodeServeFn(const EpisodeServeOptions& options) {
     e.budget_tokens =
         static_cast<int32_t>(std::min<int64_t>(budget, std::numeric_limits<int32_t>::max()));
     e.block_tokens = options.block_tokens;
+    if (options.layer_alpha > 0 && !options.layer_similarity.empty()) {
+      ASSIGN_OR_RETURN(e.layer_budget_tokens, LayerBudgets(options.layer_similarity,
+                                                           e.budget_tokens, options.layer_alpha));
+    }
     req->episode = std::move(e);
     return true;
   };

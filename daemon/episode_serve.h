@@ -47,6 +47,10 @@ using EpisodeServeFn = std::function<Result<bool>(const EpisodeTurn& turn, Gener
 struct EpisodeServeOptions {
   int64_t budget_tokens = 0;    // M of each cache; 0: the session's episode budget
   int32_t block_tokens = 2048;  // B of the block-wise build
+  // Per-layer budgets M_l (engine/layer_budget.h) from the model's profile s_l; alpha 0 or
+  // no profile: M in every layer.
+  double layer_alpha = 0;
+  std::vector<double> layer_similarity;
 };
 
 // The serve function kvkeepd installs: every routed turn with a P_e asks the engine for

@@ -92,6 +92,8 @@ struct EpisodeServeRequest {
   int32_t budget_tokens = 0;         // M; REQUIRES >= 1
   int32_t block_tokens = 2048;       // B
   int32_t rebuild_tail_tokens = -1;  // -1: B
+  // M_l of each layer (engine/layer_budget.h LayerBudgets); empty: M in every layer.
+  std::vector<int32_t> layer_budget_tokens;
 };
 
 struct GenerateRequest {

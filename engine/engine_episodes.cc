@@ -14,8 +14,8 @@
 // them to the host tier and then to disk, and a routed turn promotes them back
 // (MatchPrefix swaps host blocks in; disk blocks are read up first, PlanDiskLoads). A
 // turn's sequence holds the cache's blocks with the cache's entries as its computed
-// tokens and KvView {num_kept, history}; the cache's partial last block is copied on
-// write (PrepareAppend), so turns never change the cache.
+// tokens and KvView {num_kept, history, layer_kept}; the cache's partial last block is
+// copied on write (PrepareAppend), so turns never change the cache.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -61,6 +61,7 @@ bool EngineImpl::ServeFromEpisode(Sequence* seq) {
     const EpisodeCacheRecord* rec = episodes_.Find(r.session, e.episode);
     bool usable = rec != nullptr && rec->id.version == e.version &&
                   rec->budget_tokens == e.budget_tokens && rec->block_tokens == e.block_tokens &&
+                  rec->layer_budget_tokens == e.layer_budget_tokens &&
                   rec->history_tokens <= e.history_tokens &&
                   e.history_tokens - rec->history_tokens <= tail_limit &&
                   rec->query_hash == EpisodeCacheDirectory::HistoryHash(e.query) &&
@@ -73,7 +74,7 @@ bool EngineImpl::ServeFromEpisode(Sequence* seq) {
     }
     if (!usable) return StartEpisodeBuild(seq, scope);  // the turn waits for its build
     seq->episode_key = EpisodeCacheDirectory::KeyTokens(*rec, bs);
-    seq->episode_view = KvView{rec->num_kept, rec->history_tokens};
+    seq->episode_view = KvView{rec->num_kept, rec->history_tokens, rec->layer_kept};
     if (where.disk > 0 && disk_worker_ != nullptr) {  // read up first, like a prefix
       const int32_t planned = pool_.PlanDiskLoads(seq->episode_key, scope);
       seq->disk_blocks_loaded += planned;
@@ -133,6 +134,7 @@ Status EngineImpl::StartEpisodeBuild(Sequence* seq, HashScope scope) {
   options.budget_tokens = e.budget_tokens;
   options.block_tokens = e.block_tokens;
   options.step_tokens = options_.prefill_chunk_tokens;  // a step stalls others like a chunk
+  options.layer_budget_tokens = e.layer_budget_tokens;
   const int32_t needed = CompressBlocksNeeded(options, static_cast<int32_t>(e.query.size()), bs);
   if (needed > pool_.num_allocatable()) {
     ReclaimSessions(needed - pool_.num_allocatable(), /*break_live_pins=*/false);
@@ -203,6 +205,8 @@ Status EngineImpl::FinishEpisodeBuild(EpisodeBuild* build) {
   rec.query_hash = EpisodeCacheDirectory::HistoryHash(e.query);
   rec.budget_tokens = e.budget_tokens;
   rec.block_tokens = e.block_tokens;
+  rec.layer_budget_tokens = e.layer_budget_tokens;
+  rec.layer_kept = cache.layer_kept;
   rec.num_blocks = BlockTable::NumBlocksForTokens(rec.num_kept, bs);
   table.AdvanceTokens(table.capacity_tokens());
   pool_.Release(table.Truncate(int64_t{rec.num_blocks} * bs));
@@ -220,7 +224,7 @@ Status EngineImpl::FinishEpisodeBuild(EpisodeBuild* build) {
       e.block_tokens, e.query.size(), build->compressor->steps(), build->work_us / 1000.0);
   const EpisodeCacheRecord& added = episodes_.Add(rec);
   seq->episode_key = EpisodeCacheDirectory::KeyTokens(added, bs);
-  seq->episode_view = KvView{added.num_kept, added.history_tokens};
+  seq->episode_view = KvView{added.num_kept, added.history_tokens, added.layer_kept};
   return Status::OK();
 }
 

@@ -36,6 +36,8 @@ struct EpisodeCacheRecord {
   int32_t budget_tokens = 0;   // M it was built with
   int32_t block_tokens = 0;    // B it was built with
   int32_t num_blocks = 0;      // pool blocks holding its num_kept entries
+  std::vector<int32_t> layer_budget_tokens;  // M_l it was built with (empty: M in all)
+  std::vector<int32_t> layer_kept;           // EpisodeCache::layer_kept
 };
 
 class EpisodeCacheDirectory {

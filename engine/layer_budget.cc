@@ -244,4 +244,23 @@ Result<LayerProfile> LoadOrMeasureLayerProfile(Env* env, const std::string& stat
   return profile;
 }
 
+Result<LayerProfile> LoadOrMeasureLayerProfileOfFile(Env* env, const std::string& state_dir,
+                                                     const std::string& model_id, Backend* backend,
+                                                     const Tokenizer& tokenizer,
+                                                     const std::string& calibration_file,
+                                                     int32_t max_tokens, int32_t block_tokens) {
+  Result<std::string> text = env->ReadFile(calibration_file);
+  if (!text.ok()) return text.status().WithContext("layer profile: the calibration text");
+  ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer.Encode(*text, false));
+  // The profile compares keys after the first block, so the text must span several.
+  const KvPoolShape& shape = backend->kv_shape();
+  const int64_t pool_tokens = int64_t{shape.num_blocks} * shape.block_size;
+  const int64_t want = max_tokens > 0 ? max_tokens : 4 * int64_t{block_tokens};
+  tokens.resize(static_cast<size_t>(
+      std::min<int64_t>({static_cast<int64_t>(tokens.size()), want, pool_tokens})));
+  std::vector<int32_t> blocks(shape.num_blocks);
+  std::iota(blocks.begin(), blocks.end(), 0);
+  return LoadOrMeasureLayerProfile(env, state_dir, model_id, backend, tokens, block_tokens, blocks);
+}
+
 }  // namespace kvkeep

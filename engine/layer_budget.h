@@ -25,6 +25,7 @@
 #include "base/file.h"
 #include "base/status.h"
 #include "engine/backend.h"
+#include "engine/tokenizer.h"
 
 namespace kvkeep {
 
@@ -63,5 +64,14 @@ Result<LayerProfile> LoadOrMeasureLayerProfile(Env* env, const std::string& stat
                                                std::span<const int32_t> tokens,
                                                int32_t block_tokens,
                                                const std::vector<int32_t>& blocks);
+
+// LoadOrMeasureLayerProfile over calibration_file's text: its first max_tokens tokens
+// (0: four blocks), cut to what the backend's pool holds, in the pool's blocks from 0.
+// REQUIRES: nothing else uses the backend's pool (a measurement overwrites it).
+Result<LayerProfile> LoadOrMeasureLayerProfileOfFile(Env* env, const std::string& state_dir,
+                                                     const std::string& model_id, Backend* backend,
+                                                     const Tokenizer& tokenizer,
+                                                     const std::string& calibration_file,
+                                                     int32_t max_tokens, int32_t block_tokens);
 
 }  // namespace kvkeep

@@ -127,27 +127,16 @@ Result<FidelityPlan> LoadOrPreparePlan(Env* env, const FidelityCommandArgs& args
 Result<std::vector<double>> LayerSimilarity(Env* env, const FidelityCommandArgs& args,
                                             const ModelConfig& config, const ModelWeights& weights,
                                             const Tokenizer& tokenizer, Backend* backend) {
-  ASSIGN_OR_RETURN(std::string text, env->ReadFile(args.calibration));
-  ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer.Encode(text, false));
-  // The profile compares keys after the first block, so the text must span several: by
-  // default four blocks, cut to what the pool holds.
-  const int64_t pool_tokens =
-      int64_t{backend->kv_shape().num_blocks} * backend->kv_shape().block_size;
-  const int64_t want = args.calibration_tokens > 0 ? args.calibration_tokens
-                                                   : 4 * int64_t{args.options.block_tokens};
-  tokens.resize(static_cast<size_t>(
-      std::min<int64_t>({static_cast<int64_t>(tokens.size()), want, pool_tokens})));
   std::string state = args.state_dir;
   if (state.empty()) {
     const std::string xdg = env->GetEnvVar("XDG_STATE_HOME");
     state =
         JoinPath(xdg.empty() ? JoinPath(env->GetEnvVar("HOME"), ".local/state") : xdg, "kvkeep");
   }
-  std::vector<int32_t> blocks(backend->kv_shape().num_blocks);
-  std::iota(blocks.begin(), blocks.end(), 0);
   ASSIGN_OR_RETURN(LayerProfile profile,
-                   LoadOrMeasureLayerProfile(env, state, ModelIdentity(config, weights), backend,
-                                             tokens, args.options.block_tokens, blocks));
+                   LoadOrMeasureLayerProfileOfFile(
+                       env, state, ModelIdentity(config, weights), backend, tokenizer,
+                       args.calibration, args.calibration_tokens, args.options.block_tokens));
   return profile.similarity;
 }
 

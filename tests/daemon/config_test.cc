@@ -212,6 +212,32 @@ TEST(ConfigTest, StepLogFromFileAndFlag) {
   EXPECT_EQ(cl->options.engine.step_log, "/var/tmp/s.csv");
 }
 
+TEST(ConfigTest, EpisodeLayerAlphaNeedsACalibrationText) {
+  MapEnv env(std::map<std::string, std::string>{{"HOME", "/home/u"}});
+  DaemonOptions o = DefaultDaemonOptions(&env);
+  EXPECT_EQ(o.episodes.cache_layer_alpha, 0.0);  // uniform budgets by default
+  EXPECT_TRUE(ValidateDaemonOptions(o).ok());
+  ASSERT_TRUE(
+      ApplyConfigJson(
+          R"({"episodes": {"cache_layer_alpha": 1, "calibration_file": "/srv/cal.txt"}})", &o)
+          .ok());
+  EXPECT_TRUE(ValidateDaemonOptions(o).ok());
+  DaemonOptions back;
+  ASSERT_TRUE(ApplyConfigJson(DaemonOptionsToJson(o), &back).ok());
+  EXPECT_EQ(back.episodes.cache_layer_alpha, 1.0);
+  EXPECT_EQ(back.episodes.calibration_file, "/srv/cal.txt");
+  Status st = ApplyConfigJson(R"({"episodes": {"cache_layer_alpha": -1}})", &o);
+  EXPECT_NE(st.message().find("episodes.cache_layer_alpha"), std::string::npos) << st.message();
+  auto cl = Parse({"--episode-layer-alpha", "0.5"}, &env);
+  ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+  EXPECT_EQ(cl->options.episodes.cache_layer_alpha, 0.5);
+  EXPECT_NE(ValidateDaemonOptions(cl->options).message().find("--episode-calibration"),
+            std::string::npos);
+  cl = Parse({"--episode-layer-alpha", "0.5", "--episode-calibration", "/srv/c.txt"}, &env);
+  ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+  EXPECT_TRUE(ValidateDaemonOptions(cl->options).ok());
+}
+
 TEST(ConfigTest, ToJsonRoundTrips) {
   DaemonOptions o;
   o.socket_path = "/tmp/x.sock";

@@ -4,10 +4,12 @@
 // the same history and P_e on a bare CPU backend); a turn that arrives right after a large
 // append (before the worker has indexed it) is still routed; a cache that cannot be built
 // falls back to full KV with a log line; after a restart routed turns are served from
-// rebuilt caches.
+// rebuilt caches; with --episode-layer-alpha the caches keep per-layer budgets.
 #include "daemon/turn_renderer.h"
 #include "engine/episode_cache.h"
+#include "engine/layer_budget.h"
 #include "engine/model_config.h"
+#include "engine/model_identity.h"
 #include "engine/model_weights.h"
 #include "engine/tokenizer.h"
 #include "tests/daemon/daemon_harness.h"
@@ -55,7 +57,8 @@ class DaemonEpisodeServeTest : public ::testing::Test {
   }
   // The reference reply: the episode's cache built from the history and P_e on a bare CPU
   // backend, the question and the generation prompt decoded greedily on top.
-  std::vector<int32_t> Reference(const Rendered& r, const json& medoid_messages) {
+  std::vector<int32_t> Reference(const Rendered& r, const json& medoid_messages,
+                                 const std::vector<int32_t>& layer_budgets = {}) {
     const size_t seq = r.tokens.size() - 1;
     std::vector<int32_t> history, query, message = r.tokens[seq];
     for (size_t i = 0; i < seq; ++i)
@@ -73,6 +76,7 @@ class DaemonEpisodeServeTest : public ::testing::Test {
     CompressOptions o;
     o.budget_tokens = kBudget;
     o.block_tokens = kBlock;
+    o.layer_budget_tokens = layer_budgets;
     const int32_t needed = CompressBlocksNeeded(o, static_cast<int32_t>(query.size()), 16);
     BackendOptions bo;
     bo.num_kv_blocks = needed + 8;
@@ -190,6 +194,72 @@ TEST_F(DaemonEpisodeServeTest, RoutedTurnDecodesFromItsEpisodeCache) {
   ASSERT_GE(want.size(), got.size());
   want.resize(got.size());
   EXPECT_EQ(got, want) << info.dump();
+  f.daemon.Signal(SIGTERM);
+  ASSERT_EQ(f.daemon.WaitExit(60000), 0) << f.daemon.Log();
+}
+
+// --episode-layer-alpha: the daemon measures the model's layer profile on the calibration
+// text at start (and caches it in its state directory), and a routed turn's cache keeps
+// M_l entries in layer l: its reply is the reference's built with the budgets that a
+// profile measured here on a bare backend gives. A missing calibration text stops the
+// start with a clear error.
+TEST_F(DaemonEpisodeServeTest, PerLayerBudgetsFromTheLayerProfile) {
+  std::vector<std::string> texts = FourTopicConversation();
+  texts.push_back("Do I need crampons on the glacier?");
+  const Rendered r = Render(texts);
+  const std::string calibration = FixturesDir() + "/corpus/mini_swe_agent_messages.txt";
+
+  // The profile and the budgets, measured independently of the daemon.
+  auto weights = ModelWeights::Load(DefaultEnv(), TinyModelDir(), config_);
+  ASSERT_TRUE(weights.ok()) << weights.status().ToString();
+  BackendOptions bo;
+  bo.num_kv_blocks = 4 * kBlock / 16 + 1;
+  bo.block_size = 16;
+  auto backend = CreateCpuBackend(**weights, bo);
+  ASSERT_TRUE(backend.ok()) << backend.status().ToString();
+  TempDir profiles;
+  auto profile = LoadOrMeasureLayerProfileOfFile(DefaultEnv(), profiles.path(),
+                                                 ModelIdentity(config_, **weights), backend->get(),
+                                                 *tokenizer_, calibration, 0, kBlock);
+  ASSERT_TRUE(profile.ok()) << profile.status().ToString();
+  EXPECT_EQ(profile->calibration_tokens, 4 * kBlock);
+  auto budgets = LayerBudgets(profile->similarity, kBudget, 1.0);
+  ASSERT_TRUE(budgets.ok()) << budgets.status().ToString();
+  ASSERT_NE(*budgets, std::vector<int32_t>(config_.num_layers, kBudget)) << "uniform budgets";
+
+  {
+    DaemonFixture bad({"--embedder", "hashed", "--episode-budget-tokens", "100000",
+                       "--episode-layer-alpha", "1", "--episode-calibration",
+                       calibration + ".missing"});
+    EXPECT_FALSE(bad.daemon.Start());
+    EXPECT_NE(bad.daemon.Log().find("calibration text"), std::string::npos) << bad.daemon.Log();
+  }
+  DaemonFixture f({"--embedder", "hashed", "--episode-budget-tokens", "100000",
+                   "--episode-cache-block-tokens", std::to_string(kBlock), "--episode-layer-alpha",
+                   "1", "--episode-calibration", calibration});
+  ASSERT_TRUE(f.daemon.Start()) << f.daemon.Log();
+  EXPECT_TRUE(DefaultEnv()->FileExists(
+      LayerProfilePath(f.dir.File("state"), ModelIdentity(config_, **weights))));
+  LineClient c(f.daemon.socket_path());
+  ASSERT_TRUE(c.connected());
+  c.Ok({{"id", 1}, {"verb", "session.open"}, {"session", "e"}, {"episode_budget_tokens", kBudget}});
+  c.Ok({{"id", 2}, {"verb", "session.append"}, {"session", "e"}, {"messages", r.messages}});
+  json reply = Generate(c, "e");
+  ASSERT_EQ(reply["episode"]["served_by"], "episode_cache") << reply.dump() << f.daemon.Log();
+  json info = c.Ok({{"id", 3}, {"verb", "session.info"}, {"session", "e"}})["episodes"];
+  ASSERT_EQ(info["turns"].size(), 1u) << info.dump();
+  const json& medoids =
+      info["episodes"][info["turns"][0]["episode"].get<int32_t>()]["medoid_messages"];
+  const auto served = reply["tokens"].get<std::vector<int32_t>>();
+  ASSERT_FALSE(served.empty());
+  std::vector<int32_t> want = Reference(r, medoids, *budgets);
+  std::vector<int32_t> uniform = Reference(r, medoids);
+  ASSERT_GE(want.size(), served.size());
+  want.resize(served.size());
+  uniform.resize(std::min(uniform.size(), served.size()));
+  EXPECT_EQ(served, want);
+  // The comparison can fail: the uniform cache decodes differently.
+  EXPECT_NE(uniform, want);
   f.daemon.Signal(SIGTERM);
   ASSERT_EQ(f.daemon.WaitExit(60000), 0) << f.daemon.Log();
 }

@@ -27,6 +27,7 @@ constexpr int32_t kMaxTokens = 12;
 struct Turn {
   std::vector<int32_t> history, query, message;
   int32_t budget = 64, block = 96;
+  std::vector<int32_t> layer_budgets;  // M_l; empty: budget in every layer
   int32_t episode = 1;
   uint64_t version = 1;
   std::vector<int32_t> prompt() const {
@@ -41,7 +42,8 @@ struct Turn {
                                .history_tokens = static_cast<int64_t>(history.size()),
                                .query = query,
                                .budget_tokens = budget,
-                               .block_tokens = block};
+                               .block_tokens = block,
+                               .layer_budget_tokens = layer_budgets};
   }
 };
 
@@ -79,6 +81,7 @@ class EpisodeServeTest : public TinyModelTest {
     o.budget_tokens = t.budget;
     o.block_tokens = t.block;
     o.step_tokens = step_tokens;
+    o.layer_budget_tokens = t.layer_budgets;
     const int32_t needed = CompressBlocksNeeded(o, static_cast<int32_t>(t.query.size()), kBs);
     const int32_t on_top = static_cast<int32_t>(t.message.size()) + kMaxTokens;
     const int32_t room = needed + on_top / kBs + 1;  // the message and the reply on top
@@ -140,6 +143,40 @@ TEST_F(EpisodeServeTest, EngineCacheDecodesLikeTheBareCompressorAndDecoder) {
   engine->Hint({.kind = SessionHint::Kind::kClose, .session = 7});
   ASSERT_TRUE(engine->RunUntilIdle().ok());
   EXPECT_EQ(engine->GetStats().episode_caches, 0);
+}
+
+// Per-layer budgets (kvkeepd --episode-layer-alpha): the engine's cache keeps M_l entries
+// in layer l, decodes like the reference built with the same budgets, and is not reused
+// for a turn that asks for other budgets.
+TEST_F(EpisodeServeTest, PerLayerBudgetsDecodeLikeTheBareCompressorAndDecoder) {
+  Turn t = MakeTurn();
+  for (int32_t l = 0; l < model_->config.num_layers; ++l) {
+    t.layer_budgets.push_back(l % 2 == 0 ? 64 : 24);
+  }
+  const std::vector<int32_t> want = Reference(t);
+  ASSERT_EQ(want.size(), static_cast<size_t>(kMaxTokens));
+  Turn uniform = t;
+  uniform.layer_budgets.clear();
+  const std::vector<int32_t> want_uniform = Reference(uniform);
+  // The comparison can fail: the trimmed layers change what the model decodes.
+  EXPECT_NE(want, want_uniform);
+
+  auto engine = NewEngine(64);
+  Outcome got = Run(engine.get(), 1, 7, t, /*episode=*/true);
+  EXPECT_EQ(got.tokens, want);
+  EXPECT_TRUE(got.usage.from_episode_cache);
+  EXPECT_EQ(Run(engine.get(), 2, 7, t, true).tokens, want);  // reused
+  EXPECT_EQ(engine->GetStats().episode_builds, 1);
+  EXPECT_EQ(Run(engine.get(), 3, 7, uniform, true).tokens, want_uniform);  // rebuilt
+  EXPECT_EQ(engine->GetStats().episode_builds, 2);
+
+  // Budgets for another layer count are refused by the build: full KV serves the turn.
+  Turn bad = t;
+  bad.layer_budgets.pop_back();
+  bad.version = 3;
+  Outcome fallback = Run(engine.get(), 4, 7, bad, true);
+  EXPECT_FALSE(fallback.usage.from_episode_cache);
+  EXPECT_EQ(fallback.tokens, Run(NewEngine(64).get(), 1, 7, t, false).tokens);
 }
 
 TEST_F(EpisodeServeTest, BudgetCoveringTheHistoryEqualsFullKv) {

@@ -258,7 +258,8 @@ TEST(EvalEpisodes, FidelityDiagnosticsOnTheTinyModel) {
   // text (four blocks, cut to the pool) still spans more than one block.
   Output layered = RunEval(common + "--json --plan " + dir.File("plan") +
                            " --block 2048 --fractions 0.25 --methods episodic --layer-alpha 1" +
-                           " --state-dir " + dir.File("state"));
+                           " --calibration " + testing::FixturesDir() +
+                           "/corpus/mini_swe_agent_messages.txt --state-dir " + dir.File("state"));
   EXPECT_EQ(layered.exit_code, 0) << layered.out;
 
   auto question = run("--methods episodic-question --max-questions 2");
