@@ -18,7 +18,9 @@
 # CUDA_VISIBLE_DEVICES), the longest simulated run first; AGENTS_GPUS="0 1 2 3" names the
 # devices (default: every GPU nvidia-smi lists; one lane off cuda). The four policies of
 # `straddle` at 16 agents take about 19 minutes back to back on one H100 and fit one call on
-# a 4-GPU host (the longest, none, about 7).
+# a 4-GPU host (the longest, none, about 7): AGENTS_WORKLOAD=straddle AGENTS_SIM_SLACK=0.8
+# AGENTS_BUDGET_S=570 AGENTS_START_S=10 (the calibrated simulator prices lru and none about
+# 29% slow, so the default slack would skip them).
 #
 # Order: calibrate the cost model on the device; simulate every planned run with it
 # (bench/policy_bench: the prediction, made before the runs); then the runs, each on a
