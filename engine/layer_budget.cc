@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <sstream>
 
 #include "base/bf16.h"
@@ -217,23 +218,32 @@ std::string LayerProfilePath(const std::string& state_dir, const std::string& mo
   return JoinPath(JoinPath(state_dir, "layer_profiles"), model_id + ".txt");
 }
 
-Result<LayerProfile> LoadOrMeasureLayerProfile(Env* env, const std::string& state_dir,
-                                               const std::string& model_id, Backend* backend,
-                                               std::span<const int32_t> tokens,
-                                               int32_t block_tokens,
-                                               const std::vector<int32_t>& blocks) {
-  const std::string path = LayerProfilePath(state_dir, model_id);
-  if (env->FileExists(path)) {
-    Result<std::string> text = env->ReadFile(path);
-    Result<LayerProfile> cached =
-        text.ok() ? DecodeLayerProfile(*text) : Result<LayerProfile>(text.status());
-    if (cached.ok() && cached->model_id == model_id && cached->block_tokens == block_tokens &&
-        static_cast<int32_t>(cached->similarity.size()) == backend->kv_shape().num_layers) {
-      return cached;
-    }
-    spdlog::warn("layer profile {}: {}; measuring again", path,
-                 cached.ok() ? "another model or block size" : cached.status().ToString());
+namespace {
+
+// The profile cached under state_dir when it is of this model, block size and layer count;
+// nullopt (after a warning for a file that does not fit) otherwise.
+std::optional<LayerProfile> CachedLayerProfile(Env* env, const std::string& path,
+                                               const std::string& model_id, int32_t block_tokens,
+                                               int32_t num_layers) {
+  if (!env->FileExists(path)) return std::nullopt;
+  Result<std::string> text = env->ReadFile(path);
+  Result<LayerProfile> cached =
+      text.ok() ? DecodeLayerProfile(*text) : Result<LayerProfile>(text.status());
+  if (cached.ok() && cached->model_id == model_id && cached->block_tokens == block_tokens &&
+      static_cast<int32_t>(cached->similarity.size()) == num_layers) {
+    return *cached;
   }
+  spdlog::warn("layer profile {}: {}; measuring again", path,
+               cached.ok() ? "another model or block size" : cached.status().ToString());
+  return std::nullopt;
+}
+
+Result<LayerProfile> MeasureAndSaveLayerProfile(Env* env, const std::string& state_dir,
+                                                const std::string& path,
+                                                const std::string& model_id, Backend* backend,
+                                                std::span<const int32_t> tokens,
+                                                int32_t block_tokens,
+                                                const std::vector<int32_t>& blocks) {
   spdlog::info("layer profile: measuring {} over {} calibration tokens (B = {})", model_id,
                tokens.size(), block_tokens);
   ASSIGN_OR_RETURN(LayerProfile profile,
@@ -244,6 +254,22 @@ Result<LayerProfile> LoadOrMeasureLayerProfile(Env* env, const std::string& stat
   return profile;
 }
 
+}  // namespace
+
+Result<LayerProfile> LoadOrMeasureLayerProfile(Env* env, const std::string& state_dir,
+                                               const std::string& model_id, Backend* backend,
+                                               std::span<const int32_t> tokens,
+                                               int32_t block_tokens,
+                                               const std::vector<int32_t>& blocks) {
+  const std::string path = LayerProfilePath(state_dir, model_id);
+  if (auto cached =
+          CachedLayerProfile(env, path, model_id, block_tokens, backend->kv_shape().num_layers)) {
+    return *cached;
+  }
+  return MeasureAndSaveLayerProfile(env, state_dir, path, model_id, backend, tokens, block_tokens,
+                                    blocks);
+}
+
 Result<LayerProfile> LoadOrMeasureLayerProfileOfFile(Env* env, const std::string& state_dir,
                                                      const std::string& model_id, Backend* backend,
                                                      const Tokenizer& tokenizer,
@@ -251,16 +277,22 @@ Result<LayerProfile> LoadOrMeasureLayerProfileOfFile(Env* env, const std::string
                                                      int32_t max_tokens, int32_t block_tokens) {
   Result<std::string> text = env->ReadFile(calibration_file);
   if (!text.ok()) return text.status().WithContext("layer profile: the calibration text");
+  const KvPoolShape& shape = backend->kv_shape();
+  const std::string path = LayerProfilePath(state_dir, model_id);
+  // A cached profile needs no tokens: the text is encoded only to measure.
+  if (auto cached = CachedLayerProfile(env, path, model_id, block_tokens, shape.num_layers)) {
+    return *cached;
+  }
   ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer.Encode(*text, false));
   // The profile compares keys after the first block, so the text must span several.
-  const KvPoolShape& shape = backend->kv_shape();
   const int64_t pool_tokens = int64_t{shape.num_blocks} * shape.block_size;
   const int64_t want = max_tokens > 0 ? max_tokens : 4 * int64_t{block_tokens};
   tokens.resize(static_cast<size_t>(
       std::min<int64_t>({static_cast<int64_t>(tokens.size()), want, pool_tokens})));
   std::vector<int32_t> blocks(shape.num_blocks);
   std::iota(blocks.begin(), blocks.end(), 0);
-  return LoadOrMeasureLayerProfile(env, state_dir, model_id, backend, tokens, block_tokens, blocks);
+  return MeasureAndSaveLayerProfile(env, state_dir, path, model_id, backend, tokens, block_tokens,
+                                    blocks);
 }
 
 }  // namespace kvkeep
