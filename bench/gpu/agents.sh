@@ -311,7 +311,9 @@ fi
 run_one() {  # run_one LOAD POLICY NAME DEADLINE_S GPU (in a subshell: it exports GPU)
   local n=$1 p=$2 name=$3 deadline=$4 gpu=$5 run=$RUNS/n$1/$3
   mkdir -p "$run"
-  echo "=== $n agents, policy $name on GPU $gpu ($(($(date +%s) - T0)) s so far; cut at ${deadline} s)"
+  local where="on GPU $gpu"
+  [ "$DEVICE" = cuda ] || where="in lane $gpu"
+  echo "=== $n agents, policy $name $where ($(($(date +%s) - T0)) s so far; cut at ${deadline} s)"
   echo "$gpu" > "$run/gpu.txt"
   export CUDA_VISIBLE_DEVICES=$gpu
   start_daemon "$WORK/d-n$n-$name" "$p" --step-log "$run/steps.csv" || return
