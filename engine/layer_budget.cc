@@ -214,17 +214,18 @@ Result<LayerProfile> DecodeLayerProfile(std::string_view text) {
   return p;
 }
 
-std::string LayerProfilePath(const std::string& state_dir, const std::string& model_id) {
-  return JoinPath(JoinPath(state_dir, "layer_profiles"), model_id + ".txt");
-}
-
 namespace {
+
+std::string LayerProfileDir(const std::string& state_dir) {
+  return JoinPath(state_dir, "layer_profiles");
+}
 
 // The profile cached under state_dir when it is of this model, block size and layer count;
 // nullopt (after a warning for a file that does not fit) otherwise.
-std::optional<LayerProfile> CachedLayerProfile(Env* env, const std::string& path,
+std::optional<LayerProfile> CachedLayerProfile(Env* env, const std::string& state_dir,
                                                const std::string& model_id, int32_t block_tokens,
                                                int32_t num_layers) {
+  const std::string path = LayerProfilePath(state_dir, model_id);
   if (!env->FileExists(path)) return std::nullopt;
   Result<std::string> text = env->ReadFile(path);
   Result<LayerProfile> cached =
@@ -239,7 +240,6 @@ std::optional<LayerProfile> CachedLayerProfile(Env* env, const std::string& path
 }
 
 Result<LayerProfile> MeasureAndSaveLayerProfile(Env* env, const std::string& state_dir,
-                                                const std::string& path,
                                                 const std::string& model_id, Backend* backend,
                                                 std::span<const int32_t> tokens,
                                                 int32_t block_tokens,
@@ -249,24 +249,28 @@ Result<LayerProfile> MeasureAndSaveLayerProfile(Env* env, const std::string& sta
   ASSIGN_OR_RETURN(LayerProfile profile,
                    MeasureLayerSensitivity(backend, tokens, block_tokens, blocks));
   profile.model_id = model_id;
-  RETURN_IF_ERROR(env->CreateDirs(JoinPath(state_dir, "layer_profiles")));
-  RETURN_IF_ERROR(env->WriteFileAtomic(path, EncodeLayerProfile(profile)));
+  RETURN_IF_ERROR(env->CreateDirs(LayerProfileDir(state_dir)));
+  RETURN_IF_ERROR(
+      env->WriteFileAtomic(LayerProfilePath(state_dir, model_id), EncodeLayerProfile(profile)));
   return profile;
 }
 
 }  // namespace
+
+std::string LayerProfilePath(const std::string& state_dir, const std::string& model_id) {
+  return JoinPath(LayerProfileDir(state_dir), model_id + ".txt");
+}
 
 Result<LayerProfile> LoadOrMeasureLayerProfile(Env* env, const std::string& state_dir,
                                                const std::string& model_id, Backend* backend,
                                                std::span<const int32_t> tokens,
                                                int32_t block_tokens,
                                                const std::vector<int32_t>& blocks) {
-  const std::string path = LayerProfilePath(state_dir, model_id);
-  if (auto cached =
-          CachedLayerProfile(env, path, model_id, block_tokens, backend->kv_shape().num_layers)) {
+  if (auto cached = CachedLayerProfile(env, state_dir, model_id, block_tokens,
+                                       backend->kv_shape().num_layers)) {
     return *cached;
   }
-  return MeasureAndSaveLayerProfile(env, state_dir, path, model_id, backend, tokens, block_tokens,
+  return MeasureAndSaveLayerProfile(env, state_dir, model_id, backend, tokens, block_tokens,
                                     blocks);
 }
 
@@ -278,9 +282,8 @@ Result<LayerProfile> LoadOrMeasureLayerProfileOfFile(Env* env, const std::string
   Result<std::string> text = env->ReadFile(calibration_file);
   if (!text.ok()) return text.status().WithContext("layer profile: the calibration text");
   const KvPoolShape& shape = backend->kv_shape();
-  const std::string path = LayerProfilePath(state_dir, model_id);
   // A cached profile needs no tokens: the text is encoded only to measure.
-  if (auto cached = CachedLayerProfile(env, path, model_id, block_tokens, shape.num_layers)) {
+  if (auto cached = CachedLayerProfile(env, state_dir, model_id, block_tokens, shape.num_layers)) {
     return *cached;
   }
   ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tokenizer.Encode(*text, false));
@@ -291,7 +294,7 @@ Result<LayerProfile> LoadOrMeasureLayerProfileOfFile(Env* env, const std::string
       std::min<int64_t>({static_cast<int64_t>(tokens.size()), want, pool_tokens})));
   std::vector<int32_t> blocks(shape.num_blocks);
   std::iota(blocks.begin(), blocks.end(), 0);
-  return MeasureAndSaveLayerProfile(env, state_dir, path, model_id, backend, tokens, block_tokens,
+  return MeasureAndSaveLayerProfile(env, state_dir, model_id, backend, tokens, block_tokens,
                                     blocks);
 }
 
