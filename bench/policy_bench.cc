@@ -58,6 +58,9 @@ struct Args {
   double kv_gib = 60;  // an 80 GB H100 less 8B bf16 weights (16 GB) and activations
   double host_gib = 64;
   double host_gbps = 25;  // assumed PCIe Gen5 x16 rate for scattered 2 MiB blocks
+  // Each direction's share of its rate while swaps move both ways (SimHostLink); a cost
+  // model's own figure wins.
+  double duplex_share = SimBackendOptions{}.duplex_share;
   int block_tokens = 16;
   double window_s = 60;   // arrivals spread over about this long (rate = agents / window)
   double rate_per_s = 0;  // > 0: a fixed arrival rate instead
@@ -235,6 +238,8 @@ Status Run(const Args& a) {
       a.cost_model.empty() ? a.host_gbps * 1e9 : fit.model.host_to_device_bytes_per_s;
   options.ttl = a.ttl;
   options.turn_end_grace_s = a.turn_end_grace_s;
+  options.duplex_share =
+      fit.model.host_duplex_share > 0 ? fit.model.host_duplex_share : a.duplex_share;
   options.overlap_swaps = !a.serial_swaps;
 
   replay::WorkloadOptions workload;
@@ -275,13 +280,15 @@ Status Run(const Args& a) {
                 context_tokens / static_cast<int64_t>(programs.size()), a.ttl);
   std::printf(
       "\nsimulated device: %d device blocks (%.1f GiB of KV), host tier %d blocks (%.1f GiB) at "
-      "%.1f GB/s, %d-token blocks of %lld bytes; batch %d tokens, chunk %d, %d running\n",
+      "%.1f GB/s (duplex share %.2f), %d-token blocks of %lld bytes; batch %d tokens, chunk %d, %d "
+      "running\n",
       options.device_blocks,
       static_cast<double>(options.device_blocks) * static_cast<double>(block_bytes) / (1 << 30),
       options.host_blocks,
       static_cast<double>(options.host_blocks) * static_cast<double>(block_bytes) / (1 << 30),
-      options.host_bytes_per_s / 1e9, a.block_tokens, static_cast<long long>(block_bytes),
-      options.max_batch_tokens, options.prefill_chunk_tokens, options.max_running);
+      options.host_bytes_per_s / 1e9, options.duplex_share, a.block_tokens,
+      static_cast<long long>(block_bytes), options.max_batch_tokens, options.prefill_chunk_tokens,
+      options.max_running);
 
   nlohmann::json loads = nlohmann::json::array(), arrivals_json = nlohmann::json::array();
   std::printf("\n%6s %-10s %9s %9s %8s %8s %6s %12s %12s %9s %6s %7s %7s\n", "agents", "policy",
@@ -390,6 +397,7 @@ Status Run(const Args& a) {
       {"device_blocks", options.device_blocks},
       {"host_blocks", options.host_blocks},
       {"host_bytes_per_s", options.host_bytes_per_s},
+      {"duplex_share", options.duplex_share},
       {"cost_model",
        {{"prefill_per_token_s", fit.model.prefill_per_token_s},
         {"prefill_attention_s", fit.model.prefill_attention_s},
@@ -465,6 +473,10 @@ int main(int argc, char** argv) {
   app.add_option("--kv-gib", a.kv_gib, "device KV pool")->check(CLI::PositiveNumber);
   app.add_option("--host-gib", a.host_gib, "host tier (0: none)")->check(CLI::NonNegativeNumber);
   app.add_option("--host-gbps", a.host_gbps, "host <-> device GB/s")->check(CLI::PositiveNumber);
+  app.add_option("--duplex-share", a.duplex_share,
+                 "each direction's share of its rate while swaps move both ways (0.5: they "
+                 "take turns; 1: full duplex)")
+      ->check(CLI::Range(0.5, 1.0));
   app.add_option("--max-ttl-s", a.ttl.max_ttl_s, "the TTL rule's cap")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--ttl-cost-s-per-block-s", a.ttl.full_pressure_cost_s_per_block_s,

@@ -1,6 +1,6 @@
 // Backend's default host tier: an ordinary host arena and synchronous batched swaps
 // through ReadBlock/WriteBlock (the CPU backend's real implementation; a device backend
-// may override them with pinned memory and a copy stream); and the per-layer layout of
+// may override them with pinned memory and swap streams); and the per-layer layout of
 // ForwardBatch::layer_kv_trim that every backend's attention uses.
 #include "engine/backend.h"
 

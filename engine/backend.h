@@ -109,16 +109,18 @@ class Backend {
   uint8_t* host_block(int32_t host_slot) {
     return host_arena_ + static_cast<size_t>(host_slot) * block_bytes();
   }
-  // Batched whole-block copies (all layers, K and V), in order: device -> host and
-  // host -> device. The next Forward sees swapped-in blocks (it is ordered after them), so
-  // the engine waits on a fence only before the host reads a swapped-out slot. The default
-  // copies through ReadBlock/WriteBlock and completes before returning.
+  // Batched whole-block copies (all layers, K and V): device -> host and host -> device.
+  // A batch runs after every earlier batch that touches one of its device blocks or host
+  // slots (batches over other memory may run beside each other: CUDA has a stream per
+  // direction), and the next Forward sees swapped-in blocks (it is ordered after them), so
+  // the engine waits on a fence only before the host touches a slot a swap may still use. The
+  // default copies through ReadBlock/WriteBlock and completes before returning.
   virtual Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host);
   virtual Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device);
   // Blocks until the fence's transfers are complete.
   virtual Status WaitFence(TransferFence fence);
   // Whether swaps run beside the forward passes queued after them that do not touch their
-  // blocks (CUDA's copy stream; the simulator's copy timeline). The engine then lets a
+  // blocks (CUDA's swap streams; the simulator's host link). The engine then lets a
   // turn whose prefix comes up from the host tier compute one step after its admission,
   // so that the promotion overlaps the other sequences' step instead of stalling it.
   // The default's swaps complete before they return: false.

@@ -362,8 +362,9 @@ Status EngineImpl::RunTransferPlan() {
     }
   }
   RETURN_IF_ERROR(flush());
-  // The host slots swap-ins read are free for the next plan without a wait: a later swap
-  // into one runs after them on the copy stream, and disk I/O waits on last_in first.
+  // The host slots swap-ins read are free for the next plan without a wait: the backend
+  // orders a later swap into one after them (CUDA: CudaSwapQueue waits across its two
+  // streams on a shared slot), and disk I/O waits on last_in first.
   pool_.FinishTransfers();
   return Status::OK();
 }

@@ -34,7 +34,6 @@ Result<std::unique_ptr<SimBackend>> SimBackend::Create(const SimBackendOptions& 
 }
 
 SimBackend::SimBackend(const SimBackendOptions& options) : options_(options) {
-  if (options.clock != nullptr) block_ready_s_.assign(options.num_kv_blocks, 0.0);
   shape_.num_blocks = options.num_kv_blocks;
   shape_.block_size = options.block_size;
   shape_.num_layers = options.config.num_layers;
@@ -89,6 +88,9 @@ Status SimBackend::AllocateHostTier(int32_t num_blocks) {
     return Status::InvalidArgument("host tier: allocated twice or negative size");
   }
   num_host_blocks_ = num_blocks;  // bookkeeping only: no bytes
+  if (options_.clock != nullptr) {
+    link_ = std::make_unique<SimHostLink>(options_.duplex_share, shape_.num_blocks, num_blocks);
+  }
   return Status::OK();
 }
 
@@ -100,54 +102,54 @@ double SimBackend::SwapSeconds(size_t num_blocks) const {
 
 Result<TransferFence> SimBackend::SwapOut(
     std::span<const std::pair<int32_t, int32_t>> device_host) {
-  std::vector<int32_t> blocks;
+  std::vector<int32_t> blocks, slots;
   for (auto [device, host] : device_host) {
     RETURN_IF_ERROR(CheckBlockId(shape_, device));
     if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
     blocks.push_back(device);
+    slots.push_back(host);
   }
-  QueueSwap(blocks);
+  QueueSwap(SimHostLink::kOut, blocks, slots);
   counters_.swapped_out_blocks += static_cast<int64_t>(device_host.size());
   return TransferFence{};
 }
 
 Result<TransferFence> SimBackend::SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) {
-  std::vector<int32_t> blocks;
+  std::vector<int32_t> blocks, slots;
   for (auto [host, device] : host_device) {
     RETURN_IF_ERROR(CheckBlockId(shape_, device));
     if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
     blocks.push_back(device);
+    slots.push_back(host);
   }
-  QueueSwap(blocks);
+  QueueSwap(SimHostLink::kIn, blocks, slots);
   counters_.swapped_in_blocks += static_cast<int64_t>(host_device.size());
   return TransferFence{};
 }
 
 Status SimBackend::WaitFence(TransferFence) {
-  if (options_.clock != nullptr) Wait(copies_done_s_ - NowSeconds());
+  if (link_ != nullptr) {
+    const double now = NowSeconds();
+    Wait(link_->IdleAt(now) - now);
+  }
   return Status::OK();
 }
 
-void SimBackend::QueueSwap(std::span<const int32_t> device_blocks) {
+void SimBackend::QueueSwap(int direction, std::span<const int32_t> device_blocks,
+                           std::span<const int32_t> host_slots) {
   const double s = SwapSeconds(device_blocks.size());
   counters_.swap_s += s;
-  if (options_.clock == nullptr) {  // the step waits for it
+  if (link_ == nullptr) {  // the step waits for it
     Wait(s);
     return;
   }
-  copies_done_s_ = std::max(copies_done_s_, NowSeconds()) + s;
-  for (int32_t b : device_blocks) block_ready_s_[static_cast<size_t>(b)] = copies_done_s_;
+  link_->Queue(NowSeconds(), direction, s, device_blocks, host_slots);
 }
 
-double SimBackend::WaitForSwaps(const ForwardBatch& batch) const {
-  if (options_.clock == nullptr) return 0;
+double SimBackend::WaitForSwaps(const ForwardBatch& batch) {
+  if (link_ == nullptr) return 0;
   const double now = NowSeconds();
-  if (copies_done_s_ <= now) return 0;  // the common case: nothing in flight
-  double ready = now;
-  for (int32_t b : BlocksTouched(batch, shape_.block_size)) {
-    if (b >= 0 && b < shape_.num_blocks) ready = std::max(ready, block_ready_s_[b]);
-  }
-  return ready - now;
+  return link_->ReadyAt(now, BlocksTouched(batch, shape_.block_size)) - now;
 }
 
 double SimBackend::NowSeconds() const {
@@ -179,6 +181,7 @@ Result<std::unique_ptr<Backend>> CreatePacedSimBackend(Env* env, const ModelConf
                                                std::max<int64_t>(block_bytes, 1));
   o.cost = cost;
   o.host_bytes_per_s = cost.host_to_device_bytes_per_s;
+  if (cost.host_duplex_share > 0) o.duplex_share = cost.host_duplex_share;
   o.clock = SystemClock();  // the engine's: swaps overlap the steps, as on CUDA
   o.spend = [](double seconds) {
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));

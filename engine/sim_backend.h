@@ -16,11 +16,14 @@
 // has prefill_per_token_s * n >= decode_fixed_s, i.e. n >= 260 tokens for the 8B H100 fit).
 // Swaps between the device and the host tier cost blocks * block_bytes / host_bytes_per_s
 // each way; copy-on-write copies are free. Without a clock each swap is added to the step
-// it is in. With one (SimBackendOptions::clock), swaps run on a copy timeline as on CUDA's
-// copy stream (docs/cuda.md): one after another, from when they are issued, beside the
-// steps; a step waits only until the swaps of the blocks it touches (each sequence's first
-// ceil(kv_len / block_size) table entries) are done, and the engine defers a promoted
-// admission by a step (Backend::SwapsOverlapCompute).
+// it is in. With one (SimBackendOptions::clock), swaps run on the host link as on CUDA's
+// two swap streams (docs/cuda.md; engine/sim_host_link.h): one after another per
+// direction, from when they are issued, beside the steps and beside the other direction
+// (each at duplex_share of its rate while both move), and after a pending swap of the
+// other direction over the same device block or host slot. A step waits only until the
+// swaps of the blocks it touches (each sequence's first ceil(kv_len / block_size) table
+// entries) are done, and the engine defers a promoted admission by a step
+// (Backend::SwapsOverlapCompute).
 //
 // The KV pool and the host tier hold no bytes: ReadBlock/WriteBlock do nothing and
 // AllocateHostTier allocates nothing, so an 80 GB pool costs only the engine's
@@ -43,6 +46,7 @@
 #include "base/clock.h"
 #include "base/file.h"
 #include "engine/backend.h"
+#include "engine/sim_host_link.h"
 #include "policy/cost_model.h"
 
 namespace kvkeep {
@@ -54,7 +58,11 @@ struct SimBackendOptions {
   int64_t kv_bytes_per_token = 0;  // prices swaps; block_bytes() = this * block_size
   CostModel cost;                  // prices forward steps
   double host_bytes_per_s = 0;     // device <-> host bandwidth; 0: swaps are free
-  // Now, for the copy timeline: the simulator's clock at the step's start (the seconds
+  // Each direction's rate while both move, as a fraction of its rate alone (the host
+  // link; 0.5: the directions take turns, 1: full duplex). The default is an H200's, with
+  // PyTorch (bench/RESULTS.md); a cost model's host_duplex_share replaces it.
+  double duplex_share = 0.68;
+  // Now, for the host link: the simulator's clock at the step's start (the seconds
   // priced since are added), or the real clock when paced. nullptr: swaps stall their step.
   const Clock* clock = nullptr;
   // Paced: called with the seconds of every step (and the swaps before it) instead of
@@ -114,10 +122,11 @@ class SimBackend final : public Backend {
  private:
   explicit SimBackend(const SimBackendOptions& options);
   double SwapSeconds(size_t num_blocks) const;
-  // Prices a swap of these device blocks: on the copy timeline, or into the step.
-  void QueueSwap(std::span<const int32_t> device_blocks);
+  // Prices a swap: on the host link, or into the step.
+  void QueueSwap(int direction, std::span<const int32_t> device_blocks,
+                 std::span<const int32_t> host_slots);
   // Seconds from now until the swaps of the blocks `batch` touches are done.
-  double WaitForSwaps(const ForwardBatch& batch) const;
+  double WaitForSwaps(const ForwardBatch& batch);
   double NowSeconds() const;  // the clock plus what is priced but not yet taken
   void Wait(double seconds);
 
@@ -125,8 +134,7 @@ class SimBackend final : public Backend {
   KvPoolShape shape_;
   size_t block_bytes_ = 0;
   double pending_s_ = 0;
-  double copies_done_s_ = 0;           // when the copy timeline's last swap ends
-  std::vector<double> block_ready_s_;  // per device block: when its last swap ends
+  std::unique_ptr<SimHostLink> link_;  // with a clock, from AllocateHostTier
   SimBackendCounters counters_;
 };
 

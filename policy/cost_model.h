@@ -71,6 +71,10 @@ struct CostModel {
   // to price a hit).
   double host_to_device_bytes_per_s = 0;
   double disk_to_device_bytes_per_s = 0;
+  // Each direction's rate while swaps move both ways at once, as a fraction of its rate
+  // alone (bench/gpu/tiers_swap_bench's "duplex share"); 0: not measured. Only the
+  // simulator's host link uses it (engine/sim_host_link.h).
+  double host_duplex_share = 0;
   int64_t kv_bytes_per_token = 0;  // all layers, K and V
   std::string source;              // what it was fitted from
 

@@ -43,6 +43,7 @@ Status SaveCostModel(Env* env, const std::string& path, const CostModel& m) {
               {"mixed_decode_extra_per_context_token_s", m.mixed_decode_extra_per_context_token_s},
               {"host_to_device_bytes_per_s", m.host_to_device_bytes_per_s},
               {"disk_to_device_bytes_per_s", m.disk_to_device_bytes_per_s},
+              {"host_duplex_share", m.host_duplex_share},
               {"kv_bytes_per_token", m.kv_bytes_per_token},
               {"source", m.source}};
   return env->WriteFileAtomic(path, doc.dump(2) + "\n");
@@ -65,6 +66,7 @@ Result<CostModel> LoadCostModel(Env* env, const std::string& path) {
                    Number(doc, "host_to_device_bytes_per_s", path, false));
   ASSIGN_OR_RETURN(m.disk_to_device_bytes_per_s,
                    Number(doc, "disk_to_device_bytes_per_s", path, false));
+  ASSIGN_OR_RETURN(m.host_duplex_share, Number(doc, "host_duplex_share", path, false));
   ASSIGN_OR_RETURN(double kv, Number(doc, "kv_bytes_per_token", path, true));
   m.kv_bytes_per_token = static_cast<int64_t>(kv);
   if (doc.contains("source") && doc["source"].is_string()) m.source = doc["source"];

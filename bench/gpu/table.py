@@ -45,6 +45,10 @@ for c in swap.get("cases", []):
     for way, anchor in (("out", "d2h"), ("in", "h2d")):
         rows.append((f"swap-{way} {c['blocks']} blocks (GB/s)", c.get(f"swap_{way}_GBps"),
                      f"memcpy {anchor}", c.get(f"{anchor}_GBps"), None))
+dup = swap.get("duplex")
+if dup:  # both directions queued together, against the two batches one after the other
+    rows.append(("swap both ways, 256 each (ms)", dup["together_ms"], "one then other",
+                 dup["out_alone_ms"] + dup["in_alone_ms"], None))
 g, hg = load("kvkeep_gguf_decode.json"), load("hf_gguf_decode.json")
 for key, label in (("prefill_B1_P512", "GGUF prefill 512 (tok/s)"),
                    ("decode_B1_P512", "GGUF decode B=1 (tok/s)"),

@@ -1,12 +1,21 @@
 // Host-tier swap bandwidth on CUDA, through the path CudaBackend::SwapOut/SwapIn take:
-// CudaSwapQueue (engine/cuda/cuda_swaps.h) queues each batch on the copy stream behind an
-// event on the compute stream and records the batch's own event. It moves 1, 16, 64 and
-// 256 Llama-3-8B-shape blocks (32 layers x K,V x 8 heads x 16 tokens x 128 dims, bf16 =
-// 2 MiB each) between scattered device slots and scattered pinned host slots, against the
-// anchor measured in the same run: one cudaMemcpyAsync of the same number of bytes between
-// contiguous pinned host memory and device memory. Target (issue 10): >= 0.8x the anchor
-// at 256 blocks, both directions. Median of 20 timed calls (events on the copy stream);
-// prints one line per case and the verdict, and writes $OUT/kvkeep_tiers_swap.json.
+// CudaSwapQueue (engine/cuda/cuda_swaps.h) queues each batch on its direction's stream
+// behind an event on the compute stream and records the batch's own event. It moves 1, 16,
+// 64 and 256 Llama-3-8B-shape blocks (32 layers x K,V x 8 heads x 16 tokens x 128 dims,
+// bf16 = 2 MiB each) between scattered device slots and scattered pinned host slots,
+// against the anchor measured in the same run: one cudaMemcpyAsync of the same number of
+// bytes between contiguous pinned host memory and device memory. Target (issue 10): >= 0.8x
+// the anchor at 256 blocks, both directions.
+//
+// Then both directions at once: 256 blocks out and 256 other blocks in, queued together,
+// against the same two batches one after the other. "duplex share" is each direction's
+// rate while both move, as a fraction of its rate alone (one-way time / time of both); 0.5
+// means the two directions only take turns, 1 a full-duplex link. The simulator's two-way
+// link takes it (SimBackendOptions::duplex_share).
+//
+// Median of 20 timed calls (events on the compute stream, which waits for the batches
+// through OrderCompute; the anchors on a copy stream); prints one line per case and the
+// verdict, and writes $OUT/kvkeep_tiers_swap.json.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -35,6 +44,15 @@ constexpr int32_t kPoolBlocks = 1024, kHostBlocks = 1024;
     }                                                                                 \
   } while (0)
 
+// Queues one batch and makes the compute stream wait for it (the timer's stream).
+void Swap(CudaSwapQueue& swaps, void* device, void* host,
+          const std::vector<std::pair<int32_t, int32_t>>& pairs, cuda::SwapDirection dir) {
+  if (!swaps.Enqueue(device, host, kBlockBytes, pairs, dir).ok() ||
+      !swaps.OrderCompute({}, /*all=*/true).ok()) {
+    std::exit(1);
+  }
+}
+
 template <typename Fn>
 double MedianMs(cudaStream_t stream, Fn&& fn) {
   cudaEvent_t a, b;
@@ -62,10 +80,12 @@ int Main() {
   void* host = nullptr;
   CHECK_CUDA(cudaMalloc(&device, kBlockBytes * kPoolBlocks));
   CHECK_CUDA(cudaHostAlloc(&host, kBlockBytes * kHostBlocks, cudaHostAllocDefault));
-  cudaStream_t compute, stream;  // stream: the copy stream the swaps and the anchor use
+  cudaStream_t compute, out_stream, in_stream;  // the anchors run on out_stream
   CHECK_CUDA(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
-  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  CudaSwapQueue swaps(compute, stream);
+  CHECK_CUDA(cudaStreamCreateWithFlags(&out_stream, cudaStreamNonBlocking));
+  CHECK_CUDA(cudaStreamCreateWithFlags(&in_stream, cudaStreamNonBlocking));
+  CudaSwapQueue swaps(compute, out_stream, in_stream);
+  cudaStream_t stream = out_stream;
   std::mt19937 rng(1);
   std::vector<int32_t> dev_ids(kPoolBlocks), host_ids(kHostBlocks);
   std::iota(dev_ids.begin(), dev_ids.end(), 0);
@@ -81,12 +101,10 @@ int Main() {
       in.emplace_back(host_ids[i], dev_ids[i]);
     }
     const double bytes = double(kBlockBytes) * n;
-    auto swap = [&](const std::vector<std::pair<int32_t, int32_t>>& pairs,
-                    cuda::SwapDirection dir) {
-      if (!swaps.Enqueue(device, host, kBlockBytes, pairs, dir).ok()) std::exit(1);
-    };
-    const double out_ms = MedianMs(stream, [&] { swap(out, cuda::SwapDirection::kDeviceToHost); });
-    const double in_ms = MedianMs(stream, [&] { swap(in, cuda::SwapDirection::kHostToDevice); });
+    const double out_ms = MedianMs(
+        compute, [&] { Swap(swaps, device, host, out, cuda::SwapDirection::kDeviceToHost); });
+    const double in_ms = MedianMs(
+        compute, [&] { Swap(swaps, device, host, in, cuda::SwapDirection::kHostToDevice); });
     const double d2h_ms = MedianMs(stream, [&] {
       CHECK_CUDA(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
     });
@@ -117,6 +135,33 @@ int Main() {
               in_ratio_256, met ? "met" : "MISSED");
   json += "], \"target_met_at_256\": ";
   json += met ? "true" : "false";
+
+  // Both directions at once, on disjoint blocks and slots.
+  std::vector<std::pair<int32_t, int32_t>> out, in;
+  for (int i = 0; i < 256; ++i) {
+    out.emplace_back(dev_ids[i], host_ids[i]);
+    in.emplace_back(host_ids[256 + i], dev_ids[256 + i]);
+  }
+  const double alone_out_ms = MedianMs(
+      compute, [&] { Swap(swaps, device, host, out, cuda::SwapDirection::kDeviceToHost); });
+  const double alone_in_ms =
+      MedianMs(compute, [&] { Swap(swaps, device, host, in, cuda::SwapDirection::kHostToDevice); });
+  const double together_ms = MedianMs(compute, [&] {
+    Swap(swaps, device, host, out, cuda::SwapDirection::kDeviceToHost);
+    Swap(swaps, device, host, in, cuda::SwapDirection::kHostToDevice);
+  });
+  const double share = (alone_out_ms + alone_in_ms) / 2 / together_ms;
+  std::printf(
+      "both directions, 256 blocks each: out alone %.2f ms, in alone %.2f ms, one after the "
+      "other %.2f ms, queued together %.2f ms (x%.2f); duplex share %.2f\n",
+      alone_out_ms, alone_in_ms, alone_out_ms + alone_in_ms, together_ms,
+      together_ms / (alone_out_ms + alone_in_ms), share);
+  char dup[256];
+  std::snprintf(dup, sizeof(dup),
+                ", \"duplex\": {\"blocks_each_way\": 256, \"out_alone_ms\": %.3f, "
+                "\"in_alone_ms\": %.3f, \"together_ms\": %.3f, \"duplex_share\": %.3f}",
+                alone_out_ms, alone_in_ms, together_ms, share);
+  json += dup;
   json += "}\n";
   const char* out_dir = std::getenv("OUT");
   const std::string path = std::string(out_dir ? out_dir : ".") + "/kvkeep_tiers_swap.json";

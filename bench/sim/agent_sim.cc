@@ -142,6 +142,7 @@ class Simulation {
     b.kv_bytes_per_token = o_.cost.kv_bytes_per_token;
     b.cost = o_.cost;
     b.host_bytes_per_s = o_.host_bytes_per_s;
+    b.duplex_share = o_.duplex_share;
     if (o_.overlap_swaps) b.clock = &clock_;
     ASSIGN_OR_RETURN(std::unique_ptr<SimBackend> backend, SimBackend::Create(b));
     backend_ = backend.get();

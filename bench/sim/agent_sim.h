@@ -48,7 +48,8 @@ struct SimOptions {
   int32_t host_blocks = 0;  // 0: no host tier
   int32_t block_size = 16;
   double host_bytes_per_s = 25e9;
-  // Swaps run on a copy timeline beside the steps and a promoted admission computes from
+  double duplex_share = SimBackendOptions{}.duplex_share;
+  // Swaps run on the host link beside the steps and a promoted admission computes from
   // the next step, as the engine does on CUDA (SimBackendOptions::clock). false: each swap
   // stalls the step it is in (policy_bench --serial-swaps).
   bool overlap_swaps = true;

@@ -75,7 +75,7 @@ class CudaBackend final : public Backend {
   CudaBackend(std::unique_ptr<CudaDevice> device, const ModelConfig& config)
       : device_(std::move(device)),
         config_(config),
-        swaps_(device_->compute_stream(), device_->swap_stream()) {
+        swaps_(device_->compute_stream(), device_->swap_out_stream(), device_->swap_in_stream()) {
     for (DeviceBuffer* b : {&meta_, &hidden_, &xn_, &qkv_, &attn_, &proj_, &gate_up_, &act_, &rows_,
                             &logits_, &workspace_, &pairs_, &gemm_workspace_, &scores_,
                             &score_workspace_, &rows_offsets_, &compact_scratch_}) {
@@ -111,13 +111,13 @@ class CudaBackend final : public Backend {
   size_t block_bytes() const override { return shape_.block_stride() * sizeof(bf16_t); }
   Status ReadBlock(int32_t block_id, void* dst) override;
   Status WriteBlock(int32_t block_id, const void* src) override;
-  // The host tier in pinned memory; swaps on the copy stream, one event per batch
+  // The host tier in pinned memory; swaps on a stream per direction, one event per batch
   // (engine/cuda/cuda_swaps.h): compute waits only for the batches its blocks need.
   Status AllocateHostTier(int32_t num_blocks) override;
   Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> device_host) override;
   Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) override;
   Status WaitFence(TransferFence fence) override;
-  // The swap stream runs beside the compute stream; a step waits only for the swaps of
+  // The swap streams run beside the compute stream; a step waits only for the swaps of
   // blocks it touches (engine/cuda/cuda_swaps.h).
   bool SwapsOverlapCompute() const override { return true; }
 

@@ -22,13 +22,15 @@ Result<std::unique_ptr<CudaDevice>> CudaDevice::Create(int ordinal) {
   d->num_sms_ = prop.multiProcessorCount;
   d->device_name_ = prop.name;
   KVKEEP_CUDA_RETURN(cudaStreamCreateWithFlags(&d->compute_, cudaStreamNonBlocking));
-  KVKEEP_CUDA_RETURN(cudaStreamCreateWithFlags(&d->swap_, cudaStreamNonBlocking));
+  KVKEEP_CUDA_RETURN(cudaStreamCreateWithFlags(&d->swap_out_, cudaStreamNonBlocking));
+  KVKEEP_CUDA_RETURN(cudaStreamCreateWithFlags(&d->swap_in_, cudaStreamNonBlocking));
   return std::move(d);
 }
 
 CudaDevice::~CudaDevice() {
   if (compute_) cudaStreamDestroy(compute_);
-  if (swap_) cudaStreamDestroy(swap_);
+  if (swap_out_) cudaStreamDestroy(swap_out_);
+  if (swap_in_) cudaStreamDestroy(swap_in_);
 }
 
 Status CudaDevice::MemoryInfo(size_t* free_bytes, size_t* total_bytes) const {
@@ -85,7 +87,8 @@ Status CudaDevice::CopyDeviceToDevice(void* dst, const void* src, size_t bytes) 
 
 Status CudaDevice::Synchronize() {
   KVKEEP_CUDA_RETURN(cudaStreamSynchronize(compute_));
-  KVKEEP_CUDA_RETURN(cudaStreamSynchronize(swap_));
+  KVKEEP_CUDA_RETURN(cudaStreamSynchronize(swap_out_));
+  KVKEEP_CUDA_RETURN(cudaStreamSynchronize(swap_in_));
   return Status::OK();
 }
 

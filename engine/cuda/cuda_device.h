@@ -1,7 +1,8 @@
 // CudaDevice: the Device seam (base/device.h) over one CUDA GPU. Allocations are plain
 // cudaMalloc (never managed memory); copies are cudaMemcpyAsync on the device's compute
-// stream followed by a stream sync, so they are ordered after queued kernels. A second,
-// non-blocking stream carries swaps so they overlap compute. Pinned host buffers come from
+// stream followed by a stream sync, so they are ordered after queued kernels. Two more
+// non-blocking streams carry swaps, one per direction, so that they overlap compute and
+// each other (the host link is full duplex). Pinned host buffers come from
 // AllocatePinned. This is the only place in kvkeep that calls cudaMalloc.
 //
 // Thread-safety: owned by one engine thread; not thread-safe.
@@ -39,7 +40,8 @@ class CudaDevice final : public Device {
   void FreePinned(void* ptr);
 
   cudaStream_t compute_stream() const { return compute_; }
-  cudaStream_t swap_stream() const { return swap_; }
+  cudaStream_t swap_out_stream() const { return swap_out_; }  // device to host
+  cudaStream_t swap_in_stream() const { return swap_in_; }    // host to device
   int num_sms() const { return num_sms_; }
   const std::string& device_name() const { return device_name_; }
 
@@ -49,7 +51,8 @@ class CudaDevice final : public Device {
   int num_sms_ = 0;
   std::string device_name_;
   cudaStream_t compute_ = nullptr;
-  cudaStream_t swap_ = nullptr;
+  cudaStream_t swap_out_ = nullptr;
+  cudaStream_t swap_in_ = nullptr;
 };
 
 }  // namespace kvkeep

@@ -279,9 +279,9 @@ TEST(CudaKvOps, SwapRoundTripThroughPinnedHost) {
   // Out: device blocks 3,4,5 (a run) and 9 -> host 0,1,2 and 7.
   std::vector<std::pair<int32_t, int32_t>> out = {{3, 0}, {4, 1}, {5, 2}, {9, 7}};
   ASSERT_TRUE(cuda::SwapBlocks(dpool, *host, block_bytes, out, cuda::SwapDirection::kDeviceToHost,
-                               gpu.device()->swap_stream())
+                               gpu.device()->swap_out_stream())
                   .ok());
-  ASSERT_EQ(cudaStreamSynchronize(gpu.device()->swap_stream()), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(gpu.device()->swap_out_stream()), cudaSuccess);
   for (const auto& [d, h] : out) {
     EXPECT_EQ(std::memcmp(static_cast<char*>(*host) + h * block_bytes,
                           reinterpret_cast<char*>(pool.data()) + d * block_bytes, block_bytes),
@@ -290,9 +290,9 @@ TEST(CudaKvOps, SwapRoundTripThroughPinnedHost) {
   // In: host 0,1,2,7 -> device 12,13,14,15.
   std::vector<std::pair<int32_t, int32_t>> in = {{0, 12}, {1, 13}, {2, 14}, {7, 15}};
   ASSERT_TRUE(cuda::SwapBlocks(dpool, *host, block_bytes, in, cuda::SwapDirection::kHostToDevice,
-                               gpu.device()->swap_stream())
+                               gpu.device()->swap_out_stream())
                   .ok());
-  ASSERT_EQ(cudaStreamSynchronize(gpu.device()->swap_stream()), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(gpu.device()->swap_out_stream()), cudaSuccess);
   std::vector<bf16> back = gpu.Download(dpool, pool.size());
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(

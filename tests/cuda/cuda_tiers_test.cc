@@ -1,4 +1,4 @@
-// KV tiers on the CUDA backend: pinned host slots and batched swaps on the copy stream.
+// KV tiers on the CUDA backend: pinned host slots and batched swaps on the swap streams.
 //  - A block's round trip device -> pinned host -> disk -> pinned host -> device is
 //    bit-identical for every layer, and the next chunk's logits over the moved blocks equal
 //    those over the originals.
@@ -157,7 +157,7 @@ void QueueCopyBacklog(Backend* backend, int rounds) {
 
 // The waits the overlap must keep: a step that reads blocks a pending swap-in writes, and
 // a step that overwrites blocks a pending swap-out still reads, each queued right behind
-// the swap (no WaitFence) and behind a backlog on the copy stream, so a missing wait shows.
+// the swap (no WaitFence) and behind a backlog of swaps, so a missing wait shows.
 TEST(CudaTiersTest, StepsWaitForThePendingSwapsTheirBlocksNeed) {
   testing::GpuArena probe;
   KVKEEP_REQUIRE_GPU(probe);

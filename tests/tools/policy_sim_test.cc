@@ -46,7 +46,7 @@ TEST(SimStepSeconds, DecodeStepIsTheCostModelsDecodeStep) {
   EXPECT_NEAR(SimStepSeconds(m, b), m.DecodeStepSeconds(4000 + 9000 + 17), 1e-12);
 }
 
-// With a clock, a swap runs on the copy timeline from when it is issued: a step over other
+// With a clock, a swap runs on the host link from when it is issued: a step over other
 // blocks runs beside it and pays nothing, a step that reads a swapped-in block waits only
 // for what is left of the copy. Without one, the swap is added to its step.
 TEST(SimBackendSwaps, OverlapStepsThatDoNotTouchTheirBlocks) {
@@ -104,6 +104,46 @@ TEST(SimBackendSwaps, OverlapStepsThatDoNotTouchTheirBlocks) {
     }
     EXPECT_NEAR((*sim)->counters().swap_s, copy_s, 1e-12);
     EXPECT_NEAR((*sim)->counters().busy_s, first + second, 1e-12);
+  }
+}
+
+// The two directions share the host link (SimHostLink): a swap-in beside a swap-out over
+// other blocks finishes at the copy time / duplex_share, one into a block the swap-out
+// still reads waits for it. A decode over the swapped-in blocks waits for exactly that.
+TEST(SimBackendSwaps, SwapInsRunBesideSwapOutsOverOtherBlocks) {
+  const CostModel m = H100Model();
+  for (bool shared_block : {false, true}) {
+    FakeClock clock;
+    SimBackendOptions o;
+    o.config.vocab_size = 64;
+    o.num_kv_blocks = 256;
+    o.kv_bytes_per_token = 131072;  // 2 MiB a block
+    o.cost = m;
+    o.host_bytes_per_s = 25e9;
+    o.duplex_share = 0.7;
+    o.clock = &clock;
+    auto sim = SimBackend::Create(o);
+    ASSERT_TRUE(sim.ok());
+    ASSERT_TRUE((*sim)->AllocateHostTier(256).ok());
+    constexpr int32_t kBlocks = 64;
+    std::vector<std::pair<int32_t, int32_t>> out, in;
+    for (int32_t i = 0; i < kBlocks; ++i) {
+      out.push_back({i, i});  // device i -> host i
+      // host 100 + i -> device 100 + i, or into the swap-out's block 0 for the last one.
+      in.push_back({100 + i, shared_block && i == kBlocks - 1 ? 0 : 100 + i});
+    }
+    ASSERT_TRUE((*sim)->SwapOut(out).ok());
+    ASSERT_TRUE((*sim)->SwapIn(in).ok());
+    ForwardBatch reader = Batch({{1, 16 * kBlocks}});
+    reader.max_blocks_per_seq = kBlocks;
+    for (const auto& [host, device] : in) reader.block_tables.push_back(device);
+    reader.logit_rows = {0};
+    std::vector<float> logits;
+    ASSERT_TRUE((*sim)->Forward(reader, &logits).ok());
+    const double copy_s = kBlocks * static_cast<double>((*sim)->block_bytes()) / o.host_bytes_per_s;
+    const double wait_s = shared_block ? 2 * copy_s : copy_s / o.duplex_share;
+    EXPECT_NEAR((*sim)->counters().swap_wait_s, wait_s, 1e-12) << shared_block;
+    EXPECT_NEAR((*sim)->TakeElapsedSeconds(), wait_s + SimStepSeconds(m, reader), 1e-12);
   }
 }
 
