@@ -115,6 +115,7 @@ TEST(CostModel, SavesAndLoadsItsFile) {
   m.decode_per_sequence_s = 6e-5;
   m.mixed_decode_extra_per_context_token_s = 5e-8;
   m.host_to_device_bytes_per_s = 2e10;
+  m.host_duplex_share = 0.7;
   m.kv_bytes_per_token = 131072;
   m.source = "test";
   const std::string path = dir.File("cost_model.json");
@@ -128,6 +129,7 @@ TEST(CostModel, SavesAndLoadsItsFile) {
   EXPECT_EQ(back->decode_per_sequence_s, m.decode_per_sequence_s);
   EXPECT_EQ(back->mixed_decode_extra_per_context_token_s, m.mixed_decode_extra_per_context_token_s);
   EXPECT_EQ(back->host_to_device_bytes_per_s, m.host_to_device_bytes_per_s);
+  EXPECT_EQ(back->host_duplex_share, m.host_duplex_share);
   EXPECT_EQ(back->kv_bytes_per_token, m.kv_bytes_per_token);
   EXPECT_EQ(back->source, "test");
   // Bad files get a clear error and change nothing.
@@ -255,6 +257,7 @@ TEST(CostModel, LoadsAFileWrittenBeforeThePerSequenceTerm) {
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(m->decode_per_sequence_s, 0.0);
   EXPECT_EQ(m->mixed_decode_extra_per_context_token_s, 0.0);
+  EXPECT_EQ(m->host_duplex_share, 0.0);  // not measured: the simulator keeps its default
   EXPECT_DOUBLE_EQ(m->StepSeconds(12, 100000, {{256, 20000}}), 2.3e-5 * 268 + 1.2e-9 * 256 * 20128);
   EXPECT_EQ(m->decode_fixed_s, 0.0059);
   EXPECT_EQ(m->DecodeStepSeconds(100000, 12), 0.0059);
