@@ -46,6 +46,20 @@ TEST(SimStepSeconds, DecodeStepIsTheCostModelsDecodeStep) {
   EXPECT_NEAR(SimStepSeconds(m, b), m.DecodeStepSeconds(4000 + 9000 + 17), 1e-12);
 }
 
+// A 256-block pool of 8B-shape blocks (2 MiB) and a 25 GB/s host link; swaps overlap the
+// steps when there is a clock.
+SimBackendOptions SwapTestOptions(const CostModel& m, const Clock* clock) {
+  SimBackendOptions o;
+  o.config.vocab_size = 64;
+  o.num_kv_blocks = 256;
+  o.block_size = 16;
+  o.kv_bytes_per_token = 131072;
+  o.cost = m;
+  o.host_bytes_per_s = 25e9;
+  o.clock = clock;
+  return o;
+}
+
 // With a clock, a swap runs on the host link from when it is issued: a step over other
 // blocks runs beside it and pays nothing, a step that reads a swapped-in block waits only
 // for what is left of the copy. Without one, the swap is added to its step.
@@ -53,14 +67,7 @@ TEST(SimBackendSwaps, OverlapStepsThatDoNotTouchTheirBlocks) {
   const CostModel m = H100Model();
   for (bool overlap : {false, true}) {
     FakeClock clock;
-    SimBackendOptions o;
-    o.config.vocab_size = 64;
-    o.num_kv_blocks = 256;
-    o.block_size = 16;
-    o.kv_bytes_per_token = 131072;  // the 8B shape: 2 MiB a block
-    o.cost = m;
-    o.host_bytes_per_s = 25e9;
-    if (overlap) o.clock = &clock;
+    SimBackendOptions o = SwapTestOptions(m, overlap ? &clock : nullptr);
     auto sim = SimBackend::Create(o);
     ASSERT_TRUE(sim.ok());
     EXPECT_EQ((*sim)->SwapsOverlapCompute(), overlap);
@@ -114,14 +121,8 @@ TEST(SimBackendSwaps, SwapInsRunBesideSwapOutsOverOtherBlocks) {
   const CostModel m = H100Model();
   for (bool shared_block : {false, true}) {
     FakeClock clock;
-    SimBackendOptions o;
-    o.config.vocab_size = 64;
-    o.num_kv_blocks = 256;
-    o.kv_bytes_per_token = 131072;  // 2 MiB a block
-    o.cost = m;
-    o.host_bytes_per_s = 25e9;
+    SimBackendOptions o = SwapTestOptions(m, &clock);
     o.duplex_share = 0.7;
-    o.clock = &clock;
     auto sim = SimBackend::Create(o);
     ASSERT_TRUE(sim.ok());
     ASSERT_TRUE((*sim)->AllocateHostTier(256).ok());
