@@ -151,15 +151,16 @@ Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path,
   co.base.kv_bytes_per_token = tiers.kv_bytes_per_token;
   if (options.engine.host_blocks > 0) {
     co.base.host_to_device_bytes_per_s = tiers.host_to_device_bytes_per_s;
+    co.base.host_duplex_share = tiers.host_duplex_share;
   }
   if (options.engine.disk_gib > 0) {
     co.base.disk_to_device_bytes_per_s = tiers.disk_to_device_bytes_per_s;
   }
   ASSIGN_OR_RETURN(CostFit fit, CalibrateCostModel(engine.get(), max_context, co));
   spdlog::info(
-      "cost model calibrated:\n{}host -> device {:.3g} GB/s, disk -> device {:.3g} GB/s "
-      "({} bytes timed)",
-      FormatCostFit(fit), tiers.host_to_device_bytes_per_s / 1e9,
+      "cost model calibrated:\n{}host -> device {:.3g} GB/s (duplex share {:.2f}), disk -> "
+      "device {:.3g} GB/s ({} bytes timed)",
+      FormatCostFit(fit), tiers.host_to_device_bytes_per_s / 1e9, tiers.host_duplex_share,
       tiers.disk_to_device_bytes_per_s / 1e9, tiers.bytes_timed);
   cost_model = fit.model;
   RETURN_IF_ERROR(SaveCostModel(env, path, cost_model).WithContext("saving the cost model"));
@@ -223,6 +224,7 @@ Status Daemon::Impl::Assemble() {
   if (options.ttl.calibrate) {  // before the engine owns the pool: the probe overwrites it
     TierBandwidthOptions to;
     if (options.engine.disk_gib > 0) to.scratch_dir = options.state_dir;
+    to.host_blocks = options.engine.host_blocks;
     ASSIGN_OR_RETURN(tiers, MeasureTierBandwidths(backend.get(), env, clock, to));
   }
   EpisodeServeOptions episode_serve{.budget_tokens = options.episodes.cache_budget_tokens,

@@ -295,6 +295,41 @@ Result<CostFit> CalibrateCostModel(Engine* engine, int64_t max_context_tokens,
   return FitCostModel(samples, base);
 }
 
+namespace {
+
+// The duplex share (cost_calibration.h): allocates the host tier of host_blocks slots.
+Result<double> MeasureDuplexShare(Backend* backend, const Clock* clock, int32_t blocks,
+                                  int32_t host_blocks) {
+  RETURN_IF_ERROR(backend->AllocateHostTier(host_blocks));
+  const int32_t n = std::min({blocks, backend->kv_shape().num_blocks / 2, host_blocks / 2});
+  if (n < 1) return 0.0;
+  std::vector<std::pair<int32_t, int32_t>> out, in;  // disjoint blocks and slots
+  for (int32_t i = 0; i < n; ++i) {
+    out.emplace_back(i, i);
+    in.emplace_back(n + i, n + i);
+  }
+  auto timed = [&](bool swap_out, bool swap_in) -> Result<int64_t> {
+    const int64_t t0 = clock->NowMicros();
+    TransferFence out_fence, in_fence;
+    if (swap_out) {
+      ASSIGN_OR_RETURN(out_fence, backend->SwapOut(out));
+    }
+    if (swap_in) {
+      ASSIGN_OR_RETURN(in_fence, backend->SwapIn(in));
+    }
+    RETURN_IF_ERROR(backend->WaitFence(out_fence));
+    RETURN_IF_ERROR(backend->WaitFence(in_fence));
+    return clock->NowMicros() - t0;
+  };
+  ASSIGN_OR_RETURN(const int64_t out_us, timed(true, false));
+  ASSIGN_OR_RETURN(const int64_t in_us, timed(false, true));
+  ASSIGN_OR_RETURN(const int64_t both_us, timed(true, true));
+  if (out_us <= 0 || in_us <= 0 || both_us <= 0) return 0.0;
+  return static_cast<double>(out_us + in_us) / 2.0 / static_cast<double>(both_us);
+}
+
+}  // namespace
+
 Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const Clock* clock,
                                              const TierBandwidthOptions& options) {
   const KvPoolShape& shape = backend->kv_shape();
@@ -316,6 +351,10 @@ Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const C
     RETURN_IF_ERROR(backend->WriteBlock(b, buf.data() + block_bytes * static_cast<size_t>(b)));
   }
   out.host_to_device_bytes_per_s = rate(clock->NowMicros() - t0);
+  if (options.host_blocks > 0) {
+    ASSIGN_OR_RETURN(out.host_duplex_share,
+                     MeasureDuplexShare(backend, clock, blocks, options.host_blocks));
+  }
 
   if (options.scratch_dir.empty()) return out;
   RETURN_IF_ERROR(env->CreateDirs(options.scratch_dir, 0700));

@@ -64,20 +64,28 @@ Result<CostFit> CalibrateCostModel(Engine* engine, int64_t max_context_tokens,
 //         reads) from a file written in scratch_dir, then copied to the device:
 //         1 / (1 / disk_read + 1 / host). A file just written may be read from the page
 //         cache, so this is an upper bound for a cold disk.
+//   duplex share: with host_blocks, the probe allocates the host tier (Engine::Create then
+//         keeps it) and times a SwapOut of up to `blocks` blocks, a SwapIn of as many
+//         others, and both queued together, each to its fence: (out + in) / 2 / together.
+//         The simulator's host link takes it (CostModel::host_duplex_share); a backend
+//         whose swaps complete before they return gives about 0.5.
 // A figure whose timed interval is 0 us is left at 0 ("not measured"; CostModel never
 // prices a reload from it).
 struct TierBandwidthOptions {
   int32_t blocks = 64;      // blocks timed (clamped to the pool)
   std::string scratch_dir;  // where the disk probe file goes; empty: disk not measured
+  int32_t host_blocks = 0;  // the engine's host tier, slots; 0: duplex share not measured
 };
 struct TierBandwidths {
   double host_to_device_bytes_per_s = 0;
   double disk_to_device_bytes_per_s = 0;
+  double host_duplex_share = 0;
   int64_t kv_bytes_per_token = 0;  // block_bytes / block_size
   int64_t bytes_timed = 0;
 };
 // REQUIRES: backend's device pool not yet in use (its first blocks are overwritten), as
-// before Engine::Create; env and clock outlive the call. The probe file is removed.
+// before Engine::Create, and with host_blocks no host tier allocated yet; env and clock
+// outlive the call. The probe file is removed.
 Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const Clock* clock,
                                              const TierBandwidthOptions& options);
 

@@ -72,8 +72,10 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
         "engine: a remote tier needs a disk tier (it stages through it)");
   }
   RETURN_IF_ERROR(ValidatePolicyName(options.policy.name));
-  if (options.num_host_blocks > 0)
+  // The tier probe (MeasureTierBandwidths) may have allocated it already.
+  if (options.num_host_blocks > 0 && backend->num_host_blocks() != options.num_host_blocks) {
     RETURN_IF_ERROR(backend->AllocateHostTier(options.num_host_blocks));
+  }
   std::unique_ptr<DiskBlockStore> store;
   std::vector<DiskBlockHeader> found;
   int32_t num_disk_blocks = 0;

@@ -303,6 +303,7 @@ TEST(DaemonPolicyTest, CostModelIsCalibratedSavedAndLoaded) {
   const std::string config = dir.File("kvkeepd.json");
   ASSERT_TRUE(DefaultEnv()
                   ->WriteFileAtomic(config, R"({"log_level": "info", "policy": "ttl",
+                                                "engine": {"host_blocks": 64},
                                                 "ttl": {"calibrate": true}})")
                   .ok());
   DaemonProcess d(dir.File("s.sock"), dir.File("state"), {"--config", config});
@@ -315,6 +316,9 @@ TEST(DaemonPolicyTest, CostModelIsCalibratedSavedAndLoaded) {
       << *text;
   EXPECT_GT(
       model["decode_fixed_s"].get<double>() + model["decode_per_context_token_s"].get<double>(), 0);
+  // The tier probe allocated the host tier and timed swaps both ways; the engine kept it.
+  EXPECT_GT(model["host_to_device_bytes_per_s"].get<double>(), 0) << *text;
+  EXPECT_GT(model["host_duplex_share"].get<double>(), 0) << *text;
   EXPECT_NE(d.Log().find("cost model calibrated"), std::string::npos) << d.Log();
   EXPECT_NE(d.Log().find("measured_s"), std::string::npos);
   d.Kill(SIGTERM);

@@ -22,7 +22,9 @@ int64_t Micros(size_t bytes, double bytes_per_s) {
   return static_cast<int64_t>(static_cast<double>(bytes) * 1e6 / bytes_per_s);
 }
 
-// A device pool that only counts: WriteBlock costs block_bytes at kHostBytesPerS.
+// A device pool that only counts: WriteBlock and ReadBlock cost block_bytes at
+// kHostBytesPerS (so do the default swaps, which copy through them and complete before
+// they return).
 class TimedBackend final : public Backend {
  public:
   explicit TimedBackend(FakeClock* clock) : clock_(clock) {
@@ -42,7 +44,11 @@ class TimedBackend final : public Backend {
     return Status::OK();
   }
   size_t block_bytes() const override { return shape_.block_stride() * sizeof(uint16_t); }
-  Status ReadBlock(int32_t, void*) override { return Status::OK(); }
+  Status ReadBlock(int32_t block_id, void*) override {
+    if (block_id < 0 || block_id >= shape_.num_blocks) return Status::InvalidArgument("block");
+    clock_->AdvanceMicros(Micros(block_bytes(), kHostBytesPerS));
+    return Status::OK();
+  }
   Status WriteBlock(int32_t block_id, const void*) override {
     if (block_id < 0 || block_id >= shape_.num_blocks) return Status::InvalidArgument("block");
     ++writes;
@@ -143,6 +149,28 @@ TEST(TierBandwidth, MeasuresHostAndDiskReloadBandwidthsOnTheClock) {
   const HitBenefit disk = ComputeHitBenefit(m, c);
   EXPECT_EQ(disk.rebuild_from, RebuildSource::kDisk);
   EXPECT_NEAR(disk.rebuild_s, 4096.0 * bw.kv_bytes_per_token / disk_then_host, 1e-9);
+}
+
+// With the host tier's size, the probe allocates it and times swaps both ways: this
+// backend's swaps complete before they return, so the two directions only take turns.
+TEST(TierBandwidth, MeasuresTheDuplexShareOfTheHostLink) {
+  FakeClock clock;
+  TimedBackend backend(&clock);
+  TimedEnv env(&clock);
+  TierBandwidthOptions o;
+  o.blocks = 16;
+  o.host_blocks = 40;
+  Result<TierBandwidths> r = MeasureTierBandwidths(&backend, &env, &clock, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(backend.num_host_blocks(), 40) << "allocated for the engine";
+  EXPECT_DOUBLE_EQ(r->host_duplex_share, 0.5);
+  EXPECT_EQ(backend.writes, 16 + 16 + 16) << "the host probe, the swap-in, both together";
+  // Without it, nothing is allocated and the share is not measured.
+  TimedBackend untouched(&clock);
+  r = MeasureTierBandwidths(&untouched, &env, &clock, {});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(untouched.num_host_blocks(), 0);
+  EXPECT_EQ(r->host_duplex_share, 0.0);
 }
 
 TEST(TierBandwidth, WithoutAScratchDirTheDiskIsNotMeasured) {
