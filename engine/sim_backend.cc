@@ -102,27 +102,13 @@ double SimBackend::SwapSeconds(size_t num_blocks) const {
 
 Result<TransferFence> SimBackend::SwapOut(
     std::span<const std::pair<int32_t, int32_t>> device_host) {
-  std::vector<int32_t> blocks, slots;
-  for (auto [device, host] : device_host) {
-    RETURN_IF_ERROR(CheckBlockId(shape_, device));
-    if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
-    blocks.push_back(device);
-    slots.push_back(host);
-  }
-  QueueSwap(SimHostLink::kOut, blocks, slots);
+  RETURN_IF_ERROR(QueueSwap(SimHostLink::kOut, device_host));
   counters_.swapped_out_blocks += static_cast<int64_t>(device_host.size());
   return TransferFence{};
 }
 
 Result<TransferFence> SimBackend::SwapIn(std::span<const std::pair<int32_t, int32_t>> host_device) {
-  std::vector<int32_t> blocks, slots;
-  for (auto [host, device] : host_device) {
-    RETURN_IF_ERROR(CheckBlockId(shape_, device));
-    if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
-    blocks.push_back(device);
-    slots.push_back(host);
-  }
-  QueueSwap(SimHostLink::kIn, blocks, slots);
+  RETURN_IF_ERROR(QueueSwap(SimHostLink::kIn, host_device));
   counters_.swapped_in_blocks += static_cast<int64_t>(host_device.size());
   return TransferFence{};
 }
@@ -135,20 +121,30 @@ Status SimBackend::WaitFence(TransferFence) {
   return Status::OK();
 }
 
-void SimBackend::QueueSwap(int direction, std::span<const int32_t> device_blocks,
-                           std::span<const int32_t> host_slots) {
-  const double s = SwapSeconds(device_blocks.size());
+Status SimBackend::QueueSwap(int direction, std::span<const std::pair<int32_t, int32_t>> pairs) {
+  const bool out = direction == SimHostLink::kOut;  // pairs are (device, host); else (host, device)
+  std::vector<int32_t> blocks, slots;
+  for (auto [src, dst] : pairs) {
+    const int32_t device = out ? src : dst, host = out ? dst : src;
+    RETURN_IF_ERROR(CheckBlockId(shape_, device));
+    if (host < 0 || host >= num_host_blocks_) return Status::InvalidArgument("bad host slot");
+    blocks.push_back(device);
+    slots.push_back(host);
+  }
+  const double s = SwapSeconds(blocks.size());
   counters_.swap_s += s;
   if (link_ == nullptr) {  // the step waits for it
     Wait(s);
-    return;
+  } else {
+    link_->Queue(NowSeconds(), direction, s, blocks, slots);
   }
-  link_->Queue(NowSeconds(), direction, s, device_blocks, host_slots);
+  return Status::OK();
 }
 
 double SimBackend::WaitForSwaps(const ForwardBatch& batch) {
   if (link_ == nullptr) return 0;
   const double now = NowSeconds();
+  if (!link_->Busy(now)) return 0;  // the common case: nothing in flight
   return link_->ReadyAt(now, BlocksTouched(batch, shape_.block_size)) - now;
 }
 

@@ -122,9 +122,9 @@ class SimBackend final : public Backend {
  private:
   explicit SimBackend(const SimBackendOptions& options);
   double SwapSeconds(size_t num_blocks) const;
-  // Prices a swap: on the host link, or into the step.
-  void QueueSwap(int direction, std::span<const int32_t> device_blocks,
-                 std::span<const int32_t> host_slots);
+  // Checks a swap's pairs ((device, host) out, (host, device) in) and prices it: on the
+  // host link, or into the step.
+  Status QueueSwap(int direction, std::span<const std::pair<int32_t, int32_t>> pairs);
   // Seconds from now until the swaps of the blocks `batch` touches are done.
   double WaitForSwaps(const ForwardBatch& batch);
   double NowSeconds() const;  // the clock plus what is priced but not yet taken

@@ -79,6 +79,11 @@ double SimHostLink::ReadyAt(double now_s, std::span<const int32_t> device_blocks
   return std::max(now_s, Run(&projected, std::numeric_limits<double>::infinity(), wait_for));
 }
 
+bool SimHostLink::Busy(double now_s) {
+  AdvanceTo(now_s);
+  return !state_.pending[kOut].empty() || !state_.pending[kIn].empty();
+}
+
 double SimHostLink::IdleAt(double now_s) {
   AdvanceTo(now_s);
   const int64_t last[2] = {

@@ -39,6 +39,8 @@ class SimHostLink {
   double ReadyAt(double now_s, std::span<const int32_t> device_blocks);
   // When every pending batch finishes (now_s if none).
   double IdleAt(double now_s);
+  // Whether a batch is still pending at now_s.
+  bool Busy(double now_s);
 
  private:
   struct Batch {

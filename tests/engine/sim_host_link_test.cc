@@ -20,6 +20,8 @@ TEST(SimHostLink, OneDirectionRunsItsBatchesOneAfterAnother) {
   EXPECT_DOUBLE_EQ(link.ReadyAt(0.0, Ids{2}), 0.014);
   EXPECT_DOUBLE_EQ(link.ReadyAt(0.0, Ids{3}), 0.0);  // no swap touches it
   EXPECT_DOUBLE_EQ(link.IdleAt(0.0), 0.014);
+  EXPECT_TRUE(link.Busy(0.013));
+  EXPECT_FALSE(link.Busy(0.015));
   // Issued after the link went idle: starts when issued.
   link.Queue(0.020, kIn, 0.005, Ids{4}, Ids{4});
   EXPECT_DOUBLE_EQ(link.ReadyAt(0.020, Ids{4}), 0.025);
