@@ -74,9 +74,7 @@ double SimHostLink::ReadyAt(double now_s, std::span<const int32_t> device_blocks
     const Touch& t = block_touch_[static_cast<size_t>(b)];
     if (t.index >= state_.done[t.dir]) wait_for[t.dir] = std::max(wait_for[t.dir], t.index);
   }
-  if (wait_for[kOut] < 0 && wait_for[kIn] < 0) return now_s;
-  State projected = state_;
-  return std::max(now_s, Run(&projected, std::numeric_limits<double>::infinity(), wait_for));
+  return Projected(now_s, wait_for);
 }
 
 bool SimHostLink::Busy(double now_s) {
@@ -89,9 +87,13 @@ double SimHostLink::IdleAt(double now_s) {
   const int64_t last[2] = {
       state_.done[kOut] + static_cast<int64_t>(state_.pending[kOut].size()) - 1,
       state_.done[kIn] + static_cast<int64_t>(state_.pending[kIn].size()) - 1};
-  if (last[kOut] < state_.done[kOut] && last[kIn] < state_.done[kIn]) return now_s;
+  return Projected(now_s, last);
+}
+
+double SimHostLink::Projected(double now_s, const int64_t wait_for[2]) const {
+  if (wait_for[kOut] < state_.done[kOut] && wait_for[kIn] < state_.done[kIn]) return now_s;
   State projected = state_;
-  return std::max(now_s, Run(&projected, std::numeric_limits<double>::infinity(), last));
+  return std::max(now_s, Run(&projected, std::numeric_limits<double>::infinity(), wait_for));
 }
 
 }  // namespace kvkeep

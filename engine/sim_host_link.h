@@ -54,6 +54,10 @@ class SimHostLink {
   };
   // Runs the link to now_s with nothing more queued (the link is idle from then if empty).
   void AdvanceTo(double now_s);
+  // When batches wait_for (an index per direction; one already finished: nothing to wait
+  // for) finish, projected from the current state with nothing more queued; now_s if they
+  // have.
+  double Projected(double now_s, const int64_t wait_for[2]) const;
   // Moves `s` forward to `until_s`, or until both batch indices `wait_for` (per direction,
   // -1: none) have finished if that is sooner; returns the time it stopped.
   double Run(State* s, double until_s, const int64_t wait_for[2]) const;
