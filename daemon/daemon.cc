@@ -158,10 +158,10 @@ Status Daemon::Impl::Calibrate(PolicyOptions policy, const std::string& path,
   }
   ASSIGN_OR_RETURN(CostFit fit, CalibrateCostModel(engine.get(), max_context, co));
   spdlog::info(
-      "cost model calibrated:\n{}host -> device {:.3g} GB/s (duplex share {:.2f}), disk -> "
-      "device {:.3g} GB/s ({} bytes timed)",
+      "cost model calibrated:\n{}host -> device {:.3g} GB/s (duplex share {:.2f}; swaps of {} "
+      "bytes), disk -> device {:.3g} GB/s ({} bytes timed)",
       FormatCostFit(fit), tiers.host_to_device_bytes_per_s / 1e9, tiers.host_duplex_share,
-      tiers.disk_to_device_bytes_per_s / 1e9, tiers.bytes_timed);
+      tiers.swap_bytes_timed, tiers.disk_to_device_bytes_per_s / 1e9, tiers.bytes_timed);
   cost_model = fit.model;
   RETURN_IF_ERROR(SaveCostModel(env, path, cost_model).WithContext("saving the cost model"));
   policy.cost_model = cost_model;

@@ -297,35 +297,47 @@ Result<CostFit> CalibrateCostModel(Engine* engine, int64_t max_context_tokens,
 
 namespace {
 
-// The duplex share (cost_calibration.h): allocates the host tier of host_blocks slots.
-Result<double> MeasureDuplexShare(Backend* backend, const Clock* clock, int32_t blocks,
-                                  int32_t host_blocks) {
+// The host link through the backend's own swaps (cost_calibration.h): allocates the host
+// tier of host_blocks slots and times n blocks out, n others in, and both queued
+// together, each kSwapRepeats times; the fastest of each counts.
+struct SwapTimes {
+  int64_t bytes = 0;
+  int64_t out_us = 0, in_us = 0, both_us = 0;
+};
+constexpr int kSwapRepeats = 3;
+
+Result<SwapTimes> TimeHostSwaps(Backend* backend, const Clock* clock, int32_t n,
+                                int32_t host_blocks) {
   RETURN_IF_ERROR(backend->AllocateHostTier(host_blocks));
-  const int32_t n = std::min({blocks, backend->kv_shape().num_blocks / 2, host_blocks / 2});
-  if (n < 1) return 0.0;
   std::vector<std::pair<int32_t, int32_t>> out, in;  // disjoint blocks and slots
   for (int32_t i = 0; i < n; ++i) {
     out.emplace_back(i, i);
     in.emplace_back(n + i, n + i);
   }
-  auto timed = [&](bool swap_out, bool swap_in) -> Result<int64_t> {
-    const int64_t t0 = clock->NowMicros();
-    TransferFence out_fence, in_fence;
-    if (swap_out) {
-      ASSIGN_OR_RETURN(out_fence, backend->SwapOut(out));
+  auto fastest = [&](bool swap_out, bool swap_in) -> Result<int64_t> {
+    int64_t best = 0;
+    for (int r = 0; r < kSwapRepeats; ++r) {
+      const int64_t t0 = clock->NowMicros();
+      TransferFence out_fence, in_fence;
+      if (swap_out) {
+        ASSIGN_OR_RETURN(out_fence, backend->SwapOut(out));
+      }
+      if (swap_in) {
+        ASSIGN_OR_RETURN(in_fence, backend->SwapIn(in));
+      }
+      RETURN_IF_ERROR(backend->WaitFence(out_fence));
+      RETURN_IF_ERROR(backend->WaitFence(in_fence));
+      const int64_t us = clock->NowMicros() - t0;
+      if (r == 0 || us < best) best = us;
     }
-    if (swap_in) {
-      ASSIGN_OR_RETURN(in_fence, backend->SwapIn(in));
-    }
-    RETURN_IF_ERROR(backend->WaitFence(out_fence));
-    RETURN_IF_ERROR(backend->WaitFence(in_fence));
-    return clock->NowMicros() - t0;
+    return best;
   };
-  ASSIGN_OR_RETURN(const int64_t out_us, timed(true, false));
-  ASSIGN_OR_RETURN(const int64_t in_us, timed(false, true));
-  ASSIGN_OR_RETURN(const int64_t both_us, timed(true, true));
-  if (out_us <= 0 || in_us <= 0 || both_us <= 0) return 0.0;
-  return static_cast<double>(out_us + in_us) / 2.0 / static_cast<double>(both_us);
+  SwapTimes t;
+  t.bytes = static_cast<int64_t>(backend->block_bytes()) * n;
+  ASSIGN_OR_RETURN(t.out_us, fastest(true, false));
+  ASSIGN_OR_RETURN(t.in_us, fastest(false, true));
+  ASSIGN_OR_RETURN(t.both_us, fastest(true, true));
+  return t;
 }
 
 }  // namespace
@@ -351,9 +363,23 @@ Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const C
     RETURN_IF_ERROR(backend->WriteBlock(b, buf.data() + block_bytes * static_cast<size_t>(b)));
   }
   out.host_to_device_bytes_per_s = rate(clock->NowMicros() - t0);
-  if (options.host_blocks > 0) {
-    ASSIGN_OR_RETURN(out.host_duplex_share,
-                     MeasureDuplexShare(backend, clock, blocks, options.host_blocks));
+  // With a host tier, promotions are its swaps: they set the host figure instead.
+  const int32_t swap_blocks = std::min(
+      {std::max<int32_t>(blocks, static_cast<int32_t>(options.min_swap_bytes /
+                                                      std::max<size_t>(block_bytes, 1))),
+       shape.num_blocks / 2, options.host_blocks / 2});
+  if (options.host_blocks > 0 && swap_blocks >= 1) {
+    ASSIGN_OR_RETURN(const SwapTimes swaps,
+                     TimeHostSwaps(backend, clock, swap_blocks, options.host_blocks));
+    if (swaps.in_us > 0) {
+      out.host_to_device_bytes_per_s = static_cast<double>(swaps.bytes) * 1e6 / swaps.in_us;
+      out.swap_bytes_timed = swaps.bytes;
+    }
+    if (swaps.out_us > 0 && swaps.in_us > 0 && swaps.both_us > 0) {
+      // A share outside [0.5, 1] is timing noise: the directions at worst take turns.
+      out.host_duplex_share = std::clamp(
+          static_cast<double>(swaps.out_us + swaps.in_us) / 2.0 / swaps.both_us, 0.5, 1.0);
+    }
   }
 
   if (options.scratch_dir.empty()) return out;

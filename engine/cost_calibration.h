@@ -57,31 +57,39 @@ Result<CostFit> CalibrateCostModel(Engine* engine, int64_t max_context_tokens,
                                    const CalibrationOptions& options = {});
 
 // The reload bandwidths of the tiers below the device pool, timed on `clock`:
-//   host: Backend::WriteBlock of `blocks` blocks from host memory into the device pool,
-//         the copy a promotion from the host tier makes (the CUDA backend's SwapIn batches
-//         from pinned memory, so this is a lower bound there);
-//   disk: the same bytes read back block by block (RandomRWFile::ReadAt, as the disk tier
+//   host: with host_blocks, the probe allocates the host tier (Engine::Create then keeps
+//         it) and times the backend's own swaps, the copies promotions and demotions make:
+//         n = max(blocks, min_swap_bytes / block_bytes) blocks (at most half the pool and
+//         half the tier) swapped out, n others swapped in, and both queued together, each
+//         to its fence, the fastest of three each. The host figure is the swap-in's rate.
+//         Without a host tier (nothing to promote from) it is Backend::WriteBlock of
+//         `blocks` blocks from pageable memory, which on CUDA is an order of magnitude
+//         slower than a swap-in from the pinned tier (bench/RESULTS.md).
+//   duplex share: with the host tier, (out + in) / 2 / together, clamped to [0.5, 1]:
+//         each direction's share of its rate while both move. The simulator's host link
+//         takes it (CostModel::host_duplex_share); a backend whose swaps complete before
+//         they return gives 0.5.
+//   disk: `blocks` blocks read back block by block (RandomRWFile::ReadAt, as the disk tier
 //         reads) from a file written in scratch_dir, then copied to the device:
 //         1 / (1 / disk_read + 1 / host). A file just written may be read from the page
 //         cache, so this is an upper bound for a cold disk.
-//   duplex share: with host_blocks, the probe allocates the host tier (Engine::Create then
-//         keeps it) and times a SwapOut of up to `blocks` blocks, a SwapIn of as many
-//         others, and both queued together, each to its fence: (out + in) / 2 / together.
-//         The simulator's host link takes it (CostModel::host_duplex_share); a backend
-//         whose swaps complete before they return gives about 0.5.
 // A figure whose timed interval is 0 us is left at 0 ("not measured"; CostModel never
 // prices a reload from it).
 struct TierBandwidthOptions {
   int32_t blocks = 64;      // blocks timed (clamped to the pool)
   std::string scratch_dir;  // where the disk probe file goes; empty: disk not measured
-  int32_t host_blocks = 0;  // the engine's host tier, slots; 0: duplex share not measured
+  int32_t host_blocks = 0;  // the engine's host tier, slots; 0: swaps not timed
+  // Bytes each swap timing moves at least (a few ms at tens of GB/s, well above the
+  // clock's and a fence's overhead; small models' blocks are small).
+  int64_t min_swap_bytes = int64_t{256} << 20;
 };
 struct TierBandwidths {
   double host_to_device_bytes_per_s = 0;
   double disk_to_device_bytes_per_s = 0;
   double host_duplex_share = 0;
   int64_t kv_bytes_per_token = 0;  // block_bytes / block_size
-  int64_t bytes_timed = 0;
+  int64_t bytes_timed = 0;         // by the WriteBlock and disk probes
+  int64_t swap_bytes_timed = 0;    // by each swap timing; 0: swaps not timed
 };
 // REQUIRES: backend's device pool not yet in use (its first blocks are overwritten), as
 // before Engine::Create, and with host_blocks no host tier allocated yet; env and clock

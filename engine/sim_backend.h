@@ -59,9 +59,10 @@ struct SimBackendOptions {
   CostModel cost;                  // prices forward steps
   double host_bytes_per_s = 0;     // device <-> host bandwidth; 0: swaps are free
   // Each direction's rate while both move, as a fraction of its rate alone (the host
-  // link; 0.5: the directions take turns, 1: full duplex). The default is an H200's, with
-  // PyTorch (bench/RESULTS.md); a cost model's host_duplex_share replaces it.
-  double duplex_share = 0.68;
+  // link; 0.5: the directions take turns, 1: full duplex). The default is the CUDA
+  // backend's own swaps on an H100 (tiers_swap_bench, bench/RESULTS.md); a cost model's
+  // host_duplex_share replaces it.
+  double duplex_share = 0.87;
   // Now, for the host link: the simulator's clock at the step's start (the seconds
   // priced since are added), or the real clock when paced. nullptr: swaps stall their step.
   const Clock* clock = nullptr;

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <numeric>
 #include <random>
 #include <string>
@@ -44,13 +45,17 @@ constexpr int32_t kPoolBlocks = 1024, kHostBlocks = 1024;
     }                                                                                 \
   } while (0)
 
-// Queues one batch and makes the compute stream wait for it (the timer's stream).
+// Queues one batch per (pairs, direction), then makes the compute stream (the timer's) wait
+// for them all. The wait comes after every batch is queued: a batch starts after the compute
+// work queued before it, so a wait between two batches would chain the second to the first.
 void Swap(CudaSwapQueue& swaps, void* device, void* host,
-          const std::vector<std::pair<int32_t, int32_t>>& pairs, cuda::SwapDirection dir) {
-  if (!swaps.Enqueue(device, host, kBlockBytes, pairs, dir).ok() ||
-      !swaps.OrderCompute({}, /*all=*/true).ok()) {
-    std::exit(1);
+          std::initializer_list<std::pair<const std::vector<std::pair<int32_t, int32_t>>*,
+                                          cuda::SwapDirection>>
+              batches) {
+  for (const auto& [pairs, dir] : batches) {
+    if (!swaps.Enqueue(device, host, kBlockBytes, *pairs, dir).ok()) std::exit(1);
   }
+  if (!swaps.OrderCompute({}, /*all=*/true).ok()) std::exit(1);
 }
 
 template <typename Fn>
@@ -102,9 +107,9 @@ int Main() {
     }
     const double bytes = double(kBlockBytes) * n;
     const double out_ms = MedianMs(
-        compute, [&] { Swap(swaps, device, host, out, cuda::SwapDirection::kDeviceToHost); });
+        compute, [&] { Swap(swaps, device, host, {{&out, cuda::SwapDirection::kDeviceToHost}}); });
     const double in_ms = MedianMs(
-        compute, [&] { Swap(swaps, device, host, in, cuda::SwapDirection::kHostToDevice); });
+        compute, [&] { Swap(swaps, device, host, {{&in, cuda::SwapDirection::kHostToDevice}}); });
     const double d2h_ms = MedianMs(stream, [&] {
       CHECK_CUDA(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
     });
@@ -143,12 +148,12 @@ int Main() {
     in.emplace_back(host_ids[256 + i], dev_ids[256 + i]);
   }
   const double alone_out_ms = MedianMs(
-      compute, [&] { Swap(swaps, device, host, out, cuda::SwapDirection::kDeviceToHost); });
+      compute, [&] { Swap(swaps, device, host, {{&out, cuda::SwapDirection::kDeviceToHost}}); });
   const double alone_in_ms =
-      MedianMs(compute, [&] { Swap(swaps, device, host, in, cuda::SwapDirection::kHostToDevice); });
+      MedianMs(compute, [&] { Swap(swaps, device, host, {{&in, cuda::SwapDirection::kHostToDevice}}); });
   const double together_ms = MedianMs(compute, [&] {
-    Swap(swaps, device, host, out, cuda::SwapDirection::kDeviceToHost);
-    Swap(swaps, device, host, in, cuda::SwapDirection::kHostToDevice);
+    Swap(swaps, device, host,
+         {{&out, cuda::SwapDirection::kDeviceToHost}, {&in, cuda::SwapDirection::kHostToDevice}});
   });
   const double share = (alone_out_ms + alone_in_ms) / 2 / together_ms;
   std::printf(

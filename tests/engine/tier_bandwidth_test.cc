@@ -151,26 +151,95 @@ TEST(TierBandwidth, MeasuresHostAndDiskReloadBandwidthsOnTheClock) {
   EXPECT_NEAR(disk.rebuild_s, 4096.0 * bw.kv_bytes_per_token / disk_then_host, 1e-9);
 }
 
-// With the host tier's size, the probe allocates it and times swaps both ways: this
-// backend's swaps complete before they return, so the two directions only take turns.
-TEST(TierBandwidth, MeasuresTheDuplexShareOfTheHostLink) {
+// With the host tier's size, the probe allocates it and times the backend's swaps: this
+// backend's swaps copy through WriteBlock and ReadBlock and complete before they return,
+// so the two directions only take turns, and the host figure is the swaps' rate.
+TEST(TierBandwidth, TimesTheHostLinkThroughTheBackendsSwaps) {
   FakeClock clock;
   TimedBackend backend(&clock);
   TimedEnv env(&clock);
   TierBandwidthOptions o;
   o.blocks = 16;
-  o.host_blocks = 40;
+  o.host_blocks = 40;  // swaps of 20 blocks: half the tier, above `blocks`
   Result<TierBandwidths> r = MeasureTierBandwidths(&backend, &env, &clock, o);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(backend.num_host_blocks(), 40) << "allocated for the engine";
-  EXPECT_DOUBLE_EQ(r->host_duplex_share, 0.5);
-  EXPECT_EQ(backend.writes, 16 + 16 + 16) << "the host probe, the swap-in, both together";
-  // Without it, nothing is allocated and the share is not measured.
+  EXPECT_EQ(r->host_duplex_share, 0.5);
+  EXPECT_EQ(r->swap_bytes_timed, 20 * static_cast<int64_t>(backend.block_bytes()));
+  EXPECT_NEAR(r->host_to_device_bytes_per_s / kHostBytesPerS, 1.0, 1e-3);
+  EXPECT_EQ(backend.writes, 16 + 3 * (20 + 20))
+      << "the WriteBlock probe, then three swap-ins alone and three with swap-outs";
+  // Without it, nothing is allocated and the swaps are not timed.
   TimedBackend untouched(&clock);
   r = MeasureTierBandwidths(&untouched, &env, &clock, {});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(untouched.num_host_blocks(), 0);
   EXPECT_EQ(r->host_duplex_share, 0.0);
+  EXPECT_EQ(r->swap_bytes_timed, 0);
+}
+
+// Swaps that move at a rate of their own (the CUDA backend's from pinned memory, against
+// WriteBlock's from pageable memory) and that overlap when queued together: the host
+// figure is the swap-in's rate, and the duplex share is what the overlap gives.
+class OverlappingSwapsBackend final : public Backend {
+ public:
+  static constexpr double kSwapBytesPerS = 4 * kHostBytesPerS;  // 1 us a block
+  explicit OverlappingSwapsBackend(FakeClock* clock) : clock_(clock), timed_(clock) {}
+  std::string name() const override { return "overlapping"; }
+  const ModelConfig& config() const override { return timed_.config(); }
+  const KvPoolShape& kv_shape() const override { return timed_.kv_shape(); }
+  Status Forward(const ForwardBatch& b, std::vector<float>* l) override {
+    return timed_.Forward(b, l);
+  }
+  Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& p) override {
+    return timed_.CopyBlocks(p);
+  }
+  size_t block_bytes() const override { return timed_.block_bytes(); }
+  Status ReadBlock(int32_t id, void* dst) override { return timed_.ReadBlock(id, dst); }
+  Status WriteBlock(int32_t id, const void* src) override { return timed_.WriteBlock(id, src); }
+  // Each batch takes its bytes at kSwapBytesPerS; one queued while the other direction's
+  // is pending adds only half its time (a duplex share of 2/3 when both are equal).
+  Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> p) override {
+    return Queue(p.size());
+  }
+  Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> p) override {
+    return Queue(p.size());
+  }
+  Status WaitFence(TransferFence) override {
+    pending_ = false;
+    return Status::OK();
+  }
+
+ private:
+  Result<TransferFence> Queue(size_t blocks) {
+    const int64_t us = Micros(blocks * block_bytes(), kSwapBytesPerS);
+    clock_->AdvanceMicros(pending_ ? us / 2 : us);
+    pending_ = true;
+    return TransferFence{};
+  }
+  FakeClock* clock_;
+  TimedBackend timed_;
+  bool pending_ = false;
+};
+
+TEST(TierBandwidth, TheHostFigureIsTheSwapInRateAndTheShareTheirOverlap) {
+  FakeClock clock;
+  OverlappingSwapsBackend backend(&clock);
+  TimedEnv env(&clock);
+  TierBandwidthOptions o;
+  o.blocks = 8;
+  o.host_blocks = 64;  // swaps of 32 blocks
+  Result<TierBandwidths> r = MeasureTierBandwidths(&backend, &env, &clock, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_NEAR(r->host_to_device_bytes_per_s / OverlappingSwapsBackend::kSwapBytesPerS, 1.0,
+              1e-3);
+  EXPECT_NEAR(r->host_duplex_share, 32.0 / 48.0, 1e-9);
+  // min_swap_bytes below a block still times `blocks` blocks.
+  o.min_swap_bytes = 1;
+  OverlappingSwapsBackend again(&clock);
+  r = MeasureTierBandwidths(&again, &env, &clock, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->swap_bytes_timed, 8 * static_cast<int64_t>(again.block_bytes()));
 }
 
 TEST(TierBandwidth, WithoutAScratchDirTheDiskIsNotMeasured) {
