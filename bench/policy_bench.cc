@@ -3,7 +3,7 @@
 //   policy_bench --trace FILE --out DIR [--agents 8,16,32,64,128,256]
 //                [--policies ttl,ttl-fcfs,fixed-ttl,lru,none] [--window-s 60 | --rate R]
 //                [--max-turns N] [--seed S] [--jobs J] [--kv-gib 60] [--host-gib 64] [--host-gbps
-//                25]
+//                51]
 //                [--timings bench/data/h100_8b_timings.json | --cost-model FILE
 //                 [--fit-step-log STEPS.csv ...]]
 //                [--model DIR] [--kv-blocks N] [--host-blocks N] [--arrivals poisson|recorded]
@@ -57,7 +57,9 @@ struct Args {
   std::vector<std::string> policies = {"ttl", "ttl-fcfs", "fixed-ttl", "lru", "none"};
   double kv_gib = 60;  // an 80 GB H100 less 8B bf16 weights (16 GB) and activations
   double host_gib = 64;
-  double host_gbps = 25;  // assumed PCIe Gen5 x16 rate for scattered 2 MiB blocks
+  // The CUDA backend's swaps of scattered 8B-shape blocks on an H100 (tiers_swap_bench,
+  // bench/RESULTS.md, 2026-12-07); 25 before it was measured.
+  double host_gbps = 51;
   // Each direction's share of its rate while swaps move both ways (SimHostLink); a cost
   // model's own figure wins.
   double duplex_share = SimBackendOptions{}.duplex_share;
