@@ -25,7 +25,7 @@ int64_t Micros(size_t bytes, double bytes_per_s) {
 // A device pool that only counts: WriteBlock and ReadBlock cost block_bytes at
 // kHostBytesPerS (so do the default swaps, which copy through them and complete before
 // they return).
-class TimedBackend final : public Backend {
+class TimedBackend : public Backend {
  public:
   explicit TimedBackend(FakeClock* clock) : clock_(clock) {
     shape_.num_blocks = 128;
@@ -181,22 +181,10 @@ TEST(TierBandwidth, TimesTheHostLinkThroughTheBackendsSwaps) {
 // Swaps that move at a rate of their own (the CUDA backend's from pinned memory, against
 // WriteBlock's from pageable memory) and that overlap when queued together: the host
 // figure is the swap-in's rate, and the duplex share is what the overlap gives.
-class OverlappingSwapsBackend final : public Backend {
+class OverlappingSwapsBackend final : public TimedBackend {
  public:
   static constexpr double kSwapBytesPerS = 4 * kHostBytesPerS;  // 1 us a block
-  explicit OverlappingSwapsBackend(FakeClock* clock) : clock_(clock), timed_(clock) {}
-  std::string name() const override { return "overlapping"; }
-  const ModelConfig& config() const override { return timed_.config(); }
-  const KvPoolShape& kv_shape() const override { return timed_.kv_shape(); }
-  Status Forward(const ForwardBatch& b, std::vector<float>* l) override {
-    return timed_.Forward(b, l);
-  }
-  Status CopyBlocks(const std::vector<std::pair<int32_t, int32_t>>& p) override {
-    return timed_.CopyBlocks(p);
-  }
-  size_t block_bytes() const override { return timed_.block_bytes(); }
-  Status ReadBlock(int32_t id, void* dst) override { return timed_.ReadBlock(id, dst); }
-  Status WriteBlock(int32_t id, const void* src) override { return timed_.WriteBlock(id, src); }
+  explicit OverlappingSwapsBackend(FakeClock* clock) : TimedBackend(clock), clock_(clock) {}
   // Each batch takes its bytes at kSwapBytesPerS; one queued while the other direction's
   // is pending adds only half its time (a duplex share of 2/3 when both are equal).
   Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> p) override {
@@ -218,7 +206,6 @@ class OverlappingSwapsBackend final : public Backend {
     return TransferFence{};
   }
   FakeClock* clock_;
-  TimedBackend timed_;
   bool pending_ = false;
 };
 
