@@ -51,6 +51,10 @@
 namespace kvkeep {
 namespace {
 
+// The floor's pool against the benchmark's: at 128 agents of the deepseek traces a tenth
+// of this already evicts nothing (bench/RESULTS.md); the floor warns if it does.
+constexpr int32_t kFloorPoolScale = 16;
+
 struct Args {
   std::string trace, out, timings = "bench/data/h100_8b_timings.json";
   std::vector<int> agents = {8, 16, 32, 64, 128, 256};
@@ -72,6 +76,9 @@ struct Args {
   TtlOptions ttl;
   double turn_end_grace_s = PolicyOptions{}.turn_end_grace_s;
   bool serial_swaps = false;  // each swap stalls its step (SimOptions::overlap_swaps off)
+  // Per load, `ttl` once more on a pool kFloorPoolScale times larger: the unlimited-memory
+  // floor, the anchor every policy's figures compare with (what memory costs them).
+  bool floor = true;
   std::string cost_model;     // a calibration file (kvkeepd's state dir); overrides timings
   std::vector<std::string> fit_step_logs;  // kvkeepd --step-log files: refit cost_model to them
   std::string model;                       // re-tokenize with this model (kvkeepd's --model)
@@ -301,6 +308,8 @@ Status Run(const Args& a) {
   struct Job {
     int agents = 0;
     std::string policy;
+    bool floor = false;  // the policy on the unlimited-memory pool
+    std::string label() const { return floor ? "floor" : policy; }
     std::vector<replay::AgentArrival> arrivals;
     Status status;
     nlohmann::json figures;
@@ -316,8 +325,9 @@ Status Run(const Args& a) {
     }
     arrivals_json.push_back({{"agents", n}, {"arrivals", a.arrivals}, {"rate_per_s", rate}});
     for (const std::string& policy : a.policies) {
-      jobs.push_back({n, policy, arrivals, {}, {}, {}, nullptr});
+      jobs.push_back({n, policy, false, arrivals, {}, {}, {}, nullptr});
     }
+    if (a.floor) jobs.push_back({n, "ttl", true, arrivals, {}, {}, {}, nullptr});
   }
   std::vector<size_t> order(jobs.size());  // the largest loads first: the last runs are short
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -330,6 +340,8 @@ Status Run(const Args& a) {
       Job& job = jobs[order[i]];
       sim::SimOptions run = options;
       run.policy = job.policy;
+      if (job.floor) run.device_blocks = options.device_blocks * kFloorPoolScale;
+      const std::string label = job.label();
       if (a.step_logs) {
         job.steps = std::make_unique<StepLog>(StepLog::kDefaultCapacity);
         run.step_log = job.steps.get();
@@ -342,13 +354,13 @@ Status Run(const Args& a) {
         last_print = now;
         std::lock_guard<std::mutex> lock(print_mu);
         std::fprintf(stderr, "  [%s, %d agents] simulated %.0f s: %d/%d agents done, %lld turns\n",
-                     job.policy.c_str(), job.agents, sim_s, done, agents,
+                     label.c_str(), job.agents, sim_s, done, agents,
                      static_cast<long long>(turns));
       };
       Result<sim::SimResult> r = sim::RunAgentSim(programs, job.arrivals, run);
       if (!r.ok()) {
         job.status =
-            r.status().WithContext(job.policy + " at " + std::to_string(job.agents) + " agents");
+            r.status().WithContext(label + " at " + std::to_string(job.agents) + " agents");
         continue;
       }
       const double wall_s =
@@ -358,7 +370,7 @@ Status Run(const Args& a) {
       if (a.turns_csv) job.turns_csv = sim::TurnsCsv(*r, programs, job.arrivals);
       std::lock_guard<std::mutex> lock(print_mu);
       std::printf("%6d %-10s %9.1f %9.1f %8.3f %8.3f %6.3f %12lld %12lld %9.0f %6lld %7.1f %7.1f\n",
-                  job.agents, job.policy.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s,
+                  job.agents, label.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s,
                   s.p99_ttft_s, s.hit_ratio, static_cast<long long>(s.recomputed_tokens),
                   static_cast<long long>(s.reprefill_tokens), s.pin_block_s,
                   static_cast<long long>(s.pin_violations), s.swap_wait_s, wall_s);
@@ -370,25 +382,35 @@ Status Run(const Args& a) {
   worker();
   for (std::thread& t : threads) t.join();
   for (size_t i = 0; i < jobs.size();) {
-    nlohmann::json per_policy = nlohmann::json::object();
+    nlohmann::json per_policy = nlohmann::json::object(), floor;
     const int n = jobs[i].agents;
     for (; i < jobs.size() && jobs[i].agents == n; ++i) {
       RETURN_IF_ERROR(jobs[i].status);
-      per_policy[jobs[i].policy] = jobs[i].figures;
+      (jobs[i].floor ? floor : per_policy[jobs[i].policy]) = jobs[i].figures;
       if (a.turns_csv) {
         RETURN_IF_ERROR(DefaultEnv()->CreateDirs(a.out));
         RETURN_IF_ERROR(DefaultEnv()->WriteFileAtomic(
-            JoinPath(a.out, "turns_n" + std::to_string(n) + "_" + jobs[i].policy + ".csv"),
+            JoinPath(a.out, "turns_n" + std::to_string(n) + "_" + jobs[i].label() + ".csv"),
             jobs[i].turns_csv));
       }
       if (jobs[i].steps) {
         RETURN_IF_ERROR(DefaultEnv()->CreateDirs(a.out));
         RETURN_IF_ERROR(jobs[i].steps->Write(
             DefaultEnv(),
-            JoinPath(a.out, "steps_n" + std::to_string(n) + "_" + jobs[i].policy + ".csv")));
+            JoinPath(a.out, "steps_n" + std::to_string(n) + "_" + jobs[i].label() + ".csv")));
       }
     }
-    loads.push_back({{"agents", n}, {"policies", per_policy}});
+    nlohmann::json load = {{"agents", n}, {"policies", per_policy}};
+    if (!floor.is_null()) {
+      load["floor"] = floor;
+      if (floor["evicted_blocks"].get<int64_t>() > 0) {
+        std::printf("warning: the floor at %d agents evicted %lld blocks: its pool (%d blocks) "
+                    "is not unlimited\n",
+                    n, static_cast<long long>(floor["evicted_blocks"].get<int64_t>()),
+                    options.device_blocks * kFloorPoolScale);
+      }
+    }
+    loads.push_back(load);
   }
   RETURN_IF_ERROR(DefaultEnv()->CreateDirs(a.out));
   const nlohmann::json workload_json = {
@@ -500,6 +522,9 @@ int main(int argc, char** argv) {
   app.add_flag("--serial-swaps", a.serial_swaps,
                "each host <-> device swap stalls the step it is in (default: swaps overlap "
                "the steps that do not touch their blocks, as on CUDA)");
+  app.add_flag("!--no-floor", a.floor,
+               "skip the unlimited-memory floor (ttl on a pool 16x larger; each load's "
+               "\"floor\" in the JSON)");
   app.add_option("--python", a.python, "Python with matplotlib for the PNG");
   app.add_option("--plot-script", a.plot_script, "the plotting script");
   CLI11_PARSE(app, argc, argv);

@@ -26,6 +26,10 @@ def main() -> int:
         xs = [l["agents"] for l in loads if name in l["policies"]]
         ys = [l["policies"][name]["mean_jct_s"] for l in loads if name in l["policies"]]
         ax.plot(xs, ys, marker="o", label=name)
+    floor = [l for l in loads if "floor" in l]
+    if floor:  # the anchor: ttl with a pool that never evicts
+        ax.plot([l["agents"] for l in floor], [l["floor"]["mean_jct_s"] for l in floor],
+                color="black", linestyle="--", label="floor (unlimited memory)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks([l["agents"] for l in loads])
