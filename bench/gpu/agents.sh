@@ -82,9 +82,8 @@
 #   as "<policy>+seed" beside the unseeded run.
 #   AGENTS_DAEMON_ARGS: extra kvkeepd flags (the CPU check here uses "--threads 1": on a
 #   loaded 2-core machine two OpenMP threads make steps 10x slower and noisy).
-#   AGENTS_HOST_GBPS (50, tiers_swap_bench's H100 figure): on CUDA the host -> device rate
-#   in the cost model every daemon and the simulator use (the calibration's WriteBlock
-#   figure is a lower bound there); elsewhere the simulator's when calibration has none. AGENTS_PREDICT=0 skips the simulator's prediction (needs BIN_DIR's bench/policy_bench).
+#   AGENTS_HOST_GBPS (50, tiers_swap_bench's H100 figure): the simulator's host -> device
+#   rate when the cost model has none (the calibration times the host tier's own swaps). AGENTS_PREDICT=0 skips the simulator's prediction (needs BIN_DIR's bench/policy_bench).
 #   AGENTS_MAX_TOKENS: kvkeepd --max-tokens (forced outputs are clipped to it; default the
 #   daemon's 4096). AGENTS_MAX_TOOL_S: keep only the sessions whose first AGENTS_TURNS
 #   turns hold at most this many seconds of tool time (default: all sessions).
@@ -280,14 +279,6 @@ else
   stop_daemon
   cp "$WORK/calibrate/state/cost_model.json" "$WORK/cost_model.json"
   grep -i -A24 "cost model calibrated" "$WORK/calibrate/kvkeepd.log" | tail -24
-fi
-if [ "$DEVICE" = cuda ]; then
-  # The calibration times host -> device with WriteBlock, block by block: on CUDA a lower
-  # bound (5.8 GB/s on the H100), where promotions go through the batched pinned SwapIn
-  # (50.8 GB/s in tiers_swap_bench). Every daemon's TTL rule and the simulator price a
-  # host reload at AGENTS_HOST_GBPS instead, so the two make the same decisions.
-  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print('host -> device: calibrated %.3g GB/s, used %s GB/s' % (m['host_to_device_bytes_per_s']/1e9, sys.argv[2])); m['host_to_device_bytes_per_s']=float(sys.argv[2])*1e9; json.dump(m,open(sys.argv[1],'w'),indent=2)" \
-    "$WORK/cost_model.json" "$HOST_GBPS"
 fi
 cp "$WORK/cost_model.json" "$OUT/"
 predict
