@@ -79,7 +79,7 @@ struct Args {
   // Per load, `ttl` once more on a pool kFloorPoolScale times larger: the unlimited-memory
   // floor, the anchor every policy's figures compare with (what memory costs them).
   bool floor = true;
-  std::string cost_model;     // a calibration file (kvkeepd's state dir); overrides timings
+  std::string cost_model;  // a calibration file (kvkeepd's state dir); overrides timings
   std::vector<std::string> fit_step_logs;  // kvkeepd --step-log files: refit cost_model to them
   std::string model;                       // re-tokenize with this model (kvkeepd's --model)
   int64_t max_tokens = 4096;  // the daemon's limits.max_tokens (the replayer's output cap)
@@ -354,8 +354,7 @@ Status Run(const Args& a) {
         last_print = now;
         std::lock_guard<std::mutex> lock(print_mu);
         std::fprintf(stderr, "  [%s, %d agents] simulated %.0f s: %d/%d agents done, %lld turns\n",
-                     label.c_str(), job.agents, sim_s, done, agents,
-                     static_cast<long long>(turns));
+                     label.c_str(), job.agents, sim_s, done, agents, static_cast<long long>(turns));
       };
       Result<sim::SimResult> r = sim::RunAgentSim(programs, job.arrivals, run);
       if (!r.ok()) {
@@ -370,8 +369,8 @@ Status Run(const Args& a) {
       if (a.turns_csv) job.turns_csv = sim::TurnsCsv(*r, programs, job.arrivals);
       std::lock_guard<std::mutex> lock(print_mu);
       std::printf("%6d %-10s %9.1f %9.1f %8.3f %8.3f %6.3f %12lld %12lld %9.0f %6lld %7.1f %7.1f\n",
-                  job.agents, label.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s,
-                  s.p99_ttft_s, s.hit_ratio, static_cast<long long>(s.recomputed_tokens),
+                  job.agents, label.c_str(), s.mean_jct_s, s.p99_jct_s, s.mean_ttft_s, s.p99_ttft_s,
+                  s.hit_ratio, static_cast<long long>(s.recomputed_tokens),
                   static_cast<long long>(s.reprefill_tokens), s.pin_block_s,
                   static_cast<long long>(s.pin_violations), s.swap_wait_s, wall_s);
       std::fflush(stdout);
@@ -404,10 +403,11 @@ Status Run(const Args& a) {
     if (!floor.is_null()) {
       load["floor"] = floor;
       if (floor["evicted_blocks"].get<int64_t>() > 0) {
-        std::printf("warning: the floor at %d agents evicted %lld blocks: its pool (%d blocks) "
-                    "is not unlimited\n",
-                    n, static_cast<long long>(floor["evicted_blocks"].get<int64_t>()),
-                    options.device_blocks * kFloorPoolScale);
+        std::printf(
+            "warning: the floor at %d agents evicted %lld blocks: its pool (%d blocks) "
+            "is not unlimited\n",
+            n, static_cast<long long>(floor["evicted_blocks"].get<int64_t>()),
+            options.device_blocks * kFloorPoolScale);
       }
     }
     loads.push_back(load);

@@ -364,10 +364,10 @@ Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const C
   }
   out.host_to_device_bytes_per_s = rate(clock->NowMicros() - t0);
   // With a host tier, promotions are its swaps: they set the host figure instead.
-  const int32_t swap_blocks = std::min(
-      {std::max<int32_t>(blocks, static_cast<int32_t>(options.min_swap_bytes /
-                                                      std::max<size_t>(block_bytes, 1))),
-       shape.num_blocks / 2, options.host_blocks / 2});
+  const int32_t swap_blocks =
+      std::min({std::max<int32_t>(blocks, static_cast<int32_t>(options.min_swap_bytes /
+                                                               std::max<size_t>(block_bytes, 1))),
+                shape.num_blocks / 2, options.host_blocks / 2});
   if (options.host_blocks > 0 && swap_blocks >= 1) {
     ASSIGN_OR_RETURN(const SwapTimes swaps,
                      TimeHostSwaps(backend, clock, swap_blocks, options.host_blocks));

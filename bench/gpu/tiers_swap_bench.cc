@@ -48,12 +48,13 @@ constexpr int32_t kPoolBlocks = 1024, kHostBlocks = 1024;
 // Queues one batch per (pairs, direction), then makes the compute stream (the timer's) wait
 // for them all. The wait comes after every batch is queued: a batch starts after the compute
 // work queued before it, so a wait between two batches would chain the second to the first.
-void Swap(CudaSwapQueue& swaps, void* device, void* host,
-          std::initializer_list<std::pair<const std::vector<std::pair<int32_t, int32_t>>*,
-                                          cuda::SwapDirection>>
-              batches) {
-  for (const auto& [pairs, dir] : batches) {
-    if (!swaps.Enqueue(device, host, kBlockBytes, *pairs, dir).ok()) std::exit(1);
+struct Batch {
+  const std::vector<std::pair<int32_t, int32_t>>* pairs;
+  cuda::SwapDirection dir;
+};
+void Swap(CudaSwapQueue& swaps, void* device, void* host, std::initializer_list<Batch> batches) {
+  for (const Batch& b : batches) {
+    if (!swaps.Enqueue(device, host, kBlockBytes, *b.pairs, b.dir).ok()) std::exit(1);
   }
   if (!swaps.OrderCompute({}, /*all=*/true).ok()) std::exit(1);
 }
@@ -106,10 +107,12 @@ int Main() {
       in.emplace_back(host_ids[i], dev_ids[i]);
     }
     const double bytes = double(kBlockBytes) * n;
-    const double out_ms = MedianMs(
-        compute, [&] { Swap(swaps, device, host, {{&out, cuda::SwapDirection::kDeviceToHost}}); });
-    const double in_ms = MedianMs(
-        compute, [&] { Swap(swaps, device, host, {{&in, cuda::SwapDirection::kHostToDevice}}); });
+    const double out_ms = MedianMs(compute, [&] {
+      Swap(swaps, device, host, {{&out, cuda::SwapDirection::kDeviceToHost}});
+    });
+    const double in_ms = MedianMs(compute, [&] {
+      Swap(swaps, device, host, {{&in, cuda::SwapDirection::kHostToDevice}});
+    });
     const double d2h_ms = MedianMs(stream, [&] {
       CHECK_CUDA(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
     });
@@ -147,10 +150,12 @@ int Main() {
     out.emplace_back(dev_ids[i], host_ids[i]);
     in.emplace_back(host_ids[256 + i], dev_ids[256 + i]);
   }
-  const double alone_out_ms = MedianMs(
-      compute, [&] { Swap(swaps, device, host, {{&out, cuda::SwapDirection::kDeviceToHost}}); });
-  const double alone_in_ms =
-      MedianMs(compute, [&] { Swap(swaps, device, host, {{&in, cuda::SwapDirection::kHostToDevice}}); });
+  const double alone_out_ms = MedianMs(compute, [&] {
+    Swap(swaps, device, host, {{&out, cuda::SwapDirection::kDeviceToHost}});
+  });
+  const double alone_in_ms = MedianMs(compute, [&] {
+    Swap(swaps, device, host, {{&in, cuda::SwapDirection::kHostToDevice}});
+  });
   const double together_ms = MedianMs(compute, [&] {
     Swap(swaps, device, host,
          {{&out, cuda::SwapDirection::kDeviceToHost}, {&in, cuda::SwapDirection::kHostToDevice}});

@@ -218,8 +218,7 @@ TEST(TierBandwidth, TheHostFigureIsTheSwapInRateAndTheShareTheirOverlap) {
   o.host_blocks = 64;  // swaps of 32 blocks
   Result<TierBandwidths> r = MeasureTierBandwidths(&backend, &env, &clock, o);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_NEAR(r->host_to_device_bytes_per_s / OverlappingSwapsBackend::kSwapBytesPerS, 1.0,
-              1e-3);
+  EXPECT_NEAR(r->host_to_device_bytes_per_s / OverlappingSwapsBackend::kSwapBytesPerS, 1.0, 1e-3);
   EXPECT_NEAR(r->host_duplex_share, 32.0 / 48.0, 1e-9);
   // min_swap_bytes below a block still times `blocks` blocks.
   o.min_swap_bytes = 1;
