@@ -51,8 +51,9 @@
 namespace kvkeep {
 namespace {
 
-// The floor's pool against the benchmark's: at 128 agents of the deepseek traces a tenth
-// of this already evicts nothing (bench/RESULTS.md); the floor warns if it does.
+// The floor's pool against the benchmark's: at 128 agents of the deepseek traces a pool
+// ten times the benchmark's already evicts nothing (bench/RESULTS.md); the floor warns if
+// it does.
 constexpr int32_t kFloorPoolScale = 16;
 
 struct Args {

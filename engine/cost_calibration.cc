@@ -358,12 +358,7 @@ Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const C
     return elapsed_us > 0 ? static_cast<double>(out.bytes_timed) * 1e6 / elapsed_us : 0.0;
   };
 
-  int64_t t0 = clock->NowMicros();
-  for (int32_t b = 0; b < blocks; ++b) {
-    RETURN_IF_ERROR(backend->WriteBlock(b, buf.data() + block_bytes * static_cast<size_t>(b)));
-  }
-  out.host_to_device_bytes_per_s = rate(clock->NowMicros() - t0);
-  // With a host tier, promotions are its swaps: they set the host figure instead.
+  // With a host tier, promotions are its swaps: they set the host figure.
   const int32_t swap_blocks =
       std::min({std::max<int32_t>(blocks, static_cast<int32_t>(options.min_swap_bytes /
                                                                std::max<size_t>(block_bytes, 1))),
@@ -380,6 +375,14 @@ Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const C
       out.host_duplex_share = std::clamp(
           static_cast<double>(swaps.out_us + swaps.in_us) / 2.0 / swaps.both_us, 0.5, 1.0);
     }
+  }
+  int64_t t0 = 0;
+  if (out.swap_bytes_timed == 0) {  // no swaps timed: WriteBlock from pageable memory
+    t0 = clock->NowMicros();
+    for (int32_t b = 0; b < blocks; ++b) {
+      RETURN_IF_ERROR(backend->WriteBlock(b, buf.data() + block_bytes * static_cast<size_t>(b)));
+    }
+    out.host_to_device_bytes_per_s = rate(clock->NowMicros() - t0);
   }
 
   if (options.scratch_dir.empty()) return out;

@@ -88,7 +88,7 @@ struct TierBandwidths {
   double disk_to_device_bytes_per_s = 0;
   double host_duplex_share = 0;
   int64_t kv_bytes_per_token = 0;  // block_bytes / block_size
-  int64_t bytes_timed = 0;         // by the WriteBlock and disk probes
+  int64_t bytes_timed = 0;         // by the disk probe, and WriteBlock without swaps
   int64_t swap_bytes_timed = 0;    // by each swap timing; 0: swaps not timed
 };
 // REQUIRES: backend's device pool not yet in use (its first blocks are overwritten), as
