@@ -3,7 +3,8 @@
 generate -> tool_begin -> run a shell command -> tool_end, printing each turn's usage.
 
 The KV cache of the conversation stays warm in kvkeepd while the "tool" runs, so each
-turn's ``cached_tokens`` grows: only the new messages are prefilled.
+turn's ``cached_tokens`` covers every full KV block of the turn before: only the new
+messages (and the previous KV's last partial block) are prefilled.
 
 A real agent parses a tool call out of the model's reply. The synthetic test model
 writes random text, so this example picks the commands from a fixed, safe list instead
