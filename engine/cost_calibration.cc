@@ -299,7 +299,10 @@ namespace {
 
 // The host link through the backend's own swaps (cost_calibration.h): allocates the host
 // tier of host_blocks slots and times n blocks out, n others in, and both queued
-// together, each kSwapRepeats times; the fastest of each counts.
+// together, each kSwapRepeats times; the fastest of each counts. The two directions take
+// alternate blocks and slots, so no two blocks of a batch are adjacent on either side: a
+// backend that merges adjacent blocks into one copy (CUDA's) would otherwise time one
+// large copy, about 8% faster on an H100 than the scattered blocks promotions move.
 struct SwapTimes {
   int64_t bytes = 0;
   int64_t out_us = 0, in_us = 0, both_us = 0;
@@ -311,8 +314,8 @@ Result<SwapTimes> TimeHostSwaps(Backend* backend, const Clock* clock, int32_t n,
   RETURN_IF_ERROR(backend->AllocateHostTier(host_blocks));
   std::vector<std::pair<int32_t, int32_t>> out, in;  // disjoint blocks and slots
   for (int32_t i = 0; i < n; ++i) {
-    out.emplace_back(i, i);
-    in.emplace_back(n + i, n + i);
+    out.emplace_back(2 * i, 2 * i);
+    in.emplace_back(2 * i + 1, 2 * i + 1);
   }
   auto fastest = [&](bool swap_out, bool swap_in) -> Result<int64_t> {
     int64_t best = 0;

@@ -61,7 +61,10 @@ Result<CostFit> CalibrateCostModel(Engine* engine, int64_t max_context_tokens,
 //         it) and times the backend's own swaps, the copies promotions and demotions make:
 //         n = max(blocks, min_swap_bytes / block_bytes) blocks (at most half the pool and
 //         half the tier) swapped out, n others swapped in, and both queued together, each
-//         to its fence, the fastest of three each. The host figure is the swap-in's rate.
+//         to its fence, the fastest of three each. No two blocks of a batch are adjacent
+//         (the directions take alternate blocks and slots), as in a churned pool, so a
+//         backend that merges adjacent copies times one copy per block. The host figure
+//         is the swap-in's rate.
 //         Without a host tier (nothing to promote from) it is Backend::WriteBlock of
 //         `blocks` blocks from pageable memory, which on CUDA is an order of magnitude
 //         slower than a swap-in from the pinned tier (bench/RESULTS.md).

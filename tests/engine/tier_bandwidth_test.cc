@@ -4,7 +4,12 @@
 // from them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
+#include <set>
+#include <span>
+#include <utility>
+#include <vector>
 
 #include "base/clock.h"
 #include "base/file.h"
@@ -226,6 +231,69 @@ TEST(TierBandwidth, TheHostFigureIsTheSwapInRateAndTheShareTheirOverlap) {
   r = MeasureTierBandwidths(&again, &env, &clock, o);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->swap_bytes_timed, 8 * static_cast<int64_t>(again.block_bytes()));
+}
+
+// Swaps that only record their pairs.
+class RecordingSwapsBackend final : public TimedBackend {
+ public:
+  using TimedBackend::TimedBackend;
+  using Pairs = std::vector<std::pair<int32_t, int32_t>>;
+  Result<TransferFence> SwapOut(std::span<const std::pair<int32_t, int32_t>> p) override {
+    outs.emplace_back(p.begin(), p.end());
+    return TransferFence{};
+  }
+  Result<TransferFence> SwapIn(std::span<const std::pair<int32_t, int32_t>> p) override {
+    ins.emplace_back(p.begin(), p.end());
+    return TransferFence{};
+  }
+  Status WaitFence(TransferFence) override { return Status::OK(); }
+  std::vector<Pairs> outs, ins;
+};
+
+// Sorted, with no two neighbours one apart: a backend that merges adjacent blocks into one
+// copy (CUDA's SwapBlocks) copies each block on its own.
+bool NoneAdjacent(std::vector<int32_t> v) {
+  std::sort(v.begin(), v.end());
+  for (size_t i = 1; i < v.size(); ++i) {
+    if (v[i] - v[i - 1] <= 1) return false;
+  }
+  return true;
+}
+
+TEST(TierBandwidth, TheTimedSwapsMoveScatteredBlocksAsPromotionsDo) {
+  FakeClock clock;
+  RecordingSwapsBackend backend(&clock);
+  TimedEnv env(&clock);
+  TierBandwidthOptions o;
+  o.blocks = 16;
+  o.host_blocks = 64;  // swaps of 32 blocks: all 64 slots and half the 128-block pool
+  ASSERT_TRUE(MeasureTierBandwidths(&backend, &env, &clock, o).ok());
+  ASSERT_EQ(backend.outs.size(), 6u) << "three alone, three beside the swap-ins";
+  ASSERT_EQ(backend.ins.size(), 6u);
+  const RecordingSwapsBackend::Pairs& out = backend.outs[0];
+  const RecordingSwapsBackend::Pairs& in = backend.ins[0];
+  ASSERT_EQ(out.size(), 32u);
+  ASSERT_EQ(in.size(), 32u);
+  std::vector<int32_t> blocks[2], slots[2];  // per direction
+  for (const auto& [block, slot] : out) {
+    blocks[0].push_back(block);
+    slots[0].push_back(slot);
+  }
+  for (const auto& [slot, block] : in) {
+    blocks[1].push_back(block);
+    slots[1].push_back(slot);
+  }
+  std::set<int32_t> all_blocks, all_slots;
+  for (int d = 0; d < 2; ++d) {
+    EXPECT_TRUE(NoneAdjacent(blocks[d])) << "direction " << d;
+    EXPECT_TRUE(NoneAdjacent(slots[d])) << "direction " << d;
+    all_blocks.insert(blocks[d].begin(), blocks[d].end());
+    all_slots.insert(slots[d].begin(), slots[d].end());
+    for (int32_t b : blocks[d]) EXPECT_TRUE(b >= 0 && b < backend.kv_shape().num_blocks) << b;
+    for (int32_t s : slots[d]) EXPECT_TRUE(s >= 0 && s < o.host_blocks) << s;
+  }
+  EXPECT_EQ(all_blocks.size(), 64u) << "the directions touch disjoint blocks";
+  EXPECT_EQ(all_slots.size(), 64u) << "and disjoint slots";
 }
 
 TEST(TierBandwidth, WithoutAScratchDirTheDiskIsNotMeasured) {
