@@ -119,7 +119,7 @@ struct DaemonOptions {
   std::string socket_group;  // chgrp the socket to this group; empty: leave it
   std::string admin_group;   // members may list all sessions; empty: root only
   std::string log_level = "info";
-  std::string policy = "lru";        // ttl | ttl-fcfs | fixed-ttl | lru | none
+  std::string policy = "ttl";        // ttl | ttl-fcfs | fixed-ttl | lru | none
   int32_t io_threads = 2;            // Asio threads parsing requests and writing replies
   int64_t watchdog_interval_ms = 0;  // 0: half of systemd's WATCHDOG_USEC, or off
   DaemonLimits limits;

@@ -40,7 +40,7 @@ TEST(ConfigTest, DefaultsFollowXdgOutsideSystemd) {
   EXPECT_EQ(o.socket_path, "/run/user/1000/kvkeep.sock");
   EXPECT_EQ(o.socket_mode, 0660);
   EXPECT_EQ(o.limits.max_line_bytes, 8 << 20);
-  EXPECT_EQ(o.policy, "lru");
+  EXPECT_EQ(o.policy, "ttl");
   MapEnv xdg({{"HOME", "/home/u"}, {"XDG_STATE_HOME", "/data/state"}});
   EXPECT_EQ(DefaultDaemonOptions(&xdg).state_dir, "/data/state/kvkeep");
   EXPECT_TRUE(ValidateDaemonOptions(o).ok());

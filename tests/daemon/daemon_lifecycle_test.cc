@@ -68,7 +68,7 @@ TEST(DaemonLifecycleTest, SighupReloadsTheLogLevel) {
   reload_and_wait_for(R"({"log_level": "info", "policy": "none"})", "needs a restart");
   EXPECT_TRUE(d.Alive());
   LineClient c(d.socket_path());
-  EXPECT_EQ(c.Ok({{"id", 1}, {"verb", "hello"}})["policy"], "lru");
+  EXPECT_EQ(c.Ok({{"id", 1}, {"verb", "hello"}})["policy"], "ttl");
 }
 
 TEST(DaemonLifecycleTest, SigtermCancelsOrFinishesInFlightWorkAndExitsCleanly) {
