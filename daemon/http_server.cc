@@ -146,7 +146,11 @@ ssize_t ReadStream(void* cls, uint64_t, char* buf, size_t max) {
   return static_cast<ssize_t>(n);
 }
 
-void FreeStream(void* cls) { delete static_cast<StreamState*>(cls); }
+void FreeStream(void* cls) {
+  auto* s = static_cast<StreamState*>(cls);
+  s->stream->Abandon();  // a no-op after Close: only a peer that left cancels the turn
+  delete s;
+}
 
 MHD_Result CollectHeader(void* cls, MHD_ValueKind, const char* key, const char* value) {
   auto* headers = static_cast<std::map<std::string, std::string>*>(cls);
@@ -280,16 +284,27 @@ bool HttpStream::Read(std::string* out, const std::function<bool()>& alive) {
   std::unique_lock<std::mutex> lock(mu_);
   while (pending_.empty() && !closed_) {
     if (cv_.wait_for(lock, kPeerCheckInterval) == std::cv_status::timeout && !alive()) {
-      auto abandon = std::move(on_abandon_);
-      on_abandon_ = nullptr;
       lock.unlock();
-      if (abandon) abandon();
+      Abandon();
       return false;
     }
   }
   out->swap(pending_);
   pending_.clear();
   return !out->empty();
+}
+
+void HttpStream::Abandon() {
+  std::function<void()> abandon;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    closed_ = true;  // nobody reads what is written from now on
+    pending_.clear();
+    abandon = std::move(on_abandon_);
+    on_abandon_ = nullptr;
+  }
+  if (abandon) abandon();
 }
 
 Result<std::map<std::string, uid_t>> LoadApiKeys(const std::string& path) {

@@ -70,6 +70,11 @@ class HttpStream {
   // the end of the stream or when the peer is gone (after calling the abandon callback).
   bool Read(std::string* out, const std::function<bool()>& alive);
 
+  // The server is done with the stream (it freed the response: the body ended, or a write
+  // to the peer failed). Before Close, that means the peer went away: calls the abandon
+  // callback. Read alone would not see it while bytes keep arriving faster than its tick.
+  void Abandon();
+
  private:
   std::mutex mu_;
   std::condition_variable cv_;

@@ -266,8 +266,8 @@ json RootTurnAroundOtherUidsLoad(bool capped) {
   // lru: root's session, the least recently used, is the first victim of the other uid's
   // load, so the uncapped control shows what the cap prevents (ttl's GDSF order may keep it
   // and reclaim the other uid's own sessions instead).
-  std::vector<std::string> flags = {"--socket-mode", "0666", "--kv-blocks",
-                                    std::to_string(kPoolBlocks), "--policy", "lru"};
+  std::vector<std::string> flags = {
+      "--socket-mode", "0666", "--kv-blocks", std::to_string(kPoolBlocks), "--policy", "lru"};
   if (capped)
     flags.insert(flags.end(), {"--max-device-blocks-per-uid", std::to_string(kCapBlocks)});
   DaemonFixture f(flags);

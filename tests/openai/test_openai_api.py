@@ -337,7 +337,12 @@ class ErrorTest(unittest.TestCase):
         self.assert_serving()
 
     def test_busy_session_and_overload_are_429_with_retry_after(self):
-        d = kvkeepd_http.Daemon(extra_args=["--http-max-inflight", "2", "--max-tokens", "4096"])
+        # Scripted replies of 4,000 tokens: a sampled reply of the tiny model may reach EOS
+        # within milliseconds, and a stream that ends early frees its slot before the
+        # request that must find the daemon at capacity.
+        long_reply = "long reply " * 400
+        d = kvkeepd_http.Daemon(extra_args=["--http-max-inflight", "2", "--max-tokens", "4096"],
+                                scripted=[long_reply, long_reply])
         streams = []
         try:
             c = openai.OpenAI(base_url=d.base_url, api_key=KEY_A, max_retries=0, timeout=120)
@@ -432,7 +437,10 @@ class ErrorTest(unittest.TestCase):
         self.assertEqual(again.model_extra["kvkeep"]["matched"], "new")
 
     def test_disconnect_mid_stream_cancels_generation(self):
-        d = kvkeepd_http.Daemon(extra_args=["--max-tokens", "4096"])
+        # A scripted reply of 4,400 tokens streams without pause (a sampled one may reach EOS
+        # at once): the hang-up must cancel it while its tokens keep flowing.
+        d = kvkeepd_http.Daemon(extra_args=["--max-tokens", "4096"],
+                                scripted=["long reply " * 400])
         try:
             c = openai.OpenAI(base_url=d.base_url, api_key=KEY_A, max_retries=0, timeout=120)
             stream = c.chat.completions.create(model=d.model, messages=[user("long")],
