@@ -337,12 +337,11 @@ class ErrorTest(unittest.TestCase):
         self.assert_serving()
 
     def test_busy_session_and_overload_are_429_with_retry_after(self):
-        # Scripted replies of 4,000 tokens: a sampled reply of the tiny model may reach EOS
-        # within milliseconds, and a stream that ends early frees its slot before the
-        # request that must find the daemon at capacity.
-        long_reply = "long reply " * 400
+        # Every second assistant turn is a scripted 4,400-token reply: a sampled reply of the
+        # tiny model may reach EOS within milliseconds, and a stream that ends early frees
+        # its slot before the request that must find the daemon at capacity.
         d = kvkeepd_http.Daemon(extra_args=["--http-max-inflight", "2", "--max-tokens", "4096"],
-                                scripted=[long_reply, long_reply])
+                                scripted=["ok", "long reply " * 400])
         streams = []
         try:
             c = openai.OpenAI(base_url=d.base_url, api_key=KEY_A, max_retries=0, timeout=120)
@@ -369,7 +368,7 @@ class ErrorTest(unittest.TestCase):
             self.assertEqual(e.exception.body["type"], "rate_limit_error")
             self.assertEqual(e.exception.response.headers.get("retry-after"), "1")
             # --http-max-inflight generations in flight: the daemon is at capacity, 429.
-            long_stream([user("long")])
+            long_stream([user("other"), {"role": "assistant", "content": "ok"}, user("long")])
             with self.assertRaises(openai.RateLimitError) as e:
                 c.chat.completions.create(model=d.model, messages=[user("third")],
                                           max_tokens=2)
