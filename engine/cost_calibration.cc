@@ -379,9 +379,8 @@ Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const C
           static_cast<double>(swaps.out_us + swaps.in_us) / 2.0 / swaps.both_us, 0.5, 1.0);
     }
   }
-  int64_t t0 = 0;
   if (out.swap_bytes_timed == 0) {  // no swaps timed: WriteBlock from pageable memory
-    t0 = clock->NowMicros();
+    const int64_t t0 = clock->NowMicros();
     for (int32_t b = 0; b < blocks; ++b) {
       RETURN_IF_ERROR(backend->WriteBlock(b, buf.data() + block_bytes * static_cast<size_t>(b)));
     }
@@ -395,7 +394,7 @@ Result<TierBandwidths> MeasureTierBandwidths(Backend* backend, Env* env, const C
     ASSIGN_OR_RETURN(std::unique_ptr<RandomRWFile> file, env->OpenRandomRWFile(path, true));
     RETURN_IF_ERROR(file->WriteAt(0, buf.data(), buf.size()));
   }
-  t0 = clock->NowMicros();
+  const int64_t t0 = clock->NowMicros();
   Status read = [&]() -> Status {
     ASSIGN_OR_RETURN(std::unique_ptr<RandomRWFile> file, env->OpenRandomRWFile(path, false));
     for (int32_t b = 0; b < blocks; ++b) {
