@@ -31,6 +31,10 @@ except ImportError:  # pragma: no cover - reported as a skip
 
 TOOL_REPLY = ('Let me look.\n<tool_call>\n{"name": "bash", "arguments": {"command": '
               '"ls -la /tmp"}}\n</tool_call>')
+# A scripted reply of 4,400 tokens: it streams without pause and cannot end early, where a
+# sampled reply of the tiny model may reach EOS within milliseconds.
+LONG_SCRIPTED_REPLY = "long reply " * 400
+
 BASH_TOOL = {"type": "function", "function": {
     "name": "bash", "description": "run a command",
     "parameters": {"type": "object", "properties": {"command": {"type": "string"}},
@@ -337,11 +341,10 @@ class ErrorTest(unittest.TestCase):
         self.assert_serving()
 
     def test_busy_session_and_overload_are_429_with_retry_after(self):
-        # Every second assistant turn is a scripted 4,400-token reply: a sampled reply of the
-        # tiny model may reach EOS within milliseconds, and a stream that ends early frees
-        # its slot before the request that must find the daemon at capacity.
+        # A conversation's second assistant turn is long: a stream that ended early would
+        # free its slot before the request that must find the daemon at capacity.
         d = kvkeepd_http.Daemon(extra_args=["--http-max-inflight", "2", "--max-tokens", "4096"],
-                                scripted=["ok", "long reply " * 400])
+                                scripted=["ok", LONG_SCRIPTED_REPLY])
         streams = []
         try:
             c = openai.OpenAI(base_url=d.base_url, api_key=KEY_A, max_retries=0, timeout=120)
@@ -436,10 +439,9 @@ class ErrorTest(unittest.TestCase):
         self.assertEqual(again.model_extra["kvkeep"]["matched"], "new")
 
     def test_disconnect_mid_stream_cancels_generation(self):
-        # A scripted reply of 4,400 tokens streams without pause (a sampled one may reach EOS
-        # at once): the hang-up must cancel it while its tokens keep flowing.
+        # The hang-up must cancel the reply while its tokens keep flowing.
         d = kvkeepd_http.Daemon(extra_args=["--max-tokens", "4096"],
-                                scripted=["long reply " * 400])
+                                scripted=[LONG_SCRIPTED_REPLY])
         try:
             c = openai.OpenAI(base_url=d.base_url, api_key=KEY_A, max_retries=0, timeout=120)
             stream = c.chat.completions.create(model=d.model, messages=[user("long")],
